@@ -1,0 +1,21 @@
+# Quick start: `make demo` (the default toy study) and `make test` (the test suite); each sets up .venv.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+.PHONY: install test test-all demo lint
+install: $(VENV)/.installed
+
+test: $(VENV)/.installed
+	$(PY) -m pytest -q -m "not gpu"
+
+demo: $(VENV)/.installed
+	$(VENV)/bin/study run
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

@@ -1,0 +1,64 @@
+import torch
+
+from trainables.config import from_flat
+from trainables.data.toy import make_toy
+from trainables.evaluate import evaluate_toy
+from trainables.fit import CHECKPOINT_FILE, TrainingSet, load_checkpoint, train_artifact, train_method
+from trainables.methods import get_method
+
+FAST = {"train.steps": 40, "train.steps_per_epoch": 10, "train.batch_size": 32, "model.hidden": 16, "model.depth": 1}
+
+
+def _setup(method="CG-SC-all"):
+    data = make_toy("gmm2", 200, 100, seed=0)
+    config = from_flat({"method": method, "data.label_percent": 20, **FAST}, preset="toy")
+    return data, config, TrainingSet.split(data.x, data.y, 2, 20, 0)
+
+
+def _weights(net):
+    return torch.cat([p.detach().flatten() for p in net.state_dict().values()])
+
+
+def test_callback_gets_per_epoch_metrics():
+    _, config, split = _setup()
+    seen = []
+    train_artifact(get_method("CG-SC-all").artifacts[1], config, split, callback=seen.append)
+    assert [m["epoch"] for m in seen] == [1, 2, 3, 4]
+    assert {"classifier/loss", "classifier/ce_labeled", "classifier/sc_all", "classifier/grad_norm"} <= set(seen[0])
+
+
+def test_resumed_run_reaches_the_same_weights(tmp_path):
+    _, config, split = _setup()
+    artifact = get_method("CG-SC-all").artifacts[1]
+    straight = train_artifact(artifact, config, split)
+    # Stop after two epochs (a checkpoint is written), then resume in a fresh call.
+    train_artifact(artifact, config, split, checkpoint_dir=tmp_path, stop_after=20)
+    assert load_checkpoint(tmp_path / CHECKPOINT_FILE)["step"] == 20
+    resumed = train_artifact(artifact, config, split, checkpoint_dir=tmp_path)
+    torch.testing.assert_close(_weights(resumed), _weights(straight), rtol=0, atol=0)
+
+
+def test_checkpoint_holds_step_rng_optimizer_and_loads_weights_only(tmp_path):
+    _, config, split = _setup()
+    train_artifact(get_method("CG").artifacts[0], config, split, checkpoint_dir=tmp_path)
+    state = torch.load(tmp_path / CHECKPOINT_FILE, weights_only=True)
+    assert set(state) == {"network", "ema", "optimizer", "step", "rng"}
+    assert state["step"] == 40
+
+
+def test_cg_dlsm_trains_against_the_frozen_score_model():
+    data, config, split = _setup("CG-DLSM")
+    nets = train_method(config, split)
+    assert set(nets) == {"score", "classifier"}
+    assert all(not p.requires_grad for p in nets["score"].parameters())
+
+
+def test_every_method_trains_and_evaluates_on_toy_data():
+    data = make_toy("gmm2", 200, 100, seed=0)
+    for name in ("CG", "Joint-SC", "Cond", "CFG-all"):
+        config = from_flat({"method": name, "data.label_percent": 20, "sample.num_steps": 10, "sample.num_per_class": 20, "eval.num_points": 50, **FAST}, preset="toy")
+        nets = train_method(config, TrainingSet.split(data.x, data.y, 2, 20, 0))
+        metrics = evaluate_toy(config, nets, data)
+        assert 0.0 <= metrics["gen_accuracy"] <= 1.0
+        assert "guided_score_cos" in metrics and "energy_distance" in metrics
+        assert ("grad_mse" in metrics) == (name in ("CG", "Joint-SC"))

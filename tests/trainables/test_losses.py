@@ -1,0 +1,126 @@
+import pytest
+import torch
+
+from trainables import losses
+from trainables.data.toy import gmm3
+from trainables.guidance import classifier_free_guidance, classifier_guidance
+
+
+@pytest.fixture
+def setting():
+    dist = gmm3()
+    gen = torch.Generator().manual_seed(0)
+    x, y = dist.sample(128, generator=gen)
+    x = x.double()
+    sigma = torch.exp(torch.empty(128, dtype=torch.float64).uniform_(-3, 1, generator=gen))
+    z = torch.randn(128, 2, generator=gen, dtype=torch.float64)
+    return dist, x, y, sigma, z
+
+
+def test_exact_posterior_guidance_at_scale_one_is_exact_conditional_score(setting):
+    dist, x, y, sigma, _ = setting
+    guided = classifier_guidance(dist.score, dist.log_joint, y, scale=1.0)
+    torch.testing.assert_close(guided(x, sigma), dist.cond_score(x, sigma, y))
+
+
+def test_lse_score_of_exact_joint_logits_is_exact_score(setting):
+    dist, x, _, sigma, _ = setting
+    score = losses.classifier_score(dist.log_joint, x, sigma, create_graph=False)
+    torch.testing.assert_close(score, dist.score(x, sigma))
+
+
+def test_sc_loss_of_exact_joint_logits_equals_dsm_of_exact_score(setting):
+    dist, x, _, sigma, z = setting
+    sc = losses.sc_loss(dist.log_joint, x, sigma, z)
+    dsm = losses.dsm_loss(dist.score, x, sigma, z)
+    torch.testing.assert_close(sc, dsm)
+    assert sc.shape == (128,)
+
+
+def test_dsm_weighting_none_divides_by_sigma_squared(setting):
+    dist, x, _, sigma, z = setting
+    weighted = losses.dsm_loss(dist.score, x, sigma, z)
+    plain = losses.dsm_loss(dist.score, x, sigma, z, weighting="none")
+    torch.testing.assert_close(plain * sigma**2, weighted)
+
+
+def test_dsm_of_exact_score_is_minimal_in_expectation():
+    # For one Gaussian, E[DSM] of the exact score is below that of a perturbed score.
+    from trainables.data.toy import GaussianMixture
+
+    dist = GaussianMixture([[[0.0, 0.0]]], torch.eye(2)[None, None])
+    gen = torch.Generator().manual_seed(0)
+    x = dist.sample(20000, generator=gen)[0].double()
+    sigma = torch.full((20000,), 0.5, dtype=torch.float64)
+    z = torch.randn(20000, 2, generator=gen, dtype=torch.float64)
+    exact = losses.dsm_loss(dist.score, x, sigma, z).mean()
+    off = losses.dsm_loss(lambda v, s: 1.2 * dist.score(v, s), x, sigma, z).mean()
+    assert exact < off
+
+
+def test_dlsm_of_exact_posterior_and_score_is_residual_of_exact_conditional_score(setting):
+    dist, x, y, sigma, z = setting
+    # grad log p(y|x) + grad log p(x) = grad log p(x|y): DLSM reduces to the conditional score residual.
+    dlsm = losses.dlsm_loss(dist.log_joint, dist.score, x, sigma, z, y)
+    expected = losses.score_matching_residual(dist.cond_score(x + sigma[:, None] * z, sigma, y), sigma, z, "none")
+    torch.testing.assert_close(dlsm, expected)
+
+
+def test_ce_rejects_unlabeled_rows(setting):
+    dist, x, y, sigma, z = setting
+    y = y.clone()
+    y[0] = -1
+    with pytest.raises(ValueError, match="unlabeled"):
+        losses.ce_loss(dist.log_joint, x, sigma, z, y)
+
+
+def test_cfg_labels_drop_to_null():
+    y = torch.tensor([0, 1, -1, 2])
+    u = torch.tensor([0.5, 0.05, 0.9, 0.9])
+    assert losses.cfg_labels(y, u, 0.1, null_label=3).tolist() == [0, 3, 3, 2]
+
+
+def test_cfg_guidance_combines_conditional_and_null():
+    def cond(x, s, y):
+        return x * 0 + y[:, None].double()
+
+    y = torch.tensor([1, 2])
+    out = classifier_free_guidance(cond, y, null_label=5, w=2.0)(torch.zeros(2, 2, dtype=torch.float64), torch.ones(2))
+    # (1 + w) y - w null = 3 y - 10.
+    torch.testing.assert_close(out, torch.tensor([[-7.0, -7.0], [-4.0, -4.0]], dtype=torch.float64))
+
+
+def _linear_score(a):
+    return lambda x, s: x @ a.T
+
+
+def test_qc_loss_over_all_rademacher_probes_is_half_asymmetry():
+    a = torch.tensor([[1.0, 2.0], [-0.5, 3.0]], dtype=torch.float64)
+    x = torch.zeros(1, 2, dtype=torch.float64)
+    sigma = torch.ones(1, dtype=torch.float64)
+    probes = [torch.tensor([[i, j]], dtype=torch.float64) for i in (-1, 1) for j in (-1, 1)]
+    mean = torch.stack([losses.qc_loss(_linear_score(a), x, sigma, torch.zeros_like(x), v) for v in probes]).mean()
+    # E_v[||J^T v||^2 - v^T J J v] = ||J - J^T||_F^2 / 2 exactly over Rademacher v.
+    assert mean.item() == pytest.approx(0.5 * (a - a.T).pow(2).sum().item())
+
+
+def test_qc_loss_is_zero_for_a_conservative_score():
+    a = torch.tensor([[2.0, 0.7], [0.7, 1.0]], dtype=torch.float64)
+    v = torch.tensor([[1.0, -1.0]], dtype=torch.float64)
+    x = torch.zeros(1, 2, dtype=torch.float64)
+    assert losses.qc_loss(_linear_score(a), x, torch.ones(1), torch.zeros_like(x), v).abs().item() < 1e-12
+
+
+def test_asymmetry_metrics_of_linear_scores():
+    a = torch.tensor([[1.0, 2.0], [0.0, 1.0]], dtype=torch.float64)
+    x = torch.randn(4, 2, dtype=torch.float64)
+    m = losses.asymmetry(_linear_score(a), x, torch.ones(4))
+    assert m["asym"] == pytest.approx(8.0)
+    assert m["nasym"] == pytest.approx(8.0 / (4 * 6.0))
+    assert losses.asymmetry(gmm3().score, x, torch.ones(4))["asym"] == pytest.approx(0.0, abs=1e-10)
+
+
+def test_unknown_weighting_names_choices(setting):
+    dist, x, _, sigma, z = setting
+    with pytest.raises(ValueError, match=r"unknown weighting 'l2'.*sigma2"):
+        losses.dsm_loss(dist.score, x, sigma, z, weighting="l2")

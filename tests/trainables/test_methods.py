@@ -1,0 +1,150 @@
+import pytest
+import torch
+
+from trainables.config import TrialConfig
+from trainables.data.batches import Batch, Noise
+from trainables.methods import METHODS, artifact_loss, get_method, model_fns
+from trainables.networks import build_network
+from trainables.sde import VESDE
+
+PAPER_NAMES = ["CG", "CG-SC-labeled", "CG-SC-all", "CG-DLSM", "Joint-SC", "Cond", "CFG-labeled", "CFG-all"]
+CONFIG = TrialConfig()
+SDE = VESDE(0.01, 10.0, eps=1e-3)
+
+
+def _networks(artifact, seed=0):
+    torch.manual_seed(seed)
+    net = build_network(artifact.network, dim=2, num_classes=3, model_config=CONFIG.model)
+    frozen = {n: build_network("score", dim=2, num_classes=3, model_config=CONFIG.model).requires_grad_(False) for n in artifact.needs}
+    return net, frozen
+
+
+def _batch(seed=0, n=16):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 2, generator=gen)
+    y = torch.randint(0, 3, (n,), generator=gen)
+    y[n // 2 :] = -1  # second half unlabeled
+    return Batch(x, y), Noise.draw(x, SDE, gen)
+
+
+def _loss(artifact, net, frozen, batch, noise, loss_config=None):
+    fns = model_fns({artifact.network: net}, num_classes=3, frozen=frozen)
+    return artifact_loss(artifact, fns, batch, noise, loss_config or CONFIG.loss)
+
+
+def test_registry_holds_exactly_the_papers_methods_in_order():
+    assert list(METHODS) == PAPER_NAMES
+
+
+def test_cg_family_shares_one_score_model_and_dlsm_needs_it():
+    shared = {m.artifacts[0] for m in METHODS.values() if m.shares_score_model}
+    assert len(shared) == 1
+    assert [m.name for m in METHODS.values() if m.shares_score_model] == PAPER_NAMES[:4]
+    assert get_method("CG-DLSM").artifacts[1].needs == ("score",)
+
+
+@pytest.mark.parametrize("name", PAPER_NAMES)
+def test_every_term_is_finite_and_per_example(name):
+    batch, noise = _batch()
+    for artifact in get_method(name).artifacts:
+        net, frozen = _networks(artifact)
+        total, terms = _loss(artifact, net, frozen, batch, noise)
+        assert torch.isfinite(total) and total.dim() == 0
+        assert terms, f"{name}/{artifact.name} computed no term"
+        for key, values in terms.items():
+            expected_rows = {"labeled": 8, "all": 16, "unlabeled": 8}[key.rsplit("_", 1)[1]]
+            assert values.shape == (expected_rows,), key
+            assert torch.isfinite(values).all()
+
+
+@pytest.mark.parametrize("name", PAPER_NAMES)
+def test_gradients_reach_exactly_the_trained_network(name):
+    batch, noise = _batch()
+    for artifact in get_method(name).artifacts:
+        net, frozen = _networks(artifact)
+        total, _ = _loss(artifact, net, frozen, batch, noise)
+        total.backward()
+        # Every parameter of the trained network that the terms use gets a gradient.
+        grads = [p.grad for p in net.parameters()]
+        assert sum(g is not None and g.abs().sum() > 0 for g in grads) > 0
+        for f in frozen.values():
+            assert all(p.grad is None for p in f.parameters())
+
+
+def test_joint_gradients_reach_shared_encoder_from_both_heads():
+    artifact = get_method("Joint-SC").artifacts[0]
+    net, _ = _networks(artifact)
+    batch, noise = _batch()
+    _, terms = _loss(artifact, net, {}, batch, noise)
+    for key in ("dsm_all", "ce_labeled", "sc_all"):
+        net.zero_grad()
+        terms[key].mean().backward(retain_graph=True)
+        assert net.encoder.inp.weight.grad.abs().sum() > 0, key
+    assert set(terms) == {"dsm_all", "ce_labeled", "sc_all"}
+
+
+def _perturb_unlabeled(batch):
+    x = batch.x.clone()
+    x[batch.y < 0] += 3.0
+    return Batch(x, batch.y.clone())
+
+
+@pytest.mark.parametrize(
+    "name, term, uses_unlabeled",
+    [
+        ("CG", "ce_labeled", False),
+        ("CG-SC-labeled", "sc_labeled", False),
+        ("CG-SC-all", "sc_all", True),
+        ("CG-SC-all", "ce_labeled", False),
+        ("CFG-labeled", "cfg_dsm_labeled", False),
+        ("CFG-all", "cfg_dsm_all", True),
+        ("Cond", "cond_dsm_labeled", False),
+    ],
+)
+def test_row_subsets(name, term, uses_unlabeled):
+    artifact = get_method(name).artifacts[-1]
+    net, frozen = _networks(artifact)
+    batch, noise = _batch()
+    _, before = _loss(artifact, net, frozen, batch, noise)
+    _, after = _loss(artifact, net, frozen, _perturb_unlabeled(batch), noise)
+    changed = not torch.allclose(before[term].mean(), after[term].mean())
+    assert changed == uses_unlabeled
+
+
+def test_ce_gradient_ignores_unlabeled_rows():
+    artifact = get_method("CG").artifacts[1]
+    net, _ = _networks(artifact)
+    batch, noise = _batch()
+    grads = []
+    for b in (batch, _perturb_unlabeled(batch)):
+        net.zero_grad()
+        _loss(artifact, net, {}, b, noise)[0].backward()
+        grads.append(torch.cat([p.grad.flatten() for p in net.parameters()]))
+    torch.testing.assert_close(grads[0], grads[1])
+
+
+def test_zero_weight_skips_term_and_weights_scale_it():
+    from dataclasses import replace
+
+    artifact = get_method("CG-SC-all").artifacts[1]
+    net, _ = _networks(artifact)
+    batch, noise = _batch()
+    off, terms_off = _loss(artifact, net, {}, batch, noise, replace(CONFIG.loss, lambda_sc=0.0))
+    on, terms_on = _loss(artifact, net, {}, batch, noise, replace(CONFIG.loss, lambda_sc=2.0))
+    assert "sc_all" not in terms_off
+    torch.testing.assert_close(on, off + 2.0 * terms_on["sc_all"].mean())
+
+
+def test_qc_term_applies_only_when_weighted():
+    from dataclasses import replace
+
+    artifact = get_method("CG").artifacts[0]
+    net, _ = _networks(artifact)
+    batch, noise = _batch()
+    assert "qc_all" not in _loss(artifact, net, {}, batch, noise)[1]
+    assert "qc_all" in _loss(artifact, net, {}, batch, noise, replace(CONFIG.loss, lambda_qc=0.1))[1]
+
+
+def test_unknown_method_names_valid_choices():
+    with pytest.raises(ValueError, match=r"unknown method 'CG-SC'.*'CG-SC-labeled'.*'CFG-all'"):
+        get_method("CG-SC")

@@ -1,0 +1,226 @@
+"""Frozen config dataclasses with one flat dotted key space ("loss.lambda_sc") and named presets."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+
+@dataclass(frozen=True)
+class SDEConfig:
+    """VE-SDE (Song et al. 2021); METHODS.md section 1."""
+
+    sigma_min: float = 0.01
+    sigma_max: float = 50.0
+    num_scales: int = 1000  # N, discretisation steps of the papers' PC sampler
+    eps: float = 1e-5  # training t ~ U(eps, 1)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Dataset and label split."""
+
+    name: str = "gmm2"  # toy: gmm2, gmm3, moons; images arrive with the image-scale issue
+    num_train: int = 4000  # toy sets: examples drawn for training
+    num_test: int = 2000  # toy sets: held-out examples for metrics
+    label_percent: float = 100.0  # in (0, 100]
+    seed: int = 0  # toy sets: draws of the training and test points
+    split_seed: int = 0  # the labeled subset depends on this seed only
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Network sizes (toy MLPs)."""
+
+    hidden: int = 128
+    depth: int = 3  # hidden layers; every one sees the noise embedding
+    embed_dim: int = 32  # Gaussian Fourier features of log sigma
+    fourier_scale: float = 16.0
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """Loss weights and knobs; METHODS.md section 2."""
+
+    lambda_sc: float = 1.0  # weight of L_SC in L_CE + lambda_sc L_SC
+    lambda_joint: float = 1.0  # L_DSM + lambda_joint (L_CE + L_SC)
+    lambda_ce: float = 1.0  # DLSM: L_DLSM + lambda_ce L_CE
+    lambda_qc: float = 0.0  # quasi-conservative regulariser; 0 disables it
+    sc_weighting: str = "sigma2"  # "sigma2" (lambda(t) = sigma^2) or "none"
+    dlsm_power: float = 0.0  # w in sigma^(2w); 0 on CIFAR
+    p_uncond: float = 0.1  # CFG label dropout probability
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation of one artifact."""
+
+    steps: int = 2000
+    steps_per_epoch: int = 250  # metrics are reported once per epoch
+    batch_size: int = 256
+    lr: float = 2e-3
+    warmup: int = 100
+    grad_clip: float = 1.0
+    ema_decay: float = 0.99
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    """Sampling and guidance."""
+
+    sampler: str = "pc"  # pc, em, ode
+    num_steps: int = 200
+    snr: float = 0.16  # Langevin corrector signal-to-noise ratio
+    guidance_scale: float = 1.0  # lambda_CG for classifier guidance, w for CFG
+    num_per_class: int = 500
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Toy metrics: noise levels and points (paper 001 App. C)."""
+
+    sigmas: tuple[float, ...] = (0.05, 0.1, 0.2, 0.5, 1.0)
+    num_points: int = 1000  # points per noise level, drawn from p_sigma(x, y)
+    seed: int = 1234
+
+
+@dataclass(frozen=True)
+class TrialConfig:
+    """Everything one trial needs; flat keys are "<section>.<field>" plus "method"."""
+
+    method: str = "CG"
+    sde: SDEConfig = field(default_factory=SDEConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+SECTIONS = ("sde", "data", "model", "loss", "train", "sample", "eval")
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # Toy 2-D studies: small noise range suited to data of unit scale.
+    "toy": {"sde.sigma_max": 10.0, "sde.sigma_min": 0.01, "sde.eps": 1e-3},
+    # CIFAR-10 reference values (METHODS.md section 6); networks arrive with the image issue.
+    "cifar10": {
+        "sde.sigma_max": 50.0,
+        "sde.sigma_min": 0.01,
+        "train.lr": 2e-4,
+        "train.warmup": 5000,
+        "train.batch_size": 128,
+        "train.ema_decay": 0.999,
+        "sample.num_steps": 1000,
+    },
+}
+
+
+def flat_keys() -> list[str]:
+    """Every valid flat key."""
+    base = TrialConfig()
+    keys = ["method"]
+    for section in SECTIONS:
+        keys += [f"{section}.{f.name}" for f in fields(getattr(base, section))]
+    return keys
+
+
+def to_flat(config: TrialConfig) -> dict[str, Any]:
+    """The config as a flat {dotted key: value} dict."""
+    out: dict[str, Any] = {"method": config.method}
+    for section in SECTIONS:
+        for f in fields(getattr(config, section)):
+            out[f"{section}.{f.name}"] = getattr(getattr(config, section), f.name)
+    return out
+
+
+def _coerce(value: Any, current: Any, key: str) -> Any:
+    """Cast an override to the type of the current value."""
+    if isinstance(current, bool):
+        if isinstance(value, str):
+            if value.lower() in ("true", "1", "yes"):
+                return True
+            if value.lower() in ("false", "0", "no"):
+                return False
+            raise ValueError(f"{key}: expected a boolean, got {value!r}")
+        return bool(value)
+    if isinstance(current, tuple):
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v.strip()]
+        return tuple(_coerce(v, current[0] if current else 0.0, key) for v in value)
+    try:
+        if isinstance(current, int):
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(value)
+        if isinstance(current, float):
+            return float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{key}: expected {type(current).__name__}, got {value!r}") from None
+    return str(value) if isinstance(current, str) else value
+
+
+def override(config: TrialConfig, updates: dict[str, Any]) -> TrialConfig:
+    """Return a copy with dotted-key updates, checked against the schema (close matches suggested)."""
+    valid = flat_keys()
+    sections: dict[str, dict[str, Any]] = {}
+    method = config.method
+    for key, value in updates.items():
+        if key not in valid:
+            hint = difflib.get_close_matches(key, valid, n=1)
+            raise ValueError(
+                f"unknown config key {key!r}" + (f"; did you mean {hint[0]!r}?" if hint else "")
+            )
+        if key == "method":
+            method = str(value)
+            continue
+        section, name = key.split(".", 1)
+        current = getattr(getattr(config, section), name)
+        sections.setdefault(section, {})[name] = _coerce(value, current, key)
+    new = {s: replace(getattr(config, s), **kw) for s, kw in sections.items()}
+    return validate(replace(config, method=method, **new))
+
+
+def from_flat(flat: dict[str, Any], preset: str | None = None) -> TrialConfig:
+    """Build a config from a preset (optional) and flat overrides."""
+    base = TrialConfig()
+    if preset is not None:
+        if preset not in PRESETS:
+            raise ValueError(f"unknown preset {preset!r}; valid: {sorted(PRESETS)}")
+        base = override(base, PRESETS[preset])
+    return override(base, flat)
+
+
+def validate(config: TrialConfig) -> TrialConfig:
+    """Check values the math needs; raise ValueError naming the bad value."""
+    from trainables.methods import get_method  # local: methods imports nothing from here at import
+
+    get_method(config.method)
+    if not 0.0 < config.data.label_percent <= 100.0:
+        raise ValueError(f"data.label_percent must be in (0, 100], got {config.data.label_percent}")
+    for name in ("lambda_sc", "lambda_joint", "lambda_ce", "lambda_qc"):
+        value = getattr(config.loss, name)
+        if value < 0:
+            raise ValueError(f"loss.{name} must be >= 0, got {value}")
+    if config.loss.sc_weighting not in ("sigma2", "none"):
+        raise ValueError(f"loss.sc_weighting must be 'sigma2' or 'none', got {config.loss.sc_weighting!r}")
+    if not 0.0 <= config.loss.p_uncond < 1.0:
+        raise ValueError(f"loss.p_uncond must be in [0, 1), got {config.loss.p_uncond}")
+    if not 0 < config.sde.sigma_min < config.sde.sigma_max:
+        raise ValueError(
+            f"need 0 < sde.sigma_min < sde.sigma_max, got {config.sde.sigma_min}, {config.sde.sigma_max}"
+        )
+    if config.sample.guidance_scale < 0:
+        raise ValueError(f"sample.guidance_scale must be >= 0, got {config.sample.guidance_scale}")
+    from trainables.samplers import SAMPLERS
+
+    if config.sample.sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {config.sample.sampler!r}; valid: {sorted(SAMPLERS)}")
+    for name in ("steps", "steps_per_epoch", "batch_size"):
+        if getattr(config.train, name) <= 0:
+            raise ValueError(f"train.{name} must be > 0, got {getattr(config.train, name)}")
+    return config

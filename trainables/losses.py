@@ -1,0 +1,141 @@
+"""One small function per loss term; each returns per-example values. METHODS.md section 2.
+
+The caller draws sigma (from t), z, and any other randomness, so every loss is deterministic given them.
+Shapes: x [B, ...], sigma [B], z like x, y [B] (long).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+LogitsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+CondScoreFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def _bcast(sigma: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Reshape per-example sigma [B] to broadcast against like [B, ...]."""
+    return sigma.reshape(-1, *([1] * (like.dim() - 1)))
+
+
+def _sq(v: torch.Tensor) -> torch.Tensor:
+    """0.5 x squared norm over all non-batch dimensions."""
+    return 0.5 * v.flatten(1).pow(2).sum(1)
+
+
+def score_matching_residual(score: torch.Tensor, sigma: torch.Tensor, z: torch.Tensor, weighting: str = "sigma2") -> torch.Tensor:
+    """0.5 lambda(t) ||score + z / sigma||^2 per example; lambda = sigma^2 ("sigma2") or 1 ("none")."""
+    s = _bcast(sigma, z)
+    if weighting == "sigma2":
+        return _sq(s * score + z)
+    if weighting == "none":
+        return _sq(score + z / s)
+    raise ValueError(f"unknown weighting {weighting!r}; valid: ['none', 'sigma2']")
+
+
+def dsm_loss(score_fn: ScoreFn, x: torch.Tensor, sigma: torch.Tensor, z: torch.Tensor, *, weighting: str = "sigma2") -> torch.Tensor:
+    """Denoising score matching (Song et al. 2021): 0.5 ||sigma s(x + sigma z, sigma) + z||^2."""
+    x_noisy = x + _bcast(sigma, x) * z
+    return score_matching_residual(score_fn(x_noisy, sigma), sigma, z, weighting)
+
+
+def ce_loss(logits_fn: LogitsFn, x: torch.Tensor, sigma: torch.Tensor, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Time-generalised cross-entropy of f(x + sigma z, sigma) against y (paper 001 Sec. 3.2)."""
+    if (y < 0).any():
+        raise ValueError("ce_loss got unlabeled rows (y < 0); pass labeled rows only")
+    x_noisy = x + _bcast(sigma, x) * z
+    return F.cross_entropy(logits_fn(x_noisy, sigma), y, reduction="none")
+
+
+def classifier_score(logits_fn: LogitsFn, x: torch.Tensor, sigma: torch.Tensor, *, create_graph: bool) -> torch.Tensor:
+    """Score of the classifier read as an EBM: grad_x LogSumExp_y f(x, sigma)[y] (paper 001 eq. 2)."""
+    with torch.enable_grad():
+        x = x if x.requires_grad else x.detach().requires_grad_(True)
+        lse = torch.logsumexp(logits_fn(x, sigma), dim=1)
+        (grad,) = torch.autograd.grad(lse.sum(), x, create_graph=create_graph)
+    return grad
+
+
+def sc_loss(logits_fn: LogitsFn, x: torch.Tensor, sigma: torch.Tensor, z: torch.Tensor, *, weighting: str = "sigma2") -> torch.Tensor:
+    """Self-calibration (paper 001 eq. 3): DSM applied to grad_x LSE f, differentiable in the parameters."""
+    x_noisy = (x + _bcast(sigma, x) * z).detach().requires_grad_(True)
+    score = classifier_score(logits_fn, x_noisy, sigma, create_graph=True)
+    return score_matching_residual(score, sigma, z, weighting)
+
+
+def dlsm_loss(
+    logits_fn: LogitsFn,
+    frozen_score_fn: ScoreFn,
+    x: torch.Tensor,
+    sigma: torch.Tensor,
+    z: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    power: float = 0.0,
+) -> torch.Tensor:
+    """DLSM (paper 003): 0.5 sigma^(2w) ||grad_x log p(y|x) + s(x) + z / sigma||^2, s frozen."""
+    x_noisy = (x + _bcast(sigma, x) * z).detach().requires_grad_(True)
+    log_post = F.log_softmax(logits_fn(x_noisy, sigma), dim=1).gather(1, y[:, None]).sum()
+    (grad,) = torch.autograd.grad(log_post, x_noisy, create_graph=True)
+    with torch.no_grad():
+        score = frozen_score_fn(x_noisy.detach(), sigma)
+    s = _bcast(sigma, x)
+    return s.flatten() ** (2 * power) * _sq(grad + score + z / s)
+
+
+def cond_dsm_loss(cond_score_fn: CondScoreFn, x: torch.Tensor, sigma: torch.Tensor, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """DSM of a class-conditional score model s(x, sigma, y) (Cond)."""
+    return dsm_loss(lambda xt, st: cond_score_fn(xt, st, y), x, sigma, z)
+
+
+def cfg_labels(y: torch.Tensor, u: torch.Tensor, p_uncond: float, null_label: int) -> torch.Tensor:
+    """CFG training labels: unlabeled rows (y < 0) and rows with u < p_uncond get the null label."""
+    return torch.where((y < 0) | (u < p_uncond), torch.full_like(y, null_label), y)
+
+
+def cfg_dsm_loss(
+    cond_score_fn: CondScoreFn,
+    x: torch.Tensor,
+    sigma: torch.Tensor,
+    z: torch.Tensor,
+    y: torch.Tensor,
+    u: torch.Tensor,
+    *,
+    p_uncond: float,
+    null_label: int,
+) -> torch.Tensor:
+    """Classifier-free guidance training (Ho & Salimans): DSM with labels dropped to the null label."""
+    return cond_dsm_loss(cond_score_fn, x, sigma, z, cfg_labels(y, u, p_uncond, null_label))
+
+
+def qc_loss(score_fn: ScoreFn, x: torch.Tensor, sigma: torch.Tensor, z: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Quasi-conservative regulariser (paper 004): sigma^2 (||J^T v||^2 - v^T J J v), Hutchinson v.
+
+    In expectation over Rademacher v this is sigma^2 ||J - J^T||_F^2 / 2; two backward passes.
+    """
+    x_noisy = (x + _bcast(sigma, x) * z).detach().requires_grad_(True)
+    score = score_fn(x_noisy, sigma)
+    (vj,) = torch.autograd.grad(score, x_noisy, grad_outputs=v, create_graph=True)  # v^T J
+    (vjj,) = torch.autograd.grad(score, x_noisy, grad_outputs=vj, create_graph=True)  # v^T J J
+    per_example = vj.flatten(1).pow(2).sum(1) - (vjj * v).flatten(1).sum(1)
+    return sigma**2 * per_example
+
+
+def jacobian(score_fn: ScoreFn, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """Full Jacobian d s / d x per example [B, D, D] (small D only: one backward per dimension)."""
+    x = x.detach().flatten(1).requires_grad_(True)
+    with torch.enable_grad():
+        score = score_fn(x, sigma).flatten(1)
+        rows = [torch.autograd.grad(score[:, i].sum(), x, retain_graph=True)[0] for i in range(score.shape[1])]
+    return torch.stack(rows, dim=1)
+
+
+def asymmetry(score_fn: ScoreFn, x: torch.Tensor, sigma: torch.Tensor) -> dict[str, float]:
+    """Asym = E ||J - J^T||_F^2 and NAsym = E[||J - J^T||_F^2 / (4 ||J||_F^2)] (paper 004)."""
+    jac = jacobian(score_fn, x, sigma)
+    asym = (jac - jac.transpose(1, 2)).pow(2).sum((1, 2))
+    norm = jac.pow(2).sum((1, 2))
+    return {"asym": asym.mean().item(), "nasym": (asym / (4 * norm)).mean().item()}

@@ -1,0 +1,1 @@
+"""Metrics: toy gradient metrics against exact scores, generation accuracy, calibration."""
