@@ -1,1 +1,12 @@
-"""search_spaces."""
+"""Optuna define-by-run search spaces, one per method family; imports neither torch nor ray."""
+
+from search_spaces.spaces import (
+    DEFAULT_RANGES,
+    PAPER_GRID,
+    METHOD_KEYS,
+    Range,
+    define_space,
+    make_space,
+)
+
+__all__ = ["DEFAULT_RANGES", "METHOD_KEYS", "PAPER_GRID", "Range", "define_space", "make_space"]

@@ -1,0 +1,45 @@
+"""Load a study's trial runs from MLflow into a tidy DataFrame (params cast once)."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+BASE_COLUMNS = ["run_id", "trial_id", "status", "method", "label_percent"]
+
+
+def _cast(value):  # noqa: ANN001, ANN202
+    """MLflow params are strings: cast numbers and booleans once."""
+    if not isinstance(value, str):
+        return value
+    for cast in (int, float):
+        try:
+            return cast(value)
+        except ValueError:
+            pass
+    return {"True": True, "False": False}.get(value, value)
+
+
+def load_runs(tracking_uri: str, experiment_name: str) -> pd.DataFrame:
+    """One row per trial run: run_id, trial_id, status, method, label_percent, every param and metric."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    exp = client.get_experiment_by_name(experiment_name)
+    if exp is None:
+        return pd.DataFrame(columns=BASE_COLUMNS)
+    rows = []
+    for run in client.search_runs([exp.experiment_id], filter_string="tags.role = 'trial'", max_results=50000):
+        row = {
+            "run_id": run.info.run_id,
+            "trial_id": run.data.tags.get("trial_id"),
+            "status": run.info.status,
+            **{k: _cast(v) for k, v in run.data.params.items()},
+            **run.data.metrics,
+        }
+        row["label_percent"] = _cast(run.data.params.get("data.label_percent", run.data.tags.get("label_percent")))
+        row["method"] = run.data.params.get("method", run.data.tags.get("method"))
+        rows.append(row)
+    if not rows:
+        return pd.DataFrame(columns=BASE_COLUMNS)
+    frame = pd.DataFrame(rows)
+    return frame[BASE_COLUMNS + [c for c in frame.columns if c not in BASE_COLUMNS]]

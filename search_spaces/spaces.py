@@ -1,0 +1,78 @@
+"""Define-by-run spaces: method and label percentage are categorical; weights are conditional.
+
+loss.lambda_sc only for CG-SC-labeled / CG-SC-all, loss.lambda_joint only for Joint-SC (paper 000 ties
+its SC term to lambda_joint), sample.guidance_scale for every guided method (Cond has no guidance).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+# The keys each method family tunes (kept torch-free; tests check it against the registry).
+METHOD_KEYS: dict[str, tuple[str, ...]] = {
+    "CG": ("sample.guidance_scale",),
+    "CG-SC-labeled": ("loss.lambda_sc", "sample.guidance_scale"),
+    "CG-SC-all": ("loss.lambda_sc", "sample.guidance_scale"),
+    "CG-DLSM": ("sample.guidance_scale",),
+    "Joint-SC": ("loss.lambda_joint", "sample.guidance_scale"),
+    "Cond": (),
+    "CFG-labeled": ("sample.guidance_scale",),
+    "CFG-all": ("sample.guidance_scale",),
+}
+PAPER_GRID = (0.01, 0.1, 1.0, 10.0)  # paper 000's grid for lambda_SC and lambda_joint
+
+
+@dataclass(frozen=True)
+class Range:
+    """A searched range: log-uniform / uniform floats, or a categorical set of values."""
+
+    low: float | None = None
+    high: float | None = None
+    log: bool = True
+    choices: tuple[Any, ...] | None = None
+
+    def check(self, key: str) -> list[str]:
+        """Problems with this range, as messages naming the key and the fix."""
+        if self.choices is not None:
+            return [] if self.choices else [f"search.{key}: empty choices; give at least one value"]
+        if self.low is None or self.high is None:
+            return [f"search.{key}: give low and high, or choices"]
+        errors = []
+        if not self.low < self.high:
+            errors.append(f"search.{key}: empty range low={self.low} >= high={self.high}; make low < high")
+        if self.log and self.low <= 0:
+            errors.append(f"search.{key}: log range needs low > 0, got {self.low}")
+        if min(self.low, self.high) < 0:
+            errors.append(f"search.{key}: weights and scales must be >= 0, got [{self.low}, {self.high}]")
+        return errors
+
+    def suggest(self, trial, key: str) -> Any:  # noqa: ANN001 - optuna.Trial
+        """Ask the trial for a value in this range."""
+        if self.choices is not None:
+            return trial.suggest_categorical(key, list(self.choices))
+        return trial.suggest_float(key, self.low, self.high, log=self.log)
+
+
+DEFAULT_RANGES: dict[str, Range] = {
+    "loss.lambda_sc": Range(0.01, 10.0),
+    "loss.lambda_joint": Range(0.01, 10.0),
+    "sample.guidance_scale": Range(0.5, 4.0),
+}
+PRESET_RANGES: dict[str, Range] = {"paper": Range(choices=PAPER_GRID)}
+
+
+def define_space(trial, methods: Sequence[str], label_percents: Sequence[float], ranges: dict[str, Range]) -> dict[str, Any]:  # noqa: ANN001
+    """Suggest one trial's flat params; only the keys its method uses are suggested."""
+    method = trial.suggest_categorical("method", list(methods))
+    trial.suggest_categorical("data.label_percent", list(label_percents))
+    for key in METHOD_KEYS[method]:
+        ranges.get(key, DEFAULT_RANGES[key]).suggest(trial, key)
+    return {}
+
+
+def make_space(methods: Sequence[str], label_percents: Sequence[float], ranges: dict[str, Range] | None = None) -> Callable[[Any], dict]:
+    """The define-by-run function OptunaSearch takes (a partial, so Tune can pickle the searcher)."""
+    return partial(define_space, methods=tuple(methods), label_percents=tuple(label_percents), ranges=dict(ranges or {}))

@@ -1,0 +1,120 @@
+"""The `study` command: run, resume, table, export-best, ui. Bad input exits 2 before any work."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+USAGE_ERROR = 2
+
+
+def _table(study_dir: Path, spec) -> str:  # noqa: ANN001
+    from analysis.runs import load_runs
+    from analysis.tables import to_markdown, write_tables
+
+    runs = load_runs(spec.tracking_uri, spec.name)
+    objectives = [(o.metric, o.mode) for o in spec.objectives]
+    table = write_tables(runs, objectives, study_dir / "tables")
+    finished = int((runs["status"] == "FINISHED").sum()) if len(runs) else 0
+    head = f"{len(runs)} trial runs ({finished} finished); best per cell by {objectives[0][0]} ({objectives[0][1]})\n\n"
+    return head + to_markdown(table) + f"\nwritten: {study_dir / 'tables' / 'comparison.md'} and comparison.csv\n"
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from study.runner import load_study_spec, run_study, study_dir_for
+    from study.spec import load_spec
+
+    if args.resume_dir is not None:
+        study_dir, spec = load_study_spec(args.resume_dir)
+    else:
+        spec = load_spec(args.spec)
+        study_dir = study_dir_for(spec)
+    print(f"study {spec.name!r}: {len(spec.methods)} methods x {len(spec.label_percents)} label %, {spec.num_trials} trials -> {study_dir}", flush=True)
+    start = time.perf_counter()
+    run_study(spec, resume=args.resume_dir is not None, verbose=not args.quiet)
+    _, spec = load_study_spec(study_dir)
+    print(f"\nfinished in {time.perf_counter() - start:.0f} s\n", flush=True)
+    print(_table(study_dir, spec))
+    print(f"open the MLflow UI:  study ui {study_dir}")
+    return 0
+
+
+def cmd_table(args: argparse.Namespace) -> int:
+    from study.runner import load_study_spec
+
+    study_dir, spec = load_study_spec(args.study_dir)
+    print(_table(study_dir, spec))
+    return 0
+
+
+def cmd_export_best(args: argparse.Namespace) -> int:
+    from analysis.runs import load_runs
+    from analysis.tables import export_best
+    from study.runner import load_study_spec
+
+    study_dir, spec = load_study_spec(args.study_dir)
+    runs = load_runs(spec.tracking_uri, spec.name)
+    objective = (spec.objectives[0].metric, spec.objectives[0].mode)
+    written = export_best(runs, {**spec.to_dict(), "storage": str(study_dir.parent / f"{spec.name}-final")}, objective, study_dir / "best")
+    if not written:
+        print(f"no finished trials in {study_dir}: nothing to export", file=sys.stderr)
+        return 1
+    for path in written:
+        print(f"{path}    (run it: study run {path})")
+    return 0
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    from study.runner import load_study_spec
+
+    study_dir, spec = load_study_spec(args.study_dir)
+    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", spec.tracking_uri, "--host", "127.0.0.1", "--port", str(args.port)]
+    print(f"MLflow UI for {study_dir}: http://127.0.0.1:{args.port}  (Ctrl-C stops it)", flush=True)
+    return subprocess.call(cmd, env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})
+
+
+def parser() -> argparse.ArgumentParser:
+    """The argument parser."""
+    p = argparse.ArgumentParser(prog="study", description="Classifier-guided score-based generation studies on Ray Tune + Optuna + MLflow.")
+    sub = p.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run a study from a spec file or preset (default: the toy study)")
+    run.add_argument("spec", nargs="?", default=None, help="YAML spec file or preset name")
+    run.add_argument("--quiet", action="store_true", help="no per-epoch progress")
+    run.set_defaults(func=cmd_run, resume_dir=None)
+    resume = sub.add_parser("resume", help="resume an interrupted study")
+    resume.add_argument("resume_dir", metavar="DIR")
+    resume.add_argument("--quiet", action="store_true")
+    resume.set_defaults(func=cmd_run, spec=None)
+    for name, func, text in (("table", cmd_table, "print and write the comparison table"), ("export-best", cmd_export_best, "export the best config per (method, label %) as run specs")):
+        sp = sub.add_parser(name, help=text)
+        sp.add_argument("study_dir", metavar="DIR")
+        sp.set_defaults(func=func)
+    ui = sub.add_parser("ui", help="start the MLflow UI for a study on 127.0.0.1")
+    ui.add_argument("study_dir", metavar="DIR")
+    ui.add_argument("--port", type=int, default=5000)
+    ui.set_defaults(func=cmd_ui)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; errors in input print one line and exit 2."""
+    from study.runner import StudyError
+    from study.spec import SpecError
+
+    args = parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (SpecError, StudyError) as exc:
+        print(f"study: error: {exc}", file=sys.stderr)
+        return USAGE_ERROR
+    except KeyboardInterrupt:
+        print("\nstudy: interrupted; resume with 'study resume DIR'", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,164 @@
+"""MLflow: one experiment per study, a parent run, exactly one child run per trial (the platform owns it)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import time
+from importlib import metadata
+from pathlib import Path
+
+from mlflow.entities import Metric, Param
+from mlflow.tracking import MlflowClient
+from ray import tune
+
+TERMINAL = {"FINISHED", "FAILED", "KILLED"}
+
+
+def default_tracking_uri(study_dir: Path) -> str:
+    """Embedded SQLite store at an absolute path in the study directory."""
+    return f"sqlite:///{(study_dir / 'mlflow.db').resolve()}"
+
+
+def resolve_tracking_uri(spec_uri: str | None, study_dir: Path) -> str:
+    """The spec's URI, else MLFLOW_TRACKING_URI, else the study's own SQLite store."""
+    return spec_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(study_dir)
+
+
+def environment_tags() -> dict[str, str]:
+    """Git commit and package versions."""
+    tags = {}
+    try:
+        tags["git_commit"] = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent, timeout=5).stdout.strip() or "unknown"
+    except (OSError, subprocess.TimeoutExpired):
+        tags["git_commit"] = "unknown"
+    for pkg in ("torch", "ray", "optuna", "mlflow"):
+        try:
+            tags[f"version.{pkg}"] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            pass
+    return tags
+
+
+def ensure_parent_run(client: MlflowClient, experiment_name: str, spec_dict: dict, study_dir: Path) -> tuple[str, str]:
+    """Create (or find) the experiment and the study's parent run; return (experiment_id, run_id)."""
+    exp = client.get_experiment_by_name(experiment_name)
+    exp_id = exp.experiment_id if exp else client.create_experiment(experiment_name)
+    existing = client.search_runs([exp_id], filter_string="tags.role = 'study'", max_results=1)
+    if existing:
+        run_id = existing[0].info.run_id
+        client.update_run(run_id, status="RUNNING")
+        return exp_id, run_id
+    run = client.create_run(exp_id, run_name=f"study:{experiment_name}", tags={"role": "study", "study_dir": str(study_dir), **environment_tags()})
+    client.log_dict(run.info.run_id, spec_dict, "spec.json")
+    return exp_id, run.info.run_id
+
+
+class MLflowTracker(tune.Callback):
+    """Tune callback on the driver: one MLflow run per trial, found again by trial id after a restore."""
+
+    def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str, record_root: Path, full_params, verbose: bool = True):  # noqa: ANN001
+        self.tracking_uri, self.experiment_id, self.parent_run_id = tracking_uri, experiment_id, parent_run_id
+        self.record_root = Path(record_root)
+        self.full_params = full_params  # picklable: trial params -> every flat param
+        self.verbose = verbose
+        self._client: MlflowClient | None = None
+        self._runs: dict[str, str] = {}
+        self._done = 0
+
+    def __getstate__(self) -> dict:
+        """Pickle without the client (Tune saves callbacks with the experiment)."""
+        return {**self.__dict__, "_client": None, "_runs": {}}
+
+    def on_event(self, event: str, trial, result) -> None:  # noqa: ANN001
+        """Progress on the driver's terminal."""
+        if not self.verbose:
+            return
+        label = f"{trial.config.get('method')} @ {trial.config.get('data.label_percent'):g}%"
+        if event == "result" and result is not None and "epoch" in result:
+            loss = next((f"{k} {v:.4g}" for k, v in result.items() if k.endswith("/loss")), "")
+            print(f"  [{trial.trial_id}] {label}: epoch {int(result['epoch'])} {loss}", flush=True)
+        elif event in ("FINISHED", "FAILED"):
+            self._done += 1
+            print(f"  [{trial.trial_id}] {label}: {event} ({self._done} trials ended)", flush=True)
+
+    @property
+    def client(self) -> MlflowClient:
+        if self._client is None:
+            self._client = MlflowClient(self.tracking_uri)
+        return self._client
+
+    def run_for(self, trial) -> str:  # noqa: ANN001
+        """The trial's run: the existing one with its trial id, else a new child run."""
+        if trial.trial_id in self._runs:
+            return self._runs[trial.trial_id]
+        found = self.client.search_runs([self.experiment_id], filter_string=f"tags.trial_id = '{trial.trial_id}'", max_results=1)
+        if found:
+            run_id = found[0].info.run_id
+            self.client.update_run(run_id, status="RUNNING")
+        else:
+            params = trial.config
+            tags = {
+                "mlflow.parentRunId": self.parent_run_id,
+                "trial_id": trial.trial_id,
+                "role": "trial",
+                "method": str(params.get("method")),
+                "label_percent": str(params.get("data.label_percent")),
+                **environment_tags(),
+            }
+            run = self.client.create_run(self.experiment_id, run_name=f"{params.get('method')}@{params.get('data.label_percent')}%-{trial.trial_id}", tags=tags)
+            run_id = run.info.run_id
+            self.client.log_batch(run_id, params=[Param(k, str(v)) for k, v in sorted(self.full_params(params).items())])
+        self._runs[trial.trial_id] = run_id
+        return run_id
+
+    def on_trial_start(self, iteration, trials, trial, **info):  # noqa: ANN001, D102
+        self.run_for(trial)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):  # noqa: ANN001, D102
+        run_id = self.run_for(trial)
+        step = int(result.get("training_iteration", 0))
+        now = int(time.time() * 1000)
+        skip = {"training_iteration", "timestamp", "time_this_iter_s", "time_total_s", "pid", "iterations_since_restore", "time_since_restore", "done"}
+        metrics = [Metric(k.replace("@", "_"), float(v), now, step) for k, v in result.items() if k not in skip and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))]
+        if metrics:
+            self.client.log_batch(run_id, metrics=metrics)
+        self.on_event("result", trial, result)
+
+    def _end(self, trial, status: str) -> None:  # noqa: ANN001
+        run_id = self.run_for(trial)
+        record = self.record_root / trial.trial_id / "artifacts.json"
+        if record.exists():
+            for name, path in json.loads(record.read_text()).items():
+                self.client.set_tag(run_id, f"artifact.{name}", path)
+        self.client.set_terminated(run_id, status)
+        self.on_event(status, trial, None)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):  # noqa: ANN001, D102
+        self._end(trial, "FINISHED")
+
+    def on_trial_error(self, iteration, trials, trial, **info):  # noqa: ANN001, D102
+        self._end(trial, "FAILED")
+
+
+def reconcile(tracking_uri: str, experiment_id: str, status: str = "KILLED") -> int:
+    """End every trial run left RUNNING (interrupted study); keep one run per trial id. Returns count."""
+    client = MlflowClient(tracking_uri)
+    fixed = 0
+    seen: dict[str, str] = {}
+    for run in client.search_runs([experiment_id], filter_string="tags.role = 'trial'", max_results=50000, order_by=["attributes.start_time ASC"]):
+        trial_id = run.data.tags.get("trial_id")
+        if trial_id in seen:
+            # A duplicate for the same trial: merge nothing, delete it (first run keeps the history).
+            client.delete_run(run.info.run_id)
+            fixed += 1
+            continue
+        seen[trial_id] = run.info.run_id
+        if run.info.status not in TERMINAL:
+            client.set_terminated(run.info.run_id, status)
+            fixed += 1
+    return fixed
+
+
