@@ -1,0 +1,72 @@
+import optuna
+import pytest
+
+from search_spaces import METHOD_KEYS, PAPER_GRID, Range, define_space, make_space
+
+
+def _fixed(params):
+    return optuna.trial.FixedTrial(params)
+
+
+def test_sc_methods_search_lambda_sc_and_scale_only():
+    trial = _fixed({"method": "CG-SC-all", "data.label_percent": 5, "loss.lambda_sc": 0.3, "sample.guidance_scale": 2.0})
+    define_space(trial, ["CG-SC-all"], [5], {})
+    assert set(trial.params) == {"method", "data.label_percent", "loss.lambda_sc", "sample.guidance_scale"}
+
+
+def test_joint_searches_lambda_joint_not_lambda_sc():
+    trial = _fixed({"method": "Joint-SC", "data.label_percent": 100, "loss.lambda_joint": 1.0, "sample.guidance_scale": 1.0})
+    define_space(trial, ["Joint-SC"], [100], {})
+    assert "loss.lambda_joint" in trial.params and "loss.lambda_sc" not in trial.params
+
+
+@pytest.mark.parametrize("method", ["CG", "CG-DLSM", "CFG-labeled", "CFG-all"])
+def test_guided_methods_without_weights_search_only_the_scale(method):
+    trial = _fixed({"method": method, "data.label_percent": 20, "sample.guidance_scale": 1.0})
+    define_space(trial, [method], [20], {})
+    assert set(trial.params) == {"method", "data.label_percent", "sample.guidance_scale"}
+
+
+def test_cond_searches_no_weight_and_no_scale():
+    trial = _fixed({"method": "Cond", "data.label_percent": 20})
+    define_space(trial, ["Cond"], [20], {})
+    assert set(trial.params) == {"method", "data.label_percent"}
+
+
+def test_value_outside_range_is_flagged_by_fixed_trial():
+    trial = _fixed({"method": "CG-SC-labeled", "data.label_percent": 5, "loss.lambda_sc": 50.0, "sample.guidance_scale": 1.0})
+    # lambda_SC is searched in [0.01, 10]; optuna flags 50 as out of range.
+    with pytest.warns(UserWarning, match="out of the range"):
+        define_space(trial, ["CG-SC-labeled"], [5], {})
+
+
+def test_paper_grid_preset_is_categorical():
+    trial = _fixed({"method": "CG-SC-all", "data.label_percent": 5, "loss.lambda_sc": 0.1, "sample.guidance_scale": 1.0})
+    define_space(trial, ["CG-SC-all"], [5], {"loss.lambda_sc": Range(choices=PAPER_GRID)})
+    assert trial.params["loss.lambda_sc"] == 0.1
+
+
+def test_space_samples_in_a_real_study_within_ranges():
+    space = make_space(list(METHOD_KEYS), [5, 100], {"sample.guidance_scale": Range(1.0, 2.0)})
+    study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=0))
+    for _ in range(30):
+        trial = study.ask()
+        space(trial)
+        assert 1.0 <= trial.params.get("sample.guidance_scale", 1.5) <= 2.0
+        assert 0.01 <= trial.params.get("loss.lambda_sc", 1.0) <= 10
+        study.tell(trial, 0.0)
+
+
+def test_method_keys_agree_with_the_registry():
+    from trainables.methods import METHODS
+
+    assert list(METHOD_KEYS) == list(METHODS)
+    for name, method in METHODS.items():
+        guided = ("sample.guidance_scale",) if method.guidance != "conditional" else ()
+        assert METHOD_KEYS[name] == method.search_keys + guided
+
+
+def test_ranges_report_empty_and_negative():
+    assert "empty range" in Range(2.0, 1.0).check("loss.lambda_sc")[0]
+    assert any("low > 0" in e for e in Range(0.0, 1.0).check("loss.lambda_sc"))
+    assert any(">= 0" in e for e in Range(-1.0, 1.0, log=False).check("sample.guidance_scale"))

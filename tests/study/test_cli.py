@@ -1,0 +1,119 @@
+"""End to end through the CLI: a small Ray Tune study, its MLflow runs, the table, export-best round trip."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.slow
+
+FAST_CONFIG = {
+    "data.num_train": 300,
+    "data.num_test": 200,
+    "train.steps": 40,
+    "train.steps_per_epoch": 20,
+    "train.batch_size": 64,
+    "model.hidden": 16,
+    "model.depth": 1,
+    "sample.sampler": "ode",
+    "sample.num_steps": 8,
+    "sample.num_per_class": 40,
+    "eval.num_points": 100,
+}
+
+
+def _cli(*args, cwd, timeout=400):
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "MLFLOW_DISABLE_TELEMETRY": "true"}
+    return subprocess.run([sys.executable, "-m", "study", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def finished_study(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    spec = {
+        "name": "e2e",
+        "dataset": "gmm2",
+        "methods": ["CG", "CG-SC-all", "CFG-all"],
+        "label_percents": [20],
+        "num_trials": 4,
+        "storage": str(root / "studies"),
+        "resources": {"max_concurrent_trials": 2},
+        "config": FAST_CONFIG,
+    }
+    (root / "spec.yaml").write_text(yaml.safe_dump(spec))
+    result = _cli("run", "spec.yaml", cwd=root)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return root, root / "studies" / "e2e", result
+
+
+def test_run_prints_table_and_ui_command(finished_study):
+    _, study_dir, result = finished_study
+    assert "| CG |" in result.stdout and "| CG-SC-all |" in result.stdout and "| CFG-all |" in result.stdout
+    assert f"study ui {study_dir}" in result.stdout
+    assert (study_dir / "tables" / "comparison.md").exists() and (study_dir / "tables" / "comparison.csv").exists()
+
+
+def test_mlflow_holds_one_parent_and_one_finished_child_per_trial(finished_study):
+    _, study_dir, _ = finished_study
+    # Read from another process, as a researcher would.
+    code = f"""
+import mlflow
+mlflow.set_tracking_uri("sqlite:///{study_dir / 'mlflow.db'}")
+runs = mlflow.search_runs(experiment_names=["e2e"])
+parent = runs[runs["tags.role"] == "study"]
+children = runs[runs["tags.role"] == "trial"]
+assert len(parent) == 1, runs
+assert len(children) == 4 and children["tags.trial_id"].is_unique
+assert (children["status"] == "FINISHED").all(), children["status"].tolist()
+assert (children["tags.mlflow.parentRunId"] == parent["run_id"].iloc[0]).all()
+assert children["metrics.guided_score_cos"].notna().all()
+assert children["params.train.steps"].eq("40").all()
+assert children["tags.artifact.score"].dropna().str.startswith("{study_dir}").all()
+print("ok")
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
+def test_score_model_trained_once_and_reused(finished_study):
+    _, study_dir, _ = finished_study
+    from analysis.runs import load_runs
+
+    runs = load_runs(f"sqlite:///{study_dir / 'mlflow.db'}", "e2e")
+    cg = runs[runs["method"].isin(["CG", "CG-SC-all"])]
+    # The first CG-family trial trains the score model; every later one reuses it.
+    assert (cg["artifact_reused/score"] == 0).sum() == 1
+    assert (cg["artifact_reused/score"] == 1).sum() == len(cg) - 1
+    assert len(list((study_dir / "artifacts").glob("score-*"))) == 1
+
+
+def test_table_command_rebuilds_the_table(finished_study):
+    root, study_dir, _ = finished_study
+    result = _cli("table", str(study_dir), cwd=root, timeout=120)
+    assert result.returncode == 0 and "| CG-SC-all |" in result.stdout
+
+
+def test_export_best_round_trip(finished_study):
+    root, study_dir, _ = finished_study
+    result = _cli("export-best", str(study_dir), cwd=root, timeout=120)
+    assert result.returncode == 0, result.stderr
+    exported = sorted((study_dir / "best").glob("*.yaml"))
+    assert {p.name for p in exported} == {"CG_20.yaml", "CG-SC-all_20.yaml", "CFG-all_20.yaml"}
+    spec = yaml.safe_load((study_dir / "best" / "CG-SC-all_20.yaml").read_text())
+    assert spec["methods"] == ["CG-SC-all"] and spec["num_trials"] == 1
+    assert len(spec["search"]["loss.lambda_sc"]["choices"]) == 1
+    rerun = _cli("run", str(study_dir / "best" / "CG-SC-all_20.yaml"), "--quiet", cwd=root)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "| CG-SC-all |" in rerun.stdout
+
+
+def test_rerun_into_existing_study_is_refused_and_changes_nothing(finished_study):
+    root, study_dir, _ = finished_study
+    before = (study_dir / "mlflow.db").stat().st_mtime_ns, (study_dir / "spec.yaml").read_text()
+    result = _cli("run", "spec.yaml", cwd=root, timeout=120)
+    assert result.returncode == 2
+    assert "already holds a study; use 'study resume" in result.stderr
+    assert ((study_dir / "mlflow.db").stat().st_mtime_ns, (study_dir / "spec.yaml").read_text()) == before
