@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import time
 from functools import partial
 from pathlib import Path
@@ -56,6 +57,13 @@ def init_ray(address: str | None) -> None:
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
     if ray.is_initialized():
         return
+    if address and address != "auto":
+        # ray.init retries an unreachable GCS for minutes: check the port first.
+        host, _, port = address.removeprefix("ray://").rpartition(":")
+        try:
+            socket.create_connection((host or "127.0.0.1", int(port)), timeout=5).close()
+        except (OSError, ValueError):
+            raise StudyError(f"cannot reach the Ray cluster at {address!r}; start it with 'ray start --head' or fix 'address' / RAY_ADDRESS") from None
     try:
         if address:
             ray.init(address=address, log_to_driver=False)
