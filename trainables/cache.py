@@ -25,7 +25,7 @@ ALWAYS = ("sde.", "model.", "train.")
 DATA_KEYS = ("data.name", "data.num_train", "data.seed")
 
 
-def _term_keys(term: LossTerm, flat: dict) -> list[str]:
+def _term_keys(term: LossTerm) -> list[str]:
     keys = list(TERM_KNOBS.get(term.fn, ()))
     if term.weight_key is not None:
         keys.append(term.weight_key)
@@ -40,7 +40,7 @@ def artifact_identity(artifact: Artifact, config: TrialConfig, needs: dict[str, 
     if artifact.uses_labels:
         keys += ["data.label_percent", "data.split_seed"]
     for term in active:
-        keys += _term_keys(term, flat)
+        keys += _term_keys(term)
     return {
         "artifact": artifact.name,
         "network": artifact.network,
