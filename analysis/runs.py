@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-BASE_COLUMNS = ["run_id", "trial_id", "status", "method", "label_percent"]
+BASE_COLUMNS = ["run_id", "trial_id", "status", "early_stopped", "method", "label_percent"]
 
 
 def _cast(value):  # noqa: ANN001, ANN202
@@ -20,7 +20,7 @@ def _cast(value):  # noqa: ANN001, ANN202
 
 
 def load_runs(tracking_uri: str, experiment_name: str) -> pd.DataFrame:
-    """One row per trial run: run_id, trial_id, status, method, label_percent, every param and metric."""
+    """One row per trial run: run_id, trial_id, status, early_stopped, method, label_percent, params, metrics."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri)
@@ -33,6 +33,7 @@ def load_runs(tracking_uri: str, experiment_name: str) -> pd.DataFrame:
             "run_id": run.info.run_id,
             "trial_id": run.data.tags.get("trial_id"),
             "status": run.info.status,
+            "early_stopped": run.data.tags.get("early_stopped") == "true",
             **{k: _cast(v) for k, v in run.data.params.items()},
             **run.data.metrics,
         }

@@ -13,9 +13,17 @@ from search_spaces import METHOD_KEYS
 DEFAULT_METRICS = ("guided_score_cos", "gen_accuracy", "energy_distance", "grad_mse", "grad_cos", "clf_ece")
 
 
+def completed(runs: pd.DataFrame) -> pd.DataFrame:
+    """Trials that finished their whole training and final evaluation (not stopped early by ASHA)."""
+    if not len(runs):
+        return runs
+    early = runs["early_stopped"].fillna(False).astype(bool) if "early_stopped" in runs else False
+    return runs[(runs["status"] == "FINISHED") & ~early]
+
+
 def best_per_cell(runs: pd.DataFrame, metric: str, mode: str) -> pd.DataFrame:
-    """The best finished trial of each (method, label %) by one objective."""
-    done = runs[(runs["status"] == "FINISHED")] if len(runs) else runs
+    """The best completed trial of each (method, label %) by one objective."""
+    done = completed(runs)
     if metric not in done.columns or done.empty:
         return done.iloc[0:0]
     done = done.dropna(subset=[metric])
@@ -38,8 +46,9 @@ def comparison_table(runs: pd.DataFrame, objective: tuple[str, str], metrics: Se
 
 
 def pareto_set(runs: pd.DataFrame, objectives: Sequence[tuple[str, str]]) -> pd.DataFrame:
-    """Finished trials no other trial dominates on every objective."""
-    done = runs[runs["status"] == "FINISHED"].dropna(subset=[m for m, _ in objectives]) if len(runs) else runs
+    """Completed trials no other trial dominates on every objective."""
+    done = completed(runs)
+    done = done.dropna(subset=[m for m, _ in objectives]) if len(done) else done
     if done.empty:
         return done
     signs = [1 if mode == "max" else -1 for _, mode in objectives]

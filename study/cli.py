@@ -20,7 +20,9 @@ def _table(study_dir: Path, spec) -> str:  # noqa: ANN001
     objectives = [(o.metric, o.mode) for o in spec.objectives]
     table = write_tables(runs, objectives, study_dir / "tables")
     finished = int((runs["status"] == "FINISHED").sum()) if len(runs) else 0
-    head = f"{len(runs)} trial runs ({finished} finished); best per cell by {objectives[0][0]} ({objectives[0][1]})\n\n"
+    early = int(runs["early_stopped"].sum()) if len(runs) else 0
+    stopped = f", {early} of them stopped early by ASHA and left out of the table" if early else ""
+    head = f"{len(runs)} trial runs ({finished} finished{stopped}); best per cell by {objectives[0][0]} ({objectives[0][1]})\n\n"
     return head + to_markdown(table) + f"\nwritten: {study_dir / 'tables' / 'comparison.md'} and comparison.csv\n"
 
 

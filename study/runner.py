@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import time
@@ -18,6 +19,7 @@ class StudyError(RuntimeError):
 
 
 SPEC_FILE = "spec.yaml"
+FINAL_FILE = "final.json"  # a trial's final result, written by the worker before it reports it
 
 
 def study_dir_for(spec: StudySpec) -> Path:
@@ -83,13 +85,20 @@ def trial_driver(params: dict, *, study: dict) -> None:
     from trainables.ray_worker import train_fn_per_worker
 
     trial_id = tune.get_context().get_trial_id()
+    record_dir = Path(study["record_root"]) / trial_id
+    if (record_dir / FINAL_FILE).exists():
+        # A restored study re-runs trials that ended after its last experiment checkpoint: report the
+        # stored final result instead of training again.
+        tune.report({**json.loads((record_dir / FINAL_FILE).read_text()), "replayed": 1.0})
+        return
     loop_config = {
         "params": {**study["base"], **params},
         "preset": study["preset"],
         "cache_dir": study["cache_dir"],
-        "record_dir": str(Path(study["record_root"]) / trial_id),
+        "record_dir": str(record_dir),
         "threads": max(1, int(study["cpus"])),
         "local_mode_in_tune": study["num_workers"] == 0,
+        "eval_every_epoch": study["eval_every_epoch"],
     }
     trainer = TorchTrainer(
         train_fn_per_worker,
@@ -105,9 +114,14 @@ def _final_result_searcher():  # noqa: ANN202
     from ray.tune.search.optuna import OptunaSearch
 
     class FinalResultOptunaSearch(OptunaSearch):
+        def _finished_in_storage(self, trial_id: str) -> bool:
+            # After a restore, Tune may re-run a trial the SQLite study already holds as finished.
+            ot_trial = self._ot_trials.get(trial_id)
+            return ot_trial is not None and ot_trial.storage.get_trial(ot_trial._trial_id).state.is_finished()
+
         def on_trial_result(self, trial_id: str, result: dict) -> None:
             metrics = self.metric if isinstance(self.metric, list) else [self.metric]
-            if all(m in result for m in metrics):
+            if all(m in result for m in metrics) and not self._finished_in_storage(trial_id):
                 super().on_trial_result(trial_id, result)
 
     return FinalResultOptunaSearch
@@ -131,6 +145,57 @@ def _searcher(spec: StudySpec, study_dir: Path):  # noqa: ANN202
         sampler=sampler,
         study_name=spec.name,
         storage=optuna.storages.RDBStorage(f"sqlite:///{study_dir / 'optuna.db'}"),
+    )
+
+
+def _cell_aware_asha():  # noqa: ANN202
+    """ASHA that never stops the first trial of a (method, label %) cell.
+
+    ASHA compares every trial with every other; without this, a method that is weak early would lose
+    all its trials at the first rung and its cell in the comparison table would hold an undertrained
+    model. Protected trials still feed the rungs, so they set the bar for the others.
+    """
+    from ray.tune.schedulers import ASHAScheduler, TrialScheduler
+
+    class CellAwareASHA(ASHAScheduler):
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            self._cells: dict[tuple, str] = {}
+
+        def on_trial_add(self, tune_controller, trial) -> None:  # noqa: ANN001
+            super().on_trial_add(tune_controller, trial)
+            self._cells.setdefault((trial.config.get("method"), trial.config.get("data.label_percent")), trial.trial_id)
+
+        def on_trial_result(self, tune_controller, trial, result: dict) -> str:  # noqa: ANN001
+            action = super().on_trial_result(tune_controller, trial, result)
+            cell = (trial.config.get("method"), trial.config.get("data.label_percent"))
+            if action == TrialScheduler.STOP and self._cells.get(cell) == trial.trial_id:
+                self._num_stopped -= 1
+                return TrialScheduler.CONTINUE
+            return action
+
+    return CellAwareASHA
+
+
+def _scheduler(spec: StudySpec):  # noqa: ANN202
+    """None (FIFO) or ASHA on the guard objective, in epochs of the trial's last artifact."""
+    if spec.scheduler.type != "asha":
+        return None
+    import math
+
+    from ray.tune.schedulers import ASHAScheduler
+    from trainables.config import from_flat
+
+    train = from_flat({**base_params(spec), "method": spec.methods[0]}, preset=spec.preset).train
+    mode = next(o.mode for o in spec.objectives if o.metric == spec.scheduler.metric)
+    return _cell_aware_asha()(
+        time_attr="eval_epoch",
+        metric=spec.scheduler.metric,
+        mode=mode,
+        max_t=math.ceil(train.steps / train.steps_per_epoch),
+        grace_period=spec.scheduler.grace_period,
+        reduction_factor=spec.scheduler.reduction_factor,
+        stop_last_trials=False,  # the last epoch is followed by the final evaluation
     )
 
 
@@ -172,12 +237,14 @@ def run_study(spec: StudySpec, *, resume: bool = False, verbose: bool = True) ->
         "num_workers": spec.resources.num_workers,
         "cpus": spec.resources.cpus_per_trial,
         "gpus": spec.resources.gpus_per_trial,
+        "eval_every_epoch": spec.scheduler.type == "asha",
     }
     # Train's local mode runs in the trial's process: the trial holds the CPUs; else the workers do.
     driver_resources = {"cpu": spec.resources.cpus_per_trial, "gpu": spec.resources.gpus_per_trial} if spec.resources.num_workers == 0 else {"cpu": 0.01}
     trainable = tune.with_resources(tune.with_parameters(trial_driver, study=study), driver_resources)
     tracker = MLflowTracker(uri, exp_id, parent, study_dir / "trials", partial(full_params, base=base, preset=spec.preset), verbose)
     tune_dir = study_dir / "tune"
+    known: set[str] | None = None  # the Tune experiment's trial ids, once it has run
     try:
         if resume and tune.Tuner.can_restore(str(tune_dir / spec.name)):
             tuner = tune.Tuner.restore(str(tune_dir / spec.name), trainable, resume_errored=True)
@@ -186,6 +253,7 @@ def run_study(spec: StudySpec, *, resume: bool = False, verbose: bool = True) ->
                 trainable,
                 tune_config=tune.TuneConfig(
                     search_alg=_searcher(spec, study_dir),
+                    scheduler=_scheduler(spec),
                     num_samples=spec.num_trials,
                     max_concurrent_trials=spec.resources.max_concurrent_trials,
                     reuse_actors=True,
@@ -193,11 +261,13 @@ def run_study(spec: StudySpec, *, resume: bool = False, verbose: bool = True) ->
                 run_config=tune.RunConfig(name=spec.name, storage_path=str(tune_dir), callbacks=[tracker], verbose=0),
             )
         timings["tuner_start"] = time.perf_counter()
-        tuner.fit()
+        results = tuner.fit()
         timings["end"] = time.perf_counter()
+        # ResultGrid keeps no public list of trial ids; its ExperimentAnalysis does.
+        known = {t.trial_id for t in results._experiment_analysis.trials}
     finally:
         # Exactly one run per trial, none left RUNNING.
-        reconcile(uri, exp_id)
+        reconcile(uri, exp_id, known_trials=known)
         client.set_terminated(parent, "FINISHED")
     client.log_metric(parent, "study/wall_seconds", timings["end"] - timings["start"])
     return study_dir

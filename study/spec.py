@@ -29,6 +29,22 @@ class Objective:
 
 
 @dataclass(frozen=True)
+class Scheduler:
+    """fifo, or ASHA on one objective (the guard) compared at every epoch of a trial's last artifact."""
+
+    type: str = "fifo"
+    metric: str | None = None  # asha: the guard objective; default the first objective
+    grace_period: int = 1  # asha: epochs before a trial can be stopped
+    reduction_factor: float = 2.0
+
+    def to_dict(self) -> dict | str:
+        return "fifo" if self.type == "fifo" else {"type": self.type, "metric": self.metric, "grace_period": self.grace_period, "reduction_factor": self.reduction_factor}
+
+
+SCHEDULER_KEYS = {"type", "metric", "grace_period", "reduction_factor"}
+
+
+@dataclass(frozen=True)
 class Resources:
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 0.0
@@ -46,7 +62,7 @@ class StudySpec:
     label_percents: tuple[float, ...]
     num_trials: int
     objectives: tuple[Objective, ...]
-    scheduler: str
+    scheduler: Scheduler
     search: dict[str, Range]
     resources: Resources
     seed: int
@@ -65,7 +81,7 @@ class StudySpec:
             "label_percents": list(self.label_percents),
             "num_trials": self.num_trials,
             "objectives": [{"metric": o.metric, "mode": o.mode} for o in self.objectives],
-            "scheduler": self.scheduler,
+            "scheduler": self.scheduler.to_dict(),
             "search": {k: ({"choices": list(r.choices)} if r.choices is not None else {"low": r.low, "high": r.high, "log": r.log}) for k, r in self.search.items()},
             "resources": vars(self.resources).copy(),
             "seed": self.seed,
@@ -135,6 +151,31 @@ def _ranges(raw: Any, errors: list[str]) -> dict[str, Range]:
     return ranges
 
 
+def _scheduler(raw: Any, objectives: list[Objective], errors: list[str]) -> Scheduler:
+    sched = {"type": raw} if isinstance(raw, str) else raw
+    if not isinstance(sched, dict) or set(sched) - SCHEDULER_KEYS:
+        errors.append(f"scheduler: 'fifo', 'asha' or {{type: asha, metric, grace_period, reduction_factor}}, got {raw!r}")
+        return Scheduler()
+    kind = sched.get("type", "fifo")
+    if kind not in ("fifo", "asha"):
+        errors.append(f"scheduler: unknown scheduler {kind!r}; valid: ['asha', 'fifo']")
+        return Scheduler()
+    if kind == "fifo":
+        return Scheduler()
+    names = [o.metric for o in objectives]
+    metric = sched.get("metric") or (names[0] if names else None)
+    if names and metric not in names:
+        errors.append(f"scheduler.metric: {metric!r} is not one of the objectives {names}")
+    grace, factor = sched.get("grace_period", 1), sched.get("reduction_factor", 2.0)
+    if not isinstance(grace, int) or grace < 1:
+        errors.append(f"scheduler.grace_period: a positive number of epochs, got {grace!r}")
+        grace = 1
+    if not isinstance(factor, (int, float)) or factor <= 1:
+        errors.append(f"scheduler.reduction_factor: must be > 1, got {factor!r}")
+        factor = 2.0
+    return Scheduler("asha", metric, grace, float(factor))
+
+
 def validate(raw: dict) -> StudySpec:
     """Check every field; raise SpecError listing all problems at once."""
     from trainables.config import PRESETS, from_flat
@@ -174,12 +215,7 @@ def validate(raw: dict) -> StudySpec:
             objectives.append(Objective(o["metric"], o["mode"]))
     if not objectives:
         errors.append("objectives: give at least one {metric, mode}")
-    scheduler = raw.get("scheduler", "fifo")
-    if scheduler == "asha":
-        # Trials report their objective once, after evaluation: ASHA would have nothing to compare.
-        errors.append("scheduler: asha is not supported yet (objectives are reported only when a trial ends); use fifo")
-    elif scheduler != "fifo":
-        errors.append(f"scheduler: unknown scheduler {scheduler!r}; valid: ['fifo']")
+    scheduler = _scheduler(raw.get("scheduler", "fifo"), objectives, errors)
     search = _ranges(raw.get("search", {}), errors)
     res_raw = raw.get("resources", {}) or {}
     resources = Resources()

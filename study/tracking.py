@@ -15,6 +15,7 @@ from mlflow.tracking import MlflowClient
 from ray import tune
 
 TERMINAL = {"FINISHED", "FAILED", "KILLED"}
+STEP_METRIC = "tracker/step"  # the run's own result counter, continued across restores
 
 
 def default_tracking_uri(study_dir: Path) -> str:
@@ -66,11 +67,12 @@ class MLflowTracker(tune.Callback):
         self.verbose = verbose
         self._client: MlflowClient | None = None
         self._runs: dict[str, str] = {}
+        self._offsets: dict[str, int] = {}
         self._done = 0
 
     def __getstate__(self) -> dict:
         """Pickle without the client (Tune saves callbacks with the experiment)."""
-        return {**self.__dict__, "_client": None, "_runs": {}}
+        return {**self.__dict__, "_client": None, "_runs": {}, "_offsets": {}}
 
     def on_event(self, event: str, trial, result) -> None:  # noqa: ANN001
         """Progress on the driver's terminal."""
@@ -82,7 +84,9 @@ class MLflowTracker(tune.Callback):
             print(f"  [{trial.trial_id}] {label}: epoch {int(result['epoch'])} {loss}", flush=True)
         elif event in ("FINISHED", "FAILED"):
             self._done += 1
-            print(f"  [{trial.trial_id}] {label}: {event} ({self._done} trials ended)", flush=True)
+            early = event == "FINISHED" and not (trial.last_result or {}).get("final")
+            what = f"stopped early by ASHA at epoch {int((trial.last_result or {}).get('eval_epoch', 0))}" if early else event
+            print(f"  [{trial.trial_id}] {label}: {what} ({self._done} trials ended)", flush=True)
 
     @property
     def client(self) -> MlflowClient:
@@ -96,7 +100,10 @@ class MLflowTracker(tune.Callback):
             return self._runs[trial.trial_id]
         found = self.client.search_runs([self.experiment_id], filter_string=f"tags.trial_id = '{trial.trial_id}'", max_results=1)
         if found:
+            # Re-attached after a restore: Tune restarts training_iteration at 1 for a re-run trial,
+            # so continue the run's step count where it stopped instead of overwriting early steps.
             run_id = found[0].info.run_id
+            self._offsets[trial.trial_id] = int(found[0].data.metrics.get(STEP_METRIC, 0))
             self.client.update_run(run_id, status="RUNNING")
         else:
             params = trial.config
@@ -119,12 +126,12 @@ class MLflowTracker(tune.Callback):
 
     def on_trial_result(self, iteration, trials, trial, result, **info):  # noqa: ANN001, D102
         run_id = self.run_for(trial)
-        step = int(result.get("training_iteration", 0))
+        step = self._offsets.get(trial.trial_id, 0) + int(result.get("training_iteration", 0))
         now = int(time.time() * 1000)
         skip = {"training_iteration", "timestamp", "time_this_iter_s", "time_total_s", "pid", "iterations_since_restore", "time_since_restore", "done"}
         metrics = [Metric(k.replace("@", "_"), float(v), now, step) for k, v in result.items() if k not in skip and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))]
-        if metrics:
-            self.client.log_batch(run_id, metrics=metrics)
+        metrics.append(Metric(STEP_METRIC, float(step), now, step))
+        self.client.log_batch(run_id, metrics=metrics)
         self.on_event("result", trial, result)
 
     def _end(self, trial, status: str) -> None:  # noqa: ANN001
@@ -133,6 +140,10 @@ class MLflowTracker(tune.Callback):
         if record.exists():
             for name, path in json.loads(record.read_text()).items():
                 self.client.set_tag(run_id, f"artifact.{name}", path)
+        if status == "FINISHED" and not (trial.last_result or {}).get("final"):
+            # Stopped by the scheduler (ASHA) before its final evaluation.
+            self.client.set_tag(run_id, "early_stopped", "true")
+            self.client.set_tag(run_id, "stopped_at_epoch", str(int((trial.last_result or {}).get("eval_epoch", 0))))
         self.client.set_terminated(run_id, status)
         self.on_event(status, trial, None)
 
@@ -143,8 +154,13 @@ class MLflowTracker(tune.Callback):
         self._end(trial, "FAILED")
 
 
-def reconcile(tracking_uri: str, experiment_id: str, status: str = "KILLED") -> int:
-    """End every trial run left RUNNING (interrupted study); keep one run per trial id. Returns count."""
+def reconcile(tracking_uri: str, experiment_id: str, status: str = "KILLED", known_trials: set[str] | None = None) -> int:
+    """End every trial run left RUNNING (interrupted study); keep one run per trial id. Returns count.
+
+    known_trials: the trial ids of the Tune experiment. A run for any other trial belongs to a trial
+    that started after Tune's last experiment checkpoint and that Tune's restore no longer knows; it
+    is kept (nothing is deleted that holds a history), ended KILLED and tagged orphaned.
+    """
     client = MlflowClient(tracking_uri)
     fixed = 0
     seen: dict[str, str] = {}
@@ -156,6 +172,13 @@ def reconcile(tracking_uri: str, experiment_id: str, status: str = "KILLED") -> 
             fixed += 1
             continue
         seen[trial_id] = run.info.run_id
+        if known_trials is not None and trial_id not in known_trials and run.data.tags.get("orphaned") != "true":
+            client.set_tag(run.info.run_id, "orphaned", "true")
+            client.set_tag(run.info.run_id, "orphaned_reason", "started after Tune's last experiment checkpoint; the restored study re-ran its work as other trials")
+            if run.info.status not in TERMINAL or run.info.status == "FINISHED":
+                client.set_terminated(run.info.run_id, "KILLED")
+            fixed += 1
+            continue
         if run.info.status not in TERMINAL:
             client.set_terminated(run.info.run_id, status)
             fixed += 1

@@ -74,8 +74,13 @@ def train_artifact(
     callback: Callback | None = None,
     checkpoint_dir: str | Path | None = None,
     stop_after: int | None = None,
+    evaluate: Callable[[nn.Module, int], dict] | None = None,
 ) -> nn.Module:
-    """Train one artifact; return its EMA network (eval mode, frozen). Resumes from checkpoint_dir."""
+    """Train one artifact; return its EMA network (eval mode, frozen). Resumes from checkpoint_dir.
+
+    evaluate(ema, epoch), when given, runs at every epoch end and its metrics join that epoch's report
+    (schedulers such as ASHA need the objective while a trial trains).
+    """
     sde = VESDE.from_config(config.sde)
     net = build(artifact, config, data.x.shape[1], data.num_classes)
     ema = copy.deepcopy(net).requires_grad_(False)
@@ -122,6 +127,9 @@ def train_artifact(
             metrics = {f"{artifact.name}/{k}": v / count for k, v in sums.items()}
             metrics.update({"artifact": artifact.name, "step": done, "epoch": math.ceil(done / config.train.steps_per_epoch)})
             metrics[f"{artifact.name}/steps_per_s"] = count / (time.perf_counter() - epoch_start)
+            if evaluate is not None:
+                metrics.update(evaluate(ema.eval(), metrics["epoch"]))
+                ema.train()
             if ckpt is not None:
                 save_checkpoint(ckpt, {"network": net.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(), "step": done, "rng": generator.get_state()})
             if callback is not None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
+import os
 import time
 from pathlib import Path
 
@@ -39,11 +41,18 @@ def train_fn_per_worker(loop_config: dict) -> None:
     def report(metrics: dict) -> None:
         send({k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))})
 
-    for artifact in method.artifacts:
-        frozen = {name: by_name[name] for name in artifact.needs}
+    epochs = math.ceil(config.train.steps / config.train.steps_per_epoch)
 
-        def train(folder: Path, artifact=artifact, frozen=frozen):  # noqa: ANN001, ANN202
-            return train_artifact(artifact, config, split, frozen=frozen, callback=report, checkpoint_dir=folder)
+    for position, artifact in enumerate(method.artifacts):
+        frozen = {name: by_name[name] for name in artifact.needs}
+        evaluate = None
+        if loop_config.get("eval_every_epoch") and position == len(method.artifacts) - 1:
+            # ASHA compares trials by the objective at each epoch of the method's last artifact.
+            def evaluate(ema: torch.nn.Module, epoch: int, artifact=artifact) -> dict:  # noqa: ANN001
+                return {**evaluate_toy(config, {**trained, artifact.network: ema}, data), "eval_epoch": epoch}
+
+        def train(folder: Path, artifact=artifact, frozen=frozen, evaluate=evaluate):  # noqa: ANN001, ANN202
+            return train_artifact(artifact, config, split, frozen=frozen, callback=report, checkpoint_dir=folder, evaluate=evaluate)
 
         net, key, reused = cache.get_or_train(artifact, config, train, dim=data.dim, num_classes=data.num_classes, needs={n: keys[n] for n in artifact.needs})
         keys[artifact.name] = key
@@ -60,4 +69,13 @@ def train_fn_per_worker(loop_config: dict) -> None:
     record = Path(loop_config["record_dir"])
     record.mkdir(parents=True, exist_ok=True)
     (record / "artifacts.json").write_text(json.dumps({name: str(cache.root / key) for name, key in keys.items()}))
-    report({**metrics, **cost, **reused_flags, "final": 1.0})
+    final = {k: float(v) for k, v in {**metrics, **cost, **reused_flags, "eval_epoch": epochs, "final": 1.0}.items()}
+    rank = 0 if loop_config.get("local_mode_in_tune") else ray.train.get_context().get_world_rank()
+    if rank != 0:
+        report(final)
+        return
+    # Kept beside the trial's records so a restored study can replay it instead of training again.
+    tmp = record / "final.json.tmp"
+    tmp.write_text(json.dumps(final))
+    os.replace(tmp, record / "final.json")
+    report(final)

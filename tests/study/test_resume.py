@@ -1,0 +1,97 @@
+"""kill -9 in the middle of an ASHA study, then `study resume`: one MLflow run per trial, nothing lost."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.slow
+
+SPEC = {
+    "name": "killed",
+    "dataset": "gmm2",
+    "methods": ["CG-SC-all", "CFG-all"],
+    "label_percents": [20],
+    "num_trials": 5,
+    "scheduler": {"type": "asha", "grace_period": 1, "reduction_factor": 2},
+    "resources": {"max_concurrent_trials": 2},
+    "config": {
+        "data.num_train": 300,
+        "data.num_test": 200,
+        "train.steps": 80,
+        "train.steps_per_epoch": 20,
+        "train.batch_size": 64,
+        "model.hidden": 16,
+        "model.depth": 1,
+        "sample.sampler": "ode",
+        "sample.num_steps": 8,
+        "sample.num_per_class": 40,
+        "eval.num_points": 100,
+    },
+}
+
+
+def _env():
+    return {**os.environ, "RAY_AUTH_MODE": "disabled", "MLFLOW_DISABLE_TELEMETRY": "true"}
+
+
+def _runs(study_dir):
+    from analysis.runs import load_runs
+
+    return load_runs(f"sqlite:///{study_dir / 'mlflow.db'}", "killed")
+
+
+def test_kill_then_resume_keeps_one_run_per_trial(tmp_path):
+    spec = {**SPEC, "storage": str(tmp_path / "studies")}
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
+    study_dir = tmp_path / "studies" / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "study", "run", "spec.yaml"], cwd=tmp_path, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    deadline = time.monotonic() + 300
+    seen_end = False
+    try:
+        # Kill the driver once one trial has ended and another has reported an epoch since.
+        for line in proc.stdout:
+            assert time.monotonic() < deadline, "study did not progress"
+            if "trials ended" in line:
+                seen_end = True
+            elif seen_end and "epoch" in line:
+                break
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert seen_end, "the study ended before it could be interrupted"
+    before = _runs(study_dir)
+    assert (before["status"] == "RUNNING").any(), before[["trial_id", "status"]]
+    interrupted = set(before.loc[before["status"] == "RUNNING", "trial_id"])
+
+    resumed = subprocess.run([sys.executable, "-m", "study", "resume", str(study_dir)], cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=400)
+    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-3000:]
+    assert "| CG-SC-all |" in resumed.stdout and "| CFG-all |" in resumed.stdout
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{study_dir / 'mlflow.db'}")
+    every = _runs(study_dir)
+    assert every["trial_id"].is_unique and interrupted <= set(every["trial_id"])
+    # A trial that started after Tune's last experiment checkpoint is unknown to the restored study:
+    # its run is kept, ended KILLED and tagged orphaned; every other run is one of the study's trials.
+    orphaned = {r for r in every["run_id"] if client.get_run(r).data.tags.get("orphaned") == "true"}
+    assert (every.loc[every["run_id"].isin(orphaned), "status"] == "KILLED").all()
+    after = every[~every["run_id"].isin(orphaned)]
+    assert len(after) == 5, every[["trial_id", "status"]]
+    assert (after["status"] == "FINISHED").all(), every[["trial_id", "status"]]
+    # A run is either stopped early by ASHA (no final evaluation) or carries the final metrics.
+    assert (after["early_stopped"] == after["final"].isna()).all()
+    # Every (method, label %) cell keeps a completed trial (ASHA never stops a cell's first trial).
+    completed = after[~after["early_stopped"]]
+    assert set(completed["method"]) == {"CG-SC-all", "CFG-all"}
+    # Steps logged after the restore continue the interrupted runs' history instead of overwriting it.
+    for run_id in after.loc[after["trial_id"].isin(interrupted), "run_id"]:
+        steps = [m.step for m in client.get_metric_history(run_id, "tracker/step")]
+        assert len(steps) == len(set(steps)) and steps == sorted(steps), steps
