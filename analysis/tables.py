@@ -10,7 +10,8 @@ import yaml
 
 from search_spaces import METHOD_KEYS
 
-DEFAULT_METRICS = ("guided_score_cos", "gen_accuracy", "energy_distance", "grad_mse", "grad_cos", "clf_ece")
+# Shown when present, after the study's objectives: toy metrics (exact scores), then image metrics.
+DEFAULT_METRICS = ("guided_score_cos", "gen_accuracy", "energy_distance", "grad_mse", "grad_cos", "guided_dsm", "score_dsm", "clf_accuracy", "clf_ece")
 
 
 def completed(runs: pd.DataFrame) -> pd.DataFrame:
@@ -72,7 +73,8 @@ def to_markdown(table: pd.DataFrame, digits: int = 4) -> str:
 def write_tables(runs: pd.DataFrame, objectives: Sequence[tuple[str, str]], out_dir: Path) -> pd.DataFrame:
     """Write comparison.md / comparison.csv (and pareto.csv for several objectives); return the table."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    table = comparison_table(runs, objectives[0])
+    metrics = list(dict.fromkeys([m for m, _ in objectives] + list(DEFAULT_METRICS)))
+    table = comparison_table(runs, objectives[0], metrics)
     (out_dir / "comparison.md").write_text(to_markdown(table))
     flat = table.copy()
     flat.columns = [f"{p:g}%/{m}" for p, m in table.columns]

@@ -2,8 +2,8 @@
 
 from search_spaces.spaces import (
     DEFAULT_RANGES,
-    PAPER_GRID,
     METHOD_KEYS,
+    PAPER_GRID,
     Range,
     define_space,
     make_space,

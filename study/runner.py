@@ -75,6 +75,28 @@ def init_ray(address: str | None) -> None:
         raise StudyError(f"cannot reach the Ray cluster at {address!r} ({str(exc).splitlines()[0][:120]}); start it with 'ray start --head' or fix 'address' / RAY_ADDRESS") from None
 
 
+def worker_resources(cpus: float, gpus: float) -> dict:
+    """Ray resources of one Train worker (cpus_per_trial / gpus_per_trial apply per worker)."""
+    return {"CPU": cpus, "GPU": gpus} if gpus else {"CPU": cpus}
+
+
+def check_cluster(spec: StudySpec) -> None:
+    """Refuse a trial that needs more CPUs / GPUs than the whole cluster has (it would wait forever)."""
+    import ray
+
+    have = ray.cluster_resources()
+    workers = max(1, spec.resources.num_workers)
+    need = {"CPU": spec.resources.cpus_per_trial * workers, "GPU": spec.resources.gpus_per_trial * workers}
+    if spec.resources.num_workers > 0:
+        need["CPU"] += 0.01  # the trial's driver beside its Train workers
+    for name, amount in need.items():
+        if amount > have.get(name, 0.0) + 1e-9:
+            raise StudyError(
+                f"one trial needs {amount:g} {name} ({workers} Train worker(s); a trial's driver takes 0.01 CPU beside its workers) but the Ray cluster has {have.get(name, 0.0):g}; "
+                "lower resources.num_workers / cpus_per_trial / gpus_per_trial or add nodes"
+            )
+
+
 def trial_driver(params: dict, *, study: dict) -> None:
     """The Tune trial: a TorchTrainer (Train V2) over the per-worker function, reporting to Tune."""
     import ray.train
@@ -96,15 +118,21 @@ def trial_driver(params: dict, *, study: dict) -> None:
         "preset": study["preset"],
         "cache_dir": study["cache_dir"],
         "record_dir": str(record_dir),
-        "threads": max(1, int(study["cpus"])),
+        "threads": max(1, int(study["cpus"])),  # per process: the trial's (local mode) or a worker's
         "local_mode_in_tune": study["num_workers"] == 0,
         "eval_every_epoch": study["eval_every_epoch"],
     }
     trainer = TorchTrainer(
         train_fn_per_worker,
         train_loop_config=loop_config,
-        scaling_config=ray.train.ScalingConfig(num_workers=study["num_workers"], use_gpu=study["gpus"] > 0),
-        run_config=ray.train.RunConfig(name=f"train-{trial_id}", storage_path=study["train_dir"], callbacks=[TuneReportCallback()]),
+        scaling_config=ray.train.ScalingConfig(num_workers=study["num_workers"], use_gpu=study["gpus"] > 0, resources_per_worker=worker_resources(study["cpus"], study["gpus"])),
+        run_config=ray.train.RunConfig(
+            name=f"train-{trial_id}",
+            storage_path=study["train_dir"],
+            callbacks=[TuneReportCallback()],
+            failure_config=ray.train.FailureConfig(max_failures=study["max_failures"]),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),  # the artifact cache keeps its own
+        ),
     )
     trainer.fit()
 
@@ -183,7 +211,6 @@ def _scheduler(spec: StudySpec):  # noqa: ANN202
         return None
     import math
 
-    from ray.tune.schedulers import ASHAScheduler
     from trainables.config import from_flat
 
     train = from_flat({**base_params(spec), "method": spec.methods[0]}, preset=spec.preset).train
@@ -208,6 +235,7 @@ def prepare(spec: StudySpec, *, resume: bool) -> tuple[Path, str]:
         raise StudyError(f"study directory {study_dir} already holds a study; use 'study resume {study_dir}' or give the spec a new name")
     check_writable(study_dir)
     init_ray(spec.address)
+    check_cluster(spec)
     return study_dir, resolve_tracking_uri(spec.tracking_uri, study_dir)
 
 
@@ -238,6 +266,7 @@ def run_study(spec: StudySpec, *, resume: bool = False, verbose: bool = True) ->
         "cpus": spec.resources.cpus_per_trial,
         "gpus": spec.resources.gpus_per_trial,
         "eval_every_epoch": spec.scheduler.type == "asha",
+        "max_failures": spec.resources.max_failures,
     }
     # Train's local mode runs in the trial's process: the trial holds the CPUs; else the workers do.
     driver_resources = {"cpu": spec.resources.cpus_per_trial, "gpu": spec.resources.gpus_per_trial} if spec.resources.num_workers == 0 else {"cpu": 0.01}

@@ -15,7 +15,7 @@ from search_spaces.spaces import PRESET_RANGES
 PRESET_DIR = Path(__file__).parent / "presets"
 DEFAULT_PRESET = "toy"
 TOP_KEYS = {"name", "dataset", "methods", "label_percents", "num_trials", "objectives", "scheduler", "search", "resources", "seed", "config", "storage", "tracking_uri", "address", "preset"}
-RESOURCE_KEYS = {"cpus_per_trial", "gpus_per_trial", "num_workers", "max_concurrent_trials"}
+RESOURCE_KEYS = {"cpus_per_trial", "gpus_per_trial", "num_workers", "max_concurrent_trials", "max_failures"}
 
 
 class SpecError(ValueError):
@@ -50,6 +50,7 @@ class Resources:
     gpus_per_trial: float = 0.0
     num_workers: int = 0  # Ray Train workers per trial; 0 = local mode in the trial's process
     max_concurrent_trials: int = 2
+    max_failures: int = 2  # Ray Train restarts of a trial's worker group (resumes from its checkpoint)
 
 
 @dataclass(frozen=True)
@@ -179,6 +180,7 @@ def _scheduler(raw: Any, objectives: list[Objective], errors: list[str]) -> Sche
 def validate(raw: dict) -> StudySpec:
     """Check every field; raise SpecError listing all problems at once."""
     from trainables.config import PRESETS, from_flat
+    from trainables.data.images import IMAGE_DATASETS, DatasetError, check_images
     from trainables.data.toy import TOY_DATASETS
 
     errors: list[str] = []
@@ -188,8 +190,8 @@ def validate(raw: dict) -> StudySpec:
     if not name or "/" in name:
         errors.append(f"name: {name!r} must be a non-empty name without '/'")
     dataset = raw.get("dataset", "overlap2")
-    if dataset not in TOY_DATASETS:
-        errors.append(f"dataset: unknown dataset {dataset!r}; valid: {list(TOY_DATASETS)} (image datasets arrive with image-scale training)")
+    if dataset not in TOY_DATASETS and dataset not in IMAGE_DATASETS:
+        errors.append(f"dataset: unknown dataset {dataset!r}; valid: {list(TOY_DATASETS) + list(IMAGE_DATASETS)}")
     methods = raw.get("methods", list(METHOD_KEYS))
     if not isinstance(methods, list) or not methods:
         errors.append("methods: give a non-empty list of method names")
@@ -226,7 +228,7 @@ def validate(raw: dict) -> StudySpec:
             resources = Resources(**{k: type(getattr(Resources, k))(v) for k, v in res_raw.items()})
         except (TypeError, ValueError):
             errors.append(f"resources: values must be numbers, got {res_raw!r}")
-        if resources.cpus_per_trial <= 0 or resources.gpus_per_trial < 0 or resources.num_workers < 0 or resources.max_concurrent_trials < 1:
+        if resources.cpus_per_trial <= 0 or resources.gpus_per_trial < 0 or resources.num_workers < 0 or resources.max_concurrent_trials < 1 or resources.max_failures < 0:
             errors.append(f"resources: need cpus_per_trial > 0, gpus_per_trial >= 0, num_workers >= 0, max_concurrent_trials >= 1; got {vars(resources)}")
     seed = raw.get("seed", 0)
     if not isinstance(seed, int):
@@ -240,12 +242,23 @@ def validate(raw: dict) -> StudySpec:
         config = {}
     if not errors:
         # Build one trial config per method to check the flat overrides against the schema.
+        trial = None
         for m in methods:
             try:
-                from_flat({**config, "method": m, "data.name": dataset}, preset=preset)
+                trial = from_flat({**config, "method": m, "data.name": dataset}, preset=preset)
             except ValueError as exc:
                 errors.append(f"config: {exc}")
                 break
+        if trial is not None:
+            images = dataset in IMAGE_DATASETS
+            if images != (trial.model.arch == "ncsnpp"):
+                fix = "an image preset (tiny-images, cifar10, cifar100, cifar10-small)" if images else "the toy preset"
+                errors.append(f"dataset {dataset!r} needs model.arch {'ncsnpp' if images else 'mlp'}, got {trial.model.arch!r}; use {fix}")
+            elif images:
+                try:
+                    check_images(trial.data)
+                except DatasetError as exc:
+                    errors.append(f"dataset: {exc}")
     address = raw.get("address") or os.environ.get("RAY_ADDRESS") or None
     if errors:
         raise SpecError("invalid study spec:\n  - " + "\n  - ".join(errors))

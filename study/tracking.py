@@ -140,6 +140,8 @@ class MLflowTracker(tune.Callback):
         if record.exists():
             for name, path in json.loads(record.read_text()).items():
                 self.client.set_tag(run_id, f"artifact.{name}", path)
+        for picture in sorted((self.record_root / trial.trial_id).glob("*.png")):
+            self.client.log_artifact(run_id, str(picture), "samples")
         if status == "FINISHED" and not (trial.last_result or {}).get("final"):
             # Stopped by the scheduler (ASHA) before its final evaluation.
             self.client.set_tag(run_id, "early_stopped", "true")

@@ -6,6 +6,7 @@ and the second one loads what the first wrote.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import json
@@ -22,7 +23,9 @@ from trainables.methods import Artifact, LossTerm
 # Loss knobs each term function reads besides its weight.
 TERM_KNOBS = {"sc": ("loss.sc_weighting",), "dlsm": ("loss.dlsm_power",), "cfg_dsm": ("loss.p_uncond",)}
 ALWAYS = ("sde.", "model.", "train.")
-DATA_KEYS = ("data.name", "data.num_train", "data.seed")
+DATA_KEYS = ("data.name", "data.num_train", "data.seed", "data.root", "data.image_size", "data.flip")
+# Settings that change how fast or how often, never what is trained.
+NEUTRAL = ("train.channels_last", "train.checkpoint_every")
 
 
 def _term_keys(term: LossTerm) -> list[str]:
@@ -36,7 +39,7 @@ def artifact_identity(artifact: Artifact, config: TrialConfig, needs: dict[str, 
     """The exact config an artifact depends on (never the guidance scale or sampler settings)."""
     flat = to_flat(config)
     active = [t for t in artifact.terms if t.weight(config.loss) != 0]
-    keys = [k for k in flat if k.startswith(ALWAYS)] + list(DATA_KEYS)
+    keys = [k for k in flat if k.startswith(ALWAYS) and k not in NEUTRAL] + list(DATA_KEYS)
     if artifact.uses_labels:
         keys += ["data.label_percent", "data.split_seed"]
     for term in active:
@@ -68,25 +71,36 @@ class ArtifactCache:
         config: TrialConfig,
         train_fn: Callable[[Path], nn.Module],
         *,
-        dim: int,
+        dim,  # noqa: ANN001 - int (flat data) or (C, H, W)
         num_classes: int,
         needs: dict[str, str] | None = None,
+        distributed=None,  # noqa: ANN001 - trainables.fit.Distributed
     ) -> tuple[nn.Module, str, bool]:
-        """(EMA network, key, reused?). train_fn(checkpoint_dir) trains on a miss, resuming if it can."""
+        """(EMA network, key, reused?). train_fn(checkpoint_dir) trains on a miss, resuming if it can.
+
+        Under data parallelism rank 0 holds the key's lock and tells the other ranks whether to load
+        or to train with it; rank 0 writes the model.
+        """
         identity = artifact_identity(artifact, config, needs)
         key = f"{artifact.name}-{artifact_key(identity)}"
         folder = self.root / key
-        folder.mkdir(exist_ok=True)
-        model_file = folder / "model.pt"
-        with open(folder / ".lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)  # one trainer per key; others wait and then reuse
-            reused = model_file.exists()
+        rank = distributed.rank if distributed is not None else 0
+        with contextlib.ExitStack() as stack:
+            if rank == 0:
+                folder.mkdir(exist_ok=True)
+                lock = stack.enter_context(open(folder / ".lock", "w"))
+                fcntl.flock(lock, fcntl.LOCK_EX)  # one trainer per key; others wait and then reuse
+            reused = (folder / "model.pt").exists() if rank == 0 else None
+            if distributed is not None:
+                reused = distributed.broadcast(reused)
             if reused:
                 net = build(artifact, config, dim, num_classes)
-                net.load_state_dict(torch.load(model_file, map_location="cpu", weights_only=True))
+                net.load_state_dict(torch.load(folder / "model.pt", map_location="cpu", weights_only=True))
                 net = net.eval().requires_grad_(False)
             else:
-                (folder / "identity.json").write_text(json.dumps(identity, indent=2, sort_keys=True))
+                if rank == 0:
+                    (folder / "identity.json").write_text(json.dumps(identity, indent=2, sort_keys=True))
                 net = train_fn(folder)
-                save_checkpoint(model_file, net.state_dict())
+                if rank == 0:
+                    save_checkpoint(folder / "model.pt", net.state_dict())
         return net, key, reused

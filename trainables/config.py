@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
@@ -22,22 +21,32 @@ class SDEConfig:
 class DataConfig:
     """Dataset and label split."""
 
-    name: str = "gmm2"  # toy: gmm2, gmm3, moons; images arrive with the image-scale issue
-    num_train: int = 4000  # toy sets: examples drawn for training
-    num_test: int = 2000  # toy sets: held-out examples for metrics
+    name: str = "gmm2"  # toy: gmm2, gmm3, overlap2, moons; images: cifar10, cifar100, tiny-images, folder
+    num_train: int = 4000  # toy sets and tiny-images: examples drawn for training (0 = all, images)
+    num_test: int = 2000  # toy sets and tiny-images: held-out examples for metrics
     label_percent: float = 100.0  # in (0, 100]
     seed: int = 0  # toy sets: draws of the training and test points
     split_seed: int = 0  # the labeled subset depends on this seed only
+    root: str = ""  # images: dataset root (CIFAR) or the class-per-folder directory ("folder")
+    download: bool = False  # CIFAR: download into root when missing (off: a clear error instead)
+    image_size: int = 16  # tiny-images and folder: side length in pixels
+    flip: bool = True  # images: random horizontal flips (as the papers)
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Network sizes (toy MLPs)."""
+    """Network sizes: toy MLPs (arch mlp) or NCSN++ image networks (arch ncsnpp)."""
 
+    arch: str = "mlp"  # mlp (2-D toy data) | ncsnpp (images)
     hidden: int = 128
     depth: int = 3  # hidden layers; every one sees the noise embedding
     embed_dim: int = 32  # Gaussian Fourier features of log sigma
     fourier_scale: float = 16.0
+    nf: int = 128  # ncsnpp: base channels
+    ch_mult: tuple[int, ...] = (1, 2, 2, 2)  # ncsnpp: channel multiplier per resolution
+    num_res_blocks: int = 4  # ncsnpp: residual blocks per resolution (deep: 8)
+    attn_resolutions: tuple[int, ...] = (16,)  # ncsnpp: self-attention at these resolutions
+    dropout: float = 0.1  # ncsnpp
 
 
 @dataclass(frozen=True)
@@ -65,6 +74,9 @@ class TrainConfig:
     grad_clip: float = 1.0
     ema_decay: float = 0.99
     seed: int = 0
+    precision: str = "fp32"  # fp32 | bf16 (autocast; meant for GPUs)
+    channels_last: bool = False  # images on GPU: channels-last memory format
+    checkpoint_every: int = 0  # steps between checkpoints besides every epoch end; 0 = epoch ends only
 
 
 @dataclass(frozen=True)
@@ -102,22 +114,63 @@ class TrialConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
 
+# NCSN++ sizes (mirrors trainables.networks.ncsnpp.SIZES; a test keeps them equal).
+NCSNPP_SIZES: dict[str, dict[str, Any]] = {
+    "paper": {"nf": 128, "ch_mult": (1, 2, 2, 2), "num_res_blocks": 4, "attn_resolutions": (16,)},
+    "deep": {"nf": 128, "ch_mult": (1, 2, 2, 2), "num_res_blocks": 8, "attn_resolutions": (16,)},
+    "small": {"nf": 64, "ch_mult": (1, 2, 2), "num_res_blocks": 2, "attn_resolutions": (16,)},
+    "tiny": {"nf": 16, "ch_mult": (1, 2), "num_res_blocks": 1, "attn_resolutions": (8,)},
+}
+
 SECTIONS = ("sde", "data", "model", "loss", "train", "sample", "eval")
 
 PRESETS: dict[str, dict[str, Any]] = {
     # Toy 2-D studies: small noise range suited to data of unit scale.
     "toy": {"sde.sigma_max": 10.0, "sde.sigma_min": 0.01, "sde.eps": 1e-3},
     # CIFAR-10 reference values (METHODS.md section 6); networks arrive with the image issue.
+    # CIFAR-10/100 reference values (METHODS.md section 6): NCSN++ (cont.), 62.8 M parameters.
     "cifar10": {
+        "data.name": "cifar10",
+        "model.arch": "ncsnpp",
+        **{f"model.{k}": v for k, v in NCSNPP_SIZES["paper"].items()},
         "sde.sigma_max": 50.0,
         "sde.sigma_min": 0.01,
         "train.lr": 2e-4,
         "train.warmup": 5000,
         "train.batch_size": 128,
         "train.ema_decay": 0.999,
+        "train.steps": 1_300_000,
+        "train.steps_per_epoch": 5000,
+        "train.precision": "bf16",
+        "train.channels_last": True,
         "sample.num_steps": 1000,
     },
+    # Tiny synthetic images (trainables.data.images.tiny_images) with a tiny NCSN++: CPU tests.
+    "tiny-images": {
+        "data.name": "tiny-images",
+        "data.num_train": 512,
+        "data.num_test": 256,
+        "data.image_size": 16,
+        "model.arch": "ncsnpp",
+        **{f"model.{k}": v for k, v in NCSNPP_SIZES["tiny"].items()},
+        "model.dropout": 0.0,
+        "sde.sigma_max": 20.0,
+        "sde.sigma_min": 0.01,
+        "train.lr": 1e-3,
+        "train.warmup": 50,
+        "train.batch_size": 32,
+        "train.steps": 200,
+        "train.steps_per_epoch": 50,
+        "train.ema_decay": 0.99,
+        "sample.sampler": "ode",
+        "sample.num_steps": 30,
+        "sample.num_per_class": 8,
+        "eval.sigmas": (0.05, 0.2, 1.0),
+        "eval.num_points": 256,
+    },
 }
+PRESETS["cifar100"] = {**PRESETS["cifar10"], "data.name": "cifar100"}
+PRESETS["cifar10-small"] = {**PRESETS["cifar10"], **{f"model.{k}": v for k, v in NCSNPP_SIZES["small"].items()}, "train.steps": 200_000}
 
 
 def flat_keys() -> list[str]:
@@ -220,6 +273,12 @@ def validate(config: TrialConfig) -> TrialConfig:
 
     if config.sample.sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {config.sample.sampler!r}; valid: {sorted(SAMPLERS)}")
+    if config.model.arch not in ("mlp", "ncsnpp"):
+        raise ValueError(f"model.arch must be 'mlp' or 'ncsnpp', got {config.model.arch!r}")
+    if config.train.precision not in ("fp32", "bf16"):
+        raise ValueError(f"train.precision must be 'fp32' or 'bf16', got {config.train.precision!r}")
+    if config.train.checkpoint_every < 0:
+        raise ValueError(f"train.checkpoint_every must be >= 0, got {config.train.checkpoint_every}")
     for name in ("steps", "steps_per_epoch", "batch_size"):
         if getattr(config.train, name) <= 0:
             raise ValueError(f"train.{name} must be > 0, got {getattr(config.train, name)}")

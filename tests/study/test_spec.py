@@ -46,5 +46,16 @@ def test_config_typo_is_caught_with_suggestion(tmp_path):
 
 
 def test_unknown_dataset_names_choices(tmp_path):
-    with pytest.raises(SpecError, match=r"unknown dataset 'cifar10'.*gmm2"):
-        load_spec(_write(tmp_path, {"dataset": "cifar10"}))
+    with pytest.raises(SpecError, match=r"unknown dataset 'cifar-11'.*gmm2.*tiny-images"):
+        load_spec(_write(tmp_path, {"dataset": "cifar-11"}))
+
+
+def test_missing_cifar_names_the_folder_and_the_download_option(tmp_path):
+    spec = {"dataset": "cifar10", "preset": "cifar10", "config": {"data.root": str(tmp_path / "nowhere")}}
+    with pytest.raises(SpecError, match=r"cifar10 not found: expected .*nowhere/cifar-10-batches-py.*data.download: true"):
+        load_spec(_write(tmp_path, spec))
+
+
+def test_image_dataset_with_the_toy_network_is_refused(tmp_path):
+    with pytest.raises(SpecError, match=r"needs model.arch ncsnpp, got 'mlp'; use an image preset"):
+        load_spec(_write(tmp_path, {"dataset": "tiny-images"}))

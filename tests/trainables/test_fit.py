@@ -3,7 +3,13 @@ import torch
 from trainables.config import from_flat
 from trainables.data.toy import make_toy
 from trainables.evaluate import evaluate_toy
-from trainables.fit import CHECKPOINT_FILE, TrainingSet, load_checkpoint, train_artifact, train_method
+from trainables.fit import (
+    CHECKPOINT_FILE,
+    TrainingSet,
+    load_checkpoint,
+    train_artifact,
+    train_method,
+)
 from trainables.methods import get_method
 
 FAST = {"train.steps": 40, "train.steps_per_epoch": 10, "train.batch_size": 32, "model.hidden": 16, "model.depth": 1}

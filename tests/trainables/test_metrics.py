@@ -3,7 +3,12 @@ import torch
 
 from trainables.data.toy import gmm2
 from trainables.metrics.calibration import accuracy, expected_calibration_error
-from trainables.metrics.toy import energy_distance, evaluation_points, generation_accuracy, gradient_metrics
+from trainables.metrics.toy import (
+    energy_distance,
+    evaluation_points,
+    generation_accuracy,
+    gradient_metrics,
+)
 
 
 def test_exact_posterior_classifier_has_zero_gradient_error():
