@@ -1,0 +1,71 @@
+"""Image trials through Ray Train with 2 CPU workers (gloo), one per method family, via the CLI."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.slow
+
+SPEC = {
+    "name": "ddp",
+    "preset": "tiny-images",
+    "dataset": "tiny-images",
+    "methods": ["CG-SC-all", "Joint-SC", "CFG-all"],
+    "label_percents": [50],
+    "num_trials": 3,
+    "objectives": [{"metric": "guided_dsm", "mode": "min"}],
+    "resources": {"cpus_per_trial": 0.95, "num_workers": 2, "max_concurrent_trials": 1},
+    "config": {
+        "data.num_train": 128,
+        "data.num_test": 64,
+        "train.steps": 20,
+        "train.steps_per_epoch": 10,
+        "train.batch_size": 16,
+        "sample.num_steps": 6,
+        "sample.num_per_class": 2,
+        "eval.num_points": 32,
+        "eval.sigmas": [0.2],
+    },
+}
+
+
+def _cli(*args, cwd, timeout=600):
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "MLFLOW_DISABLE_TELEMETRY": "true"}
+    return subprocess.run([sys.executable, "-m", "study", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def test_each_family_trains_on_two_train_workers(tmp_path):
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump({**SPEC, "storage": str(tmp_path / "studies")}))
+    result = _cli("run", "spec.yaml", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    assert "guided_dsm" in result.stdout and "| Joint-SC |" in result.stdout
+    study_dir = tmp_path / "studies" / "ddp"
+    from mlflow.tracking import MlflowClient
+
+    from analysis.runs import load_runs
+
+    uri = f"sqlite:///{study_dir / 'mlflow.db'}"
+    runs = load_runs(uri, "ddp")
+    assert len(runs) == 3 and (runs["status"] == "FINISHED").all()
+    assert set(runs["method"]) == {"CG-SC-all", "Joint-SC", "CFG-all"}
+    assert runs["guided_dsm"].notna().all()
+    client = MlflowClient(uri)
+    for run_id in runs["run_id"]:
+        assert [a.path for a in client.list_artifacts(run_id, "samples")] == ["samples/samples.png"]
+    # Rank 0 handed its checkpoints to Ray Train (the latest one is kept per trial).
+    kept = list((study_dir / "train").glob("train-*/checkpoint_*/checkpoint.pt"))
+    assert len(kept) == 3
+    # Every artifact the workers trained is in the cache once: score, classifier, joint, conditional.
+    assert sorted(p.name.split("-")[0] for p in (study_dir / "artifacts").iterdir()) == ["classifier", "conditional", "joint", "score"]
+
+
+def test_more_workers_than_the_cluster_has_is_refused_before_anything_is_written(tmp_path):
+    spec = {**SPEC, "storage": str(tmp_path / "studies"), "resources": {"cpus_per_trial": 1, "num_workers": 64}}
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
+    result = _cli("run", "spec.yaml", cwd=tmp_path, timeout=180)
+    assert result.returncode == 2
+    assert "Train worker(s)" in result.stderr and "lower resources.num_workers" in result.stderr
+    assert not (tmp_path / "studies").exists()
