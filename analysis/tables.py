@@ -10,8 +10,10 @@ import yaml
 
 from search_spaces import METHOD_KEYS
 
-# Shown when present, after the study's objectives: toy metrics (exact scores), then image metrics.
-DEFAULT_METRICS = ("guided_score_cos", "gen_accuracy", "energy_distance", "grad_mse", "grad_cos", "guided_dsm", "score_dsm", "clf_accuracy", "clf_ece")
+# Shown when present, after the study's objectives: the papers' image metrics, then toy metrics
+# (exact scores), then the held-out score-matching and classifier diagnostics.
+DEFAULT_METRICS = ("fid", "inception_score", "intra_fid", "gen_accuracy", "clf_ece", "guided_score_cos", "energy_distance", "grad_mse", "grad_cos", "guided_dsm", "score_dsm", "clf_accuracy")
+FID_METRICS = ("fid", "intra_fid")  # flagged in tables when computed from too few samples
 
 
 def completed(runs: pd.DataFrame) -> pd.DataFrame:
@@ -58,15 +60,31 @@ def pareto_set(runs: pd.DataFrame, objectives: Sequence[tuple[str, str]]) -> pd.
     return done[keep]
 
 
-def to_markdown(table: pd.DataFrame, digits: int = 4) -> str:
-    """A Markdown table; column headers read '<label %>% <metric>'."""
+def warning_flags(runs: pd.DataFrame, objective: tuple[str, str], table: pd.DataFrame) -> pd.DataFrame:
+    """True where a table cell is an FID / intra-FID from fewer samples than feature dimensions."""
+    flags = pd.DataFrame(False, index=table.index, columns=table.columns)
+    if "fid_warning" not in runs.columns:
+        return flags
+    for _, row in best_per_cell(runs, *objective).iterrows():
+        if row.get("fid_warning") == 1:
+            for metric in FID_METRICS:
+                if (row["label_percent"], metric) in flags.columns:
+                    flags.loc[row["method"], (row["label_percent"], metric)] = True
+    return flags
+
+
+def to_markdown(table: pd.DataFrame, digits: int = 4, flags: pd.DataFrame | None = None) -> str:
+    """A Markdown table; column headers read '<label %>% <metric>'; flagged cells get a '*' and a note."""
     if table.empty:
         return "(no finished trials)\n"
-    heads = ["method"] + [f"{p:g}% {m}" for p, m in table.columns]
+    heads = [table.index.name or "method"] + [f"{p:g}% {m}" for p, m in table.columns]
     lines = ["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
-    for method, row in table.iterrows():
-        cells = ["" if pd.isna(v) else f"{v:.{digits}g}" for v in row.to_numpy()]
-        lines.append("| " + " | ".join([str(method), *cells]) + " |")
+    for key, row in table.iterrows():
+        marks = flags.loc[key].to_numpy() if flags is not None else [False] * len(row)
+        cells = ["" if pd.isna(v) else f"{v:.{digits}g}" + ("*" if mark else "") for v, mark in zip(row.to_numpy(), marks)]
+        lines.append("| " + " | ".join([" / ".join(map(str, key)) if isinstance(key, tuple) else str(key), *cells]) + " |")
+    if flags is not None and flags.to_numpy().any():
+        lines.append("\n\\* FID / intra-FID from fewer samples than feature dimensions: biased high; raise sample.num_per_class.")
     return "\n".join(lines) + "\n"
 
 
@@ -75,7 +93,7 @@ def write_tables(runs: pd.DataFrame, objectives: Sequence[tuple[str, str]], out_
     out_dir.mkdir(parents=True, exist_ok=True)
     metrics = list(dict.fromkeys([m for m, _ in objectives] + list(DEFAULT_METRICS)))
     table = comparison_table(runs, objectives[0], metrics)
-    (out_dir / "comparison.md").write_text(to_markdown(table))
+    (out_dir / "comparison.md").write_text(to_markdown(table, flags=warning_flags(runs, objectives[0], table)))
     flat = table.copy()
     flat.columns = [f"{p:g}%/{m}" for p, m in table.columns]
     flat.to_csv(out_dir / "comparison.csv")
@@ -103,3 +121,70 @@ def export_best(runs: pd.DataFrame, spec: dict, objective: tuple[str, str], out_
         path.write_text(yaml.safe_dump(final, sort_keys=False))
         written.append(path)
     return written
+
+
+def per_class_table(runs: pd.DataFrame, objective: tuple[str, str], metrics: Sequence[str] = ("intra_fid", "gen_accuracy")) -> pd.DataFrame:
+    """Paper 001 App. A layout: rows = (method, class), column groups = label %, columns = per-class
+    intra-FID and generation accuracy of the cell's best trial."""
+    best = best_per_cell(runs, *objective)
+    present = [m for m in metrics if any(c.startswith(f"{m}_class") for c in best.columns)]
+    if best.empty or not present:
+        return pd.DataFrame()
+    classes = sorted({int(c.rsplit("class", 1)[1]) for c in best.columns for m in present if c.startswith(f"{m}_class")})
+    methods = [m for m in METHOD_KEYS if m in set(best["method"])]
+    index = pd.MultiIndex.from_product([methods, classes], names=["method", "class"])
+    columns = pd.MultiIndex.from_product([sorted(set(best["label_percent"])), present], names=["label %", "metric"])
+    table = pd.DataFrame(index=index, columns=columns, dtype=float)
+    for _, row in best.iterrows():
+        for k in classes:
+            for m in present:
+                table.loc[(row["method"], k), (row["label_percent"], m)] = row.get(f"{m}_class{k}")
+    return table
+
+
+CURVE_METRICS = ("fid", "intra_fid", "inception_score", "gen_accuracy", "guided_dsm", "guided_score_cos")
+
+
+def guidance_curves(runs: pd.DataFrame, out_dir: Path, metrics: Sequence[str] = CURVE_METRICS) -> list[Path]:
+    """Metric vs guidance scale (paper 001 App. D): one PNG per metric, a line per (method, label %)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    done = completed(runs)
+    if done.empty or "sample.guidance_scale" not in done.columns:
+        return []
+    written = []
+    for metric in [m for m in metrics if m in done.columns and done[m].notna().any()]:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for (method, pct), group in done.dropna(subset=[metric]).groupby(["method", "label_percent"], sort=False):
+            points = group.groupby("sample.guidance_scale")[metric].mean().sort_index()
+            ax.plot(points.index, points.to_numpy(), marker="o", label=f"{method} {pct:g}%")
+        ax.set_xscale("log")
+        ax.set_xlabel("guidance scale (lambda_CG; w for CFG)")
+        ax.set_ylabel(metric)
+        ax.set_title(f"{metric} vs guidance scale")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, ncol=2)
+        fig.tight_layout()
+        path = out_dir / f"guidance_{metric}.png"
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def write_report(runs: pd.DataFrame, objectives: Sequence[tuple[str, str]], out_dir: Path) -> tuple[pd.DataFrame, list[Path]]:
+    """Comparison table, per-class table and guidance curves in out_dir; returns (table, files)."""
+    table = write_tables(runs, objectives, out_dir)
+    files = [out_dir / "comparison.md", out_dir / "comparison.csv"]
+    per_class = per_class_table(runs, objectives[0])
+    if not per_class.empty:
+        (out_dir / "per_class.md").write_text(to_markdown(per_class))
+        flat = per_class.copy()
+        flat.columns = [f"{p:g}%/{m}" for p, m in per_class.columns]
+        flat.to_csv(out_dir / "per_class.csv")
+        files += [out_dir / "per_class.md", out_dir / "per_class.csv"]
+    files += guidance_curves(runs, out_dir)
+    return table, files

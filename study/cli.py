@@ -14,16 +14,19 @@ USAGE_ERROR = 2
 
 def _table(study_dir: Path, spec) -> str:  # noqa: ANN001
     from analysis.runs import load_runs
-    from analysis.tables import to_markdown, write_tables
+    from analysis.tables import to_markdown, warning_flags, write_report
+    from study.tracking import log_report
 
     runs = load_runs(spec.tracking_uri, spec.name)
     objectives = [(o.metric, o.mode) for o in spec.objectives]
-    table = write_tables(runs, objectives, study_dir / "tables")
+    table, files = write_report(runs, objectives, study_dir / "tables")
+    log_report(spec.tracking_uri, spec.name, files)
     finished = int((runs["status"] == "FINISHED").sum()) if len(runs) else 0
     early = int(runs["early_stopped"].sum()) if len(runs) else 0
     stopped = f", {early} of them stopped early by ASHA and left out of the table" if early else ""
     head = f"{len(runs)} trial runs ({finished} finished{stopped}); best per cell by {objectives[0][0]} ({objectives[0][1]})\n\n"
-    return head + to_markdown(table) + f"\nwritten: {study_dir / 'tables' / 'comparison.md'} and comparison.csv\n"
+    written = ", ".join(p.name for p in files[1:])
+    return head + to_markdown(table, flags=warning_flags(runs, objectives[0], table)) + f"\nwritten: {files[0]} and {written} (also logged to the study's parent run)\n"
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -255,10 +255,17 @@ def validate(raw: dict) -> StudySpec:
                 fix = "an image preset (tiny-images, cifar10, cifar100, cifar10-small)" if images else "the toy preset"
                 errors.append(f"dataset {dataset!r} needs model.arch {'ncsnpp' if images else 'mlp'}, got {trial.model.arch!r}; use {fix}")
             elif images:
+                from trainables.image_eval import preflight
+                from trainables.metrics.fid import EvalError
+
                 try:
                     check_images(trial.data)
                 except DatasetError as exc:
                     errors.append(f"dataset: {exc}")
+                try:
+                    preflight(trial)
+                except EvalError as exc:
+                    errors.append(f"eval: {exc}")
     address = raw.get("address") or os.environ.get("RAY_ADDRESS") or None
     if errors:
         raise SpecError("invalid study spec:\n  - " + "\n  - ".join(errors))

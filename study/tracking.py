@@ -46,7 +46,8 @@ def environment_tags() -> dict[str, str]:
 def ensure_parent_run(client: MlflowClient, experiment_name: str, spec_dict: dict, study_dir: Path) -> tuple[str, str]:
     """Create (or find) the experiment and the study's parent run; return (experiment_id, run_id)."""
     exp = client.get_experiment_by_name(experiment_name)
-    exp_id = exp.experiment_id if exp else client.create_experiment(experiment_name)
+    # Artifacts (sample grids, tables, curves) live in the study directory, not in the caller's cwd.
+    exp_id = exp.experiment_id if exp else client.create_experiment(experiment_name, artifact_location=(study_dir / "mlartifacts").resolve().as_uri())
     existing = client.search_runs([exp_id], filter_string="tags.role = 'study'", max_results=1)
     if existing:
         run_id = existing[0].info.run_id
@@ -140,6 +141,10 @@ class MLflowTracker(tune.Callback):
         if record.exists():
             for name, path in json.loads(record.read_text()).items():
                 self.client.set_tag(run_id, f"artifact.{name}", path)
+        tags_file = self.record_root / trial.trial_id / "tags.json"
+        if tags_file.exists():
+            for name, value in json.loads(tags_file.read_text()).items():
+                self.client.set_tag(run_id, name, str(value)[:5000])
         for picture in sorted((self.record_root / trial.trial_id).glob("*.png")):
             self.client.log_artifact(run_id, str(picture), "samples")
         if status == "FINISHED" and not (trial.last_result or {}).get("final"):
@@ -187,3 +192,17 @@ def reconcile(tracking_uri: str, experiment_id: str, status: str = "KILLED", kno
     return fixed
 
 
+
+
+def log_report(tracking_uri: str, experiment_name: str, files: list[Path]) -> None:
+    """Log the study's tables and curves to its parent run (artifact folder "report")."""
+    client = MlflowClient(tracking_uri)
+    exp = client.get_experiment_by_name(experiment_name)
+    if exp is None:
+        return
+    parents = client.search_runs([exp.experiment_id], filter_string="tags.role = 'study'", max_results=1)
+    if not parents:
+        return
+    for path in files:
+        if Path(path).exists():
+            client.log_artifact(parents[0].info.run_id, str(path), "report")

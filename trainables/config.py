@@ -89,6 +89,7 @@ class SampleConfig:
     guidance_scale: float = 1.0  # lambda_CG for classifier guidance, w for CFG
     num_per_class: int = 500
     seed: int = 0
+    batch_size: int = 1000  # samples drawn together (classes mixed); chunks are seeded from seed
 
 
 @dataclass(frozen=True)
@@ -96,8 +97,18 @@ class EvalConfig:
     """Toy metrics: noise levels and points (paper 001 App. C)."""
 
     sigmas: tuple[float, ...] = (0.05, 0.1, 0.2, 0.5, 1.0)
-    num_points: int = 1000  # points per noise level, drawn from p_sigma(x, y)
+    num_points: int = 1000  # toy: points per noise level; images: held-out images for guided_dsm / accuracy
     seed: int = 1234
+    # Images (METHODS.md section 5): FID / IS / intra-FID / generation accuracy of sample.num_per_class
+    # samples per class against cached training-set statistics.
+    fid: bool = True
+    feature_extractor: str = "inception"  # inception (clean-fid) | eval_classifier (CPU / tiny images)
+    inception_weights: str = ""  # a local inception-2015-12-05.pt; default clean-fid's /tmp copy
+    cache_dir: str = ""  # shared across studies (reference stats, eval classifiers); ~/.cache/sc-guidance
+    num_reference: int = 0  # training images for the reference statistics; 0 = all
+    classifier_checkpoint: str = ""  # state dict of an evaluation classifier (same model config); else trained
+    classifier_steps: int = 2000  # training steps of the platform's evaluation classifier
+    classifier_sigma_max: float = 0.5  # its training noise range is [sde.sigma_min, this]: near-clean images
 
 
 @dataclass(frozen=True)
@@ -164,9 +175,11 @@ PRESETS: dict[str, dict[str, Any]] = {
         "train.ema_decay": 0.99,
         "sample.sampler": "ode",
         "sample.num_steps": 30,
-        "sample.num_per_class": 8,
         "eval.sigmas": (0.05, 0.2, 1.0),
         "eval.num_points": 256,
+        "eval.feature_extractor": "eval_classifier",
+        "eval.classifier_steps": 300,
+        "sample.num_per_class": 32,
     },
 }
 PRESETS["cifar100"] = {**PRESETS["cifar10"], "data.name": "cifar100"}
@@ -277,6 +290,10 @@ def validate(config: TrialConfig) -> TrialConfig:
         raise ValueError(f"model.arch must be 'mlp' or 'ncsnpp', got {config.model.arch!r}")
     if config.train.precision not in ("fp32", "bf16"):
         raise ValueError(f"train.precision must be 'fp32' or 'bf16', got {config.train.precision!r}")
+    if config.eval.feature_extractor not in ("inception", "eval_classifier"):
+        raise ValueError(f"eval.feature_extractor must be 'inception' or 'eval_classifier', got {config.eval.feature_extractor!r}")
+    if config.sample.batch_size <= 0 or config.sample.num_per_class <= 0:
+        raise ValueError("sample.batch_size and sample.num_per_class must be > 0")
     if config.train.checkpoint_every < 0:
         raise ValueError(f"train.checkpoint_every must be >= 0, got {config.train.checkpoint_every}")
     for name in ("steps", "steps_per_epoch", "batch_size"):

@@ -33,10 +33,18 @@ def sample_classes(config: TrialConfig, networks: dict[str, nn.Module], num_clas
     gen = torch.Generator().manual_seed(config.sample.seed)
     shape = (len(y), dim) if isinstance(dim, int) else (len(y), *dim)
     x_init = sde.prior_sample(shape, generator=gen).to(device)
-    score_fn = guided_score_fn(method, fns, y, config.sample.guidance_scale)
     sampler = get_sampler(config.sample.sampler)
     sigmas = sde.discretize(config.sample.num_steps)
-    return sampler(score_fn, x_init, sigmas, generator=gen, **sampler_options(config.sample.sampler, config.sample)), y
+    size = config.sample.batch_size
+    # Classes are interleaved across chunks so a chunk mixes classes; chunk i > 0 has its own seed.
+    order = torch.arange(len(y)).reshape(num_classes, -1).t().reshape(-1) if len(y) > size else torch.arange(len(y))
+    out = torch.empty_like(x_init)
+    for i, start in enumerate(range(0, len(y), size)):
+        idx = order[start : start + size].to(device)
+        chunk_gen = gen if i == 0 else torch.Generator().manual_seed(config.sample.seed + 1_000_003 * i)
+        score_fn = guided_score_fn(method, fns, y[idx], config.sample.guidance_scale)
+        out[idx] = sampler(score_fn, x_init[idx], sigmas, generator=chunk_gen, **sampler_options(config.sample.sampler, config.sample)).detach()
+    return out, y
 
 
 def evaluate_toy(config: TrialConfig, networks: dict[str, nn.Module], data: ToyData) -> dict[str, float]:

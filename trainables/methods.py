@@ -176,13 +176,33 @@ def model_fns(networks: dict[str, nn.Module], *, num_classes: int, frozen: dict[
     return ModelFns(**kw)
 
 
+def _shared_classifier_forward(terms: list[LossTerm]) -> tuple[LossTerm, LossTerm] | None:
+    """(ce, sc) when CE's rows lie inside SC's: both then come from one classifier forward."""
+    ce = next((t for t in terms if t.fn == "ce" and t.rows == "labeled"), None)
+    sc = next((t for t in terms if t.fn == "sc" and t.rows in ("labeled", "all")), None)
+    return (ce, sc) if ce is not None and sc is not None else None
+
+
 def artifact_loss(artifact: Artifact, fns: ModelFns, batch: Batch, noise: Noise, loss_config) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:  # noqa: ANN001
     """Sum an artifact's terms: total = sum_k w_k mean_{rows_k} term_k; also the per-example terms."""
     total = torch.zeros((), dtype=batch.x.dtype, device=batch.x.device)
     per_example: dict[str, torch.Tensor] = {}
-    for term in artifact.terms:
+    active = [t for t in artifact.terms if t.weight(loss_config) != 0]
+    shared = _shared_classifier_forward(active)
+    if shared is not None:
+        ce_term, sc_term = shared
+        rows = batch.rows(sc_term.rows)
+        if rows.numel():
+            part, nz = batch.take(rows), noise.take(rows)
+            ce, sc = losses.ce_and_sc_losses(_need(fns.logits_fn, "classifier"), part.x, nz.sigma, nz.z, part.y, weighting=loss_config.sc_weighting)
+            if ce.numel():
+                per_example["ce_labeled"] = ce
+                total = total + ce_term.weight(loss_config) * ce.mean()
+            per_example[f"sc_{sc_term.rows}"] = sc
+            total = total + sc_term.weight(loss_config) * sc.mean()
+    for term in active:
         weight = term.weight(loss_config)
-        if weight == 0:
+        if shared is not None and term in shared:
             continue
         rows = batch.rows(term.rows)
         if rows.numel() == 0:

@@ -94,10 +94,26 @@ def train_fn_per_worker(loop_config: dict) -> None:
 
     epochs = math.ceil(config.train.steps / config.train.steps_per_epoch)
 
+    tags: dict[str, str] = {}
+    evaluator = []  # built once (evaluation classifier, extractor, reference statistics), on rank 0
+
     def evaluate_all(nets: dict) -> tuple[dict, torch.Tensor | None]:
-        if images:
-            return evaluate_images(config, nets, data, device=device)
-        return evaluate_toy(config, nets, data), None
+        if not images:
+            return evaluate_toy(config, nets, data), None
+        metrics, samples = evaluate_images(config, nets, data, device=device)
+        if config.eval.fid:
+            from trainables.image_eval import build_evaluator, evaluate_generation
+
+            if not evaluator:
+                evaluator.append(build_evaluator(config, data, device))
+            labels = torch.arange(data.num_classes).repeat_interleave(config.sample.num_per_class)
+            generation, warnings = evaluate_generation(samples, labels, data.num_classes, evaluator[0])
+            metrics.update(generation)
+            tags["fid_feature_extractor"] = evaluator[0].extractor.name
+            tags["eval_classifier"] = evaluator[0].classifier_key
+            if warnings:
+                tags["warnings"] = "; ".join(warnings)
+        return metrics, samples
 
     for position, artifact in enumerate(method.artifacts):
         frozen = {name: by_name[name] for name in artifact.needs}
@@ -133,6 +149,7 @@ def train_fn_per_worker(loop_config: dict) -> None:
     record = Path(loop_config["record_dir"])
     record.mkdir(parents=True, exist_ok=True)
     (record / "artifacts.json").write_text(json.dumps({name: str(cache.root / key) for name, key in keys.items()}))
+    (record / "tags.json").write_text(json.dumps(tags))
     if samples is not None:
         from torchvision.utils import save_image
 

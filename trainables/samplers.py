@@ -23,6 +23,9 @@ def _sig(sigma: float, x: torch.Tensor) -> torch.Tensor:
 
 
 def _randn(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    if generator is not None and generator.device != x.device:
+        # A CPU generator for samples on a GPU: draw on the CPU (same numbers on every device).
+        return torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
     return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
 
 

@@ -124,3 +124,25 @@ def test_unknown_weighting_names_choices(setting):
     dist, x, _, sigma, z = setting
     with pytest.raises(ValueError, match=r"unknown weighting 'l2'.*sigma2"):
         losses.dsm_loss(dist.score, x, sigma, z, weighting="l2")
+
+
+def test_shared_forward_ce_and_sc_equal_the_separate_terms():
+    # The platform computes CE (labeled rows) and SC (all rows) from one classifier forward; values and
+    # parameter gradients must equal the two separate terms on the same noise.
+    from trainables.losses import ce_and_sc_losses, ce_loss, sc_loss
+    from trainables.networks.toy import ToyClassifier
+
+    torch.manual_seed(0)
+    net = ToyClassifier(2, 3, hidden=16, depth=1)
+    x, z = torch.randn(8, 2), torch.randn(8, 2)
+    sigma = torch.rand(8) + 0.1
+    y = torch.tensor([0, 1, 2, -1, -1, 0, -1, 2])
+    labeled = y >= 0
+    ce, sc = ce_and_sc_losses(net, x, sigma, z, y)
+    torch.testing.assert_close(ce, ce_loss(net, x[labeled], sigma[labeled], z[labeled], y[labeled]))
+    torch.testing.assert_close(sc, sc_loss(net, x, sigma, z))
+    fused = torch.autograd.grad(ce.mean() + 0.5 * sc.mean(), list(net.parameters()))
+    separate_loss = ce_loss(net, x[labeled], sigma[labeled], z[labeled], y[labeled]).mean() + 0.5 * sc_loss(net, x, sigma, z).mean()
+    separate = torch.autograd.grad(separate_loss, list(net.parameters()))
+    for a, b in zip(fused, separate):
+        torch.testing.assert_close(a, b)

@@ -1,0 +1,90 @@
+"""A tiny-images study with the papers' metrics: FID, IS, intra-FID, accuracy, ECE; per-class table,
+guidance curves; a second study reuses the reference statistics and the evaluation classifier."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.slow
+
+CONFIG = {
+    "data.num_train": 192,
+    "data.num_test": 96,
+    "train.steps": 40,
+    "train.steps_per_epoch": 20,
+    "train.batch_size": 16,
+    "sample.num_steps": 8,
+    "sample.num_per_class": 12,
+    "eval.num_points": 64,
+    "eval.sigmas": [0.2],
+    "eval.classifier_steps": 60,
+}
+
+
+def _spec(name, tmp_path, **kw):
+    spec = {
+        "name": name,
+        "preset": "tiny-images",
+        "dataset": "tiny-images",
+        "methods": ["CG-SC-all", "CFG-all"],
+        "label_percents": [50],
+        "num_trials": 3,
+        "objectives": [{"metric": "intra_fid", "mode": "min"}],
+        "search": {"loss.lambda_sc": {"choices": [1.0]}, "sample.guidance_scale": {"low": 0.5, "high": 4}},
+        "storage": str(tmp_path / "studies"),
+        "resources": {"max_concurrent_trials": 2},
+        "config": {**CONFIG, "eval.cache_dir": str(tmp_path / "shared-cache")},
+        **kw,
+    }
+    (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(spec))
+    return f"{name}.yaml"
+
+
+def _cli(*args, cwd, timeout=600):
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "MLFLOW_DISABLE_TELEMETRY": "true"}
+    return subprocess.run([sys.executable, "-m", "study", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def test_tiny_images_study_reports_the_papers_metrics(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from analysis.runs import load_runs
+
+    result = _cli("run", _spec("first", tmp_path), cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    for column in ("% fid", "% inception_score", "% intra_fid", "% gen_accuracy", "% clf_ece"):
+        assert column in result.stdout, result.stdout
+    tables = tmp_path / "studies" / "first" / "tables"
+    per_class = (tables / "per_class.md").read_text()
+    assert "CG-SC-all / 3" in per_class and "50% intra_fid" in per_class and "50% gen_accuracy" in per_class
+    curves = sorted(p.name for p in tables.glob("guidance_*.png"))
+    assert {"guidance_fid.png", "guidance_intra_fid.png", "guidance_gen_accuracy.png"} <= set(curves)
+
+    uri = f"sqlite:///{tmp_path / 'studies' / 'first' / 'mlflow.db'}"
+    runs = load_runs(uri, "first")
+    assert (runs["status"] == "FINISHED").all() and len(runs) == 3
+    assert runs["fid"].notna().all() and runs["fid_num_samples"].eq(48).all()
+    client = MlflowClient(uri)
+    tags = client.get_run(runs["run_id"].iloc[0]).data.tags
+    assert tags["fid_feature_extractor"].startswith("eval classifier eval_classifier-")
+    parent = client.search_runs([client.get_experiment_by_name("first").experiment_id], "tags.role = 'study'")[0]
+    report = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
+    assert {"report/comparison.md", "report/per_class.md", "report/guidance_fid.png"} <= report
+
+    # A second study on the same data reuses the cached reference statistics and evaluation classifier.
+    again = _cli("run", _spec("second", tmp_path, num_trials=1, methods=["CFG-all"]), "--quiet", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    second = load_runs(f"sqlite:///{tmp_path / 'studies' / 'second' / 'mlflow.db'}", "second")
+    assert second["reference_stats_reused"].eq(1).all()
+    assert len(list((tmp_path / "shared-cache" / "eval-classifiers").iterdir())) == 1
+    assert len(list((tmp_path / "shared-cache" / "fid-stats").glob("*.npz"))) == 1
+
+
+def test_missing_inception_weights_stop_the_spec_before_anything_runs(tmp_path):
+    spec = _spec("nope", tmp_path, config={**CONFIG, "eval.feature_extractor": "inception", "eval.inception_weights": str(tmp_path / "missing.pt")})
+    result = _cli("run", spec, cwd=tmp_path, timeout=120)
+    assert result.returncode == 2 and "Inception weights not found" in result.stderr
+    assert not (tmp_path / "studies").exists()

@@ -1,0 +1,133 @@
+"""FID / intra-FID / IS / generation accuracy, reference statistics, the evaluation classifier."""
+
+import numpy as np
+import pytest
+import torch
+
+from trainables.config import from_flat
+from trainables.data.images import tiny_images
+from trainables.metrics.fid import (
+    EvalError,
+    FeatureExtractor,
+    Stats,
+    check_inception,
+    class_stats,
+    fid,
+    generation_metrics,
+    inception_extractor,
+    inception_score,
+    reference_stats,
+)
+
+
+def test_fid_of_a_set_against_its_own_statistics_is_zero_and_a_shift_adds_its_squared_norm():
+    rng = np.random.default_rng(0)
+    feats = rng.normal(size=(4000, 8)) @ rng.normal(size=(8, 8))
+    assert abs(fid(Stats.of(feats), Stats.of(feats))) < 1e-6
+    # Same covariance, mean moved by delta: FID = ||delta||^2 exactly.
+    delta = np.array([1.0, -2.0, 0.5, 0, 0, 0, 0, 3.0])
+    assert fid(Stats.of(feats + delta), Stats.of(feats)) == pytest.approx(float(delta @ delta), rel=1e-6)
+    # A larger shift gives a larger FID.
+    assert fid(Stats.of(feats + 2 * delta), Stats.of(feats)) > fid(Stats.of(feats + delta), Stats.of(feats))
+
+
+def test_inception_score_bounds():
+    k = 5
+    assert inception_score(np.full((100, k), 1.0 / k), splits=10)[0] == pytest.approx(1.0)
+    assert inception_score(np.eye(k)[np.arange(100) % k], splits=10)[0] == pytest.approx(k, rel=1e-6)
+
+
+class _Counting(FeatureExtractor):
+    """Features = per-channel means and a few pixels: a small custom extractor (no Inception here)."""
+
+    def __init__(self):
+        self.calls = 0
+
+        def features(images):
+            self.calls += 1
+            x = images.flatten(2)
+            return torch.cat([x.mean(2), x[:, :, ::37].flatten(1)], 1).double().numpy()
+
+        super().__init__("test extractor", features, lambda images: torch.softmax(images.flatten(1)[:, :4] * 5, 1).double().numpy(), "test-v1")
+
+
+def test_intra_fid_is_the_mean_of_per_class_fids_and_accuracy_counts_the_intended_class():
+    data = tiny_images(400, 200, size=8, seed=0)
+    extractor = _Counting()
+    reference = class_stats(extractor.features(data.x), data.y.numpy(), 4)
+    labels = data.test_y
+    predicted = labels.numpy().copy()
+    predicted[:50] = (predicted[:50] + 1) % 4  # 50 of 200 misclassified
+    metrics, warnings = generation_metrics(data.test_x, labels, 4, extractor, reference, lambda x: predicted)
+    per_class = [metrics[f"intra_fid_class{k}"] for k in range(4)]
+    assert metrics["intra_fid"] == pytest.approx(np.mean(per_class))
+    assert metrics["gen_accuracy"] == pytest.approx(0.75)
+    assert np.mean([metrics[f"gen_accuracy_class{k}"] for k in range(4)]) == pytest.approx(0.75, abs=0.02)
+    assert 1.0 <= metrics["inception_score"] <= 4.0
+    # Held-out real images are close to the training statistics; noise images are far.
+    noise = torch.rand_like(data.test_x)
+    assert metrics["fid"] < generation_metrics(noise, labels, 4, extractor, reference, lambda x: predicted)[0]["fid"]
+    assert warnings == [] and metrics["fid_warning"] == 0
+
+
+def test_too_few_samples_for_the_feature_dimension_is_a_warning_not_a_silent_number():
+    data = tiny_images(400, 16, size=8, seed=0)
+    extractor = _Counting()
+    reference = class_stats(extractor.features(data.x), data.y.numpy(), 4)
+    metrics, warnings = generation_metrics(data.test_x, data.test_y, 4, extractor, reference, lambda x: data.test_y.numpy())
+    assert metrics["fid_warning"] == 1 and any("biased high" in w for w in warnings)
+
+
+def test_reference_statistics_are_computed_once(tmp_path):
+    data = tiny_images(100, 10, size=8, seed=0)
+    extractor = _Counting()
+    identity = {"name": "tiny-images", "num_train": 100}
+    first, cached_first = reference_stats(data.x, data.y, 4, extractor, identity, tmp_path)
+    second, cached_second = reference_stats(data.x, data.y, 4, extractor, identity, tmp_path)
+    assert (cached_first, cached_second, extractor.calls) == (False, True, 1)
+    np.testing.assert_array_equal(first["2"].sigma, second["2"].sigma)
+    # Another dataset identity is another file.
+    reference_stats(data.x, data.y, 4, extractor, {**identity, "num_train": 99}, tmp_path)
+    assert extractor.calls == 2
+
+
+def test_missing_inception_weights_name_the_fix(tmp_path):
+    with pytest.raises(EvalError, match="Inception weights not found at .*nope.pt.*eval.inception_weights.*eval_classifier"):
+        check_inception(str(tmp_path / "nope.pt"))
+
+
+def test_inception_path_resizes_to_299_and_uses_the_detector(tmp_path):
+    # A stand-in TorchScript detector with the StyleGAN2 interface (layers -> 2048 features; forward ->
+    # probabilities): the real weights cannot be downloaded here.
+    class Layers(torch.nn.Module):
+        def forward(self, x):
+            assert x.shape[-2:] == (299, 299)
+            return x.mean((2, 3), keepdim=True).repeat(1, 683, 1, 1)[:, :2048]
+
+    class Detector(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layers = Layers()
+
+        def forward(self, x, no_output_bias: bool = False):
+            return torch.softmax(x.mean((2, 3)), 1)
+
+    path = tmp_path / "inception-2015-12-05.pt"
+    torch.jit.script(Detector()).save(str(path))
+    extractor = inception_extractor(str(path))
+    images = torch.rand(3, 3, 16, 16)
+    feats = extractor.features(images)
+    assert feats.shape == (3, 2048) and extractor.identity.startswith("inception-")
+    assert extractor.probs(images).shape == (3, 3)
+
+
+def test_eval_classifier_accuracy_on_real_held_out_images_equals_its_test_accuracy(tmp_path):
+    from trainables.image_eval import build_evaluator, evaluate_generation
+
+    config = from_flat({"data.num_train": 128, "data.num_test": 64, "eval.classifier_steps": 30, "eval.cache_dir": str(tmp_path)}, preset="tiny-images")
+    data = tiny_images(128, 64, 16, 0)
+    evaluator = build_evaluator(config, data, log=lambda *a: None)
+    metrics, _ = evaluate_generation(data.test_x, data.test_y, 4, evaluator)
+    assert metrics["gen_accuracy"] == pytest.approx(evaluator.classifier_test_accuracy)
+    again = build_evaluator(config, data, log=lambda *a: None)
+    assert again.reference_cached and again.classifier_key == evaluator.classifier_key

@@ -1,0 +1,125 @@
+"""Image evaluation shared by every method (METHODS.md section 5): the evaluation classifier, the feature
+extractor, cached reference statistics, and FID / IS / intra-FID / generation accuracy of samples.
+
+The evaluation classifier is never a guidance classifier: its own artifact ("eval_classifier", CE on
+the full labeled training set, noise range [sigma_min, eval.classifier_sigma_max]), cached across
+studies under eval.cache_dir, or loaded from eval.classifier_checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from trainables.config import TrialConfig
+from trainables.methods import Artifact, LossTerm
+from trainables.metrics.calibration import accuracy
+from trainables.metrics.fid import (
+    EvalError,
+    FeatureExtractor,
+    Stats,
+    check_inception,
+    classifier_extractor,
+    generation_metrics,
+    inception_extractor,
+    reference_stats,
+)
+
+EVAL_CLASSIFIER = Artifact("eval_classifier", "classifier", (LossTerm("ce", "labeled"),))
+
+
+def cache_root(config: TrialConfig) -> Path:
+    """Shared across studies: eval.cache_dir, else ~/.cache/sc-guidance."""
+    return Path(config.eval.cache_dir or "~/.cache/sc-guidance").expanduser().resolve()
+
+
+def eval_classifier_config(config: TrialConfig) -> TrialConfig:
+    """The trial config with the evaluation classifier's own data, noise range and steps."""
+    return dataclasses.replace(
+        config,
+        method="CG",
+        data=dataclasses.replace(config.data, label_percent=100.0),
+        sde=dataclasses.replace(config.sde, sigma_max=max(config.eval.classifier_sigma_max, config.sde.sigma_min * 2)),
+        train=dataclasses.replace(config.train, steps=config.eval.classifier_steps, precision="fp32"),
+    )
+
+
+def preflight(config: TrialConfig) -> None:
+    """Raise EvalError before any training or sampling if the evaluation cannot run."""
+    if not config.eval.fid:
+        return
+    if config.eval.feature_extractor == "inception":
+        check_inception(config.eval.inception_weights or None)
+    if config.eval.classifier_checkpoint and not Path(config.eval.classifier_checkpoint).expanduser().is_file():
+        raise EvalError(f"eval.classifier_checkpoint {config.eval.classifier_checkpoint!r} does not exist; fix the path or leave it empty to train one")
+
+
+@dataclass
+class Evaluator:
+    """What every image trial of a study measures its samples with."""
+
+    classifier: torch.nn.Module
+    classifier_key: str
+    classifier_test_accuracy: float
+    extractor: FeatureExtractor
+    reference: dict[str, Stats]
+    reference_cached: bool
+    sigma: float
+
+    def classify(self, images: torch.Tensor, batch_size: int = 256) -> np.ndarray:
+        device = next(self.classifier.parameters()).device
+        out = []
+        with torch.no_grad():
+            for start in range(0, len(images), batch_size):
+                x = images[start : start + batch_size].to(device)
+                out.append(self.classifier(x, torch.full((len(x),), self.sigma, device=device)).argmax(1).cpu())
+        return torch.cat(out).numpy()
+
+
+def build_evaluator(config: TrialConfig, data, device: torch.device | str = "cpu", log=print) -> Evaluator:  # noqa: ANN001
+    """Train or load the evaluation classifier, build the extractor, load or compute reference stats."""
+    from trainables.cache import ArtifactCache
+    from trainables.fit import TrainingSet, build, data_dim, train_artifact
+
+    preflight(config)
+    clf_config = eval_classifier_config(config)
+    root = cache_root(config)
+    if config.eval.classifier_checkpoint:
+        path = Path(config.eval.classifier_checkpoint).expanduser()
+        net = build(EVAL_CLASSIFIER, clf_config, data_dim(data.x), data.num_classes)
+        net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        net, key = net.eval().requires_grad_(False), f"file-{path.name}"
+    else:
+        split = TrainingSet.split(data.x, data.y, data.num_classes, 100.0, config.data.split_seed)
+        cache = ArtifactCache(root / "eval-classifiers")
+
+        def train(folder: Path) -> torch.nn.Module:
+            log(f"training the evaluation classifier ({clf_config.train.steps} steps) into {folder}")
+            return train_artifact(EVAL_CLASSIFIER, clf_config, split, checkpoint_dir=folder, device=device)
+
+        net, key, _ = cache.get_or_train(EVAL_CLASSIFIER, clf_config, train, dim=data_dim(data.x), num_classes=data.num_classes)
+    net = net.to(device)
+    sigma = config.sde.sigma_min
+    with torch.no_grad():
+        logits = torch.cat([net(data.test_x[i : i + 256].to(device), torch.full((len(data.test_x[i : i + 256]),), sigma, device=device)).cpu() for i in range(0, len(data.test_x), 256)])
+    test_accuracy = accuracy(logits, data.test_y)
+    if config.eval.feature_extractor == "inception":
+        extractor = inception_extractor(config.eval.inception_weights or None, device)
+    else:
+        extractor = classifier_extractor(net, sigma, key, device)
+    n = config.eval.num_reference or len(data.x)
+    identity = {k: getattr(config.data, k) for k in ("name", "root", "num_train", "seed", "image_size")} | {"num_reference": n}
+    reference, cached = reference_stats(data.x[:n], data.y[:n], data.num_classes, extractor, identity, root / "fid-stats")
+    return Evaluator(net, key, test_accuracy, extractor, reference, cached, sigma)
+
+
+def evaluate_generation(samples: torch.Tensor, labels: torch.Tensor, num_classes: int, evaluator: Evaluator) -> tuple[dict[str, float], list[str]]:
+    """FID, IS, intra-FID, generation accuracy (overall and per class) of class-conditional samples."""
+    metrics, warnings = generation_metrics(samples, labels, num_classes, evaluator.extractor, evaluator.reference, evaluator.classify)
+    metrics["eval_classifier_test_accuracy"] = evaluator.classifier_test_accuracy
+    metrics["reference_stats_reused"] = float(evaluator.reference_cached)
+    return metrics, warnings

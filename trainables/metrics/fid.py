@@ -1,0 +1,207 @@
+"""FID, intra-FID and IS as the papers measure them (METHODS.md section 5), through clean-fid.
+
+Features come from a FeatureExtractor: clean-fid's Inception (the StyleGAN2 TorchScript network,
+images resized to 299 with clean-fid's "clean" PIL-bicubic resizer, 2048-d pool features, 1008-way
+softmax for IS) or, where Inception weights cannot be had (CPU tests, tiny images), the platform's
+evaluation classifier (pooled encoder features and its softmax). Every run names its extractor.
+The Frechet distance itself is clean-fid's `frechet_distance`; statistics are (mu, sigma) of the
+features. Reference statistics (training set, overall and per class) are cached on disk by the
+identity of the data and of the extractor, so a second study reuses them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+INCEPTION_FILE = "inception-2015-12-05.pt"
+
+
+class EvalError(ValueError):
+    """Evaluation cannot run as asked (missing weights, reference data); the message names the fix."""
+
+
+@dataclass
+class FeatureExtractor:
+    """images [N, 3, H, W] in [0, 1] -> features [N, dim] (numpy) and class probabilities (for IS)."""
+
+    name: str  # logged with every metric computed from it
+    features: Callable[[torch.Tensor], np.ndarray]
+    probs: Callable[[torch.Tensor], np.ndarray] | None
+    identity: str  # what the features depend on (weights hash / artifact key): the stats cache key
+
+
+# ---- extractors ------------------------------------------------------------------------------------
+def default_inception_path() -> Path:
+    """Where clean-fid keeps its Inception weights: its feature_extractor loads them from /tmp."""
+    return Path("." if os.name == "nt" else "/tmp") / INCEPTION_FILE
+
+
+def check_inception(path: str | None) -> Path:
+    """The weights file to use; EvalError before any sampling when it is missing."""
+    file = Path(path).expanduser() if path else default_inception_path()
+    if not file.is_file():
+        raise EvalError(
+            f"Inception weights not found at {file}; download {INCEPTION_FILE} (clean-fid's URL: "
+            "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/inception-2015-12-05.pt) "
+            "there or name a local copy in eval.inception_weights, or use eval.feature_extractor: eval_classifier"
+        )
+    return file
+
+
+def inception_extractor(path: str | None, device: torch.device | str = "cpu", batch_size: int = 100) -> FeatureExtractor:
+    """clean-fid's Inception: clean resize to 299 (PIL bicubic), (x - 128) / 128, 2048-d features."""
+    from cleanfid.resize import make_resizer
+
+    file = check_inception(path)
+    base = torch.jit.load(str(file), map_location=device).eval()
+    resize = make_resizer("PIL", False, "bicubic", (299, 299))
+
+    def prepare(images: torch.Tensor) -> torch.Tensor:
+        arrays = (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+        return torch.from_numpy(np.stack([resize(a) for a in arrays])).permute(0, 3, 1, 2).float().to(device)
+
+    def features(images: torch.Tensor) -> np.ndarray:
+        from cleanfid.fid import get_batch_features
+
+        out = []
+        for start in range(0, len(images), batch_size):
+            x = prepare(images[start : start + batch_size])
+            out.append(get_batch_features((x - 128) / 128, lambda t: base.layers.forward(t).view(len(t), 2048), device))
+        return np.concatenate(out)
+
+    def probs(images: torch.Tensor) -> np.ndarray:
+        out = []
+        with torch.no_grad():
+            for start in range(0, len(images), batch_size):
+                # The StyleGAN2 detector's IS mode: softmax without the output bias (as the original IS).
+                out.append(base(prepare(images[start : start + batch_size]), no_output_bias=True).cpu().numpy())
+        return np.concatenate(out)
+
+    digest = hashlib.sha256(file.read_bytes()).hexdigest()[:16]
+    return FeatureExtractor("clean-fid inception-2015-12-05 (clean resize)", features, probs, f"inception-{digest}")
+
+
+def classifier_extractor(net: torch.nn.Module, sigma: float, key: str, device: torch.device | str = "cpu", batch_size: int = 256) -> FeatureExtractor:
+    """The evaluation classifier's pooled encoder features and softmax at sigma (for CPU / tiny images)."""
+    net = net.to(device).eval()
+
+    def run(images: torch.Tensor, head: bool) -> np.ndarray:
+        out = []
+        with torch.no_grad():
+            for start in range(0, len(images), batch_size):
+                x = images[start : start + batch_size].to(device)
+                s = torch.full((len(x),), sigma, device=device)
+                h, _ = net.encode(x, net.embed(s))
+                pooled = net.head[:4](h)  # GroupNorm, swish, pool, flatten
+                out.append((torch.softmax(net.head[4](pooled), 1) if head else pooled).float().cpu().numpy())
+        return np.concatenate(out)
+
+    return FeatureExtractor(f"eval classifier {key}", lambda x: run(x, False), lambda x: run(x, True), f"evalclf-{key}")
+
+
+# ---- statistics and metrics -----------------------------------------------------------------------
+@dataclass
+class Stats:
+    mu: np.ndarray
+    sigma: np.ndarray
+    count: int
+
+    @classmethod
+    def of(cls, feats: np.ndarray) -> Stats:
+        return cls(feats.mean(0), np.cov(feats, rowvar=False), len(feats))
+
+
+def fid(a: Stats, b: Stats) -> float:
+    """Frechet distance between two feature statistics (clean-fid's implementation)."""
+    from cleanfid.fid import frechet_distance
+
+    return float(frechet_distance(a.mu, a.sigma, b.mu, b.sigma))
+
+
+def too_few(count: int, dim: int) -> bool:
+    """Fewer samples than feature dimensions: the covariance is singular and the FID is biased high."""
+    return count < dim
+
+
+def inception_score(probs: np.ndarray, splits: int = 10) -> tuple[float, float]:
+    """IS = exp(E_x KL(p(y|x) || p(y))), mean and std over splits (Salimans et al.)."""
+    scores = []
+    for part in np.array_split(probs, min(splits, len(probs))):
+        py = part.mean(0, keepdims=True)
+        kl = (part * (np.log(part + 1e-12) - np.log(py + 1e-12))).sum(1).mean()
+        scores.append(np.exp(kl))
+    return float(np.mean(scores)), float(np.std(scores))
+
+
+def class_stats(feats: np.ndarray, labels: np.ndarray, num_classes: int) -> dict[str, Stats]:
+    """Overall statistics and per-class statistics ("all", "0", "1", ...)."""
+    out = {"all": Stats.of(feats)}
+    for k in range(num_classes):
+        out[str(k)] = Stats.of(feats[labels == k])
+    return out
+
+
+# ---- cached reference statistics ------------------------------------------------------------------
+def stats_dir(configured: str = "") -> Path:
+    """Shared across studies: eval.stats_dir, else ~/.cache/sc-guidance/fid-stats."""
+    return Path(configured or "~/.cache/sc-guidance/fid-stats").expanduser().resolve()
+
+
+def reference_stats(
+    images: torch.Tensor, labels: torch.Tensor, num_classes: int, extractor: FeatureExtractor, data_identity: dict, folder: Path
+) -> tuple[dict[str, Stats], bool]:
+    """Training-set statistics (overall and per class), computed once per (data, extractor); (stats, cached?)."""
+    key = hashlib.sha256(json.dumps({"data": data_identity, "extractor": extractor.identity}, sort_keys=True).encode()).hexdigest()[:16]
+    file = folder / f"{key}.npz"
+    if file.exists():
+        with np.load(file) as z:
+            names = json.loads(str(z["names"]))
+            return {n: Stats(z[f"{n}_mu"], z[f"{n}_sigma"], int(z[f"{n}_count"])) for n in names}, True
+    stats = class_stats(extractor.features(images), labels.numpy(), num_classes)
+    folder.mkdir(parents=True, exist_ok=True)
+    arrays = {"names": json.dumps(list(stats))}
+    for n, s in stats.items():
+        arrays.update({f"{n}_mu": s.mu, f"{n}_sigma": s.sigma, f"{n}_count": np.array(s.count)})
+    tmp = folder / f"{key}.tmp.npz"
+    np.savez(tmp, **arrays)
+    os.replace(tmp, file)
+    (folder / f"{key}.json").write_text(json.dumps({"data": data_identity, "extractor": extractor.name, "identity": extractor.identity}, indent=2))
+    return stats, False
+
+
+def generation_metrics(samples: torch.Tensor, labels: torch.Tensor, num_classes: int, extractor: FeatureExtractor, reference: dict[str, Stats], classify: Callable[[torch.Tensor], np.ndarray]) -> tuple[dict[str, float], list[str]]:
+    """FID, IS, intra-FID (mean of per-class FIDs), generation accuracy; per-class values; warnings."""
+    feats = extractor.features(samples)
+    y = labels.cpu().numpy()
+    dim = feats.shape[1]
+    metrics: dict[str, float] = {"fid_num_samples": float(len(feats)), "feature_dim": float(dim)}
+    warnings: list[str] = []
+    metrics["fid"] = fid(Stats.of(feats), reference["all"])
+    if too_few(len(feats), dim):
+        warnings.append(f"FID from {len(feats)} samples < feature dim {dim}: biased high; raise sample.num_per_class")
+    per_class = []
+    for k in range(num_classes):
+        mine = feats[y == k]
+        value = fid(Stats.of(mine), reference[str(k)])
+        metrics[f"intra_fid_class{k}"] = value
+        per_class.append(value)
+    metrics["intra_fid"] = float(np.mean(per_class))
+    metrics["intra_fid_num_samples_per_class"] = float(len(feats) / num_classes)
+    if too_few(len(feats) // num_classes, dim):
+        warnings.append(f"intra-FID from {len(feats) // num_classes} samples per class < feature dim {dim}: biased high")
+    if extractor.probs is not None:
+        metrics["inception_score"], metrics["inception_score_std"] = inception_score(extractor.probs(samples))
+    predicted = classify(samples)
+    metrics["gen_accuracy"] = float((predicted == y).mean())
+    for k in range(num_classes):
+        metrics[f"gen_accuracy_class{k}"] = float((predicted[y == k] == k).mean())
+    metrics["fid_warning"] = float(bool(warnings))
+    return metrics, warnings
