@@ -77,7 +77,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
     from study.runner import load_study_spec
 
     study_dir, spec = load_study_spec(args.study_dir)
-    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", spec.tracking_uri, "--host", "127.0.0.1", "--port", str(args.port)]
+    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", spec.tracking_uri, "--host", "127.0.0.1", "--port", str(args.port), "--workers", "1"]
     print(f"MLflow UI for {study_dir}: http://127.0.0.1:{args.port}  (Ctrl-C stops it)", flush=True)
     return subprocess.call(cmd, env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})
 

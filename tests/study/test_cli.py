@@ -116,3 +116,34 @@ def test_rerun_into_existing_study_is_refused_and_changes_nothing(finished_study
     assert result.returncode == 2
     assert "already holds a study; use 'study resume" in result.stderr
     assert ((study_dir / "mlflow.db").stat().st_mtime_ns, (study_dir / "spec.yaml").read_text()) == before
+
+
+def test_ui_serves_the_study_store_on_localhost(finished_study):
+    import signal
+    import socket
+    import time
+    import urllib.request
+
+    root, study_dir, _ = finished_study
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
+    log = open(root / "ui.log", "w")  # noqa: SIM115
+    proc = subprocess.Popen([sys.executable, "-m", "study", "ui", str(study_dir), "--port", str(port)], cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 240  # about 15 s on an idle 2-core machine
+        body = None
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                # The UI's REST API answers with the study's experiment from its SQLite store.
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/get-by-name?experiment_name=e2e", timeout=5) as response:
+                    body = response.read().decode()
+                break
+            except OSError:
+                time.sleep(1)
+        assert body is not None and '"name": "e2e"' in body.replace('":"', '": "'), (root / "ui.log").read_text()[-3000:]
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+        log.close()

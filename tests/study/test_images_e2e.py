@@ -28,6 +28,7 @@ SPEC = {
         "sample.num_per_class": 2,
         "eval.num_points": 32,
         "eval.sigmas": [0.2],
+        "eval.classifier_steps": 30,
     },
 }
 
@@ -69,3 +70,45 @@ def test_more_workers_than_the_cluster_has_is_refused_before_anything_is_written
     assert result.returncode == 2
     assert "Train worker(s)" in result.stderr and "lower resources.num_workers" in result.stderr
     assert not (tmp_path / "studies").exists()
+
+
+def test_a_killed_train_worker_is_restarted_and_resumes_from_its_checkpoint(tmp_path):
+    import signal
+    import time
+
+    from mlflow.tracking import MlflowClient
+
+    from analysis.runs import load_runs
+
+    spec = {
+        **SPEC,
+        "name": "failover",
+        "methods": ["Cond"],
+        "num_trials": 1,
+        "storage": str(tmp_path / "studies"),
+        "resources": {"cpus_per_trial": 0.95, "num_workers": 2, "max_concurrent_trials": 1, "max_failures": 2},
+        "config": {**SPEC["config"], "train.steps": 300, "train.steps_per_epoch": 30},
+    }
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "MLFLOW_DISABLE_TELEMETRY": "true"}
+    proc = subprocess.Popen([sys.executable, "-m", "study", "run", "spec.yaml"], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    killed = None
+    lines = []
+    deadline = time.monotonic() + 500
+    for line in proc.stdout:
+        lines.append(line)
+        assert time.monotonic() < deadline, "".join(lines[-30:])
+        if killed is None and "epoch 2 " in line:
+            # A real failure: SIGKILL one Ray Train worker process in the middle of training.
+            out = subprocess.run(["pgrep", "-f", "ray::RayTrainWorker"], capture_output=True, text=True).stdout.split()
+            assert out, "no Train worker process found"
+            killed = int(out[0])
+            os.kill(killed, signal.SIGKILL)
+    assert proc.wait(timeout=120) == 0, "".join(lines[-40:])
+    assert killed is not None
+    uri = f"sqlite:///{tmp_path / 'studies' / 'failover' / 'mlflow.db'}"
+    runs = load_runs(uri, "failover")
+    assert len(runs) == 1 and runs["status"].iloc[0] == "FINISHED" and runs["fid"].notna().all()
+    steps = [m.value for m in MlflowClient(uri).get_metric_history(runs["run_id"].iloc[0], "step")]
+    # The restarted worker group resumed from the latest checkpoint: steps never go back to the start.
+    assert steps == sorted(steps) and len(set(steps)) == len(steps) and steps[-1] == 300, steps
