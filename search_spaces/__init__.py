@@ -5,8 +5,9 @@ from search_spaces.spaces import (
     METHOD_KEYS,
     PAPER_GRID,
     Range,
+    cell_points,
     define_space,
     make_space,
 )
 
-__all__ = ["DEFAULT_RANGES", "METHOD_KEYS", "PAPER_GRID", "Range", "define_space", "make_space"]
+__all__ = ["DEFAULT_RANGES", "METHOD_KEYS", "PAPER_GRID", "Range", "cell_points", "define_space", "make_space"]

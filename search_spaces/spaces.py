@@ -49,6 +49,15 @@ class Range:
             errors.append(f"search.{key}: weights and scales must be >= 0, got [{self.low}, {self.high}]")
         return errors
 
+    def default(self) -> Any:
+        """The value a cell's first trial uses: 1 (the papers' chosen lambda, the plain posterior's
+        guidance scale) when the range holds it, else the middle of the range (geometric when log)."""
+        if self.choices is not None:
+            return 1.0 if 1.0 in self.choices else sorted(self.choices)[len(self.choices) // 2]
+        if self.low <= 1.0 <= self.high:
+            return 1.0
+        return (self.low * self.high) ** 0.5 if self.log else (self.low + self.high) / 2
+
     def suggest(self, trial, key: str) -> Any:  # noqa: ANN001 - optuna.Trial
         """Ask the trial for a value in this range."""
         if self.choices is not None:
@@ -76,3 +85,14 @@ def define_space(trial, methods: Sequence[str], label_percents: Sequence[float],
 def make_space(methods: Sequence[str], label_percents: Sequence[float], ranges: dict[str, Range] | None = None) -> Callable[[Any], dict]:
     """The define-by-run function OptunaSearch takes (a partial, so Tune can pickle the searcher)."""
     return partial(define_space, methods=tuple(methods), label_percents=tuple(label_percents), ranges=dict(ranges or {}))
+
+
+def cell_points(methods: Sequence[str], label_percents: Sequence[float], ranges: dict[str, Range] | None = None) -> list[dict[str, Any]]:
+    """One starting point per (method, label %) cell with every tuned key at its default, so the first
+    pass of a study compares the methods at the same, paper-chosen settings before the search moves."""
+    ranges = ranges or {}
+    return [
+        {"method": m, "data.label_percent": p, **{k: ranges.get(k, DEFAULT_RANGES[k]).default() for k in METHOD_KEYS[m]}}
+        for m in methods
+        for p in label_percents
+    ]

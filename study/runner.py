@@ -158,13 +158,13 @@ def _final_result_searcher():  # noqa: ANN202
 def _searcher(spec: StudySpec, study_dir: Path):  # noqa: ANN202
     import optuna
 
-    from search_spaces import make_space
+    from search_spaces import cell_points, make_space
 
     metrics = [o.metric for o in spec.objectives]
     modes = [o.mode for o in spec.objectives]
     sampler = optuna.samplers.TPESampler(seed=spec.seed, multivariate=True) if len(metrics) == 1 else optuna.samplers.NSGAIISampler(seed=spec.seed)
-    # Cover every (method, label %) cell once before searching freely.
-    cells = [{"method": m, "data.label_percent": p} for m in spec.methods for p in spec.label_percents][: spec.num_trials]
+    # Cover every (method, label %) cell once, at the default settings, before searching freely.
+    cells = cell_points(spec.methods, spec.label_percents, spec.search)[: spec.num_trials]
     return _final_result_searcher()(
         space=make_space(spec.methods, spec.label_percents, spec.search),
         metric=metrics if len(metrics) > 1 else metrics[0],

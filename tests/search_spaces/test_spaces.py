@@ -70,3 +70,13 @@ def test_ranges_report_empty_and_negative():
     assert "empty range" in Range(2.0, 1.0).check("loss.lambda_sc")[0]
     assert any("low > 0" in e for e in Range(0.0, 1.0).check("loss.lambda_sc"))
     assert any(">= 0" in e for e in Range(-1.0, 1.0, log=False).check("sample.guidance_scale"))
+
+
+def test_cell_points_cover_every_cell_at_the_default_settings():
+    from search_spaces import Range, cell_points
+
+    points = cell_points(["CG-SC-all", "Cond"], [5, 100], {"loss.lambda_sc": Range(choices=(0.01, 0.1, 1.0, 10.0)), "sample.guidance_scale": Range(2.0, 8.0)})
+    assert [(p["method"], p["data.label_percent"]) for p in points] == [("CG-SC-all", 5), ("CG-SC-all", 100), ("Cond", 5), ("Cond", 100)]
+    # lambda_SC = 1 (the papers' choice); a range without 1 gives its geometric middle; Cond tunes nothing.
+    assert points[0] == {"method": "CG-SC-all", "data.label_percent": 5, "loss.lambda_sc": 1.0, "sample.guidance_scale": 4.0}
+    assert points[2] == {"method": "Cond", "data.label_percent": 5}

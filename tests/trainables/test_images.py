@@ -141,3 +141,28 @@ def test_guided_dsm_prefers_the_true_score_direction():
     good = evaluate_images(config, {"conditional": Oracle(1.0)}, data)[0]["guided_dsm"]
     zero = evaluate_images(config, {"conditional": Oracle(0.0)}, data)[0]["guided_dsm"]
     assert good < zero
+
+
+def test_bf16_autocast_trains_the_sc_classifier_with_finite_losses():
+    config, _, split = _image_setup("CG-SC-all")
+    config = from_flat({"method": "CG-SC-all", "data.label_percent": 25, **FAST, "train.precision": "bf16"}, preset="tiny-images")
+    seen = []
+    net = train_artifact(get_method("CG-SC-all").artifacts[1], config, split, callback=seen.append)
+    assert all(np.isfinite(m["classifier/loss"]) for m in seen)
+    assert all(p.dtype == torch.float32 for p in net.parameters())  # autocast: weights stay fp32
+
+
+def test_class_conditional_sampling_is_batched_across_classes_and_deterministic():
+    from trainables.evaluate import sample_classes
+    from trainables.fit import train_method
+
+    config, data, split = _image_setup("Cond")
+    nets = train_method(config, split)
+    small = from_flat({"method": "Cond", "sample.num_per_class": 3, "sample.num_steps": 4, "sample.batch_size": 5}, preset="tiny-images")
+    a, y = sample_classes(small, nets, 4, (3, 16, 16))
+    b, _ = sample_classes(small, nets, 4, (3, 16, 16))
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert torch.bincount(y).tolist() == [3, 3, 3, 3] and torch.isfinite(a).all()
+    # Another seed gives other samples.
+    other = from_flat({"method": "Cond", "sample.num_per_class": 3, "sample.num_steps": 4, "sample.batch_size": 5, "sample.seed": 1}, preset="tiny-images")
+    assert not torch.equal(sample_classes(other, nets, 4, (3, 16, 16))[0], a)
