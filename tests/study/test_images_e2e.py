@@ -87,7 +87,7 @@ def test_a_killed_train_worker_is_restarted_and_resumes_from_its_checkpoint(tmp_
         "num_trials": 1,
         "storage": str(tmp_path / "studies"),
         "resources": {"cpus_per_trial": 0.95, "num_workers": 2, "max_concurrent_trials": 1, "max_failures": 2},
-        "config": {**SPEC["config"], "train.steps": 300, "train.steps_per_epoch": 30},
+        "config": {**SPEC["config"], "train.steps": 160, "train.steps_per_epoch": 20},
     }
     (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "MLFLOW_DISABLE_TELEMETRY": "true"}
@@ -111,4 +111,4 @@ def test_a_killed_train_worker_is_restarted_and_resumes_from_its_checkpoint(tmp_
     assert len(runs) == 1 and runs["status"].iloc[0] == "FINISHED" and runs["fid"].notna().all()
     steps = [m.value for m in MlflowClient(uri).get_metric_history(runs["run_id"].iloc[0], "step")]
     # The restarted worker group resumed from the latest checkpoint: steps never go back to the start.
-    assert steps == sorted(steps) and len(set(steps)) == len(steps) and steps[-1] == 300, steps
+    assert steps == sorted(steps) and len(set(steps)) == len(steps) and steps[-1] == 160, steps
