@@ -7,6 +7,7 @@ from torch import nn
 
 from trainables.config import TrialConfig
 from trainables.data.toy import ToyData
+from trainables.losses import score_matching_residual
 from trainables.methods import get_method, guided_score_fn, model_fns
 from trainables.metrics.calibration import accuracy, expected_calibration_error
 from trainables.metrics.toy import (
@@ -115,11 +116,11 @@ def evaluate_images(config: TrialConfig, networks: dict[str, nn.Module], data, *
             sigma = torch.full((len(x),), float(sigma_value), device=device)
             noisy = x + sigma_value * z
             score = guided_score_fn(method, fns, y, config.sample.guidance_scale)(noisy, sigma).detach()
-            guided.append(0.5 * (sigma_value * score + z).flatten(1).pow(2).sum(1).cpu())
+            guided.append(score_matching_residual(score, sigma, z).cpu())
             if fns.score_fn is not None:
                 with torch.no_grad():
                     s = fns.score_fn(noisy, sigma)
-                uncond.append(0.5 * (sigma_value * s + z).flatten(1).pow(2).sum(1).cpu())
+                uncond.append(score_matching_residual(s, sigma, z).cpu())
     metrics["guided_dsm"] = torch.cat(guided).mean().item()
     if uncond:
         metrics["score_dsm"] = torch.cat(uncond).mean().item()

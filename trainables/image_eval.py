@@ -17,7 +17,6 @@ import torch
 
 from trainables.config import TrialConfig
 from trainables.methods import Artifact, LossTerm
-from trainables.metrics.calibration import accuracy
 from trainables.metrics.fid import (
     EvalError,
     FeatureExtractor,
@@ -104,9 +103,6 @@ def build_evaluator(config: TrialConfig, data, device: torch.device | str = "cpu
         net, key, _ = cache.get_or_train(EVAL_CLASSIFIER, clf_config, train, dim=data_dim(data.x), num_classes=data.num_classes)
     net = net.to(device)
     sigma = config.sde.sigma_min
-    with torch.no_grad():
-        logits = torch.cat([net(data.test_x[i : i + 256].to(device), torch.full((len(data.test_x[i : i + 256]),), sigma, device=device)).cpu() for i in range(0, len(data.test_x), 256)])
-    test_accuracy = accuracy(logits, data.test_y)
     if config.eval.feature_extractor == "inception":
         extractor = inception_extractor(config.eval.inception_weights or None, device)
     else:
@@ -114,7 +110,9 @@ def build_evaluator(config: TrialConfig, data, device: torch.device | str = "cpu
     n = config.eval.num_reference or len(data.x)
     identity = {k: getattr(config.data, k) for k in ("name", "root", "num_train", "seed", "image_size")} | {"num_reference": n}
     reference, cached = reference_stats(data.x[:n], data.y[:n], data.num_classes, extractor, identity, root / "fid-stats")
-    return Evaluator(net, key, test_accuracy, extractor, reference, cached, sigma)
+    evaluator = Evaluator(net, key, float("nan"), extractor, reference, cached, sigma)
+    evaluator.classifier_test_accuracy = float((evaluator.classify(data.test_x) == data.test_y.numpy()).mean())
+    return evaluator
 
 
 def evaluate_generation(samples: torch.Tensor, labels: torch.Tensor, num_classes: int, evaluator: Evaluator) -> tuple[dict[str, float], list[str]]:
