@@ -28,7 +28,9 @@ def load_runs(tracking_uri: str, experiment_name: str) -> pd.DataFrame:
     if exp is None:
         return pd.DataFrame(columns=BASE_COLUMNS)
     rows = []
-    for run in client.search_runs([exp.experiment_id], filter_string="tags.role = 'trial'", max_results=50000):
+    for run in client.search_runs(
+        [exp.experiment_id], filter_string="tags.role = 'trial'", max_results=50000
+    ):
         row = {
             "run_id": run.info.run_id,
             "trial_id": run.data.tags.get("trial_id"),
@@ -37,7 +39,9 @@ def load_runs(tracking_uri: str, experiment_name: str) -> pd.DataFrame:
             **{k: _cast(v) for k, v in run.data.params.items()},
             **run.data.metrics,
         }
-        row["label_percent"] = _cast(run.data.params.get("data.label_percent", run.data.tags.get("label_percent")))
+        row["label_percent"] = _cast(
+            run.data.params.get("data.label_percent", run.data.tags.get("label_percent"))
+        )
         row["method"] = run.data.params.get("method", run.data.tags.get("method"))
         rows.append(row)
     if not rows:

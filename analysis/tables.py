@@ -12,7 +12,20 @@ from search_spaces import METHOD_KEYS
 
 # Shown when present, after the study's objectives: the papers' image metrics, then toy metrics
 # (exact scores), then the held-out score-matching and classifier diagnostics.
-DEFAULT_METRICS = ("fid", "inception_score", "intra_fid", "gen_accuracy", "clf_ece", "guided_score_cos", "energy_distance", "grad_mse", "grad_cos", "guided_dsm", "score_dsm", "clf_accuracy")
+DEFAULT_METRICS = (
+    "fid",
+    "inception_score",
+    "intra_fid",
+    "gen_accuracy",
+    "clf_ece",
+    "guided_score_cos",
+    "energy_distance",
+    "grad_mse",
+    "grad_cos",
+    "guided_dsm",
+    "score_dsm",
+    "clf_accuracy",
+)
 FID_METRICS = ("fid", "intra_fid")  # flagged in tables when computed from too few samples
 
 
@@ -34,7 +47,9 @@ def best_per_cell(runs: pd.DataFrame, metric: str, mode: str) -> pd.DataFrame:
     return ordered.groupby(["method", "label_percent"], sort=False).head(1)
 
 
-def comparison_table(runs: pd.DataFrame, objective: tuple[str, str], metrics: Sequence[str] = DEFAULT_METRICS) -> pd.DataFrame:
+def comparison_table(
+    runs: pd.DataFrame, objective: tuple[str, str], metrics: Sequence[str] = DEFAULT_METRICS
+) -> pd.DataFrame:
     """Methods x (label %, metric): each cell from the best trial by the objective."""
     best = best_per_cell(runs, *objective)
     methods = [m for m in METHOD_KEYS if m in set(best["method"])] if len(best) else []
@@ -60,7 +75,9 @@ def pareto_set(runs: pd.DataFrame, objectives: Sequence[tuple[str, str]]) -> pd.
     return done[keep]
 
 
-def warning_flags(runs: pd.DataFrame, objective: tuple[str, str], table: pd.DataFrame) -> pd.DataFrame:
+def warning_flags(
+    runs: pd.DataFrame, objective: tuple[str, str], table: pd.DataFrame
+) -> pd.DataFrame:
     """True where a table cell is an FID / intra-FID from fewer samples than feature dimensions."""
     flags = pd.DataFrame(False, index=table.index, columns=table.columns)
     if "fid_warning" not in runs.columns:
@@ -81,19 +98,34 @@ def to_markdown(table: pd.DataFrame, digits: int = 4, flags: pd.DataFrame | None
     lines = ["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
     for key, row in table.iterrows():
         marks = flags.loc[key].to_numpy() if flags is not None else [False] * len(row)
-        cells = ["" if pd.isna(v) else f"{v:.{digits}g}" + ("*" if mark else "") for v, mark in zip(row.to_numpy(), marks)]
-        lines.append("| " + " | ".join([" / ".join(map(str, key)) if isinstance(key, tuple) else str(key), *cells]) + " |")
+        cells = [
+            "" if pd.isna(v) else f"{v:.{digits}g}" + ("*" if mark else "")
+            for v, mark in zip(row.to_numpy(), marks)
+        ]
+        lines.append(
+            "| "
+            + " | ".join(
+                [" / ".join(map(str, key)) if isinstance(key, tuple) else str(key), *cells]
+            )
+            + " |"
+        )
     if flags is not None and flags.to_numpy().any():
-        lines.append("\n\\* FID / intra-FID from fewer samples than feature dimensions: biased high; raise sample.num_per_class.")
+        lines.append(
+            "\n\\* FID / intra-FID from fewer samples than feature dimensions: biased high; raise sample.num_per_class."
+        )
     return "\n".join(lines) + "\n"
 
 
-def write_tables(runs: pd.DataFrame, objectives: Sequence[tuple[str, str]], out_dir: Path) -> pd.DataFrame:
+def write_tables(
+    runs: pd.DataFrame, objectives: Sequence[tuple[str, str]], out_dir: Path
+) -> pd.DataFrame:
     """Write comparison.md / comparison.csv (and pareto.csv for several objectives); return the table."""
     out_dir.mkdir(parents=True, exist_ok=True)
     metrics = list(dict.fromkeys([m for m, _ in objectives] + list(DEFAULT_METRICS)))
     table = comparison_table(runs, objectives[0], metrics)
-    (out_dir / "comparison.md").write_text(to_markdown(table, flags=warning_flags(runs, objectives[0], table)))
+    (out_dir / "comparison.md").write_text(
+        to_markdown(table, flags=warning_flags(runs, objectives[0], table))
+    )
     flat = table.copy()
     flat.columns = [f"{p:g}%/{m}" for p, m in table.columns]
     flat.to_csv(out_dir / "comparison.csv")
@@ -103,12 +135,18 @@ def write_tables(runs: pd.DataFrame, objectives: Sequence[tuple[str, str]], out_
     return table
 
 
-def export_best(runs: pd.DataFrame, spec: dict, objective: tuple[str, str], out_dir: Path) -> list[Path]:
+def export_best(
+    runs: pd.DataFrame, spec: dict, objective: tuple[str, str], out_dir: Path
+) -> list[Path]:
     """One final-run spec per (method, label %): its best trial's params fixed, one trial each."""
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for _, row in best_per_cell(runs, *objective).iterrows():
-        search = {key: {"choices": [float(row[key])]} for key in METHOD_KEYS[row["method"]] if key in row and pd.notna(row[key])}
+        search = {
+            key: {"choices": [float(row[key])]}
+            for key in METHOD_KEYS[row["method"]]
+            if key in row and pd.notna(row[key])
+        }
         final = {
             **{k: v for k, v in spec.items() if k not in ("storage", "tracking_uri")},
             "name": f"{spec['name']}-best-{row['method']}-{row['label_percent']:g}",
@@ -123,17 +161,30 @@ def export_best(runs: pd.DataFrame, spec: dict, objective: tuple[str, str], out_
     return written
 
 
-def per_class_table(runs: pd.DataFrame, objective: tuple[str, str], metrics: Sequence[str] = ("intra_fid", "gen_accuracy")) -> pd.DataFrame:
+def per_class_table(
+    runs: pd.DataFrame,
+    objective: tuple[str, str],
+    metrics: Sequence[str] = ("intra_fid", "gen_accuracy"),
+) -> pd.DataFrame:
     """Paper 001 App. A layout: rows = (method, class), column groups = label %, columns = per-class
     intra-FID and generation accuracy of the cell's best trial."""
     best = best_per_cell(runs, *objective)
     present = [m for m in metrics if any(c.startswith(f"{m}_class") for c in best.columns)]
     if best.empty or not present:
         return pd.DataFrame()
-    classes = sorted({int(c.rsplit("class", 1)[1]) for c in best.columns for m in present if c.startswith(f"{m}_class")})
+    classes = sorted(
+        {
+            int(c.rsplit("class", 1)[1])
+            for c in best.columns
+            for m in present
+            if c.startswith(f"{m}_class")
+        }
+    )
     methods = [m for m in METHOD_KEYS if m in set(best["method"])]
     index = pd.MultiIndex.from_product([methods, classes], names=["method", "class"])
-    columns = pd.MultiIndex.from_product([sorted(set(best["label_percent"])), present], names=["label %", "metric"])
+    columns = pd.MultiIndex.from_product(
+        [sorted(set(best["label_percent"])), present], names=["label %", "metric"]
+    )
     table = pd.DataFrame(index=index, columns=columns, dtype=float)
     for _, row in best.iterrows():
         for k in classes:
@@ -142,10 +193,19 @@ def per_class_table(runs: pd.DataFrame, objective: tuple[str, str], metrics: Seq
     return table
 
 
-CURVE_METRICS = ("fid", "intra_fid", "inception_score", "gen_accuracy", "guided_dsm", "guided_score_cos")
+CURVE_METRICS = (
+    "fid",
+    "intra_fid",
+    "inception_score",
+    "gen_accuracy",
+    "guided_dsm",
+    "guided_score_cos",
+)
 
 
-def guidance_curves(runs: pd.DataFrame, out_dir: Path, metrics: Sequence[str] = CURVE_METRICS) -> list[Path]:
+def guidance_curves(
+    runs: pd.DataFrame, out_dir: Path, metrics: Sequence[str] = CURVE_METRICS
+) -> list[Path]:
     """Metric vs guidance scale (paper 001 App. D): one PNG per metric, a line per (method, label %)."""
     import matplotlib
 
@@ -158,7 +218,9 @@ def guidance_curves(runs: pd.DataFrame, out_dir: Path, metrics: Sequence[str] = 
     written = []
     for metric in [m for m in metrics if m in done.columns and done[m].notna().any()]:
         fig, ax = plt.subplots(figsize=(6, 4))
-        for (method, pct), group in done.dropna(subset=[metric]).groupby(["method", "label_percent"], sort=False):
+        for (method, pct), group in done.dropna(subset=[metric]).groupby(
+            ["method", "label_percent"], sort=False
+        ):
             points = group.groupby("sample.guidance_scale")[metric].mean().sort_index()
             ax.plot(points.index, points.to_numpy(), marker="o", label=f"{method} {pct:g}%")
         ax.set_xscale("log")
@@ -175,7 +237,9 @@ def guidance_curves(runs: pd.DataFrame, out_dir: Path, metrics: Sequence[str] = 
     return written
 
 
-def write_report(runs: pd.DataFrame, objectives: Sequence[tuple[str, str]], out_dir: Path) -> tuple[pd.DataFrame, list[Path]]:
+def write_report(
+    runs: pd.DataFrame, objectives: Sequence[tuple[str, str]], out_dir: Path
+) -> tuple[pd.DataFrame, list[Path]]:
     """Comparison table, per-class table and guidance curves in out_dir; returns (table, files)."""
     table = write_tables(runs, objectives, out_dir)
     files = [out_dir / "comparison.md", out_dir / "comparison.csv"]

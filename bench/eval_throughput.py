@@ -42,7 +42,9 @@ def timed(fn, device: torch.device, repeats: int) -> float:  # noqa: ANN001
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--size", default="tiny", choices=sorted(NCSNPP_SIZES))
     p.add_argument("--image-size", type=int, default=16)
     p.add_argument("--classes", type=int, default=10)
@@ -50,34 +52,73 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=0)
-    p.add_argument("--inception", default="", help="path of inception-2015-12-05.pt (skipped when missing)")
+    p.add_argument(
+        "--inception", default="", help="path of inception-2015-12-05.pt (skipped when missing)"
+    )
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    model = from_flat({**{f"model.{k}": v for k, v in NCSNPP_SIZES[args.size].items()}, "model.arch": "ncsnpp", "model.dropout": 0.0}).model
+    model = from_flat(
+        {
+            **{f"model.{k}": v for k, v in NCSNPP_SIZES[args.size].items()},
+            "model.arch": "ncsnpp",
+            "model.dropout": 0.0,
+        }
+    ).model
     shape = (3, args.image_size, args.image_size)
     torch.manual_seed(0)
-    nets = {k: build_network(k, dim=shape, num_classes=args.classes, model_config=model).to(device).eval().requires_grad_(False) for k in ("score", "classifier", "conditional")}
+    nets = {
+        k: build_network(k, dim=shape, num_classes=args.classes, model_config=model)
+        .to(device)
+        .eval()
+        .requires_grad_(False)
+        for k in ("score", "classifier", "conditional")
+    }
     x = torch.rand(args.batch, *shape, device=device)
     y = torch.randint(0, args.classes, (args.batch,), device=device)
-    print(f"# NCSN++ {args.size}, {args.image_size}x{args.image_size}, batch {args.batch}, {device} ({torch.get_num_threads()} threads), torch {torch.__version__}")
+    print(
+        f"# NCSN++ {args.size}, {args.image_size}x{args.image_size}, batch {args.batch}, {device} ({torch.get_num_threads()} threads), torch {torch.__version__}"
+    )
     print("| what | s/batch | images/s |")
     print("|---|---|---|")
-    extractors = [("features: eval classifier", classifier_extractor(nets["classifier"], 0.01, "bench", device))]
+    extractors = [
+        (
+            "features: eval classifier",
+            classifier_extractor(nets["classifier"], 0.01, "bench", device),
+        )
+    ]
     if args.inception and Path(args.inception).is_file():
-        extractors.append(("features: clean-fid Inception (resize to 299 incl.)", inception_extractor(args.inception, device)))
+        extractors.append(
+            (
+                "features: clean-fid Inception (resize to 299 incl.)",
+                inception_extractor(args.inception, device),
+            )
+        )
     elif args.inception:
         print(f"(Inception weights not at {args.inception}: skipped)")
     for name, extractor in extractors:
         seconds = timed(lambda e=extractor: e.features(x), device, args.repeats)
         print(f"| {name} | {seconds:.4f} | {args.batch / seconds:.1f} |", flush=True)
-    sigmas = torch.tensor([1.0, 0.5], dtype=torch.float64)  # one PC step (predictor + corrector) + last
+    sigmas = torch.tensor(
+        [1.0, 0.5], dtype=torch.float64
+    )  # one PC step (predictor + corrector) + last
     for method in ("CG-SC-all", "CFG-all", "Cond"):
-        fns = model_fns({k: nets[k] for k in ("score", "classifier")} if method.startswith("CG") else {"conditional": nets["conditional"]}, num_classes=args.classes)
+        fns = model_fns(
+            {k: nets[k] for k in ("score", "classifier")}
+            if method.startswith("CG")
+            else {"conditional": nets["conditional"]},
+            num_classes=args.classes,
+        )
         score_fn = guided_score_fn(get_method(method), fns, y, 2.0)
-        seconds = timed(lambda s=score_fn: pc_sampler(s, x, sigmas, generator=None), device, args.repeats) / 2  # two levels
-        print(f"| guided PC step: {get_method(method).guidance} ({method}) | {seconds:.4f} | {args.batch / seconds:.1f} |", flush=True)
+        seconds = (
+            timed(lambda s=score_fn: pc_sampler(s, x, sigmas, generator=None), device, args.repeats)
+            / 2
+        )  # two levels
+        print(
+            f"| guided PC step: {get_method(method).guidance} ({method}) | {seconds:.4f} | {args.batch / seconds:.1f} |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

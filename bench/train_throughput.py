@@ -38,7 +38,9 @@ def step_fn(kind: str, net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, p
     opt = torch.optim.Adam(net.parameters(), lr=1e-4)
     sigma = torch.exp(torch.empty(len(x), device=x.device).uniform_(-4.6, 3.9))
     z = torch.randn_like(x)
-    autocast = torch.autocast(device_type=x.device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+    autocast = torch.autocast(
+        device_type=x.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"
+    )
 
     def step() -> None:
         with autocast:
@@ -46,10 +48,18 @@ def step_fn(kind: str, net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, p
                 loss = dsm_loss(net, x, sigma, z).mean()
             elif kind == "classifier CE":
                 loss = ce_loss(net, x, sigma, z, y).mean()
-            elif kind == "classifier CE+SC separate":  # two classifier forwards, as written in the papers
+            elif (
+                kind == "classifier CE+SC separate"
+            ):  # two classifier forwards, as written in the papers
                 loss = ce_loss(net, x, sigma, z, y).mean() + sc_loss(net, x, sigma, z).mean()
             else:  # classifier CE + SC as the platform trains it: one shared forward, double backward
-                loss, _ = artifact_loss(CLASSIFIER, ModelFns(logits_fn=net, num_classes=int(y.max()) + 1), Batch(x, y), Noise(sigma, z, sigma, z), LossConfig())
+                loss, _ = artifact_loss(
+                    CLASSIFIER,
+                    ModelFns(logits_fn=net, num_classes=int(y.max()) + 1),
+                    Batch(x, y),
+                    Noise(sigma, z, sigma, z),
+                    LossConfig(),
+                )
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -78,13 +88,17 @@ def count_flops(step) -> float:
     try:
         with FlopCounterMode(display=False) as counter:
             step()
-    except RuntimeError:  # the counter's hooks do not support autograd.grad (the SC double backward)
+    except (
+        RuntimeError
+    ):  # the counter's hooks do not support autograd.grad (the SC double backward)
         return float("nan")
     return float(counter.get_total_flops())
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--size", default="tiny", choices=sorted(NCSNPP_SIZES))
     p.add_argument("--image-size", type=int, default=32)
     p.add_argument("--classes", type=int, default=10)
@@ -95,37 +109,70 @@ def main() -> None:
     p.add_argument("--precision", nargs="+", default=["fp32"], choices=["fp32", "bf16"])
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
-    p.add_argument("--peak-tflops", type=float, default=0.0, help="dense peak of the device for the precision")
+    p.add_argument(
+        "--peak-tflops", type=float, default=0.0, help="dense peak of the device for the precision"
+    )
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    config = from_flat({**{f"model.{k}": v for k, v in NCSNPP_SIZES[args.size].items()}, "model.arch": "ncsnpp", "model.dropout": 0.0}).model
+    config = from_flat(
+        {
+            **{f"model.{k}": v for k, v in NCSNPP_SIZES[args.size].items()},
+            "model.arch": "ncsnpp",
+            "model.dropout": 0.0,
+        }
+    ).model
     shape = (3, args.image_size, args.image_size)
     memory = torch.channels_last if args.channels_last else torch.contiguous_format
     x = torch.rand(args.batch, *shape, device=device).contiguous(memory_format=memory)
     y = torch.randint(0, args.classes, (args.batch,), device=device)
     rows = []
-    print(f"# NCSN++ {args.size}, {args.image_size}x{args.image_size}, batch {args.batch}, {device} ({torch.get_num_threads()} threads), torch {torch.__version__}")
+    print(
+        f"# NCSN++ {args.size}, {args.image_size}x{args.image_size}, batch {args.batch}, {device} ({torch.get_num_threads()} threads), torch {torch.__version__}"
+    )
     print("| step | precision | s/step | images/s | TFLOP/step | TFLOP/s | of peak |")
     print("|---|---|---|---|---|---|---|")
     for precision in args.precision:
-        for kind, network in (("score", "score"), ("classifier CE", "classifier"), ("classifier CE+SC", "classifier"), ("classifier CE+SC separate", "classifier")):
+        for kind, network in (
+            ("score", "score"),
+            ("classifier CE", "classifier"),
+            ("classifier CE+SC", "classifier"),
+            ("classifier CE+SC separate", "classifier"),
+        ):
             torch.manual_seed(0)
-            net = build_network(network, dim=shape, num_classes=args.classes, model_config=config).to(device, memory_format=memory)
+            net = build_network(
+                network, dim=shape, num_classes=args.classes, model_config=config
+            ).to(device, memory_format=memory)
             step = step_fn(kind, net, x, y, precision)
             seconds = measure(step, device, args.steps, args.warmup)
             flops = count_flops(step) if "SC" not in kind else float("nan")
             tflops = flops / seconds / 1e12
             peak = f"{tflops / args.peak_tflops:.0%}" if args.peak_tflops else ""
-            rows.append({"step": kind, "precision": precision, "seconds": seconds, "images_per_s": args.batch / seconds, "tflop_per_step": flops / 1e12, "tflops": tflops})
-            print(f"| {kind} | {precision} | {seconds:.4f} | {args.batch / seconds:.1f} | {flops / 1e12:.4f} | {tflops:.3f} | {peak} |", flush=True)
+            rows.append(
+                {
+                    "step": kind,
+                    "precision": precision,
+                    "seconds": seconds,
+                    "images_per_s": args.batch / seconds,
+                    "tflop_per_step": flops / 1e12,
+                    "tflops": tflops,
+                }
+            )
+            print(
+                f"| {kind} | {precision} | {seconds:.4f} | {args.batch / seconds:.1f} | {flops / 1e12:.4f} | {tflops:.3f} | {peak} |",
+                flush=True,
+            )
     for precision in args.precision:
         by = {r["step"]: r["seconds"] for r in rows if r["precision"] == precision}
-        print(f"\n{precision}: CE+SC step / CE step = {by['classifier CE+SC'] / by['classifier CE']:.2f}x (target <= 3x); with separate forwards {by['classifier CE+SC separate'] / by['classifier CE']:.2f}x")
+        print(
+            f"\n{precision}: CE+SC step / CE step = {by['classifier CE+SC'] / by['classifier CE']:.2f}x (target <= 3x); with separate forwards {by['classifier CE+SC separate'] / by['classifier CE']:.2f}x"
+        )
     if args.json:
-        args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "rows": rows}, indent=2))
+        args.json.write_text(
+            json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "rows": rows}, indent=2)
+        )
 
 
 if __name__ == "__main__":

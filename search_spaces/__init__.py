@@ -10,4 +10,12 @@ from search_spaces.spaces import (
     make_space,
 )
 
-__all__ = ["DEFAULT_RANGES", "METHOD_KEYS", "PAPER_GRID", "Range", "cell_points", "define_space", "make_space"]
+__all__ = [
+    "DEFAULT_RANGES",
+    "METHOD_KEYS",
+    "PAPER_GRID",
+    "Range",
+    "cell_points",
+    "define_space",
+    "make_space",
+]

@@ -42,11 +42,15 @@ class Range:
             return [f"search.{key}: give low and high, or choices"]
         errors = []
         if not self.low < self.high:
-            errors.append(f"search.{key}: empty range low={self.low} >= high={self.high}; make low < high")
+            errors.append(
+                f"search.{key}: empty range low={self.low} >= high={self.high}; make low < high"
+            )
         if self.log and self.low <= 0:
             errors.append(f"search.{key}: log range needs low > 0, got {self.low}")
         if min(self.low, self.high) < 0:
-            errors.append(f"search.{key}: weights and scales must be >= 0, got [{self.low}, {self.high}]")
+            errors.append(
+                f"search.{key}: weights and scales must be >= 0, got [{self.low}, {self.high}]"
+            )
         return errors
 
     def default(self) -> Any:
@@ -73,7 +77,9 @@ DEFAULT_RANGES: dict[str, Range] = {
 PRESET_RANGES: dict[str, Range] = {"paper": Range(choices=PAPER_GRID)}
 
 
-def define_space(trial, methods: Sequence[str], label_percents: Sequence[float], ranges: dict[str, Range]) -> dict[str, Any]:  # noqa: ANN001
+def define_space(
+    trial, methods: Sequence[str], label_percents: Sequence[float], ranges: dict[str, Range]
+) -> dict[str, Any]:  # noqa: ANN001
     """Suggest one trial's flat params; only the keys its method uses are suggested."""
     method = trial.suggest_categorical("method", list(methods))
     trial.suggest_categorical("data.label_percent", list(label_percents))
@@ -82,17 +88,30 @@ def define_space(trial, methods: Sequence[str], label_percents: Sequence[float],
     return {}
 
 
-def make_space(methods: Sequence[str], label_percents: Sequence[float], ranges: dict[str, Range] | None = None) -> Callable[[Any], dict]:
+def make_space(
+    methods: Sequence[str], label_percents: Sequence[float], ranges: dict[str, Range] | None = None
+) -> Callable[[Any], dict]:
     """The define-by-run function OptunaSearch takes (a partial, so Tune can pickle the searcher)."""
-    return partial(define_space, methods=tuple(methods), label_percents=tuple(label_percents), ranges=dict(ranges or {}))
+    return partial(
+        define_space,
+        methods=tuple(methods),
+        label_percents=tuple(label_percents),
+        ranges=dict(ranges or {}),
+    )
 
 
-def cell_points(methods: Sequence[str], label_percents: Sequence[float], ranges: dict[str, Range] | None = None) -> list[dict[str, Any]]:
+def cell_points(
+    methods: Sequence[str], label_percents: Sequence[float], ranges: dict[str, Range] | None = None
+) -> list[dict[str, Any]]:
     """One starting point per (method, label %) cell with every tuned key at its default, so the first
     pass of a study compares the methods at the same, paper-chosen settings before the search moves."""
     ranges = ranges or {}
     return [
-        {"method": m, "data.label_percent": p, **{k: ranges.get(k, DEFAULT_RANGES[k]).default() for k in METHOD_KEYS[m]}}
+        {
+            "method": m,
+            "data.label_percent": p,
+            **{k: ranges.get(k, DEFAULT_RANGES[k]).default() for k in METHOD_KEYS[m]},
+        }
         for m in methods
         for p in label_percents
     ]

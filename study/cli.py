@@ -26,7 +26,11 @@ def _table(study_dir: Path, spec) -> str:  # noqa: ANN001
     stopped = f", {early} of them stopped early by ASHA and left out of the table" if early else ""
     head = f"{len(runs)} trial runs ({finished} finished{stopped}); best per cell by {objectives[0][0]} ({objectives[0][1]})\n\n"
     written = ", ".join(p.name for p in files[1:])
-    return head + to_markdown(table, flags=warning_flags(runs, objectives[0], table)) + f"\nwritten: {files[0]} and {written} (also logged to the study's parent run)\n"
+    return (
+        head
+        + to_markdown(table, flags=warning_flags(runs, objectives[0], table))
+        + f"\nwritten: {files[0]} and {written} (also logged to the study's parent run)\n"
+    )
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -38,7 +42,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     else:
         spec = load_spec(args.spec)
         study_dir = study_dir_for(spec)
-    print(f"study {spec.name!r}: {len(spec.methods)} methods x {len(spec.label_percents)} label %, {spec.num_trials} trials -> {study_dir}", flush=True)
+    print(
+        f"study {spec.name!r}: {len(spec.methods)} methods x {len(spec.label_percents)} label %, {spec.num_trials} trials -> {study_dir}",
+        flush=True,
+    )
     start = time.perf_counter()
     run_study(spec, resume=args.resume_dir is not None, verbose=not args.quiet)
     _, spec = load_study_spec(study_dir)
@@ -64,7 +71,12 @@ def cmd_export_best(args: argparse.Namespace) -> int:
     study_dir, spec = load_study_spec(args.study_dir)
     runs = load_runs(spec.tracking_uri, spec.name)
     objective = (spec.objectives[0].metric, spec.objectives[0].mode)
-    written = export_best(runs, {**spec.to_dict(), "storage": str(study_dir.parent / f"{spec.name}-final")}, objective, study_dir / "best")
+    written = export_best(
+        runs,
+        {**spec.to_dict(), "storage": str(study_dir.parent / f"{spec.name}-final")},
+        objective,
+        study_dir / "best",
+    )
     if not written:
         print(f"no finished trials in {study_dir}: nothing to export", file=sys.stderr)
         return 1
@@ -77,16 +89,34 @@ def cmd_ui(args: argparse.Namespace) -> int:
     from study.runner import load_study_spec
 
     study_dir, spec = load_study_spec(args.study_dir)
-    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", spec.tracking_uri, "--host", "127.0.0.1", "--port", str(args.port), "--workers", "1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--backend-store-uri",
+        spec.tracking_uri,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(args.port),
+        "--workers",
+        "1",
+    ]
     print(f"MLflow UI for {study_dir}: http://127.0.0.1:{args.port}  (Ctrl-C stops it)", flush=True)
     return subprocess.call(cmd, env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})
 
 
 def parser() -> argparse.ArgumentParser:
     """The argument parser."""
-    p = argparse.ArgumentParser(prog="study", description="Classifier-guided score-based generation studies on Ray Tune + Optuna + MLflow.")
+    p = argparse.ArgumentParser(
+        prog="study",
+        description="Classifier-guided score-based generation studies on Ray Tune + Optuna + MLflow.",
+    )
     sub = p.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="run a study from a spec file or preset (default: the toy study)")
+    run = sub.add_parser(
+        "run", help="run a study from a spec file or preset (default: the toy study)"
+    )
     run.add_argument("spec", nargs="?", default=None, help="YAML spec file or preset name")
     run.add_argument("--quiet", action="store_true", help="no per-epoch progress")
     run.set_defaults(func=cmd_run, resume_dir=None)
@@ -94,7 +124,14 @@ def parser() -> argparse.ArgumentParser:
     resume.add_argument("resume_dir", metavar="DIR")
     resume.add_argument("--quiet", action="store_true")
     resume.set_defaults(func=cmd_run, spec=None)
-    for name, func, text in (("table", cmd_table, "print and write the comparison table"), ("export-best", cmd_export_best, "export the best config per (method, label %) as run specs")):
+    for name, func, text in (
+        ("table", cmd_table, "print and write the comparison table"),
+        (
+            "export-best",
+            cmd_export_best,
+            "export the best config per (method, label %) as run specs",
+        ),
+    ):
         sp = sub.add_parser(name, help=text)
         sp.add_argument("study_dir", metavar="DIR")
         sp.set_defaults(func=func)

@@ -29,7 +29,12 @@ def study_dir_for(spec: StudySpec) -> Path:
 
 def base_params(spec: StudySpec) -> dict:
     """Flat params shared by every trial: the spec's config, dataset and seeds."""
-    seeds = {"train.seed": spec.seed, "data.seed": spec.seed, "data.split_seed": spec.seed, "sample.seed": spec.seed}
+    seeds = {
+        "train.seed": spec.seed,
+        "data.seed": spec.seed,
+        "data.split_seed": spec.seed,
+        "sample.seed": spec.seed,
+    }
     return {**seeds, **spec.config, "data.name": spec.dataset}
 
 
@@ -47,7 +52,9 @@ def check_writable(study_dir: Path) -> None:
     while not probe.exists():
         probe = probe.parent
     if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
-        raise StudyError(f"study directory {study_dir} is not writable ({probe} is read-only); set 'storage' in the spec to a writable folder")
+        raise StudyError(
+            f"study directory {study_dir} is not writable ({probe} is read-only); set 'storage' in the spec to a writable folder"
+        )
 
 
 def init_ray(address: str | None) -> None:
@@ -65,14 +72,23 @@ def init_ray(address: str | None) -> None:
         try:
             socket.create_connection((host or "127.0.0.1", int(port)), timeout=5).close()
         except (OSError, ValueError):
-            raise StudyError(f"cannot reach the Ray cluster at {address!r}; start it with 'ray start --head' or fix 'address' / RAY_ADDRESS") from None
+            raise StudyError(
+                f"cannot reach the Ray cluster at {address!r}; start it with 'ray start --head' or fix 'address' / RAY_ADDRESS"
+            ) from None
     try:
         if address:
             ray.init(address=address, log_to_driver=False)
         else:
-            ray.init(num_cpus=os.cpu_count(), include_dashboard=True, log_to_driver=False, configure_logging=False)
+            ray.init(
+                num_cpus=os.cpu_count(),
+                include_dashboard=True,
+                log_to_driver=False,
+                configure_logging=False,
+            )
     except (ConnectionError, RuntimeError, ValueError) as exc:
-        raise StudyError(f"cannot reach the Ray cluster at {address!r} ({str(exc).splitlines()[0][:120]}); start it with 'ray start --head' or fix 'address' / RAY_ADDRESS") from None
+        raise StudyError(
+            f"cannot reach the Ray cluster at {address!r} ({str(exc).splitlines()[0][:120]}); start it with 'ray start --head' or fix 'address' / RAY_ADDRESS"
+        ) from None
 
 
 def worker_resources(cpus: float, gpus: float) -> dict:
@@ -86,7 +102,10 @@ def check_cluster(spec: StudySpec) -> None:
 
     have = ray.cluster_resources()
     workers = max(1, spec.resources.num_workers)
-    need = {"CPU": spec.resources.cpus_per_trial * workers, "GPU": spec.resources.gpus_per_trial * workers}
+    need = {
+        "CPU": spec.resources.cpus_per_trial * workers,
+        "GPU": spec.resources.gpus_per_trial * workers,
+    }
     if spec.resources.num_workers > 0:
         need["CPU"] += 0.01  # the trial's driver beside its Train workers
     for name, amount in need.items():
@@ -118,20 +137,28 @@ def trial_driver(params: dict, *, study: dict) -> None:
         "preset": study["preset"],
         "cache_dir": study["cache_dir"],
         "record_dir": str(record_dir),
-        "threads": max(1, int(study["cpus"])),  # per process: the trial's (local mode) or a worker's
+        "threads": max(
+            1, int(study["cpus"])
+        ),  # per process: the trial's (local mode) or a worker's
         "local_mode_in_tune": study["num_workers"] == 0,
         "eval_every_epoch": study["eval_every_epoch"],
     }
     trainer = TorchTrainer(
         train_fn_per_worker,
         train_loop_config=loop_config,
-        scaling_config=ray.train.ScalingConfig(num_workers=study["num_workers"], use_gpu=study["gpus"] > 0, resources_per_worker=worker_resources(study["cpus"], study["gpus"])),
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=study["num_workers"],
+            use_gpu=study["gpus"] > 0,
+            resources_per_worker=worker_resources(study["cpus"], study["gpus"]),
+        ),
         run_config=ray.train.RunConfig(
             name=f"train-{trial_id}",
             storage_path=study["train_dir"],
             callbacks=[TuneReportCallback()],
             failure_config=ray.train.FailureConfig(max_failures=study["max_failures"]),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),  # the artifact cache keeps its own
+            checkpoint_config=ray.train.CheckpointConfig(
+                num_to_keep=1
+            ),  # the artifact cache keeps its own
         ),
     )
     trainer.fit()
@@ -145,7 +172,10 @@ def _final_result_searcher():  # noqa: ANN202
         def _finished_in_storage(self, trial_id: str) -> bool:
             # After a restore, Tune may re-run a trial the SQLite study already holds as finished.
             ot_trial = self._ot_trials.get(trial_id)
-            return ot_trial is not None and ot_trial.storage.get_trial(ot_trial._trial_id).state.is_finished()
+            return (
+                ot_trial is not None
+                and ot_trial.storage.get_trial(ot_trial._trial_id).state.is_finished()
+            )
 
         def on_trial_result(self, trial_id: str, result: dict) -> None:
             metrics = self.metric if isinstance(self.metric, list) else [self.metric]
@@ -162,7 +192,11 @@ def _searcher(spec: StudySpec, study_dir: Path):  # noqa: ANN202
 
     metrics = [o.metric for o in spec.objectives]
     modes = [o.mode for o in spec.objectives]
-    sampler = optuna.samplers.TPESampler(seed=spec.seed, multivariate=True) if len(metrics) == 1 else optuna.samplers.NSGAIISampler(seed=spec.seed)
+    sampler = (
+        optuna.samplers.TPESampler(seed=spec.seed, multivariate=True)
+        if len(metrics) == 1
+        else optuna.samplers.NSGAIISampler(seed=spec.seed)
+    )
     # Cover every (method, label %) cell once, at the default settings, before searching freely.
     cells = cell_points(spec.methods, spec.label_percents, spec.search)[: spec.num_trials]
     return _final_result_searcher()(
@@ -192,7 +226,9 @@ def _cell_aware_asha():  # noqa: ANN202
 
         def on_trial_add(self, tune_controller, trial) -> None:  # noqa: ANN001
             super().on_trial_add(tune_controller, trial)
-            self._cells.setdefault((trial.config.get("method"), trial.config.get("data.label_percent")), trial.trial_id)
+            self._cells.setdefault(
+                (trial.config.get("method"), trial.config.get("data.label_percent")), trial.trial_id
+            )
 
         def on_trial_result(self, tune_controller, trial, result: dict) -> str:  # noqa: ANN001
             action = super().on_trial_result(tune_controller, trial, result)
@@ -232,7 +268,9 @@ def prepare(spec: StudySpec, *, resume: bool) -> tuple[Path, str]:
 
     study_dir = study_dir_for(spec)
     if not resume and (study_dir / SPEC_FILE).exists():
-        raise StudyError(f"study directory {study_dir} already holds a study; use 'study resume {study_dir}' or give the spec a new name")
+        raise StudyError(
+            f"study directory {study_dir} already holds a study; use 'study resume {study_dir}' or give the spec a new name"
+        )
     check_writable(study_dir)
     init_ray(spec.address)
     check_cluster(spec)
@@ -269,9 +307,22 @@ def run_study(spec: StudySpec, *, resume: bool = False, verbose: bool = True) ->
         "max_failures": spec.resources.max_failures,
     }
     # Train's local mode runs in the trial's process: the trial holds the CPUs; else the workers do.
-    driver_resources = {"cpu": spec.resources.cpus_per_trial, "gpu": spec.resources.gpus_per_trial} if spec.resources.num_workers == 0 else {"cpu": 0.01}
-    trainable = tune.with_resources(tune.with_parameters(trial_driver, study=study), driver_resources)
-    tracker = MLflowTracker(uri, exp_id, parent, study_dir / "trials", partial(full_params, base=base, preset=spec.preset), verbose)
+    driver_resources = (
+        {"cpu": spec.resources.cpus_per_trial, "gpu": spec.resources.gpus_per_trial}
+        if spec.resources.num_workers == 0
+        else {"cpu": 0.01}
+    )
+    trainable = tune.with_resources(
+        tune.with_parameters(trial_driver, study=study), driver_resources
+    )
+    tracker = MLflowTracker(
+        uri,
+        exp_id,
+        parent,
+        study_dir / "trials",
+        partial(full_params, base=base, preset=spec.preset),
+        verbose,
+    )
     tune_dir = study_dir / "tune"
     known: set[str] | None = None  # the Tune experiment's trial ids, once it has run
     try:
@@ -287,7 +338,9 @@ def run_study(spec: StudySpec, *, resume: bool = False, verbose: bool = True) ->
                     max_concurrent_trials=spec.resources.max_concurrent_trials,
                     reuse_actors=True,
                 ),
-                run_config=tune.RunConfig(name=spec.name, storage_path=str(tune_dir), callbacks=[tracker], verbose=0),
+                run_config=tune.RunConfig(
+                    name=spec.name, storage_path=str(tune_dir), callbacks=[tracker], verbose=0
+                ),
             )
         timings["tuner_start"] = time.perf_counter()
         results = tuner.fit()
@@ -306,5 +359,7 @@ def load_study_spec(study_dir: str | Path) -> tuple[Path, StudySpec]:
     """Read back a study directory's spec."""
     path = Path(study_dir).resolve()
     if not (path / SPEC_FILE).exists():
-        raise StudyError(f"{path} is not a study directory (no {SPEC_FILE}); give the folder 'study run' printed")
+        raise StudyError(
+            f"{path} is not a study directory (no {SPEC_FILE}); give the folder 'study run' printed"
+        )
     return path, validate(yaml.safe_load((path / SPEC_FILE).read_text()))

@@ -14,8 +14,30 @@ from search_spaces.spaces import PRESET_RANGES
 
 PRESET_DIR = Path(__file__).parent / "presets"
 DEFAULT_PRESET = "toy"
-TOP_KEYS = {"name", "dataset", "methods", "label_percents", "num_trials", "objectives", "scheduler", "search", "resources", "seed", "config", "storage", "tracking_uri", "address", "preset"}
-RESOURCE_KEYS = {"cpus_per_trial", "gpus_per_trial", "num_workers", "max_concurrent_trials", "max_failures"}
+TOP_KEYS = {
+    "name",
+    "dataset",
+    "methods",
+    "label_percents",
+    "num_trials",
+    "objectives",
+    "scheduler",
+    "search",
+    "resources",
+    "seed",
+    "config",
+    "storage",
+    "tracking_uri",
+    "address",
+    "preset",
+}
+RESOURCE_KEYS = {
+    "cpus_per_trial",
+    "gpus_per_trial",
+    "num_workers",
+    "max_concurrent_trials",
+    "max_failures",
+}
 
 
 class SpecError(ValueError):
@@ -38,7 +60,16 @@ class Scheduler:
     reduction_factor: float = 2.0
 
     def to_dict(self) -> dict | str:
-        return "fifo" if self.type == "fifo" else {"type": self.type, "metric": self.metric, "grace_period": self.grace_period, "reduction_factor": self.reduction_factor}
+        return (
+            "fifo"
+            if self.type == "fifo"
+            else {
+                "type": self.type,
+                "metric": self.metric,
+                "grace_period": self.grace_period,
+                "reduction_factor": self.reduction_factor,
+            }
+        )
 
 
 SCHEDULER_KEYS = {"type", "metric", "grace_period", "reduction_factor"}
@@ -50,7 +81,9 @@ class Resources:
     gpus_per_trial: float = 0.0
     num_workers: int = 0  # Ray Train workers per trial; 0 = local mode in the trial's process
     max_concurrent_trials: int = 2
-    max_failures: int = 2  # Ray Train restarts of a trial's worker group (resumes from its checkpoint)
+    max_failures: int = (
+        2  # Ray Train restarts of a trial's worker group (resumes from its checkpoint)
+    )
 
 
 @dataclass(frozen=True)
@@ -83,12 +116,23 @@ class StudySpec:
             "num_trials": self.num_trials,
             "objectives": [{"metric": o.metric, "mode": o.mode} for o in self.objectives],
             "scheduler": self.scheduler.to_dict(),
-            "search": {k: ({"choices": list(r.choices)} if r.choices is not None else {"low": r.low, "high": r.high, "log": r.log}) for k, r in self.search.items()},
+            "search": {
+                k: (
+                    {"choices": list(r.choices)}
+                    if r.choices is not None
+                    else {"low": r.low, "high": r.high, "log": r.log}
+                )
+                for k, r in self.search.items()
+            },
             "resources": vars(self.resources).copy(),
             "seed": self.seed,
             "config": dict(self.config),
             "preset": self.preset,
-            **{k: getattr(self, k) for k in ("storage", "tracking_uri", "address") if getattr(self, k) is not None},
+            **{
+                k: getattr(self, k)
+                for k in ("storage", "tracking_uri", "address")
+                if getattr(self, k) is not None
+            },
         }
 
 
@@ -119,7 +163,9 @@ def load_raw(source: str | None) -> dict:
 def _ranges(raw: Any, errors: list[str]) -> dict[str, Range]:
     ranges: dict[str, Range] = {}
     if not isinstance(raw, dict):
-        errors.append("search: expected a mapping of key -> {low, high, log} / {choices} / preset name")
+        errors.append(
+            "search: expected a mapping of key -> {low, high, log} / {choices} / preset name"
+        )
         return ranges
     for key, value in raw.items():
         if key not in DEFAULT_RANGES:
@@ -127,7 +173,9 @@ def _ranges(raw: Any, errors: list[str]) -> dict[str, Range]:
             continue
         if isinstance(value, str):
             if value not in PRESET_RANGES:
-                errors.append(f"search.{key}: unknown range preset {value!r}; valid: {sorted(PRESET_RANGES)}")
+                errors.append(
+                    f"search.{key}: unknown range preset {value!r}; valid: {sorted(PRESET_RANGES)}"
+                )
                 continue
             rng = PRESET_RANGES[value]
         elif isinstance(value, dict) and set(value) <= {"low", "high", "log", "choices"}:
@@ -143,9 +191,13 @@ def _ranges(raw: Any, errors: list[str]) -> dict[str, Range]:
                 errors.append(f"search.{key}: low/high/choices must be numbers, got {value!r}")
                 continue
             if rng.choices is not None and any(c < 0 for c in rng.choices):
-                errors.append(f"search.{key}: weights and scales must be >= 0, got {list(rng.choices)}")
+                errors.append(
+                    f"search.{key}: weights and scales must be >= 0, got {list(rng.choices)}"
+                )
         else:
-            errors.append(f"search.{key}: expected {{low, high, log}} or {{choices}}, got {value!r}")
+            errors.append(
+                f"search.{key}: expected {{low, high, log}} or {{choices}}, got {value!r}"
+            )
             continue
         errors.extend(rng.check(key))
         ranges[key] = rng
@@ -155,7 +207,9 @@ def _ranges(raw: Any, errors: list[str]) -> dict[str, Range]:
 def _scheduler(raw: Any, objectives: list[Objective], errors: list[str]) -> Scheduler:
     sched = {"type": raw} if isinstance(raw, str) else raw
     if not isinstance(sched, dict) or set(sched) - SCHEDULER_KEYS:
-        errors.append(f"scheduler: 'fifo', 'asha' or {{type: asha, metric, grace_period, reduction_factor}}, got {raw!r}")
+        errors.append(
+            f"scheduler: 'fifo', 'asha' or {{type: asha, metric, grace_period, reduction_factor}}, got {raw!r}"
+        )
         return Scheduler()
     kind = sched.get("type", "fifo")
     if kind not in ("fifo", "asha"):
@@ -191,7 +245,9 @@ def validate(raw: dict) -> StudySpec:
         errors.append(f"name: {name!r} must be a non-empty name without '/'")
     dataset = raw.get("dataset", "overlap2")
     if dataset not in TOY_DATASETS and dataset not in IMAGE_DATASETS:
-        errors.append(f"dataset: unknown dataset {dataset!r}; valid: {list(TOY_DATASETS) + list(IMAGE_DATASETS)}")
+        errors.append(
+            f"dataset: unknown dataset {dataset!r}; valid: {list(TOY_DATASETS) + list(IMAGE_DATASETS)}"
+        )
     methods = raw.get("methods", list(METHOD_KEYS))
     if not isinstance(methods, list) or not methods:
         errors.append("methods: give a non-empty list of method names")
@@ -211,7 +267,11 @@ def validate(raw: dict) -> StudySpec:
         errors.append(f"num_trials: must be a positive integer, got {num_trials!r}")
     objectives = []
     for o in raw.get("objectives", [{"metric": "guided_score_cos", "mode": "max"}]) or []:
-        if not isinstance(o, dict) or not isinstance(o.get("metric"), str) or o.get("mode") not in ("min", "max"):
+        if (
+            not isinstance(o, dict)
+            or not isinstance(o.get("metric"), str)
+            or o.get("mode") not in ("min", "max")
+        ):
             errors.append(f"objectives: each is {{metric: NAME, mode: min|max}}, got {o!r}")
         else:
             objectives.append(Objective(o["metric"], o["mode"]))
@@ -228,8 +288,16 @@ def validate(raw: dict) -> StudySpec:
             resources = Resources(**{k: type(getattr(Resources, k))(v) for k, v in res_raw.items()})
         except (TypeError, ValueError):
             errors.append(f"resources: values must be numbers, got {res_raw!r}")
-        if resources.cpus_per_trial <= 0 or resources.gpus_per_trial < 0 or resources.num_workers < 0 or resources.max_concurrent_trials < 1 or resources.max_failures < 0:
-            errors.append(f"resources: need cpus_per_trial > 0, gpus_per_trial >= 0, num_workers >= 0, max_concurrent_trials >= 1; got {vars(resources)}")
+        if (
+            resources.cpus_per_trial <= 0
+            or resources.gpus_per_trial < 0
+            or resources.num_workers < 0
+            or resources.max_concurrent_trials < 1
+            or resources.max_failures < 0
+        ):
+            errors.append(
+                f"resources: need cpus_per_trial > 0, gpus_per_trial >= 0, num_workers >= 0, max_concurrent_trials >= 1; got {vars(resources)}"
+            )
     seed = raw.get("seed", 0)
     if not isinstance(seed, int):
         errors.append(f"seed: must be an integer, got {seed!r}")
@@ -252,8 +320,14 @@ def validate(raw: dict) -> StudySpec:
         if trial is not None:
             images = dataset in IMAGE_DATASETS
             if images != (trial.model.arch == "ncsnpp"):
-                fix = "an image preset (tiny-images, cifar10, cifar100, cifar10-small)" if images else "the toy preset"
-                errors.append(f"dataset {dataset!r} needs model.arch {'ncsnpp' if images else 'mlp'}, got {trial.model.arch!r}; use {fix}")
+                fix = (
+                    "an image preset (tiny-images, cifar10, cifar100, cifar10-small)"
+                    if images
+                    else "the toy preset"
+                )
+                errors.append(
+                    f"dataset {dataset!r} needs model.arch {'ncsnpp' if images else 'mlp'}, got {trial.model.arch!r}; use {fix}"
+                )
             elif images:
                 from trainables.image_eval import preflight
                 from trainables.metrics.fid import EvalError

@@ -32,7 +32,16 @@ def environment_tags() -> dict[str, str]:
     """Git commit and package versions."""
     tags = {}
     try:
-        tags["git_commit"] = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent, timeout=5).stdout.strip() or "unknown"
+        tags["git_commit"] = (
+            subprocess.run(
+                ["git", "rev-parse", "HEAD"],
+                capture_output=True,
+                text=True,
+                cwd=Path(__file__).parent,
+                timeout=5,
+            ).stdout.strip()
+            or "unknown"
+        )
     except (OSError, subprocess.TimeoutExpired):
         tags["git_commit"] = "unknown"
     for pkg in ("torch", "ray", "optuna", "mlflow"):
@@ -43,17 +52,29 @@ def environment_tags() -> dict[str, str]:
     return tags
 
 
-def ensure_parent_run(client: MlflowClient, experiment_name: str, spec_dict: dict, study_dir: Path) -> tuple[str, str]:
+def ensure_parent_run(
+    client: MlflowClient, experiment_name: str, spec_dict: dict, study_dir: Path
+) -> tuple[str, str]:
     """Create (or find) the experiment and the study's parent run; return (experiment_id, run_id)."""
     exp = client.get_experiment_by_name(experiment_name)
     # Artifacts (sample grids, tables, curves) live in the study directory, not in the caller's cwd.
-    exp_id = exp.experiment_id if exp else client.create_experiment(experiment_name, artifact_location=(study_dir / "mlartifacts").resolve().as_uri())
+    exp_id = (
+        exp.experiment_id
+        if exp
+        else client.create_experiment(
+            experiment_name, artifact_location=(study_dir / "mlartifacts").resolve().as_uri()
+        )
+    )
     existing = client.search_runs([exp_id], filter_string="tags.role = 'study'", max_results=1)
     if existing:
         run_id = existing[0].info.run_id
         client.update_run(run_id, status="RUNNING")
         return exp_id, run_id
-    run = client.create_run(exp_id, run_name=f"study:{experiment_name}", tags={"role": "study", "study_dir": str(study_dir), **environment_tags()})
+    run = client.create_run(
+        exp_id,
+        run_name=f"study:{experiment_name}",
+        tags={"role": "study", "study_dir": str(study_dir), **environment_tags()},
+    )
     client.log_dict(run.info.run_id, spec_dict, "spec.json")
     return exp_id, run.info.run_id
 
@@ -61,8 +82,20 @@ def ensure_parent_run(client: MlflowClient, experiment_name: str, spec_dict: dic
 class MLflowTracker(tune.Callback):
     """Tune callback on the driver: one MLflow run per trial, found again by trial id after a restore."""
 
-    def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str, record_root: Path, full_params, verbose: bool = True):  # noqa: ANN001
-        self.tracking_uri, self.experiment_id, self.parent_run_id = tracking_uri, experiment_id, parent_run_id
+    def __init__(
+        self,
+        tracking_uri: str,
+        experiment_id: str,
+        parent_run_id: str,
+        record_root: Path,
+        full_params,
+        verbose: bool = True,
+    ):  # noqa: ANN001
+        self.tracking_uri, self.experiment_id, self.parent_run_id = (
+            tracking_uri,
+            experiment_id,
+            parent_run_id,
+        )
         self.record_root = Path(record_root)
         self.full_params = full_params  # picklable: trial params -> every flat param
         self.verbose = verbose
@@ -86,7 +119,11 @@ class MLflowTracker(tune.Callback):
         elif event in ("FINISHED", "FAILED"):
             self._done += 1
             early = event == "FINISHED" and not (trial.last_result or {}).get("final")
-            what = f"stopped early by ASHA at epoch {int((trial.last_result or {}).get('eval_epoch', 0))}" if early else event
+            what = (
+                f"stopped early by ASHA at epoch {int((trial.last_result or {}).get('eval_epoch', 0))}"
+                if early
+                else event
+            )
             print(f"  [{trial.trial_id}] {label}: {what} ({self._done} trials ended)", flush=True)
 
     @property
@@ -99,7 +136,9 @@ class MLflowTracker(tune.Callback):
         """The trial's run: the existing one with its trial id, else a new child run."""
         if trial.trial_id in self._runs:
             return self._runs[trial.trial_id]
-        found = self.client.search_runs([self.experiment_id], filter_string=f"tags.trial_id = '{trial.trial_id}'", max_results=1)
+        found = self.client.search_runs(
+            [self.experiment_id], filter_string=f"tags.trial_id = '{trial.trial_id}'", max_results=1
+        )
         if found:
             # Re-attached after a restore: Tune restarts training_iteration at 1 for a re-run trial,
             # so continue the run's step count where it stopped instead of overwriting early steps.
@@ -116,9 +155,16 @@ class MLflowTracker(tune.Callback):
                 "label_percent": str(params.get("data.label_percent")),
                 **environment_tags(),
             }
-            run = self.client.create_run(self.experiment_id, run_name=f"{params.get('method')}@{params.get('data.label_percent')}%-{trial.trial_id}", tags=tags)
+            run = self.client.create_run(
+                self.experiment_id,
+                run_name=f"{params.get('method')}@{params.get('data.label_percent')}%-{trial.trial_id}",
+                tags=tags,
+            )
             run_id = run.info.run_id
-            self.client.log_batch(run_id, params=[Param(k, str(v)) for k, v in sorted(self.full_params(params).items())])
+            self.client.log_batch(
+                run_id,
+                params=[Param(k, str(v)) for k, v in sorted(self.full_params(params).items())],
+            )
         self._runs[trial.trial_id] = run_id
         return run_id
 
@@ -129,8 +175,24 @@ class MLflowTracker(tune.Callback):
         run_id = self.run_for(trial)
         step = self._offsets.get(trial.trial_id, 0) + int(result.get("training_iteration", 0))
         now = int(time.time() * 1000)
-        skip = {"training_iteration", "timestamp", "time_this_iter_s", "time_total_s", "pid", "iterations_since_restore", "time_since_restore", "done"}
-        metrics = [Metric(k.replace("@", "_"), float(v), now, step) for k, v in result.items() if k not in skip and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))]
+        skip = {
+            "training_iteration",
+            "timestamp",
+            "time_this_iter_s",
+            "time_total_s",
+            "pid",
+            "iterations_since_restore",
+            "time_since_restore",
+            "done",
+        }
+        metrics = [
+            Metric(k.replace("@", "_"), float(v), now, step)
+            for k, v in result.items()
+            if k not in skip
+            and isinstance(v, (int, float))
+            and not isinstance(v, bool)
+            and math.isfinite(float(v))
+        ]
         metrics.append(Metric(STEP_METRIC, float(step), now, step))
         self.client.log_batch(run_id, metrics=metrics)
         self.on_event("result", trial, result)
@@ -150,7 +212,9 @@ class MLflowTracker(tune.Callback):
         if status == "FINISHED" and not (trial.last_result or {}).get("final"):
             # Stopped by the scheduler (ASHA) before its final evaluation.
             self.client.set_tag(run_id, "early_stopped", "true")
-            self.client.set_tag(run_id, "stopped_at_epoch", str(int((trial.last_result or {}).get("eval_epoch", 0))))
+            self.client.set_tag(
+                run_id, "stopped_at_epoch", str(int((trial.last_result or {}).get("eval_epoch", 0)))
+            )
         self.client.set_terminated(run_id, status)
         self.on_event(status, trial, None)
 
@@ -161,7 +225,12 @@ class MLflowTracker(tune.Callback):
         self._end(trial, "FAILED")
 
 
-def reconcile(tracking_uri: str, experiment_id: str, status: str = "KILLED", known_trials: set[str] | None = None) -> int:
+def reconcile(
+    tracking_uri: str,
+    experiment_id: str,
+    status: str = "KILLED",
+    known_trials: set[str] | None = None,
+) -> int:
     """End every trial run left RUNNING (interrupted study); keep one run per trial id. Returns count.
 
     known_trials: the trial ids of the Tune experiment. A run for any other trial belongs to a trial
@@ -171,7 +240,12 @@ def reconcile(tracking_uri: str, experiment_id: str, status: str = "KILLED", kno
     client = MlflowClient(tracking_uri)
     fixed = 0
     seen: dict[str, str] = {}
-    for run in client.search_runs([experiment_id], filter_string="tags.role = 'trial'", max_results=50000, order_by=["attributes.start_time ASC"]):
+    for run in client.search_runs(
+        [experiment_id],
+        filter_string="tags.role = 'trial'",
+        max_results=50000,
+        order_by=["attributes.start_time ASC"],
+    ):
         trial_id = run.data.tags.get("trial_id")
         if trial_id in seen:
             # A duplicate for the same trial: merge nothing, delete it (first run keeps the history).
@@ -179,9 +253,17 @@ def reconcile(tracking_uri: str, experiment_id: str, status: str = "KILLED", kno
             fixed += 1
             continue
         seen[trial_id] = run.info.run_id
-        if known_trials is not None and trial_id not in known_trials and run.data.tags.get("orphaned") != "true":
+        if (
+            known_trials is not None
+            and trial_id not in known_trials
+            and run.data.tags.get("orphaned") != "true"
+        ):
             client.set_tag(run.info.run_id, "orphaned", "true")
-            client.set_tag(run.info.run_id, "orphaned_reason", "started after Tune's last experiment checkpoint; the restored study re-ran its work as other trials")
+            client.set_tag(
+                run.info.run_id,
+                "orphaned_reason",
+                "started after Tune's last experiment checkpoint; the restored study re-ran its work as other trials",
+            )
             if run.info.status not in TERMINAL or run.info.status == "FINISHED":
                 client.set_terminated(run.info.run_id, "KILLED")
             fixed += 1
@@ -192,15 +274,15 @@ def reconcile(tracking_uri: str, experiment_id: str, status: str = "KILLED", kno
     return fixed
 
 
-
-
 def log_report(tracking_uri: str, experiment_name: str, files: list[Path]) -> None:
     """Log the study's tables and curves to its parent run (artifact folder "report")."""
     client = MlflowClient(tracking_uri)
     exp = client.get_experiment_by_name(experiment_name)
     if exp is None:
         return
-    parents = client.search_runs([exp.experiment_id], filter_string="tags.role = 'study'", max_results=1)
+    parents = client.search_runs(
+        [exp.experiment_id], filter_string="tags.role = 'study'", max_results=1
+    )
     if not parents:
         return
     for path in files:

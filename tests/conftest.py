@@ -14,8 +14,18 @@ torch.set_num_threads(1)
 def _clean_environment(tmp_path_factory):
     """Point HOME/TMPDIR at a temporary folder and switch off telemetry (PLATFORM.md)."""
     home = tmp_path_factory.mktemp("home")
-    saved = {k: os.environ.get(k) for k in ("HOME", "MLFLOW_DISABLE_TELEMETRY", "DO_NOT_TRACK", "RAY_USAGE_STATS_ENABLED")}
-    os.environ.update({"HOME": str(home), "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true", "RAY_USAGE_STATS_ENABLED": "0"})
+    saved = {
+        k: os.environ.get(k)
+        for k in ("HOME", "MLFLOW_DISABLE_TELEMETRY", "DO_NOT_TRACK", "RAY_USAGE_STATS_ENABLED")
+    }
+    os.environ.update(
+        {
+            "HOME": str(home),
+            "MLFLOW_DISABLE_TELEMETRY": "true",
+            "DO_NOT_TRACK": "true",
+            "RAY_USAGE_STATS_ENABLED": "0",
+        }
+    )
     yield
     for k, v in saved.items():
         if v is None:

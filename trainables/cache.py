@@ -21,9 +21,20 @@ from trainables.fit import build, save_checkpoint
 from trainables.methods import Artifact, LossTerm
 
 # Loss knobs each term function reads besides its weight.
-TERM_KNOBS = {"sc": ("loss.sc_weighting",), "dlsm": ("loss.dlsm_power",), "cfg_dsm": ("loss.p_uncond",)}
+TERM_KNOBS = {
+    "sc": ("loss.sc_weighting",),
+    "dlsm": ("loss.dlsm_power",),
+    "cfg_dsm": ("loss.p_uncond",),
+}
 ALWAYS = ("sde.", "model.", "train.")
-DATA_KEYS = ("data.name", "data.num_train", "data.seed", "data.root", "data.image_size", "data.flip")
+DATA_KEYS = (
+    "data.name",
+    "data.num_train",
+    "data.seed",
+    "data.root",
+    "data.image_size",
+    "data.flip",
+)
 # Settings that change how fast or how often, never what is trained.
 NEUTRAL = ("train.channels_last", "train.checkpoint_every")
 
@@ -35,7 +46,9 @@ def _term_keys(term: LossTerm) -> list[str]:
     return keys
 
 
-def artifact_identity(artifact: Artifact, config: TrialConfig, needs: dict[str, str] | None = None) -> dict:
+def artifact_identity(
+    artifact: Artifact, config: TrialConfig, needs: dict[str, str] | None = None
+) -> dict:
     """The exact config an artifact depends on (never the guidance scale or sampler settings)."""
     flat = to_flat(config)
     active = [t for t in artifact.terms if t.weight(config.loss) != 0]
@@ -95,11 +108,15 @@ class ArtifactCache:
                 reused = distributed.broadcast(reused)
             if reused:
                 net = build(artifact, config, dim, num_classes)
-                net.load_state_dict(torch.load(folder / "model.pt", map_location="cpu", weights_only=True))
+                net.load_state_dict(
+                    torch.load(folder / "model.pt", map_location="cpu", weights_only=True)
+                )
                 net = net.eval().requires_grad_(False)
             else:
                 if rank == 0:
-                    (folder / "identity.json").write_text(json.dumps(identity, indent=2, sort_keys=True))
+                    (folder / "identity.json").write_text(
+                        json.dumps(identity, indent=2, sort_keys=True)
+                    )
                 net = train_fn(folder)
                 if rank == 0:
                     save_checkpoint(folder / "model.pt", net.state_dict())

@@ -21,7 +21,9 @@ class SDEConfig:
 class DataConfig:
     """Dataset and label split."""
 
-    name: str = "gmm2"  # toy: gmm2, gmm3, overlap2, moons; images: cifar10, cifar100, tiny-images, folder
+    name: str = (
+        "gmm2"  # toy: gmm2, gmm3, overlap2, moons; images: cifar10, cifar100, tiny-images, folder
+    )
     num_train: int = 4000  # toy sets and tiny-images: examples drawn for training (0 = all, images)
     num_test: int = 2000  # toy sets and tiny-images: held-out examples for metrics
     label_percent: float = 100.0  # in (0, 100]
@@ -76,7 +78,9 @@ class TrainConfig:
     seed: int = 0
     precision: str = "fp32"  # fp32 | bf16 (autocast; meant for GPUs)
     channels_last: bool = False  # images on GPU: channels-last memory format
-    checkpoint_every: int = 0  # steps between checkpoints besides every epoch end; 0 = epoch ends only
+    checkpoint_every: int = (
+        0  # steps between checkpoints besides every epoch end; 0 = epoch ends only
+    )
 
 
 @dataclass(frozen=True)
@@ -97,18 +101,28 @@ class EvalConfig:
     """Toy metrics: noise levels and points (paper 001 App. C)."""
 
     sigmas: tuple[float, ...] = (0.05, 0.1, 0.2, 0.5, 1.0)
-    num_points: int = 1000  # toy: points per noise level; images: held-out images for guided_dsm / accuracy
+    num_points: int = (
+        1000  # toy: points per noise level; images: held-out images for guided_dsm / accuracy
+    )
     seed: int = 1234
     # Images (METHODS.md section 5): FID / IS / intra-FID / generation accuracy of sample.num_per_class
     # samples per class against cached training-set statistics.
     fid: bool = True
-    feature_extractor: str = "inception"  # inception (clean-fid) | eval_classifier (CPU / tiny images)
+    feature_extractor: str = (
+        "inception"  # inception (clean-fid) | eval_classifier (CPU / tiny images)
+    )
     inception_weights: str = ""  # a local inception-2015-12-05.pt; default clean-fid's /tmp copy
-    cache_dir: str = ""  # shared across studies (reference stats, eval classifiers); ~/.cache/sc-guidance
+    cache_dir: str = (
+        ""  # shared across studies (reference stats, eval classifiers); ~/.cache/sc-guidance
+    )
     num_reference: int = 0  # training images for the reference statistics; 0 = all
-    classifier_checkpoint: str = ""  # state dict of an evaluation classifier (same model config); else trained
+    classifier_checkpoint: str = (
+        ""  # state dict of an evaluation classifier (same model config); else trained
+    )
     classifier_steps: int = 2000  # training steps of the platform's evaluation classifier
-    classifier_sigma_max: float = 0.5  # its training noise range is [sde.sigma_min, this]: near-clean images
+    classifier_sigma_max: float = (
+        0.5  # its training noise range is [sde.sigma_min, this]: near-clean images
+    )
 
 
 @dataclass(frozen=True)
@@ -185,7 +199,11 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
 }
 PRESETS["cifar100"] = {**PRESETS["cifar10"], "data.name": "cifar100"}
-PRESETS["cifar10-small"] = {**PRESETS["cifar10"], **{f"model.{k}": v for k, v in NCSNPP_SIZES["small"].items()}, "train.steps": 200_000}
+PRESETS["cifar10-small"] = {
+    **PRESETS["cifar10"],
+    **{f"model.{k}": v for k, v in NCSNPP_SIZES["small"].items()},
+    "train.steps": 200_000,
+}
 
 
 def flat_keys() -> list[str]:
@@ -275,7 +293,9 @@ def validate(config: TrialConfig) -> TrialConfig:
         if value < 0:
             raise ValueError(f"loss.{name} must be >= 0, got {value}")
     if config.loss.sc_weighting not in ("sigma2", "none"):
-        raise ValueError(f"loss.sc_weighting must be 'sigma2' or 'none', got {config.loss.sc_weighting!r}")
+        raise ValueError(
+            f"loss.sc_weighting must be 'sigma2' or 'none', got {config.loss.sc_weighting!r}"
+        )
     if not 0.0 <= config.loss.p_uncond < 1.0:
         raise ValueError(f"loss.p_uncond must be in [0, 1), got {config.loss.p_uncond}")
     if not 0 < config.sde.sigma_min < config.sde.sigma_max:
@@ -291,13 +311,19 @@ def validate(config: TrialConfig) -> TrialConfig:
     if config.model.arch not in ("mlp", "ncsnpp"):
         raise ValueError(f"model.arch must be 'mlp' or 'ncsnpp', got {config.model.arch!r}")
     if config.train.precision not in ("fp32", "bf16"):
-        raise ValueError(f"train.precision must be 'fp32' or 'bf16', got {config.train.precision!r}")
+        raise ValueError(
+            f"train.precision must be 'fp32' or 'bf16', got {config.train.precision!r}"
+        )
     if config.eval.feature_extractor not in ("inception", "eval_classifier"):
-        raise ValueError(f"eval.feature_extractor must be 'inception' or 'eval_classifier', got {config.eval.feature_extractor!r}")
+        raise ValueError(
+            f"eval.feature_extractor must be 'inception' or 'eval_classifier', got {config.eval.feature_extractor!r}"
+        )
     if config.sample.batch_size <= 0 or config.sample.num_per_class <= 0:
         raise ValueError("sample.batch_size and sample.num_per_class must be > 0")
     if config.train.checkpoint_every < 0:
-        raise ValueError(f"train.checkpoint_every must be >= 0, got {config.train.checkpoint_every}")
+        raise ValueError(
+            f"train.checkpoint_every must be >= 0, got {config.train.checkpoint_every}"
+        )
     for name in ("steps", "steps_per_epoch", "batch_size"):
         if getattr(config.train, name) <= 0:
             raise ValueError(f"train.{name} must be > 0, got {getattr(config.train, name)}")

@@ -34,7 +34,9 @@ class TrainingSet:
     num_classes: int
 
     @classmethod
-    def split(cls, x: torch.Tensor, y: torch.Tensor, num_classes: int, label_percent: float, seed: int) -> TrainingSet:
+    def split(
+        cls, x: torch.Tensor, y: torch.Tensor, num_classes: int, label_percent: float, seed: int
+    ) -> TrainingSet:
         """Hide every label outside the stratified labeled subset."""
         idx = labeled_subset(y, label_percent, seed)
         return cls(x, hide_labels(y, idx), idx, num_classes)
@@ -67,7 +69,9 @@ def build(artifact: Artifact, config: TrialConfig, dim, num_classes: int) -> nn.
     """The artifact's network, initialised from the training seed (identical on every DDP rank)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.train.seed)
-        return build_network(artifact.network, dim=dim, num_classes=num_classes, model_config=config.model)
+        return build_network(
+            artifact.network, dim=dim, num_classes=num_classes, model_config=config.model
+        )
 
 
 @dataclass(frozen=True)
@@ -152,16 +156,28 @@ def train_artifact(
     sde = VESDE.from_config(config.sde)
     images = data.x.dim() == 4
     net = build(artifact, config, data_dim(data.x), data.num_classes)
-    memory = torch.channels_last if (images and config.train.channels_last and device.type == "cuda") else torch.contiguous_format
+    memory = (
+        torch.channels_last
+        if (images and config.train.channels_last and device.type == "cuda")
+        else torch.contiguous_format
+    )
     net = net.to(device, memory_format=memory)
     ema = copy.deepcopy(net).requires_grad_(False)
     params = list(net.parameters())
     optimizer = torch.optim.Adam(params, lr=config.train.lr)
     generator = torch.Generator().manual_seed(config.train.seed + 1)
-    sampler = BatchSampler(data.labeled_idx, len(data.x), config.train.batch_size, artifact.row_usage, config.train.seed)
+    sampler = BatchSampler(
+        data.labeled_idx,
+        len(data.x),
+        config.train.batch_size,
+        artifact.row_usage,
+        config.train.seed,
+    )
     fns = model_fns({artifact.network: net}, num_classes=data.num_classes, frozen=frozen)
     ckpt = Path(checkpoint_dir) / CHECKPOINT_FILE if checkpoint_dir is not None else None
-    autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=config.train.precision == "bf16")
+    autocast = torch.autocast(
+        device_type=device.type, dtype=torch.bfloat16, enabled=config.train.precision == "bf16"
+    )
     start = 0
     if ckpt is not None and ckpt.exists():
         # Resume: weights, EMA, optimizer, step and RNG state.
@@ -203,12 +219,38 @@ def train_artifact(
         sums["grad_norm"] = sums.get("grad_norm", 0.0) + float(grad_norm)
         done = step + 1
         epoch_end = done % config.train.steps_per_epoch == 0 or done == config.train.steps
-        if ckpt is not None and dist.rank == 0 and (epoch_end or (config.train.checkpoint_every and done % config.train.checkpoint_every == 0)):
-            save_checkpoint(ckpt, {"network": net.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(), "step": done, "rng": generator.get_state()})
+        if (
+            ckpt is not None
+            and dist.rank == 0
+            and (
+                epoch_end
+                or (config.train.checkpoint_every and done % config.train.checkpoint_every == 0)
+            )
+        ):
+            save_checkpoint(
+                ckpt,
+                {
+                    "network": net.state_dict(),
+                    "ema": ema.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "step": done,
+                    "rng": generator.get_state(),
+                },
+            )
         if epoch_end:
-            count = done - (math.ceil(done / config.train.steps_per_epoch) - 1) * config.train.steps_per_epoch
+            count = (
+                done
+                - (math.ceil(done / config.train.steps_per_epoch) - 1)
+                * config.train.steps_per_epoch
+            )
             metrics = {f"{artifact.name}/{k}": v / count for k, v in sums.items()}
-            metrics.update({"artifact": artifact.name, "step": done, "epoch": math.ceil(done / config.train.steps_per_epoch)})
+            metrics.update(
+                {
+                    "artifact": artifact.name,
+                    "step": done,
+                    "epoch": math.ceil(done / config.train.steps_per_epoch),
+                }
+            )
             seconds = time.perf_counter() - epoch_start
             metrics[f"{artifact.name}/steps_per_s"] = count / seconds
             metrics[f"{artifact.name}/examples_per_s"] = count * config.train.batch_size / seconds

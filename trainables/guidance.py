@@ -11,7 +11,9 @@ import torch.nn.functional as F
 from trainables.losses import CondScoreFn, LogitsFn, ScoreFn
 
 
-def classifier_log_posterior_grad(logits_fn: LogitsFn, x: torch.Tensor, sigma: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def classifier_log_posterior_grad(
+    logits_fn: LogitsFn, x: torch.Tensor, sigma: torch.Tensor, y: torch.Tensor
+) -> torch.Tensor:
     """grad_x log softmax(f(x, sigma))[y], on a detached x, without create_graph."""
     with torch.enable_grad():
         x = x.detach().requires_grad_(True)
@@ -20,7 +22,9 @@ def classifier_log_posterior_grad(logits_fn: LogitsFn, x: torch.Tensor, sigma: t
     return grad
 
 
-def classifier_guidance(score_fn: ScoreFn, logits_fn: LogitsFn, y: torch.Tensor, scale: float = 1.0) -> ScoreFn:
+def classifier_guidance(
+    score_fn: ScoreFn, logits_fn: LogitsFn, y: torch.Tensor, scale: float = 1.0
+) -> ScoreFn:
     """s(x, t) + lambda_CG grad_x log p_phi(y | x, t) (Dhariwal & Nichol; paper 001 eq. 1)."""
 
     def guided_score_fn(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
@@ -29,13 +33,19 @@ def classifier_guidance(score_fn: ScoreFn, logits_fn: LogitsFn, y: torch.Tensor,
     return guided_score_fn
 
 
-def classifier_free_guidance(cond_score_fn: CondScoreFn, y: torch.Tensor, null_label: int, w: float = 0.0) -> ScoreFn:
+def classifier_free_guidance(
+    cond_score_fn: CondScoreFn, y: torch.Tensor, null_label: int, w: float = 0.0
+) -> ScoreFn:
     """(1 + w) s(x, t, y) - w s(x, t, null) (Ho & Salimans); w = 0 is the plain conditional model."""
 
     def guided_score_fn(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         if w == 0:
             return cond_score_fn(x, sigma, y)
-        both = cond_score_fn(torch.cat([x, x]), torch.cat([sigma, sigma]), torch.cat([y, torch.full_like(y, null_label)]))
+        both = cond_score_fn(
+            torch.cat([x, x]),
+            torch.cat([sigma, sigma]),
+            torch.cat([y, torch.full_like(y, null_label)]),
+        )
         cond, uncond = both.chunk(2)
         return (1 + w) * cond - w * uncond
 

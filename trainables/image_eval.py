@@ -42,8 +42,12 @@ def eval_classifier_config(config: TrialConfig) -> TrialConfig:
         config,
         method="CG",
         data=dataclasses.replace(config.data, label_percent=100.0),
-        sde=dataclasses.replace(config.sde, sigma_max=max(config.eval.classifier_sigma_max, config.sde.sigma_min * 2)),
-        train=dataclasses.replace(config.train, steps=config.eval.classifier_steps, precision="fp32"),
+        sde=dataclasses.replace(
+            config.sde, sigma_max=max(config.eval.classifier_sigma_max, config.sde.sigma_min * 2)
+        ),
+        train=dataclasses.replace(
+            config.train, steps=config.eval.classifier_steps, precision="fp32"
+        ),
     )
 
 
@@ -53,8 +57,13 @@ def preflight(config: TrialConfig) -> None:
         return
     if config.eval.feature_extractor == "inception":
         check_inception(config.eval.inception_weights or None)
-    if config.eval.classifier_checkpoint and not Path(config.eval.classifier_checkpoint).expanduser().is_file():
-        raise EvalError(f"eval.classifier_checkpoint {config.eval.classifier_checkpoint!r} does not exist; fix the path or leave it empty to train one")
+    if (
+        config.eval.classifier_checkpoint
+        and not Path(config.eval.classifier_checkpoint).expanduser().is_file()
+    ):
+        raise EvalError(
+            f"eval.classifier_checkpoint {config.eval.classifier_checkpoint!r} does not exist; fix the path or leave it empty to train one"
+        )
 
 
 @dataclass
@@ -75,11 +84,17 @@ class Evaluator:
         with torch.no_grad():
             for start in range(0, len(images), batch_size):
                 x = images[start : start + batch_size].to(device)
-                out.append(self.classifier(x, torch.full((len(x),), self.sigma, device=device)).argmax(1).cpu())
+                out.append(
+                    self.classifier(x, torch.full((len(x),), self.sigma, device=device))
+                    .argmax(1)
+                    .cpu()
+                )
         return torch.cat(out).numpy()
 
 
-def build_evaluator(config: TrialConfig, data, device: torch.device | str = "cpu", log=print) -> Evaluator:  # noqa: ANN001
+def build_evaluator(
+    config: TrialConfig, data, device: torch.device | str = "cpu", log=print
+) -> Evaluator:  # noqa: ANN001
     """Train or load the evaluation classifier, build the extractor, load or compute reference stats."""
     from trainables.cache import ArtifactCache
     from trainables.fit import TrainingSet, build, data_dim, train_artifact
@@ -97,10 +112,16 @@ def build_evaluator(config: TrialConfig, data, device: torch.device | str = "cpu
         cache = ArtifactCache(root / "eval-classifiers")
 
         def train(folder: Path) -> torch.nn.Module:
-            log(f"training the evaluation classifier ({clf_config.train.steps} steps) into {folder}")
-            return train_artifact(EVAL_CLASSIFIER, clf_config, split, checkpoint_dir=folder, device=device)
+            log(
+                f"training the evaluation classifier ({clf_config.train.steps} steps) into {folder}"
+            )
+            return train_artifact(
+                EVAL_CLASSIFIER, clf_config, split, checkpoint_dir=folder, device=device
+            )
 
-        net, key, _ = cache.get_or_train(EVAL_CLASSIFIER, clf_config, train, dim=data_dim(data.x), num_classes=data.num_classes)
+        net, key, _ = cache.get_or_train(
+            EVAL_CLASSIFIER, clf_config, train, dim=data_dim(data.x), num_classes=data.num_classes
+        )
     net = net.to(device)
     sigma = config.sde.sigma_min
     if config.eval.feature_extractor == "inception":
@@ -108,16 +129,26 @@ def build_evaluator(config: TrialConfig, data, device: torch.device | str = "cpu
     else:
         extractor = classifier_extractor(net, sigma, key, device)
     n = config.eval.num_reference or len(data.x)
-    identity = {k: getattr(config.data, k) for k in ("name", "root", "num_train", "seed", "image_size")} | {"num_reference": n}
-    reference, cached = reference_stats(data.x[:n], data.y[:n], data.num_classes, extractor, identity, root / "fid-stats")
+    identity = {
+        k: getattr(config.data, k) for k in ("name", "root", "num_train", "seed", "image_size")
+    } | {"num_reference": n}
+    reference, cached = reference_stats(
+        data.x[:n], data.y[:n], data.num_classes, extractor, identity, root / "fid-stats"
+    )
     evaluator = Evaluator(net, key, float("nan"), extractor, reference, cached, sigma)
-    evaluator.classifier_test_accuracy = float((evaluator.classify(data.test_x) == data.test_y.numpy()).mean())
+    evaluator.classifier_test_accuracy = float(
+        (evaluator.classify(data.test_x) == data.test_y.numpy()).mean()
+    )
     return evaluator
 
 
-def evaluate_generation(samples: torch.Tensor, labels: torch.Tensor, num_classes: int, evaluator: Evaluator) -> tuple[dict[str, float], list[str]]:
+def evaluate_generation(
+    samples: torch.Tensor, labels: torch.Tensor, num_classes: int, evaluator: Evaluator
+) -> tuple[dict[str, float], list[str]]:
     """FID, IS, intra-FID, generation accuracy (overall and per class) of class-conditional samples."""
-    metrics, warnings = generation_metrics(samples, labels, num_classes, evaluator.extractor, evaluator.reference, evaluator.classify)
+    metrics, warnings = generation_metrics(
+        samples, labels, num_classes, evaluator.extractor, evaluator.reference, evaluator.classify
+    )
     metrics["eval_classifier_test_accuracy"] = evaluator.classifier_test_accuracy
     metrics["reference_stats_reused"] = float(evaluator.reference_cached)
     return metrics, warnings

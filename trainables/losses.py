@@ -26,7 +26,9 @@ def _sq(v: torch.Tensor) -> torch.Tensor:
     return 0.5 * v.flatten(1).pow(2).sum(1)
 
 
-def score_matching_residual(score: torch.Tensor, sigma: torch.Tensor, z: torch.Tensor, weighting: str = "sigma2") -> torch.Tensor:
+def score_matching_residual(
+    score: torch.Tensor, sigma: torch.Tensor, z: torch.Tensor, weighting: str = "sigma2"
+) -> torch.Tensor:
     """0.5 lambda(t) ||score + z / sigma||^2 per example; lambda = sigma^2 ("sigma2") or 1 ("none")."""
     s = _bcast(sigma, z)
     if weighting == "sigma2":
@@ -36,13 +38,22 @@ def score_matching_residual(score: torch.Tensor, sigma: torch.Tensor, z: torch.T
     raise ValueError(f"unknown weighting {weighting!r}; valid: ['none', 'sigma2']")
 
 
-def dsm_loss(score_fn: ScoreFn, x: torch.Tensor, sigma: torch.Tensor, z: torch.Tensor, *, weighting: str = "sigma2") -> torch.Tensor:
+def dsm_loss(
+    score_fn: ScoreFn,
+    x: torch.Tensor,
+    sigma: torch.Tensor,
+    z: torch.Tensor,
+    *,
+    weighting: str = "sigma2",
+) -> torch.Tensor:
     """Denoising score matching (Song et al. 2021): 0.5 ||sigma s(x + sigma z, sigma) + z||^2."""
     x_noisy = x + _bcast(sigma, x) * z
     return score_matching_residual(score_fn(x_noisy, sigma), sigma, z, weighting)
 
 
-def ce_loss(logits_fn: LogitsFn, x: torch.Tensor, sigma: torch.Tensor, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def ce_loss(
+    logits_fn: LogitsFn, x: torch.Tensor, sigma: torch.Tensor, z: torch.Tensor, y: torch.Tensor
+) -> torch.Tensor:
     """Time-generalised cross-entropy of f(x + sigma z, sigma) against y (paper 001 Sec. 3.2)."""
     if (y < 0).any():
         raise ValueError("ce_loss got unlabeled rows (y < 0); pass labeled rows only")
@@ -50,7 +61,9 @@ def ce_loss(logits_fn: LogitsFn, x: torch.Tensor, sigma: torch.Tensor, z: torch.
     return F.cross_entropy(logits_fn(x_noisy, sigma), y, reduction="none")
 
 
-def classifier_score(logits_fn: LogitsFn, x: torch.Tensor, sigma: torch.Tensor, *, create_graph: bool) -> torch.Tensor:
+def classifier_score(
+    logits_fn: LogitsFn, x: torch.Tensor, sigma: torch.Tensor, *, create_graph: bool
+) -> torch.Tensor:
     """Score of the classifier read as an EBM: grad_x LogSumExp_y f(x, sigma)[y] (paper 001 eq. 2)."""
     with torch.enable_grad():
         x = x if x.requires_grad else x.detach().requires_grad_(True)
@@ -59,7 +72,14 @@ def classifier_score(logits_fn: LogitsFn, x: torch.Tensor, sigma: torch.Tensor, 
     return grad
 
 
-def sc_loss(logits_fn: LogitsFn, x: torch.Tensor, sigma: torch.Tensor, z: torch.Tensor, *, weighting: str = "sigma2") -> torch.Tensor:
+def sc_loss(
+    logits_fn: LogitsFn,
+    x: torch.Tensor,
+    sigma: torch.Tensor,
+    z: torch.Tensor,
+    *,
+    weighting: str = "sigma2",
+) -> torch.Tensor:
     """Self-calibration (paper 001 eq. 3): DSM applied to grad_x LSE f, differentiable in the parameters."""
     x_noisy = (x + _bcast(sigma, x) * z).detach().requires_grad_(True)
     score = classifier_score(logits_fn, x_noisy, sigma, create_graph=True)
@@ -67,7 +87,13 @@ def sc_loss(logits_fn: LogitsFn, x: torch.Tensor, sigma: torch.Tensor, z: torch.
 
 
 def ce_and_sc_losses(
-    logits_fn: LogitsFn, x: torch.Tensor, sigma: torch.Tensor, z: torch.Tensor, y: torch.Tensor, *, weighting: str = "sigma2"
+    logits_fn: LogitsFn,
+    x: torch.Tensor,
+    sigma: torch.Tensor,
+    z: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    weighting: str = "sigma2",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """CE on the labeled rows and SC on every row from ONE classifier forward on the shared noisy input.
 
@@ -102,7 +128,13 @@ def dlsm_loss(
     return s.flatten() ** (2 * power) * _sq(grad + score + z / s)
 
 
-def cond_dsm_loss(cond_score_fn: CondScoreFn, x: torch.Tensor, sigma: torch.Tensor, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def cond_dsm_loss(
+    cond_score_fn: CondScoreFn,
+    x: torch.Tensor,
+    sigma: torch.Tensor,
+    z: torch.Tensor,
+    y: torch.Tensor,
+) -> torch.Tensor:
     """DSM of a class-conditional score model s(x, sigma, y) (Cond)."""
     return dsm_loss(lambda xt, st: cond_score_fn(xt, st, y), x, sigma, z)
 
@@ -127,7 +159,9 @@ def cfg_dsm_loss(
     return cond_dsm_loss(cond_score_fn, x, sigma, z, cfg_labels(y, u, p_uncond, null_label))
 
 
-def qc_loss(score_fn: ScoreFn, x: torch.Tensor, sigma: torch.Tensor, z: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+def qc_loss(
+    score_fn: ScoreFn, x: torch.Tensor, sigma: torch.Tensor, z: torch.Tensor, v: torch.Tensor
+) -> torch.Tensor:
     """Quasi-conservative regulariser (paper 004): sigma^2 (||J^T v||^2 - v^T J J v), Hutchinson v.
 
     In expectation over Rademacher v this is sigma^2 ||J - J^T||_F^2 / 2; two backward passes.
@@ -145,7 +179,10 @@ def jacobian(score_fn: ScoreFn, x: torch.Tensor, sigma: torch.Tensor) -> torch.T
     x = x.detach().flatten(1).requires_grad_(True)
     with torch.enable_grad():
         score = score_fn(x, sigma).flatten(1)
-        rows = [torch.autograd.grad(score[:, i].sum(), x, retain_graph=True)[0] for i in range(score.shape[1])]
+        rows = [
+            torch.autograd.grad(score[:, i].sum(), x, retain_graph=True)[0]
+            for i in range(score.shape[1])
+        ]
     return torch.stack(rows, dim=1)
 
 

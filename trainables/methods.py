@@ -28,7 +28,11 @@ class LossTerm:
 
     def weight(self, loss_config) -> float:  # noqa: ANN001 - LossConfig
         """The term's weight under a LossConfig."""
-        return 1.0 if self.weight_key is None else float(getattr(loss_config, self.weight_key.split(".", 1)[1]))
+        return (
+            1.0
+            if self.weight_key is None
+            else float(getattr(loss_config, self.weight_key.split(".", 1)[1]))
+        )
 
 
 @dataclass(frozen=True)
@@ -90,16 +94,37 @@ def _need(fn, what: str):  # noqa: ANN001, ANN202
 
 TERM_FNS: dict[str, Callable[[ModelFns, Batch, Noise, object], torch.Tensor]] = {
     "dsm": lambda f, b, n, c: losses.dsm_loss(_need(f.score_fn, "score model"), b.x, n.sigma, n.z),
-    "ce": lambda f, b, n, c: losses.ce_loss(_need(f.logits_fn, "classifier"), b.x, n.sigma, n.z, b.y),
-    "sc": lambda f, b, n, c: losses.sc_loss(_need(f.logits_fn, "classifier"), b.x, n.sigma, n.z, weighting=c.sc_weighting),
+    "ce": lambda f, b, n, c: losses.ce_loss(
+        _need(f.logits_fn, "classifier"), b.x, n.sigma, n.z, b.y
+    ),
+    "sc": lambda f, b, n, c: losses.sc_loss(
+        _need(f.logits_fn, "classifier"), b.x, n.sigma, n.z, weighting=c.sc_weighting
+    ),
     "dlsm": lambda f, b, n, c: losses.dlsm_loss(
-        _need(f.logits_fn, "classifier"), _need(f.frozen_score_fn, "frozen score model"), b.x, n.sigma, n.z, b.y, power=c.dlsm_power
+        _need(f.logits_fn, "classifier"),
+        _need(f.frozen_score_fn, "frozen score model"),
+        b.x,
+        n.sigma,
+        n.z,
+        b.y,
+        power=c.dlsm_power,
     ),
-    "cond_dsm": lambda f, b, n, c: losses.cond_dsm_loss(_need(f.cond_score_fn, "conditional score model"), b.x, n.sigma, n.z, b.y),
+    "cond_dsm": lambda f, b, n, c: losses.cond_dsm_loss(
+        _need(f.cond_score_fn, "conditional score model"), b.x, n.sigma, n.z, b.y
+    ),
     "cfg_dsm": lambda f, b, n, c: losses.cfg_dsm_loss(
-        _need(f.cond_score_fn, "conditional score model"), b.x, n.sigma, n.z, b.y, n.u, p_uncond=c.p_uncond, null_label=f.num_classes
+        _need(f.cond_score_fn, "conditional score model"),
+        b.x,
+        n.sigma,
+        n.z,
+        b.y,
+        n.u,
+        p_uncond=c.p_uncond,
+        null_label=f.num_classes,
     ),
-    "qc": lambda f, b, n, c: losses.qc_loss(_need(f.score_fn, "score model"), b.x, n.sigma, n.z, n.v),
+    "qc": lambda f, b, n, c: losses.qc_loss(
+        _need(f.score_fn, "score model"), b.x, n.sigma, n.z, n.v
+    ),
 }
 LABEL_TERMS = frozenset({"ce", "dlsm", "cond_dsm", "cfg_dsm"})
 
@@ -109,16 +134,34 @@ SCORE_MODEL = Artifact("score", "score", (LossTerm("dsm", "all"), QC))
 METHODS: dict[str, Method] = {
     m.name: m
     for m in (
-        Method("CG", (SCORE_MODEL, Artifact("classifier", "classifier", (LossTerm("ce", "labeled"),))), "classifier"),
+        Method(
+            "CG",
+            (SCORE_MODEL, Artifact("classifier", "classifier", (LossTerm("ce", "labeled"),))),
+            "classifier",
+        ),
         Method(
             "CG-SC-labeled",
-            (SCORE_MODEL, Artifact("classifier", "classifier", (LossTerm("ce", "labeled"), LossTerm("sc", "labeled", "loss.lambda_sc")))),
+            (
+                SCORE_MODEL,
+                Artifact(
+                    "classifier",
+                    "classifier",
+                    (LossTerm("ce", "labeled"), LossTerm("sc", "labeled", "loss.lambda_sc")),
+                ),
+            ),
             "classifier",
             ("loss.lambda_sc",),
         ),
         Method(
             "CG-SC-all",
-            (SCORE_MODEL, Artifact("classifier", "classifier", (LossTerm("ce", "labeled"), LossTerm("sc", "all", "loss.lambda_sc")))),
+            (
+                SCORE_MODEL,
+                Artifact(
+                    "classifier",
+                    "classifier",
+                    (LossTerm("ce", "labeled"), LossTerm("sc", "all", "loss.lambda_sc")),
+                ),
+            ),
             "classifier",
             ("loss.lambda_sc",),
         ),
@@ -126,7 +169,12 @@ METHODS: dict[str, Method] = {
             "CG-DLSM",
             (
                 SCORE_MODEL,
-                Artifact("classifier", "classifier", (LossTerm("dlsm", "labeled"), LossTerm("ce", "labeled", "loss.lambda_ce")), needs=("score",)),
+                Artifact(
+                    "classifier",
+                    "classifier",
+                    (LossTerm("dlsm", "labeled"), LossTerm("ce", "labeled", "loss.lambda_ce")),
+                    needs=("score",),
+                ),
             ),
             "classifier",
         ),
@@ -136,18 +184,34 @@ METHODS: dict[str, Method] = {
                 Artifact(
                     "joint",
                     "joint",
-                    (LossTerm("dsm", "all"), QC, LossTerm("ce", "labeled", "loss.lambda_joint"), LossTerm("sc", "all", "loss.lambda_joint")),
+                    (
+                        LossTerm("dsm", "all"),
+                        QC,
+                        LossTerm("ce", "labeled", "loss.lambda_joint"),
+                        LossTerm("sc", "all", "loss.lambda_joint"),
+                    ),
                 ),
             ),
             "classifier",
             ("loss.lambda_joint",),
         ),
-        Method("Cond", (Artifact("conditional", "conditional", (LossTerm("cond_dsm", "labeled"),)),), "conditional"),
-        Method("CFG-labeled", (Artifact("conditional", "conditional", (LossTerm("cfg_dsm", "labeled"),)),), "cfg"),
-        Method("CFG-all", (Artifact("conditional", "conditional", (LossTerm("cfg_dsm", "all"),)),), "cfg"),
+        Method(
+            "Cond",
+            (Artifact("conditional", "conditional", (LossTerm("cond_dsm", "labeled"),)),),
+            "conditional",
+        ),
+        Method(
+            "CFG-labeled",
+            (Artifact("conditional", "conditional", (LossTerm("cfg_dsm", "labeled"),)),),
+            "cfg",
+        ),
+        Method(
+            "CFG-all",
+            (Artifact("conditional", "conditional", (LossTerm("cfg_dsm", "all"),)),),
+            "cfg",
+        ),
     )
 }
-
 
 
 def get_method(name: str) -> Method:
@@ -157,7 +221,9 @@ def get_method(name: str) -> Method:
     return METHODS[name]
 
 
-def model_fns(networks: dict[str, nn.Module], *, num_classes: int, frozen: dict[str, nn.Module] | None = None) -> ModelFns:
+def model_fns(
+    networks: dict[str, nn.Module], *, num_classes: int, frozen: dict[str, nn.Module] | None = None
+) -> ModelFns:
     """Build the callables from networks keyed by kind (score, classifier, joint, conditional)."""
     kw: dict = {"num_classes": num_classes}
     for kind, net in networks.items():
@@ -183,7 +249,9 @@ def _shared_classifier_forward(terms: list[LossTerm]) -> tuple[LossTerm, LossTer
     return (ce, sc) if ce is not None and sc is not None else None
 
 
-def artifact_loss(artifact: Artifact, fns: ModelFns, batch: Batch, noise: Noise, loss_config) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:  # noqa: ANN001
+def artifact_loss(
+    artifact: Artifact, fns: ModelFns, batch: Batch, noise: Noise, loss_config
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:  # noqa: ANN001
     """Sum an artifact's terms: total = sum_k w_k mean_{rows_k} term_k; also the per-example terms."""
     total = torch.zeros((), dtype=batch.x.dtype, device=batch.x.device)
     per_example: dict[str, torch.Tensor] = {}
@@ -194,7 +262,14 @@ def artifact_loss(artifact: Artifact, fns: ModelFns, batch: Batch, noise: Noise,
         rows = batch.rows(sc_term.rows)
         if rows.numel():
             part, nz = batch.take(rows), noise.take(rows)
-            ce, sc = losses.ce_and_sc_losses(_need(fns.logits_fn, "classifier"), part.x, nz.sigma, nz.z, part.y, weighting=loss_config.sc_weighting)
+            ce, sc = losses.ce_and_sc_losses(
+                _need(fns.logits_fn, "classifier"),
+                part.x,
+                nz.sigma,
+                nz.z,
+                part.y,
+                weighting=loss_config.sc_weighting,
+            )
             if ce.numel():
                 per_example["ce_labeled"] = ce
                 total = total + ce_term.weight(loss_config) * ce.mean()
@@ -214,9 +289,15 @@ def artifact_loss(artifact: Artifact, fns: ModelFns, batch: Batch, noise: Noise,
 
 
 GUIDANCE_BUILDERS: dict[str, Callable[[ModelFns, torch.Tensor, float], losses.ScoreFn]] = {
-    "classifier": lambda f, y, scale: _guidance().classifier_guidance(_need(f.score_fn, "score model"), _need(f.logits_fn, "classifier"), y, scale),
-    "cfg": lambda f, y, scale: _guidance().classifier_free_guidance(_need(f.cond_score_fn, "conditional score model"), y, f.num_classes, scale),
-    "conditional": lambda f, y, scale: _guidance().classifier_free_guidance(_need(f.cond_score_fn, "conditional score model"), y, f.num_classes, 0.0),
+    "classifier": lambda f, y, scale: _guidance().classifier_guidance(
+        _need(f.score_fn, "score model"), _need(f.logits_fn, "classifier"), y, scale
+    ),
+    "cfg": lambda f, y, scale: _guidance().classifier_free_guidance(
+        _need(f.cond_score_fn, "conditional score model"), y, f.num_classes, scale
+    ),
+    "conditional": lambda f, y, scale: _guidance().classifier_free_guidance(
+        _need(f.cond_score_fn, "conditional score model"), y, f.num_classes, 0.0
+    ),
 }
 
 

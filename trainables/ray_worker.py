@@ -51,7 +51,9 @@ def _restore_from_train_checkpoint(folder: Path) -> None:
     if checkpoint is None or (folder / CHECKPOINT_FILE).exists():
         return
     with checkpoint.as_directory() as d:
-        if (Path(d) / CHECKPOINT_FILE).exists() and (Path(d) / "artifact_folder").read_text() == folder.name:
+        if (Path(d) / CHECKPOINT_FILE).exists() and (
+            Path(d) / "artifact_folder"
+        ).read_text() == folder.name:
             folder.mkdir(parents=True, exist_ok=True)
             shutil.copy(Path(d) / CHECKPOINT_FILE, folder / CHECKPOINT_FILE)
 
@@ -64,7 +66,9 @@ def train_fn_per_worker(loop_config: dict) -> None:
     cache = ArtifactCache(Path(loop_config["cache_dir"]))
     data = load_data(config)
     images = data.x.dim() == 4
-    split = TrainingSet.split(data.x, data.y, data.num_classes, config.data.label_percent, config.data.split_seed)
+    split = TrainingSet.split(
+        data.x, data.y, data.num_classes, config.data.label_percent, config.data.split_seed
+    )
     method = get_method(config.method)
     dist = Distributed() if local else Distributed.from_torch()
     device = _device(local)
@@ -107,7 +111,9 @@ def train_fn_per_worker(loop_config: dict) -> None:
             if not evaluator:
                 evaluator.append(build_evaluator(config, data, device))
             labels = torch.arange(data.num_classes).repeat_interleave(config.sample.num_per_class)
-            generation, warnings = evaluate_generation(samples, labels, data.num_classes, evaluator[0])
+            generation, warnings = evaluate_generation(
+                samples, labels, data.num_classes, evaluator[0]
+            )
             metrics.update(generation)
             tags["fid_feature_extractor"] = evaluator[0].extractor.name
             tags["eval_classifier"] = evaluator[0].classifier_key
@@ -118,7 +124,11 @@ def train_fn_per_worker(loop_config: dict) -> None:
     for position, artifact in enumerate(method.artifacts):
         frozen = {name: by_name[name] for name in artifact.needs}
         evaluate = None
-        if loop_config.get("eval_every_epoch") and position == len(method.artifacts) - 1 and dist.rank == 0:
+        if (
+            loop_config.get("eval_every_epoch")
+            and position == len(method.artifacts) - 1
+            and dist.rank == 0
+        ):
             # ASHA compares trials by the objective at each epoch of the method's last artifact.
             def evaluate(ema: torch.nn.Module, epoch: int, artifact=artifact) -> dict:  # noqa: ANN001
                 return {**evaluate_all({**trained, artifact.network: ema})[0], "eval_epoch": epoch}
@@ -126,9 +136,27 @@ def train_fn_per_worker(loop_config: dict) -> None:
         def train(folder: Path, artifact=artifact, frozen=frozen, evaluate=evaluate):  # noqa: ANN001, ANN202
             if not local:
                 _restore_from_train_checkpoint(folder)
-            return train_artifact(artifact, config, split, frozen=frozen, callback=report, checkpoint_dir=folder, evaluate=evaluate, device=device, distributed=dist)
+            return train_artifact(
+                artifact,
+                config,
+                split,
+                frozen=frozen,
+                callback=report,
+                checkpoint_dir=folder,
+                evaluate=evaluate,
+                device=device,
+                distributed=dist,
+            )
 
-        net, key, reused = cache.get_or_train(artifact, config, train, dim=data_dim(data.x), num_classes=data.num_classes, needs={n: keys[n] for n in artifact.needs}, distributed=dist)
+        net, key, reused = cache.get_or_train(
+            artifact,
+            config,
+            train,
+            dim=data_dim(data.x),
+            num_classes=data.num_classes,
+            needs={n: keys[n] for n in artifact.needs},
+            distributed=dist,
+        )
         net = net.to(device)
         keys[artifact.name] = key
         reused_flags[f"artifact_reused/{artifact.name}"] = float(reused)
@@ -143,18 +171,25 @@ def train_fn_per_worker(loop_config: dict) -> None:
     start = time.perf_counter()
     metrics, samples = evaluate_all(trained)
     evals_per_step = {"pc": 2, "em": 1, "ode": 2}[config.sample.sampler]
-    cost["cost/sampling_score_evals"] = float(evals_per_step * config.sample.num_steps * config.sample.num_per_class * data.num_classes)
+    cost["cost/sampling_score_evals"] = float(
+        evals_per_step * config.sample.num_steps * config.sample.num_per_class * data.num_classes
+    )
     cost["cost/eval_seconds"] = time.perf_counter() - start
     # The trial's records: artifacts' location, sample grid, final result (replayed after a restore).
     record = Path(loop_config["record_dir"])
     record.mkdir(parents=True, exist_ok=True)
-    (record / "artifacts.json").write_text(json.dumps({name: str(cache.root / key) for name, key in keys.items()}))
+    (record / "artifacts.json").write_text(
+        json.dumps({name: str(cache.root / key) for name, key in keys.items()})
+    )
     (record / "tags.json").write_text(json.dumps(tags))
     if samples is not None:
         from torchvision.utils import save_image
 
         save_image(samples, record / "samples.png", nrow=config.sample.num_per_class)
-    final = {k: float(v) for k, v in {**metrics, **cost, **reused_flags, "eval_epoch": epochs, "final": 1.0}.items()}
+    final = {
+        k: float(v)
+        for k, v in {**metrics, **cost, **reused_flags, "eval_epoch": epochs, "final": 1.0}.items()
+    }
     tmp = record / "final.json.tmp"
     tmp.write_text(json.dumps(final))
     os.replace(tmp, record / "final.json")

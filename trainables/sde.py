@@ -10,10 +10,21 @@ import torch
 class VESDE:
     """Variance-exploding SDE dx = g(t) dw with sigma(t) = sigma_min (sigma_max / sigma_min)^t."""
 
-    def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0, num_scales: int = 1000, eps: float = 1e-5):
+    def __init__(
+        self,
+        sigma_min: float = 0.01,
+        sigma_max: float = 50.0,
+        num_scales: int = 1000,
+        eps: float = 1e-5,
+    ):
         if not 0 < sigma_min < sigma_max:
             raise ValueError(f"need 0 < sigma_min < sigma_max, got {sigma_min}, {sigma_max}")
-        self.sigma_min, self.sigma_max, self.num_scales, self.eps = sigma_min, sigma_max, num_scales, eps
+        self.sigma_min, self.sigma_max, self.num_scales, self.eps = (
+            sigma_min,
+            sigma_max,
+            num_scales,
+            eps,
+        )
 
     @classmethod
     def from_config(cls, config) -> VESDE:  # noqa: ANN001 - SDEConfig
@@ -32,19 +43,25 @@ class VESDE:
         """Mean and std of p_t(x | x0) = N(x0, sigma(t)^2 I)."""
         return x0, self.sigma(t)
 
-    def sample_t(self, n: int, *, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
+    def sample_t(
+        self, n: int, *, generator: torch.Generator | None = None, device=None
+    ) -> torch.Tensor:
         """Training times t ~ U(eps, 1)."""
         u = torch.rand(n, generator=generator, device=device)
         return self.eps + (1 - self.eps) * u
 
-    def prior_sample(self, shape, *, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
+    def prior_sample(
+        self, shape, *, generator: torch.Generator | None = None, device=None
+    ) -> torch.Tensor:
         """x_T ~ N(0, sigma_max^2 I)."""
         return self.sigma_max * torch.randn(shape, generator=generator, device=device)
 
     def prior_logp(self, z: torch.Tensor) -> torch.Tensor:
         """Log density of the prior, per example."""
         d = z[0].numel()
-        return -d / 2 * math.log(2 * math.pi * self.sigma_max**2) - z.flatten(1).pow(2).sum(1) / (2 * self.sigma_max**2)
+        return -d / 2 * math.log(2 * math.pi * self.sigma_max**2) - z.flatten(1).pow(2).sum(1) / (
+            2 * self.sigma_max**2
+        )
 
     def discretize(self, num_steps: int | None = None) -> torch.Tensor:
         """Sampling noise levels sigma(t_i), t_i = linspace(1, eps, N): decreasing, float64 on CPU."""

@@ -9,13 +9,32 @@ def _fixed(params):
 
 
 def test_sc_methods_search_lambda_sc_and_scale_only():
-    trial = _fixed({"method": "CG-SC-all", "data.label_percent": 5, "loss.lambda_sc": 0.3, "sample.guidance_scale": 2.0})
+    trial = _fixed(
+        {
+            "method": "CG-SC-all",
+            "data.label_percent": 5,
+            "loss.lambda_sc": 0.3,
+            "sample.guidance_scale": 2.0,
+        }
+    )
     define_space(trial, ["CG-SC-all"], [5], {})
-    assert set(trial.params) == {"method", "data.label_percent", "loss.lambda_sc", "sample.guidance_scale"}
+    assert set(trial.params) == {
+        "method",
+        "data.label_percent",
+        "loss.lambda_sc",
+        "sample.guidance_scale",
+    }
 
 
 def test_joint_searches_lambda_joint_not_lambda_sc():
-    trial = _fixed({"method": "Joint-SC", "data.label_percent": 100, "loss.lambda_joint": 1.0, "sample.guidance_scale": 1.0})
+    trial = _fixed(
+        {
+            "method": "Joint-SC",
+            "data.label_percent": 100,
+            "loss.lambda_joint": 1.0,
+            "sample.guidance_scale": 1.0,
+        }
+    )
     define_space(trial, ["Joint-SC"], [100], {})
     assert "loss.lambda_joint" in trial.params and "loss.lambda_sc" not in trial.params
 
@@ -34,14 +53,28 @@ def test_cond_searches_no_weight_and_no_scale():
 
 
 def test_value_outside_range_is_flagged_by_fixed_trial():
-    trial = _fixed({"method": "CG-SC-labeled", "data.label_percent": 5, "loss.lambda_sc": 50.0, "sample.guidance_scale": 1.0})
+    trial = _fixed(
+        {
+            "method": "CG-SC-labeled",
+            "data.label_percent": 5,
+            "loss.lambda_sc": 50.0,
+            "sample.guidance_scale": 1.0,
+        }
+    )
     # lambda_SC is searched in [0.01, 10]; optuna flags 50 as out of range.
     with pytest.warns(UserWarning, match="out of the range"):
         define_space(trial, ["CG-SC-labeled"], [5], {})
 
 
 def test_paper_grid_preset_is_categorical():
-    trial = _fixed({"method": "CG-SC-all", "data.label_percent": 5, "loss.lambda_sc": 0.1, "sample.guidance_scale": 1.0})
+    trial = _fixed(
+        {
+            "method": "CG-SC-all",
+            "data.label_percent": 5,
+            "loss.lambda_sc": 0.1,
+            "sample.guidance_scale": 1.0,
+        }
+    )
     define_space(trial, ["CG-SC-all"], [5], {"loss.lambda_sc": Range(choices=PAPER_GRID)})
     assert trial.params["loss.lambda_sc"] == 0.1
 
@@ -75,8 +108,25 @@ def test_ranges_report_empty_and_negative():
 def test_cell_points_cover_every_cell_at_the_default_settings():
     from search_spaces import Range, cell_points
 
-    points = cell_points(["CG-SC-all", "Cond"], [5, 100], {"loss.lambda_sc": Range(choices=(0.01, 0.1, 1.0, 10.0)), "sample.guidance_scale": Range(2.0, 8.0)})
-    assert [(p["method"], p["data.label_percent"]) for p in points] == [("CG-SC-all", 5), ("CG-SC-all", 100), ("Cond", 5), ("Cond", 100)]
+    points = cell_points(
+        ["CG-SC-all", "Cond"],
+        [5, 100],
+        {
+            "loss.lambda_sc": Range(choices=(0.01, 0.1, 1.0, 10.0)),
+            "sample.guidance_scale": Range(2.0, 8.0),
+        },
+    )
+    assert [(p["method"], p["data.label_percent"]) for p in points] == [
+        ("CG-SC-all", 5),
+        ("CG-SC-all", 100),
+        ("Cond", 5),
+        ("Cond", 100),
+    ]
     # lambda_SC = 1 (the papers' choice); a range without 1 gives its geometric middle; Cond tunes nothing.
-    assert points[0] == {"method": "CG-SC-all", "data.label_percent": 5, "loss.lambda_sc": 1.0, "sample.guidance_scale": 4.0}
+    assert points[0] == {
+        "method": "CG-SC-all",
+        "data.label_percent": 5,
+        "loss.lambda_sc": 1.0,
+        "sample.guidance_scale": 4.0,
+    }
     assert points[2] == {"method": "Cond", "data.label_percent": 5}

@@ -26,7 +26,14 @@ FAST_CONFIG = {
 
 def _cli(*args, cwd, timeout=400):
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "MLFLOW_DISABLE_TELEMETRY": "true"}
-    return subprocess.run([sys.executable, "-m", "study", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "study", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -50,9 +57,15 @@ def finished_study(tmp_path_factory):
 
 def test_run_prints_table_and_ui_command(finished_study):
     _, study_dir, result = finished_study
-    assert "| CG |" in result.stdout and "| CG-SC-all |" in result.stdout and "| CFG-all |" in result.stdout
+    assert (
+        "| CG |" in result.stdout
+        and "| CG-SC-all |" in result.stdout
+        and "| CFG-all |" in result.stdout
+    )
     assert f"study ui {study_dir}" in result.stdout
-    assert (study_dir / "tables" / "comparison.md").exists() and (study_dir / "tables" / "comparison.csv").exists()
+    assert (study_dir / "tables" / "comparison.md").exists() and (
+        study_dir / "tables" / "comparison.csv"
+    ).exists()
 
 
 def test_mlflow_holds_one_parent_and_one_finished_child_per_trial(finished_study):
@@ -60,7 +73,7 @@ def test_mlflow_holds_one_parent_and_one_finished_child_per_trial(finished_study
     # Read from another process, as a researcher would.
     code = f"""
 import mlflow
-mlflow.set_tracking_uri("sqlite:///{study_dir / 'mlflow.db'}")
+mlflow.set_tracking_uri("sqlite:///{study_dir / "mlflow.db"}")
 runs = mlflow.search_runs(experiment_names=["e2e"])
 parent = runs[runs["tags.role"] == "study"]
 children = runs[runs["tags.role"] == "trial"]
@@ -115,7 +128,10 @@ def test_rerun_into_existing_study_is_refused_and_changes_nothing(finished_study
     result = _cli("run", "spec.yaml", cwd=root, timeout=120)
     assert result.returncode == 2
     assert "already holds a study; use 'study resume" in result.stderr
-    assert ((study_dir / "mlflow.db").stat().st_mtime_ns, (study_dir / "spec.yaml").read_text()) == before
+    assert (
+        (study_dir / "mlflow.db").stat().st_mtime_ns,
+        (study_dir / "spec.yaml").read_text(),
+    ) == before
 
 
 def test_ui_serves_the_study_store_on_localhost(finished_study):
@@ -130,19 +146,31 @@ def test_ui_serves_the_study_store_on_localhost(finished_study):
         port = s.getsockname()[1]
     env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
     log = open(root / "ui.log", "w")  # noqa: SIM115
-    proc = subprocess.Popen([sys.executable, "-m", "study", "ui", str(study_dir), "--port", str(port)], cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "study", "ui", str(study_dir), "--port", str(port)],
+        cwd=root,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 240  # about 15 s on an idle 2-core machine
         body = None
         while time.monotonic() < deadline and proc.poll() is None:
             try:
                 # The UI's REST API answers with the study's experiment from its SQLite store.
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/get-by-name?experiment_name=e2e", timeout=5) as response:
+                with urllib.request.urlopen(
+                    f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/get-by-name?experiment_name=e2e",
+                    timeout=5,
+                ) as response:
                     body = response.read().decode()
                 break
             except OSError:
                 time.sleep(1)
-        assert body is not None and '"name": "e2e"' in body.replace('":"', '": "'), (root / "ui.log").read_text()[-3000:]
+        assert body is not None and '"name": "e2e"' in body.replace('":"', '": "'), (
+            root / "ui.log"
+        ).read_text()[-3000:]
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)

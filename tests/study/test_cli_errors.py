@@ -9,7 +9,14 @@ import yaml
 
 def _cli(*args, cwd, timeout=120):
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
-    return subprocess.run([sys.executable, "-m", "study", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "study", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def _spec(tmp_path, **fields):
@@ -26,7 +33,9 @@ def test_unknown_method_exits_2_before_anything_is_written(tmp_path):
 
 
 def test_empty_search_range_exits_2(tmp_path):
-    result = _cli("run", str(_spec(tmp_path, search={"loss.lambda_sc": {"low": 1, "high": 1}})), cwd=tmp_path)
+    result = _cli(
+        "run", str(_spec(tmp_path, search={"loss.lambda_sc": {"low": 1, "high": 1}})), cwd=tmp_path
+    )
     assert result.returncode == 2 and "empty range" in result.stderr
 
 
@@ -39,7 +48,9 @@ def test_malformed_spec_exits_2(tmp_path):
 def test_unwritable_study_directory_exits_2(tmp_path):
     # A file where the study's parent folder should be: nothing can be created below it.
     (tmp_path / "file").write_text("x")
-    result = _cli("run", str(_spec(tmp_path, storage=str(tmp_path / "file" / "studies"))), cwd=tmp_path)
+    result = _cli(
+        "run", str(_spec(tmp_path, storage=str(tmp_path / "file" / "studies"))), cwd=tmp_path
+    )
     assert result.returncode == 2 and "not writable" in result.stderr
     assert (tmp_path / "file").read_text() == "x"
 

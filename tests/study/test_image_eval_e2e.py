@@ -33,7 +33,10 @@ def _spec(name, tmp_path, **kw):
         "label_percents": [50],
         "num_trials": 3,
         "objectives": [{"metric": "intra_fid", "mode": "min"}],
-        "search": {"loss.lambda_sc": {"choices": [1.0]}, "sample.guidance_scale": {"low": 0.5, "high": 4}},
+        "search": {
+            "loss.lambda_sc": {"choices": [1.0]},
+            "sample.guidance_scale": {"low": 0.5, "high": 4},
+        },
         "storage": str(tmp_path / "studies"),
         "resources": {"max_concurrent_trials": 2},
         "config": {**CONFIG, "eval.cache_dir": str(tmp_path / "shared-cache")},
@@ -45,7 +48,14 @@ def _spec(name, tmp_path, **kw):
 
 def _cli(*args, cwd, timeout=600):
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "MLFLOW_DISABLE_TELEMETRY": "true"}
-    return subprocess.run([sys.executable, "-m", "study", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "study", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def test_tiny_images_study_reports_the_papers_metrics(tmp_path):
@@ -59,9 +69,15 @@ def test_tiny_images_study_reports_the_papers_metrics(tmp_path):
         assert column in result.stdout, result.stdout
     tables = tmp_path / "studies" / "first" / "tables"
     per_class = (tables / "per_class.md").read_text()
-    assert "CG-SC-all / 3" in per_class and "50% intra_fid" in per_class and "50% gen_accuracy" in per_class
+    assert (
+        "CG-SC-all / 3" in per_class
+        and "50% intra_fid" in per_class
+        and "50% gen_accuracy" in per_class
+    )
     curves = sorted(p.name for p in tables.glob("guidance_*.png"))
-    assert {"guidance_fid.png", "guidance_intra_fid.png", "guidance_gen_accuracy.png"} <= set(curves)
+    assert {"guidance_fid.png", "guidance_intra_fid.png", "guidance_gen_accuracy.png"} <= set(
+        curves
+    )
 
     uri = f"sqlite:///{tmp_path / 'studies' / 'first' / 'mlflow.db'}"
     runs = load_runs(uri, "first")
@@ -70,12 +86,16 @@ def test_tiny_images_study_reports_the_papers_metrics(tmp_path):
     client = MlflowClient(uri)
     tags = client.get_run(runs["run_id"].iloc[0]).data.tags
     assert tags["fid_feature_extractor"].startswith("eval classifier eval_classifier-")
-    parent = client.search_runs([client.get_experiment_by_name("first").experiment_id], "tags.role = 'study'")[0]
+    parent = client.search_runs(
+        [client.get_experiment_by_name("first").experiment_id], "tags.role = 'study'"
+    )[0]
     report = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
     assert {"report/comparison.md", "report/per_class.md", "report/guidance_fid.png"} <= report
 
     # A second study on the same data reuses the cached reference statistics and evaluation classifier.
-    again = _cli("run", _spec("second", tmp_path, num_trials=1, methods=["CFG-all"]), "--quiet", cwd=tmp_path)
+    again = _cli(
+        "run", _spec("second", tmp_path, num_trials=1, methods=["CFG-all"]), "--quiet", cwd=tmp_path
+    )
     assert again.returncode == 0, again.stderr[-3000:]
     second = load_runs(f"sqlite:///{tmp_path / 'studies' / 'second' / 'mlflow.db'}", "second")
     assert second["reference_stats_reused"].eq(1).all()
@@ -84,7 +104,15 @@ def test_tiny_images_study_reports_the_papers_metrics(tmp_path):
 
 
 def test_missing_inception_weights_stop_the_spec_before_anything_runs(tmp_path):
-    spec = _spec("nope", tmp_path, config={**CONFIG, "eval.feature_extractor": "inception", "eval.inception_weights": str(tmp_path / "missing.pt")})
+    spec = _spec(
+        "nope",
+        tmp_path,
+        config={
+            **CONFIG,
+            "eval.feature_extractor": "inception",
+            "eval.inception_weights": str(tmp_path / "missing.pt"),
+        },
+    )
     result = _cli("run", spec, cwd=tmp_path, timeout=120)
     assert result.returncode == 2 and "Inception weights not found" in result.stderr
     assert not (tmp_path / "studies").exists()

@@ -35,11 +35,20 @@ SPEC = {
 
 def _cli(*args, cwd, timeout=600):
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "MLFLOW_DISABLE_TELEMETRY": "true"}
-    return subprocess.run([sys.executable, "-m", "study", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "study", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def test_each_family_trains_on_two_train_workers(tmp_path):
-    (tmp_path / "spec.yaml").write_text(yaml.safe_dump({**SPEC, "storage": str(tmp_path / "studies")}))
+    (tmp_path / "spec.yaml").write_text(
+        yaml.safe_dump({**SPEC, "storage": str(tmp_path / "studies")})
+    )
     result = _cli("run", "spec.yaml", cwd=tmp_path)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     assert "guided_dsm" in result.stdout and "| Joint-SC |" in result.stdout
@@ -60,11 +69,20 @@ def test_each_family_trains_on_two_train_workers(tmp_path):
     kept = list((study_dir / "train").glob("train-*/checkpoint_*/checkpoint.pt"))
     assert len(kept) == 3
     # Every artifact the workers trained is in the cache once: score, classifier, joint, conditional.
-    assert sorted(p.name.split("-")[0] for p in (study_dir / "artifacts").iterdir()) == ["classifier", "conditional", "joint", "score"]
+    assert sorted(p.name.split("-")[0] for p in (study_dir / "artifacts").iterdir()) == [
+        "classifier",
+        "conditional",
+        "joint",
+        "score",
+    ]
 
 
 def test_more_workers_than_the_cluster_has_is_refused_before_anything_is_written(tmp_path):
-    spec = {**SPEC, "storage": str(tmp_path / "studies"), "resources": {"cpus_per_trial": 1, "num_workers": 64}}
+    spec = {
+        **SPEC,
+        "storage": str(tmp_path / "studies"),
+        "resources": {"cpus_per_trial": 1, "num_workers": 64},
+    }
     (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
     result = _cli("run", "spec.yaml", cwd=tmp_path, timeout=180)
     assert result.returncode == 2
@@ -86,12 +104,24 @@ def test_a_killed_train_worker_is_restarted_and_resumes_from_its_checkpoint(tmp_
         "methods": ["Cond"],
         "num_trials": 1,
         "storage": str(tmp_path / "studies"),
-        "resources": {"cpus_per_trial": 0.95, "num_workers": 2, "max_concurrent_trials": 1, "max_failures": 2},
+        "resources": {
+            "cpus_per_trial": 0.95,
+            "num_workers": 2,
+            "max_concurrent_trials": 1,
+            "max_failures": 2,
+        },
         "config": {**SPEC["config"], "train.steps": 160, "train.steps_per_epoch": 20},
     }
     (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "MLFLOW_DISABLE_TELEMETRY": "true"}
-    proc = subprocess.Popen([sys.executable, "-m", "study", "run", "spec.yaml"], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "study", "run", "spec.yaml"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     killed = None
     lines = []
     deadline = time.monotonic() + 500
@@ -100,7 +130,9 @@ def test_a_killed_train_worker_is_restarted_and_resumes_from_its_checkpoint(tmp_
         assert time.monotonic() < deadline, "".join(lines[-30:])
         if killed is None and "epoch 2 " in line:
             # A real failure: SIGKILL one Ray Train worker process in the middle of training.
-            out = subprocess.run(["pgrep", "-f", "ray::RayTrainWorker"], capture_output=True, text=True).stdout.split()
+            out = subprocess.run(
+                ["pgrep", "-f", "ray::RayTrainWorker"], capture_output=True, text=True
+            ).stdout.split()
             assert out, "no Train worker process found"
             killed = int(out[0])
             os.kill(killed, signal.SIGKILL)

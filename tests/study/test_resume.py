@@ -49,7 +49,15 @@ def test_kill_then_resume_keeps_one_run_per_trial(tmp_path):
     spec = {**SPEC, "storage": str(tmp_path / "studies")}
     (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
     study_dir = tmp_path / "studies" / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "study", "run", "spec.yaml"], cwd=tmp_path, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "study", "run", "spec.yaml"],
+        cwd=tmp_path,
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     deadline = time.monotonic() + 300
     seen_end = False
     try:
@@ -70,7 +78,14 @@ def test_kill_then_resume_keeps_one_run_per_trial(tmp_path):
     assert (before["status"] == "RUNNING").any(), before[["trial_id", "status"]]
     interrupted = set(before.loc[before["status"] == "RUNNING", "trial_id"])
 
-    resumed = subprocess.run([sys.executable, "-m", "study", "resume", str(study_dir)], cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=400)
+    resumed = subprocess.run(
+        [sys.executable, "-m", "study", "resume", str(study_dir)],
+        cwd=tmp_path,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
     assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-3000:]
     assert "| CG-SC-all |" in resumed.stdout and "| CFG-all |" in resumed.stdout
 

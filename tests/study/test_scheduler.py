@@ -13,7 +13,15 @@ def _trial(trial_id, method, pct=20.0):
 
 
 def _asha():
-    return _cell_aware_asha()(time_attr="eval_epoch", metric="m", mode="max", max_t=4, grace_period=1, reduction_factor=2, stop_last_trials=False)
+    return _cell_aware_asha()(
+        time_attr="eval_epoch",
+        metric="m",
+        mode="max",
+        max_t=4,
+        grace_period=1,
+        reduction_factor=2,
+        stop_last_trials=False,
+    )
 
 
 def test_asha_stops_a_bad_search_trial_but_not_a_cells_first_trial():
@@ -27,12 +35,21 @@ def test_asha_stops_a_bad_search_trial_but_not_a_cells_first_trial():
     bracket = asha._trial_info["a"]
     for t in trials:
         asha._trial_info[t.trial_id] = bracket
-    assert asha.on_trial_result(None, trials[0], {"eval_epoch": 1, "m": 0.9}) == TrialScheduler.CONTINUE
+    assert (
+        asha.on_trial_result(None, trials[0], {"eval_epoch": 1, "m": 0.9})
+        == TrialScheduler.CONTINUE
+    )
     assert asha.on_trial_result(None, trials[1], {"eval_epoch": 1, "m": 0.8}) == TrialScheduler.STOP
     # The first CFG-all trial is far worse, but it is its cell's only guaranteed trial.
-    assert asha.on_trial_result(None, trials[3], {"eval_epoch": 1, "m": 0.1}) == TrialScheduler.CONTINUE
+    assert (
+        asha.on_trial_result(None, trials[3], {"eval_epoch": 1, "m": 0.1})
+        == TrialScheduler.CONTINUE
+    )
     # Results without the time attribute or the metric (per-epoch training losses) are ignored.
-    assert asha.on_trial_result(None, trials[2], {"epoch": 1, "score/loss": 1.0}) == TrialScheduler.CONTINUE
+    assert (
+        asha.on_trial_result(None, trials[2], {"epoch": 1, "score/loss": 1.0})
+        == TrialScheduler.CONTINUE
+    )
 
 
 def _spec(**kw):
@@ -40,7 +57,16 @@ def _spec(**kw):
 
 
 def test_asha_spec_defaults_to_the_first_objective_and_the_epoch_count():
-    spec = validate(_spec(scheduler="asha", objectives=[{"metric": "gen_accuracy", "mode": "max"}, {"metric": "energy_distance", "mode": "min"}], config={"train.steps": 100, "train.steps_per_epoch": 30}))
+    spec = validate(
+        _spec(
+            scheduler="asha",
+            objectives=[
+                {"metric": "gen_accuracy", "mode": "max"},
+                {"metric": "energy_distance", "mode": "min"},
+            ],
+            config={"train.steps": 100, "train.steps_per_epoch": 30},
+        )
+    )
     assert spec.scheduler.metric == "gen_accuracy" and spec.to_dict()["scheduler"]["type"] == "asha"
     asha = _scheduler(spec)
     assert asha._max_t == 4 and asha._metric == "gen_accuracy" and asha._time_attr == "eval_epoch"

@@ -21,7 +21,10 @@ def test_all_errors_reported_at_once(tmp_path):
     bad = {
         "methods": ["CG", "CG-SC"],
         "label_percents": [0, 50, 120],
-        "search": {"loss.lambda_sc": {"low": 5, "high": 1}, "sample.guidance_scale": {"low": -1, "high": 2, "log": False}},
+        "search": {
+            "loss.lambda_sc": {"low": 5, "high": 1},
+            "sample.guidance_scale": {"low": -1, "high": 2, "log": False},
+        },
         "scheduler": "hyperband",
         "objectives": [{"metric": "fid", "mode": "lowest"}],
         "colour": "blue",
@@ -29,7 +32,16 @@ def test_all_errors_reported_at_once(tmp_path):
     with pytest.raises(SpecError) as err:
         load_spec(_write(tmp_path, bad))
     msg = str(err.value)
-    for needle in ["unknown method 'CG-SC'", "0 is outside (0, 100]", "120 is outside", "empty range", "must be >= 0", "unknown scheduler 'hyperband'", "mode: min|max", "unknown spec key 'colour'"]:
+    for needle in [
+        "unknown method 'CG-SC'",
+        "0 is outside (0, 100]",
+        "120 is outside",
+        "empty range",
+        "must be >= 0",
+        "unknown scheduler 'hyperband'",
+        "mode: min|max",
+        "unknown spec key 'colour'",
+    ]:
         assert needle in msg, needle
 
 
@@ -51,8 +63,15 @@ def test_unknown_dataset_names_choices(tmp_path):
 
 
 def test_missing_cifar_names_the_folder_and_the_download_option(tmp_path):
-    spec = {"dataset": "cifar10", "preset": "cifar10", "config": {"data.root": str(tmp_path / "nowhere")}}
-    with pytest.raises(SpecError, match=r"cifar10 not found: expected .*nowhere/cifar-10-batches-py.*data.download: true"):
+    spec = {
+        "dataset": "cifar10",
+        "preset": "cifar10",
+        "config": {"data.root": str(tmp_path / "nowhere")},
+    }
+    with pytest.raises(
+        SpecError,
+        match=r"cifar10 not found: expected .*nowhere/cifar-10-batches-py.*data.download: true",
+    ):
         load_spec(_write(tmp_path, spec))
 
 

@@ -10,11 +10,23 @@ def _key(method, index, **flat):
 
 def test_guidance_and_sampler_never_change_an_artifact_key():
     base = _key("CG-SC-all", 1)
-    assert _key("CG-SC-all", 1, **{"sample.guidance_scale": 3.0, "sample.sampler": "pc", "sample.num_steps": 7}) == base
+    assert (
+        _key(
+            "CG-SC-all",
+            1,
+            **{"sample.guidance_scale": 3.0, "sample.sampler": "pc", "sample.num_steps": 7},
+        )
+        == base
+    )
 
 
 def test_score_model_is_shared_across_cg_family_label_percents_and_lambda_sc():
-    keys = {_key(m, 0, **{"data.label_percent": p, "loss.lambda_sc": lam}) for m in ("CG", "CG-SC-labeled", "CG-SC-all", "CG-DLSM") for p in (5, 100) for lam in (0.1, 1.0)}
+    keys = {
+        _key(m, 0, **{"data.label_percent": p, "loss.lambda_sc": lam})
+        for m in ("CG", "CG-SC-labeled", "CG-SC-all", "CG-DLSM")
+        for p in (5, 100)
+        for lam in (0.1, 1.0)
+    }
     assert len(keys) == 1
 
 

@@ -4,18 +4,28 @@ from trainables.config import PRESETS, TrialConfig, flat_keys, from_flat, overri
 
 
 def test_flat_round_trip():
-    config = from_flat({"method": "Joint-SC", "loss.lambda_joint": 0.1, "data.label_percent": 5}, preset="toy")
+    config = from_flat(
+        {"method": "Joint-SC", "loss.lambda_joint": 0.1, "data.label_percent": 5}, preset="toy"
+    )
     assert from_flat(to_flat(config)) == config
     assert set(to_flat(config)) == set(flat_keys())
 
 
 def test_strings_are_cast_to_the_schema_type():
-    config = override(TrialConfig(), {"train.steps": "300", "loss.lambda_sc": "0.1", "eval.sigmas": "0.1,0.5"})
-    assert config.train.steps == 300 and config.loss.lambda_sc == 0.1 and config.eval.sigmas == (0.1, 0.5)
+    config = override(
+        TrialConfig(), {"train.steps": "300", "loss.lambda_sc": "0.1", "eval.sigmas": "0.1,0.5"}
+    )
+    assert (
+        config.train.steps == 300
+        and config.loss.lambda_sc == 0.1
+        and config.eval.sigmas == (0.1, 0.5)
+    )
 
 
 def test_typo_gets_a_close_match():
-    with pytest.raises(ValueError, match=r"unknown config key 'loss.lamda_sc'; did you mean 'loss.lambda_sc'"):
+    with pytest.raises(
+        ValueError, match=r"unknown config key 'loss.lamda_sc'; did you mean 'loss.lambda_sc'"
+    ):
         override(TrialConfig(), {"loss.lamda_sc": 1.0})
 
 

@@ -13,7 +13,14 @@ from trainables.data.toy import make_toy
 from trainables.fit import Distributed, TrainingSet, train_artifact
 from trainables.methods import get_method
 
-FAST = {"train.steps": 12, "train.steps_per_epoch": 6, "train.batch_size": 32, "model.hidden": 16, "model.depth": 1, "data.label_percent": 20}
+FAST = {
+    "train.steps": 12,
+    "train.steps_per_epoch": 6,
+    "train.batch_size": 32,
+    "model.hidden": 16,
+    "model.depth": 1,
+    "data.label_percent": 20,
+}
 
 
 def _setup(method):
@@ -37,7 +44,16 @@ def _rank(rank, port, method, position, out_dir, cache_dir):
         cache = ArtifactCache(cache_dir)
         flags = []
         for _ in range(2):
-            _, _, reused = cache.get_or_train(artifact, config, lambda folder: train_artifact(artifact, config, split, checkpoint_dir=folder, distributed=group), dim=2, num_classes=2, distributed=group)
+            _, _, reused = cache.get_or_train(
+                artifact,
+                config,
+                lambda folder: train_artifact(
+                    artifact, config, split, checkpoint_dir=folder, distributed=group
+                ),
+                dim=2,
+                num_classes=2,
+                distributed=group,
+            )
             flags.append(reused)
         torch.save(flags, os.path.join(out_dir, f"flags{rank}.pt"))
     finally:
@@ -56,7 +72,12 @@ def test_two_ranks_match_one_process(tmp_path, method, position):
     single = train_artifact(get_method(method).artifacts[position], config, split)
     port = _free_port()
     ctx = mp.get_context("fork")
-    procs = [ctx.Process(target=_rank, args=(r, port, method, position, str(tmp_path), str(tmp_path / "cache"))) for r in range(2)]
+    procs = [
+        ctx.Process(
+            target=_rank, args=(r, port, method, position, str(tmp_path), str(tmp_path / "cache"))
+        )
+        for r in range(2)
+    ]
     for p in procs:
         p.start()
     for p in procs:

@@ -26,15 +26,21 @@ def test_fid_of_a_set_against_its_own_statistics_is_zero_and_a_shift_adds_its_sq
     assert abs(fid(Stats.of(feats), Stats.of(feats))) < 1e-6
     # Same covariance, mean moved by delta: FID = ||delta||^2 exactly.
     delta = np.array([1.0, -2.0, 0.5, 0, 0, 0, 0, 3.0])
-    assert fid(Stats.of(feats + delta), Stats.of(feats)) == pytest.approx(float(delta @ delta), rel=1e-6)
+    assert fid(Stats.of(feats + delta), Stats.of(feats)) == pytest.approx(
+        float(delta @ delta), rel=1e-6
+    )
     # A larger shift gives a larger FID.
-    assert fid(Stats.of(feats + 2 * delta), Stats.of(feats)) > fid(Stats.of(feats + delta), Stats.of(feats))
+    assert fid(Stats.of(feats + 2 * delta), Stats.of(feats)) > fid(
+        Stats.of(feats + delta), Stats.of(feats)
+    )
 
 
 def test_inception_score_bounds():
     k = 5
     assert inception_score(np.full((100, k), 1.0 / k), splits=10)[0] == pytest.approx(1.0)
-    assert inception_score(np.eye(k)[np.arange(100) % k], splits=10)[0] == pytest.approx(k, rel=1e-6)
+    assert inception_score(np.eye(k)[np.arange(100) % k], splits=10)[0] == pytest.approx(
+        k, rel=1e-6
+    )
 
 
 class _Counting(FeatureExtractor):
@@ -48,7 +54,12 @@ class _Counting(FeatureExtractor):
             x = images.flatten(2)
             return torch.cat([x.mean(2), x[:, :, ::37].flatten(1)], 1).double().numpy()
 
-        super().__init__("test extractor", features, lambda images: torch.softmax(images.flatten(1)[:, :4] * 5, 1).double().numpy(), "test-v1")
+        super().__init__(
+            "test extractor",
+            features,
+            lambda images: torch.softmax(images.flatten(1)[:, :4] * 5, 1).double().numpy(),
+            "test-v1",
+        )
 
 
 def test_intra_fid_is_the_mean_of_per_class_fids_and_accuracy_counts_the_intended_class():
@@ -58,15 +69,22 @@ def test_intra_fid_is_the_mean_of_per_class_fids_and_accuracy_counts_the_intende
     labels = data.test_y
     predicted = labels.numpy().copy()
     predicted[:50] = (predicted[:50] + 1) % 4  # 50 of 200 misclassified
-    metrics, warnings = generation_metrics(data.test_x, labels, 4, extractor, reference, lambda x: predicted)
+    metrics, warnings = generation_metrics(
+        data.test_x, labels, 4, extractor, reference, lambda x: predicted
+    )
     per_class = [metrics[f"intra_fid_class{k}"] for k in range(4)]
     assert metrics["intra_fid"] == pytest.approx(np.mean(per_class))
     assert metrics["gen_accuracy"] == pytest.approx(0.75)
-    assert np.mean([metrics[f"gen_accuracy_class{k}"] for k in range(4)]) == pytest.approx(0.75, abs=0.02)
+    assert np.mean([metrics[f"gen_accuracy_class{k}"] for k in range(4)]) == pytest.approx(
+        0.75, abs=0.02
+    )
     assert 1.0 <= metrics["inception_score"] <= 4.0
     # Held-out real images are close to the training statistics; noise images are far.
     noise = torch.rand_like(data.test_x)
-    assert metrics["fid"] < generation_metrics(noise, labels, 4, extractor, reference, lambda x: predicted)[0]["fid"]
+    assert (
+        metrics["fid"]
+        < generation_metrics(noise, labels, 4, extractor, reference, lambda x: predicted)[0]["fid"]
+    )
     assert warnings == [] and metrics["fid_warning"] == 0
 
 
@@ -74,7 +92,9 @@ def test_too_few_samples_for_the_feature_dimension_is_a_warning_not_a_silent_num
     data = tiny_images(400, 16, size=8, seed=0)
     extractor = _Counting()
     reference = class_stats(extractor.features(data.x), data.y.numpy(), 4)
-    metrics, warnings = generation_metrics(data.test_x, data.test_y, 4, extractor, reference, lambda x: data.test_y.numpy())
+    metrics, warnings = generation_metrics(
+        data.test_x, data.test_y, 4, extractor, reference, lambda x: data.test_y.numpy()
+    )
     assert metrics["fid_warning"] == 1 and any("biased high" in w for w in warnings)
 
 
@@ -92,7 +112,10 @@ def test_reference_statistics_are_computed_once(tmp_path):
 
 
 def test_missing_inception_weights_name_the_fix(tmp_path):
-    with pytest.raises(EvalError, match="Inception weights not found at .*nope.pt.*eval.inception_weights.*eval_classifier"):
+    with pytest.raises(
+        EvalError,
+        match="Inception weights not found at .*nope.pt.*eval.inception_weights.*eval_classifier",
+    ):
         check_inception(str(tmp_path / "nope.pt"))
 
 
@@ -124,7 +147,15 @@ def test_inception_path_resizes_to_299_and_uses_the_detector(tmp_path):
 def test_eval_classifier_accuracy_on_real_held_out_images_equals_its_test_accuracy(tmp_path):
     from trainables.image_eval import build_evaluator, evaluate_generation
 
-    config = from_flat({"data.num_train": 128, "data.num_test": 64, "eval.classifier_steps": 30, "eval.cache_dir": str(tmp_path)}, preset="tiny-images")
+    config = from_flat(
+        {
+            "data.num_train": 128,
+            "data.num_test": 64,
+            "eval.classifier_steps": 30,
+            "eval.cache_dir": str(tmp_path),
+        },
+        preset="tiny-images",
+    )
     data = tiny_images(128, 64, 16, 0)
     evaluator = build_evaluator(config, data, log=lambda *a: None)
     metrics, _ = evaluate_generation(data.test_x, data.test_y, 4, evaluator)

@@ -12,7 +12,13 @@ from trainables.fit import (
 )
 from trainables.methods import get_method
 
-FAST = {"train.steps": 40, "train.steps_per_epoch": 10, "train.batch_size": 32, "model.hidden": 16, "model.depth": 1}
+FAST = {
+    "train.steps": 40,
+    "train.steps_per_epoch": 10,
+    "train.batch_size": 32,
+    "model.hidden": 16,
+    "model.depth": 1,
+}
 
 
 def _setup(method="CG-SC-all"):
@@ -30,7 +36,12 @@ def test_callback_gets_per_epoch_metrics():
     seen = []
     train_artifact(get_method("CG-SC-all").artifacts[1], config, split, callback=seen.append)
     assert [m["epoch"] for m in seen] == [1, 2, 3, 4]
-    assert {"classifier/loss", "classifier/ce_labeled", "classifier/sc_all", "classifier/grad_norm"} <= set(seen[0])
+    assert {
+        "classifier/loss",
+        "classifier/ce_labeled",
+        "classifier/sc_all",
+        "classifier/grad_norm",
+    } <= set(seen[0])
 
 
 def test_resumed_run_reaches_the_same_weights(tmp_path):
@@ -62,7 +73,17 @@ def test_cg_dlsm_trains_against_the_frozen_score_model():
 def test_every_method_trains_and_evaluates_on_toy_data():
     data = make_toy("gmm2", 200, 100, seed=0)
     for name in ("CG", "Joint-SC", "Cond", "CFG-all"):
-        config = from_flat({"method": name, "data.label_percent": 20, "sample.num_steps": 10, "sample.num_per_class": 20, "eval.num_points": 50, **FAST}, preset="toy")
+        config = from_flat(
+            {
+                "method": name,
+                "data.label_percent": 20,
+                "sample.num_steps": 10,
+                "sample.num_per_class": 20,
+                "eval.num_points": 50,
+                **FAST,
+            },
+            preset="toy",
+        )
         nets = train_method(config, TrainingSet.split(data.x, data.y, 2, 20, 0))
         metrics = evaluate_toy(config, nets, data)
         assert 0.0 <= metrics["gen_accuracy"] <= 1.0

@@ -42,7 +42,9 @@ def _write_folder(root, sizes):
     for cls, size_list in sizes.items():
         (root / cls).mkdir(parents=True)
         for i, size in enumerate(size_list):
-            Image.fromarray(np.full((size, size, 3), (40 * i) % 256, dtype=np.uint8)).save(root / cls / f"{i}.png")
+            Image.fromarray(np.full((size, size, 3), (40 * i) % 256, dtype=np.uint8)).save(
+                root / cls / f"{i}.png"
+            )
 
 
 def test_image_folder_loads_classes_and_holds_out_a_stratified_tenth(tmp_path):
@@ -68,8 +70,14 @@ def test_bad_image_folders_are_refused_with_the_fix(tmp_path, layout, needle):
 
 def test_missing_folder_and_missing_cifar_name_the_fix(tmp_path):
     with pytest.raises(DatasetError, match="does not exist; set data.root"):
-        check_images(from_flat({"data.name": "folder", "data.root": str(tmp_path / "none")}, preset="tiny-images").data)
-    with pytest.raises(DatasetError, match="cifar100 not found.*cifar-100-python.*data.download: true"):
+        check_images(
+            from_flat(
+                {"data.name": "folder", "data.root": str(tmp_path / "none")}, preset="tiny-images"
+            ).data
+        )
+    with pytest.raises(
+        DatasetError, match="cifar100 not found.*cifar-100-python.*data.download: true"
+    ):
         check_cifar("cifar100", str(tmp_path), download=False)
 
 
@@ -81,7 +89,13 @@ def test_random_flip_flips_about_half_and_only_horizontally():
     torch.testing.assert_close(out[flipped], x[flipped].flip(-1))
 
 
-FAST = {"train.steps": 8, "train.steps_per_epoch": 4, "train.batch_size": 8, "data.num_train": 64, "data.num_test": 32}
+FAST = {
+    "train.steps": 8,
+    "train.steps_per_epoch": 4,
+    "train.batch_size": 8,
+    "data.num_train": 64,
+    "data.num_test": 32,
+}
 
 
 def _image_setup(method):
@@ -103,8 +117,18 @@ def test_image_training_stopped_after_a_checkpoint_resumes_to_the_same_weights(t
 
 def test_checkpoint_every_k_steps(tmp_path):
     config, _, split = _image_setup("CG")
-    config = from_flat({**FAST, "method": "CG", "train.checkpoint_every": 3, "train.steps_per_epoch": 100}, preset="tiny-images")
-    train_artifact(get_method("CG").artifacts[0], config, split, checkpoint_dir=tmp_path, stop_after=None, callback=None)
+    config = from_flat(
+        {**FAST, "method": "CG", "train.checkpoint_every": 3, "train.steps_per_epoch": 100},
+        preset="tiny-images",
+    )
+    train_artifact(
+        get_method("CG").artifacts[0],
+        config,
+        split,
+        checkpoint_dir=tmp_path,
+        stop_after=None,
+        callback=None,
+    )
     assert load_checkpoint(tmp_path / CHECKPOINT_FILE)["step"] == 8  # 3, 6, then the end
 
 
@@ -145,7 +169,10 @@ def test_guided_dsm_prefers_the_true_score_direction():
 
 def test_bf16_autocast_trains_the_sc_classifier_with_finite_losses():
     config, _, split = _image_setup("CG-SC-all")
-    config = from_flat({"method": "CG-SC-all", "data.label_percent": 25, **FAST, "train.precision": "bf16"}, preset="tiny-images")
+    config = from_flat(
+        {"method": "CG-SC-all", "data.label_percent": 25, **FAST, "train.precision": "bf16"},
+        preset="tiny-images",
+    )
     seen = []
     net = train_artifact(get_method("CG-SC-all").artifacts[1], config, split, callback=seen.append)
     assert all(np.isfinite(m["classifier/loss"]) for m in seen)
@@ -158,11 +185,28 @@ def test_class_conditional_sampling_is_batched_across_classes_and_deterministic(
 
     config, data, split = _image_setup("Cond")
     nets = train_method(config, split)
-    small = from_flat({"method": "Cond", "sample.num_per_class": 3, "sample.num_steps": 4, "sample.batch_size": 5}, preset="tiny-images")
+    small = from_flat(
+        {
+            "method": "Cond",
+            "sample.num_per_class": 3,
+            "sample.num_steps": 4,
+            "sample.batch_size": 5,
+        },
+        preset="tiny-images",
+    )
     a, y = sample_classes(small, nets, 4, (3, 16, 16))
     b, _ = sample_classes(small, nets, 4, (3, 16, 16))
     torch.testing.assert_close(a, b, rtol=0, atol=0)
     assert torch.bincount(y).tolist() == [3, 3, 3, 3] and torch.isfinite(a).all()
     # Another seed gives other samples.
-    other = from_flat({"method": "Cond", "sample.num_per_class": 3, "sample.num_steps": 4, "sample.batch_size": 5, "sample.seed": 1}, preset="tiny-images")
+    other = from_flat(
+        {
+            "method": "Cond",
+            "sample.num_per_class": 3,
+            "sample.num_steps": 4,
+            "sample.batch_size": 5,
+            "sample.seed": 1,
+        },
+        preset="tiny-images",
+    )
     assert not torch.equal(sample_classes(other, nets, 4, (3, 16, 16))[0], a)

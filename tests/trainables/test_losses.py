@@ -62,7 +62,9 @@ def test_dlsm_of_exact_posterior_and_score_is_residual_of_exact_conditional_scor
     dist, x, y, sigma, z = setting
     # grad log p(y|x) + grad log p(x) = grad log p(x|y): DLSM reduces to the conditional score residual.
     dlsm = losses.dlsm_loss(dist.log_joint, dist.score, x, sigma, z, y)
-    expected = losses.score_matching_residual(dist.cond_score(x + sigma[:, None] * z, sigma, y), sigma, z, "none")
+    expected = losses.score_matching_residual(
+        dist.cond_score(x + sigma[:, None] * z, sigma, y), sigma, z, "none"
+    )
     torch.testing.assert_close(dlsm, expected)
 
 
@@ -85,7 +87,9 @@ def test_cfg_guidance_combines_conditional_and_null():
         return x * 0 + y[:, None].double()
 
     y = torch.tensor([1, 2])
-    out = classifier_free_guidance(cond, y, null_label=5, w=2.0)(torch.zeros(2, 2, dtype=torch.float64), torch.ones(2))
+    out = classifier_free_guidance(cond, y, null_label=5, w=2.0)(
+        torch.zeros(2, 2, dtype=torch.float64), torch.ones(2)
+    )
     # (1 + w) y - w null = 3 y - 10.
     torch.testing.assert_close(out, torch.tensor([[-7.0, -7.0], [-4.0, -4.0]], dtype=torch.float64))
 
@@ -99,7 +103,9 @@ def test_qc_loss_over_all_rademacher_probes_is_half_asymmetry():
     x = torch.zeros(1, 2, dtype=torch.float64)
     sigma = torch.ones(1, dtype=torch.float64)
     probes = [torch.tensor([[i, j]], dtype=torch.float64) for i in (-1, 1) for j in (-1, 1)]
-    mean = torch.stack([losses.qc_loss(_linear_score(a), x, sigma, torch.zeros_like(x), v) for v in probes]).mean()
+    mean = torch.stack(
+        [losses.qc_loss(_linear_score(a), x, sigma, torch.zeros_like(x), v) for v in probes]
+    ).mean()
     # E_v[||J^T v||^2 - v^T J J v] = ||J - J^T||_F^2 / 2 exactly over Rademacher v.
     assert mean.item() == pytest.approx(0.5 * (a - a.T).pow(2).sum().item())
 
@@ -108,7 +114,10 @@ def test_qc_loss_is_zero_for_a_conservative_score():
     a = torch.tensor([[2.0, 0.7], [0.7, 1.0]], dtype=torch.float64)
     v = torch.tensor([[1.0, -1.0]], dtype=torch.float64)
     x = torch.zeros(1, 2, dtype=torch.float64)
-    assert losses.qc_loss(_linear_score(a), x, torch.ones(1), torch.zeros_like(x), v).abs().item() < 1e-12
+    assert (
+        losses.qc_loss(_linear_score(a), x, torch.ones(1), torch.zeros_like(x), v).abs().item()
+        < 1e-12
+    )
 
 
 def test_asymmetry_metrics_of_linear_scores():
@@ -142,7 +151,10 @@ def test_shared_forward_ce_and_sc_equal_the_separate_terms():
     torch.testing.assert_close(ce, ce_loss(net, x[labeled], sigma[labeled], z[labeled], y[labeled]))
     torch.testing.assert_close(sc, sc_loss(net, x, sigma, z))
     fused = torch.autograd.grad(ce.mean() + 0.5 * sc.mean(), list(net.parameters()))
-    separate_loss = ce_loss(net, x[labeled], sigma[labeled], z[labeled], y[labeled]).mean() + 0.5 * sc_loss(net, x, sigma, z).mean()
+    separate_loss = (
+        ce_loss(net, x[labeled], sigma[labeled], z[labeled], y[labeled]).mean()
+        + 0.5 * sc_loss(net, x, sigma, z).mean()
+    )
     separate = torch.autograd.grad(separate_loss, list(net.parameters()))
     for a, b in zip(fused, separate):
         torch.testing.assert_close(a, b)

@@ -7,7 +7,16 @@ from trainables.methods import METHODS, artifact_loss, get_method, model_fns
 from trainables.networks import build_network
 from trainables.sde import VESDE
 
-PAPER_NAMES = ["CG", "CG-SC-labeled", "CG-SC-all", "CG-DLSM", "Joint-SC", "Cond", "CFG-labeled", "CFG-all"]
+PAPER_NAMES = [
+    "CG",
+    "CG-SC-labeled",
+    "CG-SC-all",
+    "CG-DLSM",
+    "Joint-SC",
+    "Cond",
+    "CFG-labeled",
+    "CFG-all",
+]
 CONFIG = TrialConfig()
 SDE = VESDE(0.01, 10.0, eps=1e-3)
 
@@ -15,7 +24,12 @@ SDE = VESDE(0.01, 10.0, eps=1e-3)
 def _networks(artifact, seed=0):
     torch.manual_seed(seed)
     net = build_network(artifact.network, dim=2, num_classes=3, model_config=CONFIG.model)
-    frozen = {n: build_network("score", dim=2, num_classes=3, model_config=CONFIG.model).requires_grad_(False) for n in artifact.needs}
+    frozen = {
+        n: build_network("score", dim=2, num_classes=3, model_config=CONFIG.model).requires_grad_(
+            False
+        )
+        for n in artifact.needs
+    }
     return net, frozen
 
 
@@ -142,7 +156,9 @@ def test_qc_term_applies_only_when_weighted():
     net, _ = _networks(artifact)
     batch, noise = _batch()
     assert "qc_all" not in _loss(artifact, net, {}, batch, noise)[1]
-    assert "qc_all" in _loss(artifact, net, {}, batch, noise, replace(CONFIG.loss, lambda_qc=0.1))[1]
+    assert (
+        "qc_all" in _loss(artifact, net, {}, batch, noise, replace(CONFIG.loss, lambda_qc=0.1))[1]
+    )
 
 
 def test_unknown_method_names_valid_choices():

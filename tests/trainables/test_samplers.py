@@ -27,14 +27,27 @@ def test_sampler_reproduces_gaussian_target(name, steps):
 def test_samplers_are_deterministic_for_a_generator():
     sde = VESDE(0.01, 5.0)
     for fn in SAMPLERS.values():
-        out = [fn(gaussian_score, sde.prior_sample((4, 2), generator=torch.Generator().manual_seed(3)).double(), sde.discretize(20), generator=torch.Generator().manual_seed(3)) for _ in range(2)]
+        out = [
+            fn(
+                gaussian_score,
+                sde.prior_sample((4, 2), generator=torch.Generator().manual_seed(3)).double(),
+                sde.discretize(20),
+                generator=torch.Generator().manual_seed(3),
+            )
+            for _ in range(2)
+        ]
         torch.testing.assert_close(out[0], out[1])
 
 
 def test_callback_sees_every_step():
     sde = VESDE(0.01, 5.0)
     seen = []
-    get_sampler("pc")(gaussian_score, torch.zeros(2, 2, dtype=torch.float64), sde.discretize(7), callback=lambda i, x: seen.append(i))
+    get_sampler("pc")(
+        gaussian_score,
+        torch.zeros(2, 2, dtype=torch.float64),
+        sde.discretize(7),
+        callback=lambda i, x: seen.append(i),
+    )
     assert seen == list(range(7))
 
 

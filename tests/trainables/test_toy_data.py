@@ -18,7 +18,9 @@ def test_closed_form_scores_match_autograd_of_exact_log_density(make, sigma):
     torch.testing.assert_close(dist.score(x, s), _autograd_score(lambda v: dist.log_prob(v, s), x))
     cond = _autograd_score(lambda v: dist.log_joint(v, s).gather(1, y[:, None]), x)
     torch.testing.assert_close(dist.cond_score(x, s, y), cond)
-    post = _autograd_score(lambda v: torch.log_softmax(dist.log_joint(v, s), 1).gather(1, y[:, None]), x)
+    post = _autograd_score(
+        lambda v: torch.log_softmax(dist.log_joint(v, s), 1).gather(1, y[:, None]), x
+    )
     torch.testing.assert_close(dist.posterior_score(x, s, y), post)
 
 
@@ -34,7 +36,9 @@ def test_single_gaussian_score_is_analytic():
 
 
 def test_sample_moments_match_mixture():
-    dist = GaussianMixture([[[3.0, 0.0]], [[-3.0, 0.0]]], torch.eye(2).expand(2, 1, 2, 2) * 0.25, priors=[0.25, 0.75])
+    dist = GaussianMixture(
+        [[[3.0, 0.0]], [[-3.0, 0.0]]], torch.eye(2).expand(2, 1, 2, 2) * 0.25, priors=[0.25, 0.75]
+    )
     x, y = dist.sample(40000, generator=torch.Generator().manual_seed(0))
     assert y.float().mean().item() == pytest.approx(0.75, abs=0.01)
     assert x[y == 0].mean(0)[0].item() == pytest.approx(3.0, abs=0.02)
@@ -57,9 +61,18 @@ def test_parzen_oracle_is_mixture_of_points():
     "kwargs, match",
     [
         (dict(means=torch.zeros(2, 2)), "means must have shape"),
-        (dict(means=torch.zeros(2, 3, 2), covs=torch.zeros(2, 2, 2, 2)), r"covs must have shape \(2, 3, 2, 2\)"),
-        (dict(means=torch.zeros(2, 3, 2), weights=torch.ones(3, 2) / 2), r"weights must have shape \(2, 3\)"),
-        (dict(means=torch.zeros(2, 3, 2), priors=torch.ones(3) / 3), r"priors must have shape \(2,\)"),
+        (
+            dict(means=torch.zeros(2, 3, 2), covs=torch.zeros(2, 2, 2, 2)),
+            r"covs must have shape \(2, 3, 2, 2\)",
+        ),
+        (
+            dict(means=torch.zeros(2, 3, 2), weights=torch.ones(3, 2) / 2),
+            r"weights must have shape \(2, 3\)",
+        ),
+        (
+            dict(means=torch.zeros(2, 3, 2), priors=torch.ones(3) / 3),
+            r"priors must have shape \(2,\)",
+        ),
         (dict(means=torch.zeros(1, 2, 2), weights=[[0.9, 0.9]]), "sum to 1"),
     ],
 )

@@ -91,7 +91,9 @@ class BatchSampler:
     on (seed, k), so a resumed run draws exactly the batches an uninterrupted one would.
     """
 
-    def __init__(self, labeled_idx: np.ndarray, num_rows: int, batch_size: int, usage: str, seed: int):
+    def __init__(
+        self, labeled_idx: np.ndarray, num_rows: int, batch_size: int, usage: str, seed: int
+    ):
         if usage not in ("labeled", "all", "half"):
             raise ValueError(f"unknown batch usage {usage!r}; valid: ['all', 'half', 'labeled']")
         labeled = np.asarray(labeled_idx, dtype=np.int64)
@@ -107,4 +109,6 @@ class BatchSampler:
     def batch(self, step: int) -> np.ndarray:
         """Row indices of the batch at a step (without replacement when the pool is large enough)."""
         rng = np.random.default_rng([self.seed, step])
-        return np.concatenate([rng.choice(pool, size=n, replace=len(pool) < n) for pool, n in self.pools])
+        return np.concatenate(
+            [rng.choice(pool, size=n, replace=len(pool) < n) for pool, n in self.pools]
+        )

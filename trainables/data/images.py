@@ -55,7 +55,9 @@ def _tiny_image(kind: str, colour, size: int, rng: np.random.Generator) -> np.nd
         mask = (np.abs(yy - cy) <= half / 2.5) & (np.abs(xx - cx) <= half * 1.4)
     else:  # cross
         arm = half / 3
-        mask = ((np.abs(yy - cy) <= arm) & (np.abs(xx - cx) <= half)) | ((np.abs(xx - cx) <= arm) & (np.abs(yy - cy) <= half))
+        mask = ((np.abs(yy - cy) <= arm) & (np.abs(xx - cx) <= half)) | (
+            (np.abs(xx - cx) <= arm) & (np.abs(yy - cy) <= half)
+        )
     brightness = rng.uniform(0.8, 1.0)
     img = np.empty((3, size, size), dtype=np.float32)
     for c in range(3):
@@ -94,7 +96,9 @@ def check_cifar(name: str, root: str, download: bool) -> None:
     """Raise DatasetError (before any work) when CIFAR is not under root and downloading is off."""
     folder = _cifar_root(root) / CIFAR_FOLDERS[name]
     if not download and not folder.is_dir():
-        raise DatasetError(f"{name} not found: expected {folder}; put the extracted python version of {name} under data.root ({_cifar_root(root)}) or set data.download: true")
+        raise DatasetError(
+            f"{name} not found: expected {folder}; put the extracted python version of {name} under data.root ({_cifar_root(root)}) or set data.download: true"
+        )
 
 
 def cifar(name: str, root: str, download: bool, limit: int = 0) -> ImageData:
@@ -107,7 +111,9 @@ def cifar(name: str, root: str, download: bool, limit: int = 0) -> ImageData:
         train = cls(str(_cifar_root(root)), train=True, download=download)
         test = cls(str(_cifar_root(root)), train=False, download=download)
     except RuntimeError as exc:  # torchvision: "Dataset not found or corrupted"
-        raise DatasetError(f"{name} under {_cifar_root(root)} cannot be read ({exc}); re-extract it there or set data.download: true") from None
+        raise DatasetError(
+            f"{name} under {_cifar_root(root)} cannot be read ({exc}); re-extract it there or set data.download: true"
+        ) from None
 
     def tensors(ds) -> tuple[torch.Tensor, torch.Tensor]:  # noqa: ANN001
         x = torch.from_numpy(ds.data).permute(0, 3, 1, 2).float() / 255.0
@@ -126,21 +132,34 @@ def scan_folder(root: str) -> tuple[list[str], list[tuple[Path, int]], tuple[int
 
     base = Path(root).expanduser()
     if not root or not base.is_dir():
-        raise DatasetError(f"image folder {str(base)!r} does not exist; set data.root to a folder with one sub-folder of images per class")
+        raise DatasetError(
+            f"image folder {str(base)!r} does not exist; set data.root to a folder with one sub-folder of images per class"
+        )
     classes = sorted(d.name for d in base.iterdir() if d.is_dir() and not d.name.startswith("."))
-    files = [(f, k) for k, c in enumerate(classes) for f in sorted((base / c).iterdir()) if f.suffix.lower() in IMAGE_SUFFIXES]
+    files = [
+        (f, k)
+        for k, c in enumerate(classes)
+        for f in sorted((base / c).iterdir())
+        if f.suffix.lower() in IMAGE_SUFFIXES
+    ]
     if len(classes) < 2 or not files:
-        raise DatasetError(f"image folder {base} has {len(classes)} class folders and {len(files)} images; it needs one sub-folder of images per class (at least 2 classes)")
+        raise DatasetError(
+            f"image folder {base} has {len(classes)} class folders and {len(files)} images; it needs one sub-folder of images per class (at least 2 classes)"
+        )
     empty = [c for k, c in enumerate(classes) if not any(label == k for _, label in files)]
     if empty:
-        raise DatasetError(f"image folder {base}: class folders without images: {empty}; remove them or add images")
+        raise DatasetError(
+            f"image folder {base}: class folders without images: {empty}; remove them or add images"
+        )
     sizes: dict[tuple[int, int], Path] = {}
     for f, _ in files:
         with Image.open(f) as im:
             sizes.setdefault(im.size, f)
     if len(sizes) > 1:
         shown = ", ".join(f"{w}x{h} ({p.name})" for (w, h), p in list(sizes.items())[:3])
-        raise DatasetError(f"image folder {base} mixes image sizes: {shown}; resize every image to one size first")
+        raise DatasetError(
+            f"image folder {base} mixes image sizes: {shown}; resize every image to one size first"
+        )
     return classes, files, next(iter(sizes))
 
 
@@ -149,7 +168,14 @@ def image_folder(root: str, seed: int = 0, test_fraction: float = 0.1) -> ImageD
     from PIL import Image
 
     classes, files, _ = scan_folder(root)
-    x = torch.stack([torch.from_numpy(np.asarray(Image.open(f).convert("RGB"), dtype=np.float32) / 255.0).permute(2, 0, 1) for f, _ in files])
+    x = torch.stack(
+        [
+            torch.from_numpy(
+                np.asarray(Image.open(f).convert("RGB"), dtype=np.float32) / 255.0
+            ).permute(2, 0, 1)
+            for f, _ in files
+        ]
+    )
     y = torch.tensor([k for _, k in files])
     rng = np.random.default_rng(seed)
     test = np.zeros(len(y), dtype=bool)
@@ -168,14 +194,18 @@ def check_images(data_config) -> None:  # noqa: ANN001 - DataConfig
         scan_folder(data_config.root)
     elif data_config.name == "tiny-images":
         if data_config.image_size < 8:
-            raise DatasetError(f"tiny-images needs data.image_size >= 8, got {data_config.image_size}")
+            raise DatasetError(
+                f"tiny-images needs data.image_size >= 8, got {data_config.image_size}"
+            )
 
 
 def make_images(data_config) -> ImageData:  # noqa: ANN001 - DataConfig
     """Load the image dataset a DataConfig names."""
     name = data_config.name
     if name == "tiny-images":
-        return tiny_images(data_config.num_train, data_config.num_test, data_config.image_size, data_config.seed)
+        return tiny_images(
+            data_config.num_train, data_config.num_test, data_config.image_size, data_config.seed
+        )
     if name in CIFAR_FOLDERS:
         return cifar(name, data_config.root, data_config.download)
     if name == "folder":

@@ -20,18 +20,40 @@ class GaussianMixture:
     def __init__(self, means, covs=None, weights=None, priors=None):  # noqa: ANN001
         means = torch.as_tensor(means, dtype=torch.float64)
         if means.dim() != 3:
-            raise ValueError(f"means must have shape [classes, components, dim], got {tuple(means.shape)}")
+            raise ValueError(
+                f"means must have shape [classes, components, dim], got {tuple(means.shape)}"
+            )
         k, c, d = means.shape
-        covs = torch.zeros(k, c, d, d, dtype=torch.float64) if covs is None else torch.as_tensor(covs, dtype=torch.float64)
-        weights = torch.full((k, c), 1.0 / c, dtype=torch.float64) if weights is None else torch.as_tensor(weights, dtype=torch.float64)
-        priors = torch.full((k,), 1.0 / k, dtype=torch.float64) if priors is None else torch.as_tensor(priors, dtype=torch.float64)
+        covs = (
+            torch.zeros(k, c, d, d, dtype=torch.float64)
+            if covs is None
+            else torch.as_tensor(covs, dtype=torch.float64)
+        )
+        weights = (
+            torch.full((k, c), 1.0 / c, dtype=torch.float64)
+            if weights is None
+            else torch.as_tensor(weights, dtype=torch.float64)
+        )
+        priors = (
+            torch.full((k,), 1.0 / k, dtype=torch.float64)
+            if priors is None
+            else torch.as_tensor(priors, dtype=torch.float64)
+        )
         if covs.shape != (k, c, d, d):
-            raise ValueError(f"covs must have shape {(k, c, d, d)} to match means {(k, c, d)}, got {tuple(covs.shape)}")
+            raise ValueError(
+                f"covs must have shape {(k, c, d, d)} to match means {(k, c, d)}, got {tuple(covs.shape)}"
+            )
         if weights.shape != (k, c):
-            raise ValueError(f"weights must have shape {(k, c)} to match means {(k, c, d)}, got {tuple(weights.shape)}")
+            raise ValueError(
+                f"weights must have shape {(k, c)} to match means {(k, c, d)}, got {tuple(weights.shape)}"
+            )
         if priors.shape != (k,):
-            raise ValueError(f"priors must have shape {(k,)} to match means {(k, c, d)}, got {tuple(priors.shape)}")
-        if (weights < 0).any() or not torch.allclose(weights.sum(1), torch.ones(k, dtype=torch.float64)):
+            raise ValueError(
+                f"priors must have shape {(k,)} to match means {(k, c, d)}, got {tuple(priors.shape)}"
+            )
+        if (weights < 0).any() or not torch.allclose(
+            weights.sum(1), torch.ones(k, dtype=torch.float64)
+        ):
             raise ValueError("weights must be non-negative and sum to 1 within each class")
         if (priors <= 0).any() or not math.isclose(float(priors.sum()), 1.0, rel_tol=1e-9):
             raise ValueError("priors must be positive and sum to 1")
@@ -50,7 +72,9 @@ class GaussianMixture:
         k = int(num_classes if num_classes is not None else y.max() + 1)
         counts = torch.bincount(y, minlength=k)
         if (counts == 0).any():
-            raise ValueError(f"every class needs at least one point; counts per class: {counts.tolist()}")
+            raise ValueError(
+                f"every class needs at least one point; counts per class: {counts.tolist()}"
+            )
         c = int(counts.max())
         means = torch.zeros(k, c, x.shape[1], dtype=torch.float64)
         weights = torch.zeros(k, c, dtype=torch.float64)
@@ -60,7 +84,9 @@ class GaussianMixture:
             weights[j, : len(pts)] = 1.0 / len(pts)
         return cls(means, None, weights, counts.double() / counts.sum())
 
-    def _components(self, x: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _components(
+        self, x: torch.Tensor, sigma: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """log pi_y w_yc N(x; mu_yc, S_yc + sigma^2 I) [B, K, C] and component scores [B, K, C, D]."""
         x = x.to(torch.float64)
         var = sigma.to(torch.float64).reshape(-1, 1, 1) ** 2
@@ -73,7 +99,9 @@ class GaussianMixture:
             cov = self.covs[None] + var[..., None, None] * torch.eye(self.dim, dtype=torch.float64)
             solved = torch.linalg.solve(cov, diff.unsqueeze(-1)).squeeze(-1)
             logdet = torch.logdet(cov)
-        log_normal = -0.5 * (diff * solved).sum(-1) - 0.5 * logdet - 0.5 * self.dim * math.log(2 * math.pi)
+        log_normal = (
+            -0.5 * (diff * solved).sum(-1) - 0.5 * logdet - 0.5 * self.dim * math.log(2 * math.pi)
+        )
         log_r = torch.log(self.priors)[None, :, None] + torch.log(self.weights)[None] + log_normal
         return log_r, -solved
 
@@ -102,11 +130,15 @@ class GaussianMixture:
         resp = torch.softmax(log_r[idx, y], dim=1)
         return (resp[..., None] * comp[idx, y]).sum(1)
 
-    def posterior_score(self, x: torch.Tensor, sigma: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def posterior_score(
+        self, x: torch.Tensor, sigma: torch.Tensor, y: torch.Tensor
+    ) -> torch.Tensor:
         """grad_x log p_sigma(y | x) = grad log p_sigma(x | y) - grad log p_sigma(x) [B, D]."""
         return self.cond_score(x, sigma, y) - self.score(x, sigma)
 
-    def sample(self, n: int, *, generator: torch.Generator | None = None, y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def sample(
+        self, n: int, *, generator: torch.Generator | None = None, y: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Draw n clean points (x float32 [n, D], y long [n]); y may be given to sample each class."""
         if y is None:
             y = torch.multinomial(self.priors, n, replacement=True, generator=generator)
@@ -115,7 +147,9 @@ class GaussianMixture:
         x = self.means[y, c] + (self._chol[y, c] @ eps[..., None]).squeeze(-1)
         return x.float(), y
 
-    def sample_perturbed(self, n: int, sigma: float, *, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def sample_perturbed(
+        self, n: int, sigma: float, *, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Draw n points of p_sigma(x, y) = p(x, y) convolved with N(0, sigma^2 I)."""
         x, y = self.sample(n, generator=generator)
         return x + sigma * torch.randn(x.shape, generator=generator), y
@@ -143,7 +177,9 @@ def overlap2() -> GaussianMixture:
     return GaussianMixture(means, covs)
 
 
-def two_moons(n: int, *, noise: float = 0.1, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def two_moons(
+    n: int, *, noise: float = 0.1, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The inter-twinning moons (paper 003's toy), n points, labels 0 / 1."""
     y = torch.randint(0, 2, (n,), generator=generator)
     angle = torch.rand(n, generator=generator) * math.pi

@@ -56,7 +56,9 @@ def check_inception(path: str | None) -> Path:
     return file
 
 
-def inception_extractor(path: str | None, device: torch.device | str = "cpu", batch_size: int = 100) -> FeatureExtractor:
+def inception_extractor(
+    path: str | None, device: torch.device | str = "cpu", batch_size: int = 100
+) -> FeatureExtractor:
     """clean-fid's Inception: clean resize to 299 (PIL bicubic), (x - 128) / 128, 2048-d features."""
     from cleanfid.resize import make_resizer
 
@@ -65,8 +67,15 @@ def inception_extractor(path: str | None, device: torch.device | str = "cpu", ba
     resize = make_resizer("PIL", False, "bicubic", (299, 299))
 
     def prepare(images: torch.Tensor) -> torch.Tensor:
-        arrays = (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-        return torch.from_numpy(np.stack([resize(a) for a in arrays])).permute(0, 3, 1, 2).float().to(device)
+        arrays = (
+            (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+        )
+        return (
+            torch.from_numpy(np.stack([resize(a) for a in arrays]))
+            .permute(0, 3, 1, 2)
+            .float()
+            .to(device)
+        )
 
     def features(images: torch.Tensor) -> np.ndarray:
         from cleanfid.fid import get_batch_features
@@ -74,7 +83,11 @@ def inception_extractor(path: str | None, device: torch.device | str = "cpu", ba
         out = []
         for start in range(0, len(images), batch_size):
             x = prepare(images[start : start + batch_size])
-            out.append(get_batch_features((x - 128) / 128, lambda t: base.layers.forward(t).view(len(t), 2048), device))
+            out.append(
+                get_batch_features(
+                    (x - 128) / 128, lambda t: base.layers.forward(t).view(len(t), 2048), device
+                )
+            )
         return np.concatenate(out)
 
     def probs(images: torch.Tensor) -> np.ndarray:
@@ -82,14 +95,26 @@ def inception_extractor(path: str | None, device: torch.device | str = "cpu", ba
         with torch.no_grad():
             for start in range(0, len(images), batch_size):
                 # The StyleGAN2 detector's IS mode: softmax without the output bias (as the original IS).
-                out.append(base(prepare(images[start : start + batch_size]), no_output_bias=True).cpu().numpy())
+                out.append(
+                    base(prepare(images[start : start + batch_size]), no_output_bias=True)
+                    .cpu()
+                    .numpy()
+                )
         return np.concatenate(out)
 
     digest = hashlib.sha256(file.read_bytes()).hexdigest()[:16]
-    return FeatureExtractor("clean-fid inception-2015-12-05 (clean resize)", features, probs, f"inception-{digest}")
+    return FeatureExtractor(
+        "clean-fid inception-2015-12-05 (clean resize)", features, probs, f"inception-{digest}"
+    )
 
 
-def classifier_extractor(net: torch.nn.Module, sigma: float, key: str, device: torch.device | str = "cpu", batch_size: int = 256) -> FeatureExtractor:
+def classifier_extractor(
+    net: torch.nn.Module,
+    sigma: float,
+    key: str,
+    device: torch.device | str = "cpu",
+    batch_size: int = 256,
+) -> FeatureExtractor:
     """The evaluation classifier's pooled encoder features and softmax at sigma (for CPU / tiny images)."""
     net = net.to(device).eval()
 
@@ -101,10 +126,17 @@ def classifier_extractor(net: torch.nn.Module, sigma: float, key: str, device: t
                 s = torch.full((len(x),), sigma, device=device)
                 h, _ = net.encode(x, net.embed(s))
                 pooled = net.head[:4](h)  # GroupNorm, swish, pool, flatten
-                out.append((torch.softmax(net.head[4](pooled), 1) if head else pooled).float().cpu().numpy())
+                out.append(
+                    (torch.softmax(net.head[4](pooled), 1) if head else pooled)
+                    .float()
+                    .cpu()
+                    .numpy()
+                )
         return np.concatenate(out)
 
-    return FeatureExtractor(f"eval classifier {key}", lambda x: run(x, False), lambda x: run(x, True), f"evalclf-{key}")
+    return FeatureExtractor(
+        f"eval classifier {key}", lambda x: run(x, False), lambda x: run(x, True), f"evalclf-{key}"
+    )
 
 
 # ---- statistics and metrics -----------------------------------------------------------------------
@@ -156,15 +188,26 @@ def stats_dir(configured: str = "") -> Path:
 
 
 def reference_stats(
-    images: torch.Tensor, labels: torch.Tensor, num_classes: int, extractor: FeatureExtractor, data_identity: dict, folder: Path
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    num_classes: int,
+    extractor: FeatureExtractor,
+    data_identity: dict,
+    folder: Path,
 ) -> tuple[dict[str, Stats], bool]:
     """Training-set statistics (overall and per class), computed once per (data, extractor); (stats, cached?)."""
-    key = hashlib.sha256(json.dumps({"data": data_identity, "extractor": extractor.identity}, sort_keys=True).encode()).hexdigest()[:16]
+    key = hashlib.sha256(
+        json.dumps(
+            {"data": data_identity, "extractor": extractor.identity}, sort_keys=True
+        ).encode()
+    ).hexdigest()[:16]
     file = folder / f"{key}.npz"
     if file.exists():
         with np.load(file) as z:
             names = json.loads(str(z["names"]))
-            return {n: Stats(z[f"{n}_mu"], z[f"{n}_sigma"], int(z[f"{n}_count"])) for n in names}, True
+            return {
+                n: Stats(z[f"{n}_mu"], z[f"{n}_sigma"], int(z[f"{n}_count"])) for n in names
+            }, True
     stats = class_stats(extractor.features(images), labels.numpy(), num_classes)
     folder.mkdir(parents=True, exist_ok=True)
     arrays = {"names": json.dumps(list(stats))}
@@ -173,11 +216,23 @@ def reference_stats(
     tmp = folder / f"{key}.tmp.npz"
     np.savez(tmp, **arrays)
     os.replace(tmp, file)
-    (folder / f"{key}.json").write_text(json.dumps({"data": data_identity, "extractor": extractor.name, "identity": extractor.identity}, indent=2))
+    (folder / f"{key}.json").write_text(
+        json.dumps(
+            {"data": data_identity, "extractor": extractor.name, "identity": extractor.identity},
+            indent=2,
+        )
+    )
     return stats, False
 
 
-def generation_metrics(samples: torch.Tensor, labels: torch.Tensor, num_classes: int, extractor: FeatureExtractor, reference: dict[str, Stats], classify: Callable[[torch.Tensor], np.ndarray]) -> tuple[dict[str, float], list[str]]:
+def generation_metrics(
+    samples: torch.Tensor,
+    labels: torch.Tensor,
+    num_classes: int,
+    extractor: FeatureExtractor,
+    reference: dict[str, Stats],
+    classify: Callable[[torch.Tensor], np.ndarray],
+) -> tuple[dict[str, float], list[str]]:
     """FID, IS, intra-FID (mean of per-class FIDs), generation accuracy; per-class values; warnings."""
     feats = extractor.features(samples)
     y = labels.cpu().numpy()
@@ -186,7 +241,9 @@ def generation_metrics(samples: torch.Tensor, labels: torch.Tensor, num_classes:
     warnings: list[str] = []
     metrics["fid"] = fid(Stats.of(feats), reference["all"])
     if too_few(len(feats), dim):
-        warnings.append(f"FID from {len(feats)} samples < feature dim {dim}: biased high; raise sample.num_per_class")
+        warnings.append(
+            f"FID from {len(feats)} samples < feature dim {dim}: biased high; raise sample.num_per_class"
+        )
     per_class = []
     for k in range(num_classes):
         mine = feats[y == k]
@@ -196,9 +253,13 @@ def generation_metrics(samples: torch.Tensor, labels: torch.Tensor, num_classes:
     metrics["intra_fid"] = float(np.mean(per_class))
     metrics["intra_fid_num_samples_per_class"] = float(len(feats) / num_classes)
     if too_few(len(feats) // num_classes, dim):
-        warnings.append(f"intra-FID from {len(feats) // num_classes} samples per class < feature dim {dim}: biased high")
+        warnings.append(
+            f"intra-FID from {len(feats) // num_classes} samples per class < feature dim {dim}: biased high"
+        )
     if extractor.probs is not None:
-        metrics["inception_score"], metrics["inception_score_std"] = inception_score(extractor.probs(samples))
+        metrics["inception_score"], metrics["inception_score_std"] = inception_score(
+            extractor.probs(samples)
+        )
     predicted = classify(samples)
     metrics["gen_accuracy"] = float((predicted == y).mean())
     for k in range(num_classes):

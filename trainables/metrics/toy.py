@@ -11,7 +11,9 @@ from trainables.guidance import classifier_log_posterior_grad
 from trainables.losses import LogitsFn, ScoreFn
 
 
-def evaluation_points(dist: GaussianMixture, sigmas: Sequence[float], num_points: int, seed: int) -> list[tuple[float, torch.Tensor, torch.Tensor]]:
+def evaluation_points(
+    dist: GaussianMixture, sigmas: Sequence[float], num_points: int, seed: int
+) -> list[tuple[float, torch.Tensor, torch.Tensor]]:
     """The stated evaluation set: for each sigma, num_points draws (x, y) of p_sigma(x, y)."""
     gen = torch.Generator().manual_seed(seed)
     return [(float(s), *dist.sample_perturbed(num_points, float(s), generator=gen)) for s in sigmas]
@@ -20,7 +22,9 @@ def evaluation_points(dist: GaussianMixture, sigmas: Sequence[float], num_points
 def _cosine(estimate: torch.Tensor, exact: torch.Tensor) -> torch.Tensor:
     """Per-point cosine; points whose exact vector vanishes (norm < 1e-8, cosine undefined) are dropped."""
     keep = exact.double().norm(dim=1) >= 1e-8
-    return torch.nn.functional.cosine_similarity(estimate[keep].double(), exact[keep].double(), dim=1, eps=1e-30)
+    return torch.nn.functional.cosine_similarity(
+        estimate[keep].double(), exact[keep].double(), dim=1, eps=1e-30
+    )
 
 
 def gradient_metrics(
@@ -53,7 +57,13 @@ def gradient_metrics(
     }
 
 
-def score_metrics(score_fn: ScoreFn, dist: GaussianMixture, points: list[tuple[float, torch.Tensor, torch.Tensor]], *, y_given: bool = False) -> dict[str, float]:
+def score_metrics(
+    score_fn: ScoreFn,
+    dist: GaussianMixture,
+    points: list[tuple[float, torch.Tensor, torch.Tensor]],
+    *,
+    y_given: bool = False,
+) -> dict[str, float]:
     """Cosine of a (possibly conditional) score estimate against the exact one; y_given selects conditional."""
     cos = []
     for sigma, x, y in points:
@@ -65,7 +75,9 @@ def score_metrics(score_fn: ScoreFn, dist: GaussianMixture, points: list[tuple[f
     return {"cond_score_cos" if y_given else "score_cos": torch.cat(cos).mean().item()}
 
 
-def generation_accuracy(samples: torch.Tensor, y_target: torch.Tensor, dist: GaussianMixture, sigma: float) -> float:
+def generation_accuracy(
+    samples: torch.Tensor, y_target: torch.Tensor, dist: GaussianMixture, sigma: float
+) -> float:
     """Fraction of samples whose exact Bayes posterior argmax (at a small sigma) is the target class."""
     post = dist.posterior(samples, torch.full((len(samples),), sigma))
     return (post.argmax(1) == y_target).double().mean().item()
@@ -74,4 +86,6 @@ def generation_accuracy(samples: torch.Tensor, y_target: torch.Tensor, dist: Gau
 def energy_distance(a: torch.Tensor, b: torch.Tensor) -> float:
     """Energy distance 2 E||a - b|| - E||a - a'|| - E||b - b'|| (0 iff same distribution)."""
     a, b = a.double(), b.double()
-    return (2 * torch.cdist(a, b).mean() - torch.cdist(a, a).mean() - torch.cdist(b, b).mean()).item()
+    return (
+        2 * torch.cdist(a, b).mean() - torch.cdist(a, a).mean() - torch.cdist(b, b).mean()
+    ).item()

@@ -20,10 +20,16 @@ def build_network(kind: str, *, dim, num_classes: int, model_config) -> nn.Modul
         from trainables.networks.ncsnpp import build_image_network
 
         if isinstance(dim, int):
-            raise ValueError("model.arch 'ncsnpp' needs image data (C, H, W); use 'mlp' for 2-D toy sets")
-        return build_image_network(kind, image_shape=tuple(dim), num_classes=num_classes, model_config=model_config)
+            raise ValueError(
+                "model.arch 'ncsnpp' needs image data (C, H, W); use 'mlp' for 2-D toy sets"
+            )
+        return build_image_network(
+            kind, image_shape=tuple(dim), num_classes=num_classes, model_config=model_config
+        )
     if not isinstance(dim, int):
-        raise ValueError(f"model.arch 'mlp' needs flat data; got shape {tuple(dim)}: set model.arch to 'ncsnpp' for images")
+        raise ValueError(
+            f"model.arch 'mlp' needs flat data; got shape {tuple(dim)}: set model.arch to 'ncsnpp' for images"
+        )
     return build_toy_network(kind, dim=dim, num_classes=num_classes, model_config=model_config)
 
 

@@ -33,12 +33,16 @@ def _fir_kernel(channels: int, device, dtype) -> torch.Tensor:  # noqa: ANN001
 
 def fir_down(x: torch.Tensor) -> torch.Tensor:
     """Anti-aliased 2x down-sampling with the [1, 3, 3, 1] FIR filter (no parameters)."""
-    return F.conv2d(x, _fir_kernel(x.shape[1], x.device, x.dtype), stride=2, padding=1, groups=x.shape[1])
+    return F.conv2d(
+        x, _fir_kernel(x.shape[1], x.device, x.dtype), stride=2, padding=1, groups=x.shape[1]
+    )
 
 
 def fir_up(x: torch.Tensor) -> torch.Tensor:
     """2x up-sampling with the [1, 3, 3, 1] FIR filter (no parameters)."""
-    return F.conv_transpose2d(x, 4 * _fir_kernel(x.shape[1], x.device, x.dtype), stride=2, padding=1, groups=x.shape[1])
+    return F.conv_transpose2d(
+        x, 4 * _fir_kernel(x.shape[1], x.device, x.dtype), stride=2, padding=1, groups=x.shape[1]
+    )
 
 
 def _conv(cin: int, cout: int, k: int = 3, init_scale: float = 1.0) -> nn.Conv2d:
@@ -52,7 +56,16 @@ def _conv(cin: int, cout: int, k: int = 3, init_scale: float = 1.0) -> nn.Conv2d
 class ResBlock(nn.Module):
     """BigGAN residual block: GN, swish, (up/down), conv, + dense(temb), GN, swish, dropout, conv."""
 
-    def __init__(self, cin: int, cout: int, temb_dim: int, dropout: float, *, up: bool = False, down: bool = False):
+    def __init__(
+        self,
+        cin: int,
+        cout: int,
+        temb_dim: int,
+        dropout: float,
+        *,
+        up: bool = False,
+        down: bool = False,
+    ):
         super().__init__()
         self.up, self.down = up, down
         self.norm0 = nn.GroupNorm(_groups(cin), cin, eps=1e-6)
@@ -129,7 +142,9 @@ class NCSNpp(nn.Module):
         self.fourier = FourierEmbedding(nf, fourier_scale)
         self.temb = nn.Sequential(nn.Linear(2 * nf, temb), nn.SiLU(), nn.Linear(temb, temb))
         # Class embedding for Cond / CFG: K classes plus the null label K.
-        self.label_embed = nn.Embedding(label_classes + 1, temb) if label_classes is not None else None
+        self.label_embed = (
+            nn.Embedding(label_classes + 1, temb) if label_classes is not None else None
+        )
         self.num_classes = label_classes
         self.conv_in = _conv(channels, nf)
         # Encoder: (kind, module) steps; skip channels recorded for the decoder.
@@ -154,7 +169,9 @@ class NCSNpp(nn.Module):
                 pyramid_ch = cin
                 res //= 2
                 skips.append(cin)
-        self.mid = nn.ModuleList([ResBlock(cin, cin, temb, dropout), AttnBlock(cin), ResBlock(cin, cin, temb, dropout)])
+        self.mid = nn.ModuleList(
+            [ResBlock(cin, cin, temb, dropout), AttnBlock(cin), ResBlock(cin, cin, temb, dropout)]
+        )
         self.encoder_channels = cin
         self.up: nn.ModuleList | None = None
         if decoder:
@@ -178,7 +195,13 @@ class NCSNpp(nn.Module):
         self.head: nn.Sequential | None = None
         if head_classes is not None:
             c = self.encoder_channels
-            self.head = nn.Sequential(nn.GroupNorm(_groups(c), c, eps=1e-6), nn.SiLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, head_classes))
+            self.head = nn.Sequential(
+                nn.GroupNorm(_groups(c), c, eps=1e-6),
+                nn.SiLU(),
+                nn.AdaptiveAvgPool2d(1),
+                nn.Flatten(),
+                nn.Linear(c, head_classes),
+            )
 
     def embed(self, sigma: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """Noise embedding (plus class embedding when the network has one)."""
@@ -189,7 +212,9 @@ class NCSNpp(nn.Module):
             temb = temb + self.label_embed(y)
         return temb
 
-    def encode(self, x: torch.Tensor, temb: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def encode(
+        self, x: torch.Tensor, temb: torch.Tensor
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Encoder features at the lowest resolution and the skips for the decoder."""
         pyramid = x
         hs = [self.conv_in(x)]
@@ -226,7 +251,9 @@ class NCSNpp(nn.Module):
                 h = module(h, temb)
         return self.conv_out(F.silu(self.norm_out(h)))
 
-    def score(self, x: torch.Tensor, sigma: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+    def score(
+        self, x: torch.Tensor, sigma: torch.Tensor, y: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Score estimate (decoder output divided by sigma)."""
         temb = self.embed(sigma, y)
         h, hs = self.encode(x, temb)
@@ -282,10 +309,17 @@ class ImageConditionalScoreNet(NCSNpp):
         return self.score(x, sigma, y)
 
 
-IMAGE_NETWORKS = {"score": ImageScoreNet, "classifier": ImageClassifier, "joint": ImageJointNet, "conditional": ImageConditionalScoreNet}
+IMAGE_NETWORKS = {
+    "score": ImageScoreNet,
+    "classifier": ImageClassifier,
+    "joint": ImageJointNet,
+    "conditional": ImageConditionalScoreNet,
+}
 
 
-def build_image_network(kind: str, *, image_shape: tuple[int, int, int], num_classes: int, model_config) -> nn.Module:  # noqa: ANN001
+def build_image_network(
+    kind: str, *, image_shape: tuple[int, int, int], num_classes: int, model_config
+) -> nn.Module:  # noqa: ANN001
     """An NCSN++ network of a registry kind, sized by the ModelConfig."""
     if kind not in IMAGE_NETWORKS:
         raise ValueError(f"unknown network kind {kind!r}; valid: {sorted(IMAGE_NETWORKS)}")

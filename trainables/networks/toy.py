@@ -14,7 +14,9 @@ class NoiseEmbedding(nn.Module):
     def __init__(self, embed_dim: int = 32, scale: float = 16.0):
         super().__init__()
         self.register_buffer("freqs", torch.randn(embed_dim // 2) * scale)
-        self.mlp = nn.Sequential(nn.Linear(embed_dim, embed_dim), nn.SiLU(), nn.Linear(embed_dim, embed_dim))
+        self.mlp = nn.Sequential(
+            nn.Linear(embed_dim, embed_dim), nn.SiLU(), nn.Linear(embed_dim, embed_dim)
+        )
 
     def forward(self, sigma: torch.Tensor) -> torch.Tensor:
         """Embed per-example noise levels [B] -> [B, embed_dim]."""
@@ -43,7 +45,14 @@ class ConditionedMLP(nn.Module):
 class ToyScoreNet(nn.Module):
     """Unconditional score model s(x, sigma); output divided by sigma (scale_by_sigma)."""
 
-    def __init__(self, dim: int = 2, hidden: int = 128, depth: int = 3, embed_dim: int = 32, fourier_scale: float = 16.0):
+    def __init__(
+        self,
+        dim: int = 2,
+        hidden: int = 128,
+        depth: int = 3,
+        embed_dim: int = 32,
+        fourier_scale: float = 16.0,
+    ):
         super().__init__()
         self.embed = NoiseEmbedding(embed_dim, fourier_scale)
         self.trunk = ConditionedMLP(dim, hidden, depth, embed_dim)
@@ -57,7 +66,15 @@ class ToyScoreNet(nn.Module):
 class ToyClassifier(nn.Module):
     """Noise-conditional classifier f(x, sigma) -> logits [B, K]."""
 
-    def __init__(self, dim: int = 2, num_classes: int = 2, hidden: int = 128, depth: int = 3, embed_dim: int = 32, fourier_scale: float = 16.0):
+    def __init__(
+        self,
+        dim: int = 2,
+        num_classes: int = 2,
+        hidden: int = 128,
+        depth: int = 3,
+        embed_dim: int = 32,
+        fourier_scale: float = 16.0,
+    ):
         super().__init__()
         self.embed = NoiseEmbedding(embed_dim, fourier_scale)
         self.trunk = ConditionedMLP(dim, hidden, depth, embed_dim)
@@ -71,7 +88,15 @@ class ToyClassifier(nn.Module):
 class ToyJointNet(nn.Module):
     """Joint-SC network (paper 000): one shared encoder, a score head and a classifier head."""
 
-    def __init__(self, dim: int = 2, num_classes: int = 2, hidden: int = 128, depth: int = 3, embed_dim: int = 32, fourier_scale: float = 16.0):
+    def __init__(
+        self,
+        dim: int = 2,
+        num_classes: int = 2,
+        hidden: int = 128,
+        depth: int = 3,
+        embed_dim: int = 32,
+        fourier_scale: float = 16.0,
+    ):
         super().__init__()
         self.embed = NoiseEmbedding(embed_dim, fourier_scale)
         self.encoder = ConditionedMLP(dim, hidden, depth, embed_dim)
@@ -95,11 +120,21 @@ class ToyJointNet(nn.Module):
 class ToyConditionalScoreNet(nn.Module):
     """Class-conditional score model s(x, sigma, y); label index K is the null label (CFG)."""
 
-    def __init__(self, dim: int = 2, num_classes: int = 2, hidden: int = 128, depth: int = 3, embed_dim: int = 32, fourier_scale: float = 16.0):
+    def __init__(
+        self,
+        dim: int = 2,
+        num_classes: int = 2,
+        hidden: int = 128,
+        depth: int = 3,
+        embed_dim: int = 32,
+        fourier_scale: float = 16.0,
+    ):
         super().__init__()
         self.num_classes = num_classes
         self.embed = NoiseEmbedding(embed_dim, fourier_scale)
-        self.label_embed = nn.Embedding(num_classes + 1, embed_dim)  # class embedding added to noise embedding
+        self.label_embed = nn.Embedding(
+            num_classes + 1, embed_dim
+        )  # class embedding added to noise embedding
         self.trunk = ConditionedMLP(dim, hidden, depth, embed_dim)
         self.head = nn.Linear(hidden, dim)
 
@@ -121,7 +156,12 @@ def build_network(kind: str, *, dim: int, num_classes: int, model_config) -> nn.
     """Build a toy network of a registry kind from a ModelConfig."""
     if kind not in NETWORKS:
         raise ValueError(f"unknown network kind {kind!r}; valid: {sorted(NETWORKS)}")
-    kw = dict(hidden=model_config.hidden, depth=model_config.depth, embed_dim=model_config.embed_dim, fourier_scale=model_config.fourier_scale)
+    kw = dict(
+        hidden=model_config.hidden,
+        depth=model_config.depth,
+        embed_dim=model_config.embed_dim,
+        fourier_scale=model_config.fourier_scale,
+    )
     if kind == "score":
         return ToyScoreNet(dim=dim, **kw)
     return NETWORKS[kind](dim=dim, num_classes=num_classes, **kw)
