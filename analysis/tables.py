@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from search_spaces import METHOD_KEYS
+from trainables.names import METHODS, TUNED_KEYS
 
 # Shown when present, after the study's objectives: the papers' image metrics, then toy metrics
 # (exact scores), then the held-out score-matching and classifier diagnostics.
@@ -52,7 +52,7 @@ def comparison_table(
 ) -> pd.DataFrame:
     """Methods x (label %, metric): each cell from the best trial by the objective."""
     best = best_per_cell(runs, *objective)
-    methods = [m for m in METHOD_KEYS if m in set(best["method"])] if len(best) else []
+    methods = [m for m in METHODS if m in set(best["method"])] if len(best) else []
     percents = sorted(set(best["label_percent"])) if len(best) else []
     metrics = [m for m in metrics if m in best.columns]
     columns = pd.MultiIndex.from_product([percents, metrics], names=["label %", "metric"])
@@ -144,7 +144,7 @@ def export_best(
     for _, row in best_per_cell(runs, *objective).iterrows():
         search = {
             key: {"choices": [float(row[key])]}
-            for key in METHOD_KEYS[row["method"]]
+            for key in TUNED_KEYS[row["method"]]
             if key in row and pd.notna(row[key])
         }
         final = {
@@ -180,7 +180,7 @@ def per_class_table(
             if c.startswith(f"{m}_class")
         }
     )
-    methods = [m for m in METHOD_KEYS if m in set(best["method"])]
+    methods = [m for m in METHODS if m in set(best["method"])]
     index = pd.MultiIndex.from_product([methods, classes], names=["method", "class"])
     columns = pd.MultiIndex.from_product(
         [sorted(set(best["label_percent"])), present], names=["label %", "metric"]

@@ -23,8 +23,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from trainables.config import NCSNPP_SIZES, from_flat  # noqa: E402
+from trainables.evaluation.fid import classifier_extractor, inception_extractor  # noqa: E402
 from trainables.methods import get_method, guided_score_fn, model_fns  # noqa: E402
-from trainables.metrics.fid import classifier_extractor, inception_extractor  # noqa: E402
 from trainables.networks import build_network  # noqa: E402
 from trainables.samplers import pc_sampler  # noqa: E402
 

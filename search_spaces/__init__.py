@@ -2,7 +2,6 @@
 
 from search_spaces.spaces import (
     DEFAULT_RANGES,
-    METHOD_KEYS,
     PAPER_GRID,
     Range,
     cell_points,
@@ -12,7 +11,6 @@ from search_spaces.spaces import (
 
 __all__ = [
     "DEFAULT_RANGES",
-    "METHOD_KEYS",
     "PAPER_GRID",
     "Range",
     "cell_points",

@@ -11,17 +11,8 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-# The keys each method family tunes (kept torch-free; tests check it against the registry).
-METHOD_KEYS: dict[str, tuple[str, ...]] = {
-    "CG": ("sample.guidance_scale",),
-    "CG-SC-labeled": ("loss.lambda_sc", "sample.guidance_scale"),
-    "CG-SC-all": ("loss.lambda_sc", "sample.guidance_scale"),
-    "CG-DLSM": ("sample.guidance_scale",),
-    "Joint-SC": ("loss.lambda_joint", "sample.guidance_scale"),
-    "Cond": (),
-    "CFG-labeled": ("sample.guidance_scale",),
-    "CFG-all": ("sample.guidance_scale",),
-}
+from trainables.names import GUIDANCE_SCALE_KEY, LABEL_PERCENT_KEY, METHOD_KEY, TUNED_KEYS
+
 PAPER_GRID = (0.01, 0.1, 1.0, 10.0)  # paper 000's grid for lambda_SC and lambda_joint
 
 
@@ -62,7 +53,13 @@ class Range:
             return 1.0
         return (self.low * self.high) ** 0.5 if self.log else (self.low + self.high) / 2
 
-    def suggest(self, trial, key: str) -> Any:  # noqa: ANN001 - optuna.Trial
+    def to_dict(self) -> dict[str, Any]:
+        """As a spec's search section holds it."""
+        if self.choices is not None:
+            return {"choices": list(self.choices)}
+        return {"low": self.low, "high": self.high, "log": self.log}
+
+    def suggest(self, trial: Any, key: str) -> Any:
         """Ask the trial for a value in this range."""
         if self.choices is not None:
             return trial.suggest_categorical(key, list(self.choices))
@@ -72,18 +69,18 @@ class Range:
 DEFAULT_RANGES: dict[str, Range] = {
     "loss.lambda_sc": Range(0.01, 10.0),
     "loss.lambda_joint": Range(0.01, 10.0),
-    "sample.guidance_scale": Range(0.5, 4.0),
+    GUIDANCE_SCALE_KEY: Range(0.5, 4.0),
 }
 PRESET_RANGES: dict[str, Range] = {"paper": Range(choices=PAPER_GRID)}
 
 
 def define_space(
-    trial, methods: Sequence[str], label_percents: Sequence[float], ranges: dict[str, Range]
-) -> dict[str, Any]:  # noqa: ANN001
-    """Suggest one trial's flat params; only the keys its method uses are suggested."""
-    method = trial.suggest_categorical("method", list(methods))
-    trial.suggest_categorical("data.label_percent", list(label_percents))
-    for key in METHOD_KEYS[method]:
+    trial: Any, methods: Sequence[str], label_percents: Sequence[float], ranges: dict[str, Range]
+) -> dict[str, Any]:
+    """Suggest one trial's flat params (trial: an optuna.Trial); only its method's keys."""
+    method = trial.suggest_categorical(METHOD_KEY, list(methods))
+    trial.suggest_categorical(LABEL_PERCENT_KEY, list(label_percents))
+    for key in TUNED_KEYS[method]:
         ranges.get(key, DEFAULT_RANGES[key]).suggest(trial, key)
     return {}
 
@@ -108,9 +105,9 @@ def cell_points(
     ranges = ranges or {}
     return [
         {
-            "method": m,
-            "data.label_percent": p,
-            **{k: ranges.get(k, DEFAULT_RANGES[k]).default() for k in METHOD_KEYS[m]},
+            METHOD_KEY: m,
+            LABEL_PERCENT_KEY: p,
+            **{k: ranges.get(k, DEFAULT_RANGES[k]).default() for k in TUNED_KEYS[m]},
         }
         for m in methods
         for p in label_percents

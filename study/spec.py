@@ -1,7 +1,14 @@
-"""Study spec: YAML or built-in preset, validated completely before Ray starts (all errors at once)."""
+"""Study spec: YAML or built-in preset, validated completely before Ray starts (all errors at once).
+
+Spec keys map onto trial config keys with two documented renames: `dataset` sets `data.name`, and
+`label_percents` lists the values of `data.label_percent` (one per table cell). `seed` sets every
+seed key (train, data, split, sample) unless `config` sets one. `base_config` names the
+trainables.config.BASE_CONFIGS entry the trials start from (`preset`, its former name, is read too).
+"""
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -9,50 +16,38 @@ from typing import Any
 
 import yaml
 
-from search_spaces import DEFAULT_RANGES, METHOD_KEYS, Range
+from search_spaces import DEFAULT_RANGES, Range
 from search_spaces.spaces import PRESET_RANGES
+from study.errors import SpecError
+from trainables import names
+
+__all__ = ["SpecError", "StudySpec", "load_raw", "load_spec", "preset_names", "validate"]
 
 PRESET_DIR = Path(__file__).parent / "presets"
 DEFAULT_PRESET = "toy"
 TOP_KEYS = {
-    "name",
-    "dataset",
-    "methods",
-    "label_percents",
-    "num_trials",
-    "objectives",
-    "scheduler",
-    "search",
-    "resources",
-    "seed",
-    "config",
-    "storage",
-    "tracking_uri",
-    "address",
+    "name", "dataset", "methods", "label_percents", "num_trials", "objectives", "scheduler",
+    "search", "resources", "seed", "config", "storage", "tracking_uri", "address", "base_config",
     "preset",
-}
+}  # fmt: skip
 RESOURCE_KEYS = {
-    "cpus_per_trial",
-    "gpus_per_trial",
-    "num_workers",
-    "max_concurrent_trials",
-    "max_failures",
-}
-
-
-class SpecError(ValueError):
-    """A spec that cannot run; the message lists every problem."""
+    "cpus_per_trial", "gpus_per_trial", "num_workers", "max_concurrent_trials", "max_failures"
+}  # fmt: skip
+SCHEDULER_KEYS = {"type", "metric", "grace_period", "reduction_factor"}
 
 
 @dataclass(frozen=True)
 class Objective:
+    """A metric the search optimises."""
+
     metric: str
     mode: str  # min | max
 
 
 @dataclass(frozen=True)
 class Scheduler:
-    """fifo, or ASHA on one objective (the guard) compared at every epoch of a trial's last artifact."""
+    """fifo, or ASHA on one objective (the guard) compared at every epoch of a trial's last
+    artifact."""
 
     type: str = "fifo"
     metric: str | None = None  # asha: the guard objective; default the first objective
@@ -60,30 +55,22 @@ class Scheduler:
     reduction_factor: float = 2.0
 
     def to_dict(self) -> dict | str:
-        return (
-            "fifo"
-            if self.type == "fifo"
-            else {
-                "type": self.type,
-                "metric": self.metric,
-                "grace_period": self.grace_period,
-                "reduction_factor": self.reduction_factor,
-            }
-        )
-
-
-SCHEDULER_KEYS = {"type", "metric", "grace_period", "reduction_factor"}
+        """As YAML holds it."""
+        if self.type == "fifo":
+            return "fifo"
+        keys = ("type", "metric", "grace_period", "reduction_factor")
+        return {k: getattr(self, k) for k in keys}
 
 
 @dataclass(frozen=True)
 class Resources:
+    """Per-trial resources; cpus_per_trial is also the torch thread count of each process."""
+
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 0.0
     num_workers: int = 0  # Ray Train workers per trial; 0 = local mode in the trial's process
     max_concurrent_trials: int = 2
-    max_failures: int = (
-        2  # Ray Train restarts of a trial's worker group (resumes from its checkpoint)
-    )
+    max_failures: int = 2  # Ray Train restarts of a trial's worker group (from its checkpoint)
 
 
 @dataclass(frozen=True)
@@ -91,9 +78,9 @@ class StudySpec:
     """A validated study."""
 
     name: str
-    dataset: str
+    dataset: str  # the trials' data.name
     methods: tuple[str, ...]
-    label_percents: tuple[float, ...]
+    label_percents: tuple[float, ...]  # the trials' data.label_percent values
     num_trials: int
     objectives: tuple[Objective, ...]
     scheduler: Scheduler
@@ -101,13 +88,28 @@ class StudySpec:
     resources: Resources
     seed: int
     config: dict[str, Any] = field(default_factory=dict)
-    preset: str = "toy"  # trainables.config preset the trial configs start from
+    base_config: str = "toy"  # trainables.config.BASE_CONFIGS entry the trial configs start from
     storage: str | None = None  # study directory's parent; default ./studies
     tracking_uri: str | None = None
     address: str | None = None
 
+    def base_params(self) -> dict[str, Any]:
+        """Flat params shared by every trial: the spec's seed for every seed key (train, data,
+        split, sample) unless `config` sets one itself, then `config`, then the dataset."""
+        seed_keys = ("train.seed", "data.seed", "data.split_seed", "sample.seed")
+        return {**dict.fromkeys(seed_keys, self.seed), **self.config, "data.name": self.dataset}
+
+    def epochs_per_trial(self) -> int:
+        """Epochs of one artifact's training (ASHA's time axis)."""
+        from trainables.config import from_flat
+
+        params = {**self.base_params(), "method": self.methods[0]}
+        train = from_flat(params, base=self.base_config).train
+        return math.ceil(train.steps / train.steps_per_epoch)
+
     def to_dict(self) -> dict:
         """Plain data, as YAML would hold it."""
+        optional = ("storage", "tracking_uri", "address")
         return {
             "name": self.name,
             "dataset": self.dataset,
@@ -116,23 +118,12 @@ class StudySpec:
             "num_trials": self.num_trials,
             "objectives": [{"metric": o.metric, "mode": o.mode} for o in self.objectives],
             "scheduler": self.scheduler.to_dict(),
-            "search": {
-                k: (
-                    {"choices": list(r.choices)}
-                    if r.choices is not None
-                    else {"low": r.low, "high": r.high, "log": r.log}
-                )
-                for k, r in self.search.items()
-            },
+            "search": {k: r.to_dict() for k, r in self.search.items()},
             "resources": vars(self.resources).copy(),
             "seed": self.seed,
             "config": dict(self.config),
-            "preset": self.preset,
-            **{
-                k: getattr(self, k)
-                for k in ("storage", "tracking_uri", "address")
-                if getattr(self, k) is not None
-            },
+            "base_config": self.base_config,
+            **{k: getattr(self, k) for k in optional if getattr(self, k) is not None},
         }
 
 
@@ -147,10 +138,9 @@ def load_raw(source: str | None) -> dict:
         source = DEFAULT_PRESET
     path = Path(source)
     if not path.exists():
-        if source in preset_names():
-            path = PRESET_DIR / f"{source}.yaml"
-        else:
+        if source not in preset_names():
             raise SpecError(f"no spec file or preset named {source!r}; presets: {preset_names()}")
+        path = PRESET_DIR / f"{source}.yaml"
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
@@ -160,67 +150,73 @@ def load_raw(source: str | None) -> dict:
     return raw
 
 
+# ---- one checker per section; each appends its problems to errors ---------------------------------
+def _range(key: str, value: Any, errors: list[str]) -> Range | None:
+    """One search range: a preset name, {low, high, log} or {choices}."""
+    if isinstance(value, str):
+        if value not in PRESET_RANGES:
+            errors.append(
+                f"search.{key}: unknown range preset {value!r}; valid: {sorted(PRESET_RANGES)}"
+            )
+            return None
+        return PRESET_RANGES[value]
+    if not isinstance(value, dict) or not set(value) <= {"low", "high", "log", "choices"}:
+        errors.append(f"search.{key}: expected {{low, high, log}} or {{choices}}, got {value!r}")
+        return None
+    try:
+        choices = value.get("choices")
+        low, high = value.get("low"), value.get("high")
+        rng = Range(
+            None if low is None else float(low),
+            None if high is None else float(high),
+            bool(value.get("log", True)),
+            tuple(float(c) for c in choices) if choices is not None else None,
+        )
+    except (TypeError, ValueError):
+        errors.append(f"search.{key}: low/high/choices must be numbers, got {value!r}")
+        return None
+    if rng.choices is not None and any(c < 0 for c in rng.choices):
+        errors.append(f"search.{key}: weights and scales must be >= 0, got {list(rng.choices)}")
+    return rng
+
+
 def _ranges(raw: Any, errors: list[str]) -> dict[str, Range]:
-    ranges: dict[str, Range] = {}
+    """The search section: searched key -> range."""
     if not isinstance(raw, dict):
         errors.append(
             "search: expected a mapping of key -> {low, high, log} / {choices} / preset name"
         )
-        return ranges
+        return {}
+    ranges: dict[str, Range] = {}
     for key, value in raw.items():
         if key not in DEFAULT_RANGES:
             errors.append(f"search.{key}: not a searched key; valid: {sorted(DEFAULT_RANGES)}")
             continue
-        if isinstance(value, str):
-            if value not in PRESET_RANGES:
-                errors.append(
-                    f"search.{key}: unknown range preset {value!r}; valid: {sorted(PRESET_RANGES)}"
-                )
-                continue
-            rng = PRESET_RANGES[value]
-        elif isinstance(value, dict) and set(value) <= {"low", "high", "log", "choices"}:
-            try:
-                choices = value.get("choices")
-                rng = Range(
-                    None if value.get("low") is None else float(value["low"]),
-                    None if value.get("high") is None else float(value["high"]),
-                    bool(value.get("log", True)),
-                    tuple(float(c) for c in choices) if choices is not None else None,
-                )
-            except (TypeError, ValueError):
-                errors.append(f"search.{key}: low/high/choices must be numbers, got {value!r}")
-                continue
-            if rng.choices is not None and any(c < 0 for c in rng.choices):
-                errors.append(
-                    f"search.{key}: weights and scales must be >= 0, got {list(rng.choices)}"
-                )
-        else:
-            errors.append(
-                f"search.{key}: expected {{low, high, log}} or {{choices}}, got {value!r}"
-            )
-            continue
-        errors.extend(rng.check(key))
-        ranges[key] = rng
+        rng = _range(key, value, errors)
+        if rng is not None:
+            errors.extend(rng.check(key))
+            ranges[key] = rng
     return ranges
 
 
 def _scheduler(raw: Any, objectives: list[Objective], errors: list[str]) -> Scheduler:
+    """fifo or asha, with ASHA's guard metric among the objectives."""
     sched = {"type": raw} if isinstance(raw, str) else raw
     if not isinstance(sched, dict) or set(sched) - SCHEDULER_KEYS:
         errors.append(
-            f"scheduler: 'fifo', 'asha' or {{type: asha, metric, grace_period, reduction_factor}}, got {raw!r}"
+            "scheduler: 'fifo', 'asha' or {type: asha, metric, grace_period, reduction_factor}, "
+            f"got {raw!r}"
         )
         return Scheduler()
     kind = sched.get("type", "fifo")
     if kind not in ("fifo", "asha"):
         errors.append(f"scheduler: unknown scheduler {kind!r}; valid: ['asha', 'fifo']")
+    if kind != "asha":
         return Scheduler()
-    if kind == "fifo":
-        return Scheduler()
-    names = [o.metric for o in objectives]
-    metric = sched.get("metric") or (names[0] if names else None)
-    if names and metric not in names:
-        errors.append(f"scheduler.metric: {metric!r} is not one of the objectives {names}")
+    metrics = [o.metric for o in objectives]
+    metric = sched.get("metric") or (metrics[0] if metrics else None)
+    if metrics and metric not in metrics:
+        errors.append(f"scheduler.metric: {metric!r} is not one of the objectives {metrics}")
     grace, factor = sched.get("grace_period", 1), sched.get("reduction_factor", 2.0)
     if not isinstance(grace, int) or grace < 1:
         errors.append(f"scheduler.grace_period: a positive number of epochs, got {grace!r}")
@@ -231,123 +227,172 @@ def _scheduler(raw: Any, objectives: list[Objective], errors: list[str]) -> Sche
     return Scheduler("asha", metric, grace, float(factor))
 
 
-def validate(raw: dict) -> StudySpec:
-    """Check every field; raise SpecError listing all problems at once."""
-    from trainables.config import PRESETS, from_flat
-    from trainables.data.images import IMAGE_DATASETS, DatasetError, check_images
-    from trainables.data.toy import TOY_DATASETS
-
-    errors: list[str] = []
-    for key in sorted(set(raw) - TOP_KEYS):
-        errors.append(f"unknown spec key {key!r}; valid: {sorted(TOP_KEYS)}")
-    name = str(raw.get("name", "study"))
-    if not name or "/" in name:
-        errors.append(f"name: {name!r} must be a non-empty name without '/'")
-    dataset = raw.get("dataset", "overlap2")
-    if dataset not in TOY_DATASETS and dataset not in IMAGE_DATASETS:
-        errors.append(
-            f"dataset: unknown dataset {dataset!r}; valid: {list(TOY_DATASETS) + list(IMAGE_DATASETS)}"
-        )
-    methods = raw.get("methods", list(METHOD_KEYS))
-    if not isinstance(methods, list) or not methods:
+def _methods(raw: Any, errors: list[str]) -> list[str]:
+    """Method names, exactly as the papers name them."""
+    if not isinstance(raw, list) or not raw:
         errors.append("methods: give a non-empty list of method names")
-        methods = []
-    for m in methods:
-        if m not in METHOD_KEYS:
-            errors.append(f"methods: unknown method {m!r}; valid: {list(METHOD_KEYS)}")
-    percents = raw.get("label_percents", [100])
-    if not isinstance(percents, list) or not percents:
+        return []
+    for m in raw:
+        if m not in names.METHODS:
+            errors.append(f"methods: unknown method {m!r}; valid: {list(names.METHODS)}")
+    return [m for m in raw if m in names.METHODS]
+
+
+def _label_percents(raw: Any, errors: list[str]) -> list[float]:
+    """Label percentages in (0, 100]."""
+    if not isinstance(raw, list) or not raw:
         errors.append("label_percents: give a non-empty list of percentages in (0, 100]")
-        percents = []
-    for p in percents:
+        return []
+    for p in raw:
         if not isinstance(p, (int, float)) or not 0 < p <= 100:
             errors.append(f"label_percents: {p!r} is outside (0, 100]")
-    num_trials = raw.get("num_trials", 16)
-    if not isinstance(num_trials, int) or num_trials < 1:
-        errors.append(f"num_trials: must be a positive integer, got {num_trials!r}")
+    return [float(p) for p in raw if isinstance(p, (int, float)) and 0 < p <= 100]
+
+
+def _objectives(raw: Any, errors: list[str]) -> list[Objective]:
+    """{metric, mode} pairs (metric names are checked against the trials in _check_trials)."""
     objectives = []
-    for o in raw.get("objectives", [{"metric": "guided_score_cos", "mode": "max"}]) or []:
-        if (
-            not isinstance(o, dict)
-            or not isinstance(o.get("metric"), str)
-            or o.get("mode") not in ("min", "max")
-        ):
+    for o in raw or []:
+        if not isinstance(o, dict) or not isinstance(o.get("metric"), str):
+            errors.append(f"objectives: each is {{metric: NAME, mode: min|max}}, got {o!r}")
+        elif o.get("mode") not in ("min", "max"):
             errors.append(f"objectives: each is {{metric: NAME, mode: min|max}}, got {o!r}")
         else:
             objectives.append(Objective(o["metric"], o["mode"]))
     if not objectives:
         errors.append("objectives: give at least one {metric, mode}")
+    return objectives
+
+
+def _resources(raw: Any, errors: list[str]) -> Resources:
+    """cpus / gpus per trial (per worker), workers, concurrency, restarts."""
+    raw = raw or {}
+    if not isinstance(raw, dict) or set(raw) - RESOURCE_KEYS:
+        errors.append(f"resources: keys must be among {sorted(RESOURCE_KEYS)}, got {raw!r}")
+        return Resources()
+    try:
+        resources = Resources(**{k: type(getattr(Resources, k))(v) for k, v in raw.items()})
+    except (TypeError, ValueError):
+        errors.append(f"resources: values must be numbers, got {raw!r}")
+        return Resources()
+    r = resources
+    if (
+        r.cpus_per_trial <= 0
+        or r.gpus_per_trial < 0
+        or r.num_workers < 0
+        or r.max_concurrent_trials < 1
+        or r.max_failures < 0
+    ):
+        errors.append(
+            "resources: need cpus_per_trial > 0, gpus_per_trial >= 0, num_workers >= 0, "
+            f"max_concurrent_trials >= 1, max_failures >= 0; got {vars(r)}"
+        )
+    return resources
+
+
+def _check_images(trial: Any, errors: list[str]) -> None:
+    """The image set is where the spec says, and the evaluation can run (weights, checkpoint)."""
+    from trainables.data.images import DatasetError, check_images
+    from trainables.evaluation.fid import EvalError
+    from trainables.evaluation.generation import preflight
+
+    try:
+        check_images(trial.data)
+    except DatasetError as exc:
+        errors.append(f"dataset: {exc}")
+    try:
+        preflight(trial)
+    except EvalError as exc:
+        errors.append(f"eval: {exc}")
+
+
+def _check_objectives(trial: Any, method: str, objectives: list[Objective], errors: list[str]) -> None:
+    """Every objective is a metric this method's trials report on this dataset."""
+    images = trial.model.arch == "ncsnpp"
+    reported = names.reported_metrics(method, images=images, generation=trial.eval.fid)
+    for o in objectives:
+        if o.metric not in reported:
+            errors.append(
+                f"objectives: {method} trials on {trial.data.name!r} do not report {o.metric!r}; "
+                f"they report {sorted(reported)}"
+            )
+
+
+def _check_trials(
+    dataset: str,
+    methods: list[str],
+    config: dict,
+    base: str,
+    objectives: list[Objective],
+    errors: list[str],
+) -> None:
+    """Build one trial config per method: flat overrides against the schema, the network for the
+    data, the data and evaluation pre-flight, the objectives against what trials report."""
+    from trainables.config import from_flat
+    from trainables.data.images import IMAGE_DATASETS
+
+    images = dataset in IMAGE_DATASETS
+    for i, method in enumerate(methods):
+        try:
+            trial = from_flat({**config, "method": method, "data.name": dataset}, base=base)
+        except ValueError as exc:
+            errors.append(f"config: {exc}")
+            return
+        if images != (trial.model.arch == "ncsnpp"):
+            fix = "an image base_config (tiny-images, cifar10, cifar100, cifar10-small)"
+            fix = fix if images else "the toy base_config"
+            errors.append(
+                f"dataset {dataset!r} needs model.arch {'ncsnpp' if images else 'mlp'}, "
+                f"got {trial.model.arch!r}; use {fix}"
+            )
+            return
+        if images and i == 0:
+            _check_images(trial, errors)
+        _check_objectives(trial, method, objectives, errors)
+
+
+def validate(raw: dict) -> StudySpec:
+    """Check every field; raise SpecError listing all problems at once."""
+    from trainables.config import BASE_CONFIGS
+    from trainables.data.images import IMAGE_DATASETS
+    from trainables.data.toy import TOY_DATASETS
+
+    errors = [f"unknown spec key {k!r}; valid: {sorted(TOP_KEYS)}" for k in sorted(set(raw) - TOP_KEYS)]
+    name = str(raw.get("name", "study"))
+    if not name or "/" in name:
+        errors.append(f"name: {name!r} must be a non-empty name without '/'")
+    dataset = raw.get("dataset", "overlap2")
+    if dataset not in TOY_DATASETS and dataset not in IMAGE_DATASETS:
+        valid = list(TOY_DATASETS) + list(IMAGE_DATASETS)
+        errors.append(f"dataset: unknown dataset {dataset!r}; valid: {valid}")
+    methods = _methods(raw.get("methods", list(names.METHODS)), errors)
+    percents = _label_percents(raw.get("label_percents", [100]), errors)
+    num_trials = raw.get("num_trials", 16)
+    if not isinstance(num_trials, int) or num_trials < 1:
+        errors.append(f"num_trials: must be a positive integer, got {num_trials!r}")
+    default_objectives = [{"metric": "guided_score_cos", "mode": "max"}]
+    objectives = _objectives(raw.get("objectives", default_objectives), errors)
     scheduler = _scheduler(raw.get("scheduler", "fifo"), objectives, errors)
     search = _ranges(raw.get("search", {}), errors)
-    res_raw = raw.get("resources", {}) or {}
-    resources = Resources()
-    if not isinstance(res_raw, dict) or set(res_raw) - RESOURCE_KEYS:
-        errors.append(f"resources: keys must be among {sorted(RESOURCE_KEYS)}, got {res_raw!r}")
-    else:
-        try:
-            resources = Resources(**{k: type(getattr(Resources, k))(v) for k, v in res_raw.items()})
-        except (TypeError, ValueError):
-            errors.append(f"resources: values must be numbers, got {res_raw!r}")
-        if (
-            resources.cpus_per_trial <= 0
-            or resources.gpus_per_trial < 0
-            or resources.num_workers < 0
-            or resources.max_concurrent_trials < 1
-            or resources.max_failures < 0
-        ):
-            errors.append(
-                f"resources: need cpus_per_trial > 0, gpus_per_trial >= 0, num_workers >= 0, max_concurrent_trials >= 1; got {vars(resources)}"
-            )
+    resources = _resources(raw.get("resources", {}), errors)
     seed = raw.get("seed", 0)
     if not isinstance(seed, int):
         errors.append(f"seed: must be an integer, got {seed!r}")
-    preset = raw.get("preset", "toy")
-    if preset not in PRESETS:
-        errors.append(f"preset: unknown config preset {preset!r}; valid: {sorted(PRESETS)}")
+    base = raw.get("base_config", raw.get("preset", "toy"))
+    if base not in BASE_CONFIGS:
+        errors.append(f"base_config: unknown {base!r}; valid: {sorted(BASE_CONFIGS)}")
     config = raw.get("config", {}) or {}
     if not isinstance(config, dict):
         errors.append("config: expected a mapping of flat config keys")
-        config = {}
     if not errors:
-        # Build one trial config per method to check the flat overrides against the schema.
-        trial = None
-        for m in methods:
-            try:
-                trial = from_flat({**config, "method": m, "data.name": dataset}, preset=preset)
-            except ValueError as exc:
-                errors.append(f"config: {exc}")
-                break
-        if trial is not None:
-            images = dataset in IMAGE_DATASETS
-            if images != (trial.model.arch == "ncsnpp"):
-                fix = (
-                    "an image preset (tiny-images, cifar10, cifar100, cifar10-small)"
-                    if images
-                    else "the toy preset"
-                )
-                errors.append(
-                    f"dataset {dataset!r} needs model.arch {'ncsnpp' if images else 'mlp'}, got {trial.model.arch!r}; use {fix}"
-                )
-            elif images:
-                from trainables.image_eval import preflight
-                from trainables.metrics.fid import EvalError
-
-                try:
-                    check_images(trial.data)
-                except DatasetError as exc:
-                    errors.append(f"dataset: {exc}")
-                try:
-                    preflight(trial)
-                except EvalError as exc:
-                    errors.append(f"eval: {exc}")
-    address = raw.get("address") or os.environ.get("RAY_ADDRESS") or None
+        _check_trials(dataset, methods, config, base, objectives, errors)
     if errors:
         raise SpecError("invalid study spec:\n  - " + "\n  - ".join(errors))
     return StudySpec(
         name=name,
         dataset=dataset,
         methods=tuple(methods),
-        label_percents=tuple(float(p) for p in percents),
+        label_percents=tuple(percents),
         num_trials=num_trials,
         objectives=tuple(objectives),
         scheduler=scheduler,
@@ -355,10 +400,10 @@ def validate(raw: dict) -> StudySpec:
         resources=resources,
         seed=seed,
         config=dict(config),
-        preset=preset,
+        base_config=base,
         storage=raw.get("storage"),
         tracking_uri=raw.get("tracking_uri"),
-        address=address,
+        address=raw.get("address") or os.environ.get("RAY_ADDRESS") or None,
     )
 
 

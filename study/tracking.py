@@ -7,12 +7,17 @@ import math
 import os
 import subprocess
 import time
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 from ray import tune
+from ray.tune.experiment import Trial
+
+from trainables.names import ARTIFACTS_RECORD, LABEL_PERCENT_KEY, METHOD_KEY, TAGS_RECORD
 
 TERMINAL = {"FINISHED", "FAILED", "KILLED"}
 STEP_METRIC = "tracker/step"  # the run's own result counter, continued across restores
@@ -88,14 +93,12 @@ class MLflowTracker(tune.Callback):
         experiment_id: str,
         parent_run_id: str,
         record_root: Path,
-        full_params,
+        full_params: Callable[[dict], dict],
         verbose: bool = True,
-    ):  # noqa: ANN001
-        self.tracking_uri, self.experiment_id, self.parent_run_id = (
-            tracking_uri,
-            experiment_id,
-            parent_run_id,
-        )
+    ) -> None:
+        self.tracking_uri = tracking_uri
+        self.experiment_id = experiment_id
+        self.parent_run_id = parent_run_id
         self.record_root = Path(record_root)
         self.full_params = full_params  # picklable: trial params -> every flat param
         self.verbose = verbose
@@ -108,31 +111,29 @@ class MLflowTracker(tune.Callback):
         """Pickle without the client (Tune saves callbacks with the experiment)."""
         return {**self.__dict__, "_client": None, "_runs": {}, "_offsets": {}}
 
-    def on_event(self, event: str, trial, result) -> None:  # noqa: ANN001
+    def on_event(self, event: str, trial: Trial, result: dict | None) -> None:
         """Progress on the driver's terminal."""
         if not self.verbose:
             return
-        label = f"{trial.config.get('method')} @ {trial.config.get('data.label_percent'):g}%"
+        label = f"{trial.config.get(METHOD_KEY)} @ {trial.config.get(LABEL_PERCENT_KEY):g}%"
         if event == "result" and result is not None and "epoch" in result:
             loss = next((f"{k} {v:.4g}" for k, v in result.items() if k.endswith("/loss")), "")
             print(f"  [{trial.trial_id}] {label}: epoch {int(result['epoch'])} {loss}", flush=True)
         elif event in ("FINISHED", "FAILED"):
             self._done += 1
             early = event == "FINISHED" and not (trial.last_result or {}).get("final")
-            what = (
-                f"stopped early by ASHA at epoch {int((trial.last_result or {}).get('eval_epoch', 0))}"
-                if early
-                else event
-            )
+            epoch = int((trial.last_result or {}).get("eval_epoch", 0))
+            what = f"stopped early by ASHA at epoch {epoch}" if early else event
             print(f"  [{trial.trial_id}] {label}: {what} ({self._done} trials ended)", flush=True)
 
     @property
     def client(self) -> MlflowClient:
+        """The MLflow client, made on first use (it is not pickled with the callback)."""
         if self._client is None:
             self._client = MlflowClient(self.tracking_uri)
         return self._client
 
-    def run_for(self, trial) -> str:  # noqa: ANN001
+    def run_for(self, trial: Trial) -> str:
         """The trial's run: the existing one with its trial id, else a new child run."""
         if trial.trial_id in self._runs:
             return self._runs[trial.trial_id]
@@ -151,15 +152,13 @@ class MLflowTracker(tune.Callback):
                 "mlflow.parentRunId": self.parent_run_id,
                 "trial_id": trial.trial_id,
                 "role": "trial",
-                "method": str(params.get("method")),
-                "label_percent": str(params.get("data.label_percent")),
+                "method": str(params.get(METHOD_KEY)),
+                "label_percent": str(params.get(LABEL_PERCENT_KEY)),
                 **environment_tags(),
             }
-            run = self.client.create_run(
-                self.experiment_id,
-                run_name=f"{params.get('method')}@{params.get('data.label_percent')}%-{trial.trial_id}",
-                tags=tags,
-            )
+            cell = f"{params.get(METHOD_KEY)}@{params.get(LABEL_PERCENT_KEY)}%"
+            name = f"{cell}-{trial.trial_id}"
+            run = self.client.create_run(self.experiment_id, run_name=name, tags=tags)
             run_id = run.info.run_id
             self.client.log_batch(
                 run_id,
@@ -168,10 +167,14 @@ class MLflowTracker(tune.Callback):
         self._runs[trial.trial_id] = run_id
         return run_id
 
-    def on_trial_start(self, iteration, trials, trial, **info):  # noqa: ANN001, D102
+    def on_trial_start(self, iteration: int, trials: list, trial: Trial, **info: Any) -> None:
+        """Create (or find) the trial's run."""
         self.run_for(trial)
 
-    def on_trial_result(self, iteration, trials, trial, result, **info):  # noqa: ANN001, D102
+    def on_trial_result(
+        self, iteration: int, trials: list, trial: Trial, result: dict, **info: Any
+    ) -> None:
+        """Log a result's numbers at the run's own step counter."""
         run_id = self.run_for(trial)
         step = self._offsets.get(trial.trial_id, 0) + int(result.get("training_iteration", 0))
         now = int(time.time() * 1000)
@@ -197,13 +200,14 @@ class MLflowTracker(tune.Callback):
         self.client.log_batch(run_id, metrics=metrics)
         self.on_event("result", trial, result)
 
-    def _end(self, trial, status: str) -> None:  # noqa: ANN001
+    def _end(self, trial: Trial, status: str) -> None:
+        """Tag the run with the trial's records, log its samples, and end it."""
         run_id = self.run_for(trial)
-        record = self.record_root / trial.trial_id / "artifacts.json"
+        record = self.record_root / trial.trial_id / ARTIFACTS_RECORD
         if record.exists():
             for name, path in json.loads(record.read_text()).items():
                 self.client.set_tag(run_id, f"artifact.{name}", path)
-        tags_file = self.record_root / trial.trial_id / "tags.json"
+        tags_file = self.record_root / trial.trial_id / TAGS_RECORD
         if tags_file.exists():
             for name, value in json.loads(tags_file.read_text()).items():
                 self.client.set_tag(run_id, name, str(value)[:5000])
@@ -212,16 +216,17 @@ class MLflowTracker(tune.Callback):
         if status == "FINISHED" and not (trial.last_result or {}).get("final"):
             # Stopped by the scheduler (ASHA) before its final evaluation.
             self.client.set_tag(run_id, "early_stopped", "true")
-            self.client.set_tag(
-                run_id, "stopped_at_epoch", str(int((trial.last_result or {}).get("eval_epoch", 0)))
-            )
+            epoch = int((trial.last_result or {}).get("eval_epoch", 0))
+            self.client.set_tag(run_id, "stopped_at_epoch", str(epoch))
         self.client.set_terminated(run_id, status)
         self.on_event(status, trial, None)
 
-    def on_trial_complete(self, iteration, trials, trial, **info):  # noqa: ANN001, D102
+    def on_trial_complete(self, iteration: int, trials: list, trial: Trial, **info: Any) -> None:
+        """End the run FINISHED."""
         self._end(trial, "FINISHED")
 
-    def on_trial_error(self, iteration, trials, trial, **info):  # noqa: ANN001, D102
+    def on_trial_error(self, iteration: int, trials: list, trial: Trial, **info: Any) -> None:
+        """End the run FAILED."""
         self._end(trial, "FAILED")
 
 

@@ -18,14 +18,8 @@ from torch import nn
 
 from trainables.config import TrialConfig, to_flat
 from trainables.fit import build, save_checkpoint
-from trainables.methods import Artifact, LossTerm
+from trainables.methods import Artifact
 
-# Loss knobs each term function reads besides its weight.
-TERM_KNOBS = {
-    "sc": ("loss.sc_weighting",),
-    "dlsm": ("loss.dlsm_power",),
-    "cfg_dsm": ("loss.p_uncond",),
-}
 ALWAYS = ("sde.", "model.", "train.")
 DATA_KEYS = (
     "data.name",
@@ -39,13 +33,6 @@ DATA_KEYS = (
 NEUTRAL = ("train.channels_last", "train.checkpoint_every")
 
 
-def _term_keys(term: LossTerm) -> list[str]:
-    keys = list(TERM_KNOBS.get(term.fn, ()))
-    if term.weight_key is not None:
-        keys.append(term.weight_key)
-    return keys
-
-
 def artifact_identity(
     artifact: Artifact, config: TrialConfig, needs: dict[str, str] | None = None
 ) -> dict:
@@ -56,11 +43,11 @@ def artifact_identity(
     if artifact.uses_labels:
         keys += ["data.label_percent", "data.split_seed"]
     for term in active:
-        keys += _term_keys(term)
+        keys += term.knobs()
     return {
         "artifact": artifact.name,
         "network": artifact.network,
-        "terms": [[t.fn, t.rows] for t in active],
+        "terms": [[t.term, t.rows] for t in active],
         "config": {k: flat[k] for k in sorted(set(keys))},
         "needs": dict(sorted((needs or {}).items())),
     }

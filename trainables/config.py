@@ -6,6 +6,8 @@ import difflib
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
+from trainables.names import check_method
+
 
 @dataclass(frozen=True)
 class SDEConfig:
@@ -139,7 +141,7 @@ class TrialConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
 
-# NCSN++ sizes (mirrors trainables.networks.ncsnpp.SIZES; a test keeps them equal).
+# NCSN++ sizes; tests/trainables/test_ncsnpp.py checks their parameter counts.
 NCSNPP_SIZES: dict[str, dict[str, Any]] = {
     "paper": {"nf": 128, "ch_mult": (1, 2, 2, 2), "num_res_blocks": 4, "attn_resolutions": (16,)},
     "deep": {"nf": 128, "ch_mult": (1, 2, 2, 2), "num_res_blocks": 8, "attn_resolutions": (16,)},
@@ -149,11 +151,12 @@ NCSNPP_SIZES: dict[str, dict[str, Any]] = {
 
 SECTIONS = ("sde", "data", "model", "loss", "train", "sample", "eval")
 
-PRESETS: dict[str, dict[str, Any]] = {
+# Base configs a study's trials start from (the spec's `base_config`); a study preset
+# (study/presets/*.yaml) names one of them and overrides its keys.
+BASE_CONFIGS: dict[str, dict[str, Any]] = {
     # Toy 2-D studies: small noise range suited to data of unit scale.
     "toy": {"sde.sigma_max": 10.0, "sde.sigma_min": 0.01, "sde.eps": 1e-3},
-    # CIFAR-10 reference values (METHODS.md section 6); networks arrive with the image issue.
-    # CIFAR-10/100 reference values (METHODS.md section 6): NCSN++ (cont.), 62.8 M parameters.
+    # CIFAR-10/100 reference values (docs/methods.md, protocol): NCSN++ (cont.), 62.8 M parameters.
     "cifar10": {
         "data.name": "cifar10",
         "model.arch": "ncsnpp",
@@ -198,9 +201,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         "sample.num_per_class": 32,
     },
 }
-PRESETS["cifar100"] = {**PRESETS["cifar10"], "data.name": "cifar100"}
-PRESETS["cifar10-small"] = {
-    **PRESETS["cifar10"],
+BASE_CONFIGS["cifar100"] = {**BASE_CONFIGS["cifar10"], "data.name": "cifar100"}
+BASE_CONFIGS["cifar10-small"] = {
+    **BASE_CONFIGS["cifar10"],
     **{f"model.{k}": v for k, v in NCSNPP_SIZES["small"].items()},
     "train.steps": 200_000,
 }
@@ -271,21 +274,19 @@ def override(config: TrialConfig, updates: dict[str, Any]) -> TrialConfig:
     return validate(replace(config, method=method, **new))
 
 
-def from_flat(flat: dict[str, Any], preset: str | None = None) -> TrialConfig:
-    """Build a config from a preset (optional) and flat overrides."""
-    base = TrialConfig()
-    if preset is not None:
-        if preset not in PRESETS:
-            raise ValueError(f"unknown preset {preset!r}; valid: {sorted(PRESETS)}")
-        base = override(base, PRESETS[preset])
-    return override(base, flat)
+def from_flat(flat: dict[str, Any], base: str | None = None) -> TrialConfig:
+    """Build a config from a base config (optional) and flat overrides."""
+    config = TrialConfig()
+    if base is not None:
+        if base not in BASE_CONFIGS:
+            raise ValueError(f"unknown base config {base!r}; valid: {sorted(BASE_CONFIGS)}")
+        config = override(config, BASE_CONFIGS[base])
+    return override(config, flat)
 
 
 def validate(config: TrialConfig) -> TrialConfig:
     """Check values the math needs; raise ValueError naming the bad value."""
-    from trainables.methods import get_method  # local: methods imports nothing from here at import
-
-    get_method(config.method)
+    check_method(config.method)
     if not 0.0 < config.data.label_percent <= 100.0:
         raise ValueError(f"data.label_percent must be in (0, 100], got {config.data.label_percent}")
     for name in ("lambda_sc", "lambda_joint", "lambda_ce", "lambda_qc"):

@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -16,11 +17,12 @@ from torch import nn
 
 from trainables.config import TrialConfig
 from trainables.data.batches import Batch, BatchSampler, Noise, hide_labels, labeled_subset
-from trainables.methods import Artifact, artifact_loss, get_method, model_fns
+from trainables.methods import Artifact, ModelFns, artifact_loss, get_method, model_fns
 from trainables.networks import build_network
 from trainables.sde import VESDE
 
 Callback = Callable[[dict], None]
+Dim = int | tuple[int, ...]  # features (flat data) or (C, H, W)
 CHECKPOINT_FILE = "checkpoint.pt"
 
 
@@ -65,7 +67,7 @@ def data_dim(x: torch.Tensor) -> int | tuple[int, ...]:
     return x.shape[1] if x.dim() == 2 else tuple(x.shape[1:])
 
 
-def build(artifact: Artifact, config: TrialConfig, dim, num_classes: int) -> nn.Module:  # noqa: ANN001
+def build(artifact: Artifact, config: TrialConfig, dim: Dim, num_classes: int) -> nn.Module:
     """The artifact's network, initialised from the training seed (identical on every DDP rank)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.train.seed)
@@ -113,7 +115,7 @@ class Distributed:
             p.grad = flat[offset : offset + g.numel()].view_as(g)
             offset += g.numel()
 
-    def broadcast(self, obj):  # noqa: ANN001, ANN201
+    def broadcast(self, obj: Any) -> Any:
         """rank 0's obj on every rank."""
         if self.world_size == 1:
             return obj
@@ -128,6 +130,133 @@ def _random_flip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Horizontal flips of half the images on average (drawn for the global batch)."""
     flip = torch.rand(x.shape[0], generator=generator) < 0.5
     return torch.where(flip[:, None, None, None], x.flip(-1), x)
+
+
+@dataclass
+class _TrainState:
+    """What one artifact's training carries from step to step."""
+
+    net: nn.Module
+    ema: nn.Module
+    params: list[nn.Parameter]
+    optimizer: torch.optim.Optimizer
+    generator: torch.Generator  # every draw of the loop (flips, noise); resumes with the checkpoint
+    fns: ModelFns
+    memory: torch.memory_format
+    step: int = 0  # steps done
+
+
+def _setup(
+    artifact: Artifact,
+    config: TrialConfig,
+    data: TrainingSet,
+    frozen: dict[str, nn.Module] | None,
+    device: torch.device,
+) -> _TrainState:
+    """Build the network (seeded), its EMA copy, Adam and the loop's generator."""
+    images = data.x.dim() == 4
+    net = build(artifact, config, data_dim(data.x), data.num_classes)
+    channels_last = images and config.train.channels_last and device.type == "cuda"
+    memory = torch.channels_last if channels_last else torch.contiguous_format
+    net = net.to(device, memory_format=memory)
+    ema = copy.deepcopy(net).requires_grad_(False)
+    params = list(net.parameters())
+    optimizer = torch.optim.Adam(params, lr=config.train.lr)
+    generator = torch.Generator().manual_seed(config.train.seed + 1)
+    fns = model_fns({artifact.network: net}, num_classes=data.num_classes, frozen=frozen)
+    return _TrainState(net, ema, params, optimizer, generator, fns, memory)
+
+
+def _resume(state: _TrainState, checkpoint: Path | None) -> None:
+    """Load weights, EMA, optimizer, step and RNG state from the checkpoint if there is one."""
+    if checkpoint is None or not checkpoint.exists():
+        return
+    saved = load_checkpoint(checkpoint)
+    state.net.load_state_dict(saved["network"])
+    state.ema.load_state_dict(saved["ema"])
+    state.optimizer.load_state_dict(saved["optimizer"])
+    state.generator.set_state(saved["rng"])
+    state.step = int(saved["step"])
+
+
+def _save(state: _TrainState, checkpoint: Path) -> None:
+    """Write everything _resume reads."""
+    saved = {
+        "network": state.net.state_dict(),
+        "ema": state.ema.state_dict(),
+        "optimizer": state.optimizer.state_dict(),
+        "step": state.step,
+        "rng": state.generator.get_state(),
+    }
+    save_checkpoint(checkpoint, saved)
+
+
+def _draw_batch(
+    state: _TrainState,
+    config: TrialConfig,
+    data: TrainingSet,
+    rows: np.ndarray,
+    sde: VESDE,
+    dist: Distributed,
+    device: torch.device,
+) -> tuple[Batch, Noise]:
+    """The global batch and its noise (same on every rank), then this rank's shard on the device."""
+    idx = torch.from_numpy(rows)
+    x = data.x[idx]
+    if x.dim() == 4 and config.data.flip:
+        x = _random_flip(x, state.generator)
+    noise = Noise.draw(x, sde, state.generator)
+    mine = dist.shard(torch.arange(len(idx)))
+    batch = Batch(x[mine].to(device, memory_format=state.memory), data.y[idx][mine].to(device))
+    noise = Noise(*(t[mine].to(device) for t in (noise.sigma, noise.z, noise.u, noise.v)))
+    return batch, noise
+
+
+def _optimise(
+    state: _TrainState,
+    artifact: Artifact,
+    config: TrialConfig,
+    batch: Batch,
+    noise: Noise,
+    dist: Distributed,
+) -> dict[str, torch.Tensor]:
+    """One step: loss, backward, gradient average and clip, Adam, EMA; returns what to log."""
+    autocast = torch.autocast(
+        device_type=batch.x.device.type,
+        dtype=torch.bfloat16,
+        enabled=config.train.precision == "bf16",
+    )
+    with autocast:
+        loss, terms = artifact_loss(artifact, state.fns, batch, noise, config.loss)
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"{artifact.name}: loss is {loss.item()} at step {state.step}")
+    for group in state.optimizer.param_groups:
+        group["lr"] = _lr_at(state.step, config)
+    state.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    dist.average_gradients(state.params)
+    grad_norm = nn.utils.clip_grad_norm_(state.params, config.train.grad_clip)
+    state.optimizer.step()
+    # Update EMA.
+    with torch.no_grad():
+        for p_ema, p in zip(state.ema.parameters(), state.params):
+            p_ema.lerp_(p, 1 - config.train.ema_decay)
+    state.step += 1
+    return {"loss": loss, **{k: v.mean() for k, v in terms.items()}, "grad_norm": grad_norm}
+
+
+def _epoch_metrics(
+    artifact: Artifact, config: TrialConfig, sums: dict[str, float], step: int, seconds: float
+) -> dict:
+    """Means over the epoch's steps, its throughput, and where the epoch stands."""
+    per_epoch = config.train.steps_per_epoch
+    epoch = math.ceil(step / per_epoch)
+    count = step - (epoch - 1) * per_epoch
+    metrics: dict = {f"{artifact.name}/{k}": v / count for k, v in sums.items()}
+    metrics.update({"artifact": artifact.name, "step": step, "epoch": epoch})
+    metrics[f"{artifact.name}/steps_per_s"] = count / seconds
+    metrics[f"{artifact.name}/examples_per_s"] = count * config.train.batch_size / seconds
+    return metrics
 
 
 def train_artifact(
@@ -149,122 +278,49 @@ def train_artifact(
     (schedulers such as ASHA need the objective while a trial trains). Under data parallelism every
     rank draws the same global batch and noise (so one RNG state resumes them all), trains on its shard
     and averages gradients; rank 0 writes the checkpoints (a reported metrics dict then carries the
-    checkpoint folder under "checkpoint_dir").
+    checkpoint folder under "checkpoint_dir"). stop_after ends training at the first epoch end at or
+    after that many steps (tests use it to interrupt a run).
     """
     dist = distributed or Distributed()
     device = torch.device(device)
     sde = VESDE.from_config(config.sde)
-    images = data.x.dim() == 4
-    net = build(artifact, config, data_dim(data.x), data.num_classes)
-    memory = (
-        torch.channels_last
-        if (images and config.train.channels_last and device.type == "cuda")
-        else torch.contiguous_format
-    )
-    net = net.to(device, memory_format=memory)
-    ema = copy.deepcopy(net).requires_grad_(False)
-    params = list(net.parameters())
-    optimizer = torch.optim.Adam(params, lr=config.train.lr)
-    generator = torch.Generator().manual_seed(config.train.seed + 1)
-    sampler = BatchSampler(
-        data.labeled_idx,
-        len(data.x),
-        config.train.batch_size,
-        artifact.row_usage,
-        config.train.seed,
-    )
-    fns = model_fns({artifact.network: net}, num_classes=data.num_classes, frozen=frozen)
+    state = _setup(artifact, config, data, frozen, device)
     ckpt = Path(checkpoint_dir) / CHECKPOINT_FILE if checkpoint_dir is not None else None
-    autocast = torch.autocast(
-        device_type=device.type, dtype=torch.bfloat16, enabled=config.train.precision == "bf16"
+    _resume(state, ckpt)
+    sampler = BatchSampler(
+        data.labeled_idx, len(data.x), config.train.batch_size, artifact.row_usage, config.train.seed
     )
-    start = 0
-    if ckpt is not None and ckpt.exists():
-        # Resume: weights, EMA, optimizer, step and RNG state.
-        state = load_checkpoint(ckpt)
-        net.load_state_dict(state["network"])
-        ema.load_state_dict(state["ema"])
-        optimizer.load_state_dict(state["optimizer"])
-        generator.set_state(state["rng"])
-        start = int(state["step"])
+    every = config.train.checkpoint_every
     sums: dict[str, float] = {}
     epoch_start = time.perf_counter()
-    for step in range(start, config.train.steps):
-        # One optimisation step on caller-drawn noise; the global batch first, then this rank's shard.
-        idx = torch.from_numpy(sampler.batch(step))
-        x = data.x[idx]
-        if images and config.data.flip:
-            x = _random_flip(x, generator)
-        noise = Noise.draw(x, sde, generator)
-        mine = dist.shard(torch.arange(len(idx)))
-        batch = Batch(x[mine].to(device, memory_format=memory), data.y[idx][mine].to(device))
-        noise = Noise(*(t[mine].to(device) for t in (noise.sigma, noise.z, noise.u, noise.v)))
-        with autocast:
-            loss, terms = artifact_loss(artifact, fns, batch, noise, config.loss)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"{artifact.name}: loss is {loss.item()} at step {step}")
-        for group in optimizer.param_groups:
-            group["lr"] = _lr_at(step, config)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        dist.average_gradients(params)
-        grad_norm = nn.utils.clip_grad_norm_(params, config.train.grad_clip)
-        optimizer.step()
-        # Update EMA.
-        with torch.no_grad():
-            for p_ema, p in zip(ema.parameters(), params):
-                p_ema.lerp_(p, 1 - config.train.ema_decay)
-        for name, values in {"loss": loss, **{k: v.mean() for k, v in terms.items()}}.items():
-            sums[name] = sums.get(name, 0.0) + float(values.detach())
-        sums["grad_norm"] = sums.get("grad_norm", 0.0) + float(grad_norm)
-        done = step + 1
+    while state.step < config.train.steps:
+        # One optimisation step on caller-drawn noise.
+        batch, noise = _draw_batch(
+            state, config, data, sampler.batch(state.step), sde, dist, device
+        )
+        for name, value in _optimise(state, artifact, config, batch, noise, dist).items():
+            sums[name] = sums.get(name, 0.0) + float(value.detach())
+        done = state.step
         epoch_end = done % config.train.steps_per_epoch == 0 or done == config.train.steps
-        if (
-            ckpt is not None
-            and dist.rank == 0
-            and (
-                epoch_end
-                or (config.train.checkpoint_every and done % config.train.checkpoint_every == 0)
-            )
-        ):
-            save_checkpoint(
-                ckpt,
-                {
-                    "network": net.state_dict(),
-                    "ema": ema.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "step": done,
-                    "rng": generator.get_state(),
-                },
-            )
-        if epoch_end:
-            count = (
-                done
-                - (math.ceil(done / config.train.steps_per_epoch) - 1)
-                * config.train.steps_per_epoch
-            )
-            metrics = {f"{artifact.name}/{k}": v / count for k, v in sums.items()}
-            metrics.update(
-                {
-                    "artifact": artifact.name,
-                    "step": done,
-                    "epoch": math.ceil(done / config.train.steps_per_epoch),
-                }
-            )
-            seconds = time.perf_counter() - epoch_start
-            metrics[f"{artifact.name}/steps_per_s"] = count / seconds
-            metrics[f"{artifact.name}/examples_per_s"] = count * config.train.batch_size / seconds
-            if evaluate is not None:
-                metrics.update(evaluate(ema.eval(), metrics["epoch"]))
-                ema.train()
-            if ckpt is not None and dist.rank == 0:
-                metrics["checkpoint_dir"] = str(ckpt.parent)
-            if callback is not None:
-                callback(metrics)
-            sums, epoch_start = {}, time.perf_counter()
-            if stop_after is not None and done >= stop_after:
-                break
-    return ema.eval()
+        # Checkpoint at epoch ends and every train.checkpoint_every steps (rank 0 writes).
+        if ckpt is not None and dist.rank == 0 and (epoch_end or (every and done % every == 0)):
+            _save(state, ckpt)
+        if not epoch_end:
+            continue
+        # Report the epoch (with the evaluation the scheduler compares, if asked).
+        seconds = time.perf_counter() - epoch_start
+        metrics = _epoch_metrics(artifact, config, sums, done, seconds)
+        if evaluate is not None:
+            metrics.update(evaluate(state.ema.eval(), metrics["epoch"]))
+            state.ema.train()
+        if ckpt is not None and dist.rank == 0:
+            metrics["checkpoint_dir"] = str(ckpt.parent)
+        if callback is not None:
+            callback(metrics)
+        sums, epoch_start = {}, time.perf_counter()
+        if stop_after is not None and done >= stop_after:
+            break
+    return state.ema.eval()
 
 
 ArtifactProvider = Callable[[Artifact, dict[str, nn.Module]], nn.Module]
@@ -272,21 +328,23 @@ ArtifactProvider = Callable[[Artifact, dict[str, nn.Module]], nn.Module]
 
 def train_method(
     config: TrialConfig,
-    data: TrainingSet,
+    data: TrainingSet | None = None,
     *,
     provider: ArtifactProvider | None = None,
     callback: Callback | None = None,
 ) -> dict[str, nn.Module]:
-    """Train (or fetch through provider) every artifact a method needs, in order; keyed by network kind."""
-    method = get_method(config.method)
+    """Every artifact a method needs, in order, keyed by network kind; each trained on data, or
+    fetched through provider(artifact, frozen) (the Ray worker's provider is the artifact cache)."""
+    if provider is None:
+        if data is None:
+            raise ValueError("train_method needs data or a provider")
+
+        def provider(artifact: Artifact, frozen: dict[str, nn.Module]) -> nn.Module:
+            return train_artifact(artifact, config, data, frozen=frozen, callback=callback)
+
     trained: dict[str, nn.Module] = {}
     by_name: dict[str, nn.Module] = {}
-    for artifact in method.artifacts:
-        frozen = {name: by_name[name] for name in artifact.needs}
-        if provider is not None:
-            net = provider(artifact, frozen)
-        else:
-            net = train_artifact(artifact, config, data, frozen=frozen, callback=callback)
-        by_name[artifact.name] = net
-        trained[artifact.network] = net
+    for artifact in get_method(config.method).artifacts:
+        by_name[artifact.name] = provider(artifact, {n: by_name[n] for n in artifact.needs})
+        trained[artifact.network] = by_name[artifact.name]
     return trained

@@ -1,78 +1,30 @@
-"""The method registry: name -> networks trained, loss terms with their row subsets and weights, guidance.
+"""The method registry: loss terms, the artifacts (trained networks) they make, and the methods.
 
-One dict literal of frozen records; `artifact_loss` sums any artifact's terms. Names are exactly the
-papers' labels and are used as MLflow tags, table rows and CLI choices.
+Three tables of frozen records, each the single source of its facts:
+
+- TERMS: one record per loss term: its per-example function, the loss knobs it reads besides its
+  weight (they enter the artifact cache key) and whether it reads labels (half-labeled batches).
+- Artifacts: a network kind plus the terms (with their row subset and weight key) it is trained on,
+  and the artifacts it reads frozen.
+- METHODS: one record per method, named exactly as the papers, with its artifacts and guidance.
+
+`artifact_loss` sums any artifact's terms; `guided_score_fn` builds any method's sampling score.
+The names and tuned keys other packages read without torch are in trainables.names (a test keeps
+them equal to this registry).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
-from trainables import losses
+from trainables import guidance, losses, names
+from trainables.config import LossConfig
 from trainables.data.batches import Batch, Noise
-
-ROW_SUBSETS = ("labeled", "unlabeled", "all")
-
-
-@dataclass(frozen=True)
-class LossTerm:
-    """One loss term: which function, on which rows, weighted by which flat config key (None = 1)."""
-
-    fn: str  # key of TERM_FNS
-    rows: str  # labeled | unlabeled | all
-    weight_key: str | None = None  # e.g. "loss.lambda_sc"
-
-    def weight(self, loss_config) -> float:  # noqa: ANN001 - LossConfig
-        """The term's weight under a LossConfig."""
-        return (
-            1.0
-            if self.weight_key is None
-            else float(getattr(loss_config, self.weight_key.split(".", 1)[1]))
-        )
-
-
-@dataclass(frozen=True)
-class Artifact:
-    """A trained network: its kind, its loss terms, and the artifacts it reads frozen."""
-
-    name: str  # cache identity within a study: score, classifier, joint, conditional
-    network: str  # score | classifier | joint | conditional
-    terms: tuple[LossTerm, ...]
-    needs: tuple[str, ...] = ()  # artifacts trained first and frozen (EMA weights)
-
-    @property
-    def uses_labels(self) -> bool:
-        """Whether any term reads labels (then the artifact depends on the label split)."""
-        return any(t.rows != "all" or t.fn in LABEL_TERMS for t in self.terms)
-
-    @property
-    def row_usage(self) -> str:
-        """Which rows its batches need: labeled only, all rows, or half labeled / half unlabeled."""
-        subsets = {t.rows for t in self.terms}
-        if subsets == {"labeled"}:
-            return "labeled"
-        if subsets <= {"all"} and not self.uses_labels:
-            return "all"
-        return "half"
-
-
-@dataclass(frozen=True)
-class Method:
-    """A conditional generation method as the papers define it."""
-
-    name: str
-    artifacts: tuple[Artifact, ...]  # trained in this order
-    guidance: str  # classifier | cfg
-    search_keys: tuple[str, ...] = field(default=())  # loss weights its search space tunes
-
-    @property
-    def shares_score_model(self) -> bool:
-        """True when it uses the study-wide unconditional score model."""
-        return SCORE_MODEL in self.artifacts
 
 
 @dataclass(frozen=True)
@@ -86,146 +38,231 @@ class ModelFns:
     num_classes: int = 0
 
 
-def _need(fn, what: str):  # noqa: ANN001, ANN202
+def _need(fn: Callable | None, what: str) -> Callable:
+    """fn, or a ValueError saying the artifact lacks it."""
     if fn is None:
         raise ValueError(f"this loss term needs a {what}, which the artifact does not provide")
     return fn
 
 
-TERM_FNS: dict[str, Callable[[ModelFns, Batch, Noise, object], torch.Tensor]] = {
-    "dsm": lambda f, b, n, c: losses.dsm_loss(_need(f.score_fn, "score model"), b.x, n.sigma, n.z),
-    "ce": lambda f, b, n, c: losses.ce_loss(
-        _need(f.logits_fn, "classifier"), b.x, n.sigma, n.z, b.y
-    ),
-    "sc": lambda f, b, n, c: losses.sc_loss(
-        _need(f.logits_fn, "classifier"), b.x, n.sigma, n.z, weighting=c.sc_weighting
-    ),
-    "dlsm": lambda f, b, n, c: losses.dlsm_loss(
-        _need(f.logits_fn, "classifier"),
-        _need(f.frozen_score_fn, "frozen score model"),
-        b.x,
-        n.sigma,
-        n.z,
-        b.y,
-        power=c.dlsm_power,
-    ),
-    "cond_dsm": lambda f, b, n, c: losses.cond_dsm_loss(
-        _need(f.cond_score_fn, "conditional score model"), b.x, n.sigma, n.z, b.y
-    ),
-    "cfg_dsm": lambda f, b, n, c: losses.cfg_dsm_loss(
-        _need(f.cond_score_fn, "conditional score model"),
-        b.x,
-        n.sigma,
-        n.z,
-        b.y,
-        n.u,
-        p_uncond=c.p_uncond,
-        null_label=f.num_classes,
-    ),
-    "qc": lambda f, b, n, c: losses.qc_loss(
-        _need(f.score_fn, "score model"), b.x, n.sigma, n.z, n.v
-    ),
+# ---- loss terms ---------------------------------------------------------------------------------
+TermFn = Callable[[ModelFns, Batch, Noise, LossConfig], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Term:
+    """A loss term: per-example values from (networks, rows, their noise, loss config)."""
+
+    fn: TermFn
+    knobs: tuple[str, ...] = ()  # flat loss keys fn reads besides the weight: part of the cache key
+    reads_labels: bool = False  # reads y: its artifact depends on the label split
+
+
+def _dsm(f: ModelFns, b: Batch, n: Noise, c: LossConfig) -> torch.Tensor:
+    return losses.dsm_loss(_need(f.score_fn, "score model"), b.x, n.sigma, n.z)
+
+
+def _ce(f: ModelFns, b: Batch, n: Noise, c: LossConfig) -> torch.Tensor:
+    return losses.ce_loss(_need(f.logits_fn, "classifier"), b.x, n.sigma, n.z, b.y)
+
+
+def _sc(f: ModelFns, b: Batch, n: Noise, c: LossConfig) -> torch.Tensor:
+    logits_fn = _need(f.logits_fn, "classifier")
+    return losses.sc_loss(logits_fn, b.x, n.sigma, n.z, weighting=c.sc_weighting)
+
+
+def _dlsm(f: ModelFns, b: Batch, n: Noise, c: LossConfig) -> torch.Tensor:
+    logits_fn = _need(f.logits_fn, "classifier")
+    frozen = _need(f.frozen_score_fn, "frozen score model")
+    return losses.dlsm_loss(logits_fn, frozen, b.x, n.sigma, n.z, b.y, power=c.dlsm_power)
+
+
+def _cond_dsm(f: ModelFns, b: Batch, n: Noise, c: LossConfig) -> torch.Tensor:
+    cond_score_fn = _need(f.cond_score_fn, "conditional score model")
+    return losses.cond_dsm_loss(cond_score_fn, b.x, n.sigma, n.z, b.y)
+
+
+def _cfg_dsm(f: ModelFns, b: Batch, n: Noise, c: LossConfig) -> torch.Tensor:
+    cond_score_fn = _need(f.cond_score_fn, "conditional score model")
+    return losses.cfg_dsm_loss(
+        cond_score_fn, b.x, n.sigma, n.z, b.y, n.u, p_uncond=c.p_uncond, null_label=f.num_classes
+    )
+
+
+def _qc(f: ModelFns, b: Batch, n: Noise, c: LossConfig) -> torch.Tensor:
+    return losses.qc_loss(_need(f.score_fn, "score model"), b.x, n.sigma, n.z, n.v)
+
+
+TERMS: dict[str, Term] = {
+    "dsm": Term(_dsm),
+    "ce": Term(_ce, reads_labels=True),
+    "sc": Term(_sc, knobs=("loss.sc_weighting",)),
+    "dlsm": Term(_dlsm, knobs=("loss.dlsm_power",), reads_labels=True),
+    "cond_dsm": Term(_cond_dsm, reads_labels=True),
+    "cfg_dsm": Term(_cfg_dsm, knobs=("loss.p_uncond",), reads_labels=True),
+    "qc": Term(_qc),
 }
-LABEL_TERMS = frozenset({"ce", "dlsm", "cond_dsm", "cfg_dsm"})
+ROWS = ("labeled", "unlabeled", "all")
 
-QC = LossTerm("qc", "all", "loss.lambda_qc")  # optional: weight 0 by default skips it
-SCORE_MODEL = Artifact("score", "score", (LossTerm("dsm", "all"), QC))
 
+@dataclass(frozen=True)
+class LossTerm:
+    """One term of an artifact's loss: which term, on which rows, weighted by which flat key."""
+
+    term: str  # key of TERMS
+    rows: str = "all"  # labeled | unlabeled | all
+    weight_key: str | None = None  # e.g. "loss.lambda_sc"; None = weight 1
+    tuned: bool = False  # the weight is one of the method's searched knobs
+
+    def __post_init__(self) -> None:
+        if self.term not in TERMS or self.rows not in ROWS:
+            raise ValueError(f"loss term {self.term!r} on rows {self.rows!r} is not in the registry")
+
+    def weight(self, loss_config: LossConfig) -> float:
+        """The term's weight under a LossConfig."""
+        if self.weight_key is None:
+            return 1.0
+        return float(getattr(loss_config, self.weight_key.split(".", 1)[1]))
+
+    def knobs(self) -> tuple[str, ...]:
+        """Every flat key this term's value depends on (its weight key and its term's knobs)."""
+        weight = (self.weight_key,) if self.weight_key is not None else ()
+        return weight + TERMS[self.term].knobs
+
+
+# ---- artifacts ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Artifact:
+    """A trained network: its kind, its loss terms, and the artifacts it reads frozen."""
+
+    name: str  # cache identity: score, classifier, joint, conditional, eval_classifier
+    network: str  # network kind built by trainables.networks: score|classifier|joint|conditional
+    terms: tuple[LossTerm, ...]
+    needs: tuple[str, ...] = ()  # artifact names trained first and frozen (their EMA weights)
+
+    @property
+    def uses_labels(self) -> bool:
+        """Whether any term reads labels (then the artifact depends on the label split)."""
+        return any(t.rows != "all" or TERMS[t.term].reads_labels for t in self.terms)
+
+    @property
+    def row_usage(self) -> str:
+        """Which rows its batches need: labeled only, all rows, or half labeled / half unlabeled."""
+        subsets = {t.rows for t in self.terms}
+        if subsets == {"labeled"}:
+            return "labeled"
+        if subsets <= {"all"} and not self.uses_labels:
+            return "all"
+        return "half"
+
+
+CE = LossTerm("ce", rows="labeled")
+QC = LossTerm("qc", weight_key="loss.lambda_qc")  # optional regulariser: weight 0 (default) skips it
+SCORE_MODEL = Artifact(name="score", network="score", terms=(LossTerm("dsm"), QC))
+# The evaluation classifier (image metrics): CE on the fully labeled training set, never guidance.
+EVAL_CLASSIFIER = Artifact(name="eval_classifier", network="classifier", terms=(CE,))
+
+
+def classifier(*terms: LossTerm, needs: tuple[str, ...] = ()) -> Artifact:
+    """A guidance classifier artifact trained on the given terms."""
+    return Artifact(name="classifier", network="classifier", terms=terms, needs=needs)
+
+
+def conditional(*terms: LossTerm) -> Artifact:
+    """A class-conditional score model (null label = num_classes)."""
+    return Artifact(name="conditional", network="conditional", terms=terms)
+
+
+# ---- methods ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Method:
+    """A conditional generation method as the papers define it."""
+
+    name: str
+    artifacts: tuple[Artifact, ...]  # trained in this order
+    guidance: str  # cg (score + classifier gradient) | cfg | none (plain conditional model)
+
+    @property
+    def shares_score_model(self) -> bool:
+        """True when it uses the study-wide unconditional score model."""
+        return SCORE_MODEL in self.artifacts
+
+    @property
+    def tuned_keys(self) -> tuple[str, ...]:
+        """The keys its search tunes: tuned loss weights, then the guidance scale if it guides."""
+        weights = [t.weight_key for a in self.artifacts for t in a.terms if t.tuned]
+        scale = (names.GUIDANCE_SCALE_KEY,) if self.guidance != "none" else ()
+        return tuple(dict.fromkeys(weights)) + scale
+
+
+SC = names.LAMBDA_SC_KEY
+JOINT = names.LAMBDA_JOINT_KEY
 METHODS: dict[str, Method] = {
     m.name: m
     for m in (
-        Method(
-            "CG",
-            (SCORE_MODEL, Artifact("classifier", "classifier", (LossTerm("ce", "labeled"),))),
-            "classifier",
-        ),
+        Method("CG", artifacts=(SCORE_MODEL, classifier(CE)), guidance="cg"),
         Method(
             "CG-SC-labeled",
-            (
+            artifacts=(
                 SCORE_MODEL,
-                Artifact(
-                    "classifier",
-                    "classifier",
-                    (LossTerm("ce", "labeled"), LossTerm("sc", "labeled", "loss.lambda_sc")),
-                ),
+                classifier(CE, LossTerm("sc", rows="labeled", weight_key=SC, tuned=True)),
             ),
-            "classifier",
-            ("loss.lambda_sc",),
+            guidance="cg",
         ),
         Method(
             "CG-SC-all",
-            (
+            artifacts=(
                 SCORE_MODEL,
-                Artifact(
-                    "classifier",
-                    "classifier",
-                    (LossTerm("ce", "labeled"), LossTerm("sc", "all", "loss.lambda_sc")),
-                ),
+                classifier(CE, LossTerm("sc", rows="all", weight_key=SC, tuned=True)),
             ),
-            "classifier",
-            ("loss.lambda_sc",),
+            guidance="cg",
         ),
         Method(
             "CG-DLSM",
-            (
+            artifacts=(
                 SCORE_MODEL,
-                Artifact(
-                    "classifier",
-                    "classifier",
-                    (LossTerm("dlsm", "labeled"), LossTerm("ce", "labeled", "loss.lambda_ce")),
+                classifier(
+                    LossTerm("dlsm", rows="labeled"),
+                    LossTerm("ce", rows="labeled", weight_key="loss.lambda_ce"),
                     needs=("score",),
                 ),
             ),
-            "classifier",
+            guidance="cg",
         ),
         Method(
             "Joint-SC",
-            (
+            artifacts=(
                 Artifact(
-                    "joint",
-                    "joint",
-                    (
-                        LossTerm("dsm", "all"),
+                    name="joint",
+                    network="joint",
+                    terms=(
+                        LossTerm("dsm"),
                         QC,
-                        LossTerm("ce", "labeled", "loss.lambda_joint"),
-                        LossTerm("sc", "all", "loss.lambda_joint"),
+                        LossTerm("ce", rows="labeled", weight_key=JOINT, tuned=True),
+                        LossTerm("sc", rows="all", weight_key=JOINT, tuned=True),
                     ),
                 ),
             ),
-            "classifier",
-            ("loss.lambda_joint",),
+            guidance="cg",
         ),
-        Method(
-            "Cond",
-            (Artifact("conditional", "conditional", (LossTerm("cond_dsm", "labeled"),)),),
-            "conditional",
-        ),
-        Method(
-            "CFG-labeled",
-            (Artifact("conditional", "conditional", (LossTerm("cfg_dsm", "labeled"),)),),
-            "cfg",
-        ),
-        Method(
-            "CFG-all",
-            (Artifact("conditional", "conditional", (LossTerm("cfg_dsm", "all"),)),),
-            "cfg",
-        ),
+        Method("Cond", artifacts=(conditional(LossTerm("cond_dsm", rows="labeled")),), guidance="none"),
+        Method("CFG-labeled", artifacts=(conditional(LossTerm("cfg_dsm", rows="labeled")),), guidance="cfg"),
+        Method("CFG-all", artifacts=(conditional(LossTerm("cfg_dsm", rows="all")),), guidance="cfg"),
     )
 }
 
 
 def get_method(name: str) -> Method:
     """Look up a method; ValueError naming the valid choices."""
-    if name not in METHODS:
-        raise ValueError(f"unknown method {name!r}; valid: {list(METHODS)}")
-    return METHODS[name]
+    return METHODS[names.check_method(name)]
 
 
+# ---- summing terms ------------------------------------------------------------------------------
 def model_fns(
     networks: dict[str, nn.Module], *, num_classes: int, frozen: dict[str, nn.Module] | None = None
 ) -> ModelFns:
     """Build the callables from networks keyed by kind (score, classifier, joint, conditional)."""
-    kw: dict = {"num_classes": num_classes}
+    kw: dict[str, Any] = {"num_classes": num_classes}
     for kind, net in networks.items():
         if kind == "score":
             kw["score_fn"] = net
@@ -244,31 +281,33 @@ def model_fns(
 
 def _shared_classifier_forward(terms: list[LossTerm]) -> tuple[LossTerm, LossTerm] | None:
     """(ce, sc) when CE's rows lie inside SC's: both then come from one classifier forward."""
-    ce = next((t for t in terms if t.fn == "ce" and t.rows == "labeled"), None)
-    sc = next((t for t in terms if t.fn == "sc" and t.rows in ("labeled", "all")), None)
+    ce = next((t for t in terms if t.term == "ce" and t.rows == "labeled"), None)
+    sc = next((t for t in terms if t.term == "sc" and t.rows in ("labeled", "all")), None)
     return (ce, sc) if ce is not None and sc is not None else None
 
 
 def artifact_loss(
-    artifact: Artifact, fns: ModelFns, batch: Batch, noise: Noise, loss_config
-) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:  # noqa: ANN001
-    """Sum an artifact's terms: total = sum_k w_k mean_{rows_k} term_k; also the per-example terms."""
+    artifact: Artifact, fns: ModelFns, batch: Batch, noise: Noise, loss_config: LossConfig
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Sum an artifact's terms: total = sum_k w_k mean_{rows_k} term_k; also the per-example terms.
+
+    Per-example values are keyed "<term>_<rows>". CE and SC share one classifier forward when CE's
+    rows lie inside SC's (losses.ce_and_sc_losses: equal values, one forward instead of two).
+    """
     total = torch.zeros((), dtype=batch.x.dtype, device=batch.x.device)
     per_example: dict[str, torch.Tensor] = {}
     active = [t for t in artifact.terms if t.weight(loss_config) != 0]
     shared = _shared_classifier_forward(active)
     if shared is not None:
+        # CE and SC from one forward on SC's rows.
         ce_term, sc_term = shared
         rows = batch.rows(sc_term.rows)
         if rows.numel():
             part, nz = batch.take(rows), noise.take(rows)
+            logits_fn = _need(fns.logits_fn, "classifier")
+            weighting = loss_config.sc_weighting
             ce, sc = losses.ce_and_sc_losses(
-                _need(fns.logits_fn, "classifier"),
-                part.x,
-                nz.sigma,
-                nz.z,
-                part.y,
-                weighting=loss_config.sc_weighting,
+                logits_fn, part.x, nz.sigma, nz.z, part.y, weighting=weighting
             )
             if ce.numel():
                 per_example["ce_labeled"] = ce
@@ -276,37 +315,24 @@ def artifact_loss(
             per_example[f"sc_{sc_term.rows}"] = sc
             total = total + sc_term.weight(loss_config) * sc.mean()
     for term in active:
-        weight = term.weight(loss_config)
+        # Every other term on its own rows.
         if shared is not None and term in shared:
             continue
         rows = batch.rows(term.rows)
         if rows.numel() == 0:
             continue
-        values = TERM_FNS[term.fn](fns, batch.take(rows), noise.take(rows), loss_config)
-        per_example[f"{term.fn}_{term.rows}"] = values
-        total = total + weight * values.mean()
+        values = TERMS[term.term].fn(fns, batch.take(rows), noise.take(rows), loss_config)
+        per_example[f"{term.term}_{term.rows}"] = values
+        total = total + term.weight(loss_config) * values.mean()
     return total, per_example
 
 
-GUIDANCE_BUILDERS: dict[str, Callable[[ModelFns, torch.Tensor, float], losses.ScoreFn]] = {
-    "classifier": lambda f, y, scale: _guidance().classifier_guidance(
-        _need(f.score_fn, "score model"), _need(f.logits_fn, "classifier"), y, scale
-    ),
-    "cfg": lambda f, y, scale: _guidance().classifier_free_guidance(
-        _need(f.cond_score_fn, "conditional score model"), y, f.num_classes, scale
-    ),
-    "conditional": lambda f, y, scale: _guidance().classifier_free_guidance(
-        _need(f.cond_score_fn, "conditional score model"), y, f.num_classes, 0.0
-    ),
-}
-
-
-def _guidance():  # noqa: ANN202
-    from trainables import guidance
-
-    return guidance
-
-
+# ---- guidance -----------------------------------------------------------------------------------
 def guided_score_fn(method: Method, fns: ModelFns, y: torch.Tensor, scale: float) -> losses.ScoreFn:
-    """The score function a method samples class y with (guidance scale = lambda_CG, or w for CFG)."""
-    return GUIDANCE_BUILDERS[method.guidance](fns, y, scale)
+    """The score function a method samples class y with (scale = lambda_CG, or w for CFG)."""
+    if method.guidance == "cg":
+        score_fn = _need(fns.score_fn, "score model")
+        return guidance.classifier_guidance(score_fn, _need(fns.logits_fn, "classifier"), y, scale)
+    cond_score_fn = _need(fns.cond_score_fn, "conditional score model")
+    w = scale if method.guidance == "cfg" else 0.0
+    return guidance.classifier_free_guidance(cond_score_fn, y, fns.num_classes, w)

@@ -2,8 +2,9 @@
 
 Toy trials run in Train's local mode (one process); image trials run on N workers, data parallel:
 every worker trains on its shard of each global batch and gradients are averaged (trainables.fit).
-Rank 0 writes checkpoints into the artifact cache, reports them to Ray Train, evaluates, and writes the
-trial's records; a restarted worker group (FailureConfig) resumes from the latest checkpoint.
+Rank 0 writes checkpoints into the artifact cache, reports them to Ray Train, evaluates, and writes
+the trial's records (trainables.names); a restarted worker group (FailureConfig) resumes from the
+latest checkpoint.
 """
 
 from __future__ import annotations
@@ -13,30 +14,45 @@ import math
 import os
 import shutil
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import ray.train
 import ray.tune
 import torch
+from torch import nn
 
+from trainables import names
 from trainables.cache import ArtifactCache
-from trainables.config import from_flat
-from trainables.evaluate import evaluate_images, evaluate_toy
-from trainables.fit import CHECKPOINT_FILE, Distributed, TrainingSet, data_dim, train_artifact
-from trainables.methods import get_method
+from trainables.config import TrialConfig, from_flat
+from trainables.context import TrialContext
+from trainables.data.images import IMAGE_DATASETS, ImageData, make_images
+from trainables.data.toy import ToyData, make_toy
+from trainables.evaluation import TrialEvaluator
+from trainables.fit import (
+    CHECKPOINT_FILE,
+    Distributed,
+    TrainingSet,
+    data_dim,
+    train_artifact,
+    train_method,
+)
+from trainables.methods import Artifact, get_method
+
+Report = Callable[[dict], None]
 
 
-def load_data(config):  # noqa: ANN001, ANN201 - TrialConfig -> ToyData | ImageData
+def load_data(config: TrialConfig) -> ToyData | ImageData:
     """The trial's dataset: a toy mixture (exact scores) or an image set."""
-    from trainables.data.images import IMAGE_DATASETS, make_images
-    from trainables.data.toy import make_toy
-
     if config.data.name in IMAGE_DATASETS:
         return make_images(config.data)
-    return make_toy(config.data.name, config.data.num_train, config.data.num_test, config.data.seed)
+    data = config.data
+    return make_toy(data.name, data.num_train, data.num_test, data.seed)
 
 
 def _device(local: bool) -> torch.device:
+    """Ray Train's device for this worker; in local mode CUDA if present, else the CPU."""
     if not local:
         import ray.train.torch
 
@@ -45,41 +61,24 @@ def _device(local: bool) -> torch.device:
 
 
 def _restore_from_train_checkpoint(folder: Path) -> None:
-    """After a worker-group restart on another node the cache folder may lack the checkpoint Ray Train
-    kept: copy it back so training resumes from it."""
+    """After a worker-group restart on another node the cache folder may lack the checkpoint Ray
+    Train kept: copy it back so training resumes from it."""
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None or (folder / CHECKPOINT_FILE).exists():
         return
     with checkpoint.as_directory() as d:
-        if (Path(d) / CHECKPOINT_FILE).exists() and (
-            Path(d) / "artifact_folder"
-        ).read_text() == folder.name:
+        kept = Path(d) / CHECKPOINT_FILE
+        if kept.exists() and (Path(d) / "artifact_folder").read_text() == folder.name:
             folder.mkdir(parents=True, exist_ok=True)
-            shutil.copy(Path(d) / CHECKPOINT_FILE, folder / CHECKPOINT_FILE)
+            shutil.copy(kept, folder / CHECKPOINT_FILE)
 
 
-def train_fn_per_worker(loop_config: dict) -> None:
-    """Train (or reuse) every artifact the trial's method needs, report per epoch, then evaluate."""
-    torch.set_num_threads(int(loop_config.get("threads", 1)))
-    local = bool(loop_config.get("local_mode_in_tune"))
-    config = from_flat(loop_config["params"], preset=loop_config["preset"])
-    cache = ArtifactCache(Path(loop_config["cache_dir"]))
-    data = load_data(config)
-    images = data.x.dim() == 4
-    split = TrainingSet.split(
-        data.x, data.y, data.num_classes, config.data.label_percent, config.data.split_seed
-    )
-    method = get_method(config.method)
-    dist = Distributed() if local else Distributed.from_torch()
-    device = _device(local)
-    cost = {"cost/steps_trained": 0.0, "cost/steps_reused": 0.0, "cost/examples_trained": 0.0}
-    keys: dict[str, str] = {}
-    reused_flags: dict[str, float] = {}
-    trained: dict[str, torch.nn.Module] = {}
-    by_name: dict[str, torch.nn.Module] = {}
+def _reporter(local: bool, dist: Distributed) -> Report:
+    """report(metrics): numbers to Tune (local mode) or Ray Train, with rank 0's checkpoint.
 
-    # Train's local mode (no workers) runs inside the Tune trial's process, where Ray 2.60 refuses
-    # ray.train.report; there the metrics go to Tune directly, which is what TuneReportCallback does.
+    Train's local mode runs inside the Tune trial's process, where Ray refuses ray.train.report;
+    there the metrics go to Tune directly, which is what TuneReportCallback does otherwise.
+    """
     send = ray.tune.report if local else ray.train.report
 
     def report(metrics: dict) -> None:
@@ -96,101 +95,128 @@ def train_fn_per_worker(loop_config: dict) -> None:
         (staging / "artifact_folder").write_text(Path(folder).name)
         send(values, checkpoint=ray.train.Checkpoint.from_directory(str(staging)))
 
-    epochs = math.ceil(config.train.steps / config.train.steps_per_epoch)
+    return report
 
-    tags: dict[str, str] = {}
-    evaluator = []  # built once (evaluation classifier, extractor, reference statistics), on rank 0
 
-    def evaluate_all(nets: dict) -> tuple[dict, torch.Tensor | None]:
-        if not images:
-            return evaluate_toy(config, nets, data), None
-        metrics, samples = evaluate_images(config, nets, data, device=device)
-        if config.eval.fid:
-            from trainables.image_eval import build_evaluator, evaluate_generation
+@dataclass
+class _Ledger:
+    """Which cached artifacts a trial used, whether it trained or reused them, and their cost."""
 
-            if not evaluator:
-                evaluator.append(build_evaluator(config, data, device))
-            labels = torch.arange(data.num_classes).repeat_interleave(config.sample.num_per_class)
-            generation, warnings = evaluate_generation(
-                samples, labels, data.num_classes, evaluator[0]
-            )
-            metrics.update(generation)
-            tags["fid_feature_extractor"] = evaluator[0].extractor.name
-            tags["eval_classifier"] = evaluator[0].classifier_key
-            if warnings:
-                tags["warnings"] = "; ".join(warnings)
-        return metrics, samples
+    keys: dict[str, str] = field(default_factory=dict)
+    metrics: dict[str, float] = field(
+        default_factory=lambda: {
+            "cost/steps_trained": 0.0,
+            "cost/steps_reused": 0.0,
+            "cost/examples_trained": 0.0,
+        }
+    )
 
-    for position, artifact in enumerate(method.artifacts):
-        frozen = {name: by_name[name] for name in artifact.needs}
+    def add(self, artifact: Artifact, key: str, reused: bool, config: TrialConfig) -> None:
+        """Record one artifact fetched from (or trained into) the cache."""
+        self.keys[artifact.name] = key
+        self.metrics[f"artifact_reused/{artifact.name}"] = float(reused)
+        self.metrics["cost/steps_reused" if reused else "cost/steps_trained"] += config.train.steps
+        if not reused:
+            self.metrics["cost/examples_trained"] += config.train.steps * config.train.batch_size
+
+
+def _cached_provider(
+    context: TrialContext,
+    config: TrialConfig,
+    data: ToyData | ImageData,
+    evaluator: TrialEvaluator,
+    report: Report,
+    ledger: _Ledger,
+    dist: Distributed,
+    device: torch.device,
+) -> Callable[[Artifact, dict[str, nn.Module]], nn.Module]:
+    """fit.train_method's provider: each artifact from the cache, trained into it on a miss."""
+    cache = ArtifactCache(Path(context.cache_dir))
+    split = TrainingSet.split(
+        data.x, data.y, data.num_classes, config.data.label_percent, config.data.split_seed
+    )
+    last = get_method(config.method).artifacts[-1]
+    done: dict[str, nn.Module] = {}  # networks so far, by kind (the epoch evaluation needs them)
+
+    def provide(artifact: Artifact, frozen: dict[str, nn.Module]) -> nn.Module:
         evaluate = None
-        if (
-            loop_config.get("eval_every_epoch")
-            and position == len(method.artifacts) - 1
-            and dist.rank == 0
-        ):
+        if context.eval_every_epoch and artifact is last and dist.rank == 0:
             # ASHA compares trials by the objective at each epoch of the method's last artifact.
-            def evaluate(ema: torch.nn.Module, epoch: int, artifact=artifact) -> dict:  # noqa: ANN001
-                return {**evaluate_all({**trained, artifact.network: ema})[0], "eval_epoch": epoch}
+            def evaluate(ema: nn.Module, epoch: int) -> dict:
+                return {**evaluator({**done, artifact.network: ema})[0], "eval_epoch": epoch}
 
-        def train(folder: Path, artifact=artifact, frozen=frozen, evaluate=evaluate):  # noqa: ANN001, ANN202
-            if not local:
+        def train(folder: Path) -> nn.Module:
+            if not context.local_mode:
                 _restore_from_train_checkpoint(folder)
             return train_artifact(
-                artifact,
-                config,
-                split,
-                frozen=frozen,
-                callback=report,
-                checkpoint_dir=folder,
-                evaluate=evaluate,
-                device=device,
-                distributed=dist,
+                artifact, config, split, frozen=frozen, callback=report, checkpoint_dir=folder,
+                evaluate=evaluate, device=device, distributed=dist,
             )
 
+        needs = {n: ledger.keys[n] for n in artifact.needs}
         net, key, reused = cache.get_or_train(
-            artifact,
-            config,
-            train,
-            dim=data_dim(data.x),
-            num_classes=data.num_classes,
-            needs={n: keys[n] for n in artifact.needs},
-            distributed=dist,
+            artifact, config, train, dim=data_dim(data.x), num_classes=data.num_classes,
+            needs=needs, distributed=dist,
         )
-        net = net.to(device)
-        keys[artifact.name] = key
-        reused_flags[f"artifact_reused/{artifact.name}"] = float(reused)
-        cost["cost/steps_reused" if reused else "cost/steps_trained"] += config.train.steps
-        if not reused:
-            cost["cost/examples_trained"] += config.train.steps * config.train.batch_size
-        by_name[artifact.name] = net
-        trained[artifact.network] = net
-    if dist.rank != 0:
-        report({"final": 1.0})  # ray.train.report is a barrier: every rank reports as often
-        return
-    start = time.perf_counter()
-    metrics, samples = evaluate_all(trained)
-    evals_per_step = {"pc": 2, "em": 1, "ode": 2}[config.sample.sampler]
-    cost["cost/sampling_score_evals"] = float(
-        evals_per_step * config.sample.num_steps * config.sample.num_per_class * data.num_classes
-    )
-    cost["cost/eval_seconds"] = time.perf_counter() - start
-    # The trial's records: artifacts' location, sample grid, final result (replayed after a restore).
-    record = Path(loop_config["record_dir"])
+        ledger.add(artifact, key, reused, config)
+        done[artifact.network] = net.to(device)
+        return done[artifact.network]
+
+    return provide
+
+
+def _write_records(
+    record: Path,
+    ledger: _Ledger,
+    cache_dir: str,
+    evaluator: TrialEvaluator,
+    samples: torch.Tensor | None,
+    final: dict[str, float],
+    num_per_class: int,
+) -> None:
+    """The trial's records for the driver: artifacts' folders, tags, samples, then the final result
+    (written last and atomically: its presence means the trial finished)."""
     record.mkdir(parents=True, exist_ok=True)
-    (record / "artifacts.json").write_text(
-        json.dumps({name: str(cache.root / key) for name, key in keys.items()})
-    )
-    (record / "tags.json").write_text(json.dumps(tags))
+    folders = {name: str(Path(cache_dir).resolve() / key) for name, key in ledger.keys.items()}
+    (record / names.ARTIFACTS_RECORD).write_text(json.dumps(folders))
+    (record / names.TAGS_RECORD).write_text(json.dumps(evaluator.tags))
     if samples is not None:
         from torchvision.utils import save_image
 
-        save_image(samples, record / "samples.png", nrow=config.sample.num_per_class)
-    final = {
-        k: float(v)
-        for k, v in {**metrics, **cost, **reused_flags, "eval_epoch": epochs, "final": 1.0}.items()
-    }
-    tmp = record / "final.json.tmp"
+        save_image(samples, record / names.SAMPLES_IMAGE, nrow=num_per_class)
+    tmp = record / f"{names.FINAL_RECORD}.tmp"
     tmp.write_text(json.dumps(final))
-    os.replace(tmp, record / "final.json")
+    os.replace(tmp, record / names.FINAL_RECORD)
+
+
+def train_fn_per_worker(loop_config: dict) -> None:
+    """Train (or reuse) every artifact the trial's method needs, report per epoch, then evaluate."""
+    context: TrialContext = loop_config["context"]
+    torch.set_num_threads(context.threads)
+    config = from_flat(context.params, base=context.base_config)
+    data = load_data(config)
+    dist = Distributed() if context.local_mode else Distributed.from_torch()
+    device = _device(context.local_mode)
+    report = _reporter(context.local_mode, dist)
+    evaluator = TrialEvaluator(config, data, device)
+    ledger = _Ledger()
+
+    # Train or fetch every artifact of the method, in order.
+    provider = _cached_provider(context, config, data, evaluator, report, ledger, dist, device)
+    networks = train_method(config, provider=provider)
+    if dist.rank != 0:
+        report({"final": 1.0})  # ray.train.report is a barrier: every rank reports as often
+        return
+    # Evaluate on rank 0, write the trial's records, report the final result.
+    start = time.perf_counter()
+    metrics, samples = evaluator(networks)
+    ledger.metrics["cost/sampling_score_evals"] = evaluator.sampling_score_evals()
+    ledger.metrics["cost/eval_seconds"] = time.perf_counter() - start
+    epochs = math.ceil(config.train.steps / config.train.steps_per_epoch)
+    final = {**metrics, **ledger.metrics, "eval_epoch": epochs, "final": 1.0}
+    final = {k: float(v) for k, v in final.items()}
+    _write_records(
+        Path(context.record_dir), ledger, context.cache_dir, evaluator, samples, final,
+        config.sample.num_per_class,
+    )
     report(final)

@@ -1,7 +1,8 @@
 import optuna
 import pytest
 
-from search_spaces import METHOD_KEYS, PAPER_GRID, Range, define_space, make_space
+from search_spaces import PAPER_GRID, Range, define_space, make_space
+from trainables.names import TUNED_KEYS
 
 
 def _fixed(params):
@@ -80,7 +81,7 @@ def test_paper_grid_preset_is_categorical():
 
 
 def test_space_samples_in_a_real_study_within_ranges():
-    space = make_space(list(METHOD_KEYS), [5, 100], {"sample.guidance_scale": Range(1.0, 2.0)})
+    space = make_space(list(TUNED_KEYS), [5, 100], {"sample.guidance_scale": Range(1.0, 2.0)})
     study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=0))
     for _ in range(30):
         trial = study.ask()
@@ -88,15 +89,6 @@ def test_space_samples_in_a_real_study_within_ranges():
         assert 1.0 <= trial.params.get("sample.guidance_scale", 1.5) <= 2.0
         assert 0.01 <= trial.params.get("loss.lambda_sc", 1.0) <= 10
         study.tell(trial, 0.0)
-
-
-def test_method_keys_agree_with_the_registry():
-    from trainables.methods import METHODS
-
-    assert list(METHOD_KEYS) == list(METHODS)
-    for name, method in METHODS.items():
-        guided = ("sample.guidance_scale",) if method.guidance != "conditional" else ()
-        assert METHOD_KEYS[name] == method.search_keys + guided
 
 
 def test_ranges_report_empty_and_negative():

@@ -27,7 +27,7 @@ CONFIG = {
 def _spec(name, tmp_path, **kw):
     spec = {
         "name": name,
-        "preset": "tiny-images",
+        "base_config": "tiny-images",
         "dataset": "tiny-images",
         "methods": ["CG-SC-all", "CFG-all"],
         "label_percents": [50],

@@ -11,7 +11,7 @@ pytestmark = pytest.mark.slow
 
 SPEC = {
     "name": "ddp",
-    "preset": "tiny-images",
+    "base_config": "tiny-images",
     "dataset": "tiny-images",
     "methods": ["CG-SC-all", "Joint-SC", "CFG-all"],
     "label_percents": [50],

@@ -4,7 +4,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from study.runner import _cell_aware_asha, _scheduler
+from study.search import CellAwareASHA, make_scheduler
 from study.spec import SpecError, validate
 
 
@@ -13,7 +13,7 @@ def _trial(trial_id, method, pct=20.0):
 
 
 def _asha():
-    return _cell_aware_asha()(
+    return CellAwareASHA(
         time_attr="eval_epoch",
         metric="m",
         mode="max",
@@ -68,9 +68,9 @@ def test_asha_spec_defaults_to_the_first_objective_and_the_epoch_count():
         )
     )
     assert spec.scheduler.metric == "gen_accuracy" and spec.to_dict()["scheduler"]["type"] == "asha"
-    asha = _scheduler(spec)
+    asha = make_scheduler(spec)
     assert asha._max_t == 4 and asha._metric == "gen_accuracy" and asha._time_attr == "eval_epoch"
-    assert _scheduler(validate(_spec())) is None
+    assert make_scheduler(validate(_spec())) is None
 
 
 @pytest.mark.parametrize(

@@ -4,7 +4,7 @@ from trainables.methods import get_method
 
 
 def _key(method, index, **flat):
-    config = from_flat({"method": method, **flat}, preset="toy")
+    config = from_flat({"method": method, **flat}, base="toy")
     return artifact_key(artifact_identity(get_method(method).artifacts[index], config))
 
 

@@ -1,11 +1,11 @@
 import pytest
 
-from trainables.config import PRESETS, TrialConfig, flat_keys, from_flat, override, to_flat
+from trainables.config import BASE_CONFIGS, TrialConfig, flat_keys, from_flat, override, to_flat
 
 
 def test_flat_round_trip():
     config = from_flat(
-        {"method": "Joint-SC", "loss.lambda_joint": 0.1, "data.label_percent": 5}, preset="toy"
+        {"method": "Joint-SC", "loss.lambda_joint": 0.1, "data.label_percent": 5}, base="toy"
     )
     assert from_flat(to_flat(config)) == config
     assert set(to_flat(config)) == set(flat_keys())
@@ -46,8 +46,8 @@ def test_bad_values_raise_naming_value_and_choices(updates, match):
         override(TrialConfig(), updates)
 
 
-def test_presets_are_valid_and_unknown_preset_lists_choices():
-    for name in PRESETS:
-        from_flat({}, preset=name)
-    with pytest.raises(ValueError, match="unknown preset 'cifar11'"):
-        from_flat({}, preset="cifar11")
+def test_base_configs_are_valid_and_an_unknown_one_lists_choices():
+    for name in BASE_CONFIGS:
+        from_flat({}, base=name)
+    with pytest.raises(ValueError, match="unknown base config 'cifar11'"):
+        from_flat({}, base="cifar11")

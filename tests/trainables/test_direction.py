@@ -4,9 +4,9 @@ import pytest
 
 from trainables.config import from_flat
 from trainables.data.toy import make_toy
+from trainables.evaluation.toy import evaluation_points, gradient_metrics
 from trainables.fit import TrainingSet, train_artifact
 from trainables.methods import get_method
-from trainables.metrics.toy import evaluation_points, gradient_metrics
 
 
 def _classifier_metrics(method: str, seed: int) -> dict:
@@ -22,7 +22,7 @@ def _classifier_metrics(method: str, seed: int) -> dict:
             "model.depth": 2,
             "loss.lambda_sc": 1.0,
         },
-        preset="toy",
+        base="toy",
     )
     split = TrainingSet.split(data.x, data.y, data.num_classes, 5, seed)
     net = train_artifact(get_method(method).artifacts[1], config, split)

@@ -25,7 +25,7 @@ FAST = {
 
 def _setup(method):
     data = make_toy("gmm2", 200, 50, seed=0)
-    config = from_flat({"method": method, **FAST}, preset="toy")
+    config = from_flat({"method": method, **FAST}, base="toy")
     return config, TrainingSet.split(data.x, data.y, 2, 20, 0)
 
 

@@ -6,7 +6,7 @@ import torch
 
 from trainables.config import from_flat
 from trainables.data.images import tiny_images
-from trainables.metrics.fid import (
+from trainables.evaluation.fid import (
     EvalError,
     FeatureExtractor,
     Stats,
@@ -145,7 +145,7 @@ def test_inception_path_resizes_to_299_and_uses_the_detector(tmp_path):
 
 
 def test_eval_classifier_accuracy_on_real_held_out_images_equals_its_test_accuracy(tmp_path):
-    from trainables.image_eval import build_evaluator, evaluate_generation
+    from trainables.evaluation.generation import build_evaluator, evaluate_generation
 
     config = from_flat(
         {
@@ -154,7 +154,7 @@ def test_eval_classifier_accuracy_on_real_held_out_images_equals_its_test_accura
             "eval.classifier_steps": 30,
             "eval.cache_dir": str(tmp_path),
         },
-        preset="tiny-images",
+        base="tiny-images",
     )
     data = tiny_images(128, 64, 16, 0)
     evaluator = build_evaluator(config, data, log=lambda *a: None)

@@ -2,7 +2,7 @@ import torch
 
 from trainables.config import from_flat
 from trainables.data.toy import make_toy
-from trainables.evaluate import evaluate_toy
+from trainables.evaluation.toy import evaluate_toy
 from trainables.fit import (
     CHECKPOINT_FILE,
     TrainingSet,
@@ -23,7 +23,7 @@ FAST = {
 
 def _setup(method="CG-SC-all"):
     data = make_toy("gmm2", 200, 100, seed=0)
-    config = from_flat({"method": method, "data.label_percent": 20, **FAST}, preset="toy")
+    config = from_flat({"method": method, "data.label_percent": 20, **FAST}, base="toy")
     return data, config, TrainingSet.split(data.x, data.y, 2, 20, 0)
 
 
@@ -82,7 +82,7 @@ def test_every_method_trains_and_evaluates_on_toy_data():
                 "eval.num_points": 50,
                 **FAST,
             },
-            preset="toy",
+            base="toy",
         )
         nets = train_method(config, TrainingSet.split(data.x, data.y, 2, 20, 0))
         metrics = evaluate_toy(config, nets, data)

@@ -14,7 +14,7 @@ from trainables.data.images import (
     scan_folder,
     tiny_images,
 )
-from trainables.evaluate import evaluate_images
+from trainables.evaluation.images import evaluate_images
 from trainables.fit import (
     CHECKPOINT_FILE,
     TrainingSet,
@@ -72,7 +72,7 @@ def test_missing_folder_and_missing_cifar_name_the_fix(tmp_path):
     with pytest.raises(DatasetError, match="does not exist; set data.root"):
         check_images(
             from_flat(
-                {"data.name": "folder", "data.root": str(tmp_path / "none")}, preset="tiny-images"
+                {"data.name": "folder", "data.root": str(tmp_path / "none")}, base="tiny-images"
             ).data
         )
     with pytest.raises(
@@ -99,7 +99,7 @@ FAST = {
 
 
 def _image_setup(method):
-    config = from_flat({"method": method, "data.label_percent": 25, **FAST}, preset="tiny-images")
+    config = from_flat({"method": method, "data.label_percent": 25, **FAST}, base="tiny-images")
     data = tiny_images(64, 32, 16, 0)
     return config, data, TrainingSet.split(data.x, data.y, 4, 25, 0)
 
@@ -119,7 +119,7 @@ def test_checkpoint_every_k_steps(tmp_path):
     config, _, split = _image_setup("CG")
     config = from_flat(
         {**FAST, "method": "CG", "train.checkpoint_every": 3, "train.steps_per_epoch": 100},
-        preset="tiny-images",
+        base="tiny-images",
     )
     train_artifact(
         get_method("CG").artifacts[0],
@@ -171,7 +171,7 @@ def test_bf16_autocast_trains_the_sc_classifier_with_finite_losses():
     config, _, split = _image_setup("CG-SC-all")
     config = from_flat(
         {"method": "CG-SC-all", "data.label_percent": 25, **FAST, "train.precision": "bf16"},
-        preset="tiny-images",
+        base="tiny-images",
     )
     seen = []
     net = train_artifact(get_method("CG-SC-all").artifacts[1], config, split, callback=seen.append)
@@ -180,7 +180,7 @@ def test_bf16_autocast_trains_the_sc_classifier_with_finite_losses():
 
 
 def test_class_conditional_sampling_is_batched_across_classes_and_deterministic():
-    from trainables.evaluate import sample_classes
+    from trainables.evaluation.sampling import sample_classes
     from trainables.fit import train_method
 
     config, data, split = _image_setup("Cond")
@@ -192,7 +192,7 @@ def test_class_conditional_sampling_is_batched_across_classes_and_deterministic(
             "sample.num_steps": 4,
             "sample.batch_size": 5,
         },
-        preset="tiny-images",
+        base="tiny-images",
     )
     a, y = sample_classes(small, nets, 4, (3, 16, 16))
     b, _ = sample_classes(small, nets, 4, (3, 16, 16))
@@ -207,6 +207,6 @@ def test_class_conditional_sampling_is_batched_across_classes_and_deterministic(
             "sample.batch_size": 5,
             "sample.seed": 1,
         },
-        preset="tiny-images",
+        base="tiny-images",
     )
     assert not torch.equal(sample_classes(other, nets, 4, (3, 16, 16))[0], a)

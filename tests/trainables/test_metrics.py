@@ -2,8 +2,8 @@ import pytest
 import torch
 
 from trainables.data.toy import gmm2
-from trainables.metrics.calibration import accuracy, expected_calibration_error
-from trainables.metrics.toy import (
+from trainables.evaluation.calibration import accuracy, expected_calibration_error
+from trainables.evaluation.toy import (
     energy_distance,
     evaluation_points,
     generation_accuracy,

@@ -41,7 +41,7 @@ def test_fir_resampling_halves_and_doubles_and_keeps_constants():
 
 def _tiny(kind, k=4):
     torch.manual_seed(0)
-    cfg = from_flat({"model.dropout": 0.0}, preset="tiny-images").model
+    cfg = from_flat({"model.dropout": 0.0}, base="tiny-images").model
     return build_network(kind, dim=(3, 16, 16), num_classes=k, model_config=cfg)
 
 

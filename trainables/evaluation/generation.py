@@ -1,5 +1,5 @@
-"""Image evaluation shared by every method (METHODS.md section 5): the evaluation classifier, the feature
-extractor, cached reference statistics, and FID / IS / intra-FID / generation accuracy of samples.
+"""Generation metrics of image samples (docs/methods.md, evaluation): the evaluation classifier, the
+feature extractor, cached reference statistics, and FID / IS / intra-FID / generation accuracy.
 
 The evaluation classifier is never a guidance classifier: its own artifact ("eval_classifier", CE on
 the full labeled training set, noise range [sigma_min, eval.classifier_sigma_max]), cached across
@@ -9,15 +9,18 @@ studies under eval.cache_dir, or loaded from eval.classifier_checkpoint.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
+from trainables.cache import ArtifactCache
 from trainables.config import TrialConfig
-from trainables.methods import Artifact, LossTerm
-from trainables.metrics.fid import (
+from trainables.data.images import ImageData
+from trainables.evaluation.fid import (
     EvalError,
     FeatureExtractor,
     Stats,
@@ -27,8 +30,8 @@ from trainables.metrics.fid import (
     inception_extractor,
     reference_stats,
 )
-
-EVAL_CLASSIFIER = Artifact("eval_classifier", "classifier", (LossTerm("ce", "labeled"),))
+from trainables.fit import TrainingSet, build, data_dim, train_artifact
+from trainables.methods import EVAL_CLASSIFIER
 
 
 def cache_root(config: TrialConfig) -> Path:
@@ -40,7 +43,6 @@ def eval_classifier_config(config: TrialConfig) -> TrialConfig:
     """The trial config with the evaluation classifier's own data, noise range and steps."""
     return dataclasses.replace(
         config,
-        method="CG",
         data=dataclasses.replace(config.data, label_percent=100.0),
         sde=dataclasses.replace(
             config.sde, sigma_max=max(config.eval.classifier_sigma_max, config.sde.sigma_min * 2)
@@ -92,36 +94,43 @@ class Evaluator:
         return torch.cat(out).numpy()
 
 
-def build_evaluator(
-    config: TrialConfig, data, device: torch.device | str = "cpu", log=print
-) -> Evaluator:  # noqa: ANN001
-    """Train or load the evaluation classifier, build the extractor, load or compute reference stats."""
-    from trainables.cache import ArtifactCache
-    from trainables.fit import TrainingSet, build, data_dim, train_artifact
-
-    preflight(config)
+def _eval_classifier(
+    config: TrialConfig, data: ImageData, device: torch.device | str, log: Callable[[str], None]
+) -> tuple[nn.Module, str]:
+    """(network, key): loaded from eval.classifier_checkpoint, else from the artifact cache, which
+    trains it once (CE on every label of the training set) for every study sharing the cache."""
     clf_config = eval_classifier_config(config)
-    root = cache_root(config)
+    dim = data_dim(data.x)
     if config.eval.classifier_checkpoint:
         path = Path(config.eval.classifier_checkpoint).expanduser()
-        net = build(EVAL_CLASSIFIER, clf_config, data_dim(data.x), data.num_classes)
+        net = build(EVAL_CLASSIFIER, clf_config, dim, data.num_classes)
         net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-        net, key = net.eval().requires_grad_(False), f"file-{path.name}"
-    else:
-        split = TrainingSet.split(data.x, data.y, data.num_classes, 100.0, config.data.split_seed)
-        cache = ArtifactCache(root / "eval-classifiers")
+        return net.eval().requires_grad_(False), f"file-{path.name}"
+    split = TrainingSet.split(data.x, data.y, data.num_classes, 100.0, config.data.split_seed)
+    cache = ArtifactCache(cache_root(config) / "eval-classifiers")
 
-        def train(folder: Path) -> torch.nn.Module:
-            log(
-                f"training the evaluation classifier ({clf_config.train.steps} steps) into {folder}"
-            )
-            return train_artifact(
-                EVAL_CLASSIFIER, clf_config, split, checkpoint_dir=folder, device=device
-            )
-
-        net, key, _ = cache.get_or_train(
-            EVAL_CLASSIFIER, clf_config, train, dim=data_dim(data.x), num_classes=data.num_classes
+    def train(folder: Path) -> nn.Module:
+        log(f"training the evaluation classifier ({clf_config.train.steps} steps) into {folder}")
+        return train_artifact(
+            EVAL_CLASSIFIER, clf_config, split, checkpoint_dir=folder, device=device
         )
+
+    net, key, _ = cache.get_or_train(
+        EVAL_CLASSIFIER, clf_config, train, dim=dim, num_classes=data.num_classes
+    )
+    return net, key
+
+
+def build_evaluator(
+    config: TrialConfig,
+    data: ImageData,
+    device: torch.device | str = "cpu",
+    log: Callable[[str], None] = print,
+) -> Evaluator:
+    """Train or load the evaluation classifier, build the extractor, load or compute reference
+    statistics."""
+    preflight(config)
+    net, key = _eval_classifier(config, data, device, log)
     net = net.to(device)
     sigma = config.sde.sigma_min
     if config.eval.feature_extractor == "inception":
@@ -132,13 +141,13 @@ def build_evaluator(
     identity = {
         k: getattr(config.data, k) for k in ("name", "root", "num_train", "seed", "image_size")
     } | {"num_reference": n}
+    folder = cache_root(config) / "fid-stats"
     reference, cached = reference_stats(
-        data.x[:n], data.y[:n], data.num_classes, extractor, identity, root / "fid-stats"
+        data.x[:n], data.y[:n], data.num_classes, extractor, identity, folder
     )
     evaluator = Evaluator(net, key, float("nan"), extractor, reference, cached, sigma)
-    evaluator.classifier_test_accuracy = float(
-        (evaluator.classify(data.test_x) == data.test_y.numpy()).mean()
-    )
+    predicted = evaluator.classify(data.test_x)
+    evaluator.classifier_test_accuracy = float((predicted == data.test_y.numpy()).mean())
     return evaluator
 
 

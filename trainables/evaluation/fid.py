@@ -182,11 +182,6 @@ def class_stats(feats: np.ndarray, labels: np.ndarray, num_classes: int) -> dict
 
 
 # ---- cached reference statistics ------------------------------------------------------------------
-def stats_dir(configured: str = "") -> Path:
-    """Shared across studies: eval.stats_dir, else ~/.cache/sc-guidance/fid-stats."""
-    return Path(configured or "~/.cache/sc-guidance/fid-stats").expanduser().resolve()
-
-
 def reference_stats(
     images: torch.Tensor,
     labels: torch.Tensor,

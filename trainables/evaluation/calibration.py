@@ -22,8 +22,3 @@ def expected_calibration_error(logits: torch.Tensor, y: torch.Tensor, num_bins: 
         if mask.any():
             ece += mask.double().mean() * (correct[mask].mean() - conf[mask].mean()).abs()
     return ece.item()
-
-
-def nll(logits: torch.Tensor, y: torch.Tensor) -> float:
-    """Mean negative log-likelihood of the labels."""
-    return torch.nn.functional.cross_entropy(logits.double(), y).item()

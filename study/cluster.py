@@ -1,0 +1,76 @@
+"""Ray start-up and the cluster-size check, before anything of a study is written."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+from study.errors import StudyError
+from study.spec import StudySpec
+
+
+def _check_reachable(address: str) -> None:
+    """ray.init retries an unreachable GCS for minutes: check the port first."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    try:
+        socket.create_connection((host or "127.0.0.1", int(port)), timeout=5).close()
+    except (OSError, ValueError):
+        raise StudyError(
+            f"cannot reach the Ray cluster at {address!r}; start it with 'ray start --head' "
+            "or fix 'address' / RAY_ADDRESS"
+        ) from None
+
+
+def init_ray(address: str | None) -> None:
+    """Connect to the spec's / RAY_ADDRESS cluster, else start a local Ray."""
+    import ray
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    # Per-epoch training reports carry losses; the objective arrives with the final evaluation.
+    os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
+    if ray.is_initialized():
+        return
+    if address and address != "auto":
+        _check_reachable(address)
+    try:
+        if address:
+            ray.init(address=address, log_to_driver=False)
+        else:
+            ray.init(
+                num_cpus=os.cpu_count(),
+                include_dashboard=True,
+                log_to_driver=False,
+                configure_logging=False,
+            )
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        reason = str(exc).splitlines()[0][:120]
+        raise StudyError(
+            f"cannot reach the Ray cluster at {address!r} ({reason}); start it with "
+            "'ray start --head' or fix 'address' / RAY_ADDRESS"
+        ) from None
+
+
+def worker_resources(cpus: float, gpus: float) -> dict[str, float]:
+    """Ray resources of one Train worker (cpus_per_trial / gpus_per_trial apply per worker)."""
+    return {"CPU": cpus, "GPU": gpus} if gpus else {"CPU": cpus}
+
+
+def check_cluster(spec: StudySpec) -> None:
+    """Refuse a trial that needs more CPUs / GPUs than the whole cluster has (it would wait
+    forever)."""
+    import ray
+
+    have = ray.cluster_resources()
+    resources = spec.resources
+    workers = max(1, resources.num_workers)
+    need = {"CPU": resources.cpus_per_trial * workers, "GPU": resources.gpus_per_trial * workers}
+    if resources.num_workers > 0:
+        need["CPU"] += 0.01  # the trial's driver beside its Train workers
+    for name, amount in need.items():
+        if amount > have.get(name, 0.0) + 1e-9:
+            raise StudyError(
+                f"one trial needs {amount:g} {name} ({workers} Train worker(s); a trial's driver "
+                f"takes 0.01 CPU beside its workers) but the Ray cluster has "
+                f"{have.get(name, 0.0):g}; lower resources.num_workers / cpus_per_trial / "
+                "gpus_per_trial or add nodes"
+            )

@@ -1,0 +1,64 @@
+"""The Tune trial: a driver that runs a TorchTrainer (Ray Train V2) over the per-worker function."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from study.cluster import worker_resources
+from trainables.context import TrialContext
+from trainables.names import FINAL_RECORD
+
+
+@dataclass(frozen=True)
+class StudyContext:
+    """What every Tune trial of a study shares (picklable: Tune ships it to each trial)."""
+
+    trial: TrialContext  # params = the study's base params; record_dir = the records' root
+    train_dir: str  # Ray Train's storage_path
+    num_workers: int  # Ray Train workers per trial (0 = local mode)
+    cpus: float  # per worker (per trial in local mode)
+    gpus: float
+    max_failures: int  # Ray Train restarts of a trial's worker group
+
+
+def trial_driver(params: dict[str, Any], *, study: StudyContext) -> None:
+    """Run one trial's TorchTrainer, or replay its final result if it already finished."""
+    import ray.train
+    from ray import tune
+    from ray.train.torch import TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from trainables.ray_worker import train_fn_per_worker
+
+    trial_id = tune.get_context().get_trial_id()
+    record_dir = Path(study.trial.record_dir) / trial_id
+    if (record_dir / FINAL_RECORD).exists():
+        # A restored study re-runs trials that ended after its last experiment checkpoint: report
+        # the stored final result instead of training again.
+        tune.report({**json.loads((record_dir / FINAL_RECORD).read_text()), "replayed": 1.0})
+        return
+    context = replace(
+        study.trial, params={**study.trial.params, **params}, record_dir=str(record_dir)
+    )
+    scaling = ray.train.ScalingConfig(
+        num_workers=study.num_workers,
+        use_gpu=study.gpus > 0,
+        resources_per_worker=worker_resources(study.cpus, study.gpus),
+    )
+    run_config = ray.train.RunConfig(
+        name=f"train-{trial_id}",  # stable: a restarted trial resumes its Train run
+        storage_path=study.train_dir,
+        callbacks=[TuneReportCallback()],
+        failure_config=ray.train.FailureConfig(max_failures=study.max_failures),
+        checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),  # the cache keeps its own
+    )
+    trainer = TorchTrainer(
+        train_fn_per_worker,
+        train_loop_config={"context": context},
+        scaling_config=scaling,
+        run_config=run_config,
+    )
+    trainer.fit()

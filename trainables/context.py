@@ -1,0 +1,19 @@
+"""What the study hands every trial across the Ray boundary: one typed, picklable record (torch-free)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class TrialContext:
+    """A trial's flat params plus where it reads and writes, built by the study's Tune driver."""
+
+    params: dict[str, Any]  # flat trial config: the study's base params and the sampled ones
+    base_config: str  # trainables.config.BASE_CONFIGS entry the params override
+    cache_dir: str  # the artifact cache (absolute)
+    record_dir: str  # where the worker writes the trial's records (trainables.names)
+    threads: int = 1  # torch threads per process: resources.cpus_per_trial
+    local_mode: bool = True  # Train's local mode: the worker runs in the Tune trial's process
+    eval_every_epoch: bool = False  # ASHA: evaluate the objective at every epoch of the last artifact

@@ -1,1 +1,0 @@
-"""Metrics: toy gradient metrics against exact scores, generation accuracy, calibration."""

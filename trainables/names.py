@@ -1,0 +1,101 @@
+"""Names every package shares, torch-free: methods, the keys each tunes, metrics, trial record files.
+
+search_spaces, analysis and the spec validator read this module instead of the method registry
+(trainables.methods, which imports torch). tests/trainables/test_names.py fails when the registry or
+the evaluation code stops agreeing with what is written here.
+"""
+
+from __future__ import annotations
+
+# ---- methods -----------------------------------------------------------------------------------
+# Exactly the papers' labels, in table order: MLflow tags, table rows and CLI choices.
+METHODS: tuple[str, ...] = (
+    "CG",
+    "CG-SC-labeled",
+    "CG-SC-all",
+    "CG-DLSM",
+    "Joint-SC",
+    "Cond",
+    "CFG-labeled",
+    "CFG-all",
+)
+METHOD_KEY = "method"
+LABEL_PERCENT_KEY = "data.label_percent"  # the spec's label_percents list sets it, one value per cell
+GUIDANCE_SCALE_KEY = "sample.guidance_scale"
+LAMBDA_SC_KEY = "loss.lambda_sc"
+LAMBDA_JOINT_KEY = "loss.lambda_joint"
+
+# The keys each method's search tunes: the tuned loss weights of its registry record, then the
+# guidance scale when it samples with guidance (Cond has none).
+TUNED_KEYS: dict[str, tuple[str, ...]] = {
+    "CG": (GUIDANCE_SCALE_KEY,),
+    "CG-SC-labeled": (LAMBDA_SC_KEY, GUIDANCE_SCALE_KEY),
+    "CG-SC-all": (LAMBDA_SC_KEY, GUIDANCE_SCALE_KEY),
+    "CG-DLSM": (GUIDANCE_SCALE_KEY,),
+    "Joint-SC": (LAMBDA_JOINT_KEY, GUIDANCE_SCALE_KEY),
+    "Cond": (),
+    "CFG-labeled": (GUIDANCE_SCALE_KEY,),
+    "CFG-all": (GUIDANCE_SCALE_KEY,),
+}
+# Methods whose networks give a classifier (logits) and an unconditional score.
+WITH_CLASSIFIER = frozenset({"CG", "CG-SC-labeled", "CG-SC-all", "CG-DLSM", "Joint-SC"})
+WITH_SCORE = WITH_CLASSIFIER
+
+
+def check_method(name: str) -> str:
+    """The name if it is a method; ValueError naming the valid choices otherwise."""
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; valid: {list(METHODS)}")
+    return name
+
+
+# ---- metrics -----------------------------------------------------------------------------------
+# Scalar metrics a finished trial reports (per-class values "<metric>_class<k>" come beside them).
+TOY_METRICS = frozenset(
+    {"guided_score_cos", "gen_accuracy", "energy_distance", "sample_finite_fraction"}
+)
+TOY_CLASSIFIER_METRICS = frozenset(
+    {"grad_mse", "grad_cos", "cond_score_cos", "cond_score_cos_scaled", "clf_accuracy", "clf_ece"}
+)
+TOY_SCORE_METRICS = frozenset({"score_cos"})
+IMAGE_METRICS = frozenset({"guided_dsm", "sample_finite_fraction"})
+IMAGE_CLASSIFIER_METRICS = frozenset({"clf_accuracy", "clf_ece"})  # + clf_accuracy_sigma<s>
+IMAGE_SCORE_METRICS = frozenset({"score_dsm"})
+GENERATION_METRICS = frozenset(
+    {
+        "fid",
+        "intra_fid",
+        "inception_score",
+        "inception_score_std",
+        "gen_accuracy",
+        "fid_num_samples",
+        "feature_dim",
+        "intra_fid_num_samples_per_class",
+        "fid_warning",
+        "eval_classifier_test_accuracy",
+        "reference_stats_reused",
+    }
+)
+
+
+def reported_metrics(method: str, *, images: bool, generation: bool = True) -> frozenset[str]:
+    """The scalar metrics a finished trial of this method reports (images: with FID etc. if
+    generation)."""
+    check_method(method)
+    if not images:
+        out = set(TOY_METRICS)
+        out |= TOY_CLASSIFIER_METRICS if method in WITH_CLASSIFIER else set()
+        out |= TOY_SCORE_METRICS if method in WITH_SCORE else set()
+        return frozenset(out)
+    out = set(IMAGE_METRICS) | (GENERATION_METRICS if generation else set())
+    out |= IMAGE_CLASSIFIER_METRICS if method in WITH_CLASSIFIER else set()
+    out |= IMAGE_SCORE_METRICS if method in WITH_SCORE else set()
+    return frozenset(out)
+
+
+# ---- trial records: what the worker writes for the driver, under <study>/trials/<trial id>/ -------
+FINAL_RECORD = "final.json"  # the final result, replayed (not retrained) after a restore
+TAGS_RECORD = "tags.json"  # MLflow tags (feature extractor, evaluation classifier, warnings)
+ARTIFACTS_RECORD = "artifacts.json"  # artifact name -> its folder in the artifact cache
+SAMPLES_IMAGE = "samples.png"  # grid of guided samples (images)
+SPEC_FILE = "spec.yaml"  # a study directory's validated spec
