@@ -1,3 +1,5 @@
+import torch
+
 from trainables.cache import artifact_identity, artifact_key
 from trainables.config import from_flat
 from trainables.methods import get_method
@@ -36,3 +38,47 @@ def test_classifier_key_depends_on_label_percent_and_its_weight():
     assert _key("CG-SC-all", 1, **{"loss.lambda_sc": 0.1}) != base
     # CE-only classifier does not read lambda_sc.
     assert _key("CG", 1, **{"loss.lambda_sc": 0.1}) == _key("CG", 1)
+
+
+class _Recorder:
+    """A LossConfig stand-in that records which fields a term function reads."""
+
+    def __init__(self, config):
+        self._config, self.read = config, set()
+
+    def __getattr__(self, name):
+        self.read.add(f"loss.{name}")
+        return getattr(self._config, name)
+
+
+def test_every_term_reads_only_the_knobs_it_declares():
+    from trainables.data.batches import Batch, Noise
+    from trainables.methods import TERMS, model_fns
+    from trainables.networks import build_network
+    from trainables.sde import VESDE
+
+    config = from_flat({}, base="toy")
+    torch.manual_seed(0)
+    nets = {k: build_network(k, dim=2, num_classes=2, model_config=config.model) for k in ("score", "classifier", "conditional")}
+    fns = model_fns(nets, num_classes=2, frozen={"score": nets["score"]})
+    x = torch.randn(6, 2)
+    batch, noise = Batch(x, torch.tensor([0, 1, 0, 1, 0, 1])), Noise.draw(x, VESDE(0.01, 10.0))
+    for name, term in TERMS.items():
+        recorder = _Recorder(config.loss)
+        term.fn(fns, batch, noise, recorder)
+        # A knob read but not declared would be missing from the artifact cache key.
+        assert recorder.read <= set(term.knobs), (name, recorder.read - set(term.knobs))
+
+
+def test_every_declared_knob_and_weight_changes_the_key_of_an_artifact_using_it():
+    from trainables.methods import METHODS
+
+    changed = {"loss.sc_weighting": "none", "loss.dlsm_power": 0.5, "loss.p_uncond": 0.3}
+    for method in METHODS.values():
+        for index, artifact in enumerate(method.artifacts):
+            for term in artifact.terms:
+                for knob in term.knobs():
+                    value = changed.get(knob, 0.37)
+                    assert _key(method.name, index, **{knob: value}) != _key(method.name, index), (
+                        method.name, artifact.name, knob,
+                    )

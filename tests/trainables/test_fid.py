@@ -145,13 +145,14 @@ def test_inception_path_resizes_to_299_and_uses_the_detector(tmp_path):
 
 
 def test_eval_classifier_accuracy_on_real_held_out_images_equals_its_test_accuracy(tmp_path):
+    from trainables import names
     from trainables.evaluation.generation import build_evaluator, evaluate_generation
 
     config = from_flat(
         {
             "data.num_train": 128,
             "data.num_test": 64,
-            "eval.classifier_steps": 30,
+            "eval.classifier_steps": 100,
             "eval.cache_dir": str(tmp_path),
         },
         base="tiny-images",
@@ -159,6 +160,17 @@ def test_eval_classifier_accuracy_on_real_held_out_images_equals_its_test_accura
     data = tiny_images(128, 64, 16, 0)
     evaluator = build_evaluator(config, data, log=lambda *a: None)
     metrics, _ = evaluate_generation(data.test_x, data.test_y, 4, evaluator)
+    # Real test images as "samples": generation accuracy is the classifier's test accuracy ...
     assert metrics["gen_accuracy"] == pytest.approx(evaluator.classifier_test_accuracy)
+    # ... which is the argmax of its logits at sigma_min, computed here independently,
+    with torch.no_grad():
+        sigma = torch.full((len(data.test_x),), config.sde.sigma_min)
+        logits = evaluator.classifier(data.test_x, sigma)
+    direct = (logits.argmax(1) == data.test_y).double().mean().item()
+    assert evaluator.classifier_test_accuracy == pytest.approx(direct)
+    # ... and far above chance (4 classes of distinct colours and shapes).
+    assert direct >= 0.9
+    per_class = {k for k in metrics if k.rsplit("_class", 1)[-1].isdigit()}
+    assert set(metrics) - per_class == names.GENERATION_METRICS
     again = build_evaluator(config, data, log=lambda *a: None)
     assert again.reference_cached and again.classifier_key == evaluator.classifier_key

@@ -115,21 +115,19 @@ def test_image_training_stopped_after_a_checkpoint_resumes_to_the_same_weights(t
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
-def test_checkpoint_every_k_steps(tmp_path):
-    config, _, split = _image_setup("CG")
-    config = from_flat(
-        {**FAST, "method": "CG", "train.checkpoint_every": 3, "train.steps_per_epoch": 100},
-        base="tiny-images",
-    )
-    train_artifact(
-        get_method("CG").artifacts[0],
-        config,
-        split,
-        checkpoint_dir=tmp_path,
-        stop_after=None,
-        callback=None,
-    )
-    assert load_checkpoint(tmp_path / CHECKPOINT_FILE)["step"] == 8  # 3, 6, then the end
+def test_checkpoint_every_k_steps(tmp_path, monkeypatch):
+    import trainables.fit as fit
+
+    saved = []
+    real = fit.save_checkpoint
+    monkeypatch.setattr(fit, "save_checkpoint", lambda path, state: saved.append(state["step"]) or real(path, state))
+    flat = {**FAST, "method": "CG", "train.checkpoint_every": 3, "train.steps_per_epoch": 100}
+    config = from_flat(flat, base="tiny-images")
+    _, _, split = _image_setup("CG")
+    train_artifact(get_method("CG").artifacts[0], config, split, checkpoint_dir=tmp_path)
+    # Every 3 steps, then the end of training (the only epoch end): 3, 6, 8.
+    assert saved == [3, 6, config.train.steps] and config.train.steps == 8
+    assert load_checkpoint(tmp_path / CHECKPOINT_FILE)["step"] == 8
 
 
 @pytest.mark.parametrize("method", ["CG-SC-all", "Joint-SC", "CFG-all", "CG-DLSM"])

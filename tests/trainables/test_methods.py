@@ -21,15 +21,17 @@ CONFIG = TrialConfig()
 SDE = VESDE(0.01, 10.0, eps=1e-3)
 
 
-def _networks(artifact, seed=0):
+def _networks(artifact, seed=0, frozen_requires_grad=False):
+    """The artifact's network and the frozen ones it reads (requires_grad left on if asked, so a
+    test sees whether the loss itself keeps gradients away from them)."""
     torch.manual_seed(seed)
     net = build_network(artifact.network, dim=2, num_classes=3, model_config=CONFIG.model)
     frozen = {
-        n: build_network("score", dim=2, num_classes=3, model_config=CONFIG.model).requires_grad_(
-            False
-        )
+        n: build_network("score", dim=2, num_classes=3, model_config=CONFIG.model)
         for n in artifact.needs
     }
+    for f in frozen.values():
+        f.requires_grad_(frozen_requires_grad)
     return net, frozen
 
 
@@ -71,18 +73,44 @@ def test_every_term_is_finite_and_per_example(name):
             assert torch.isfinite(values).all()
 
 
+# Parameters a term cannot reach by construction: the joint net's other head; and the score
+# output's bias for QC, which depends on the score's Jacobian only.
+UNREACHED = {
+    ("joint", "dsm"): ("class_head.",),
+    ("joint", "qc"): ("class_head.", "score_head.bias"),
+    ("joint", "ce"): ("score_head.",),
+    ("joint", "sc"): ("score_head.",),
+    ("score", "qc"): ("head.bias",),
+}
+
+
 @pytest.mark.parametrize("name", PAPER_NAMES)
 def test_gradients_reach_exactly_the_trained_network(name):
+    from dataclasses import replace
+
+    from trainables.methods import TERMS
+
     batch, noise = _batch()
+    loss_config = replace(CONFIG.loss, lambda_qc=1.0)  # QC active too
     for artifact in get_method(name).artifacts:
-        net, frozen = _networks(artifact)
-        total, _ = _loss(artifact, net, frozen, batch, noise)
-        total.backward()
-        # Every parameter of the trained network that the terms use gets a gradient.
-        grads = [p.grad for p in net.parameters()]
-        assert sum(g is not None and g.abs().sum() > 0 for g in grads) > 0
-        for f in frozen.values():
-            assert all(p.grad is None for p in f.parameters())
+        net, frozen = _networks(artifact, frozen_requires_grad=True)
+        fns = model_fns({artifact.network: net}, num_classes=3, frozen=frozen)
+        for term in artifact.terms:
+            # Each term alone: a gradient on every parameter of the trained network, none on
+            # the frozen ones (their weights must not move, nor cost a backward).
+            net.zero_grad(set_to_none=True)
+            rows = batch.rows(term.rows)
+            values = TERMS[term.term].fn(fns, batch.take(rows), noise.take(rows), loss_config)
+            values.mean().backward()
+            unreached = UNREACHED.get((artifact.network, term.term), ())
+            missing = [
+                n
+                for n, p in net.named_parameters()
+                if (p.grad is None or not p.grad.any()) and not n.startswith(unreached)
+            ]
+            assert not missing, (name, term.term, missing[:3])
+            for f in frozen.values():
+                assert all(p.grad is None for p in f.parameters()), (name, term.term)
 
 
 def test_joint_gradients_reach_shared_encoder_from_both_heads():
