@@ -1,0 +1,137 @@
+"""analysis on hand-built run frames: no MLflow, no torch, no Ray."""
+
+import math
+
+import pandas as pd
+import pytest
+import yaml
+
+from analysis.runs import BASE_COLUMNS, _cast
+from analysis.tables import (
+    best_per_cell,
+    comparison_table,
+    export_best,
+    pareto_set,
+    per_class_table,
+    to_markdown,
+    warning_flags,
+    write_report,
+)
+
+OBJ = ("gen_accuracy", "max")
+
+
+def _runs(*rows):
+    """A load_runs-shaped frame from dicts (missing base columns filled)."""
+    base = {"run_id": "r", "trial_id": "t", "status": "FINISHED", "early_stopped": False}
+    frame = pd.DataFrame([{**base, **row} for row in rows])
+    return frame[BASE_COLUMNS + [c for c in frame.columns if c not in BASE_COLUMNS]]
+
+
+def test_empty_frame_gives_an_empty_table_and_says_so():
+    empty = pd.DataFrame(columns=BASE_COLUMNS)
+    table = comparison_table(empty, OBJ)
+    assert table.empty
+    assert to_markdown(table) == "(no finished trials)\n"
+    assert best_per_cell(empty, *OBJ).empty and pareto_set(empty, [OBJ]).empty
+
+
+def test_best_trial_per_cell_by_mode_and_methods_in_paper_order():
+    runs = _runs(
+        {"method": "CG-SC-all", "label_percent": 5.0, "gen_accuracy": 0.8, "fid": 9.0},
+        {"method": "CG", "label_percent": 5.0, "gen_accuracy": 0.5, "fid": 3.0},
+        {"method": "CG", "label_percent": 5.0, "gen_accuracy": 0.7, "fid": 5.0},
+    )
+    table = comparison_table(runs, OBJ, metrics=("gen_accuracy", "fid"))
+    assert list(table.index) == ["CG", "CG-SC-all"]  # registry order, not the frame's
+    assert table.loc["CG", (5.0, "gen_accuracy")] == 0.7 and table.loc["CG", (5.0, "fid")] == 5.0
+    by_fid = comparison_table(runs, ("fid", "min"), metrics=("fid",))
+    assert by_fid.loc["CG", (5.0, "fid")] == 3.0
+
+
+def test_nan_objective_and_unfinished_or_early_stopped_runs_never_win():
+    runs = _runs(
+        {"method": "CG", "label_percent": 5.0, "gen_accuracy": float("nan")},
+        {"method": "CG", "label_percent": 5.0, "gen_accuracy": 0.9, "status": "FAILED"},
+        {"method": "CG", "label_percent": 5.0, "gen_accuracy": 0.95, "early_stopped": True},
+        {"method": "CG", "label_percent": 5.0, "gen_accuracy": 0.4},
+    )
+    assert comparison_table(runs, OBJ, metrics=("gen_accuracy",)).loc["CG", (5.0, "gen_accuracy")] == 0.4
+
+
+def test_a_cell_missing_a_metric_is_blank_in_markdown():
+    runs = _runs(
+        {"method": "Cond", "label_percent": 100.0, "gen_accuracy": 0.9},
+        {"method": "CG", "label_percent": 100.0, "gen_accuracy": 0.8, "clf_ece": 0.05},
+    )
+    text = to_markdown(comparison_table(runs, OBJ, metrics=("gen_accuracy", "clf_ece")))
+    assert "| Cond | 0.9 |  |" in text and "| CG | 0.8 | 0.05 |" in text
+
+
+def test_two_seeds_of_one_cell_keep_the_better_and_string_params_are_cast():
+    assert _cast("0.5") == 0.5 and _cast("3") == 3 and _cast("True") is True and _cast("pc") == "pc"
+    runs = _runs(
+        {"method": "CG", "label_percent": _cast("5.0"), "train.seed": 0, "gen_accuracy": 0.6},
+        {"method": "CG", "label_percent": _cast("5.0"), "train.seed": 1, "gen_accuracy": 0.7},
+    )
+    best = best_per_cell(runs, *OBJ)
+    assert len(best) == 1 and best.iloc[0]["train.seed"] == 1
+
+
+def test_pareto_set_keeps_exactly_the_undominated_runs():
+    runs = _runs(
+        {"method": "CG", "label_percent": 5.0, "gen_accuracy": 0.9, "fid": 10.0},
+        {"method": "CG", "label_percent": 5.0, "gen_accuracy": 0.8, "fid": 5.0},
+        {"method": "CG", "label_percent": 5.0, "gen_accuracy": 0.7, "fid": 11.0},  # dominated
+    )
+    front = pareto_set(runs, [("gen_accuracy", "max"), ("fid", "min")])
+    assert sorted(front["fid"]) == [5.0, 10.0]
+
+
+def test_fid_from_too_few_samples_is_starred():
+    runs = _runs({"method": "CG", "label_percent": 5.0, "gen_accuracy": 0.5, "fid": 3.0, "fid_warning": 1.0})
+    table = comparison_table(runs, OBJ, metrics=("gen_accuracy", "fid"))
+    text = to_markdown(table, flags=warning_flags(runs, OBJ, table))
+    assert "3*" in text and "fewer samples than feature dimensions" in text
+
+
+def test_per_class_table_reads_class_columns():
+    runs = _runs(
+        {"method": "CG", "label_percent": 5.0, "gen_accuracy": 0.5, "gen_accuracy_class0": 0.4,
+         "gen_accuracy_class1": 0.6, "intra_fid_class0": 1.0, "intra_fid_class1": 2.0},
+    )  # fmt: skip
+    table = per_class_table(runs, OBJ)
+    assert table.loc[("CG", 1), (5.0, "gen_accuracy")] == 0.6
+    assert table.loc[("CG", 0), (5.0, "intra_fid")] == 1.0
+
+
+def test_export_best_writes_a_runnable_spec_with_the_winning_knobs(tmp_path):
+    runs = _runs(
+        {"method": "CG-SC-all", "label_percent": 5.0, "gen_accuracy": 0.5, "loss.lambda_sc": 0.1,
+         "sample.guidance_scale": 2.0},
+        {"method": "CG-SC-all", "label_percent": 5.0, "gen_accuracy": 0.6, "loss.lambda_sc": 3.0,
+         "sample.guidance_scale": 1.5},
+    )  # fmt: skip
+    spec = {"name": "s", "methods": ["CG-SC-all"], "label_percents": [5], "num_trials": 9}
+    (path,) = export_best(runs, spec, OBJ, tmp_path)
+    written = yaml.safe_load(path.read_text())
+    assert written["search"] == {"loss.lambda_sc": {"choices": [3.0]}, "sample.guidance_scale": {"choices": [1.5]}}
+    assert written["num_trials"] == 1 and written["methods"] == ["CG-SC-all"]
+
+
+def test_write_report_writes_tables_and_a_guidance_curve(tmp_path):
+    runs = _runs(
+        {"method": "CG", "label_percent": 5.0, "gen_accuracy": 0.5, "sample.guidance_scale": 1.0},
+        {"method": "CG", "label_percent": 5.0, "gen_accuracy": 0.7, "sample.guidance_scale": 2.0},
+    )
+    table, files = write_report(runs, [OBJ], tmp_path)
+    names = {p.name for p in files}
+    assert {"comparison.md", "comparison.csv", "guidance_gen_accuracy.png"} <= names
+    assert all(p.exists() for p in files)
+    assert not math.isnan(table.loc["CG", (5.0, "gen_accuracy")])
+
+
+@pytest.mark.parametrize("status", ["FAILED", "KILLED", "RUNNING"])
+def test_only_finished_runs_reach_the_table(status):
+    runs = _runs({"method": "CG", "label_percent": 5.0, "gen_accuracy": 0.5, "status": status})
+    assert comparison_table(runs, OBJ).empty

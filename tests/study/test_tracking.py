@@ -1,0 +1,90 @@
+"""The MLflow tracker and reconcile against a temporary SQLite store (no Ray cluster)."""
+
+import json
+from types import SimpleNamespace
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from study.tracking import STEP_METRIC, MLflowTracker, ensure_parent_run, reconcile
+from trainables.names import ARTIFACTS_RECORD, TAGS_RECORD
+
+
+@pytest.fixture
+def store(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    exp_id, parent = ensure_parent_run(client, "s", {"name": "s"}, tmp_path)
+    return SimpleNamespace(uri=uri, client=client, exp_id=exp_id, parent=parent, root=tmp_path)
+
+
+def _trial(trial_id, last_result=None):
+    config = {"method": "CG", "data.label_percent": 5.0, "sample.guidance_scale": 2.0}
+    return SimpleNamespace(trial_id=trial_id, config=config, last_result=last_result)
+
+
+def _tracker(store):
+    full = lambda params: {**params, "train.steps": 10}  # noqa: E731
+    return MLflowTracker(store.uri, store.exp_id, store.parent, store.root / "trials", full, verbose=False)
+
+
+def _runs(store):
+    return store.client.search_runs([store.exp_id], "tags.role = 'trial'")
+
+
+def test_parent_run_is_created_once(store):
+    again = ensure_parent_run(store.client, "s", {"name": "s"}, store.root)
+    assert again == (store.exp_id, store.parent)
+
+
+def test_one_run_per_trial_with_params_metrics_records_and_status(store):
+    tracker = _tracker(store)
+    trial = _trial("t1", last_result={"final": 1.0})
+    record = store.root / "trials" / "t1"
+    record.mkdir(parents=True)
+    (record / ARTIFACTS_RECORD).write_text(json.dumps({"score": "/cache/score-abc"}))
+    (record / TAGS_RECORD).write_text(json.dumps({"eval_classifier": "eval-1"}))
+    tracker.on_trial_start(0, [], trial)
+    tracker.on_trial_result(0, [], trial, {"training_iteration": 1, "score/loss": 2.0, "pid": 7})
+    tracker.on_trial_result(0, [], trial, {"training_iteration": 2, "gen_accuracy": 0.5, "bad": float("nan")})
+    tracker.on_trial_complete(0, [], trial)
+    (run,) = _runs(store)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["train.steps"] == "10" and run.data.params["method"] == "CG"
+    assert run.data.tags["trial_id"] == "t1" and run.data.tags["mlflow.parentRunId"] == store.parent
+    assert run.data.tags["artifact.score"] == "/cache/score-abc" and run.data.tags["eval_classifier"] == "eval-1"
+    assert run.data.metrics["gen_accuracy"] == 0.5 and "bad" not in run.data.metrics and "pid" not in run.data.metrics
+    assert run.data.metrics[STEP_METRIC] == 2
+
+
+def test_a_trial_ending_without_its_final_result_is_tagged_early_stopped(store):
+    tracker = _tracker(store)
+    trial = _trial("t2", last_result={"eval_epoch": 1})
+    tracker.on_trial_start(0, [], trial)
+    tracker.on_trial_complete(0, [], trial)
+    (run,) = _runs(store)
+    assert run.data.tags["early_stopped"] == "true" and run.data.tags["stopped_at_epoch"] == "1"
+
+
+def test_a_restored_tracker_continues_the_same_run_and_its_step_counter(store):
+    first = _tracker(store)
+    trial = _trial("t3")
+    first.on_trial_result(0, [], trial, {"training_iteration": 3, "score/loss": 1.0})
+    second = _tracker(store)  # after a driver restart: Tune counts iterations from 1 again
+    second.on_trial_result(0, [], trial, {"training_iteration": 1, "score/loss": 0.5})
+    (run,) = _runs(store)
+    history = store.client.get_metric_history(run.info.run_id, "score/loss")
+    assert sorted(m.step for m in history) == [3, 4]
+
+
+def test_reconcile_keeps_one_run_per_trial_ends_running_ones_and_tags_orphans(store):
+    tracker = _tracker(store)
+    for trial_id in ("a", "b"):
+        tracker.run_for(_trial(trial_id))
+    duplicate = store.client.create_run(store.exp_id, tags={"role": "trial", "trial_id": "a"})
+    fixed = reconcile(store.uri, store.exp_id, known_trials={"a"})
+    runs = {r.data.tags["trial_id"]: r for r in _runs(store)}
+    assert fixed == 3 and len(_runs(store)) == 2
+    assert store.client.get_run(duplicate.info.run_id).info.lifecycle_stage == "deleted"
+    assert runs["a"].info.status == "KILLED" and "orphaned" not in runs["a"].data.tags
+    assert runs["b"].info.status == "KILLED" and runs["b"].data.tags["orphaned"] == "true"
