@@ -8,11 +8,15 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $@
 
-.PHONY: install test test-all demo lint
+.PHONY: install test test-fast demo lint
 install: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q -m "not gpu"
+
+# Everything but the Ray studies (no cluster starts): the inner loop, under 90 s on 2 cores.
+test-fast: $(VENV)/.installed
+	$(PY) -m pytest -q -m "not slow and not gpu"
 
 demo: $(VENV)/.installed
 	$(VENV)/bin/study run

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pandas as pd
 
 BASE_COLUMNS = ["run_id", "trial_id", "status", "early_stopped", "method", "label_percent"]
 
 
-def _cast(value):  # noqa: ANN001, ANN202
+def _cast(value: Any) -> Any:
     """MLflow params are strings: cast numbers and booleans once."""
     if not isinstance(value, str):
         return value
@@ -20,7 +22,8 @@ def _cast(value):  # noqa: ANN001, ANN202
 
 
 def load_runs(tracking_uri: str, experiment_name: str) -> pd.DataFrame:
-    """One row per trial run: run_id, trial_id, status, early_stopped, method, label_percent, params, metrics."""
+    """One row per trial run: run_id, trial_id, status, early_stopped, method, label_percent,
+    params, metrics."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri)

@@ -1,4 +1,5 @@
-"""Comparison tables (rows = methods in registry order, column groups = label %), Pareto sets, export."""
+"""Comparison tables (rows = methods in registry order, column groups = label %), Pareto sets,
+export."""
 
 from __future__ import annotations
 
@@ -30,7 +31,8 @@ FID_METRICS = ("fid", "intra_fid")  # flagged in tables when computed from too f
 
 
 def completed(runs: pd.DataFrame) -> pd.DataFrame:
-    """Trials that finished their whole training and final evaluation (not stopped early by ASHA)."""
+    """Trials that finished their whole training and final evaluation (not stopped early by
+    ASHA)."""
     if not len(runs):
         return runs
     early = runs["early_stopped"].fillna(False).astype(bool) if "early_stopped" in runs else False
@@ -91,7 +93,8 @@ def warning_flags(
 
 
 def to_markdown(table: pd.DataFrame, digits: int = 4, flags: pd.DataFrame | None = None) -> str:
-    """A Markdown table; column headers read '<label %>% <metric>'; flagged cells get a '*' and a note."""
+    """A Markdown table; column headers read '<label %>% <metric>'; flagged cells get a '*' and a
+    note."""
     if table.empty:
         return "(no finished trials)\n"
     heads = [table.index.name or "method"] + [f"{p:g}% {m}" for p, m in table.columns]
@@ -111,7 +114,8 @@ def to_markdown(table: pd.DataFrame, digits: int = 4, flags: pd.DataFrame | None
         )
     if flags is not None and flags.to_numpy().any():
         lines.append(
-            "\n\\* FID / intra-FID from fewer samples than feature dimensions: biased high; raise sample.num_per_class."
+            "\n\\* FID / intra-FID from fewer samples than feature dimensions: biased high; "
+            "raise sample.num_per_class."
         )
     return "\n".join(lines) + "\n"
 
@@ -119,7 +123,8 @@ def to_markdown(table: pd.DataFrame, digits: int = 4, flags: pd.DataFrame | None
 def write_tables(
     runs: pd.DataFrame, objectives: Sequence[tuple[str, str]], out_dir: Path
 ) -> pd.DataFrame:
-    """Write comparison.md / comparison.csv (and pareto.csv for several objectives); return the table."""
+    """Write comparison.md / comparison.csv (and pareto.csv for several objectives); return the
+    table."""
     out_dir.mkdir(parents=True, exist_ok=True)
     metrics = list(dict.fromkeys([m for m, _ in objectives] + list(DEFAULT_METRICS)))
     table = comparison_table(runs, objectives[0], metrics)
@@ -206,7 +211,8 @@ CURVE_METRICS = (
 def guidance_curves(
     runs: pd.DataFrame, out_dir: Path, metrics: Sequence[str] = CURVE_METRICS
 ) -> list[Path]:
-    """Metric vs guidance scale (paper 001 App. D): one PNG per metric, a line per (method, label %)."""
+    """Metric vs guidance scale (paper 001 App. D): one PNG per metric, a line per (method, label
+    %)."""
     import matplotlib
 
     matplotlib.use("Agg")

@@ -6,7 +6,8 @@
 
 Feature extraction: the evaluation-classifier extractor (pooled encoder features) and, when the
 weights file exists, clean-fid's Inception (clean resize to 299 included). Guided sampling: one
-predictor-corrector step (two score evaluations) for each guidance kind: classifier guidance (score +
+predictor-corrector step (two score evaluations) for each guidance kind: classifier guidance (score
++
 grad of the classifier's log posterior), classifier-free guidance (conditional and null-label pass),
 and the plain conditional model.
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -29,7 +31,7 @@ from trainables.networks import build_network  # noqa: E402
 from trainables.samplers import pc_sampler  # noqa: E402
 
 
-def timed(fn, device: torch.device, repeats: int) -> float:  # noqa: ANN001
+def timed(fn: Callable[[], object], device: torch.device, repeats: int) -> float:
     fn()
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -78,7 +80,8 @@ def main() -> None:
     x = torch.rand(args.batch, *shape, device=device)
     y = torch.randint(0, args.classes, (args.batch,), device=device)
     print(
-        f"# NCSN++ {args.size}, {args.image_size}x{args.image_size}, batch {args.batch}, {device} ({torch.get_num_threads()} threads), torch {torch.__version__}"
+        f"# NCSN++ {args.size}, {args.image_size}x{args.image_size}, batch {args.batch}, "
+        f"{device} ({torch.get_num_threads()} threads), torch {torch.__version__}"
     )
     print("| what | s/batch | images/s |")
     print("|---|---|---|")
@@ -116,7 +119,8 @@ def main() -> None:
             / 2
         )  # two levels
         print(
-            f"| guided PC step: {get_method(method).guidance} ({method}) | {seconds:.4f} | {args.batch / seconds:.1f} |",
+            f"| guided PC step: {get_method(method).guidance} ({method}) | {seconds:.4f} | "
+            f"{args.batch / seconds:.1f} |",
             flush=True,
         )
 

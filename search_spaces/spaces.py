@@ -1,6 +1,7 @@
 """Define-by-run spaces: method and label percentage are categorical; weights are conditional.
 
-loss.lambda_sc only for CG-SC-labeled / CG-SC-all, loss.lambda_joint only for Joint-SC (paper 000 ties
+loss.lambda_sc only for CG-SC-labeled / CG-SC-all, loss.lambda_joint only for Joint-SC (paper 000
+ties
 its SC term to lambda_joint), sample.guidance_scale for every guided method (Cond has no guidance).
 """
 
@@ -46,7 +47,8 @@ class Range:
 
     def default(self) -> Any:
         """The value a cell's first trial uses: 1 (the papers' chosen lambda, the plain posterior's
-        guidance scale) when the range holds it, else the middle of the range (geometric when log)."""
+        guidance scale) when the range holds it, else the middle of the range (geometric when
+        log)."""
         if self.choices is not None:
             return 1.0 if 1.0 in self.choices else sorted(self.choices)[len(self.choices) // 2]
         if self.low <= 1.0 <= self.high:
@@ -88,7 +90,8 @@ def define_space(
 def make_space(
     methods: Sequence[str], label_percents: Sequence[float], ranges: dict[str, Range] | None = None
 ) -> Callable[[Any], dict]:
-    """The define-by-run function OptunaSearch takes (a partial, so Tune can pickle the searcher)."""
+    """The define-by-run function OptunaSearch takes (a partial, so Tune can pickle the
+    searcher)."""
     return partial(
         define_space,
         methods=tuple(methods),
@@ -100,8 +103,10 @@ def make_space(
 def cell_points(
     methods: Sequence[str], label_percents: Sequence[float], ranges: dict[str, Range] | None = None
 ) -> list[dict[str, Any]]:
-    """One starting point per (method, label %) cell with every tuned key at its default, so the first
-    pass of a study compares the methods at the same, paper-chosen settings before the search moves."""
+    """One starting point per (method, label %) cell with every tuned key at its default, so the
+    first
+    pass of a study compares the methods at the same, paper-chosen settings before the search
+    moves."""
     ranges = ranges or {}
     return [
         {

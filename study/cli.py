@@ -8,11 +8,15 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from study.spec import StudySpec
 
 USAGE_ERROR = 2
 
 
-def _table(study_dir: Path, spec) -> str:  # noqa: ANN001
+def _table(study_dir: Path, spec: StudySpec) -> str:
     from analysis.runs import load_runs
     from analysis.tables import to_markdown, warning_flags, write_report
     from study.tracking import log_report
@@ -24,7 +28,9 @@ def _table(study_dir: Path, spec) -> str:  # noqa: ANN001
     finished = int((runs["status"] == "FINISHED").sum()) if len(runs) else 0
     early = int(runs["early_stopped"].sum()) if len(runs) else 0
     stopped = f", {early} of them stopped early by ASHA and left out of the table" if early else ""
-    head = f"{len(runs)} trial runs ({finished} finished{stopped}); best per cell by {objectives[0][0]} ({objectives[0][1]})\n\n"
+    metric, mode = objectives[0]
+    head = f"{len(runs)} trial runs ({finished} finished{stopped}); "
+    head += f"best per cell by {metric} ({mode})\n\n"
     written = ", ".join(p.name for p in files[1:])
     return (
         head
@@ -43,7 +49,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         spec = load_spec(args.spec)
         study_dir = study_dir_for(spec)
     print(
-        f"study {spec.name!r}: {len(spec.methods)} methods x {len(spec.label_percents)} label %, {spec.num_trials} trials -> {study_dir}",
+        f"study {spec.name!r}: {len(spec.methods)} methods x {len(spec.label_percents)} label %, "
+        f"{spec.num_trials} trials -> {study_dir}",
         flush=True,
     )
     start = time.perf_counter()
@@ -111,7 +118,7 @@ def parser() -> argparse.ArgumentParser:
     """The argument parser."""
     p = argparse.ArgumentParser(
         prog="study",
-        description="Classifier-guided score-based generation studies on Ray Tune + Optuna + MLflow.",
+        description="Classifier-guided score-based generation studies (Ray Tune, Optuna, MLflow).",
     )
     sub = p.add_subparsers(dest="command", required=True)
     run = sub.add_parser(

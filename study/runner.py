@@ -1,4 +1,5 @@
-"""Launch a study: pre-flight checks, Ray, the Tuner (OptunaSearch over Ray Train trials), MLflow."""
+"""Launch a study: pre-flight checks, Ray, the Tuner (OptunaSearch over Ray Train trials),
+MLflow."""
 
 from __future__ import annotations
 
@@ -43,7 +44,8 @@ def check_writable(study_dir: Path) -> None:
 
 
 def prepare(spec: StudySpec, *, resume: bool) -> tuple[Path, str]:
-    """Pre-flight before anything is written: directory state, writability, Ray. Returns (dir, uri)."""
+    """Pre-flight before anything is written: directory state, writability, Ray. Returns (dir,
+    uri)."""
     from study.cluster import check_cluster, init_ray
     from study.tracking import resolve_tracking_uri
 
@@ -107,7 +109,8 @@ def _tuner(spec: StudySpec, study_dir: Path, trainable: Any, tracker: Any, resum
 
 
 def _save_spec(spec: StudySpec, study_dir: Path, uri: str) -> None:
-    """The saved spec pins where results live, so resume / table / export find them from anywhere."""
+    """The saved spec pins where results live, so resume / table / export find them from
+    anywhere."""
     study_dir.mkdir(parents=True, exist_ok=True)
     saved = {**spec.to_dict(), "storage": str(study_dir.parent), "tracking_uri": uri}
     (study_dir / SPEC_FILE).write_text(yaml.safe_dump(saved, sort_keys=False))
@@ -158,5 +161,3 @@ def load_study_spec(study_dir: str | Path) -> tuple[Path, StudySpec]:
             f"{path} is not a study directory (no {SPEC_FILE}); give the folder 'study run' printed"
         )
     return path, validate(yaml.safe_load((path / SPEC_FILE).read_text()))
-
-

@@ -77,7 +77,10 @@ class CellAwareASHA(ASHAScheduler):
         """ASHA's decision, except that a cell's first trial always continues. (ASHA's own
         num_stopped counter, shown only in its debug string, still counts it.)"""
         action = super().on_trial_result(tune_controller, trial, result)
-        if action == TrialScheduler.STOP and self._first_of_cell.get(_cell(trial)) == trial.trial_id:
+        if (
+            action == TrialScheduler.STOP
+            and self._first_of_cell.get(_cell(trial)) == trial.trial_id
+        ):
             return TrialScheduler.CONTINUE
         return action
 

@@ -150,7 +150,8 @@ def load_raw(source: str | None) -> dict:
     return raw
 
 
-# ---- one checker per section; each appends its problems to errors ---------------------------------
+# ---- one checker per section; each appends its problems to errors
+# ---------------------------------
 def _range(key: str, value: Any, errors: list[str]) -> Range | None:
     """One search range: a preset name, {low, high, log} or {choices}."""
     if isinstance(value, str):
@@ -306,7 +307,9 @@ def _check_images(trial: Any, errors: list[str]) -> None:
         errors.append(f"eval: {exc}")
 
 
-def _check_objectives(trial: Any, method: str, objectives: list[Objective], errors: list[str]) -> None:
+def _check_objectives(
+    trial: Any, method: str, objectives: list[Objective], errors: list[str]
+) -> None:
     """Every objective is a metric this method's trials report on this dataset."""
     images = trial.model.arch == "ncsnpp"
     reported = names.reported_metrics(method, images=images, generation=trial.eval.fid)
@@ -357,7 +360,9 @@ def validate(raw: dict) -> StudySpec:
     from trainables.data.images import IMAGE_DATASETS
     from trainables.data.toy import TOY_DATASETS
 
-    errors = [f"unknown spec key {k!r}; valid: {sorted(TOP_KEYS)}" for k in sorted(set(raw) - TOP_KEYS)]
+    errors = [
+        f"unknown spec key {k!r}; valid: {sorted(TOP_KEYS)}" for k in sorted(set(raw) - TOP_KEYS)
+    ]
     name = str(raw.get("name", "study"))
     if not name or "/" in name:
         errors.append(f"name: {name!r} must be a non-empty name without '/'")

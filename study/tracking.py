@@ -1,4 +1,5 @@
-"""MLflow: one experiment per study, a parent run, exactly one child run per trial (the platform owns it)."""
+"""MLflow: one experiment per study, a parent run, exactly one child run per trial (the platform
+owns it)."""
 
 from __future__ import annotations
 
@@ -60,7 +61,8 @@ def environment_tags() -> dict[str, str]:
 def ensure_parent_run(
     client: MlflowClient, experiment_name: str, spec_dict: dict, study_dir: Path
 ) -> tuple[str, str]:
-    """Create (or find) the experiment and the study's parent run; return (experiment_id, run_id)."""
+    """Create (or find) the experiment and the study's parent run; return (experiment_id,
+    run_id)."""
     exp = client.get_experiment_by_name(experiment_name)
     # Artifacts (sample grids, tables, curves) live in the study directory, not in the caller's cwd.
     exp_id = (
@@ -85,7 +87,8 @@ def ensure_parent_run(
 
 
 class MLflowTracker(tune.Callback):
-    """Tune callback on the driver: one MLflow run per trial, found again by trial id after a restore."""
+    """Tune callback on the driver: one MLflow run per trial, found again by trial id after a
+    restore."""
 
     def __init__(
         self,
@@ -236,7 +239,8 @@ def reconcile(
     status: str = "KILLED",
     known_trials: set[str] | None = None,
 ) -> int:
-    """End every trial run left RUNNING (interrupted study); keep one run per trial id. Returns count.
+    """End every trial run left RUNNING (interrupted study); keep one run per trial id. Returns
+    count.
 
     known_trials: the trial ids of the Tune experiment. A run for any other trial belongs to a trial
     that started after Tune's last experiment checkpoint and that Tune's restore no longer knows; it
@@ -253,7 +257,8 @@ def reconcile(
     ):
         trial_id = run.data.tags.get("trial_id")
         if trial_id in seen:
-            # A duplicate for the same trial: merge nothing, delete it (first run keeps the history).
+            # A duplicate for the same trial: merge nothing, delete it (first run keeps the
+            # history).
             client.delete_run(run.info.run_id)
             fixed += 1
             continue
@@ -267,7 +272,8 @@ def reconcile(
             client.set_tag(
                 run.info.run_id,
                 "orphaned_reason",
-                "started after Tune's last experiment checkpoint; the restored study re-ran its work as other trials",
+                "started after Tune's last experiment checkpoint; "
+                "the restored study re-ran its work as other trials",
             )
             if run.info.status not in TERMINAL or run.info.status == "FINISHED":
                 client.set_terminated(run.info.run_id, "KILLED")

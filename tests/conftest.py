@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -32,3 +34,7 @@ def _clean_environment(tmp_path_factory):
             os.environ.pop(k, None)
         else:
             os.environ[k] = v
+
+
+# Helpers shared by the tests (tests/cli_helpers.py) import as top-level modules.
+sys.path.insert(0, str(Path(__file__).parent))

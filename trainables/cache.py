@@ -1,6 +1,8 @@
-"""Content-addressed artifact cache: a trained network is keyed by exactly the config that determines it.
+"""Content-addressed artifact cache: a trained network is keyed by exactly the config that
+determines it.
 
-Concurrent trials (processes) never train the same artifact twice: a file lock per key serialises them,
+Concurrent trials (processes) never train the same artifact twice: a file lock per key serialises
+them,
 and the second one loads what the first wrote.
 """
 
@@ -17,7 +19,7 @@ import torch
 from torch import nn
 
 from trainables.config import TrialConfig, to_flat
-from trainables.fit import build, save_checkpoint
+from trainables.fit import Distributed, build, save_checkpoint
 from trainables.methods import Artifact
 
 ALWAYS = ("sde.", "model.", "train.")
@@ -71,12 +73,13 @@ class ArtifactCache:
         config: TrialConfig,
         train_fn: Callable[[Path], nn.Module],
         *,
-        dim,  # noqa: ANN001 - int (flat data) or (C, H, W)
+        dim: int | tuple[int, ...],  # features (flat data) or (C, H, W)
         num_classes: int,
         needs: dict[str, str] | None = None,
-        distributed=None,  # noqa: ANN001 - trainables.fit.Distributed
+        distributed: Distributed | None = None,
     ) -> tuple[nn.Module, str, bool]:
-        """(EMA network, key, reused?). train_fn(checkpoint_dir) trains on a miss, resuming if it can.
+        """(EMA network, key, reused?). train_fn(checkpoint_dir) trains on a miss, resuming if it
+        can.
 
         Under data parallelism rank 0 holds the key's lock and tells the other ranks whether to load
         or to train with it; rank 0 writes the model.

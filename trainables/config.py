@@ -11,7 +11,7 @@ from trainables.names import check_method
 
 @dataclass(frozen=True)
 class SDEConfig:
-    """VE-SDE (Song et al. 2021); METHODS.md section 1."""
+    """VE-SDE (Song et al. 2021); docs/methods.md section 1."""
 
     sigma_min: float = 0.01
     sigma_max: float = 50.0
@@ -55,7 +55,7 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class LossConfig:
-    """Loss weights and knobs; METHODS.md section 2."""
+    """Loss weights and knobs; docs/methods.md section 2."""
 
     lambda_sc: float = 1.0  # weight of L_SC in L_CE + lambda_sc L_SC
     lambda_joint: float = 1.0  # L_DSM + lambda_joint (L_CE + L_SC)
@@ -107,7 +107,8 @@ class EvalConfig:
         1000  # toy: points per noise level; images: held-out images for guided_dsm / accuracy
     )
     seed: int = 1234
-    # Images (METHODS.md section 5): FID / IS / intra-FID / generation accuracy of sample.num_per_class
+    # Images (docs/methods.md section 5): FID / IS / intra-FID / generation accuracy of
+    # sample.num_per_class
     # samples per class against cached training-set statistics.
     fid: bool = True
     feature_extractor: str = (
@@ -190,7 +191,8 @@ BASE_CONFIGS: dict[str, dict[str, Any]] = {
         "train.steps": 600,
         "train.steps_per_epoch": 150,
         "train.ema_decay": 0.99,
-        # PC, not the ODE: with a briefly trained score the probability-flow ODE leaves visible noise
+        # PC, not the ODE: with a briefly trained score the probability-flow ODE leaves visible
+        # noise
         # (sample std 0.56 after 1200 steps vs 0.16 with PC-100; data 0.3), PC-100 matches the data.
         "sample.sampler": "pc",
         "sample.num_steps": 100,
@@ -254,7 +256,8 @@ def _coerce(value: Any, current: Any, key: str) -> Any:
 
 
 def override(config: TrialConfig, updates: dict[str, Any]) -> TrialConfig:
-    """Return a copy with dotted-key updates, checked against the schema (close matches suggested)."""
+    """Return a copy with dotted-key updates, checked against the schema (close matches
+    suggested)."""
     valid = flat_keys()
     sections: dict[str, dict[str, Any]] = {}
     method = config.method
@@ -301,7 +304,8 @@ def validate(config: TrialConfig) -> TrialConfig:
         raise ValueError(f"loss.p_uncond must be in [0, 1), got {config.loss.p_uncond}")
     if not 0 < config.sde.sigma_min < config.sde.sigma_max:
         raise ValueError(
-            f"need 0 < sde.sigma_min < sde.sigma_max, got {config.sde.sigma_min}, {config.sde.sigma_max}"
+            "need 0 < sde.sigma_min < sde.sigma_max, "
+            f"got {config.sde.sigma_min}, {config.sde.sigma_max}"
         )
     if config.sample.guidance_scale < 0:
         raise ValueError(f"sample.guidance_scale must be >= 0, got {config.sample.guidance_scale}")
@@ -317,7 +321,8 @@ def validate(config: TrialConfig) -> TrialConfig:
         )
     if config.eval.feature_extractor not in ("inception", "eval_classifier"):
         raise ValueError(
-            f"eval.feature_extractor must be 'inception' or 'eval_classifier', got {config.eval.feature_extractor!r}"
+            "eval.feature_extractor must be 'inception' or 'eval_classifier', "
+            f"got {config.eval.feature_extractor!r}"
         )
     if config.sample.batch_size <= 0 or config.sample.num_per_class <= 0:
         raise ValueError("sample.batch_size and sample.num_per_class must be > 0")

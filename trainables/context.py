@@ -1,4 +1,5 @@
-"""What the study hands every trial across the Ray boundary: one typed, picklable record (torch-free)."""
+"""What the study hands every trial across the Ray boundary: one typed, picklable record (torch-
+free)."""
 
 from __future__ import annotations
 
@@ -16,4 +17,6 @@ class TrialContext:
     record_dir: str  # where the worker writes the trial's records (trainables.names)
     threads: int = 1  # torch threads per process: resources.cpus_per_trial
     local_mode: bool = True  # Train's local mode: the worker runs in the Tune trial's process
-    eval_every_epoch: bool = False  # ASHA: evaluate the objective at every epoch of the last artifact
+    eval_every_epoch: bool = (
+        False  # ASHA: evaluate the objective at every epoch of the last artifact
+    )

@@ -1,4 +1,5 @@
-"""The training loop, Ray-agnostic: trains what a method needs and reports metrics through a callback."""
+"""The training loop, Ray-agnostic: trains what a method needs and reports metrics through a
+callback."""
 
 from __future__ import annotations
 
@@ -80,9 +81,11 @@ def build(artifact: Artifact, config: TrialConfig, dim: Dim, num_classes: int) -
 class Distributed:
     """This process's place in a data-parallel group (torch.distributed, set up by Ray Train).
 
-    Gradients are averaged with one flat all-reduce after backward instead of wrapping the network in
+    Gradients are averaged with one flat all-reduce after backward instead of wrapping the network
+    in
     DistributedDataParallel: DDP's hooks do not support the double backward of the SC, DLSM and QC
-    losses (autograd.grad with create_graph), and Joint-SC calls the network's score / logits methods,
+    losses (autograd.grad with create_graph), and Joint-SC calls the network's score / logits
+    methods,
     which bypass DDP's forward.
     """
 
@@ -274,9 +277,11 @@ def train_artifact(
 ) -> nn.Module:
     """Train one artifact; return its EMA network (eval mode, frozen). Resumes from checkpoint_dir.
 
-    evaluate(ema, epoch), when given, runs at every epoch end and its metrics join that epoch's report
+    evaluate(ema, epoch), when given, runs at every epoch end and its metrics join that epoch's
+    report
     (schedulers such as ASHA need the objective while a trial trains). Under data parallelism every
-    rank draws the same global batch and noise (so one RNG state resumes them all), trains on its shard
+    rank draws the same global batch and noise (so one RNG state resumes them all), trains on its
+    shard
     and averages gradients; rank 0 writes the checkpoints (a reported metrics dict then carries the
     checkpoint folder under "checkpoint_dir"). stop_after ends training at the first epoch end at or
     after that many steps (tests use it to interrupt a run).
@@ -288,7 +293,11 @@ def train_artifact(
     ckpt = Path(checkpoint_dir) / CHECKPOINT_FILE if checkpoint_dir is not None else None
     _resume(state, ckpt)
     sampler = BatchSampler(
-        data.labeled_idx, len(data.x), config.train.batch_size, artifact.row_usage, config.train.seed
+        data.labeled_idx,
+        len(data.x),
+        config.train.batch_size,
+        artifact.row_usage,
+        config.train.seed,
     )
     every = config.train.checkpoint_every
     sums: dict[str, float] = {}

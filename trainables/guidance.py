@@ -1,4 +1,5 @@
-"""Score-function combinators: classifier guidance and classifier-free guidance (METHODS.md section 3).
+"""Score-function combinators: classifier guidance and classifier-free guidance (docs/methods.md
+section 3).
 
 Each returns a plain score_fn(x, sigma) for the samplers, which never know guidance exists.
 """
@@ -36,7 +37,8 @@ def classifier_guidance(
 def classifier_free_guidance(
     cond_score_fn: CondScoreFn, y: torch.Tensor, null_label: int, w: float = 0.0
 ) -> ScoreFn:
-    """(1 + w) s(x, t, y) - w s(x, t, null) (Ho & Salimans); w = 0 is the plain conditional model."""
+    """(1 + w) s(x, t, y) - w s(x, t, null) (Ho & Salimans); w = 0 is the plain conditional
+    model."""
 
     def guided_score_fn(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         if w == 0:

@@ -1,6 +1,7 @@
-"""One small function per loss term; each returns per-example values. METHODS.md section 2.
+"""One small function per loss term; each returns per-example values. docs/methods.md section 2.
 
-The caller draws sigma (from t), z, and any other randomness, so every loss is deterministic given them.
+The caller draws sigma (from t), z, and any other randomness, so every loss is deterministic given
+them.
 Shapes: x [B, ...], sigma [B], z like x, y [B] (long).
 """
 
@@ -29,7 +30,8 @@ def _sq(v: torch.Tensor) -> torch.Tensor:
 def score_matching_residual(
     score: torch.Tensor, sigma: torch.Tensor, z: torch.Tensor, weighting: str = "sigma2"
 ) -> torch.Tensor:
-    """0.5 lambda(t) ||score + z / sigma||^2 per example; lambda = sigma^2 ("sigma2") or 1 ("none")."""
+    """0.5 lambda(t) ||score + z / sigma||^2 per example; lambda = sigma^2 ("sigma2") or 1
+    ("none")."""
     s = _bcast(sigma, z)
     if weighting == "sigma2":
         return _sq(s * score + z)
@@ -64,7 +66,8 @@ def ce_loss(
 def classifier_score(
     logits_fn: LogitsFn, x: torch.Tensor, sigma: torch.Tensor, *, create_graph: bool
 ) -> torch.Tensor:
-    """Score of the classifier read as an EBM: grad_x LogSumExp_y f(x, sigma)[y] (paper 001 eq. 2)."""
+    """Score of the classifier read as an EBM: grad_x LogSumExp_y f(x, sigma)[y] (paper 001 eq.
+    2)."""
     with torch.enable_grad():
         x = x if x.requires_grad else x.detach().requires_grad_(True)
         lse = torch.logsumexp(logits_fn(x, sigma), dim=1)
@@ -80,7 +83,8 @@ def sc_loss(
     *,
     weighting: str = "sigma2",
 ) -> torch.Tensor:
-    """Self-calibration (paper 001 eq. 3): DSM applied to grad_x LSE f, differentiable in the parameters."""
+    """Self-calibration (paper 001 eq. 3): DSM applied to grad_x LSE f, differentiable in the
+    parameters."""
     x_noisy = (x + _bcast(sigma, x) * z).detach().requires_grad_(True)
     score = classifier_score(logits_fn, x_noisy, sigma, create_graph=True)
     return score_matching_residual(score, sigma, z, weighting)
@@ -95,7 +99,8 @@ def ce_and_sc_losses(
     *,
     weighting: str = "sigma2",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """CE on the labeled rows and SC on every row from ONE classifier forward on the shared noisy input.
+    """CE on the labeled rows and SC on every row from ONE classifier forward on the shared noisy
+    input.
 
     Equal to ce_loss on the labeled rows and sc_loss on all rows with the same (sigma, z); saves the
     separate CE forward and backward (the SC step then costs about what SC alone costs).
@@ -155,7 +160,8 @@ def cfg_dsm_loss(
     p_uncond: float,
     null_label: int,
 ) -> torch.Tensor:
-    """Classifier-free guidance training (Ho & Salimans): DSM with labels dropped to the null label."""
+    """Classifier-free guidance training (Ho & Salimans): DSM with labels dropped to the null
+    label."""
     return cond_dsm_loss(cond_score_fn, x, sigma, z, cfg_labels(y, u, p_uncond, null_label))
 
 

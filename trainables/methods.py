@@ -116,7 +116,9 @@ class LossTerm:
 
     def __post_init__(self) -> None:
         if self.term not in TERMS or self.rows not in ROWS:
-            raise ValueError(f"loss term {self.term!r} on rows {self.rows!r} is not in the registry")
+            raise ValueError(
+                f"loss term {self.term!r} on rows {self.rows!r} is not in the registry"
+            )
 
     def weight(self, loss_config: LossConfig) -> float:
         """The term's weight under a LossConfig."""
@@ -157,7 +159,9 @@ class Artifact:
 
 
 CE = LossTerm("ce", rows="labeled")
-QC = LossTerm("qc", weight_key="loss.lambda_qc")  # optional regulariser: weight 0 (default) skips it
+QC = LossTerm(
+    "qc", weight_key="loss.lambda_qc"
+)  # optional regulariser: weight 0 (default) skips it
 SCORE_MODEL = Artifact(name="score", network="score", terms=(LossTerm("dsm"), QC))
 # The evaluation classifier (image metrics): CE on the fully labeled training set, never guidance.
 EVAL_CLASSIFIER = Artifact(name="eval_classifier", network="classifier", terms=(CE,))
@@ -245,9 +249,17 @@ METHODS: dict[str, Method] = {
             ),
             guidance="cg",
         ),
-        Method("Cond", artifacts=(conditional(LossTerm("cond_dsm", rows="labeled")),), guidance="none"),
-        Method("CFG-labeled", artifacts=(conditional(LossTerm("cfg_dsm", rows="labeled")),), guidance="cfg"),
-        Method("CFG-all", artifacts=(conditional(LossTerm("cfg_dsm", rows="all")),), guidance="cfg"),
+        Method(
+            "Cond", artifacts=(conditional(LossTerm("cond_dsm", rows="labeled")),), guidance="none"
+        ),
+        Method(
+            "CFG-labeled",
+            artifacts=(conditional(LossTerm("cfg_dsm", rows="labeled")),),
+            guidance="cfg",
+        ),
+        Method(
+            "CFG-all", artifacts=(conditional(LossTerm("cfg_dsm", rows="all")),), guidance="cfg"
+        ),
     )
 }
 

@@ -1,4 +1,5 @@
-"""Names every package shares, torch-free: methods, the keys each tunes, metrics, trial record files.
+"""Names every package shares, torch-free: methods, the keys each tunes, metrics, trial record
+files.
 
 search_spaces, analysis and the spec validator read this module instead of the method registry
 (trainables.methods, which imports torch). tests/trainables/test_names.py fails when the registry or
@@ -20,7 +21,9 @@ METHODS: tuple[str, ...] = (
     "CFG-all",
 )
 METHOD_KEY = "method"
-LABEL_PERCENT_KEY = "data.label_percent"  # the spec's label_percents list sets it, one value per cell
+LABEL_PERCENT_KEY = (
+    "data.label_percent"  # the spec's label_percents list sets it, one value per cell
+)
 GUIDANCE_SCALE_KEY = "sample.guidance_scale"
 LAMBDA_SC_KEY = "loss.lambda_sc"
 LAMBDA_JOINT_KEY = "loss.lambda_joint"
@@ -93,7 +96,8 @@ def reported_metrics(method: str, *, images: bool, generation: bool = True) -> f
     return frozenset(out)
 
 
-# ---- trial records: what the worker writes for the driver, under <study>/trials/<trial id>/ -------
+# ---- trial records: what the worker writes for the driver, under <study>/trials/<trial id>/
+# -------
 FINAL_RECORD = "final.json"  # the final result, replayed (not retrained) after a restore
 TAGS_RECORD = "tags.json"  # MLflow tags (feature extractor, evaluation classifier, warnings)
 ARTIFACTS_RECORD = "artifacts.json"  # artifact name -> its folder in the artifact cache

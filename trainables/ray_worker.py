@@ -149,14 +149,26 @@ def _cached_provider(
             if not context.local_mode:
                 _restore_from_train_checkpoint(folder)
             return train_artifact(
-                artifact, config, split, frozen=frozen, callback=report, checkpoint_dir=folder,
-                evaluate=evaluate, device=device, distributed=dist,
+                artifact,
+                config,
+                split,
+                frozen=frozen,
+                callback=report,
+                checkpoint_dir=folder,
+                evaluate=evaluate,
+                device=device,
+                distributed=dist,
             )
 
         needs = {n: ledger.keys[n] for n in artifact.needs}
         net, key, reused = cache.get_or_train(
-            artifact, config, train, dim=data_dim(data.x), num_classes=data.num_classes,
-            needs=needs, distributed=dist,
+            artifact,
+            config,
+            train,
+            dim=data_dim(data.x),
+            num_classes=data.num_classes,
+            needs=needs,
+            distributed=dist,
         )
         ledger.add(artifact, key, reused, config)
         done[artifact.network] = net.to(device)
@@ -216,7 +228,12 @@ def train_fn_per_worker(loop_config: dict) -> None:
     final = {**metrics, **ledger.metrics, "eval_epoch": epochs, "final": 1.0}
     final = {k: float(v) for k, v in final.items()}
     _write_records(
-        Path(context.record_dir), ledger, context.cache_dir, evaluator, samples, final,
+        Path(context.record_dir),
+        ledger,
+        context.cache_dir,
+        evaluator,
+        samples,
+        final,
         config.sample.num_per_class,
     )
     report(final)

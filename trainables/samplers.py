@@ -1,4 +1,4 @@
-"""Samplers as free functions sharing one signature (k-diffusion style), METHODS.md section 3:
+"""Samplers as free functions sharing one signature (k-diffusion style), docs/methods.md section 3:
 
     sample_x(score_fn, x_init, sigmas, *, generator=None, callback=None, **options) -> x
 
@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 import torch
 
+from trainables.config import SampleConfig
 from trainables.losses import ScoreFn
 
 Callback = Callable[[int, torch.Tensor], None]
@@ -45,7 +46,8 @@ def pc_sampler(
     snr: float = 0.16,
     corrector_steps: int = 1,
 ) -> torch.Tensor:
-    """Predictor-corrector (Song et al. 2021): Langevin corrector, then reverse-diffusion predictor."""
+    """Predictor-corrector (Song et al. 2021): Langevin corrector, then reverse-diffusion
+    predictor."""
     x, x_mean = x_init, x_init
     next_sigmas = torch.cat([sigmas[1:], sigmas.new_zeros(1)])
     for i, (sigma, sigma_next) in enumerate(zip(sigmas.tolist(), next_sigmas.tolist())):
@@ -75,7 +77,8 @@ def euler_maruyama(
     generator: torch.Generator | None = None,
     callback: Callback | None = None,
 ) -> torch.Tensor:
-    """Euler-Maruyama on the reverse VE-SDE, in sigma: dx = d(sigma^2) score + sqrt(d(sigma^2)) z."""
+    """Euler-Maruyama on the reverse VE-SDE, in sigma: dx = d(sigma^2) score + sqrt(d(sigma^2))
+    z."""
     x, x_mean = x_init, x_init
     next_sigmas = torch.cat([sigmas[1:], sigmas.new_zeros(1)])
     for i, (sigma, sigma_next) in enumerate(zip(sigmas.tolist(), next_sigmas.tolist())):
@@ -97,7 +100,8 @@ def probability_flow_ode(
     generator: torch.Generator | None = None,
     callback: Callback | None = None,
 ) -> torch.Tensor:
-    """Probability-flow ODE dx/dsigma = -sigma score (Heun), then a final denoising step at sigma_min."""
+    """Probability-flow ODE dx/dsigma = -sigma score (Heun), then a final denoising step at
+    sigma_min."""
     del generator  # deterministic; kept for the shared signature
     x = x_init
     sig = sigmas.tolist()
@@ -126,6 +130,6 @@ def get_sampler(name: str) -> Callable[..., torch.Tensor]:
     return SAMPLERS[name]
 
 
-def sampler_options(name: str, sample_config) -> dict:  # noqa: ANN001 - SampleConfig
+def sampler_options(name: str, sample_config: SampleConfig) -> dict:
     """Keyword options a sampler takes from a SampleConfig."""
     return {"snr": sample_config.snr} if name == "pc" else {}

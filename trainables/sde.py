@@ -1,10 +1,13 @@
-"""VE-SDE (Song et al. 2021): sigma(t), marginal, prior and discretisation; METHODS.md section 1."""
+"""VE-SDE (Song et al. 2021): sigma(t), marginal, prior and discretisation; docs/methods.md
+section 1."""
 
 from __future__ import annotations
 
 import math
 
 import torch
+
+from trainables.config import SDEConfig
 
 
 class VESDE:
@@ -27,7 +30,7 @@ class VESDE:
         )
 
     @classmethod
-    def from_config(cls, config) -> VESDE:  # noqa: ANN001 - SDEConfig
+    def from_config(cls, config: SDEConfig) -> VESDE:
         """Build from an SDEConfig."""
         return cls(config.sigma_min, config.sigma_max, config.num_scales, config.eps)
 
@@ -64,7 +67,8 @@ class VESDE:
         )
 
     def discretize(self, num_steps: int | None = None) -> torch.Tensor:
-        """Sampling noise levels sigma(t_i), t_i = linspace(1, eps, N): decreasing, float64 on CPU."""
+        """Sampling noise levels sigma(t_i), t_i = linspace(1, eps, N): decreasing, float64 on
+        CPU."""
         n = num_steps or self.num_scales
         t = torch.linspace(1.0, self.eps, n, dtype=torch.float64)
         return self.sigma(t)

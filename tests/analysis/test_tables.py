@@ -56,7 +56,10 @@ def test_nan_objective_and_unfinished_or_early_stopped_runs_never_win():
         {"method": "CG", "label_percent": 5.0, "gen_accuracy": 0.95, "early_stopped": True},
         {"method": "CG", "label_percent": 5.0, "gen_accuracy": 0.4},
     )
-    assert comparison_table(runs, OBJ, metrics=("gen_accuracy",)).loc["CG", (5.0, "gen_accuracy")] == 0.4
+    assert (
+        comparison_table(runs, OBJ, metrics=("gen_accuracy",)).loc["CG", (5.0, "gen_accuracy")]
+        == 0.4
+    )
 
 
 def test_a_cell_missing_a_metric_is_blank_in_markdown():
@@ -89,7 +92,9 @@ def test_pareto_set_keeps_exactly_the_undominated_runs():
 
 
 def test_fid_from_too_few_samples_is_starred():
-    runs = _runs({"method": "CG", "label_percent": 5.0, "gen_accuracy": 0.5, "fid": 3.0, "fid_warning": 1.0})
+    runs = _runs(
+        {"method": "CG", "label_percent": 5.0, "gen_accuracy": 0.5, "fid": 3.0, "fid_warning": 1.0}
+    )
     table = comparison_table(runs, OBJ, metrics=("gen_accuracy", "fid"))
     text = to_markdown(table, flags=warning_flags(runs, OBJ, table))
     assert "3*" in text and "fewer samples than feature dimensions" in text
@@ -115,7 +120,10 @@ def test_export_best_writes_a_runnable_spec_with_the_winning_knobs(tmp_path):
     spec = {"name": "s", "methods": ["CG-SC-all"], "label_percents": [5], "num_trials": 9}
     (path,) = export_best(runs, spec, OBJ, tmp_path)
     written = yaml.safe_load(path.read_text())
-    assert written["search"] == {"loss.lambda_sc": {"choices": [3.0]}, "sample.guidance_scale": {"choices": [1.5]}}
+    assert written["search"] == {
+        "loss.lambda_sc": {"choices": [3.0]},
+        "sample.guidance_scale": {"choices": [1.5]},
+    }
     assert written["num_trials"] == 1 and written["methods"] == ["CG-SC-all"]
 
 

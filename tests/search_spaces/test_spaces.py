@@ -114,7 +114,8 @@ def test_cell_points_cover_every_cell_at_the_default_settings():
         ("Cond", 5),
         ("Cond", 100),
     ]
-    # lambda_SC = 1 (the papers' choice); a range without 1 gives its geometric middle; Cond tunes nothing.
+    # lambda_SC = 1 (the papers' choice); a range without 1 gives its geometric middle; Cond tunes
+    # nothing.
     assert points[0] == {
         "method": "CG-SC-all",
         "data.label_percent": 5,

@@ -1,4 +1,5 @@
-"""End to end through the CLI: a small Ray Tune study, its MLflow runs, the table, export-best round trip."""
+"""End to end through the CLI: a small Ray Tune study, its MLflow runs, the table, export-best round
+trip."""
 
 import os
 import subprocess
@@ -6,34 +7,15 @@ import sys
 
 import pytest
 import yaml
+from cli_helpers import TOY_FAST, run_cli
 
 pytestmark = pytest.mark.slow
 
-FAST_CONFIG = {
-    "data.num_train": 300,
-    "data.num_test": 200,
-    "train.steps": 40,
-    "train.steps_per_epoch": 20,
-    "train.batch_size": 64,
-    "model.hidden": 16,
-    "model.depth": 1,
-    "sample.sampler": "ode",
-    "sample.num_steps": 8,
-    "sample.num_per_class": 40,
-    "eval.num_points": 100,
-}
+FAST_CONFIG = TOY_FAST
 
 
 def _cli(*args, cwd, timeout=400):
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "MLFLOW_DISABLE_TELEMETRY": "true"}
-    return subprocess.run(
-        [sys.executable, "-m", "study", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    return run_cli(*args, cwd=cwd, timeout=timeout)
 
 
 @pytest.fixture(scope="module")

@@ -1,22 +1,11 @@
 """Bad input through the CLI: one clear line, exit 2, nothing written."""
 
-import os
-import subprocess
-import sys
-
 import yaml
+from cli_helpers import run_cli
 
 
 def _cli(*args, cwd, timeout=120):
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
-    return subprocess.run(
-        [sys.executable, "-m", "study", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    return run_cli(*args, cwd=cwd, timeout=timeout)
 
 
 def _spec(tmp_path, **fields):

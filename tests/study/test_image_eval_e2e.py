@@ -1,12 +1,9 @@
 """A tiny-images study with the papers' metrics: FID, IS, intra-FID, accuracy, ECE; per-class table,
 guidance curves; a second study reuses the reference statistics and the evaluation classifier."""
 
-import os
-import subprocess
-import sys
-
 import pytest
 import yaml
+from cli_helpers import run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -47,15 +44,7 @@ def _spec(name, tmp_path, **kw):
 
 
 def _cli(*args, cwd, timeout=600):
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "MLFLOW_DISABLE_TELEMETRY": "true"}
-    return subprocess.run(
-        [sys.executable, "-m", "study", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    return run_cli(*args, cwd=cwd, timeout=timeout)
 
 
 def test_tiny_images_study_reports_the_papers_metrics(tmp_path):
@@ -92,7 +81,8 @@ def test_tiny_images_study_reports_the_papers_metrics(tmp_path):
     report = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
     assert {"report/comparison.md", "report/per_class.md", "report/guidance_fid.png"} <= report
 
-    # A second study on the same data reuses the cached reference statistics and evaluation classifier.
+    # A second study on the same data reuses the cached reference statistics and evaluation
+    # classifier.
     again = _cli(
         "run", _spec("second", tmp_path, num_trials=1, methods=["CFG-all"]), "--quiet", cwd=tmp_path
     )

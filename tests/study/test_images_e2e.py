@@ -6,6 +6,7 @@ import sys
 
 import pytest
 import yaml
+from cli_helpers import run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -34,15 +35,7 @@ SPEC = {
 
 
 def _cli(*args, cwd, timeout=600):
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "MLFLOW_DISABLE_TELEMETRY": "true"}
-    return subprocess.run(
-        [sys.executable, "-m", "study", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    return run_cli(*args, cwd=cwd, timeout=timeout)
 
 
 def test_each_family_trains_on_two_train_workers(tmp_path):
@@ -68,7 +61,8 @@ def test_each_family_trains_on_two_train_workers(tmp_path):
     # Rank 0 handed its checkpoints to Ray Train (the latest one is kept per trial).
     kept = list((study_dir / "train").glob("train-*/checkpoint_*/checkpoint.pt"))
     assert len(kept) == 3
-    # Every artifact the workers trained is in the cache once: score, classifier, joint, conditional.
+    # Every artifact the workers trained is in the cache once: score, classifier, joint,
+    # conditional.
     assert sorted(p.name.split("-")[0] for p in (study_dir / "artifacts").iterdir()) == [
         "classifier",
         "conditional",
@@ -142,5 +136,6 @@ def test_a_killed_train_worker_is_restarted_and_resumes_from_its_checkpoint(tmp_
     runs = load_runs(uri, "failover")
     assert len(runs) == 1 and runs["status"].iloc[0] == "FINISHED" and runs["fid"].notna().all()
     steps = [m.value for m in MlflowClient(uri).get_metric_history(runs["run_id"].iloc[0], "step")]
-    # The restarted worker group resumed from the latest checkpoint: steps never go back to the start.
+    # The restarted worker group resumed from the latest checkpoint: steps never go back to the
+    # start.
     assert steps == sorted(steps) and len(set(steps)) == len(steps) and steps[-1] == 160, steps

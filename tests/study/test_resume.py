@@ -1,4 +1,5 @@
-"""kill -9 in the middle of an ASHA study, then `study resume`: one MLflow run per trial, nothing lost."""
+"""kill -9 in the middle of an ASHA study, then `study resume`: one MLflow run per trial, nothing
+lost."""
 
 import os
 import signal
@@ -8,6 +9,7 @@ import time
 
 import pytest
 import yaml
+from cli_helpers import TOY_FAST
 
 pytestmark = pytest.mark.slow
 
@@ -19,19 +21,7 @@ SPEC = {
     "num_trials": 5,
     "scheduler": {"type": "asha", "grace_period": 1, "reduction_factor": 2},
     "resources": {"max_concurrent_trials": 2},
-    "config": {
-        "data.num_train": 300,
-        "data.num_test": 200,
-        "train.steps": 80,
-        "train.steps_per_epoch": 20,
-        "train.batch_size": 64,
-        "model.hidden": 16,
-        "model.depth": 1,
-        "sample.sampler": "ode",
-        "sample.num_steps": 8,
-        "sample.num_per_class": 40,
-        "eval.num_points": 100,
-    },
+    "config": {**TOY_FAST, "train.steps": 80},
 }
 
 
@@ -95,7 +85,8 @@ def test_kill_then_resume_keeps_one_run_per_trial(tmp_path):
     every = _runs(study_dir)
     assert every["trial_id"].is_unique and interrupted <= set(every["trial_id"])
     # A trial that started after Tune's last experiment checkpoint is unknown to the restored study:
-    # its run is kept, ended KILLED and tagged orphaned; every other run is one of the study's trials.
+    # its run is kept, ended KILLED and tagged orphaned; every other run is one of the study's
+    # trials.
     orphaned = {r for r in every["run_id"] if client.get_run(r).data.tags.get("orphaned") == "true"}
     assert (every.loc[every["run_id"].isin(orphaned), "status"] == "KILLED").all()
     after = every[~every["run_id"].isin(orphaned)]
@@ -106,7 +97,8 @@ def test_kill_then_resume_keeps_one_run_per_trial(tmp_path):
     # Every (method, label %) cell keeps a completed trial (ASHA never stops a cell's first trial).
     completed = after[~after["early_stopped"]]
     assert set(completed["method"]) == {"CG-SC-all", "CFG-all"}
-    # Steps logged after the restore continue the interrupted runs' history instead of overwriting it.
+    # Steps logged after the restore continue the interrupted runs' history instead of overwriting
+    # it.
     for run_id in after.loc[after["trial_id"].isin(interrupted), "run_id"]:
         steps = [m.step for m in client.get_metric_history(run_id, "tracker/step")]
         assert len(steps) == len(set(steps)) and steps == sorted(steps), steps

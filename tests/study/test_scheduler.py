@@ -31,7 +31,8 @@ def test_asha_stops_a_bad_search_trial_but_not_a_cells_first_trial():
     trials = [_trial("a", "CG"), _trial("b", "CG"), _trial("c", "CG"), _trial("d", "CFG-all")]
     for t in trials:
         asha.on_trial_add(None, t)
-    # The bracket is drawn at random per trial: pin every trial to one bracket so the rungs are shared.
+    # The bracket is drawn at random per trial: pin every trial to one bracket so the rungs are
+    # shared.
     bracket = asha._trial_info["a"]
     for t in trials:
         asha._trial_info[t.trial_id] = bracket

@@ -76,5 +76,7 @@ def test_missing_cifar_names_the_folder_and_the_download_option(tmp_path):
 
 
 def test_image_dataset_with_the_toy_network_is_refused(tmp_path):
-    with pytest.raises(SpecError, match=r"needs model.arch ncsnpp, got 'mlp'; use an image base_config"):
+    with pytest.raises(
+        SpecError, match=r"needs model.arch ncsnpp, got 'mlp'; use an image base_config"
+    ):
         load_spec(_write(tmp_path, {"dataset": "tiny-images"}))

@@ -24,8 +24,12 @@ def _trial(trial_id, last_result=None):
 
 
 def _tracker(store):
-    full = lambda params: {**params, "train.steps": 10}  # noqa: E731
-    return MLflowTracker(store.uri, store.exp_id, store.parent, store.root / "trials", full, verbose=False)
+    def full(params):
+        return {**params, "train.steps": 10}
+
+    return MLflowTracker(
+        store.uri, store.exp_id, store.parent, store.root / "trials", full, verbose=False
+    )
 
 
 def _runs(store):
@@ -46,14 +50,23 @@ def test_one_run_per_trial_with_params_metrics_records_and_status(store):
     (record / TAGS_RECORD).write_text(json.dumps({"eval_classifier": "eval-1"}))
     tracker.on_trial_start(0, [], trial)
     tracker.on_trial_result(0, [], trial, {"training_iteration": 1, "score/loss": 2.0, "pid": 7})
-    tracker.on_trial_result(0, [], trial, {"training_iteration": 2, "gen_accuracy": 0.5, "bad": float("nan")})
+    tracker.on_trial_result(
+        0, [], trial, {"training_iteration": 2, "gen_accuracy": 0.5, "bad": float("nan")}
+    )
     tracker.on_trial_complete(0, [], trial)
     (run,) = _runs(store)
     assert run.info.status == "FINISHED"
     assert run.data.params["train.steps"] == "10" and run.data.params["method"] == "CG"
     assert run.data.tags["trial_id"] == "t1" and run.data.tags["mlflow.parentRunId"] == store.parent
-    assert run.data.tags["artifact.score"] == "/cache/score-abc" and run.data.tags["eval_classifier"] == "eval-1"
-    assert run.data.metrics["gen_accuracy"] == 0.5 and "bad" not in run.data.metrics and "pid" not in run.data.metrics
+    assert (
+        run.data.tags["artifact.score"] == "/cache/score-abc"
+        and run.data.tags["eval_classifier"] == "eval-1"
+    )
+    assert (
+        run.data.metrics["gen_accuracy"] == 0.5
+        and "bad" not in run.data.metrics
+        and "pid" not in run.data.metrics
+    )
     assert run.data.metrics[STEP_METRIC] == 2
 
 

@@ -59,7 +59,10 @@ def test_every_term_reads_only_the_knobs_it_declares():
 
     config = from_flat({}, base="toy")
     torch.manual_seed(0)
-    nets = {k: build_network(k, dim=2, num_classes=2, model_config=config.model) for k in ("score", "classifier", "conditional")}
+    nets = {
+        k: build_network(k, dim=2, num_classes=2, model_config=config.model)
+        for k in ("score", "classifier", "conditional")
+    }
     fns = model_fns(nets, num_classes=2, frozen={"score": nets["score"]})
     x = torch.randn(6, 2)
     batch, noise = Batch(x, torch.tensor([0, 1, 0, 1, 0, 1])), Noise.draw(x, VESDE(0.01, 10.0))
@@ -80,5 +83,7 @@ def test_every_declared_knob_and_weight_changes_the_key_of_an_artifact_using_it(
                 for knob in term.knobs():
                     value = changed.get(knob, 0.37)
                     assert _key(method.name, index, **{knob: value}) != _key(method.name, index), (
-                        method.name, artifact.name, knob,
+                        method.name,
+                        artifact.name,
+                        knob,
                     )

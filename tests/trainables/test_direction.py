@@ -34,6 +34,7 @@ def _classifier_metrics(method: str, seed: int) -> dict:
 def test_self_calibration_improves_classifier_gradients_at_5_percent_labels(seed):
     ce = _classifier_metrics("CG", seed)
     sc = _classifier_metrics("CG-SC-all", seed)
-    # CE + SC (on all rows) is closer to grad log p_sigma(y|x) than CE alone, in magnitude and direction.
+    # CE + SC (on all rows) is closer to grad log p_sigma(y|x) than CE alone, in magnitude and
+    # direction.
     assert sc["grad_mse"] < ce["grad_mse"]
     assert sc["grad_cos"] > ce["grad_cos"]

@@ -1,4 +1,5 @@
-"""Data parallelism without DDP: 2 gloo ranks train exactly what one process trains on the same batches."""
+"""Data parallelism without DDP: 2 gloo ranks train exactly what one process trains on the same
+batches."""
 
 import multiprocessing as mp
 import os
@@ -85,7 +86,8 @@ def test_two_ranks_match_one_process(tmp_path, method, position):
     assert [p.exitcode for p in procs] == [0, 0]
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
     for name, value in single.state_dict().items():
-        # Both ranks hold the same weights, equal to one process on the whole batch (up to rounding).
+        # Both ranks hold the same weights, equal to one process on the whole batch (up to
+        # rounding).
         torch.testing.assert_close(ranks[0][name], ranks[1][name], rtol=0, atol=0)
         torch.testing.assert_close(ranks[0][name], value, rtol=1e-4, atol=1e-5)
     assert torch.load(tmp_path / "flags0.pt") == torch.load(tmp_path / "flags1.pt") == [False, True]

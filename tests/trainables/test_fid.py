@@ -44,7 +44,8 @@ def test_inception_score_bounds():
 
 
 class _Counting(FeatureExtractor):
-    """Features = per-channel means and a few pixels: a small custom extractor (no Inception here)."""
+    """Features = per-channel means and a few pixels: a small custom extractor (no Inception
+    here)."""
 
     def __init__(self):
         self.calls = 0
@@ -120,7 +121,8 @@ def test_missing_inception_weights_name_the_fix(tmp_path):
 
 
 def test_inception_path_resizes_to_299_and_uses_the_detector(tmp_path):
-    # A stand-in TorchScript detector with the StyleGAN2 interface (layers -> 2048 features; forward ->
+    # A stand-in TorchScript detector with the StyleGAN2 interface (layers -> 2048 features; forward
+    # ->
     # probabilities): the real weights cannot be downloaded here.
     class Layers(torch.nn.Module):
         def forward(self, x):

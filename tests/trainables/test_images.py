@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from trainables.config import from_flat
+from trainables.config import from_flat, override
 from trainables.data.images import (
     DatasetError,
     check_cifar,
@@ -120,7 +120,9 @@ def test_checkpoint_every_k_steps(tmp_path, monkeypatch):
 
     saved = []
     real = fit.save_checkpoint
-    monkeypatch.setattr(fit, "save_checkpoint", lambda path, state: saved.append(state["step"]) or real(path, state))
+    monkeypatch.setattr(
+        fit, "save_checkpoint", lambda path, state: saved.append(state["step"]) or real(path, state)
+    )
     flat = {**FAST, "method": "CG", "train.checkpoint_every": 3, "train.steps_per_epoch": 100}
     config = from_flat(flat, base="tiny-images")
     _, _, split = _image_setup("CG")
@@ -135,6 +137,7 @@ def test_every_family_trains_and_evaluates_on_images(method):
     from trainables.fit import train_method
 
     config, data, split = _image_setup(method)
+    config = override(config, {"sample.num_steps": 4, "sample.num_per_class": 2})  # fast sampling
     nets = train_method(config, split)
     metrics, samples = evaluate_images(config, nets, data)
     assert samples.shape == (4 * config.sample.num_per_class, 3, 16, 16)
@@ -144,7 +147,8 @@ def test_every_family_trains_and_evaluates_on_images(method):
 
 
 def test_guided_dsm_prefers_the_true_score_direction():
-    # On held-out images, a score that points from the noisy point back to the clean image has a lower
+    # On held-out images, a score that points from the noisy point back to the clean image has a
+    # lower
     # guided_dsm than a zero score: the metric measures what it claims to.
     config, data, _ = _image_setup("Cond")
 
@@ -157,7 +161,8 @@ def test_guided_dsm_prefers_the_true_score_direction():
             self.shrink = shrink
 
         def forward(self, x, sigma, y):
-            # The exact perturbed score of a per-class diagonal Gaussian fit: (mu_y - x) / (v_y + sigma^2).
+            # The exact perturbed score of a per-class diagonal Gaussian fit: (mu_y - x) / (v_y +
+            # sigma^2).
             return self.shrink * (means[y] - x) / (variances[y] + sigma.reshape(-1, 1, 1, 1) ** 2)
 
     good = evaluate_images(config, {"conditional": Oracle(1.0)}, data)[0]["guided_dsm"]

@@ -60,7 +60,8 @@ def test_dsm_of_exact_score_is_minimal_in_expectation():
 
 def test_dlsm_of_exact_posterior_and_score_is_residual_of_exact_conditional_score(setting):
     dist, x, y, sigma, z = setting
-    # grad log p(y|x) + grad log p(x) = grad log p(x|y): DLSM reduces to the conditional score residual.
+    # grad log p(y|x) + grad log p(x) = grad log p(x|y): DLSM reduces to the conditional score
+    # residual.
     dlsm = losses.dlsm_loss(dist.log_joint, dist.score, x, sigma, z, y)
     expected = losses.score_matching_residual(
         dist.cond_score(x + sigma[:, None] * z, sigma, y), sigma, z, "none"
@@ -136,7 +137,8 @@ def test_unknown_weighting_names_choices(setting):
 
 
 def test_shared_forward_ce_and_sc_equal_the_separate_terms():
-    # The platform computes CE (labeled rows) and SC (all rows) from one classifier forward; values and
+    # The platform computes CE (labeled rows) and SC (all rows) from one classifier forward; values
+    # and
     # parameter gradients must equal the two separate terms on the same noise.
     from trainables.losses import ce_and_sc_losses, ce_loss, sc_loss
     from trainables.networks.toy import ToyClassifier

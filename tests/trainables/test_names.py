@@ -30,7 +30,10 @@ def test_classifier_and_score_methods_are_the_registrys():
 def _untrained(method, dim, config):
     torch.manual_seed(0)
     kinds = {a.network for a in METHODS[method].artifacts}
-    return {k: build_network(k, dim=dim, num_classes=2 if dim == 2 else 4, model_config=config.model) for k in kinds}
+    return {
+        k: build_network(k, dim=dim, num_classes=2 if dim == 2 else 4, model_config=config.model)
+        for k in kinds
+    }
 
 
 def _scalars(metrics):
@@ -42,7 +45,12 @@ def test_toy_trials_report_exactly_the_named_metrics():
     data = make_toy("gmm2", 100, 50, seed=0)
     for method in names.METHODS:
         config = from_flat(
-            {"method": method, "sample.num_steps": 3, "sample.num_per_class": 5, "eval.num_points": 10},
+            {
+                "method": method,
+                "sample.num_steps": 3,
+                "sample.num_per_class": 5,
+                "eval.num_points": 10,
+            },
             base="toy",
         )
         metrics = evaluate_toy(config, _untrained(method, 2, config), data)
@@ -52,7 +60,12 @@ def test_toy_trials_report_exactly_the_named_metrics():
 def test_image_trials_report_the_named_held_out_metrics():
     data = tiny_images(16, 8, 8, 0)
     for method in ("CG", "Joint-SC", "Cond"):
-        flat = {"method": method, "data.image_size": 8, "sample.num_steps": 2, "sample.num_per_class": 1}
+        flat = {
+            "method": method,
+            "data.image_size": 8,
+            "sample.num_steps": 2,
+            "sample.num_per_class": 1,
+        }
         config = from_flat(flat, base="tiny-images")
         metrics, _ = evaluate_images(config, _untrained(method, (3, 8, 8), config), data)
         expected = names.reported_metrics(method, images=True, generation=False)

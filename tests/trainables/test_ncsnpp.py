@@ -25,7 +25,7 @@ def test_paper_classifier_is_the_encoder_half():
     with torch.device("meta"):
         clf = ImageClassifier(10, image_shape=(3, 32, 32), **NCSNPP_SIZES["paper"])
         deep = ImageClassifier(10, image_shape=(3, 32, 32), **NCSNPP_SIZES["deep"])
-    # METHODS.md: "encoder half of NCSN++ + pooled linear head (about 25-44 M params)".
+    # The encoder half of NCSN++ plus a pooled linear head: about 25-44 M parameters (paper 001).
     assert 24e6 < _count(clf) < 27e6 and 42e6 < _count(deep) < 45e6
     assert clf.up is None
 

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from trainables.sde import VESDE
+
 UNLABELED = -1  # y of rows whose label is hidden
 
 
@@ -42,7 +44,7 @@ class Noise:
     v: torch.Tensor  # like x, Rademacher: QC Hutchinson probe
 
     @classmethod
-    def draw(cls, x: torch.Tensor, sde, generator: torch.Generator | None = None) -> Noise:  # noqa: ANN001
+    def draw(cls, x: torch.Tensor, sde: VESDE, generator: torch.Generator | None = None) -> Noise:
         """Draw t ~ U(eps, 1) (as sigma), z, u and v for a batch x."""
         t = sde.sample_t(x.shape[0], generator=generator).to(x)
         z = torch.randn(x.shape, generator=generator).to(x)
@@ -86,8 +88,10 @@ def hide_labels(y: torch.Tensor, labeled_idx: np.ndarray) -> torch.Tensor:
 class BatchSampler:
     """Index batches; "half" keeps half of every batch labeled (paper 001 Sec. 3.4).
 
-    usage: "labeled" (labeled rows only), "all" (every row), or "half" (batch_size // 2 labeled rows,
-    the rest unlabeled; all labeled when there are no unlabeled rows). The batch of step k depends only
+    usage: "labeled" (labeled rows only), "all" (every row), or "half" (batch_size // 2 labeled
+    rows,
+    the rest unlabeled; all labeled when there are no unlabeled rows). The batch of step k depends
+    only
     on (seed, k), so a resumed run draws exactly the batches an uninterrupted one would.
     """
 
@@ -107,7 +111,8 @@ class BatchSampler:
             self.pools = [(labeled, batch_size // 2), (unlabeled, batch_size - batch_size // 2)]
 
     def batch(self, step: int) -> np.ndarray:
-        """Row indices of the batch at a step (without replacement when the pool is large enough)."""
+        """Row indices of the batch at a step (without replacement when the pool is large
+        enough)."""
         rng = np.random.default_rng([self.seed, step])
         return np.concatenate(
             [rng.choice(pool, size=n, replace=len(pool) < n) for pool, n in self.pools]

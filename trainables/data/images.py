@@ -1,20 +1,25 @@
-"""Image datasets as tensors in [0, 1]: CIFAR-10/100 (torchvision, local root), class-per-folder image
+"""Image datasets as tensors in [0, 1]: CIFAR-10/100 (torchvision, local root), class-per-folder
+image
 sets, and `tiny-images`, a synthetic class-conditional set the platform draws itself (CPU tests)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+
+from trainables.config import DataConfig
 
 IMAGE_DATASETS = ("cifar10", "cifar100", "tiny-images", "folder")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".ppm", ".gif", ".tif", ".tiff"}
 
 
 class DatasetError(ValueError):
-    """A dataset that cannot be loaded; the message says where to put it or which option fixes it."""
+    """A dataset that cannot be loaded; the message says where to put it or which option fixes
+    it."""
 
 
 @dataclass
@@ -33,7 +38,8 @@ class ImageData:
         return tuple(self.x.shape[1:])
 
 
-# ---- tiny-images: one colour and one shape per class, random position, size and brightness ----------
+# ---- tiny-images: one colour and one shape per class, random position, size and brightness
+# ----------
 TINY_CLASSES = (
     ("red square", (0.9, 0.15, 0.15), "square"),
     ("green disc", (0.15, 0.85, 0.2), "disc"),
@@ -42,7 +48,9 @@ TINY_CLASSES = (
 )
 
 
-def _tiny_image(kind: str, colour, size: int, rng: np.random.Generator) -> np.ndarray:  # noqa: ANN001
+def _tiny_image(
+    kind: str, colour: tuple[float, float, float], size: int, rng: np.random.Generator
+) -> np.ndarray:
     """One image [3, size, size]: a coloured shape on a dark, slightly noisy background."""
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
     half = rng.uniform(0.18, 0.28) * size
@@ -84,7 +92,8 @@ def tiny_images(num_train: int, num_test: int, size: int = 16, seed: int = 0) ->
     return ImageData(x, y, tx, ty, k, tuple(c[0] for c in TINY_CLASSES))
 
 
-# ---- CIFAR ----------------------------------------------------------------------------------------
+# ---- CIFAR
+# ----------------------------------------------------------------------------------------
 CIFAR_FOLDERS = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}
 
 
@@ -97,7 +106,8 @@ def check_cifar(name: str, root: str, download: bool) -> None:
     folder = _cifar_root(root) / CIFAR_FOLDERS[name]
     if not download and not folder.is_dir():
         raise DatasetError(
-            f"{name} not found: expected {folder}; put the extracted python version of {name} under data.root ({_cifar_root(root)}) or set data.download: true"
+            f"{name} not found: expected {folder}; put the extracted python version of {name} "
+            f"under data.root ({_cifar_root(root)}) or set data.download: true"
         )
 
 
@@ -112,10 +122,11 @@ def cifar(name: str, root: str, download: bool, limit: int = 0) -> ImageData:
         test = cls(str(_cifar_root(root)), train=False, download=download)
     except RuntimeError as exc:  # torchvision: "Dataset not found or corrupted"
         raise DatasetError(
-            f"{name} under {_cifar_root(root)} cannot be read ({exc}); re-extract it there or set data.download: true"
+            f"{name} under {_cifar_root(root)} cannot be read ({exc}); "
+            "re-extract it there or set data.download: true"
         ) from None
 
-    def tensors(ds) -> tuple[torch.Tensor, torch.Tensor]:  # noqa: ANN001
+    def tensors(ds: Any) -> tuple[torch.Tensor, torch.Tensor]:
         x = torch.from_numpy(ds.data).permute(0, 3, 1, 2).float() / 255.0
         y = torch.as_tensor(ds.targets).long()
         return (x[:limit], y[:limit]) if limit else (x, y)
@@ -125,7 +136,8 @@ def cifar(name: str, root: str, download: bool, limit: int = 0) -> ImageData:
     return ImageData(x, y, tx, ty, len(train.classes), tuple(train.classes))
 
 
-# ---- class-per-folder image sets ------------------------------------------------------------------
+# ---- class-per-folder image sets
+# ------------------------------------------------------------------
 def scan_folder(root: str) -> tuple[list[str], list[tuple[Path, int]], tuple[int, int]]:
     """Classes, (file, label) pairs and the common image size; DatasetError on anything unusable."""
     from PIL import Image
@@ -133,7 +145,8 @@ def scan_folder(root: str) -> tuple[list[str], list[tuple[Path, int]], tuple[int
     base = Path(root).expanduser()
     if not root or not base.is_dir():
         raise DatasetError(
-            f"image folder {str(base)!r} does not exist; set data.root to a folder with one sub-folder of images per class"
+            f"image folder {str(base)!r} does not exist; "
+            "set data.root to a folder with one sub-folder of images per class"
         )
     classes = sorted(d.name for d in base.iterdir() if d.is_dir() and not d.name.startswith("."))
     files = [
@@ -144,7 +157,8 @@ def scan_folder(root: str) -> tuple[list[str], list[tuple[Path, int]], tuple[int
     ]
     if len(classes) < 2 or not files:
         raise DatasetError(
-            f"image folder {base} has {len(classes)} class folders and {len(files)} images; it needs one sub-folder of images per class (at least 2 classes)"
+            f"image folder {base} has {len(classes)} class folders and {len(files)} images; "
+            "it needs one sub-folder of images per class (at least 2 classes)"
         )
     empty = [c for k, c in enumerate(classes) if not any(label == k for _, label in files)]
     if empty:
@@ -186,7 +200,7 @@ def image_folder(root: str, seed: int = 0, test_fraction: float = 0.1) -> ImageD
     return ImageData(x[~test_t], y[~test_t], x[test_t], y[test_t], len(classes), tuple(classes))
 
 
-def check_images(data_config) -> None:  # noqa: ANN001 - DataConfig
+def check_images(data_config: DataConfig) -> None:
     """Pre-flight: raise DatasetError if the dataset cannot be loaded (nothing is read in full)."""
     if data_config.name in CIFAR_FOLDERS:
         check_cifar(data_config.name, data_config.root, data_config.download)
@@ -199,7 +213,7 @@ def check_images(data_config) -> None:  # noqa: ANN001 - DataConfig
             )
 
 
-def make_images(data_config) -> ImageData:  # noqa: ANN001 - DataConfig
+def make_images(data_config: DataConfig) -> ImageData:
     """Load the image dataset a DataConfig names."""
     name = data_config.name
     if name == "tiny-images":

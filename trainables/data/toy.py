@@ -1,6 +1,7 @@
-"""Toy 2-D data with exact ground truth at every noise level (METHODS.md section 4).
+"""Toy 2-D data with exact ground truth at every noise level (docs/methods.md section 4).
 
-A Gaussian mixture p(x | y) = sum_c w_yc N(mu_yc, S_yc) perturbed by N(0, sigma^2 I) is the same mixture
+A Gaussian mixture p(x | y) = sum_c w_yc N(mu_yc, S_yc) perturbed by N(0, sigma^2 I) is the same
+mixture
 with S_yc + sigma^2 I, so log p_sigma(x, y), grad log p_sigma(x), grad log p_sigma(x | y) and
 grad log p_sigma(y | x) are closed form. An empirical set (two moons) is the mixture with one
 zero-covariance component per point: the Parzen oracle.
@@ -10,14 +11,23 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
+
+ArrayLike = Any  # nested lists, numpy arrays or tensors (torch.as_tensor takes them)
 
 
 class GaussianMixture:
     """Class-conditional Gaussian mixture with exact perturbed scores; float64 inside."""
 
-    def __init__(self, means, covs=None, weights=None, priors=None):  # noqa: ANN001
+    def __init__(
+        self,
+        means: ArrayLike,
+        covs: ArrayLike | None = None,
+        weights: ArrayLike | None = None,
+        priors: ArrayLike | None = None,
+    ) -> None:
         means = torch.as_tensor(means, dtype=torch.float64)
         if means.dim() != 3:
             raise ValueError(
@@ -41,15 +51,18 @@ class GaussianMixture:
         )
         if covs.shape != (k, c, d, d):
             raise ValueError(
-                f"covs must have shape {(k, c, d, d)} to match means {(k, c, d)}, got {tuple(covs.shape)}"
+                f"covs must have shape {(k, c, d, d)} to match means {(k, c, d)}, "
+                f"got {tuple(covs.shape)}"
             )
         if weights.shape != (k, c):
             raise ValueError(
-                f"weights must have shape {(k, c)} to match means {(k, c, d)}, got {tuple(weights.shape)}"
+                f"weights must have shape {(k, c)} to match means {(k, c, d)}, "
+                f"got {tuple(weights.shape)}"
             )
         if priors.shape != (k,):
             raise ValueError(
-                f"priors must have shape {(k,)} to match means {(k, c, d)}, got {tuple(priors.shape)}"
+                f"priors must have shape {(k,)} to match means {(k, c, d)}, "
+                f"got {tuple(priors.shape)}"
             )
         if (weights < 0).any() or not torch.allclose(
             weights.sum(1), torch.ones(k, dtype=torch.float64)
@@ -65,8 +78,11 @@ class GaussianMixture:
         self._chol = torch.linalg.cholesky(covs + 1e-12 * eye)
 
     @classmethod
-    def from_points(cls, x, y, num_classes: int | None = None) -> GaussianMixture:  # noqa: ANN001
-        """Parzen oracle: the empirical distribution of labeled points (one delta component per point)."""
+    def from_points(
+        cls, x: torch.Tensor, y: torch.Tensor, num_classes: int | None = None
+    ) -> GaussianMixture:
+        """Parzen oracle: the empirical distribution of labeled points (one delta component per
+        point)."""
         x = torch.as_tensor(x, dtype=torch.float64)
         y = torch.as_tensor(y, dtype=torch.long)
         k = int(num_classes if num_classes is not None else y.max() + 1)
@@ -87,7 +103,8 @@ class GaussianMixture:
     def _components(
         self, x: torch.Tensor, sigma: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """log pi_y w_yc N(x; mu_yc, S_yc + sigma^2 I) [B, K, C] and component scores [B, K, C, D]."""
+        """log pi_y w_yc N(x; mu_yc, S_yc + sigma^2 I) [B, K, C] and component scores [B, K, C,
+        D]."""
         x = x.to(torch.float64)
         var = sigma.to(torch.float64).reshape(-1, 1, 1) ** 2
         diff = x[:, None, None, :] - self.means[None]
@@ -139,7 +156,8 @@ class GaussianMixture:
     def sample(
         self, n: int, *, generator: torch.Generator | None = None, y: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Draw n clean points (x float32 [n, D], y long [n]); y may be given to sample each class."""
+        """Draw n clean points (x float32 [n, D], y long [n]); y may be given to sample each
+        class."""
         if y is None:
             y = torch.multinomial(self.priors, n, replacement=True, generator=generator)
         c = torch.multinomial(self.weights[y], 1, generator=generator).squeeze(1)

@@ -4,7 +4,8 @@
 - images.py: held-out image metrics (guided DSM, classifier accuracy per noise level) and samples.
 - generation.py + fid.py: FID, IS, intra-FID and generation accuracy of image samples, with the
   evaluation classifier (an artifact like any other) and cached reference statistics.
-- sampling.py: class-conditional sampling with a method's guided score; calibration.py: accuracy, ECE.
+- sampling.py: class-conditional sampling with a method's guided score; calibration.py: accuracy,
+ECE.
 
 `TrialEvaluator` is what the Ray worker calls: one object per trial, the image evaluator built once.
 """
@@ -35,7 +36,9 @@ class TrialEvaluator:
         self.tags: dict[str, str] = {}  # feature extractor, evaluation classifier, warnings
         self._evaluator: Evaluator | None = None  # built on first use (it may train a classifier)
 
-    def __call__(self, networks: dict[str, nn.Module]) -> tuple[dict[str, float], torch.Tensor | None]:
+    def __call__(
+        self, networks: dict[str, nn.Module]
+    ) -> tuple[dict[str, float], torch.Tensor | None]:
         """(metrics, image samples or None) for networks keyed by kind."""
         if not self.images:
             return evaluate_toy(self.config, networks, self.data), None

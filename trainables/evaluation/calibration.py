@@ -11,7 +11,8 @@ def accuracy(logits: torch.Tensor, y: torch.Tensor) -> float:
 
 
 def expected_calibration_error(logits: torch.Tensor, y: torch.Tensor, num_bins: int = 15) -> float:
-    """ECE (Guo et al. 2017): sum over equal-width confidence bins of |acc - conf| weighted by bin mass."""
+    """ECE (Guo et al. 2017): sum over equal-width confidence bins of |acc - conf| weighted by bin
+    mass."""
     probs = torch.softmax(logits.double(), dim=1)
     conf, pred = probs.max(1)
     correct = (pred == y).double()

@@ -1,4 +1,4 @@
-"""FID, intra-FID and IS as the papers measure them (METHODS.md section 5), through clean-fid.
+"""FID, intra-FID and IS as the papers measure them (docs/methods.md section 5), through clean-fid.
 
 Features come from a FeatureExtractor: clean-fid's Inception (the StyleGAN2 TorchScript network,
 images resized to 299 with clean-fid's "clean" PIL-bicubic resizer, 2048-d pool features, 1008-way
@@ -22,15 +22,20 @@ import numpy as np
 import torch
 
 INCEPTION_FILE = "inception-2015-12-05.pt"
+INCEPTION_URL = (
+    "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/" + INCEPTION_FILE
+)
 
 
 class EvalError(ValueError):
-    """Evaluation cannot run as asked (missing weights, reference data); the message names the fix."""
+    """Evaluation cannot run as asked (missing weights, reference data); the message names the
+    fix."""
 
 
 @dataclass
 class FeatureExtractor:
-    """images [N, 3, H, W] in [0, 1] -> features [N, dim] (numpy) and class probabilities (for IS)."""
+    """images [N, 3, H, W] in [0, 1] -> features [N, dim] (numpy) and class probabilities (for
+    IS)."""
 
     name: str  # logged with every metric computed from it
     features: Callable[[torch.Tensor], np.ndarray]
@@ -38,7 +43,8 @@ class FeatureExtractor:
     identity: str  # what the features depend on (weights hash / artifact key): the stats cache key
 
 
-# ---- extractors ------------------------------------------------------------------------------------
+# ---- extractors
+# ------------------------------------------------------------------------------------
 def default_inception_path() -> Path:
     """Where clean-fid keeps its Inception weights: its feature_extractor loads them from /tmp."""
     return Path("." if os.name == "nt" else "/tmp") / INCEPTION_FILE
@@ -50,8 +56,8 @@ def check_inception(path: str | None) -> Path:
     if not file.is_file():
         raise EvalError(
             f"Inception weights not found at {file}; download {INCEPTION_FILE} (clean-fid's URL: "
-            "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/inception-2015-12-05.pt) "
-            "there or name a local copy in eval.inception_weights, or use eval.feature_extractor: eval_classifier"
+            f"{INCEPTION_URL}) there or name a local copy in eval.inception_weights, "
+            "or use eval.feature_extractor: eval_classifier"
         )
     return file
 
@@ -59,7 +65,8 @@ def check_inception(path: str | None) -> Path:
 def inception_extractor(
     path: str | None, device: torch.device | str = "cpu", batch_size: int = 100
 ) -> FeatureExtractor:
-    """clean-fid's Inception: clean resize to 299 (PIL bicubic), (x - 128) / 128, 2048-d features."""
+    """clean-fid's Inception: clean resize to 299 (PIL bicubic), (x - 128) / 128, 2048-d
+    features."""
     from cleanfid.resize import make_resizer
 
     file = check_inception(path)
@@ -94,7 +101,8 @@ def inception_extractor(
         out = []
         with torch.no_grad():
             for start in range(0, len(images), batch_size):
-                # The StyleGAN2 detector's IS mode: softmax without the output bias (as the original IS).
+                # The StyleGAN2 detector's IS mode: softmax without the output bias (as the original
+                # IS).
                 out.append(
                     base(prepare(images[start : start + batch_size]), no_output_bias=True)
                     .cpu()
@@ -115,7 +123,8 @@ def classifier_extractor(
     device: torch.device | str = "cpu",
     batch_size: int = 256,
 ) -> FeatureExtractor:
-    """The evaluation classifier's pooled encoder features and softmax at sigma (for CPU / tiny images)."""
+    """The evaluation classifier's pooled encoder features and softmax at sigma (for CPU / tiny
+    images)."""
     net = net.to(device).eval()
 
     def run(images: torch.Tensor, head: bool) -> np.ndarray:
@@ -139,7 +148,8 @@ def classifier_extractor(
     )
 
 
-# ---- statistics and metrics -----------------------------------------------------------------------
+# ---- statistics and metrics
+# -----------------------------------------------------------------------
 @dataclass
 class Stats:
     mu: np.ndarray
@@ -159,7 +169,8 @@ def fid(a: Stats, b: Stats) -> float:
 
 
 def too_few(count: int, dim: int) -> bool:
-    """Fewer samples than feature dimensions: the covariance is singular and the FID is biased high."""
+    """Fewer samples than feature dimensions: the covariance is singular and the FID is biased
+    high."""
     return count < dim
 
 
@@ -181,7 +192,8 @@ def class_stats(feats: np.ndarray, labels: np.ndarray, num_classes: int) -> dict
     return out
 
 
-# ---- cached reference statistics ------------------------------------------------------------------
+# ---- cached reference statistics
+# ------------------------------------------------------------------
 def reference_stats(
     images: torch.Tensor,
     labels: torch.Tensor,
@@ -190,7 +202,8 @@ def reference_stats(
     data_identity: dict,
     folder: Path,
 ) -> tuple[dict[str, Stats], bool]:
-    """Training-set statistics (overall and per class), computed once per (data, extractor); (stats, cached?)."""
+    """Training-set statistics (overall and per class), computed once per (data, extractor); (stats,
+    cached?)."""
     key = hashlib.sha256(
         json.dumps(
             {"data": data_identity, "extractor": extractor.identity}, sort_keys=True
@@ -228,7 +241,8 @@ def generation_metrics(
     reference: dict[str, Stats],
     classify: Callable[[torch.Tensor], np.ndarray],
 ) -> tuple[dict[str, float], list[str]]:
-    """FID, IS, intra-FID (mean of per-class FIDs), generation accuracy; per-class values; warnings."""
+    """FID, IS, intra-FID (mean of per-class FIDs), generation accuracy; per-class values;
+    warnings."""
     feats = extractor.features(samples)
     y = labels.cpu().numpy()
     dim = feats.shape[1]
@@ -237,7 +251,8 @@ def generation_metrics(
     metrics["fid"] = fid(Stats.of(feats), reference["all"])
     if too_few(len(feats), dim):
         warnings.append(
-            f"FID from {len(feats)} samples < feature dim {dim}: biased high; raise sample.num_per_class"
+            f"FID from {len(feats)} samples < feature dim {dim}: biased high; "
+            "raise sample.num_per_class"
         )
     per_class = []
     for k in range(num_classes):
@@ -249,7 +264,8 @@ def generation_metrics(
     metrics["intra_fid_num_samples_per_class"] = float(len(feats) / num_classes)
     if too_few(len(feats) // num_classes, dim):
         warnings.append(
-            f"intra-FID from {len(feats) // num_classes} samples per class < feature dim {dim}: biased high"
+            f"intra-FID from {len(feats) // num_classes} samples per class < feature dim {dim}: "
+            "biased high"
         )
     if extractor.probs is not None:
         metrics["inception_score"], metrics["inception_score_std"] = inception_score(

@@ -64,7 +64,8 @@ def preflight(config: TrialConfig) -> None:
         and not Path(config.eval.classifier_checkpoint).expanduser().is_file()
     ):
         raise EvalError(
-            f"eval.classifier_checkpoint {config.eval.classifier_checkpoint!r} does not exist; fix the path or leave it empty to train one"
+            f"eval.classifier_checkpoint {config.eval.classifier_checkpoint!r} does not exist; "
+            "fix the path or leave it empty to train one"
         )
 
 
@@ -154,7 +155,8 @@ def build_evaluator(
 def evaluate_generation(
     samples: torch.Tensor, labels: torch.Tensor, num_classes: int, evaluator: Evaluator
 ) -> tuple[dict[str, float], list[str]]:
-    """FID, IS, intra-FID, generation accuracy (overall and per class) of class-conditional samples."""
+    """FID, IS, intra-FID, generation accuracy (overall and per class) of class-conditional
+    samples."""
     metrics, warnings = generation_metrics(
         samples, labels, num_classes, evaluator.extractor, evaluator.reference, evaluator.classify
     )

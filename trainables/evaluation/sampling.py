@@ -22,7 +22,8 @@ def sample_classes(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Guided samples, num_per_class for every class in one batch; deterministic for sample.seed.
 
-    dim: features (flat data) or (C, H, W). The prior draw is made on the CPU, so samples do not depend
+    dim: features (flat data) or (C, H, W). The prior draw is made on the CPU, so samples do not
+    depend
     on the device.
     """
     method = get_method(config.method)

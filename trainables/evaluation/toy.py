@@ -25,7 +25,8 @@ def evaluation_points(
 
 
 def _cosine(estimate: torch.Tensor, exact: torch.Tensor) -> torch.Tensor:
-    """Per-point cosine; points whose exact vector vanishes (norm < 1e-8, cosine undefined) are dropped."""
+    """Per-point cosine; points whose exact vector vanishes (norm < 1e-8, cosine undefined) are
+    dropped."""
     keep = exact.double().norm(dim=1) >= 1e-8
     return torch.nn.functional.cosine_similarity(
         estimate[keep].double(), exact[keep].double(), dim=1, eps=1e-30
@@ -40,11 +41,14 @@ def gradient_metrics(
     scale: float = 1.0,
     score_fn: ScoreFn | None = None,
 ) -> dict[str, float]:
-    """Classifier-gradient MSE / cosine vs grad log p_sigma(y|x), and guided conditional-score cosine.
+    """Classifier-gradient MSE / cosine vs grad log p_sigma(y|x), and guided conditional-score
+    cosine.
 
     grad_mse: mean over points of ||scale g_phi - g||^2 (squared Euclidean error, summed over dims).
-    grad_cos: mean cosine of g_phi and g (over points where g does not vanish). cond_score_cos: mean cosine of s + scale g_phi and the exact
-    grad log p_sigma(x|y), where s is the exact unconditional score (as in App. C) unless score_fn is given.
+    grad_cos: mean cosine of g_phi and g (over points where g does not vanish). cond_score_cos: mean
+    cosine of s + scale g_phi and the exact
+    grad log p_sigma(x|y), where s is the exact unconditional score (as in App. C) unless score_fn
+    is given.
     """
     mse, cos, cond_cos = [], [], []
     for sigma, x, y in points:
@@ -69,7 +73,8 @@ def score_metrics(
     *,
     y_given: bool = False,
 ) -> dict[str, float]:
-    """Cosine of a (possibly conditional) score estimate against the exact one; y_given selects conditional."""
+    """Cosine of a (possibly conditional) score estimate against the exact one; y_given selects
+    conditional."""
     cos = []
     for sigma, x, y in points:
         s = torch.full((len(x),), sigma)
@@ -83,7 +88,8 @@ def score_metrics(
 def generation_accuracy(
     samples: torch.Tensor, y_target: torch.Tensor, dist: GaussianMixture, sigma: float
 ) -> float:
-    """Fraction of samples whose exact Bayes posterior argmax (at a small sigma) is the target class."""
+    """Fraction of samples whose exact Bayes posterior argmax (at a small sigma) is the target
+    class."""
     post = dist.posterior(samples, torch.full((len(samples),), sigma))
     return (post.argmax(1) == y_target).double().mean().item()
 
@@ -126,7 +132,8 @@ def evaluate_toy(
         est = guided_score_fn(method, fns, y, scale)(x, s).detach().double()
         cos.append(torch.nn.functional.cosine_similarity(est, dist.cond_score(x, s, y), dim=1))
     metrics["guided_score_cos"] = torch.cat(cos).mean().item()
-    # Guided samples: accuracy under the exact Bayes posterior, per-class energy distance to test points.
+    # Guided samples: accuracy under the exact Bayes posterior, per-class energy distance to test
+    # points.
     samples, y = sample_classes(config, networks, data.num_classes, data.dim)
     finite = torch.isfinite(samples).all(1)
     metrics["sample_finite_fraction"] = finite.double().mean().item()

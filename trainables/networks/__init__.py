@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from trainables.config import ModelConfig
 from trainables.networks.toy import (
     NoiseEmbedding,
     ToyClassifier,
@@ -14,8 +15,11 @@ from trainables.networks.toy import (
 from trainables.networks.toy import build_network as build_toy_network
 
 
-def build_network(kind: str, *, dim, num_classes: int, model_config) -> nn.Module:  # noqa: ANN001
-    """A network of a registry kind: toy MLP for arch "mlp" (dim: int), NCSN++ for "ncsnpp" (dim: C, H, W)."""
+def build_network(
+    kind: str, *, dim: int | tuple[int, ...], num_classes: int, model_config: ModelConfig
+) -> nn.Module:
+    """A network of a registry kind: toy MLP for arch "mlp" (dim: int), NCSN++ for "ncsnpp" (dim: C,
+    H, W)."""
     if model_config.arch == "ncsnpp":
         from trainables.networks.ncsnpp import build_image_network
 
@@ -28,7 +32,8 @@ def build_network(kind: str, *, dim, num_classes: int, model_config) -> nn.Modul
         )
     if not isinstance(dim, int):
         raise ValueError(
-            f"model.arch 'mlp' needs flat data; got shape {tuple(dim)}: set model.arch to 'ncsnpp' for images"
+            f"model.arch 'mlp' needs flat data; got shape {tuple(dim)}: "
+            "set model.arch to 'ncsnpp' for images"
         )
     return build_toy_network(kind, dim=dim, num_classes=num_classes, model_config=model_config)
 

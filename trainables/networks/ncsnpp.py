@@ -1,11 +1,13 @@
-"""NCSN++-style image networks (Song et al. 2021, continuous VE; METHODS.md section 6).
+"""NCSN++-style image networks (Song et al. 2021, continuous VE; docs/methods.md section 6).
 
 One module holds the encoder (input conv, BigGAN residual blocks with GroupNorm and swish, FIR
 down-sampling, the "residual" input pyramid, self-attention at the attention resolutions, the middle
 blocks) and, when asked, the decoder (residual blocks over the encoder's skips, FIR up-sampling) and
-a classifier head (GroupNorm, swish, global average pool, linear). The four registry kinds are views of
+a classifier head (GroupNorm, swish, global average pool, linear). The four registry kinds are views
+of
 it: score (encoder + decoder), classifier (encoder + head; the papers' "encoder half of NCSN++"),
-joint (one encoder shared by decoder and head), conditional (score with a class embedding added to the
+joint (one encoder shared by decoder and head), conditional (score with a class embedding added to
+the
 noise embedding; label K is the null label for CFG). Scores are divided by sigma (scale_by_sigma).
 """
 
@@ -17,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from trainables.config import ModelConfig
+
 # Sizes live in trainables.config.NCSNPP_SIZES: "paper" is the CIFAR-10 NCSN++ (cont.), "deep" its
 # 8-block variant, "small" fits a one-GPU study, "tiny" runs CPU tests in seconds.
 
@@ -25,7 +29,7 @@ def _groups(channels: int) -> int:
     return min(channels // 4, 32)
 
 
-def _fir_kernel(channels: int, device, dtype) -> torch.Tensor:  # noqa: ANN001
+def _fir_kernel(channels: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     k = torch.tensor([1.0, 3.0, 3.0, 1.0], device=device, dtype=dtype)
     k = torch.outer(k, k)
     return (k / k.sum()).expand(channels, 1, 4, 4)
@@ -54,7 +58,8 @@ def _conv(cin: int, cout: int, k: int = 3, init_scale: float = 1.0) -> nn.Conv2d
 
 
 class ResBlock(nn.Module):
-    """BigGAN residual block: GN, swish, (up/down), conv, + dense(temb), GN, swish, dropout, conv."""
+    """BigGAN residual block: GN, swish, (up/down), conv, + dense(temb), GN, swish, dropout,
+    conv."""
 
     def __init__(
         self,
@@ -318,8 +323,8 @@ IMAGE_NETWORKS = {
 
 
 def build_image_network(
-    kind: str, *, image_shape: tuple[int, int, int], num_classes: int, model_config
-) -> nn.Module:  # noqa: ANN001
+    kind: str, *, image_shape: tuple[int, int, int], num_classes: int, model_config: ModelConfig
+) -> nn.Module:
     """An NCSN++ network of a registry kind, sized by the ModelConfig."""
     if kind not in IMAGE_NETWORKS:
         raise ValueError(f"unknown network kind {kind!r}; valid: {sorted(IMAGE_NETWORKS)}")

@@ -7,6 +7,8 @@ import math
 import torch
 from torch import nn
 
+from trainables.config import ModelConfig
+
 
 class NoiseEmbedding(nn.Module):
     """Gaussian Fourier features of log sigma (scale 16, as NCSN++), then an MLP."""
@@ -152,7 +154,7 @@ NETWORKS = {
 }
 
 
-def build_network(kind: str, *, dim: int, num_classes: int, model_config) -> nn.Module:  # noqa: ANN001
+def build_network(kind: str, *, dim: int, num_classes: int, model_config: ModelConfig) -> nn.Module:
     """Build a toy network of a registry kind from a ModelConfig."""
     if kind not in NETWORKS:
         raise ValueError(f"unknown network kind {kind!r}; valid: {sorted(NETWORKS)}")

@@ -1,0 +1,47 @@
+"""Shared by the CLI tests: run `study` as a user would (a new process), and tiny configs."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+# A toy trial that trains and evaluates in about a second.
+TOY_FAST = {
+    "data.num_train": 300,
+    "data.num_test": 200,
+    "train.steps": 40,
+    "train.steps_per_epoch": 20,
+    "train.batch_size": 64,
+    "model.hidden": 16,
+    "model.depth": 1,
+    "sample.sampler": "ode",
+    "sample.num_steps": 8,
+    "sample.num_per_class": 40,
+    "eval.num_points": 100,
+}
+
+
+def run_cli(
+    *args: str, cwd: Path | str, timeout: float = 600, env: dict | None = None
+) -> subprocess.CompletedProcess:
+    """`python -m study ARGS` in cwd; stdout and stderr captured as text."""
+    base = {**os.environ, "RAY_AUTH_MODE": "disabled", "MLFLOW_DISABLE_TELEMETRY": "true"}
+    return subprocess.run(
+        [sys.executable, "-m", "study", *args],
+        cwd=cwd,
+        env={**base, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def write_spec(folder: Path, name: str = "spec", **fields: object) -> Path:
+    """A spec file folder/<name>.yaml whose study lives under folder/studies."""
+    path = Path(folder) / f"{name}.yaml"
+    path.write_text(yaml.safe_dump({"storage": str(Path(folder) / "studies"), **fields}))
+    return path
