@@ -112,6 +112,37 @@ def test_reference_statistics_are_computed_once(tmp_path):
     assert extractor.calls == 2
 
 
+def test_trials_writing_the_same_reference_statistics_at_once_all_succeed(tmp_path, monkeypatch):
+    # Seen in a tiny-images study: two trials computed the statistics together, shared one
+    # temporary file, and the second rename failed (FileNotFoundError), losing a table cell.
+    import threading
+
+    import trainables.evaluation.fid as fid_module
+
+    data = tiny_images(40, 8, size=8, seed=0)
+    barrier, real_savez = threading.Barrier(2, timeout=10), np.savez
+
+    def savez_then_wait(path, **arrays):
+        real_savez(path, **arrays)
+        barrier.wait()  # both writers have written their temporary file before either renames
+
+    monkeypatch.setattr(fid_module.np, "savez", savez_then_wait)
+    errors = []
+
+    def compute():
+        try:
+            reference_stats(data.x, data.y, 4, _Counting(), {"name": "t"}, tmp_path)
+        except Exception as exc:  # noqa: BLE001 - the test reports any failure
+            errors.append(exc)
+
+    threads = [threading.Thread(target=compute) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and len(list(tmp_path.glob("*.npz"))) == 1
+
+
 def test_missing_inception_weights_name_the_fix(tmp_path):
     with pytest.raises(
         EvalError,

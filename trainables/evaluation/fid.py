@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -221,7 +222,9 @@ def reference_stats(
     arrays = {"names": json.dumps(list(stats))}
     for n, s in stats.items():
         arrays.update({f"{n}_mu": s.mu, f"{n}_sigma": s.sigma, f"{n}_count": np.array(s.count)})
-    tmp = folder / f"{key}.tmp.npz"
+    # Trials that start together compute the same statistics: each writes its own temporary file
+    # and renames it into place (same content; the last rename wins, none fails).
+    tmp = folder / f"{key}.{os.getpid()}-{uuid.uuid4().hex}.tmp.npz"
     np.savez(tmp, **arrays)
     os.replace(tmp, file)
     (folder / f"{key}.json").write_text(
