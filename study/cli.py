@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from study.spec import StudySpec
 
 USAGE_ERROR = 2
@@ -25,12 +27,8 @@ def _table(study_dir: Path, spec: StudySpec) -> str:
     objectives = [(o.metric, o.mode) for o in spec.objectives]
     table, files = write_report(runs, objectives, study_dir / "tables")
     log_report(spec.tracking_uri, spec.name, files)
-    finished = int((runs["status"] == "FINISHED").sum()) if len(runs) else 0
-    early = int(runs["early_stopped"].sum()) if len(runs) else 0
-    stopped = f", {early} of them stopped early by ASHA and left out of the table" if early else ""
     metric, mode = objectives[0]
-    head = f"{len(runs)} trial runs ({finished} finished{stopped}); "
-    head += f"best per cell by {metric} ({mode})\n\n"
+    head = f"{run_counts(runs, metric)}; best per cell by {metric} ({mode})\n\n"
     written = ", ".join(p.name for p in files[1:])
     return (
         head
@@ -39,9 +37,25 @@ def _table(study_dir: Path, spec: StudySpec) -> str:
     )
 
 
+def run_counts(runs: pd.DataFrame, metric: str) -> str:
+    """'N trial runs (F finished, ...)': every status, early stops, and how many reach the table."""
+    if not len(runs):
+        return "0 trial runs"
+    status = runs["status"].value_counts()
+    parts = [f"{status.get('FINISHED', 0)} finished"]
+    parts += [f"{status[s]} {s.lower()}" for s in ("FAILED", "KILLED", "RUNNING") if s in status]
+    early = int(runs["early_stopped"].fillna(False).astype(bool).sum())
+    if early:
+        parts.append(f"{early} stopped early by ASHA")
+    done = runs[(runs["status"] == "FINISHED") & ~runs["early_stopped"].fillna(False).astype(bool)]
+    usable = int(done[metric].notna().sum()) if metric in done else 0
+    return f"{len(runs)} trial runs ({', '.join(parts)}; {usable} with {metric} reach the table)"
+
+
 def cmd_run(args: argparse.Namespace) -> int:
-    from study.runner import load_study_spec, run_study, study_dir_for
+    from study.runner import StudyInterrupted, load_study_spec, run_study, study_dir_for
     from study.spec import load_spec
+    from trainables.names import SPEC_FILE
 
     if args.resume_dir is not None:
         study_dir, spec = load_study_spec(args.resume_dir)
@@ -54,7 +68,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         flush=True,
     )
     start = time.perf_counter()
-    run_study(spec, resume=args.resume_dir is not None, verbose=not args.quiet)
+    try:
+        run_study(spec, resume=args.resume_dir is not None, verbose=not args.quiet)
+    except KeyboardInterrupt as exc:
+        if isinstance(exc, StudyInterrupted) or not (study_dir / SPEC_FILE).exists():
+            raise
+        raise StudyInterrupted(study_dir) from None
     _, spec = load_study_spec(study_dir)
     print(f"\nfinished in {time.perf_counter() - start:.0f} s\n", flush=True)
     print(_table(study_dir, spec))
@@ -160,8 +179,9 @@ def main(argv: list[str] | None = None) -> int:
     except (SpecError, StudyError) as exc:
         print(f"study: error: {exc}", file=sys.stderr)
         return USAGE_ERROR
-    except KeyboardInterrupt:
-        print("\nstudy: interrupted; resume with 'study resume DIR'", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        where = getattr(exc, "study_dir", None) or getattr(args, "resume_dir", None) or "DIR"
+        print(f"\nstudy: interrupted; resume with: study resume {where}", file=sys.stderr)
         return 130
 
 

@@ -4,6 +4,8 @@ MLflow."""
 from __future__ import annotations
 
 import os
+import signal
+import threading
 import time
 from functools import partial
 from pathlib import Path
@@ -15,7 +17,7 @@ from study.errors import StudyError
 from study.spec import StudySpec, validate
 from trainables.names import SPEC_FILE
 
-__all__ = ["StudyError", "load_study_spec", "run_study", "study_dir_for"]
+__all__ = ["StudyError", "StudyInterrupted", "load_study_spec", "run_study", "study_dir_for"]
 
 
 def study_dir_for(spec: StudySpec) -> Path:
@@ -75,6 +77,7 @@ def _study_context(spec: StudySpec, study_dir: Path) -> Any:
         threads=max(1, int(resources.cpus_per_trial)),  # per process: the trial's or a worker's
         local_mode=resources.num_workers == 0,
         eval_every_epoch=spec.scheduler.type == "asha",
+        objectives=tuple(o.metric for o in spec.objectives),
     )
     return StudyContext(
         trial=trial,
@@ -141,16 +144,55 @@ def run_study(spec: StudySpec, *, resume: bool = False, verbose: bool = True) ->
     to_params = partial(full_params, base=study.trial.params, base_config=spec.base_config)
     tracker = MLflowTracker(uri, exp_id, parent, study_dir / "trials", to_params, verbose)
     known: set[str] | None = None  # the Tune experiment's trial ids, once it has run
+    outcome = "FAILED"  # the parent run's status unless the study completes or is interrupted
     try:
-        results = _tuner(spec, study_dir, trainable, tracker, resume).fit()
+        tuner = _tuner(spec, study_dir, trainable, tracker, resume)
+        results, interrupted = _fit_noting_interrupt(tuner)
         analysis = tune.ExperimentAnalysis(results.experiment_path)
         known = {t.trial_id for t in analysis.trials}
+        if interrupted:
+            raise StudyInterrupted(study_dir)
+        outcome = "FINISHED"
+    except KeyboardInterrupt:
+        outcome = "KILLED"
+        raise
     finally:
-        # Exactly one run per trial, none left RUNNING.
+        # Exactly one run per trial, none left RUNNING; the parent run says how the study ended.
         reconcile(uri, exp_id, known_trials=known)
-        client.set_terminated(parent, "FINISHED")
+        client.set_terminated(parent, outcome)
     client.log_metric(parent, "study/wall_seconds", time.perf_counter() - start)
     return study_dir
+
+
+class StudyInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped the study; Tune saved its state, so `study resume DIR` continues it."""
+
+    def __init__(self, study_dir: Path) -> None:
+        super().__init__(str(study_dir))
+        self.study_dir = study_dir
+
+
+def _fit_noting_interrupt(tuner: Any) -> tuple[Any, bool]:
+    """tuner.fit(), and whether a Ctrl-C stopped it.
+
+    Tune catches the first Ctrl-C itself (it stops the trials, saves the experiment and returns as
+    if it had finished); its handler then puts back the handler it replaced. So a sentinel handler
+    installed here is back in place after fit exactly when Tune caught a Ctrl-C. A second Ctrl-C
+    reaches the sentinel, which raises KeyboardInterrupt at once.
+    """
+
+    def sentinel(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is not threading.main_thread():
+        return tuner.fit(), False  # Tune installs no handler off the main thread
+    previous = signal.signal(signal.SIGINT, sentinel)
+    try:
+        results = tuner.fit()
+        tune_handled = os.environ.get("TUNE_DISABLE_SIGINT_HANDLER", "0") in ("0", "")
+        return results, tune_handled and signal.getsignal(signal.SIGINT) is sentinel
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def load_study_spec(study_dir: str | Path) -> tuple[Path, StudySpec]:

@@ -18,7 +18,13 @@ from mlflow.tracking import MlflowClient
 from ray import tune
 from ray.tune.experiment import Trial
 
-from trainables.names import ARTIFACTS_RECORD, LABEL_PERCENT_KEY, METHOD_KEY, TAGS_RECORD
+from trainables.names import (
+    ARTIFACTS_RECORD,
+    ERROR_RECORD,
+    LABEL_PERCENT_KEY,
+    METHOD_KEY,
+    TAGS_RECORD,
+)
 
 TERMINAL = {"FINISHED", "FAILED", "KILLED"}
 STEP_METRIC = "tracker/step"  # the run's own result counter, continued across restores
@@ -214,6 +220,10 @@ class MLflowTracker(tune.Callback):
         if tags_file.exists():
             for name, value in json.loads(tags_file.read_text()).items():
                 self.client.set_tag(run_id, name, str(value)[:5000])
+        if status == "FAILED":
+            # Why it failed, where users look: tags on the run.
+            for name, value in _failure_tags(self.record_root / trial.trial_id, trial).items():
+                self.client.set_tag(run_id, name, value)
         for picture in sorted((self.record_root / trial.trial_id).glob("*.png")):
             self.client.log_artifact(run_id, str(picture), "samples")
         if status == "FINISHED" and not (trial.last_result or {}).get("final"):
@@ -231,6 +241,24 @@ class MLflowTracker(tune.Callback):
     def on_trial_error(self, iteration: int, trials: list, trial: Trial, **info: Any) -> None:
         """End the run FAILED."""
         self._end(trial, "FAILED")
+
+
+def _failure_tags(record: Path, trial: Trial) -> dict[str, str]:
+    """error_type, error_message and failed_at_step from the worker's error record, else the last
+    line of Tune's error file (an error outside the worker)."""
+    file = record / ERROR_RECORD
+    if file.exists():
+        reason = json.loads(file.read_text())
+        tags = {"error_type": reason["type"], "error_message": reason["message"][:5000]}
+        if reason.get("step") is not None:
+            tags["failed_at_step"] = str(reason["step"])
+        return tags
+    error_file = getattr(trial, "error_file", None)
+    if error_file and Path(error_file).exists():
+        last = Path(error_file).read_text().strip().splitlines()[-1:] or ["unknown error"]
+        kind, _, message = last[0].partition(": ")
+        return {"error_type": kind.rsplit(".", 1)[-1][:250], "error_message": message[:5000]}
+    return {"error_type": "unknown", "error_message": "the trial failed without an error record"}
 
 
 def reconcile(

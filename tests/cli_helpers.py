@@ -40,8 +40,8 @@ def run_cli(
     )
 
 
-def write_spec(folder: Path, name: str = "spec", **fields: object) -> Path:
-    """A spec file folder/<name>.yaml whose study lives under folder/studies."""
-    path = Path(folder) / f"{name}.yaml"
+def write_spec(folder: Path, filename: str = "spec", **fields: object) -> Path:
+    """A spec file folder/<filename>.yaml whose study lives under folder/studies."""
+    path = Path(folder) / f"{filename}.yaml"
     path.write_text(yaml.safe_dump({"storage": str(Path(folder) / "studies"), **fields}))
     return path

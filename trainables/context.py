@@ -17,6 +17,7 @@ class TrialContext:
     record_dir: str  # where the worker writes the trial's records (trainables.names)
     threads: int = 1  # torch threads per process: resources.cpus_per_trial
     local_mode: bool = True  # Train's local mode: the worker runs in the Tune trial's process
-    eval_every_epoch: bool = (
-        False  # ASHA: evaluate the objective at every epoch of the last artifact
-    )
+    eval_every_epoch: bool = False  # ASHA: evaluate the objective every epoch of the last artifact
+    objectives: tuple[
+        str, ...
+    ] = ()  # metrics the search optimises: a NaN / inf one fails the trial

@@ -232,7 +232,9 @@ def _optimise(
     with autocast:
         loss, terms = artifact_loss(artifact, state.fns, batch, noise, config.loss)
     if not torch.isfinite(loss):
-        raise FloatingPointError(f"{artifact.name}: loss is {loss.item()} at step {state.step}")
+        error = FloatingPointError(f"{artifact.name}: loss is {loss.item()} at step {state.step}")
+        error.step = state.step  # recorded with the failed trial
+        raise error
     for group in state.optimizer.param_groups:
         group["lr"] = _lr_at(state.step, config)
     state.optimizer.zero_grad(set_to_none=True)

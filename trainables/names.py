@@ -102,4 +102,5 @@ FINAL_RECORD = "final.json"  # the final result, replayed (not retrained) after 
 TAGS_RECORD = "tags.json"  # MLflow tags (feature extractor, evaluation classifier, warnings)
 ARTIFACTS_RECORD = "artifacts.json"  # artifact name -> its folder in the artifact cache
 SAMPLES_IMAGE = "samples.png"  # grid of guided samples (images)
+ERROR_RECORD = "error.json"  # why a trial failed: exception type, message, step
 SPEC_FILE = "spec.yaml"  # a study directory's validated spec

@@ -201,9 +201,38 @@ def _write_records(
     os.replace(tmp, record / names.FINAL_RECORD)
 
 
+class ObjectiveError(ValueError):
+    """A trial whose objective is missing, NaN or infinite: it fails instead of finishing."""
+
+
+def _check_objectives(metrics: dict[str, float], objectives: tuple[str, ...]) -> None:
+    """Raise ObjectiveError naming every objective the final metrics lack or hold as NaN / inf."""
+    bad = {m: metrics.get(m) for m in objectives if not math.isfinite(metrics.get(m, math.nan))}
+    if bad:
+        raise ObjectiveError(f"objective(s) not finite: {bad}")
+
+
+def _write_error(record: Path, error: BaseException) -> None:
+    """The reason a trial failed, for its MLflow run (the driver reads it when the trial ends)."""
+    record.mkdir(parents=True, exist_ok=True)
+    step = getattr(error, "step", None)
+    reason = {"type": type(error).__name__, "message": str(error)[:2000], "step": step}
+    (record / names.ERROR_RECORD).write_text(json.dumps(reason))
+
+
 def train_fn_per_worker(loop_config: dict) -> None:
-    """Train (or reuse) every artifact the trial's method needs, report per epoch, then evaluate."""
+    """Run the trial; on failure, record why (rank 0) before Ray sees the exception."""
     context: TrialContext = loop_config["context"]
+    try:
+        _run_trial(context)
+    except Exception as error:
+        if context.local_mode or Distributed.from_torch().rank == 0:
+            _write_error(Path(context.record_dir), error)
+        raise
+
+
+def _run_trial(context: TrialContext) -> None:
+    """Train (or reuse) every artifact the trial's method needs, report per epoch, then evaluate."""
     torch.set_num_threads(context.threads)
     config = from_flat(context.params, base=context.base_config)
     data = load_data(config)
@@ -227,6 +256,7 @@ def train_fn_per_worker(loop_config: dict) -> None:
     epochs = math.ceil(config.train.steps / config.train.steps_per_epoch)
     final = {**metrics, **ledger.metrics, "eval_epoch": epochs, "final": 1.0}
     final = {k: float(v) for k, v in final.items()}
+    _check_objectives(final, context.objectives)
     _write_records(
         Path(context.record_dir),
         ledger,

@@ -7,7 +7,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from study.tracking import STEP_METRIC, MLflowTracker, ensure_parent_run, reconcile
-from trainables.names import ARTIFACTS_RECORD, TAGS_RECORD
+from trainables.names import ARTIFACTS_RECORD, ERROR_RECORD, TAGS_RECORD
 
 
 @pytest.fixture
@@ -101,3 +101,30 @@ def test_reconcile_keeps_one_run_per_trial_ends_running_ones_and_tags_orphans(st
     assert store.client.get_run(duplicate.info.run_id).info.lifecycle_stage == "deleted"
     assert runs["a"].info.status == "KILLED" and "orphaned" not in runs["a"].data.tags
     assert runs["b"].info.status == "KILLED" and runs["b"].data.tags["orphaned"] == "true"
+
+
+def test_a_failed_trial_run_holds_the_reason_and_step(store):
+    tracker = _tracker(store)
+    trial = _trial("t4")
+    record = store.root / "trials" / "t4"
+    record.mkdir(parents=True)
+    reason = {"type": "FloatingPointError", "message": "score: loss is inf at step 1", "step": 1}
+    (record / ERROR_RECORD).write_text(json.dumps(reason))
+    tracker.on_trial_start(0, [], trial)
+    tracker.on_trial_error(0, [], trial)
+    (run,) = _runs(store)
+    assert run.info.status == "FAILED"
+    assert run.data.tags["error_type"] == "FloatingPointError"
+    assert run.data.tags["error_message"] == "score: loss is inf at step 1"
+    assert run.data.tags["failed_at_step"] == "1"
+
+
+def test_a_failure_outside_the_worker_is_read_from_tunes_error_file(store, tmp_path):
+    tracker = _tracker(store)
+    error_file = tmp_path / "error.txt"
+    error_file.write_text("Traceback ...\nray.exceptions.RayActorError: the actor died")
+    trial = SimpleNamespace(**vars(_trial("t5")), error_file=str(error_file))
+    tracker.on_trial_error(0, [], trial)
+    (run,) = _runs(store)
+    assert run.data.tags["error_type"] == "RayActorError"
+    assert run.data.tags["error_message"] == "the actor died"
