@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import tempfile
 import threading
 import time
 from functools import partial
@@ -14,7 +15,7 @@ from typing import Any
 import yaml
 
 from study.errors import StudyError
-from study.spec import StudySpec, validate
+from study.spec import StudySpec, check_tracking_uri, validate
 from trainables.names import SPEC_FILE
 
 __all__ = ["StudyError", "StudyInterrupted", "load_study_spec", "run_study", "study_dir_for"]
@@ -34,15 +35,20 @@ def full_params(params: dict, *, base: dict, base_config: str) -> dict[str, Any]
 
 
 def check_writable(study_dir: Path) -> None:
-    """The nearest existing ancestor must be a writable directory."""
+    """The study directory can be made: its nearest existing ancestor is a directory in which a
+    folder can be created (probed with a temporary folder, removed at once)."""
     probe = study_dir
     while not probe.exists():
         probe = probe.parent
-    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
-        raise StudyError(
-            f"study directory {study_dir} is not writable ({probe} is read-only); "
-            "set 'storage' in the spec to a writable folder"
-        )
+    fix = "set 'storage' in the spec to a writable folder"
+    if study_dir.exists() and not study_dir.is_dir():
+        raise StudyError(f"study directory {study_dir} is a file; {fix}")
+    try:
+        if not probe.is_dir():
+            raise OSError(f"{probe} is not a directory")
+        tempfile.TemporaryDirectory(dir=probe, prefix=".study-probe-").cleanup()
+    except OSError:
+        raise StudyError(f"study directory {study_dir} is not writable ({probe}); {fix}") from None
 
 
 def prepare(spec: StudySpec, *, resume: bool) -> tuple[Path, str]:
@@ -58,9 +64,14 @@ def prepare(spec: StudySpec, *, resume: bool) -> tuple[Path, str]:
             f"use 'study resume {study_dir}' or give the spec a new name"
         )
     check_writable(study_dir)
+    uri = resolve_tracking_uri(spec.tracking_uri, study_dir)
+    problems: list[str] = []
+    check_tracking_uri(uri, problems)
+    if problems:
+        raise StudyError(problems[0])
     init_ray(spec.address)
     check_cluster(spec)
-    return study_dir, resolve_tracking_uri(spec.tracking_uri, study_dir)
+    return study_dir, uri
 
 
 def _study_context(spec: StudySpec, study_dir: Path) -> Any:

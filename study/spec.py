@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import math
 import os
+import re
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import yaml
 
@@ -34,6 +37,9 @@ RESOURCE_KEYS = {
     "cpus_per_trial", "gpus_per_trial", "num_workers", "max_concurrent_trials", "max_failures"
 }  # fmt: skip
 SCHEDULER_KEYS = {"type", "metric", "grace_period", "reduction_factor"}
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+MAX_TRIALS = 100_000
+TRACKING_SCHEMES = {"sqlite", "postgresql", "mysql", "mssql", "http", "https"}
 
 
 @dataclass(frozen=True)
@@ -141,13 +147,78 @@ def load_raw(source: str | None) -> dict:
         if source not in preset_names():
             raise SpecError(f"no spec file or preset named {source!r}; presets: {preset_names()}")
         path = PRESET_DIR / f"{source}.yaml"
+    if not path.is_file():
+        raise SpecError(f"{path} is not a file; give a YAML spec file or a preset name")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, OSError) as exc:
+        raise SpecError(
+            f"{path}: cannot be read as a text YAML file ({type(exc).__name__})"
+        ) from None
     except yaml.YAMLError as exc:
-        raise SpecError(f"{path}: malformed YAML: {str(exc).splitlines()[0]}") from None
+        raise SpecError(f"{path}: malformed YAML{_where(exc)}: {_problem(exc)}") from None
     if not isinstance(raw, dict):
         raise SpecError(f"{path}: a spec is a YAML mapping, got {type(raw).__name__}")
     return raw
+
+
+def _where(exc: yaml.YAMLError) -> str:
+    """' at line L, column C' of a YAML error (1-based), when PyYAML knows it."""
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    return f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+
+
+def _problem(exc: yaml.YAMLError) -> str:
+    """What PyYAML says is wrong, on one line."""
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    context = getattr(exc, "context", None)
+    return f"{context}: {problem}" if context else str(problem)
+
+
+def _is_int(value: Any) -> bool:
+    """An integer in the YAML sense (bool is not one, though Python says it is)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    """An int or float, not a bool."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_name(name: Any, errors: list[str]) -> str:
+    """A study name: letters, digits, '.', '_', '-', starting with a letter or digit."""
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
+        errors.append(
+            f"name: {name!r} is not a study name; use letters, digits, '.', '_' and '-', "
+            "starting with a letter or digit (at most 100 characters)"
+        )
+        return "study"
+    return name
+
+
+def check_tracking_uri(uri: Any, errors: list[str]) -> None:
+    """A tracking URI MLflow can open: sqlite, a SQL database, or an http(s) server that answers."""
+    if uri is None:
+        return
+    if not isinstance(uri, str):
+        errors.append(f"tracking_uri: expected a URI string, got {uri!r}")
+        return
+    parsed = urlparse(uri)
+    scheme = parsed.scheme.split("+")[0]
+    if scheme not in TRACKING_SCHEMES:
+        errors.append(
+            f"tracking_uri: unsupported scheme in {uri!r}; use one of "
+            f"{sorted(TRACKING_SCHEMES)} (e.g. sqlite:////abs/path/mlflow.db or http://host:5000)"
+        )
+    elif scheme in ("http", "https"):
+        port = parsed.port or (443 if scheme == "https" else 80)
+        try:
+            socket.create_connection((parsed.hostname or "127.0.0.1", port), timeout=5).close()
+        except OSError:
+            errors.append(
+                f"tracking_uri: no MLflow server answers at {uri!r}; start it "
+                "(mlflow server --host 127.0.0.1 --port 5000) or fix the URI"
+            )
 
 
 # ---- one checker per section; each appends its problems to errors
@@ -245,9 +316,9 @@ def _label_percents(raw: Any, errors: list[str]) -> list[float]:
         errors.append("label_percents: give a non-empty list of percentages in (0, 100]")
         return []
     for p in raw:
-        if not isinstance(p, (int, float)) or not 0 < p <= 100:
+        if not _is_number(p) or not 0 < p <= 100:
             errors.append(f"label_percents: {p!r} is outside (0, 100]")
-    return [float(p) for p in raw if isinstance(p, (int, float)) and 0 < p <= 100]
+    return [float(p) for p in raw if _is_number(p) and 0 < p <= 100]
 
 
 def _objectives(raw: Any, errors: list[str]) -> list[Objective]:
@@ -271,11 +342,12 @@ def _resources(raw: Any, errors: list[str]) -> Resources:
     if not isinstance(raw, dict) or set(raw) - RESOURCE_KEYS:
         errors.append(f"resources: keys must be among {sorted(RESOURCE_KEYS)}, got {raw!r}")
         return Resources()
-    try:
-        resources = Resources(**{k: type(getattr(Resources, k))(v) for k, v in raw.items()})
-    except (TypeError, ValueError):
-        errors.append(f"resources: values must be numbers, got {raw!r}")
+    ints = {"num_workers", "max_concurrent_trials", "max_failures"}
+    bad = {k: v for k, v in raw.items() if not (_is_int(v) if k in ints else _is_number(v))}
+    if bad:
+        errors.append(f"resources: values must be numbers ({sorted(ints)} integers), got {bad}")
         return Resources()
+    resources = Resources(**{k: type(getattr(Resources, k))(v) for k, v in raw.items()})
     r = resources
     if (
         r.cpus_per_trial <= 0
@@ -308,16 +380,23 @@ def _check_images(trial: Any, errors: list[str]) -> None:
 
 
 def _check_objectives(
-    trial: Any, method: str, objectives: list[Objective], errors: list[str]
+    trials: dict[str, Any], objectives: list[Objective], errors: list[str]
 ) -> None:
-    """Every objective is a metric this method's trials report on this dataset."""
-    images = trial.model.arch == "ncsnpp"
-    reported = names.reported_metrics(method, images=images, generation=trial.eval.fid)
+    """Every objective is a metric every method's trials report on this dataset (one message per
+    objective, naming the methods that lack it and the metrics all of them report)."""
+    reported = {
+        method: names.reported_metrics(
+            method, images=trial.model.arch == "ncsnpp", generation=trial.eval.fid
+        )
+        for method, trial in trials.items()
+    }
+    common = sorted(frozenset.intersection(*reported.values())) if reported else []
     for o in objectives:
-        if o.metric not in reported:
+        lacking = [m for m, metrics in reported.items() if o.metric not in metrics]
+        if lacking:
             errors.append(
-                f"objectives: {method} trials on {trial.data.name!r} do not report {o.metric!r}; "
-                f"they report {sorted(reported)}"
+                f"objectives: {o.metric!r} is not reported by {', '.join(lacking)} trials; "
+                f"every method here reports {common}"
             )
 
 
@@ -335,6 +414,7 @@ def _check_trials(
     from trainables.data.images import IMAGE_DATASETS
 
     images = dataset in IMAGE_DATASETS
+    trials: dict[str, Any] = {}
     for i, method in enumerate(methods):
         try:
             trial = from_flat({**config, "method": method, "data.name": dataset}, base=base)
@@ -351,7 +431,8 @@ def _check_trials(
             return
         if images and i == 0:
             _check_images(trial, errors)
-        _check_objectives(trial, method, objectives, errors)
+        trials[method] = trial
+    _check_objectives(trials, objectives, errors)
 
 
 def validate(raw: dict) -> StudySpec:
@@ -363,9 +444,7 @@ def validate(raw: dict) -> StudySpec:
     errors = [
         f"unknown spec key {k!r}; valid: {sorted(TOP_KEYS)}" for k in sorted(set(raw) - TOP_KEYS)
     ]
-    name = str(raw.get("name", "study"))
-    if not name or "/" in name:
-        errors.append(f"name: {name!r} must be a non-empty name without '/'")
+    name = _check_name(raw.get("name", "study"), errors)
     dataset = raw.get("dataset", "overlap2")
     if dataset not in TOY_DATASETS and dataset not in IMAGE_DATASETS:
         valid = list(TOY_DATASETS) + list(IMAGE_DATASETS)
@@ -373,16 +452,20 @@ def validate(raw: dict) -> StudySpec:
     methods = _methods(raw.get("methods", list(names.METHODS)), errors)
     percents = _label_percents(raw.get("label_percents", [100]), errors)
     num_trials = raw.get("num_trials", 16)
-    if not isinstance(num_trials, int) or num_trials < 1:
-        errors.append(f"num_trials: must be a positive integer, got {num_trials!r}")
+    if not _is_int(num_trials) or not 1 <= num_trials <= MAX_TRIALS:
+        errors.append(f"num_trials: must be an integer from 1 to {MAX_TRIALS}, got {num_trials!r}")
     default_objectives = [{"metric": "guided_score_cos", "mode": "max"}]
     objectives = _objectives(raw.get("objectives", default_objectives), errors)
     scheduler = _scheduler(raw.get("scheduler", "fifo"), objectives, errors)
     search = _ranges(raw.get("search", {}), errors)
     resources = _resources(raw.get("resources", {}), errors)
     seed = raw.get("seed", 0)
-    if not isinstance(seed, int):
-        errors.append(f"seed: must be an integer, got {seed!r}")
+    if not _is_int(seed) or not 0 <= seed < 2**31:
+        errors.append(f"seed: must be an integer from 0 to 2**31 - 1, got {seed!r}")
+    for key in ("storage", "address"):
+        if raw.get(key) is not None and not isinstance(raw.get(key), str):
+            errors.append(f"{key}: expected a string, got {raw.get(key)!r}")
+    check_tracking_uri(raw.get("tracking_uri"), errors)
     base = raw.get("base_config", raw.get("preset", "toy"))
     if base not in BASE_CONFIGS:
         errors.append(f"base_config: unknown {base!r}; valid: {sorted(BASE_CONFIGS)}")
@@ -391,6 +474,8 @@ def validate(raw: dict) -> StudySpec:
         errors.append("config: expected a mapping of flat config keys")
     if not errors:
         _check_trials(dataset, methods, config, base, objectives, errors)
+    if len(errors) == 1:
+        raise SpecError(f"invalid study spec: {errors[0]}")
     if errors:
         raise SpecError("invalid study spec:\n  - " + "\n  - ".join(errors))
     return StudySpec(

@@ -1,5 +1,6 @@
 """Bad input through the CLI: one clear line, exit 2, nothing written."""
 
+import pytest
 import yaml
 from cli_helpers import run_cli
 
@@ -54,3 +55,53 @@ def test_unreachable_ray_address_exits_2(tmp_path):
 def test_not_a_study_directory_exits_2(tmp_path):
     result = _cli("table", str(tmp_path), cwd=tmp_path)
     assert result.returncode == 2 and "not a study directory" in result.stderr
+
+
+def _write(tmp_path, text):
+    path = tmp_path / "spec.yaml"
+    path.write_text(text)
+    return "spec.yaml"
+
+
+BAD_INPUTS = [
+    # (what, how to make the spec argument, the words the one-line error must hold)
+    ("huge seed", lambda p: _write(p, "seed: 99999999999999999999\n"), "seed"),
+    ("boolean num_trials", lambda p: _write(p, "num_trials: true\n"), "num_trials"),
+    ("float num_trials", lambda p: _write(p, "num_trials: 1.0e+29\n"), "num_trials"),
+    ("boolean label %", lambda p: _write(p, "label_percents: [true]\n"), "label_percents"),
+    (
+        "unknown objective",
+        lambda p: _write(p, "objectives: [{metric: fidd, mode: min}]\n"),
+        "'fidd'",
+    ),
+    (
+        "bogus tracking URI",
+        lambda p: _write(p, "tracking_uri: bogus://nowhere\n"),
+        "unsupported scheme",
+    ),
+    (
+        "silent tracking server",
+        lambda p: _write(p, "tracking_uri: http://127.0.0.1:1\n"),
+        "no MLflow server",
+    ),
+    ("name outside storage", lambda p: _write(p, "name: '..'\n"), "not a study name"),
+    ("directory as spec", lambda p: (p / "adir").mkdir() or "adir", "is not a file"),
+    (
+        "binary spec",
+        lambda p: (p / "b.yaml").write_bytes(b"\xff\xfe\x00\x81") and "b.yaml",
+        "text YAML",
+    ),
+    ("YAML error", lambda p: _write(p, "name: ok\nmethods: [CG\n"), "line 3, column 1"),
+    ("storage under /proc", lambda p: _write(p, "storage: /proc/studies\n"), "not writable"),
+]
+
+
+@pytest.mark.parametrize("what, make, needle", BAD_INPUTS, ids=[b[0] for b in BAD_INPUTS])
+def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, what, make, needle):
+    spec = make(tmp_path)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    result = _cli("run", spec, cwd=tmp_path)
+    assert result.returncode == 2, (what, result.stderr[-2000:])
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0], (what, result.stderr)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written
