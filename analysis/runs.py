@@ -21,9 +21,9 @@ def _cast(value: Any) -> Any:
     return {"True": True, "False": False}.get(value, value)
 
 
-def load_runs(tracking_uri: str, experiment_name: str) -> pd.DataFrame:
-    """One row per trial run: run_id, trial_id, status, early_stopped, method, label_percent,
-    params, metrics."""
+def load_runs(tracking_uri: str, experiment_name: str, study_id: str | None = None) -> pd.DataFrame:
+    """One row per trial run of the study: run_id, trial_id, status, early_stopped, method,
+    label_percent, params, metrics."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri)
@@ -31,8 +31,10 @@ def load_runs(tracking_uri: str, experiment_name: str) -> pd.DataFrame:
     if exp is None:
         return pd.DataFrame(columns=BASE_COLUMNS)
     rows = []
+    # A study's own runs: its study_id when it has one (several studies may share a store).
+    scope = f" and tags.study_id = '{study_id}'" if study_id else ""
     for run in client.search_runs(
-        [exp.experiment_id], filter_string="tags.role = 'trial'", max_results=50000
+        [exp.experiment_id], filter_string=f"tags.role = 'trial'{scope}", max_results=50000
     ):
         row = {
             "run_id": run.info.run_id,

@@ -153,7 +153,7 @@ def export_best(
             if key in row and pd.notna(row[key])
         }
         final = {
-            **{k: v for k, v in spec.items() if k not in ("storage", "tracking_uri")},
+            **{k: v for k, v in spec.items() if k not in ("storage", "tracking_uri", "study_id")},
             "name": f"{spec['name']}-best-{row['method']}-{row['label_percent']:g}",
             "methods": [row["method"]],
             "label_percents": [float(row["label_percent"])],

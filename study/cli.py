@@ -23,10 +23,10 @@ def _table(study_dir: Path, spec: StudySpec) -> str:
     from analysis.tables import to_markdown, warning_flags, write_report
     from study.tracking import log_report
 
-    runs = load_runs(spec.tracking_uri, spec.name)
+    runs = load_runs(spec.tracking_uri, spec.name, spec.study_id)
     objectives = [(o.metric, o.mode) for o in spec.objectives]
     table, files = write_report(runs, objectives, study_dir / "tables")
-    log_report(spec.tracking_uri, spec.name, files)
+    log_report(spec.tracking_uri, spec.name, files, spec.study_id)
     metric, mode = objectives[0]
     head = f"{run_counts(runs, metric)}; best per cell by {metric} ({mode})\n\n"
     written = ", ".join(p.name for p in files[1:])
@@ -95,7 +95,7 @@ def cmd_export_best(args: argparse.Namespace) -> int:
     from study.runner import load_study_spec
 
     study_dir, spec = load_study_spec(args.study_dir)
-    runs = load_runs(spec.tracking_uri, spec.name)
+    runs = load_runs(spec.tracking_uri, spec.name, spec.study_id)
     objective = (spec.objectives[0].metric, spec.objectives[0].mode)
     written = export_best(
         runs,

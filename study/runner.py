@@ -8,6 +8,8 @@ import signal
 import tempfile
 import threading
 import time
+import uuid
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -55,7 +57,7 @@ def prepare(spec: StudySpec, *, resume: bool) -> tuple[Path, str]:
     """Pre-flight before anything is written: directory state, writability, Ray. Returns (dir,
     uri)."""
     from study.cluster import check_cluster, init_ray
-    from study.tracking import resolve_tracking_uri
+    from study.tracking import check_study_identity, resolve_tracking_uri
 
     study_dir = study_dir_for(spec)
     if not resume and (study_dir / SPEC_FILE).exists():
@@ -69,6 +71,8 @@ def prepare(spec: StudySpec, *, resume: bool) -> tuple[Path, str]:
     check_tracking_uri(uri, problems)
     if problems:
         raise StudyError(problems[0])
+    if not resume:
+        check_study_identity(uri, spec.name, study_dir)
     init_ray(spec.address)
     check_cluster(spec)
     return study_dir, uri
@@ -141,9 +145,12 @@ def run_study(spec: StudySpec, *, resume: bool = False, verbose: bool = True) ->
     study_dir, uri = prepare(spec, resume=resume)
     start = time.perf_counter()
     if not resume:
+        spec = replace(spec, study_id=uuid.uuid4().hex[:16])
         _save_spec(spec, study_dir, uri)
     client = MlflowClient(uri)
-    exp_id, parent = ensure_parent_run(client, spec.name, spec.to_dict(), study_dir)
+    exp_id, parent = ensure_parent_run(
+        client, spec.name, spec.to_dict(), study_dir, study_id=spec.study_id
+    )
     study = _study_context(spec, study_dir)
     # Train's local mode runs in the trial's process: the trial holds the CPUs; else the workers do.
     resources = spec.resources
@@ -153,7 +160,9 @@ def run_study(spec: StudySpec, *, resume: bool = False, verbose: bool = True) ->
         driver = {"cpu": 0.01}
     trainable = tune.with_resources(tune.with_parameters(trial_driver, study=study), driver)
     to_params = partial(full_params, base=study.trial.params, base_config=spec.base_config)
-    tracker = MLflowTracker(uri, exp_id, parent, study_dir / "trials", to_params, verbose)
+    tracker = MLflowTracker(
+        uri, exp_id, parent, study_dir / "trials", to_params, verbose, study_id=spec.study_id
+    )
     known: set[str] | None = None  # the Tune experiment's trial ids, once it has run
     outcome = "FAILED"  # the parent run's status unless the study completes or is interrupted
     try:
@@ -169,7 +178,7 @@ def run_study(spec: StudySpec, *, resume: bool = False, verbose: bool = True) ->
         raise
     finally:
         # Exactly one run per trial, none left RUNNING; the parent run says how the study ended.
-        reconcile(uri, exp_id, known_trials=known)
+        reconcile(uri, exp_id, known_trials=known, study_id=spec.study_id)
         client.set_terminated(parent, outcome)
     client.log_metric(parent, "study/wall_seconds", time.perf_counter() - start)
     return study_dir

@@ -31,7 +31,7 @@ DEFAULT_PRESET = "toy"
 TOP_KEYS = {
     "name", "dataset", "methods", "label_percents", "num_trials", "objectives", "scheduler",
     "search", "resources", "seed", "config", "storage", "tracking_uri", "address", "base_config",
-    "preset",
+    "preset", "study_id",
 }  # fmt: skip
 RESOURCE_KEYS = {
     "cpus_per_trial", "gpus_per_trial", "num_workers", "max_concurrent_trials", "max_failures"
@@ -39,6 +39,7 @@ RESOURCE_KEYS = {
 SCHEDULER_KEYS = {"type", "metric", "grace_period", "reduction_factor"}
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 MAX_TRIALS = 100_000
+STUDY_ID = re.compile(r"[0-9a-f]{8,32}")
 TRACKING_SCHEMES = {"sqlite", "postgresql", "mysql", "mssql", "http", "https"}
 
 
@@ -98,6 +99,7 @@ class StudySpec:
     storage: str | None = None  # study directory's parent; default ./studies
     tracking_uri: str | None = None
     address: str | None = None
+    study_id: str | None = None  # set when the study is created; tags every MLflow run it owns
 
     def base_params(self) -> dict[str, Any]:
         """Flat params shared by every trial: the spec's seed for every seed key (train, data,
@@ -115,7 +117,7 @@ class StudySpec:
 
     def to_dict(self) -> dict:
         """Plain data, as YAML would hold it."""
-        optional = ("storage", "tracking_uri", "address")
+        optional = ("storage", "tracking_uri", "address", "study_id")
         return {
             "name": self.name,
             "dataset": self.dataset,
@@ -466,6 +468,11 @@ def validate(raw: dict) -> StudySpec:
         if raw.get(key) is not None and not isinstance(raw.get(key), str):
             errors.append(f"{key}: expected a string, got {raw.get(key)!r}")
     check_tracking_uri(raw.get("tracking_uri"), errors)
+    study_id = raw.get("study_id")
+    if study_id is not None and not (isinstance(study_id, str) and STUDY_ID.fullmatch(study_id)):
+        errors.append(
+            f"study_id: {study_id!r} is not a study id (hex digits, written by 'study run')"
+        )
     base = raw.get("base_config", raw.get("preset", "toy"))
     if base not in BASE_CONFIGS:
         errors.append(f"base_config: unknown {base!r}; valid: {sorted(BASE_CONFIGS)}")
@@ -494,6 +501,7 @@ def validate(raw: dict) -> StudySpec:
         storage=raw.get("storage"),
         tracking_uri=raw.get("tracking_uri"),
         address=raw.get("address") or os.environ.get("RAY_ADDRESS") or None,
+        study_id=study_id,
     )
 
 

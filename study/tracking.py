@@ -18,6 +18,7 @@ from mlflow.tracking import MlflowClient
 from ray import tune
 from ray.tune.experiment import Trial
 
+from study.errors import StudyError
 from trainables.names import (
     ARTIFACTS_RECORD,
     ERROR_RECORD,
@@ -64,8 +65,36 @@ def environment_tags() -> dict[str, str]:
     return tags
 
 
+def runs_filter(role: str, study_id: str | None) -> str:
+    """MLflow filter for a study's runs of one role (study | trial); a study without an id (made
+    before ids existed) is its whole experiment."""
+    scope = f" and tags.study_id = '{study_id}'" if study_id else ""
+    return f"tags.role = '{role}'{scope}"
+
+
+def check_study_identity(uri: str, name: str, study_dir: Path) -> None:
+    """Refuse a new study whose name another study already uses on the same tracking store."""
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
+        return  # a new SQLite store holds no study yet (and must not be created here)
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(name)
+    if exp is None:
+        return
+    parents = client.search_runs([exp.experiment_id], runs_filter("study", None), max_results=10)
+    others = {p.data.tags.get("study_dir") for p in parents} - {str(study_dir)}
+    if others:
+        raise StudyError(
+            f"the tracking store {uri} already holds a study named {name!r} "
+            f"(in {sorted(others)[0]}); give this study another name or another tracking_uri"
+        )
+
+
 def ensure_parent_run(
-    client: MlflowClient, experiment_name: str, spec_dict: dict, study_dir: Path
+    client: MlflowClient,
+    experiment_name: str,
+    spec_dict: dict,
+    study_dir: Path,
+    study_id: str | None = None,
 ) -> tuple[str, str]:
     """Create (or find) the experiment and the study's parent run; return (experiment_id,
     run_id)."""
@@ -78,7 +107,7 @@ def ensure_parent_run(
             experiment_name, artifact_location=(study_dir / "mlartifacts").resolve().as_uri()
         )
     )
-    existing = client.search_runs([exp_id], filter_string="tags.role = 'study'", max_results=1)
+    existing = client.search_runs([exp_id], runs_filter("study", study_id), max_results=1)
     if existing:
         run_id = existing[0].info.run_id
         client.update_run(run_id, status="RUNNING")
@@ -86,7 +115,12 @@ def ensure_parent_run(
     run = client.create_run(
         exp_id,
         run_name=f"study:{experiment_name}",
-        tags={"role": "study", "study_dir": str(study_dir), **environment_tags()},
+        tags={
+            "role": "study",
+            "study_dir": str(study_dir),
+            **({"study_id": study_id} if study_id else {}),
+            **environment_tags(),
+        },
     )
     client.log_dict(run.info.run_id, spec_dict, "spec.json")
     return exp_id, run.info.run_id
@@ -104,7 +138,9 @@ class MLflowTracker(tune.Callback):
         record_root: Path,
         full_params: Callable[[dict], dict],
         verbose: bool = True,
+        study_id: str | None = None,
     ) -> None:
+        self.study_id = study_id
         self.tracking_uri = tracking_uri
         self.experiment_id = experiment_id
         self.parent_run_id = parent_run_id
@@ -146,8 +182,11 @@ class MLflowTracker(tune.Callback):
         """The trial's run: the existing one with its trial id, else a new child run."""
         if trial.trial_id in self._runs:
             return self._runs[trial.trial_id]
+        scope = runs_filter("trial", self.study_id)
         found = self.client.search_runs(
-            [self.experiment_id], filter_string=f"tags.trial_id = '{trial.trial_id}'", max_results=1
+            [self.experiment_id],
+            filter_string=f"{scope} and tags.trial_id = '{trial.trial_id}'",
+            max_results=1,
         )
         if found:
             # Re-attached after a restore: Tune restarts training_iteration at 1 for a re-run trial,
@@ -161,6 +200,7 @@ class MLflowTracker(tune.Callback):
                 "mlflow.parentRunId": self.parent_run_id,
                 "trial_id": trial.trial_id,
                 "role": "trial",
+                **({"study_id": self.study_id} if self.study_id else {}),
                 "method": str(params.get(METHOD_KEY)),
                 "label_percent": str(params.get(LABEL_PERCENT_KEY)),
                 **environment_tags(),
@@ -266,6 +306,7 @@ def reconcile(
     experiment_id: str,
     status: str = "KILLED",
     known_trials: set[str] | None = None,
+    study_id: str | None = None,
 ) -> int:
     """End every trial run left RUNNING (interrupted study); keep one run per trial id. Returns
     count.
@@ -279,7 +320,7 @@ def reconcile(
     seen: dict[str, str] = {}
     for run in client.search_runs(
         [experiment_id],
-        filter_string="tags.role = 'trial'",
+        filter_string=runs_filter("trial", study_id),
         max_results=50000,
         order_by=["attributes.start_time ASC"],
     ):
@@ -313,15 +354,15 @@ def reconcile(
     return fixed
 
 
-def log_report(tracking_uri: str, experiment_name: str, files: list[Path]) -> None:
+def log_report(
+    tracking_uri: str, experiment_name: str, files: list[Path], study_id: str | None = None
+) -> None:
     """Log the study's tables and curves to its parent run (artifact folder "report")."""
     client = MlflowClient(tracking_uri)
     exp = client.get_experiment_by_name(experiment_name)
     if exp is None:
         return
-    parents = client.search_runs(
-        [exp.experiment_id], filter_string="tags.role = 'study'", max_results=1
-    )
+    parents = client.search_runs([exp.experiment_id], runs_filter("study", study_id), max_results=1)
     if not parents:
         return
     for path in files:

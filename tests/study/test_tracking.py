@@ -128,3 +128,22 @@ def test_a_failure_outside_the_worker_is_read_from_tunes_error_file(store, tmp_p
     (run,) = _runs(store)
     assert run.data.tags["error_type"] == "RayActorError"
     assert run.data.tags["error_message"] == "the actor died"
+
+
+def test_runs_of_another_study_in_the_same_experiment_are_never_touched(store):
+    from analysis.runs import load_runs
+
+    mine = MLflowTracker(store.uri, store.exp_id, store.parent, store.root, dict, False, "aaaa1111")
+    other = MLflowTracker(
+        store.uri, store.exp_id, store.parent, store.root, dict, False, "bbbb2222"
+    )
+    mine.run_for(_trial("same-id"))  # both studies happen to have a trial with the same id
+    other.run_for(_trial("same-id"))
+    fixed = reconcile(store.uri, store.exp_id, known_trials=set(), study_id="aaaa1111")
+    runs = {r.data.tags["study_id"]: r for r in _runs(store)}
+    assert fixed == 1 and len(runs) == 2  # no "duplicate" deleted across studies
+    assert runs["aaaa1111"].data.tags["orphaned"] == "true"
+    assert (
+        runs["bbbb2222"].info.status == "RUNNING" and "orphaned" not in runs["bbbb2222"].data.tags
+    )
+    assert list(load_runs(store.uri, "s", "bbbb2222")["run_id"]) == [runs["bbbb2222"].info.run_id]
