@@ -25,7 +25,8 @@ def init_ray(address: str | None) -> None:
     """Connect to the spec's / RAY_ADDRESS cluster, else start a local Ray."""
     import ray
 
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    # A local cluster's GCS and raylets listen on every interface, so RAY_AUTH_MODE is left alone:
+    # unset, Ray turns token authentication on for a new local cluster (token in ~/.ray).
     # Per-epoch training reports carry losses; the objective arrives with the final evaluation.
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
     if ray.is_initialized():

@@ -25,11 +25,17 @@ TOY_FAST = {
 }
 
 
+def cli_env() -> dict[str, str]:
+    """The environment for a `study` process: the platform's own Ray defaults (token auth for a
+    local cluster), not whatever the developer's shell sets."""
+    return {k: v for k, v in os.environ.items() if k not in ("RAY_AUTH_MODE", "RAY_ADDRESS")}
+
+
 def run_cli(
     *args: str, cwd: Path | str, timeout: float = 600, env: dict | None = None
 ) -> subprocess.CompletedProcess:
     """`python -m study ARGS` in cwd; stdout and stderr captured as text."""
-    base = {**os.environ, "RAY_AUTH_MODE": "disabled", "MLFLOW_DISABLE_TELEMETRY": "true"}
+    base = {**cli_env(), "MLFLOW_DISABLE_TELEMETRY": "true"}
     return subprocess.run(
         [sys.executable, "-m", "study", *args],
         cwd=cwd,

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 import yaml
-from cli_helpers import run_cli
+from cli_helpers import cli_env, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -107,7 +107,7 @@ def test_a_killed_train_worker_is_restarted_and_resumes_from_its_checkpoint(tmp_
         "config": {**SPEC["config"], "train.steps": 160, "train.steps_per_epoch": 20},
     }
     (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "MLFLOW_DISABLE_TELEMETRY": "true"}
+    env = {**cli_env(), "MLFLOW_DISABLE_TELEMETRY": "true"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "study", "run", "spec.yaml"],
         cwd=tmp_path,

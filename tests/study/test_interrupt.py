@@ -1,14 +1,13 @@
 """Ctrl-C during a study: exit 130, the resume command printed, the parent run KILLED, and
 `study resume` finishes the study."""
 
-import os
 import signal
 import subprocess
 import sys
 import time
 
 import pytest
-from cli_helpers import TOY_FAST, run_cli, write_spec
+from cli_helpers import TOY_FAST, cli_env, run_cli, write_spec
 
 pytestmark = pytest.mark.slow
 
@@ -32,7 +31,7 @@ def test_ctrl_c_exits_130_and_the_study_resumes(tmp_path):
         resources={"max_concurrent_trials": 1},
         config={**TOY_FAST, "train.steps": 200, "train.steps_per_epoch": 20},
     )
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "MLFLOW_DISABLE_TELEMETRY": "true"}
+    env = {**cli_env(), "MLFLOW_DISABLE_TELEMETRY": "true"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "study", "run", str(spec)],
         cwd=tmp_path,

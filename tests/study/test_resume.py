@@ -9,7 +9,7 @@ import time
 
 import pytest
 import yaml
-from cli_helpers import TOY_FAST
+from cli_helpers import TOY_FAST, cli_env
 
 pytestmark = pytest.mark.slow
 
@@ -26,7 +26,7 @@ SPEC = {
 
 
 def _env():
-    return {**os.environ, "RAY_AUTH_MODE": "disabled", "MLFLOW_DISABLE_TELEMETRY": "true"}
+    return {**cli_env(), "MLFLOW_DISABLE_TELEMETRY": "true"}
 
 
 def _runs(study_dir):

@@ -143,6 +143,18 @@ def test_trials_writing_the_same_reference_statistics_at_once_all_succeed(tmp_pa
     assert errors == [] and len(list(tmp_path.glob("*.npz"))) == 1
 
 
+def test_inception_weights_writable_by_others_are_refused(tmp_path):
+    from trainables.evaluation.fid import INCEPTION_FILE, EvalError, check_inception
+
+    weights = tmp_path / INCEPTION_FILE
+    weights.write_bytes(b"not loaded")
+    weights.chmod(0o644)
+    assert check_inception(str(weights)) == weights
+    weights.chmod(0o666)  # anyone could have replaced it with code that runs when loaded
+    with pytest.raises(EvalError, match="writable by others"):
+        check_inception(str(weights))
+
+
 def test_missing_inception_weights_name_the_fix(tmp_path):
     with pytest.raises(
         EvalError,

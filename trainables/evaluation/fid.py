@@ -60,7 +60,21 @@ def check_inception(path: str | None) -> Path:
             f"{INCEPTION_URL}) there or name a local copy in eval.inception_weights, "
             "or use eval.feature_extractor: eval_classifier"
         )
+    check_trusted(file)
     return file
+
+
+def check_trusted(file: Path) -> None:
+    """Refuse a weights file another user could have written: TorchScript runs code when loaded,
+    and clean-fid's default place is the shared temp folder. The file must belong to this user (or
+    root) and be writable by no one else."""
+    info = file.stat()
+    if info.st_uid not in (os.getuid(), 0) or info.st_mode & 0o022:
+        raise EvalError(
+            f"{file} is owned by uid {info.st_uid} or writable by others (mode "
+            f"{oct(info.st_mode & 0o777)}): not loading it; copy {INCEPTION_FILE} from a source "
+            "you trust into a folder of yours and name it in eval.inception_weights"
+        )
 
 
 def inception_extractor(
