@@ -20,6 +20,8 @@ from study.errors import StudyError
 from study.spec import StudySpec, check_tracking_uri, validate
 from trainables.names import SPEC_FILE
 
+MAX_RERUNS = 3  # rounds of re-running lost configurations within one resume
+
 __all__ = ["StudyError", "StudyInterrupted", "load_study_spec", "run_study", "study_dir_for"]
 
 
@@ -104,26 +106,71 @@ def _study_context(spec: StudySpec, study_dir: Path) -> Any:
     )
 
 
-def _tuner(spec: StudySpec, study_dir: Path, trainable: Any, tracker: Any, resume: bool) -> Any:
-    """A restored Tuner (resume) or a new one: the searcher, the scheduler, the MLflow tracker."""
+def _tuner(
+    spec: StudySpec,
+    study_dir: Path,
+    trainable: Any,
+    tracker: Any,
+    resume: bool,
+    rerun: list[dict] | None = None,
+) -> Any:
+    """The study's Tuner: restored (resume) or new, with the searcher, the scheduler and the MLflow
+    tracker; or, given rerun, a new experiment running exactly those configurations."""
     from ray import tune
 
     from study.search import make_scheduler, make_searcher
 
-    experiment = study_dir / "tune" / spec.name
-    if resume and tune.Tuner.can_restore(str(experiment)):
+    name = spec.name if rerun is None else f"{spec.name}-rerun{len(_experiments(study_dir, spec))}"
+    experiment = study_dir / "tune" / name
+    if resume and rerun is None and tune.Tuner.can_restore(str(experiment)):
         return tune.Tuner.restore(str(experiment), trainable, resume_errored=True)
     tune_config = tune.TuneConfig(
-        search_alg=make_searcher(spec, study_dir),
+        search_alg=make_searcher(spec, study_dir, points=rerun),
         scheduler=make_scheduler(spec),
-        num_samples=spec.num_trials,
+        num_samples=spec.num_trials if rerun is None else len(rerun),
         max_concurrent_trials=spec.resources.max_concurrent_trials,
         reuse_actors=True,
     )
     run_config = tune.RunConfig(
-        name=spec.name, storage_path=str(study_dir / "tune"), callbacks=[tracker], verbose=0
+        name=name, storage_path=str(study_dir / "tune"), callbacks=[tracker], verbose=0
     )
     return tune.Tuner(trainable, tune_config=tune_config, run_config=run_config)
+
+
+def _experiments(study_dir: Path, spec: StudySpec) -> list[Path]:
+    """The study's Tune experiments: the main one and the re-runs after resumes."""
+    tune_dir = study_dir / "tune"
+    main = [tune_dir / spec.name] if (tune_dir / spec.name).is_dir() else []
+    return main + sorted(tune_dir.glob(f"{spec.name}-rerun*"))
+
+
+def _known_trials(study_dir: Path, spec: StudySpec) -> set[str]:
+    """Trial ids in the saved state of every Tune experiment of the study."""
+    from ray import tune
+
+    known: set[str] = set()
+    for experiment in _experiments(study_dir, spec):
+        try:
+            known |= {t.trial_id for t in tune.ExperimentAnalysis(str(experiment)).trials}
+        except (ValueError, FileNotFoundError, RuntimeError):
+            pass  # killed before its first experiment checkpoint: no trial of it is known
+    return known
+
+
+def _fit_all(spec: StudySpec, study_dir: Path, trainable: Any, tracker: Any, resume: bool) -> bool:
+    """Run (or restore) the study's experiment, then run again every configuration handed out to
+    a trial that a killed driver never recorded; True if a Ctrl-C stopped it."""
+    from study.search import fail_orphaned_trials
+
+    _, interrupted = _fit_noting_interrupt(_tuner(spec, study_dir, trainable, tracker, resume))
+    for _ in range(MAX_RERUNS):
+        orphans = [] if interrupted else fail_orphaned_trials(spec, study_dir)
+        if not orphans:
+            break
+        print(f"running {len(orphans)} configuration(s) again that a killed driver never recorded")
+        rerun = _tuner(spec, study_dir, trainable, tracker, resume=False, rerun=orphans)
+        _, interrupted = _fit_noting_interrupt(rerun)
+    return interrupted
 
 
 def _save_spec(spec: StudySpec, study_dir: Path, uri: str) -> None:
@@ -163,14 +210,9 @@ def run_study(spec: StudySpec, *, resume: bool = False, verbose: bool = True) ->
     tracker = MLflowTracker(
         uri, exp_id, parent, study_dir / "trials", to_params, verbose, study_id=spec.study_id
     )
-    known: set[str] | None = None  # the Tune experiment's trial ids, once it has run
     outcome = "FAILED"  # the parent run's status unless the study completes or is interrupted
     try:
-        tuner = _tuner(spec, study_dir, trainable, tracker, resume)
-        results, interrupted = _fit_noting_interrupt(tuner)
-        analysis = tune.ExperimentAnalysis(results.experiment_path)
-        known = {t.trial_id for t in analysis.trials}
-        if interrupted:
+        if _fit_all(spec, study_dir, trainable, tracker, resume):
             raise StudyInterrupted(study_dir)
         outcome = "FINISHED"
     except KeyboardInterrupt:
@@ -178,6 +220,7 @@ def run_study(spec: StudySpec, *, resume: bool = False, verbose: bool = True) ->
         raise
     finally:
         # Exactly one run per trial, none left RUNNING; the parent run says how the study ended.
+        known = _known_trials(study_dir, spec)
         reconcile(uri, exp_id, known_trials=known, study_id=spec.study_id)
         client.set_terminated(parent, outcome)
     client.log_metric(parent, "study/wall_seconds", time.perf_counter() - start)

@@ -30,8 +30,16 @@ class FinalResultOptunaSearch(OptunaSearch):
             pass
 
 
-def make_searcher(spec: StudySpec, study_dir: Path) -> FinalResultOptunaSearch:
-    """Seeded TPE (one objective) or NSGA-II (several), stored in the study's optuna.db."""
+def optuna_storage(study_dir: Path) -> optuna.storages.RDBStorage:
+    """The study's Optuna storage (optuna-dashboard opens the same file)."""
+    return optuna.storages.RDBStorage(f"sqlite:///{study_dir / 'optuna.db'}")
+
+
+def make_searcher(
+    spec: StudySpec, study_dir: Path, points: list[dict] | None = None
+) -> FinalResultOptunaSearch:
+    """Seeded TPE (one objective) or NSGA-II (several), stored in the study's optuna.db; its first
+    trials are the given points (default: one per cell at the default settings)."""
     metrics = [o.metric for o in spec.objectives]
     modes = [o.mode for o in spec.objectives]
     if len(metrics) == 1:
@@ -39,16 +47,31 @@ def make_searcher(spec: StudySpec, study_dir: Path) -> FinalResultOptunaSearch:
     else:
         sampler = optuna.samplers.NSGAIISampler(seed=spec.seed)
     # Cover every (method, label %) cell once, at the default settings, before searching freely.
-    cells = cell_points(spec.methods, spec.label_percents, spec.search)[: spec.num_trials]
+    if points is None:
+        points = cell_points(spec.methods, spec.label_percents, spec.search)[: spec.num_trials]
     return FinalResultOptunaSearch(
         space=make_space(spec.methods, spec.label_percents, spec.search),
         metric=metrics if len(metrics) > 1 else metrics[0],
         mode=modes if len(modes) > 1 else modes[0],
-        points_to_evaluate=cells,
+        points_to_evaluate=points,
         sampler=sampler,
         study_name=spec.name,
-        storage=optuna.storages.RDBStorage(f"sqlite:///{study_dir / 'optuna.db'}"),
+        storage=optuna_storage(study_dir),
     )
+
+
+def fail_orphaned_trials(spec: StudySpec, study_dir: Path) -> list[dict]:
+    """Optuna trials still RUNNING once every Tune trial has ended were handed out to trials that
+    Tune never recorded (the driver was killed before its next experiment checkpoint): mark them
+    FAIL and return their params, so the study can run those configurations again."""
+    try:
+        study = optuna.load_study(study_name=spec.name, storage=optuna_storage(study_dir))
+    except KeyError:
+        return []  # killed before the study was created
+    orphans = study.get_trials(deepcopy=False, states=[optuna.trial.TrialState.RUNNING])
+    for trial in orphans:
+        study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+    return [dict(t.params) for t in orphans]
 
 
 def _cell(trial: Any) -> tuple[Any, Any]:

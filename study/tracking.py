@@ -341,8 +341,8 @@ def reconcile(
             client.set_tag(
                 run.info.run_id,
                 "orphaned_reason",
-                "started after Tune's last experiment checkpoint; "
-                "the restored study re-ran its work as other trials",
+                "the driver was killed before Tune recorded this trial; "
+                "the resume ran its configuration again as a new trial",
             )
             if run.info.status not in TERMINAL or run.info.status == "FINISHED":
                 client.set_terminated(run.info.run_id, "KILLED")

@@ -90,7 +90,8 @@ def test_kill_then_resume_keeps_one_run_per_trial(tmp_path):
     orphaned = {r for r in every["run_id"] if client.get_run(r).data.tags.get("orphaned") == "true"}
     assert (every.loc[every["run_id"].isin(orphaned), "status"] == "KILLED").all()
     after = every[~every["run_id"].isin(orphaned)]
-    assert len(after) == 5, every[["trial_id", "status"]]
+    # The budget, plus one new trial for each configuration a killed driver never recorded.
+    assert len(after) == 5 + len(orphaned), every[["trial_id", "status"]]
     assert (after["status"] == "FINISHED").all(), every[["trial_id", "status"]]
     # A run is either stopped early by ASHA (no final evaluation) or carries the final metrics.
     assert (after["early_stopped"] == after["final"].isna()).all()
@@ -102,3 +103,82 @@ def test_kill_then_resume_keeps_one_run_per_trial(tmp_path):
     for run_id in after.loc[after["trial_id"].isin(interrupted), "run_id"]:
         steps = [m.step for m in client.get_metric_history(run_id, "tracker/step")]
         assert len(steps) == len(set(steps)) and steps == sorted(steps), steps
+
+
+FIFO_SPEC = {
+    "name": "killed3",
+    "dataset": "gmm2",
+    "methods": ["CG", "Cond"],
+    "label_percents": [20, 100],
+    "num_trials": 6,
+    "resources": {"max_concurrent_trials": 2},
+    "config": {**TOY_FAST, "train.steps": 60},
+}
+
+
+def _optuna_states(study_dir):
+    import optuna
+
+    study = optuna.load_study(study_name="killed3", storage=f"sqlite:///{study_dir / 'optuna.db'}")
+    return [t.state.name for t in study.get_trials(deepcopy=False)]
+
+
+@pytest.mark.parametrize(
+    "kill_after",
+    [
+        "first epoch",  # the first trials are training; nothing has ended
+        "1 trials ended",
+        "3 trials ended",
+    ],
+)
+def test_a_killed_driver_resumes_to_every_cell_with_nothing_left_running(tmp_path, kill_after):
+    from mlflow.tracking import MlflowClient
+
+    (tmp_path / "spec.yaml").write_text(
+        yaml.safe_dump({**FIFO_SPEC, "storage": str(tmp_path / "studies")})
+    )
+    study_dir = tmp_path / "studies" / "killed3"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "study", "run", "spec.yaml"],
+        cwd=tmp_path,
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        for line in proc.stdout:
+            if (kill_after == "first epoch" and ": epoch " in line) or f"({kill_after})" in line:
+                break
+        os.kill(proc.pid, signal.SIGKILL)  # the driver only, mid-study
+        proc.wait(timeout=60)
+        os.killpg(proc.pid, signal.SIGKILL)  # then the Ray processes it leaves behind
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    resumed = subprocess.run(
+        [sys.executable, "-m", "study", "resume", str(study_dir)],
+        cwd=tmp_path,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-3000:]
+    client = MlflowClient(f"sqlite:///{study_dir / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("killed3")
+    runs = client.search_runs([exp.experiment_id], "tags.role = 'trial'")
+    ids = [r.data.tags["trial_id"] for r in runs]
+    assert len(ids) == len(set(ids))  # one run per trial
+    assert all(r.info.status in ("FINISHED", "KILLED") for r in runs)
+    killed = [r for r in runs if r.info.status == "KILLED"]
+    assert all(r.data.tags.get("orphaned") == "true" for r in killed)  # and it says why
+    finished = [r for r in runs if r.info.status == "FINISHED"]
+    assert len(finished) >= FIFO_SPEC["num_trials"]
+    # Every (method, label %) cell has a finished trial, so the table has every cell.
+    cells = {(r.data.tags["method"], float(r.data.tags["label_percent"])) for r in finished}
+    assert cells == {(m, p) for m in ("CG", "Cond") for p in (20.0, 100.0)}
+    for method in ("CG", "Cond"):
+        assert f"| {method} |" in resumed.stdout
+    assert "RUNNING" not in _optuna_states(study_dir)
