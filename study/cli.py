@@ -53,12 +53,22 @@ def run_counts(runs: pd.DataFrame, metric: str) -> str:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from study.runner import StudyInterrupted, load_study_spec, run_study, study_dir_for
+    from study.runner import (
+        StudyInterrupted,
+        check_trusted,
+        load_study_spec,
+        run_study,
+        study_dir_for,
+        trust_study,
+    )
     from study.spec import load_spec
     from trainables.names import SPEC_FILE
 
     if args.resume_dir is not None:
         study_dir, spec = load_study_spec(args.resume_dir)
+        if args.trust:
+            trust_study(study_dir)
+        check_trusted(study_dir)
     else:
         spec = load_spec(args.spec)
         study_dir = study_dir_for(spec)
@@ -145,10 +155,16 @@ def parser() -> argparse.ArgumentParser:
     )
     run.add_argument("spec", nargs="?", default=None, help="YAML spec file or preset name")
     run.add_argument("--quiet", action="store_true", help="no per-epoch progress")
-    run.set_defaults(func=cmd_run, resume_dir=None)
+    run.set_defaults(func=cmd_run, resume_dir=None, trust=False)
     resume = sub.add_parser("resume", help="resume an interrupted study")
     resume.add_argument("resume_dir", metavar="DIR")
     resume.add_argument("--quiet", action="store_true")
+    resume.add_argument(
+        "--trust",
+        action="store_true",
+        help="resume a study folder this user's 'study run' did not create (its Tune state is "
+        "unpickled: only for folders you trust)",
+    )
     resume.set_defaults(func=cmd_run, spec=None)
     for name, func, text in (
         ("table", cmd_table, "print and write the comparison table"),

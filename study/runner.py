@@ -3,6 +3,8 @@ MLflow."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import signal
 import tempfile
@@ -173,12 +175,46 @@ def _fit_all(spec: StudySpec, study_dir: Path, trainable: Any, tracker: Any, res
     return interrupted
 
 
+def _registry() -> Path:
+    """This user's record of the studies it created: study directory -> sha256 of its spec.yaml."""
+    return Path("~/.cache/sc-guidance/studies.json").expanduser()
+
+
+def _spec_digest(study_dir: Path) -> str:
+    return hashlib.sha256((study_dir / SPEC_FILE).read_bytes()).hexdigest()
+
+
+def trust_study(study_dir: Path) -> None:
+    """Record the study directory and its spec as this user's (study run, or resume --trust)."""
+    path = _registry()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    known = json.loads(path.read_text()) if path.exists() else {}
+    known[str(study_dir)] = _spec_digest(study_dir)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(known, indent=1, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def check_trusted(study_dir: Path) -> None:
+    """Refuse to resume a folder this user's `study run` did not create, or whose spec changed:
+    resuming unpickles Tune's saved state, which runs code."""
+    path = _registry()
+    known = json.loads(path.read_text()) if path.exists() else {}
+    if known.get(str(study_dir)) != _spec_digest(study_dir):
+        raise StudyError(
+            f"{study_dir} was not created by 'study run' as this user, or its {SPEC_FILE} changed "
+            "since; resuming loads its pickled Tune state, which can run code. If you trust the "
+            f"folder: study resume {study_dir} --trust"
+        )
+
+
 def _save_spec(spec: StudySpec, study_dir: Path, uri: str) -> None:
     """The saved spec pins where results live, so resume / table / export find them from
     anywhere."""
     study_dir.mkdir(parents=True, exist_ok=True)
     saved = {**spec.to_dict(), "storage": str(study_dir.parent), "tracking_uri": uri}
     (study_dir / SPEC_FILE).write_text(yaml.safe_dump(saved, sort_keys=False))
+    trust_study(study_dir)
 
 
 def run_study(spec: StudySpec, *, resume: bool = False, verbose: bool = True) -> Path:
