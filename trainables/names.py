@@ -55,7 +55,13 @@ def check_method(name: str) -> str:
 # ---- metrics -----------------------------------------------------------------------------------
 # Scalar metrics a finished trial reports (per-class values "<metric>_class<k>" come beside them).
 TOY_METRICS = frozenset(
-    {"guided_score_cos", "gen_accuracy", "energy_distance", "sample_finite_fraction"}
+    {
+        "guided_score_cos",
+        "gen_accuracy",
+        "gen_accuracy_exact",  # exact conditional samples: the ceiling of gen_accuracy
+        "energy_distance",
+        "sample_finite_fraction",
+    }
 )
 TOY_CLASSIFIER_METRICS = frozenset(
     {"grad_mse", "grad_cos", "cond_score_cos", "cond_score_cos_scaled", "clf_accuracy", "clf_ece"}

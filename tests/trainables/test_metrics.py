@@ -46,6 +46,22 @@ def test_energy_distance_near_zero_for_same_distribution_and_grows_with_shift():
     assert energy_distance(a, b + 2.0) > shifted
 
 
+def test_energy_distance_is_unbiased_for_small_samples():
+    # Same distribution, 10 points each, 400 repetitions: the estimator averages to 0; the
+    # V-statistic (means including the zero self-distances) would average to about +0.18.
+    gen = torch.Generator().manual_seed(1)
+    values, biased = [], []
+    for _ in range(400):
+        a, b = torch.randn(10, 2, generator=gen), torch.randn(10, 2, generator=gen)
+        values.append(energy_distance(a, b))
+        a, b = a.double(), b.double()
+        v = 2 * torch.cdist(a, b).mean() - torch.cdist(a, a).mean() - torch.cdist(b, b).mean()
+        biased.append(v.item())
+    values = torch.tensor(values)
+    assert abs(values.mean()) < 3 * values.std() / 20  # within 3 standard errors of 0
+    assert torch.tensor(biased).mean() > 0.1
+
+
 def test_ece_zero_when_confidence_matches_accuracy():
     # Confidence 0.75 on every row, 3 of 4 correct: perfectly calibrated.
     logits = torch.log(torch.tensor([[0.75, 0.25]] * 4))
