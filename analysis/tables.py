@@ -230,7 +230,7 @@ def guidance_curves(
             points = group.groupby("sample.guidance_scale")[metric].mean().sort_index()
             ax.plot(points.index, points.to_numpy(), marker="o", label=f"{method} {pct:g}%")
         ax.set_xscale("log")
-        ax.set_xlabel("guidance scale (lambda_CG; w for CFG)")
+        ax.set_xlabel("guidance scale gamma (lambda_CG; 1 + w for CFG)")
         ax.set_ylabel(metric)
         ax.set_title(f"{metric} vs guidance scale")
         ax.grid(alpha=0.3)

@@ -92,7 +92,7 @@ class SampleConfig:
     sampler: str = "pc"  # pc, em, ode
     num_steps: int = 200
     snr: float = 0.16  # Langevin corrector signal-to-noise ratio
-    guidance_scale: float = 1.0  # lambda_CG for classifier guidance, w for CFG
+    guidance_scale: float = 1.0  # gamma: lambda_CG for CG, 1 + w for CFG; 1 = plain conditional
     num_per_class: int = 500
     seed: int = 0
     batch_size: int = 1000  # samples drawn together (classes mixed); chunks are seeded from seed

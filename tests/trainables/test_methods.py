@@ -3,7 +3,7 @@ import torch
 
 from trainables.config import TrialConfig
 from trainables.data.batches import Batch, Noise
-from trainables.methods import METHODS, artifact_loss, get_method, model_fns
+from trainables.methods import METHODS, artifact_loss, get_method, guided_score_fn, model_fns
 from trainables.networks import build_network
 from trainables.sde import VESDE
 
@@ -192,3 +192,20 @@ def test_qc_term_applies_only_when_weighted():
 def test_unknown_method_names_valid_choices():
     with pytest.raises(ValueError, match=r"unknown method 'CG-SC'.*'CG-SC-labeled'.*'CFG-all'"):
         get_method("CG-SC")
+
+
+def test_guidance_scale_one_is_the_plain_conditional_for_every_family():
+    torch.manual_seed(0)
+    x, sigma, y = torch.randn(6, 2), torch.full((6,), 0.5), torch.tensor([0, 1, 2, 0, 1, 2])
+    cond = build_network("conditional", dim=2, num_classes=3, model_config=CONFIG.model)
+    fns = model_fns({"conditional": cond}, num_classes=3)
+    with torch.no_grad():
+        conditional = cond(x, sigma, y)
+        unconditional = cond(x, sigma, torch.full_like(y, 3))
+        for name in ("CFG-labeled", "CFG-all", "Cond"):
+            torch.testing.assert_close(
+                guided_score_fn(get_method(name), fns, y, 1.0)(x, sigma), conditional
+            )
+        # gamma = 2 is (1 + w) s(y) - w s(null) with w = 1: classifier guidance at scale 2.
+        twice = guided_score_fn(get_method("CFG-all"), fns, y, 2.0)(x, sigma)
+        torch.testing.assert_close(twice, 2 * conditional - unconditional)
