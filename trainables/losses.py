@@ -22,21 +22,33 @@ def _bcast(sigma: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return sigma.reshape(-1, *([1] * (like.dim() - 1)))
 
 
-def _sq(v: torch.Tensor) -> torch.Tensor:
-    """0.5 x squared norm over all non-batch dimensions."""
-    return 0.5 * v.flatten(1).pow(2).sum(1)
+REDUCTIONS = ("sum", "mean")  # over data dimensions: score_sde's VE sum, or a per-dimension mean
+
+
+def _sq(v: torch.Tensor, reduction: str = "sum") -> torch.Tensor:
+    """0.5 x squared norm over all non-batch dimensions, summed or averaged over them."""
+    squares = v.flatten(1).pow(2)
+    if reduction == "sum":
+        return 0.5 * squares.sum(1)
+    if reduction == "mean":
+        return 0.5 * squares.mean(1)
+    raise ValueError(f"unknown reduction {reduction!r}; valid: {list(REDUCTIONS)}")
 
 
 def score_matching_residual(
-    score: torch.Tensor, sigma: torch.Tensor, z: torch.Tensor, weighting: str = "sigma2"
+    score: torch.Tensor,
+    sigma: torch.Tensor,
+    z: torch.Tensor,
+    weighting: str = "sigma2",
+    reduction: str = "sum",
 ) -> torch.Tensor:
     """0.5 lambda(t) ||score + z / sigma||^2 per example; lambda = sigma^2 ("sigma2") or 1
-    ("none")."""
+    ("none"); the squared norm summed over data dimensions or averaged ("mean")."""
     s = _bcast(sigma, z)
     if weighting == "sigma2":
-        return _sq(s * score + z)
+        return _sq(s * score + z, reduction)
     if weighting == "none":
-        return _sq(score + z / s)
+        return _sq(score + z / s, reduction)
     raise ValueError(f"unknown weighting {weighting!r}; valid: ['none', 'sigma2']")
 
 
@@ -47,10 +59,11 @@ def dsm_loss(
     z: torch.Tensor,
     *,
     weighting: str = "sigma2",
+    reduction: str = "sum",
 ) -> torch.Tensor:
     """Denoising score matching (Song et al. 2021): 0.5 ||sigma s(x + sigma z, sigma) + z||^2."""
     x_noisy = x + _bcast(sigma, x) * z
-    return score_matching_residual(score_fn(x_noisy, sigma), sigma, z, weighting)
+    return score_matching_residual(score_fn(x_noisy, sigma), sigma, z, weighting, reduction)
 
 
 def ce_loss(
@@ -82,12 +95,13 @@ def sc_loss(
     z: torch.Tensor,
     *,
     weighting: str = "sigma2",
+    reduction: str = "sum",
 ) -> torch.Tensor:
     """Self-calibration (paper 001 eq. 3): DSM applied to grad_x LSE f, differentiable in the
     parameters."""
     x_noisy = (x + _bcast(sigma, x) * z).detach().requires_grad_(True)
     score = classifier_score(logits_fn, x_noisy, sigma, create_graph=True)
-    return score_matching_residual(score, sigma, z, weighting)
+    return score_matching_residual(score, sigma, z, weighting, reduction)
 
 
 def ce_and_sc_losses(
@@ -98,6 +112,7 @@ def ce_and_sc_losses(
     y: torch.Tensor,
     *,
     weighting: str = "sigma2",
+    reduction: str = "sum",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """CE on the labeled rows and SC on every row from ONE classifier forward on the shared noisy
     input.
@@ -110,7 +125,7 @@ def ce_and_sc_losses(
     (grad,) = torch.autograd.grad(torch.logsumexp(logits, dim=1).sum(), x_noisy, create_graph=True)
     labeled = y >= 0
     ce = F.cross_entropy(logits[labeled], y[labeled], reduction="none")
-    return ce, score_matching_residual(grad, sigma, z, weighting)
+    return ce, score_matching_residual(grad, sigma, z, weighting, reduction)
 
 
 def dlsm_loss(
@@ -122,15 +137,17 @@ def dlsm_loss(
     y: torch.Tensor,
     *,
     power: float = 0.0,
+    reduction: str = "sum",
 ) -> torch.Tensor:
-    """DLSM (paper 003): 0.5 sigma^(2w) ||grad_x log p(y|x) + s(x) + z / sigma||^2, s frozen."""
+    """DLSM (paper 003): 0.5 sigma^(2w) ||grad_x log p(y|x) + s(x) + z / sigma||^2, s frozen (the
+    reference code averages over dimensions: reduction "mean")."""
     x_noisy = (x + _bcast(sigma, x) * z).detach().requires_grad_(True)
     log_post = F.log_softmax(logits_fn(x_noisy, sigma), dim=1).gather(1, y[:, None]).sum()
     (grad,) = torch.autograd.grad(log_post, x_noisy, create_graph=True)
     with torch.no_grad():
         score = frozen_score_fn(x_noisy.detach(), sigma)
     s = _bcast(sigma, x)
-    return s.flatten() ** (2 * power) * _sq(grad + score + z / s)
+    return s.flatten() ** (2 * power) * _sq(grad + score + z / s, reduction)
 
 
 def cond_dsm_loss(
@@ -139,9 +156,11 @@ def cond_dsm_loss(
     sigma: torch.Tensor,
     z: torch.Tensor,
     y: torch.Tensor,
+    *,
+    reduction: str = "sum",
 ) -> torch.Tensor:
     """DSM of a class-conditional score model s(x, sigma, y) (Cond)."""
-    return dsm_loss(lambda xt, st: cond_score_fn(xt, st, y), x, sigma, z)
+    return dsm_loss(lambda xt, st: cond_score_fn(xt, st, y), x, sigma, z, reduction=reduction)
 
 
 def cfg_labels(y: torch.Tensor, u: torch.Tensor, p_uncond: float, null_label: int) -> torch.Tensor:
@@ -159,10 +178,12 @@ def cfg_dsm_loss(
     *,
     p_uncond: float,
     null_label: int,
+    reduction: str = "sum",
 ) -> torch.Tensor:
     """Classifier-free guidance training (Ho & Salimans): DSM with labels dropped to the null
     label."""
-    return cond_dsm_loss(cond_score_fn, x, sigma, z, cfg_labels(y, u, p_uncond, null_label))
+    labels = cfg_labels(y, u, p_uncond, null_label)
+    return cond_dsm_loss(cond_score_fn, x, sigma, z, labels, reduction=reduction)
 
 
 def qc_loss(

@@ -59,7 +59,8 @@ class Term:
 
 
 def _dsm(f: ModelFns, b: Batch, n: Noise, c: LossConfig) -> torch.Tensor:
-    return losses.dsm_loss(_need(f.score_fn, "score model"), b.x, n.sigma, n.z)
+    score_fn = _need(f.score_fn, "score model")
+    return losses.dsm_loss(score_fn, b.x, n.sigma, n.z, reduction=c.dsm_reduction)
 
 
 def _ce(f: ModelFns, b: Batch, n: Noise, c: LossConfig) -> torch.Tensor:
@@ -68,25 +69,41 @@ def _ce(f: ModelFns, b: Batch, n: Noise, c: LossConfig) -> torch.Tensor:
 
 def _sc(f: ModelFns, b: Batch, n: Noise, c: LossConfig) -> torch.Tensor:
     logits_fn = _need(f.logits_fn, "classifier")
-    return losses.sc_loss(logits_fn, b.x, n.sigma, n.z, weighting=c.sc_weighting)
+    weighting, reduction = c.sc_weighting, c.sc_reduction
+    return losses.sc_loss(logits_fn, b.x, n.sigma, n.z, weighting=weighting, reduction=reduction)
+
+
+def _joint_dsm(f: ModelFns, b: Batch, n: Noise, c: LossConfig) -> torch.Tensor:
+    score_fn = _need(f.score_fn, "score model")
+    return losses.dsm_loss(score_fn, b.x, n.sigma, n.z, reduction=c.joint_reduction)
+
+
+def _joint_sc(f: ModelFns, b: Batch, n: Noise, c: LossConfig) -> torch.Tensor:
+    logits_fn = _need(f.logits_fn, "classifier")
+    weighting, reduction = c.sc_weighting, c.joint_reduction
+    return losses.sc_loss(logits_fn, b.x, n.sigma, n.z, weighting=weighting, reduction=reduction)
 
 
 def _dlsm(f: ModelFns, b: Batch, n: Noise, c: LossConfig) -> torch.Tensor:
     logits_fn = _need(f.logits_fn, "classifier")
     frozen = _need(f.frozen_score_fn, "frozen score model")
-    return losses.dlsm_loss(logits_fn, frozen, b.x, n.sigma, n.z, b.y, power=c.dlsm_power)
+    power, reduction = c.dlsm_power, c.dlsm_reduction
+    return losses.dlsm_loss(
+        logits_fn, frozen, b.x, n.sigma, n.z, b.y, power=power, reduction=reduction
+    )
 
 
 def _cond_dsm(f: ModelFns, b: Batch, n: Noise, c: LossConfig) -> torch.Tensor:
     cond_score_fn = _need(f.cond_score_fn, "conditional score model")
-    return losses.cond_dsm_loss(cond_score_fn, b.x, n.sigma, n.z, b.y)
+    return losses.cond_dsm_loss(cond_score_fn, b.x, n.sigma, n.z, b.y, reduction=c.dsm_reduction)
 
 
 def _cfg_dsm(f: ModelFns, b: Batch, n: Noise, c: LossConfig) -> torch.Tensor:
     cond_score_fn = _need(f.cond_score_fn, "conditional score model")
     return losses.cfg_dsm_loss(
-        cond_score_fn, b.x, n.sigma, n.z, b.y, n.u, p_uncond=c.p_uncond, null_label=f.num_classes
-    )
+        cond_score_fn, b.x, n.sigma, n.z, b.y, n.u,
+        p_uncond=c.p_uncond, null_label=f.num_classes, reduction=c.dsm_reduction,
+    )  # fmt: skip
 
 
 def _qc(f: ModelFns, b: Batch, n: Noise, c: LossConfig) -> torch.Tensor:
@@ -94,14 +111,18 @@ def _qc(f: ModelFns, b: Batch, n: Noise, c: LossConfig) -> torch.Tensor:
 
 
 TERMS: dict[str, Term] = {
-    "dsm": Term(_dsm),
+    "dsm": Term(_dsm, knobs=("loss.dsm_reduction",)),
     "ce": Term(_ce, reads_labels=True),
-    "sc": Term(_sc, knobs=("loss.sc_weighting",)),
-    "dlsm": Term(_dlsm, knobs=("loss.dlsm_power",), reads_labels=True),
-    "cond_dsm": Term(_cond_dsm, reads_labels=True),
-    "cfg_dsm": Term(_cfg_dsm, knobs=("loss.p_uncond",), reads_labels=True),
+    "sc": Term(_sc, knobs=("loss.sc_weighting", "loss.sc_reduction")),
+    "dlsm": Term(_dlsm, knobs=("loss.dlsm_power", "loss.dlsm_reduction"), reads_labels=True),
+    "cond_dsm": Term(_cond_dsm, knobs=("loss.dsm_reduction",), reads_labels=True),
+    "cfg_dsm": Term(_cfg_dsm, knobs=("loss.p_uncond", "loss.dsm_reduction"), reads_labels=True),
     "qc": Term(_qc),
+    # Joint-SC's own DSM and SC: the same losses under the joint family's reduction.
+    "joint_dsm": Term(_joint_dsm, knobs=("loss.joint_reduction",)),
+    "joint_sc": Term(_joint_sc, knobs=("loss.sc_weighting", "loss.joint_reduction")),
 }
+SC_TERMS = {"sc": "sc_reduction", "joint_sc": "joint_reduction"}  # term -> its reduction field
 ROWS = ("labeled", "unlabeled", "all")
 
 
@@ -240,10 +261,10 @@ METHODS: dict[str, Method] = {
                     name="joint",
                     network="joint",
                     terms=(
-                        LossTerm("dsm"),
+                        LossTerm("joint_dsm"),
                         QC,
                         LossTerm("ce", rows="labeled", weight_key=JOINT, tuned=True),
-                        LossTerm("sc", rows="all", weight_key=JOINT, tuned=True),
+                        LossTerm("joint_sc", rows="all", weight_key=JOINT, tuned=True),
                     ),
                 ),
             ),
@@ -294,7 +315,7 @@ def model_fns(
 def _shared_classifier_forward(terms: list[LossTerm]) -> tuple[LossTerm, LossTerm] | None:
     """(ce, sc) when CE's rows lie inside SC's: both then come from one classifier forward."""
     ce = next((t for t in terms if t.term == "ce" and t.rows == "labeled"), None)
-    sc = next((t for t in terms if t.term == "sc" and t.rows in ("labeled", "all")), None)
+    sc = next((t for t in terms if t.term in SC_TERMS and t.rows in ("labeled", "all")), None)
     return (ce, sc) if ce is not None and sc is not None else None
 
 
@@ -318,13 +339,14 @@ def artifact_loss(
             part, nz = batch.take(rows), noise.take(rows)
             logits_fn = _need(fns.logits_fn, "classifier")
             weighting = loss_config.sc_weighting
+            reduction = getattr(loss_config, SC_TERMS[sc_term.term])
             ce, sc = losses.ce_and_sc_losses(
-                logits_fn, part.x, nz.sigma, nz.z, part.y, weighting=weighting
+                logits_fn, part.x, nz.sigma, nz.z, part.y, weighting=weighting, reduction=reduction
             )
             if ce.numel():
                 per_example["ce_labeled"] = ce
                 total = total + ce_term.weight(loss_config) * ce.mean()
-            per_example[f"sc_{sc_term.rows}"] = sc
+            per_example[f"{sc_term.term}_{sc_term.rows}"] = sc
             total = total + sc_term.weight(loss_config) * sc.mean()
     for term in active:
         # Every other term on its own rows.

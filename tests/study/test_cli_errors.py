@@ -93,6 +93,11 @@ BAD_INPUTS = [
     ),
     ("YAML error", lambda p: _write(p, "name: ok\nmethods: [CG\n"), "line 3, column 1"),
     ("storage under /proc", lambda p: _write(p, "storage: /proc/studies\n"), "not writable"),
+    (
+        "unknown reduction",
+        lambda p: _write(p, "config: {loss.sc_reduction: avg}\n"),
+        "must be 'sum' or 'mean'",
+    ),
 ]
 
 

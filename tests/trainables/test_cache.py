@@ -77,6 +77,10 @@ def test_every_declared_knob_and_weight_changes_the_key_of_an_artifact_using_it(
     from trainables.methods import METHODS
 
     changed = {"loss.sc_weighting": "none", "loss.dlsm_power": 0.5, "loss.p_uncond": 0.3}
+    flip = {"sum": "mean", "mean": "sum"}
+    base = from_flat({}, base="toy").loss
+    for name in ("dsm_reduction", "sc_reduction", "dlsm_reduction", "joint_reduction"):
+        changed[f"loss.{name}"] = flip[getattr(base, name)]
     for method in METHODS.values():
         for index, artifact in enumerate(method.artifacts):
             for term in artifact.terms:

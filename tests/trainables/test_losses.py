@@ -160,3 +160,36 @@ def test_shared_forward_ce_and_sc_equal_the_separate_terms():
     separate = torch.autograd.grad(separate_loss, list(net.parameters()))
     for a, b in zip(fused, separate):
         torch.testing.assert_close(a, b)
+
+
+def test_mean_reduction_is_the_sum_over_the_number_of_dimensions():
+    from trainables.losses import dlsm_loss, dsm_loss, sc_loss
+
+    torch.manual_seed(0)
+    x, z = torch.randn(5, 3, 4, 4), torch.randn(5, 3, 4, 4)
+    sigma = torch.rand(5) + 0.1
+    dim = 3 * 4 * 4
+
+    def logits_fn(x, s):
+        return torch.stack([x.flatten(1).sum(1), -(x.flatten(1) ** 2).sum(1)], 1)
+
+    def score_fn(x, s):
+        return -x
+
+    for loss in (
+        lambda r: dsm_loss(score_fn, x, sigma, z, reduction=r),
+        lambda r: sc_loss(logits_fn, x, sigma, z, reduction=r),
+        lambda r: dlsm_loss(
+            logits_fn,
+            score_fn,
+            x,
+            sigma,
+            z,
+            torch.ones(5, dtype=torch.long),
+            power=1.0,
+            reduction=r,
+        ),
+    ):
+        torch.testing.assert_close(loss("mean"), loss("sum") / dim)
+    with pytest.raises(ValueError, match="unknown reduction 'avg'"):
+        dsm_loss(score_fn, x, sigma, z, reduction="avg")

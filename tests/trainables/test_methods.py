@@ -76,10 +76,10 @@ def test_every_term_is_finite_and_per_example(name):
 # Parameters a term cannot reach by construction: the joint net's other head; and the score
 # output's bias for QC, which depends on the score's Jacobian only.
 UNREACHED = {
-    ("joint", "dsm"): ("class_head.",),
+    ("joint", "joint_dsm"): ("class_head.",),
     ("joint", "qc"): ("class_head.", "score_head.bias"),
     ("joint", "ce"): ("score_head.",),
-    ("joint", "sc"): ("score_head.",),
+    ("joint", "joint_sc"): ("score_head.",),
     ("score", "qc"): ("head.bias",),
 }
 
@@ -118,11 +118,11 @@ def test_joint_gradients_reach_shared_encoder_from_both_heads():
     net, _ = _networks(artifact)
     batch, noise = _batch()
     _, terms = _loss(artifact, net, {}, batch, noise)
-    for key in ("dsm_all", "ce_labeled", "sc_all"):
+    for key in ("joint_dsm_all", "ce_labeled", "joint_sc_all"):
         net.zero_grad()
         terms[key].mean().backward(retain_graph=True)
         assert net.encoder.inp.weight.grad.abs().sum() > 0, key
-    assert set(terms) == {"dsm_all", "ce_labeled", "sc_all"}
+    assert set(terms) == {"joint_dsm_all", "ce_labeled", "joint_sc_all"}
 
 
 def _perturb_unlabeled(batch):
