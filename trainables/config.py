@@ -110,10 +110,11 @@ class EvalConfig:
     """Toy metrics: noise levels and points (paper 001 App. C)."""
 
     sigmas: tuple[float, ...] = (0.05, 0.1, 0.2, 0.5, 1.0)
-    num_points: int = (
-        1000  # toy: points per noise level; images: held-out images for guided_dsm / accuracy
-    )
+    num_points: int = 1000  # toy: points per noise level; images: held-out images
     seed: int = 1234
+    # Noise bands of the SC diagnostics (sc_ratio_band<i>: sigma in [edge_i, edge_i+1)), clipped to
+    # [sde.sigma_min, sde.sigma_max].
+    sc_bands: tuple[float, ...] = (0.01, 0.1, 1.0, 5.0, 20.0)
     # Images (docs/methods.md section 5): FID / IS / intra-FID / generation accuracy of
     # sample.num_per_class
     # samples per class against cached training-set statistics.

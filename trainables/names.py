@@ -64,11 +64,19 @@ TOY_METRICS = frozenset(
     }
 )
 TOY_CLASSIFIER_METRICS = frozenset(
-    {"grad_mse", "grad_cos", "cond_score_cos", "cond_score_cos_scaled", "clf_accuracy", "clf_ece"}
+    {
+        "grad_mse",
+        "grad_cos",
+        "cond_score_cos",
+        "cond_score_cos_scaled",
+        "clf_accuracy",
+        "clf_ece",
+        "sc_ratio",  # + sc_ratio_band<i>, sc_ratio_radial_band<i> (eval.sc_bands)
+    }
 )
 TOY_SCORE_METRICS = frozenset({"score_cos"})
 IMAGE_METRICS = frozenset({"guided_dsm", "sample_finite_fraction"})
-IMAGE_CLASSIFIER_METRICS = frozenset({"clf_accuracy", "clf_ece"})  # + clf_accuracy_sigma<s>
+IMAGE_CLASSIFIER_METRICS = frozenset({"clf_accuracy", "clf_ece", "sc_ratio"})  # + per sigma / band
 IMAGE_SCORE_METRICS = frozenset({"score_dsm"})
 GENERATION_METRICS = frozenset(
     {

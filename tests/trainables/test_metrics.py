@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from trainables.data.toy import gmm2
+from trainables.data.toy import gmm2, make_toy
 from trainables.evaluation.calibration import accuracy, expected_calibration_error
 from trainables.evaluation.toy import (
     energy_distance,
@@ -75,3 +75,35 @@ def test_ece_of_overconfident_classifier():
     logits = torch.log(torch.tensor([[0.99, 0.01]] * 4))
     y = torch.tensor([0, 1, 0, 1])
     assert expected_calibration_error(logits, y) == pytest.approx(0.49)
+
+
+def _sc(logits_fn, x, seed=0):
+    from trainables.evaluation.calibration import sc_ratios
+
+    gen = torch.Generator().manual_seed(seed)
+    return sc_ratios(logits_fn, x, (0.01, 0.1, 1.0, 5.0, 20.0), (0.01, 10.0), gen)
+
+
+def test_sc_ratio_is_one_for_a_classifier_whose_logsumexp_ignores_its_input():
+    x = torch.randn(300, 2, generator=torch.Generator().manual_seed(0))
+    metrics = _sc(lambda x, s: torch.zeros(len(x), 3) + x.sum() * 0, x)
+    # Bands clipped to sigma_max = 10: [0.01, 0.1), [0.1, 1), [1, 5), [5, 10).
+    assert {k for k in metrics if k.startswith("sc_ratio_band")} == {
+        f"sc_ratio_band{i}" for i in range(4)
+    }
+    for i in range(4):
+        assert metrics[f"sc_ratio_band{i}"] == pytest.approx(1.0, abs=1e-12)
+    assert metrics["sc_ratio"] == pytest.approx(1.0, abs=1e-12)
+
+
+def test_the_exact_joint_density_as_logits_beats_the_radial_baseline_where_classes_matter():
+    # Logits log p_sigma(x, y) of the toy mixture: their LSE is the exact log p_sigma(x), whose
+    # score minimises the SC term; a class-independent quadratic energy cannot do as well at small
+    # sigma, where the mixture is far from one Gaussian, and nearly can at large sigma.
+    data = make_toy("gmm2", 10, 2000, seed=0)
+    metrics = _sc(lambda x, s: data.dist.log_joint(x, s).float(), data.test_x)
+    for i in range(4):
+        assert metrics[f"sc_ratio_band{i}"] <= metrics[f"sc_ratio_radial_band{i}"] + 0.01
+    assert metrics["sc_ratio_band1"] < metrics["sc_ratio_radial_band1"] - 0.1
+    assert metrics["sc_ratio_band3"] == pytest.approx(metrics["sc_ratio_radial_band3"], abs=0.05)
+    assert metrics["sc_ratio_radial_band3"] < 0.2  # at large sigma, x~ ~ sigma z: the radial part

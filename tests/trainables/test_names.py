@@ -38,7 +38,8 @@ def _untrained(method, dim, config):
 
 def _scalars(metrics):
     per_class = {k for k in metrics if k.rsplit("_class", 1)[-1].isdigit()}
-    return set(metrics) - per_class - {k for k in metrics if k.startswith("clf_accuracy_sigma")}
+    per_level = {k for k in metrics if k.startswith(("clf_accuracy_sigma", "sc_ratio_"))}
+    return set(metrics) - per_class - per_level
 
 
 def test_toy_trials_report_exactly_the_named_metrics():

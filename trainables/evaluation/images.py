@@ -9,7 +9,7 @@ from torch import nn
 
 from trainables.config import TrialConfig
 from trainables.data.images import ImageData
-from trainables.evaluation.calibration import accuracy, expected_calibration_error
+from trainables.evaluation.calibration import accuracy, expected_calibration_error, sc_ratios
 from trainables.evaluation.sampling import sample_classes
 from trainables.losses import LogitsFn, score_matching_residual
 from trainables.methods import ModelFns, get_method, guided_score_fn, model_fns
@@ -104,6 +104,12 @@ def evaluate_images(
     if fns.logits_fn is not None:
         metrics.update(
             _classifier_metrics(config, fns.logits_fn, x_all, y_all, gen, device, batch_size)
+        )
+        sigma_range = (config.sde.sigma_min, config.sde.sigma_max)
+        sc_gen = torch.Generator().manual_seed(config.eval.seed + 1)
+        held_out = x_all.to(device)
+        metrics.update(
+            sc_ratios(fns.logits_fn, held_out, config.eval.sc_bands, sigma_range, sc_gen)
         )
     shape = tuple(data.test_x.shape[1:])
     samples, _ = sample_classes(config, networks, data.num_classes, shape, device)

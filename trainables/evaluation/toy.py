@@ -9,7 +9,7 @@ from torch import nn
 
 from trainables.config import TrialConfig
 from trainables.data.toy import GaussianMixture, ToyData
-from trainables.evaluation.calibration import accuracy, expected_calibration_error
+from trainables.evaluation.calibration import accuracy, expected_calibration_error, sc_ratios
 from trainables.evaluation.sampling import sample_classes
 from trainables.guidance import classifier_log_posterior_grad
 from trainables.losses import LogitsFn, ScoreFn
@@ -127,6 +127,11 @@ def evaluate_toy(
             logits = fns.logits_fn(data.test_x, sigma)
         metrics["clf_accuracy"] = accuracy(logits, data.test_y)
         metrics["clf_ece"] = expected_calibration_error(logits, data.test_y)
+        # How much of the SC target the classifier's LSE score reaches, per noise band.
+        gen = torch.Generator().manual_seed(config.eval.seed + 1)
+        held_out = data.test_x[: config.eval.num_points]
+        sigma_range = (config.sde.sigma_min, config.sde.sigma_max)
+        metrics.update(sc_ratios(fns.logits_fn, held_out, config.eval.sc_bands, sigma_range, gen))
     if fns.score_fn is not None:
         metrics.update(score_metrics(fns.score_fn, dist, points))
     # The method's own guided score vs the exact conditional score.
