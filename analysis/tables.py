@@ -18,7 +18,9 @@ DEFAULT_METRICS = (
     "inception_score",
     "intra_fid",
     "gen_accuracy",
+    "gen_accuracy_exact",  # toy: exact conditional samples, the ceiling of gen_accuracy
     "clf_ece",
+    "sc_ratio",  # 1.0 = the SC term learned nothing (trainables.evaluation.calibration)
     "guided_score_cos",
     "energy_distance",
     "grad_mse",
