@@ -51,6 +51,7 @@ class ModelConfig:
     num_res_blocks: int = 4  # ncsnpp: residual blocks per resolution (deep: 8)
     attn_resolutions: tuple[int, ...] = (16,)  # ncsnpp: self-attention at these resolutions
     dropout: float = 0.1  # ncsnpp
+    center_input: bool = True  # ncsnpp: maps [0, 1] images to [-1, 1] inside, as score_sde
 
 
 @dataclass(frozen=True)

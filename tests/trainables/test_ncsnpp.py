@@ -89,3 +89,24 @@ def test_arch_and_data_shape_must_agree():
         build_network("score", dim=2, num_classes=2, model_config=ModelConfig(arch="ncsnpp"))
     with pytest.raises(ValueError, match="set model.arch to 'ncsnpp'"):
         build_network("score", dim=(3, 8, 8), num_classes=2, model_config=ModelConfig())
+
+
+def test_images_in_unit_range_are_centred_to_minus_one_one_inside_the_network():
+    from trainables.networks.ncsnpp import ImageScoreNet
+
+    sizes = dict(
+        image_shape=(3, 8, 8),
+        nf=16,
+        ch_mult=(1, 2),
+        num_res_blocks=1,
+        attn_resolutions=(4,),
+        dropout=0.0,
+    )
+    torch.manual_seed(0)
+    centred = ImageScoreNet(**sizes).eval()
+    raw = ImageScoreNet(**sizes, center_input=False).eval()
+    raw.load_state_dict(centred.state_dict())
+    x, sigma = torch.rand(2, 3, 8, 8), torch.tensor([0.1, 1.0])
+    with torch.no_grad():
+        torch.testing.assert_close(centred(x, sigma), raw(2 * x - 1, sigma))
+        assert not torch.allclose(centred(x, sigma), raw(x, sigma))

@@ -139,9 +139,13 @@ class NCSNpp(nn.Module):
         decoder: bool = True,
         head_classes: int | None = None,
         label_classes: int | None = None,
+        center_input: bool = True,
     ):
         super().__init__()
         channels, res, _ = image_shape
+        # Images arrive in [0, 1]; like score_sde's NCSN++ (data.centered = False) the network maps
+        # its input to [-1, 1] first.
+        self.center_input = center_input
         self.image_shape = tuple(image_shape)
         temb = 4 * nf
         self.fourier = FourierEmbedding(nf, fourier_scale)
@@ -221,6 +225,8 @@ class NCSNpp(nn.Module):
         self, x: torch.Tensor, temb: torch.Tensor
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Encoder features at the lowest resolution and the skips for the decoder."""
+        if self.center_input:
+            x = 2 * x - 1
         pyramid = x
         hs = [self.conv_in(x)]
         h = hs[-1]
@@ -336,6 +342,7 @@ def build_image_network(
         attn_resolutions=tuple(model_config.attn_resolutions),
         dropout=model_config.dropout,
         fourier_scale=model_config.fourier_scale,
+        center_input=model_config.center_input,
     )
     if kind == "score":
         return ImageScoreNet(**kw)
