@@ -29,6 +29,8 @@ DEFAULT_METRICS = (
     "score_dsm",
     "clf_accuracy",
 )
+# The knobs a cell chose (shown for the methods that tune them): the chosen guidance scale, lambdas.
+KNOB_COLUMNS = ("sample.guidance_scale", "loss.lambda_sc", "loss.lambda_joint")
 FID_METRICS = ("fid", "intra_fid")  # flagged in tables when computed from too few samples
 
 
@@ -63,6 +65,8 @@ def comparison_table(
     table = pd.DataFrame(index=pd.Index(methods, name="method"), columns=columns, dtype=float)
     for _, row in best.iterrows():
         for metric in metrics:
+            if metric in KNOB_COLUMNS and metric not in TUNED_KEYS[row["method"]]:
+                continue  # a knob this method does not tune: left blank
             table.loc[row["method"], (row["label_percent"], metric)] = row[metric]
     return table
 
@@ -128,8 +132,8 @@ def write_tables(
     """Write comparison.md / comparison.csv (and pareto.csv for several objectives); return the
     table."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    metrics = list(dict.fromkeys([m for m, _ in objectives] + list(DEFAULT_METRICS)))
-    table = comparison_table(runs, objectives[0], metrics)
+    shown = [m for m, _ in objectives] + list(DEFAULT_METRICS) + list(KNOB_COLUMNS)
+    table = comparison_table(runs, objectives[0], list(dict.fromkeys(shown)))
     (out_dir / "comparison.md").write_text(
         to_markdown(table, flags=warning_flags(runs, objectives[0], table))
     )

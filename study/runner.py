@@ -129,7 +129,7 @@ def _tuner(
     tune_config = tune.TuneConfig(
         search_alg=make_searcher(spec, study_dir, points=rerun),
         scheduler=make_scheduler(spec),
-        num_samples=spec.num_trials if rerun is None else len(rerun),
+        num_samples=sum(spec.cell_budgets().values()) if rerun is None else len(rerun),
         max_concurrent_trials=spec.resources.max_concurrent_trials,
         reuse_actors=True,
     )
@@ -257,7 +257,8 @@ def run_study(spec: StudySpec, *, resume: bool = False, verbose: bool = True) ->
     finally:
         # Exactly one run per trial, none left RUNNING; the parent run says how the study ended.
         known = _known_trials(study_dir, spec)
-        reconcile(uri, exp_id, known_trials=known, study_id=spec.study_id)
+        records = study_dir / "trials"
+        reconcile(uri, exp_id, known_trials=known, study_id=spec.study_id, record_root=records)
         client.set_terminated(parent, outcome)
     client.log_metric(parent, "study/wall_seconds", time.perf_counter() - start)
     return study_dir

@@ -1,22 +1,28 @@
-"""The Tune searcher and scheduler a study runs: OptunaSearch told only final results, and ASHA that
-keeps every (method, label %) cell's first trial."""
+"""The Tune searcher and scheduler a study runs: one Optuna study per (method, label %) cell with an
+equal budget per cell, and ASHA that keeps every cell's first trial."""
 
 from __future__ import annotations
 
+import math
+import pickle
 from pathlib import Path
 from typing import Any
 
 import optuna
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
+from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
-from search_spaces import cell_points, make_space
+from search_spaces import DEFAULT_RANGES, Range, cell_points
 from study.spec import StudySpec
-from trainables.names import LABEL_PERCENT_KEY, METHOD_KEY
+from trainables.names import LABEL_PERCENT_KEY, METHOD_KEY, TUNED_KEYS
 
 
 class FinalResultOptunaSearch(OptunaSearch):
-    """OptunaSearch that ignores per-epoch results without the objective (told only at the end)."""
+    """OptunaSearch that ignores per-epoch results without the objective (told only at the end).
+
+    Studies now use CellSearcher; this class stays so that studies started before can be restored.
+    """
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         """Forward results that carry every objective; skip trials Optuna already holds finished."""
@@ -35,43 +41,214 @@ def optuna_storage(study_dir: Path) -> optuna.storages.RDBStorage:
     return optuna.storages.RDBStorage(f"sqlite:///{study_dir / 'optuna.db'}")
 
 
+Cell = tuple[str, float]  # (method, label %)
+
+
+def cell_study_name(study: str, cell: Cell) -> str:
+    """The Optuna study of one table cell, e.g. 'toy/CG-SC-all@5' (optuna-dashboard lists them)."""
+    return f"{study}/{cell[0]}@{cell[1]:g}"
+
+
+class CellSearcher(Searcher):
+    """One Optuna study per (method, label %) cell, an equal budget per cell, interleaved.
+
+    Method and label % are the table's grid, not knobs: each cell searches only its own knobs
+    (search_spaces / trainables.names.TUNED_KEYS) with its own seeded TPE (NSGA-II for several
+    objectives), starting from the paper's point (every knob at its default). The next trial goes
+    to the open cell with the fewest trials, so a study stopped early covers every cell evenly. A
+    cell with no knob (Cond) trains once. A configuration a cell has already run (or failed) is
+    never run again: a repeat the sampler proposes is told PRUNED and it is asked again. Given
+    points, it runs exactly those (method, label %, knobs) configurations instead.
+    """
+
+    MAX_REPEATS = 20  # proposals in a row that repeat a run configuration close the cell
+
+    def __init__(self, spec: StudySpec, study_dir: Path, points: list[dict] | None = None) -> None:
+        metrics = [o.metric for o in spec.objectives]
+        super().__init__(metric=metrics[0], mode=spec.objectives[0].mode)
+        self.objectives = [(o.metric, o.mode) for o in spec.objectives]
+        self.study_name, self.seed = spec.name, spec.seed
+        self.ranges = dict(spec.search)
+        self.storage_url = f"sqlite:///{study_dir / 'optuna.db'}"
+        self.cells: list[Cell] = [(m, float(p)) for m in spec.methods for p in spec.label_percents]
+        self.points = list(points) if points is not None else None
+        self.budget = spec.cell_budgets()
+        self.asked: dict[Cell, int] = dict.fromkeys(self.cells, 0)
+        self.live: dict[str, tuple[Cell, int]] = {}  # Tune trial id -> (cell, Optuna number)
+        self.requeued: set[tuple[Cell, tuple]] = set()  # lost configurations to run once more
+        self.lost: set[tuple[Cell, int]] = set()  # their Optuna trials (FAIL, not spent)
+        self._studies: dict[Cell, optuna.Study] = {}
+
+    def __getstate__(self) -> dict:
+        """Pickled with Tune's experiment state; the Optuna studies live in their storage."""
+        return {**self.__dict__, "_studies": {}}
+
+    def save(self, checkpoint_path: str) -> None:
+        """Tune's searcher checkpoint."""
+        Path(checkpoint_path).write_bytes(pickle.dumps(self.__getstate__()))
+
+    def restore(self, checkpoint_path: str) -> None:
+        """Back to the state save wrote; then every configuration handed out after that save (its
+        Optuna trial RUNNING, its Tune trial lost with the killed driver) is marked FAIL and queued
+        again, so the cell's budget is spent on it and no Optuna trial stays RUNNING."""
+        self.__dict__.update(pickle.loads(Path(checkpoint_path).read_bytes()))
+        self._studies = {}
+        state = optuna.trial.TrialState
+        for cell in self.cells:
+            known = {n for c, n in self.live.values() if c == cell}
+            study = self.study(cell)
+            for trial in study.get_trials(deepcopy=False, states=[state.RUNNING]):
+                if trial.number not in known:
+                    self.lost.add((cell, trial.number))
+                    study.tell(trial.number, state=state.FAIL)
+                    study.enqueue_trial(dict(trial.params))
+                    self.requeued.add((cell, _key(trial.params)))
+            # What the cell has spent, from its study (trials may have ended after the save).
+            spent = [
+                t
+                for t in study.get_trials(deepcopy=False)
+                if (t.state == state.RUNNING and t.number in known)
+                or t.state == state.COMPLETE
+                or (t.state == state.PRUNED and not t.user_attrs.get("repeat"))
+                or (t.state == state.FAIL and (cell, t.number) not in self.lost)
+            ]
+            self.asked[cell] = len(spent)
+
+    def study(self, cell: Cell) -> optuna.Study:
+        """The cell's Optuna study, created (with its default point enqueued) on first use."""
+        if cell not in self._studies:
+            index = self.cells.index(cell) if cell in self.cells else len(self.cells)
+            modes = [mode for _, mode in self.objectives]
+            directions = ["minimize" if mode == "min" else "maximize" for mode in modes]
+            if len(directions) == 1:
+                sampler = optuna.samplers.TPESampler(seed=self.seed + index, multivariate=True)
+            else:
+                sampler = optuna.samplers.NSGAIISampler(seed=self.seed + index)
+            name = cell_study_name(self.study_name, cell)
+            fresh = name not in optuna.get_all_study_names(self.storage_url)
+            study = optuna.create_study(
+                storage=self.storage_url,
+                study_name=name,
+                sampler=sampler,
+                directions=directions,
+                load_if_exists=True,
+            )
+            if fresh and self.points is None:
+                default = cell_points([cell[0]], [cell[1]], self.ranges)[0]
+                study.enqueue_trial({k: default[k] for k in TUNED_KEYS[cell[0]]})
+            self._studies[cell] = study
+        return self._studies[cell]
+
+    def suggest(self, trial_id: str) -> dict | str | None:
+        """The next trial's config: the point list in order, else the least-tried open cell."""
+        if self.points is not None:
+            if not self.points:
+                return Searcher.FINISHED
+            point = self.points.pop(0)
+            cell = (point[METHOD_KEY], float(point[LABEL_PERCENT_KEY]))
+            knobs = {k: point[k] for k in TUNED_KEYS[cell[0]] if k in point}
+            self.study(cell).enqueue_trial(knobs)
+            return self._ask(trial_id, cell)
+        while True:
+            open_cells = [c for c in self.cells if self.asked[c] < self.budget[c]]
+            if not open_cells:
+                return Searcher.FINISHED
+            cell = min(open_cells, key=lambda c: (self.asked[c], self.cells.index(c)))
+            config = self._ask(trial_id, cell)
+            if config is not None:
+                return config
+            self.budget[cell] = self.asked[cell]  # the sampler only repeats itself: close the cell
+
+    def _ask(self, trial_id: str, cell: Cell) -> dict | None:
+        """Ask the cell's study for a configuration it has not run; None after MAX_REPEATS."""
+        study, ran = self.study(cell), self._ran(cell)
+        if not TUNED_KEYS[cell[0]] and ran and not any(c == cell for c, _ in self.requeued):
+            return None  # nothing to tune and already run: the cell is done
+        for _ in range(self.MAX_REPEATS):
+            trial = study.ask()
+            knobs = {k: self._range(k).suggest(trial, k) for k in TUNED_KEYS[cell[0]]}
+            again = (cell, _key(knobs)) in self.requeued
+            if self.points is not None or again or _key(knobs) not in ran:
+                self.requeued.discard((cell, _key(knobs)))
+                self.asked[cell] += 1
+                self.live[trial_id] = (cell, trial.number)
+                return {METHOD_KEY: cell[0], LABEL_PERCENT_KEY: cell[1], **knobs}
+            trial.set_user_attr("repeat", True)
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)  # a repeat: never run twice
+        return None
+
+    def _range(self, key: str) -> Range:
+        return self.ranges.get(key, DEFAULT_RANGES[key])
+
+    def _ran(self, cell: Cell) -> set[tuple]:
+        """Configurations the cell has run, is running or saw fail."""
+        states = [
+            optuna.trial.TrialState.RUNNING,
+            optuna.trial.TrialState.COMPLETE,
+            optuna.trial.TrialState.FAIL,
+        ]
+        trials = self.study(cell).get_trials(deepcopy=False, states=states)
+        return {_key(t.params) for t in trials}
+
+    def on_trial_complete(
+        self, trial_id: str, result: dict | None = None, error: bool = False
+    ) -> None:
+        """Tell the cell's study the final objective(s); FAIL for an error or a non-finite
+        value, PRUNED for a trial stopped before its final evaluation (ASHA)."""
+        if trial_id not in self.live:
+            return
+        cell, number = self.live.pop(trial_id)
+        values = [(result or {}).get(metric) for metric, _ in self.objectives]
+        if error:
+            state, told = optuna.trial.TrialState.FAIL, None
+        elif any(v is None for v in values):
+            state, told = optuna.trial.TrialState.PRUNED, None
+        elif not all(math.isfinite(float(v)) for v in values):
+            state, told = optuna.trial.TrialState.FAIL, None
+        else:
+            state, told = None, [float(v) for v in values]
+        try:
+            self.study(cell).tell(
+                number, told if len(values) > 1 or told is None else told[0], state=state
+            )
+        except (optuna.exceptions.UpdateFinishedTrialError, ValueError, RuntimeError):
+            pass  # replayed after a restore: Optuna already holds its result
+
+    @property
+    def total(self) -> int:
+        """The study's trial budget (Tune's num_samples)."""
+        return len(self.points) if self.points is not None else sum(self.budget.values())
+
+
 def make_searcher(
     spec: StudySpec, study_dir: Path, points: list[dict] | None = None
-) -> FinalResultOptunaSearch:
-    """Seeded TPE (one objective) or NSGA-II (several), stored in the study's optuna.db; its first
-    trials are the given points (default: one per cell at the default settings)."""
-    metrics = [o.metric for o in spec.objectives]
-    modes = [o.mode for o in spec.objectives]
-    if len(metrics) == 1:
-        sampler = optuna.samplers.TPESampler(seed=spec.seed, multivariate=True)
-    else:
-        sampler = optuna.samplers.NSGAIISampler(seed=spec.seed)
-    # Cover every (method, label %) cell once, at the default settings, before searching freely.
-    if points is None:
-        points = cell_points(spec.methods, spec.label_percents, spec.search)[: spec.num_trials]
-    return FinalResultOptunaSearch(
-        space=make_space(spec.methods, spec.label_percents, spec.search),
-        metric=metrics if len(metrics) > 1 else metrics[0],
-        mode=modes if len(modes) > 1 else modes[0],
-        points_to_evaluate=points,
-        sampler=sampler,
-        study_name=spec.name,
-        storage=optuna_storage(study_dir),
-    )
+) -> CellSearcher:
+    """The study's searcher: per-cell Optuna studies in optuna.db (or exactly the given points)."""
+    return CellSearcher(spec, study_dir, points)
 
 
 def fail_orphaned_trials(spec: StudySpec, study_dir: Path) -> list[dict]:
     """Optuna trials still RUNNING once every Tune trial has ended were handed out to trials that
     Tune never recorded (the driver was killed before its next experiment checkpoint): mark them
-    FAIL and return their params, so the study can run those configurations again."""
-    try:
-        study = optuna.load_study(study_name=spec.name, storage=optuna_storage(study_dir))
-    except KeyError:
-        return []  # killed before the study was created
-    orphans = study.get_trials(deepcopy=False, states=[optuna.trial.TrialState.RUNNING])
-    for trial in orphans:
-        study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
-    return [dict(t.params) for t in orphans]
+    FAIL and return their configurations, so the study can run them again."""
+    storage = optuna_storage(study_dir)
+    names = optuna.get_all_study_names(storage)
+    orphans = []
+    for name in [n for n in names if n == spec.name or n.startswith(f"{spec.name}/")]:
+        study = optuna.load_study(study_name=name, storage=storage)
+        cell = {}
+        if name != spec.name:  # a cell study: its trials hold the knobs only
+            method, _, pct = name.removeprefix(f"{spec.name}/").rpartition("@")
+            cell = {METHOD_KEY: method, LABEL_PERCENT_KEY: float(pct)}
+        for trial in study.get_trials(deepcopy=False, states=[optuna.trial.TrialState.RUNNING]):
+            study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+            orphans.append({**cell, **trial.params})
+    return orphans
+
+
+def _key(knobs: dict) -> tuple:
+    """A configuration as a hashable key (floats compared exactly)."""
+    return tuple(sorted((k, float(v)) for k, v in knobs.items()))
 
 
 def _cell(trial: Any) -> tuple[Any, Any]:

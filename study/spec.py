@@ -12,7 +12,7 @@ import math
 import os
 import re
 import socket
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -31,7 +31,7 @@ DEFAULT_PRESET = "toy"
 TOP_KEYS = {
     "name", "dataset", "methods", "label_percents", "num_trials", "objectives", "scheduler",
     "search", "resources", "seed", "config", "storage", "tracking_uri", "address", "base_config",
-    "preset", "study_id",
+    "preset", "study_id", "trials_per_cell",
 }  # fmt: skip
 RESOURCE_KEYS = {
     "cpus_per_trial", "gpus_per_trial", "num_workers", "max_concurrent_trials", "max_failures"
@@ -100,6 +100,21 @@ class StudySpec:
     tracking_uri: str | None = None
     address: str | None = None
     study_id: str | None = None  # set when the study is created; tags every MLflow run it owns
+    trials_per_cell: int | None = None  # each cell's budget (a cell without knobs: 1)
+
+    def cell_budgets(self) -> dict[tuple[str, float], int]:
+        """Trials per (method, label %) cell: trials_per_cell each, or num_trials dealt round
+        robin over the cells; a cell with nothing to tune (Cond) trains once."""
+        cells = [(m, float(p)) for m in self.methods for p in self.label_percents]
+        cap = {c: 1 if not names.TUNED_KEYS[c[0]] else MAX_TRIALS for c in cells}
+        if self.trials_per_cell is not None:
+            return {c: min(cap[c], self.trials_per_cell) for c in cells}
+        budget, left = dict.fromkeys(cells, 0), self.num_trials
+        while left > 0 and any(budget[c] < cap[c] for c in cells):
+            for c in cells:
+                if left > 0 and budget[c] < cap[c]:
+                    budget[c], left = budget[c] + 1, left - 1
+        return budget
 
     def base_params(self) -> dict[str, Any]:
         """Flat params shared by every trial: the spec's seed for every seed key (train, data,
@@ -117,7 +132,7 @@ class StudySpec:
 
     def to_dict(self) -> dict:
         """Plain data, as YAML would hold it."""
-        optional = ("storage", "tracking_uri", "address", "study_id")
+        optional = ("storage", "tracking_uri", "address", "study_id", "trials_per_cell")
         return {
             "name": self.name,
             "dataset": self.dataset,
@@ -456,6 +471,12 @@ def validate(raw: dict) -> StudySpec:
     num_trials = raw.get("num_trials", 16)
     if not _is_int(num_trials) or not 1 <= num_trials <= MAX_TRIALS:
         errors.append(f"num_trials: must be an integer from 1 to {MAX_TRIALS}, got {num_trials!r}")
+    per_cell = raw.get("trials_per_cell")
+    if per_cell is not None and (not _is_int(per_cell) or not 1 <= per_cell <= MAX_TRIALS):
+        errors.append(
+            f"trials_per_cell: must be an integer from 1 to {MAX_TRIALS} (every cell's budget), "
+            f"got {per_cell!r}"
+        )
     default_objectives = [{"metric": "guided_score_cos", "mode": "max"}]
     objectives = _objectives(raw.get("objectives", default_objectives), errors)
     scheduler = _scheduler(raw.get("scheduler", "fifo"), objectives, errors)
@@ -485,7 +506,7 @@ def validate(raw: dict) -> StudySpec:
         raise SpecError(f"invalid study spec: {errors[0]}")
     if errors:
         raise SpecError("invalid study spec:\n  - " + "\n  - ".join(errors))
-    return StudySpec(
+    spec = StudySpec(
         name=name,
         dataset=dataset,
         methods=tuple(methods),
@@ -502,7 +523,11 @@ def validate(raw: dict) -> StudySpec:
         tracking_uri=raw.get("tracking_uri"),
         address=raw.get("address") or os.environ.get("RAY_ADDRESS") or None,
         study_id=study_id,
+        trials_per_cell=per_cell,
     )
+    if per_cell is not None:  # the total follows from the cells' budgets
+        spec = replace(spec, num_trials=sum(spec.cell_budgets().values()))
+    return spec
 
 
 def load_spec(source: str | None) -> StudySpec:

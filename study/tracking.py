@@ -22,6 +22,7 @@ from study.errors import StudyError
 from trainables.names import (
     ARTIFACTS_RECORD,
     ERROR_RECORD,
+    FINAL_RECORD,
     LABEL_PERCENT_KEY,
     METHOD_KEY,
     TAGS_RECORD,
@@ -307,6 +308,7 @@ def reconcile(
     status: str = "KILLED",
     known_trials: set[str] | None = None,
     study_id: str | None = None,
+    record_root: Path | None = None,
 ) -> int:
     """End every trial run left RUNNING (interrupted study); keep one run per trial id. Returns
     count.
@@ -332,6 +334,21 @@ def reconcile(
             fixed += 1
             continue
         seen[trial_id] = run.info.run_id
+        finished = record_root is not None and (record_root / str(trial_id) / FINAL_RECORD).exists()
+        if known_trials is not None and trial_id not in known_trials and finished:
+            # It finished (its final record written and logged) just before the driver was killed,
+            # after Tune's last checkpoint: a finished trial, not an orphan.
+            if run.info.status not in TERMINAL:
+                if "final" not in run.data.metrics:  # killed before the driver logged it
+                    final = json.loads((record_root / str(trial_id) / FINAL_RECORD).read_text())
+                    step = int(run.data.metrics.get(STEP_METRIC, 0)) + 1
+                    now = int(time.time() * 1000)
+                    values = [Metric(k.replace("@", "_"), v, now, step) for k, v in final.items()]
+                    client.log_batch(run.info.run_id, metrics=values)
+                client.set_terminated(run.info.run_id, "FINISHED")
+                client.set_tag(run.info.run_id, "finished_before_the_driver_was_killed", "true")
+                fixed += 1
+            continue
         if (
             known_trials is not None
             and trial_id not in known_trials

@@ -8,6 +8,7 @@ import yaml
 
 from analysis.runs import BASE_COLUMNS, _cast
 from analysis.tables import (
+    KNOB_COLUMNS,
     best_per_cell,
     comparison_table,
     export_best,
@@ -143,3 +144,17 @@ def test_write_report_writes_tables_and_a_guidance_curve(tmp_path):
 def test_only_finished_runs_reach_the_table(status):
     runs = _runs({"method": "CG", "label_percent": 5.0, "gen_accuracy": 0.5, "status": status})
     assert comparison_table(runs, OBJ).empty
+
+
+def test_the_table_shows_each_cells_chosen_knobs_only_where_the_method_tunes_them():
+    runs = _runs(
+        {"method": "CG-SC-all", "label_percent": 5.0, "gen_accuracy": 0.6, "loss.lambda_sc": 0.1,
+         "loss.lambda_joint": 1.0, "sample.guidance_scale": 2.0},
+        {"method": "Cond", "label_percent": 5.0, "gen_accuracy": 0.9, "loss.lambda_sc": 1.0,
+         "loss.lambda_joint": 1.0, "sample.guidance_scale": 1.0},
+    )  # fmt: skip
+    table = comparison_table(runs, OBJ, metrics=("gen_accuracy", *KNOB_COLUMNS))
+    assert table.loc["CG-SC-all", (5.0, "loss.lambda_sc")] == 0.1
+    assert table.loc["CG-SC-all", (5.0, "sample.guidance_scale")] == 2.0
+    assert pd.isna(table.loc["CG-SC-all", (5.0, "loss.lambda_joint")])  # not its knob
+    assert pd.isna(table.loc["Cond", (5.0, "sample.guidance_scale")])  # Cond tunes nothing

@@ -7,7 +7,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from study.tracking import STEP_METRIC, MLflowTracker, ensure_parent_run, reconcile
-from trainables.names import ARTIFACTS_RECORD, ERROR_RECORD, TAGS_RECORD
+from trainables.names import ARTIFACTS_RECORD, ERROR_RECORD, FINAL_RECORD, TAGS_RECORD
 
 
 @pytest.fixture
@@ -147,3 +147,15 @@ def test_runs_of_another_study_in_the_same_experiment_are_never_touched(store):
         runs["bbbb2222"].info.status == "RUNNING" and "orphaned" not in runs["bbbb2222"].data.tags
     )
     assert list(load_runs(store.uri, "s", "bbbb2222")["run_id"]) == [runs["bbbb2222"].info.run_id]
+
+
+def test_a_trial_that_finished_just_before_the_kill_is_finished_not_orphaned(store):
+    tracker = _tracker(store)
+    tracker.run_for(_trial("done"))  # Tune's last checkpoint never saw it; the worker finished it
+    record = store.root / "trials" / "done"
+    record.mkdir(parents=True)
+    (record / FINAL_RECORD).write_text(json.dumps({"gen_accuracy": 0.7, "final": 1.0}))
+    reconcile(store.uri, store.exp_id, known_trials=set(), record_root=store.root / "trials")
+    (run,) = _runs(store)
+    assert run.info.status == "FINISHED" and "orphaned" not in run.data.tags
+    assert run.data.metrics["gen_accuracy"] == 0.7  # the final result, logged from its record

@@ -1,0 +1,89 @@
+"""The per-cell searcher driven directly (no Ray): a fair search in every cell."""
+
+import math
+
+from study.search import CellSearcher, cell_study_name, fail_orphaned_trials
+from study.spec import load_spec, validate
+from trainables.names import TUNED_KEYS
+
+
+def _objective(config):
+    # A smooth synthetic objective: best at guidance scale 2 and lambda 1.
+    value = -abs(math.log(config.get("sample.guidance_scale", 1.0) / 2.0))
+    return value - abs(math.log(config.get("loss.lambda_sc", 1.0)))
+
+
+def _drive(searcher, n, fail=()):
+    configs = []
+    for i in range(n):
+        config = searcher.suggest(f"t{i}")
+        if not isinstance(config, dict):
+            break
+        configs.append(config)
+        value = float("nan") if i in fail else _objective(config)
+        searcher.on_trial_complete(f"t{i}", {"guided_score_cos": value})
+    return configs
+
+
+def test_the_default_toy_study_searches_every_cell_fairly(tmp_path):
+    spec = load_spec(None)
+    searcher = CellSearcher(spec, tmp_path)
+    configs = _drive(searcher, 1000)
+    assert searcher.suggest("more") == "FINISHED" and len(configs) == spec.num_trials
+    cells = {}
+    for c in configs:
+        cells.setdefault((c["method"], c["data.label_percent"]), []).append(c)
+    assert len(cells) == 16
+    for (method, _), runs in cells.items():
+        knobs = [
+            tuple(sorted((k, v) for k, v in c.items() if k in TUNED_KEYS[method])) for c in runs
+        ]
+        assert len(set(knobs)) == len(knobs)  # no configuration twice
+        if TUNED_KEYS[method]:
+            assert len(runs) == 2  # every cell with a knob: 2 distinct configurations
+            # Its first trial is the paper's point: every knob at 1.
+            assert all(runs[0][k] == 1.0 for k in TUNED_KEYS[method])
+        else:
+            assert len(runs) == 1  # Cond: nothing to tune, trains once
+
+
+def test_trials_are_interleaved_so_an_early_stop_covers_every_cell(tmp_path):
+    spec = validate(
+        {"methods": ["CG", "CG-SC-all"], "label_percents": [5, 100], "trials_per_cell": 3}
+    )
+    configs = _drive(CellSearcher(spec, tmp_path), 4)
+    assert {(c["method"], c["data.label_percent"]) for c in configs} == {
+        ("CG", 5.0),
+        ("CG", 100.0),
+        ("CG-SC-all", 5.0),
+        ("CG-SC-all", 100.0),
+    }
+
+
+def test_results_reach_the_cell_study_and_a_nan_objective_fails_its_trial(tmp_path):
+    import optuna
+
+    spec = validate({"methods": ["CG"], "label_percents": [5], "trials_per_cell": 3})
+    _drive(CellSearcher(spec, tmp_path), 3, fail={1})
+    study = optuna.load_study(
+        study_name=cell_study_name(spec.name, ("CG", 5.0)),
+        storage=f"sqlite:///{tmp_path / 'optuna.db'}",
+    )
+    states = [t.state.name for t in study.get_trials()]
+    assert states == ["COMPLETE", "FAIL", "COMPLETE"]
+
+
+def test_a_restored_searcher_runs_a_lost_configuration_again_within_the_budget(tmp_path):
+    spec = validate({"methods": ["CG", "CFG-all"], "label_percents": [20], "trials_per_cell": 3})
+    first = CellSearcher(spec, tmp_path)
+    _drive(first, 2)
+    first.save(str(tmp_path / "searcher.pkl"))
+    lost = first.suggest("lost")  # handed out after the checkpoint: Tune never records it
+    second = CellSearcher(spec, tmp_path)
+    second.restore(str(tmp_path / "searcher.pkl"))
+    rest = [second.suggest(f"r{i}") for i in range(5)]
+    assert rest[-1] == "FINISHED"  # 2 before + 4 after = the budget of 2 cells x 3
+    assert lost in rest[:-1]  # the lost configuration ran again, within the budget
+    for i, config in enumerate(rest[:-1]):
+        second.on_trial_complete(f"r{i}", {"guided_score_cos": _objective(config)})
+    assert fail_orphaned_trials(spec, tmp_path) == []  # no Optuna trial left RUNNING
