@@ -164,6 +164,7 @@ def export_best(
             "methods": [row["method"]],
             "label_percents": [float(row["label_percent"])],
             "num_trials": 1,
+            "trials_per_cell": 1,
             "search": search,
         }
         path = out_dir / f"{row['method']}_{row['label_percent']:g}.yaml"

@@ -125,7 +125,8 @@ def test_export_best_writes_a_runnable_spec_with_the_winning_knobs(tmp_path):
         "loss.lambda_sc": {"choices": [3.0]},
         "sample.guidance_scale": {"choices": [1.5]},
     }
-    assert written["num_trials"] == 1 and written["methods"] == ["CG-SC-all"]
+    assert written["num_trials"] == 1 and written["trials_per_cell"] == 1
+    assert written["methods"] == ["CG-SC-all"]
 
 
 def test_write_report_writes_tables_and_a_guidance_curve(tmp_path):
