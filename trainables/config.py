@@ -198,6 +198,10 @@ BASE_CONFIGS: dict[str, dict[str, Any]] = {
     "tiny-images": {
         "data.name": "tiny-images",
         "loss.dlsm_power": 1.0,
+        # score_sde's [-1, 1] input centring hurt at this size and budget (600 steps): held-out
+        # DSM of the score model 53.39 -> 54.78, Cond's generation accuracy 0.96 -> 0.80 (preset
+        # study, seed 0). Kept for the CIFAR bases, which follow score_sde.
+        "model.center_input": False,
         "data.num_train": 512,
         "data.num_test": 256,
         "data.image_size": 16,
