@@ -302,6 +302,35 @@ def _failure_tags(record: Path, trial: Trial) -> dict[str, str]:
     return {"error_type": "unknown", "error_message": "the trial failed without an error record"}
 
 
+def _finish_from_record(client: MlflowClient, run: Any, record: Path) -> int:
+    """A trial that finished (its final record written) just before the driver was killed, after
+    Tune's last checkpoint: end its run FINISHED, logging the final result if the driver never did.
+    Returns 1 if the run changed."""
+    if run.info.status in TERMINAL:
+        return 0
+    if "final" not in run.data.metrics:
+        final = json.loads(record.read_text())
+        step = int(run.data.metrics.get(STEP_METRIC, 0)) + 1
+        now = int(time.time() * 1000)
+        values = [Metric(k.replace("@", "_"), v, now, step) for k, v in final.items()]
+        client.log_batch(run.info.run_id, metrics=values)
+    client.set_terminated(run.info.run_id, "FINISHED")
+    client.set_tag(run.info.run_id, "finished_before_the_driver_was_killed", "true")
+    return 1
+
+
+def _mark_orphaned(client: MlflowClient, run: Any) -> None:
+    """A run of a trial Tune never recorded: kept, ended KILLED, tagged with the reason."""
+    client.set_tag(run.info.run_id, "orphaned", "true")
+    reason = (
+        "the driver was killed before Tune recorded this trial; "
+        "the resume ran its configuration again as a new trial"
+    )
+    client.set_tag(run.info.run_id, "orphaned_reason", reason)
+    if run.info.status not in TERMINAL or run.info.status == "FINISHED":
+        client.set_terminated(run.info.run_id, "KILLED")
+
+
 def reconcile(
     tracking_uri: str,
     experiment_id: str,
@@ -334,35 +363,13 @@ def reconcile(
             fixed += 1
             continue
         seen[trial_id] = run.info.run_id
-        finished = record_root is not None and (record_root / str(trial_id) / FINAL_RECORD).exists()
-        if known_trials is not None and trial_id not in known_trials and finished:
-            # It finished (its final record written and logged) just before the driver was killed,
-            # after Tune's last checkpoint: a finished trial, not an orphan.
-            if run.info.status not in TERMINAL:
-                if "final" not in run.data.metrics:  # killed before the driver logged it
-                    final = json.loads((record_root / str(trial_id) / FINAL_RECORD).read_text())
-                    step = int(run.data.metrics.get(STEP_METRIC, 0)) + 1
-                    now = int(time.time() * 1000)
-                    values = [Metric(k.replace("@", "_"), v, now, step) for k, v in final.items()]
-                    client.log_batch(run.info.run_id, metrics=values)
-                client.set_terminated(run.info.run_id, "FINISHED")
-                client.set_tag(run.info.run_id, "finished_before_the_driver_was_killed", "true")
-                fixed += 1
+        unknown = known_trials is not None and trial_id not in known_trials
+        record = record_root / str(trial_id) / FINAL_RECORD if record_root is not None else None
+        if unknown and record is not None and record.exists():
+            fixed += _finish_from_record(client, run, record)
             continue
-        if (
-            known_trials is not None
-            and trial_id not in known_trials
-            and run.data.tags.get("orphaned") != "true"
-        ):
-            client.set_tag(run.info.run_id, "orphaned", "true")
-            client.set_tag(
-                run.info.run_id,
-                "orphaned_reason",
-                "the driver was killed before Tune recorded this trial; "
-                "the resume ran its configuration again as a new trial",
-            )
-            if run.info.status not in TERMINAL or run.info.status == "FINISHED":
-                client.set_terminated(run.info.run_id, "KILLED")
+        if unknown and run.data.tags.get("orphaned") != "true":
+            _mark_orphaned(client, run)
             fixed += 1
             continue
         if run.info.status not in TERMINAL:
