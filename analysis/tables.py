@@ -9,7 +9,14 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from trainables.names import METHODS, TUNED_KEYS
+from trainables.names import (
+    CHOSEN_SCALE,
+    CURVE_METRICS,
+    METHODS,
+    TUNED_KEYS,
+    VALIDATION_PREFIX,
+    parse_curve_key,
+)
 
 # Shown when present, after the study's objectives: the papers' image metrics, then toy metrics
 # (exact scores), then the held-out score-matching and classifier diagnostics.
@@ -29,8 +36,9 @@ DEFAULT_METRICS = (
     "score_dsm",
     "clf_accuracy",
 )
-# The knobs a cell chose (shown for the methods that tune them): the chosen guidance scale, lambdas.
-KNOB_COLUMNS = ("sample.guidance_scale", "loss.lambda_sc", "loss.lambda_joint")
+# The knobs a cell chose (shown for the methods that tune them): the guidance scale the trial chose
+# on its validation split (guided methods), the lambdas its cell's search chose.
+KNOB_COLUMNS = (CHOSEN_SCALE, "loss.lambda_sc", "loss.lambda_joint")
 FID_METRICS = ("fid", "intra_fid")  # flagged in tables when computed from too few samples
 
 
@@ -43,9 +51,17 @@ def completed(runs: pd.DataFrame) -> pd.DataFrame:
     return runs[(runs["status"] == "FINISHED") & ~early]
 
 
+def selection_column(runs: pd.DataFrame, metric: str) -> str:
+    """The column an objective selects by: its validation value val/<metric> (studies before the
+    validation split have only the metric itself)."""
+    validation = f"{VALIDATION_PREFIX}{metric}"
+    return validation if validation in runs.columns else metric
+
+
 def best_per_cell(runs: pd.DataFrame, metric: str, mode: str) -> pd.DataFrame:
-    """The best completed trial of each (method, label %) by one objective."""
+    """The best completed trial of each (method, label %) by one objective's validation value."""
     done = completed(runs)
+    metric = selection_column(done, metric)
     if metric not in done.columns or done.empty:
         return done.iloc[0:0]
     done = done.dropna(subset=[metric])
@@ -65,7 +81,7 @@ def comparison_table(
     table = pd.DataFrame(index=pd.Index(methods, name="method"), columns=columns, dtype=float)
     for _, row in best.iterrows():
         for metric in metrics:
-            if metric in KNOB_COLUMNS and metric not in TUNED_KEYS[row["method"]]:
+            if metric in KNOB_COLUMNS[1:] and metric not in TUNED_KEYS[row["method"]]:
                 continue  # a knob this method does not tune: left blank
             table.loc[row["method"], (row["label_percent"], metric)] = row[metric]
     return table
@@ -132,7 +148,8 @@ def write_tables(
     """Write comparison.md / comparison.csv (and pareto.csv for several objectives); return the
     table."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    shown = [m for m, _ in objectives] + list(DEFAULT_METRICS) + list(KNOB_COLUMNS)
+    objective_columns = [c for m, _ in objectives for c in (m, f"{VALIDATION_PREFIX}{m}")]
+    shown = objective_columns + list(DEFAULT_METRICS) + list(KNOB_COLUMNS)
     table = comparison_table(runs, objectives[0], list(dict.fromkeys(shown)))
     (out_dir / "comparison.md").write_text(
         to_markdown(table, flags=warning_flags(runs, objectives[0], table))
@@ -158,6 +175,9 @@ def export_best(
             for key in TUNED_KEYS[row["method"]]
             if key in row and pd.notna(row[key])
         }
+        guidance = dict(spec.get("guidance") or {})
+        if pd.notna(row.get(CHOSEN_SCALE, float("nan"))):
+            guidance["scales"] = [float(row[CHOSEN_SCALE])]  # the scale the trial chose
         final = {
             **{k: v for k, v in spec.items() if k not in ("storage", "tracking_uri", "study_id")},
             "name": f"{spec['name']}-best-{row['method']}-{row['label_percent']:g}",
@@ -166,6 +186,7 @@ def export_best(
             "num_trials": 1,
             "trials_per_cell": 1,
             "search": search,
+            **({"guidance": guidance} if guidance else {}),
         }
         path = out_dir / f"{row['method']}_{row['label_percent']:g}.yaml"
         path.write_text(yaml.safe_dump(final, sort_keys=False))
@@ -205,41 +226,55 @@ def per_class_table(
     return table
 
 
-CURVE_METRICS = (
-    "fid",
-    "intra_fid",
-    "inception_score",
-    "gen_accuracy",
-    "guided_dsm",
-    "guided_score_cos",
-)
+def curve_points(row: pd.Series, metric: str) -> list[tuple[float, float]]:
+    """(scale, validation value) of one trial's guidance sweep for metric, by scale."""
+    points = []
+    for key, value in row.items():
+        parsed = parse_curve_key(str(key))
+        if parsed and parsed[0] == metric and pd.notna(value):
+            points.append((parsed[1], float(value)))
+    return sorted(points)
 
 
 def guidance_curves(
-    runs: pd.DataFrame, out_dir: Path, metrics: Sequence[str] = CURVE_METRICS
+    runs: pd.DataFrame,
+    objective: tuple[str, str],
+    out_dir: Path,
+    metrics: Sequence[str] = CURVE_METRICS,
 ) -> list[Path]:
-    """Metric vs guidance scale (paper 001 App. D): one PNG per metric, a line per (method, label
-    %)."""
+    """Validation metric vs guidance scale (paper 001 App. D) of every cell's best trial (its
+    lambdas fixed, one trained model swept at sampling time): one PNG per metric, a line per
+    (method, label %), the chosen scale marked."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    done = completed(runs)
-    if done.empty or "sample.guidance_scale" not in done.columns:
-        return []
+    best = best_per_cell(runs, *objective)
     written = []
-    for metric in [m for m in metrics if m in done.columns and done[m].notna().any()]:
+    for metric in metrics:
+        lines = [(row, curve_points(row, metric)) for _, row in best.iterrows()]
+        lines = [(row, pts) for row, pts in lines if len(pts) > 1]
+        if not lines:
+            continue
         fig, ax = plt.subplots(figsize=(6, 4))
-        for (method, pct), group in done.dropna(subset=[metric]).groupby(
-            ["method", "label_percent"], sort=False
-        ):
-            points = group.groupby("sample.guidance_scale")[metric].mean().sort_index()
-            ax.plot(points.index, points.to_numpy(), marker="o", label=f"{method} {pct:g}%")
+        percents = sorted({row["label_percent"] for row, _ in lines})
+        for row, pts in lines:
+            scales, values = zip(*pts)
+            label = f"{row['method']} {row['label_percent']:g}%"
+            # Colour by method (registry order), line style by label %.
+            color = plt.get_cmap("tab10")(METHODS.index(row["method"]) % 10)
+            style = ("-", "--", ":", "-.")[percents.index(row["label_percent"]) % 4]
+            (line,) = ax.plot(scales, values, marker="o", color=color, ls=style, label=label)
+            chosen = row.get(CHOSEN_SCALE)
+            if pd.notna(chosen) and chosen in scales:
+                ax.plot(
+                    [chosen], [values[scales.index(chosen)]], "*", ms=12, color=line.get_color()
+                )
         ax.set_xscale("log")
         ax.set_xlabel("guidance scale gamma (lambda_CG; 1 + w for CFG)")
-        ax.set_ylabel(metric)
-        ax.set_title(f"{metric} vs guidance scale")
+        ax.set_ylabel(f"validation {metric}")
+        ax.set_title(f"{metric} vs guidance scale (star: chosen)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, ncol=2)
         fig.tight_layout()
@@ -263,5 +298,5 @@ def write_report(
         flat.columns = [f"{p:g}%/{m}" for p, m in per_class.columns]
         flat.to_csv(out_dir / "per_class.csv")
         files += [out_dir / "per_class.md", out_dir / "per_class.csv"]
-    files += guidance_curves(runs, out_dir)
+    files += guidance_curves(runs, objectives[0], out_dir)
     return table, files

@@ -1,6 +1,7 @@
 """Optuna define-by-run search spaces, one per method family; imports neither torch nor ray."""
 
 from search_spaces.spaces import (
+    DEFAULT_GUIDANCE_SCALES,
     DEFAULT_RANGES,
     PAPER_GRID,
     Range,
@@ -10,6 +11,7 @@ from search_spaces.spaces import (
 )
 
 __all__ = [
+    "DEFAULT_GUIDANCE_SCALES",
     "DEFAULT_RANGES",
     "PAPER_GRID",
     "Range",

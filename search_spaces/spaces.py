@@ -1,8 +1,8 @@
 """Define-by-run spaces: method and label percentage are categorical; weights are conditional.
 
 loss.lambda_sc only for CG-SC-labeled / CG-SC-all, loss.lambda_joint only for Joint-SC (paper 000
-ties
-its SC term to lambda_joint), sample.guidance_scale for every guided method (Cond has no guidance).
+ties its SC term to lambda_joint). The guidance scale is not searched: every trial sweeps a grid of
+scales at sampling time (DEFAULT_GUIDANCE_SCALES) and chooses on the validation split.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-from trainables.names import GUIDANCE_SCALE_KEY, LABEL_PERCENT_KEY, METHOD_KEY, TUNED_KEYS
+from trainables.names import LABEL_PERCENT_KEY, METHOD_KEY, TUNED_KEYS
 
 PAPER_GRID = (0.01, 0.1, 1.0, 10.0)  # paper 000's grid for lambda_SC and lambda_joint
 
@@ -71,8 +71,11 @@ class Range:
 DEFAULT_RANGES: dict[str, Range] = {
     "loss.lambda_sc": Range(0.01, 10.0),
     "loss.lambda_joint": Range(0.01, 10.0),
-    GUIDANCE_SCALE_KEY: Range(0.5, 4.0),
 }
+# The scales every guided trial sweeps when the spec gives none: 1 is the plain conditional
+# (exact posterior for CG, the conditional model for CFG, gamma = 1 + w), the rest span the
+# over-guided side the papers sweep (paper 001 App. D) and one under-guided point.
+DEFAULT_GUIDANCE_SCALES = (0.5, 1.0, 2.0, 4.0)
 PRESET_RANGES: dict[str, Range] = {"paper": Range(choices=PAPER_GRID)}
 
 

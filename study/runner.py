@@ -96,7 +96,7 @@ def _study_context(spec: StudySpec, study_dir: Path) -> Any:
         threads=max(1, int(resources.cpus_per_trial)),  # per process: the trial's or a worker's
         local_mode=resources.num_workers == 0,
         eval_every_epoch=spec.scheduler.type == "asha",
-        objectives=tuple(o.metric for o in spec.objectives),
+        objectives=tuple((o.metric, o.mode) for o in spec.objectives),
     )
     return StudyContext(
         trial=trial,

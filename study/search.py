@@ -15,7 +15,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from search_spaces import DEFAULT_RANGES, Range, cell_points
 from study.spec import StudySpec
-from trainables.names import LABEL_PERCENT_KEY, METHOD_KEY, TUNED_KEYS
+from trainables.names import LABEL_PERCENT_KEY, METHOD_KEY, TUNED_KEYS, VALIDATION_PREFIX
 
 
 class FinalResultOptunaSearch(OptunaSearch):
@@ -64,9 +64,10 @@ class CellSearcher(Searcher):
     MAX_REPEATS = 20  # proposals in a row that repeat a run configuration close the cell
 
     def __init__(self, spec: StudySpec, study_dir: Path, points: list[dict] | None = None) -> None:
-        metrics = [o.metric for o in spec.objectives]
+        # Selection reads the validation split's values (val/<metric>), never the reported ones.
+        metrics = [selection_metric(o.metric) for o in spec.objectives]
         super().__init__(metric=metrics[0], mode=spec.objectives[0].mode)
-        self.objectives = [(o.metric, o.mode) for o in spec.objectives]
+        self.objectives = [(selection_metric(o.metric), o.mode) for o in spec.objectives]
         self.study_name, self.seed = spec.name, spec.seed
         self.ranges = dict(spec.search)
         self.storage_url = f"sqlite:///{study_dir / 'optuna.db'}"
@@ -199,6 +200,8 @@ class CellSearcher(Searcher):
             return
         cell, number = self.live.pop(trial_id)
         values = [(result or {}).get(metric) for metric, _ in self.objectives]
+        if not (result or {}).get("final"):  # stopped before its final evaluation
+            values = [None]
         if error:
             state, told = optuna.trial.TrialState.FAIL, None
         elif any(v is None for v in values):
@@ -218,6 +221,11 @@ class CellSearcher(Searcher):
     def total(self) -> int:
         """The study's trial budget (Tune's num_samples)."""
         return len(self.points) if self.points is not None else sum(self.budget.values())
+
+
+def selection_metric(metric: str) -> str:
+    """The name of an objective's validation value, the one searches and schedulers compare."""
+    return f"{VALIDATION_PREFIX}{metric}"
 
 
 def make_searcher(
@@ -292,7 +300,7 @@ def make_scheduler(spec: StudySpec) -> CellAwareASHA | None:
     mode = next(o.mode for o in spec.objectives if o.metric == spec.scheduler.metric)
     return CellAwareASHA(
         time_attr="eval_epoch",
-        metric=spec.scheduler.metric,
+        metric=selection_metric(spec.scheduler.metric),
         mode=mode,
         max_t=spec.epochs_per_trial(),
         grace_period=spec.scheduler.grace_period,

@@ -19,7 +19,7 @@ from urllib.parse import urlparse
 
 import yaml
 
-from search_spaces import DEFAULT_RANGES, Range
+from search_spaces import DEFAULT_GUIDANCE_SCALES, DEFAULT_RANGES, Range
 from search_spaces.spaces import PRESET_RANGES
 from study.errors import SpecError
 from trainables import names
@@ -31,8 +31,9 @@ DEFAULT_PRESET = "toy"
 TOP_KEYS = {
     "name", "dataset", "methods", "label_percents", "num_trials", "objectives", "scheduler",
     "search", "resources", "seed", "config", "storage", "tracking_uri", "address", "base_config",
-    "preset", "study_id", "trials_per_cell",
+    "preset", "study_id", "trials_per_cell", "guidance",
 }  # fmt: skip
+GUIDANCE_KEYS = {"scales", "val_num_per_class"}
 RESOURCE_KEYS = {
     "cpus_per_trial", "gpus_per_trial", "num_workers", "max_concurrent_trials", "max_failures"
 }  # fmt: skip
@@ -101,6 +102,9 @@ class StudySpec:
     address: str | None = None
     study_id: str | None = None  # set when the study is created; tags every MLflow run it owns
     trials_per_cell: int | None = None  # each cell's budget (a cell without knobs: 1)
+    # Swept inside every guided trial on the validation split (sample.guidance_grid).
+    guidance_scales: tuple[float, ...] = DEFAULT_GUIDANCE_SCALES
+    val_num_per_class: int | None = None  # eval.val_num_per_class (None: the config's)
 
     def cell_budgets(self) -> dict[tuple[str, float], int]:
         """Trials per (method, label %) cell: trials_per_cell each, or num_trials dealt round
@@ -120,7 +124,15 @@ class StudySpec:
         """Flat params shared by every trial: the spec's seed for every seed key (train, data,
         split, sample) unless `config` sets one itself, then `config`, then the dataset."""
         seed_keys = ("train.seed", "data.seed", "data.split_seed", "sample.seed")
-        return {**dict.fromkeys(seed_keys, self.seed), **self.config, "data.name": self.dataset}
+        guidance: dict[str, Any] = {"sample.guidance_grid": tuple(self.guidance_scales)}
+        if self.val_num_per_class is not None:
+            guidance["eval.val_num_per_class"] = self.val_num_per_class
+        return {
+            **dict.fromkeys(seed_keys, self.seed),
+            **guidance,
+            **self.config,
+            "data.name": self.dataset,
+        }
 
     def epochs_per_trial(self) -> int:
         """Epochs of one artifact's training (ASHA's time axis)."""
@@ -146,6 +158,14 @@ class StudySpec:
             "seed": self.seed,
             "config": dict(self.config),
             "base_config": self.base_config,
+            "guidance": {
+                "scales": list(self.guidance_scales),
+                **(
+                    {"val_num_per_class": self.val_num_per_class}
+                    if self.val_num_per_class is not None
+                    else {}
+                ),
+            },
             **{k: getattr(self, k) for k in optional if getattr(self, k) is not None},
         }
 
@@ -286,6 +306,51 @@ def _ranges(raw: Any, errors: list[str]) -> dict[str, Range]:
             errors.extend(rng.check(key))
             ranges[key] = rng
     return ranges
+
+
+def _guidance(raw: Any, search: Any, errors: list[str]) -> tuple[tuple[float, ...], int | None]:
+    """The guidance section: {scales: [...], val_num_per_class: N}. A spec written before the
+    sweep (search: sample.guidance_scale) gives its choices, or 5 log-spaced points of its range
+    (with 1 when inside), as the scales."""
+    legacy = search.pop("sample.guidance_scale", None) if isinstance(search, dict) else None
+    if raw is None and legacy is not None:
+        rng = _range("sample.guidance_scale", legacy, errors)
+        if rng is None or rng.check("sample.guidance_scale"):
+            errors.extend(rng.check("sample.guidance_scale") if rng else [])
+            return DEFAULT_GUIDANCE_SCALES, None
+        if rng.choices is not None:
+            return tuple(sorted(set(rng.choices))), None
+        points = (
+            [rng.low * (rng.high / rng.low) ** (i / 4) for i in range(5)]
+            if rng.log
+            else [rng.low + (rng.high - rng.low) * i / 4 for i in range(5)]
+        )
+        inside = [1.0] if rng.low <= 1.0 <= rng.high else []
+        return tuple(sorted({round(p, 6) for p in points} | set(inside))), None
+    raw = {} if raw is None else raw
+    if not isinstance(raw, dict) or set(raw) - GUIDANCE_KEYS:
+        errors.append(f"guidance: expected {{scales: [...], val_num_per_class: N}}, got {raw!r}")
+        return DEFAULT_GUIDANCE_SCALES, None
+    scales = raw.get("scales", list(DEFAULT_GUIDANCE_SCALES))
+    if (
+        not isinstance(scales, list)
+        or not scales
+        or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in scales)
+    ):
+        errors.append(f"guidance.scales: give a non-empty list of numbers, got {scales!r}")
+        return DEFAULT_GUIDANCE_SCALES, None
+    if any(v < 0 or not math.isfinite(v) for v in scales):
+        errors.append(
+            f"guidance.scales: guidance scales must be finite and >= 0 (1 = plain conditional), "
+            f"got {scales}"
+        )
+    per_class = raw.get("val_num_per_class")
+    if per_class is not None and (not _is_int(per_class) or per_class < 1):
+        errors.append(
+            f"guidance.val_num_per_class: validation samples per class must be an integer >= 1, "
+            f"got {per_class!r}"
+        )
+    return tuple(dict.fromkeys(float(v) for v in scales)), per_class
 
 
 def _scheduler(raw: Any, objectives: list[Objective], errors: list[str]) -> Scheduler:
@@ -480,7 +545,10 @@ def validate(raw: dict) -> StudySpec:
     default_objectives = [{"metric": "guided_score_cos", "mode": "max"}]
     objectives = _objectives(raw.get("objectives", default_objectives), errors)
     scheduler = _scheduler(raw.get("scheduler", "fifo"), objectives, errors)
-    search = _ranges(raw.get("search", {}), errors)
+    raw_search = raw.get("search") or {}
+    raw_search = dict(raw_search) if isinstance(raw_search, dict) else raw_search
+    scales, val_per_class = _guidance(raw.get("guidance"), raw_search, errors)
+    search = _ranges(raw_search, errors)
     resources = _resources(raw.get("resources", {}), errors)
     seed = raw.get("seed", 0)
     if not _is_int(seed) or not 0 <= seed < 2**31:
@@ -524,6 +592,8 @@ def validate(raw: dict) -> StudySpec:
         address=raw.get("address") or os.environ.get("RAY_ADDRESS") or None,
         study_id=study_id,
         trials_per_cell=per_cell,
+        guidance_scales=scales,
+        val_num_per_class=val_per_class,
     )
     if per_cell is not None:  # the total follows from the cells' budgets
         spec = replace(spec, num_trials=sum(spec.cell_budgets().values()))

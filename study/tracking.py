@@ -21,11 +21,13 @@ from ray.tune.experiment import Trial
 from study.errors import StudyError
 from trainables.names import (
     ARTIFACTS_RECORD,
+    CURVE_IMAGE,
     ERROR_RECORD,
     FINAL_RECORD,
     LABEL_PERCENT_KEY,
     METHOD_KEY,
     TAGS_RECORD,
+    parse_curve_key,
 )
 
 TERMINAL = {"FINISHED", "FAILED", "KILLED"}
@@ -247,6 +249,14 @@ class MLflowTracker(tune.Callback):
             and math.isfinite(float(v))
         ]
         metrics.append(Metric(STEP_METRIC, float(step), now, step))
+        if result.get("final"):
+            # The validation guidance curve as a metric history the MLflow UI charts:
+            # guidance_curve/<metric> at step = round(100 x scale).
+            for key, value in result.items():
+                parsed = parse_curve_key(str(key))
+                if parsed and math.isfinite(float(value)):
+                    name = f"guidance_curve/{parsed[0]}"
+                    metrics.append(Metric(name, float(value), now, round(100 * parsed[1])))
         self.client.log_batch(run_id, metrics=metrics)
         self.on_event("result", trial, result)
 
@@ -266,7 +276,8 @@ class MLflowTracker(tune.Callback):
             for name, value in _failure_tags(self.record_root / trial.trial_id, trial).items():
                 self.client.set_tag(run_id, name, value)
         for picture in sorted((self.record_root / trial.trial_id).glob("*.png")):
-            self.client.log_artifact(run_id, str(picture), "samples")
+            folder = "plots" if picture.name == CURVE_IMAGE else "samples"
+            self.client.log_artifact(run_id, str(picture), folder)
         if status == "FINISHED" and not (trial.last_result or {}).get("final"):
             # Stopped by the scheduler (ASHA) before its final evaluation.
             self.client.set_tag(run_id, "early_stopped", "true")

@@ -101,6 +101,9 @@ class SampleConfig:
     num_steps: int = 200
     snr: float = 0.16  # Langevin corrector signal-to-noise ratio
     guidance_scale: float = 1.0  # gamma: lambda_CG for CG, 1 + w for CFG; 1 = plain conditional
+    # Scales swept at sampling time inside a trial, scored on the validation split; the best one
+    # (by the first objective) is evaluated in full. Empty: guidance_scale only.
+    guidance_grid: tuple[float, ...] = ()
     num_per_class: int = 500
     seed: int = 0
     batch_size: int = 1000  # samples drawn together (classes mixed); chunks are seeded from seed
@@ -113,6 +116,9 @@ class EvalConfig:
     sigmas: tuple[float, ...] = (0.05, 0.1, 0.2, 0.5, 1.0)
     num_points: int = 1000  # toy: points per noise level; images: held-out images
     seed: int = 1234
+    # Validation split (selection of the guidance scale and of the lambdas; never the reported
+    # numbers): samples per class per swept scale, 0 = a quarter of sample.num_per_class (>= 8).
+    val_num_per_class: int = 0
     # Noise bands of the SC diagnostics (sc_ratio_band<i>: sigma in [edge_i, edge_i+1)), clipped to
     # [sde.sigma_min, sde.sigma_max].
     sc_bands: tuple[float, ...] = (0.01, 0.1, 1.0, 5.0, 20.0)
@@ -203,7 +209,7 @@ BASE_CONFIGS: dict[str, dict[str, Any]] = {
         # study, seed 0). Kept for the CIFAR bases, which follow score_sde.
         "model.center_input": False,
         "data.num_train": 512,
-        "data.num_test": 256,
+        "data.num_test": 512,  # 256 test rows, 256 validation rows (evaluation.images)
         "data.image_size": 16,
         "model.arch": "ncsnpp",
         **{f"model.{k}": v for k, v in NCSNPP_SIZES["tiny"].items()},
@@ -266,7 +272,7 @@ def _coerce(value: Any, current: Any, key: str) -> Any:
         return bool(value)
     if isinstance(current, tuple):
         if isinstance(value, str):
-            value = [v for v in value.split(",") if v.strip()]
+            value = [v for v in value.strip("()[] ").split(",") if v.strip()]
         return tuple(_coerce(v, current[0] if current else 0.0, key) for v in value)
     try:
         if isinstance(current, int):
@@ -339,6 +345,14 @@ def validate(config: TrialConfig) -> TrialConfig:
         )
     if config.sample.guidance_scale < 0:
         raise ValueError(f"sample.guidance_scale must be >= 0, got {config.sample.guidance_scale}")
+    if any(s < 0 for s in config.sample.guidance_grid):
+        raise ValueError(
+            f"sample.guidance_grid scales must be >= 0, got {list(config.sample.guidance_grid)}"
+        )
+    if config.eval.val_num_per_class < 0:
+        raise ValueError(
+            f"eval.val_num_per_class must be >= 0, got {config.eval.val_num_per_class}"
+        )
     from trainables.samplers import SAMPLERS
 
     if config.sample.sampler not in SAMPLERS:

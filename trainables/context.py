@@ -18,6 +18,6 @@ class TrialContext:
     threads: int = 1  # torch threads per process: resources.cpus_per_trial
     local_mode: bool = True  # Train's local mode: the worker runs in the Tune trial's process
     eval_every_epoch: bool = False  # ASHA: evaluate the objective every epoch of the last artifact
-    objectives: tuple[
-        str, ...
-    ] = ()  # metrics the search optimises: a NaN / inf one fails the trial
+    # (metric, "min" | "max") the search optimises, on the validation split; the first one also
+    # chooses the guidance scale. A NaN / inf one fails the trial.
+    objectives: tuple[tuple[str, str], ...] = ()

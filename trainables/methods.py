@@ -214,10 +214,10 @@ class Method:
 
     @property
     def tuned_keys(self) -> tuple[str, ...]:
-        """The keys its search tunes: tuned loss weights, then the guidance scale if it guides."""
+        """The keys its search tunes: its tuned loss weights (the guidance scale is swept inside
+        every trial instead; trainables.evaluation)."""
         weights = [t.weight_key for a in self.artifacts for t in a.terms if t.tuned]
-        scale = (names.GUIDANCE_SCALE_KEY,) if self.guidance != "none" else ()
-        return tuple(dict.fromkeys(weights)) + scale
+        return tuple(dict.fromkeys(weights))
 
 
 SC = names.LAMBDA_SC_KEY

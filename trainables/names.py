@@ -28,18 +28,21 @@ GUIDANCE_SCALE_KEY = "sample.guidance_scale"
 LAMBDA_SC_KEY = "loss.lambda_sc"
 LAMBDA_JOINT_KEY = "loss.lambda_joint"
 
-# The keys each method's search tunes: the tuned loss weights of its registry record, then the
-# guidance scale when it samples with guidance (Cond has none).
+# The keys each method's search tunes inside its cell: the tuned loss weights of its registry
+# record. The guidance scale is not one of them: it only changes sampling, so every trial sweeps
+# sample.guidance_grid on the validation split (trainables.evaluation) and reports its choice.
 TUNED_KEYS: dict[str, tuple[str, ...]] = {
-    "CG": (GUIDANCE_SCALE_KEY,),
-    "CG-SC-labeled": (LAMBDA_SC_KEY, GUIDANCE_SCALE_KEY),
-    "CG-SC-all": (LAMBDA_SC_KEY, GUIDANCE_SCALE_KEY),
-    "CG-DLSM": (GUIDANCE_SCALE_KEY,),
-    "Joint-SC": (LAMBDA_JOINT_KEY, GUIDANCE_SCALE_KEY),
+    "CG": (),
+    "CG-SC-labeled": (LAMBDA_SC_KEY,),
+    "CG-SC-all": (LAMBDA_SC_KEY,),
+    "CG-DLSM": (),
+    "Joint-SC": (LAMBDA_JOINT_KEY,),
     "Cond": (),
-    "CFG-labeled": (GUIDANCE_SCALE_KEY,),
-    "CFG-all": (GUIDANCE_SCALE_KEY,),
+    "CFG-labeled": (),
+    "CFG-all": (),
 }
+# Methods that sample with guidance (Cond samples its conditional model as it is).
+GUIDED = frozenset(m for m in METHODS if m != "Cond")
 # Methods whose networks give a classifier (logits) and an unconditional score.
 WITH_CLASSIFIER = frozenset({"CG", "CG-SC-labeled", "CG-SC-all", "CG-DLSM", "Joint-SC"})
 WITH_SCORE = WITH_CLASSIFIER
@@ -110,11 +113,45 @@ def reported_metrics(method: str, *, images: bool, generation: bool = True) -> f
     return frozenset(out)
 
 
+# ---- selection: validation split and the guidance sweep ---------------------------------------
+VALIDATION_PREFIX = "val/"  # val/<metric>: the validation split's value (the searcher reads it)
+CHOSEN_SCALE = "guidance_scale"  # the metric holding the scale a trial chose on validation
+# Validation metrics kept per swept scale (beside the objectives): paper 001 App. D's curves.
+CURVE_METRICS = (
+    "fid",
+    "intra_fid",
+    "inception_score",
+    "gen_accuracy",
+    "guided_dsm",
+    "guided_score_cos",
+    "energy_distance",
+)
+CURVE_PREFIX = "curve/"
+
+
+def curve_key(metric: str, scale: float) -> str:
+    """The flat metric holding metric's validation value at one swept scale, e.g.
+    curve/gen_accuracy/g1.5."""
+    return f"{CURVE_PREFIX}{metric}/g{scale:g}"
+
+
+def parse_curve_key(key: str) -> tuple[str, float] | None:
+    """(metric, scale) of a curve_key; None for any other key."""
+    if not key.startswith(CURVE_PREFIX) or "/g" not in key:
+        return None
+    metric, _, scale = key.removeprefix(CURVE_PREFIX).rpartition("/g")
+    try:
+        return metric, float(scale)
+    except ValueError:
+        return None
+
+
 # ---- trial records: what the worker writes for the driver, under <study>/trials/<trial id>/
 # -------
 FINAL_RECORD = "final.json"  # the final result, replayed (not retrained) after a restore
 TAGS_RECORD = "tags.json"  # MLflow tags (feature extractor, evaluation classifier, warnings)
 ARTIFACTS_RECORD = "artifacts.json"  # artifact name -> its folder in the artifact cache
 SAMPLES_IMAGE = "samples.png"  # grid of guided samples (images)
+CURVE_IMAGE = "guidance_curve.png"  # the trial's validation guidance curve
 ERROR_RECORD = "error.json"  # why a trial failed: exception type, message, step
 SPEC_FILE = "spec.yaml"  # a study directory's validated spec

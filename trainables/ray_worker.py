@@ -29,7 +29,7 @@ from trainables.config import TrialConfig, from_flat
 from trainables.context import TrialContext
 from trainables.data.images import IMAGE_DATASETS, ImageData, make_images
 from trainables.data.toy import ToyData, make_toy
-from trainables.evaluation import TrialEvaluator
+from trainables.evaluation import Sweep, TrialEvaluator
 from trainables.fit import (
     CHECKPOINT_FILE,
     Distributed,
@@ -142,8 +142,12 @@ def _cached_provider(
         evaluate = None
         if context.eval_every_epoch and artifact is last and dist.rank == 0:
             # ASHA compares trials by the objective at each epoch of the method's last artifact.
+            # The validation split at the base scale: selection never sees the test split.
             def evaluate(ema: nn.Module, epoch: int) -> dict:
-                return {**evaluator({**done, artifact.network: ema})[0], "eval_epoch": epoch}
+                networks = {**done, artifact.network: ema}
+                scale = config.sample.guidance_scale
+                sweep = evaluator.validate(networks, [scale], context.objectives)
+                return {**validation_metrics(sweep.metrics), "eval_epoch": epoch}
 
         def train(folder: Path) -> nn.Module:
             if not context.local_mode:
@@ -205,11 +209,59 @@ class ObjectiveError(ValueError):
     """A trial whose objective is missing, NaN or infinite: it fails instead of finishing."""
 
 
-def _check_objectives(metrics: dict[str, float], objectives: tuple[str, ...]) -> None:
-    """Raise ObjectiveError naming every objective the final metrics lack or hold as NaN / inf."""
-    bad = {m: metrics.get(m) for m in objectives if not math.isfinite(metrics.get(m, math.nan))}
+def validation_metrics(metrics: dict[str, float]) -> dict[str, float]:
+    """Validation-split metrics under their reported names (the searcher reads val/<objective>)."""
+    return {f"{names.VALIDATION_PREFIX}{k}": v for k, v in metrics.items()}
+
+
+def _check_objectives(metrics: dict[str, float], objectives: tuple[tuple[str, str], ...]) -> None:
+    """Raise ObjectiveError naming every objective (validation or test value) the final metrics
+    lack or hold as NaN / inf."""
+    wanted = [key for m, _ in objectives for key in (m, f"{names.VALIDATION_PREFIX}{m}")]
+    bad = {m: metrics.get(m) for m in wanted if not math.isfinite(metrics.get(m, math.nan))}
     if bad:
         raise ObjectiveError(f"objective(s) not finite: {bad}")
+
+
+def guidance_grid(config: TrialConfig) -> tuple[float, ...]:
+    """The scales a trial sweeps: sample.guidance_grid for a guided method, else the one scale."""
+    if get_method(config.method).guidance == "none" or not config.sample.guidance_grid:
+        return (config.sample.guidance_scale,)
+    return config.sample.guidance_grid
+
+
+def _curve_metrics(sweep: Sweep, objectives: tuple[tuple[str, str], ...]) -> dict[str, float]:
+    """The validation curve as flat metrics curve/<metric>/g<scale> (objectives and the papers'
+    curve metrics; names.curve_key)."""
+    keep = {m for m, _ in objectives} | set(names.CURVE_METRICS)
+    return {
+        names.curve_key(metric, scale): value
+        for scale, metrics in sweep.curve.items()
+        for metric, value in metrics.items()
+        if metric in keep
+    }
+
+
+def _plot_curve(sweep: Sweep, objectives: tuple[tuple[str, str], ...], path: Path) -> None:
+    """The trial's validation guidance curve (one panel per objective), the chosen scale marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics = [m for m, _ in objectives] or sorted(next(iter(sweep.curve.values())))[:1]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.5 * len(metrics), 3.2), squeeze=False)
+    scales = sorted(sweep.curve)
+    for ax, metric in zip(axes[0], metrics):
+        ax.plot(scales, [sweep.curve[s].get(metric, math.nan) for s in scales], marker="o")
+        ax.axvline(sweep.scale, color="grey", linestyle="--", label=f"chosen {sweep.scale:g}")
+        ax.set_xlabel("guidance scale gamma (lambda_CG; 1 + w for CFG)")
+        ax.set_ylabel(f"validation {metric}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 def _write_error(record: Path, error: BaseException) -> None:
@@ -248,22 +300,32 @@ def _run_trial(context: TrialContext) -> None:
     if dist.rank != 0:
         report({"final": 1.0})  # ray.train.report is a barrier: every rank reports as often
         return
-    # Evaluate on rank 0, write the trial's records, report the final result.
+    # On rank 0: sweep the guidance grid on the validation split, choose the scale, evaluate the
+    # test split at it, write the trial's records, report the final result.
     start = time.perf_counter()
-    metrics, samples = evaluator(networks)
+    sweep = evaluator.validate(networks, guidance_grid(config), context.objectives)
+    metrics, samples = evaluator(networks, scale=sweep.scale)
     ledger.metrics["cost/sampling_score_evals"] = evaluator.sampling_score_evals()
+    ledger.metrics["cost/val_sampling_score_evals"] = evaluator.val_sampling_score_evals
     ledger.metrics["cost/eval_seconds"] = time.perf_counter() - start
     epochs = math.ceil(config.train.steps / config.train.steps_per_epoch)
-    final = {**metrics, **ledger.metrics, "eval_epoch": epochs, "final": 1.0}
+    final = {
+        **metrics,
+        **validation_metrics(sweep.metrics),
+        **_curve_metrics(sweep, context.objectives),
+        **ledger.metrics,
+        "eval_epoch": epochs,
+        "final": 1.0,
+    }
+    if get_method(config.method).guidance != "none":
+        final[names.CHOSEN_SCALE] = sweep.scale
     final = {k: float(v) for k, v in final.items()}
     _check_objectives(final, context.objectives)
+    record = Path(context.record_dir)
+    if len(sweep.curve) > 1:
+        record.mkdir(parents=True, exist_ok=True)
+        _plot_curve(sweep, context.objectives, record / names.CURVE_IMAGE)
     _write_records(
-        Path(context.record_dir),
-        ledger,
-        context.cache_dir,
-        evaluator,
-        samples,
-        final,
-        config.sample.num_per_class,
+        record, ledger, context.cache_dir, evaluator, samples, final, config.sample.num_per_class
     )
     report(final)

@@ -11,6 +11,7 @@ from analysis.tables import (
     KNOB_COLUMNS,
     best_per_cell,
     comparison_table,
+    curve_points,
     export_best,
     pareto_set,
     per_class_table,
@@ -111,34 +112,47 @@ def test_per_class_table_reads_class_columns():
     assert table.loc[("CG", 0), (5.0, "intra_fid")] == 1.0
 
 
-def test_export_best_writes_a_runnable_spec_with_the_winning_knobs(tmp_path):
+def test_export_best_writes_a_runnable_spec_with_the_winning_knobs_and_chosen_scale(tmp_path):
     runs = _runs(
         {"method": "CG-SC-all", "label_percent": 5.0, "gen_accuracy": 0.5, "loss.lambda_sc": 0.1,
-         "sample.guidance_scale": 2.0},
+         "guidance_scale": 2.0},
         {"method": "CG-SC-all", "label_percent": 5.0, "gen_accuracy": 0.6, "loss.lambda_sc": 3.0,
-         "sample.guidance_scale": 1.5},
+         "guidance_scale": 1.5},
     )  # fmt: skip
-    spec = {"name": "s", "methods": ["CG-SC-all"], "label_percents": [5], "num_trials": 9}
+    spec = {"name": "s", "methods": ["CG-SC-all"], "label_percents": [5], "num_trials": 9,
+            "guidance": {"scales": [0.5, 1, 2], "val_num_per_class": 7}}  # fmt: skip
     (path,) = export_best(runs, spec, OBJ, tmp_path)
     written = yaml.safe_load(path.read_text())
-    assert written["search"] == {
-        "loss.lambda_sc": {"choices": [3.0]},
-        "sample.guidance_scale": {"choices": [1.5]},
-    }
+    assert written["search"] == {"loss.lambda_sc": {"choices": [3.0]}}
+    assert written["guidance"] == {"scales": [1.5], "val_num_per_class": 7}
     assert written["num_trials"] == 1 and written["trials_per_cell"] == 1
     assert written["methods"] == ["CG-SC-all"]
+    from study.spec import validate
+
+    assert validate(written).guidance_scales == (1.5,)  # runnable as written
 
 
-def test_write_report_writes_tables_and_a_guidance_curve(tmp_path):
+def test_selection_reads_the_validation_value_and_the_table_reports_the_test_value():
     runs = _runs(
-        {"method": "CG", "label_percent": 5.0, "gen_accuracy": 0.5, "sample.guidance_scale": 1.0},
-        {"method": "CG", "label_percent": 5.0, "gen_accuracy": 0.7, "sample.guidance_scale": 2.0},
+        {"method": "CG", "label_percent": 5.0, "gen_accuracy": 0.9, "val/gen_accuracy": 0.5},
+        {"method": "CG", "label_percent": 5.0, "gen_accuracy": 0.6, "val/gen_accuracy": 0.7},
     )
+    table = comparison_table(runs, OBJ, metrics=("gen_accuracy", "val/gen_accuracy"))
+    assert table.loc["CG", (5.0, "gen_accuracy")] == 0.6  # the test value of the val-best trial
+    assert table.loc["CG", (5.0, "val/gen_accuracy")] == 0.7
+
+
+def test_write_report_plots_the_best_trials_validation_guidance_curve(tmp_path):
+    runs = _runs(
+        {"method": "CG", "label_percent": 5.0, "gen_accuracy": 0.5, "val/gen_accuracy": 0.6,
+         "guidance_scale": 2.0, "curve/gen_accuracy/g1": 0.5, "curve/gen_accuracy/g2": 0.6},
+    )  # fmt: skip
     table, files = write_report(runs, [OBJ], tmp_path)
     names = {p.name for p in files}
     assert {"comparison.md", "comparison.csv", "guidance_gen_accuracy.png"} <= names
     assert all(p.exists() for p in files)
     assert not math.isnan(table.loc["CG", (5.0, "gen_accuracy")])
+    assert curve_points(runs.iloc[0], "gen_accuracy") == [(1.0, 0.5), (2.0, 0.6)]
 
 
 @pytest.mark.parametrize("status", ["FAILED", "KILLED", "RUNNING"])
@@ -150,12 +164,12 @@ def test_only_finished_runs_reach_the_table(status):
 def test_the_table_shows_each_cells_chosen_knobs_only_where_the_method_tunes_them():
     runs = _runs(
         {"method": "CG-SC-all", "label_percent": 5.0, "gen_accuracy": 0.6, "loss.lambda_sc": 0.1,
-         "loss.lambda_joint": 1.0, "sample.guidance_scale": 2.0},
+         "loss.lambda_joint": 1.0, "guidance_scale": 2.0},
         {"method": "Cond", "label_percent": 5.0, "gen_accuracy": 0.9, "loss.lambda_sc": 1.0,
-         "loss.lambda_joint": 1.0, "sample.guidance_scale": 1.0},
+         "loss.lambda_joint": 1.0},
     )  # fmt: skip
     table = comparison_table(runs, OBJ, metrics=("gen_accuracy", *KNOB_COLUMNS))
     assert table.loc["CG-SC-all", (5.0, "loss.lambda_sc")] == 0.1
-    assert table.loc["CG-SC-all", (5.0, "sample.guidance_scale")] == 2.0
+    assert table.loc["CG-SC-all", (5.0, "guidance_scale")] == 2.0
     assert pd.isna(table.loc["CG-SC-all", (5.0, "loss.lambda_joint")])  # not its knob
-    assert pd.isna(table.loc["Cond", (5.0, "sample.guidance_scale")])  # Cond tunes nothing
+    assert pd.isna(table.loc["Cond", (5.0, "guidance_scale")])  # Cond does not guide

@@ -9,22 +9,11 @@ def _fixed(params):
     return optuna.trial.FixedTrial(params)
 
 
-def test_sc_methods_search_lambda_sc_and_scale_only():
-    trial = _fixed(
-        {
-            "method": "CG-SC-all",
-            "data.label_percent": 5,
-            "loss.lambda_sc": 0.3,
-            "sample.guidance_scale": 2.0,
-        }
-    )
+def test_sc_methods_search_lambda_sc_only():
+    trial = _fixed({"method": "CG-SC-all", "data.label_percent": 5, "loss.lambda_sc": 0.3})
     define_space(trial, ["CG-SC-all"], [5], {})
-    assert set(trial.params) == {
-        "method",
-        "data.label_percent",
-        "loss.lambda_sc",
-        "sample.guidance_scale",
-    }
+    # The guidance scale is swept inside every trial at sampling time, never searched.
+    assert set(trial.params) == {"method", "data.label_percent", "loss.lambda_sc"}
 
 
 def test_joint_searches_lambda_joint_not_lambda_sc():
@@ -41,10 +30,10 @@ def test_joint_searches_lambda_joint_not_lambda_sc():
 
 
 @pytest.mark.parametrize("method", ["CG", "CG-DLSM", "CFG-labeled", "CFG-all"])
-def test_guided_methods_without_weights_search_only_the_scale(method):
-    trial = _fixed({"method": method, "data.label_percent": 20, "sample.guidance_scale": 1.0})
+def test_guided_methods_without_weights_search_nothing(method):
+    trial = _fixed({"method": method, "data.label_percent": 20})
     define_space(trial, [method], [20], {})
-    assert set(trial.params) == {"method", "data.label_percent", "sample.guidance_scale"}
+    assert set(trial.params) == {"method", "data.label_percent"}
 
 
 def test_cond_searches_no_weight_and_no_scale():
@@ -81,12 +70,12 @@ def test_paper_grid_preset_is_categorical():
 
 
 def test_space_samples_in_a_real_study_within_ranges():
-    space = make_space(list(TUNED_KEYS), [5, 100], {"sample.guidance_scale": Range(1.0, 2.0)})
+    space = make_space(list(TUNED_KEYS), [5, 100], {"loss.lambda_joint": Range(1.0, 2.0)})
     study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=0))
     for _ in range(30):
         trial = study.ask()
         space(trial)
-        assert 1.0 <= trial.params.get("sample.guidance_scale", 1.5) <= 2.0
+        assert 1.0 <= trial.params.get("loss.lambda_joint", 1.5) <= 2.0
         assert 0.01 <= trial.params.get("loss.lambda_sc", 1.0) <= 10
         study.tell(trial, 0.0)
 
@@ -105,7 +94,7 @@ def test_cell_points_cover_every_cell_at_the_default_settings():
         [5, 100],
         {
             "loss.lambda_sc": Range(choices=(0.01, 0.1, 1.0, 10.0)),
-            "sample.guidance_scale": Range(2.0, 8.0),
+            "loss.lambda_joint": Range(2.0, 8.0),
         },
     )
     assert [(p["method"], p["data.label_percent"]) for p in points] == [
@@ -116,10 +105,7 @@ def test_cell_points_cover_every_cell_at_the_default_settings():
     ]
     # lambda_SC = 1 (the papers' choice); a range without 1 gives its geometric middle; Cond tunes
     # nothing.
-    assert points[0] == {
-        "method": "CG-SC-all",
-        "data.label_percent": 5,
-        "loss.lambda_sc": 1.0,
-        "sample.guidance_scale": 4.0,
-    }
+    assert points[0] == {"method": "CG-SC-all", "data.label_percent": 5, "loss.lambda_sc": 1.0}
+    joint = cell_points(["Joint-SC"], [5], {"loss.lambda_joint": Range(2.0, 8.0)})[0]
+    assert joint["loss.lambda_joint"] == 4.0
     assert points[2] == {"method": "Cond", "data.label_percent": 5}

@@ -8,9 +8,14 @@ from trainables.names import TUNED_KEYS
 
 
 def _objective(config):
-    # A smooth synthetic objective: best at guidance scale 2 and lambda 1.
-    value = -abs(math.log(config.get("sample.guidance_scale", 1.0) / 2.0))
-    return value - abs(math.log(config.get("loss.lambda_sc", 1.0)))
+    # A smooth synthetic objective: best at lambda_SC 0.5 and lambda_joint 1.
+    value = -abs(math.log(config.get("loss.lambda_sc", 0.5) / 0.5))
+    return value - abs(math.log(config.get("loss.lambda_joint", 1.0)))
+
+
+def _result(value):
+    # A finished trial's result: the validation objective is what the searcher reads.
+    return {"val/guided_score_cos": value, "guided_score_cos": 0.0, "final": 1.0}
 
 
 def _drive(searcher, n, fail=()):
@@ -21,7 +26,7 @@ def _drive(searcher, n, fail=()):
             break
         configs.append(config)
         value = float("nan") if i in fail else _objective(config)
-        searcher.on_trial_complete(f"t{i}", {"guided_score_cos": value})
+        searcher.on_trial_complete(f"t{i}", _result(value))
     return configs
 
 
@@ -63,10 +68,10 @@ def test_trials_are_interleaved_so_an_early_stop_covers_every_cell(tmp_path):
 def test_results_reach_the_cell_study_and_a_nan_objective_fails_its_trial(tmp_path):
     import optuna
 
-    spec = validate({"methods": ["CG"], "label_percents": [5], "trials_per_cell": 3})
+    spec = validate({"methods": ["CG-SC-all"], "label_percents": [5], "trials_per_cell": 3})
     _drive(CellSearcher(spec, tmp_path), 3, fail={1})
     study = optuna.load_study(
-        study_name=cell_study_name(spec.name, ("CG", 5.0)),
+        study_name=cell_study_name(spec.name, ("CG-SC-all", 5.0)),
         storage=f"sqlite:///{tmp_path / 'optuna.db'}",
     )
     states = [t.state.name for t in study.get_trials()]
@@ -74,7 +79,9 @@ def test_results_reach_the_cell_study_and_a_nan_objective_fails_its_trial(tmp_pa
 
 
 def test_a_restored_searcher_runs_a_lost_configuration_again_within_the_budget(tmp_path):
-    spec = validate({"methods": ["CG", "CFG-all"], "label_percents": [20], "trials_per_cell": 3})
+    spec = validate(
+        {"methods": ["CG-SC-all", "Joint-SC"], "label_percents": [20], "trials_per_cell": 3}
+    )
     first = CellSearcher(spec, tmp_path)
     _drive(first, 2)
     first.save(str(tmp_path / "searcher.pkl"))
@@ -85,5 +92,24 @@ def test_a_restored_searcher_runs_a_lost_configuration_again_within_the_budget(t
     assert rest[-1] == "FINISHED"  # 2 before + 4 after = the budget of 2 cells x 3
     assert lost in rest[:-1]  # the lost configuration ran again, within the budget
     for i, config in enumerate(rest[:-1]):
-        second.on_trial_complete(f"r{i}", {"guided_score_cos": _objective(config)})
+        second.on_trial_complete(f"r{i}", _result(_objective(config)))
     assert fail_orphaned_trials(spec, tmp_path) == []  # no Optuna trial left RUNNING
+
+
+def test_optuna_is_told_the_validation_value_and_a_trial_without_final_is_pruned(tmp_path):
+    import optuna
+
+    spec = validate({"methods": ["CG-SC-all"], "label_percents": [5], "trials_per_cell": 2})
+    searcher = CellSearcher(spec, tmp_path)
+    searcher.suggest("a")
+    searcher.on_trial_complete("a", {"val/guided_score_cos": 0.25, "guided_score_cos": 0.9,
+                                     "final": 1.0})  # fmt: skip
+    searcher.suggest("b")  # stopped by ASHA: its last result is an epoch's, not the final one
+    searcher.on_trial_complete("b", {"val/guided_score_cos": 0.99, "eval_epoch": 1.0})
+    study = optuna.load_study(
+        study_name=cell_study_name(spec.name, ("CG-SC-all", 5.0)),
+        storage=f"sqlite:///{tmp_path / 'optuna.db'}",
+    )
+    a, b = study.get_trials()
+    assert a.value == 0.25  # never the reported (test) 0.9
+    assert b.state.name == "PRUNED"

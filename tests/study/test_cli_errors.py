@@ -98,6 +98,13 @@ BAD_INPUTS = [
         lambda p: _write(p, "config: {loss.sc_reduction: avg}\n"),
         "must be 'sum' or 'mean'",
     ),
+    (
+        "negative guidance scale",
+        lambda p: _write(p, "guidance: {scales: [1, -2]}\n"),
+        "guidance.scales: guidance scales must be finite and >= 0",
+    ),
+    ("empty guidance grid", lambda p: _write(p, "guidance: {scales: []}\n"), "non-empty list"),
+    ("trials_per_cell 0", lambda p: _write(p, "trials_per_cell: 0\n"), "trials_per_cell"),
 ]
 
 

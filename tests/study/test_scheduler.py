@@ -70,7 +70,9 @@ def test_asha_spec_defaults_to_the_first_objective_and_the_epoch_count():
     )
     assert spec.scheduler.metric == "gen_accuracy" and spec.to_dict()["scheduler"]["type"] == "asha"
     asha = make_scheduler(spec)
-    assert asha._max_t == 4 and asha._metric == "gen_accuracy" and asha._time_attr == "eval_epoch"
+    assert (
+        asha._max_t == 4 and asha._metric == "val/gen_accuracy" and asha._time_attr == "eval_epoch"
+    )
     assert make_scheduler(validate(_spec())) is None
 
 

@@ -1,7 +1,7 @@
 import pytest
 import yaml
 
-from study.spec import SpecError, load_spec, preset_names
+from study.spec import SpecError, load_spec, preset_names, validate
 
 
 def _write(tmp_path, data):
@@ -80,3 +80,25 @@ def test_image_dataset_with_the_toy_network_is_refused(tmp_path):
         SpecError, match=r"needs model.arch ncsnpp, got 'mlp'; use an image base_config"
     ):
         load_spec(_write(tmp_path, {"dataset": "tiny-images"}))
+
+
+def test_guidance_scales_default_to_a_grid_holding_the_plain_conditional_and_reach_the_trials():
+    spec = validate({"methods": ["CG"]})
+    assert 1.0 in spec.guidance_scales and spec.val_num_per_class is None
+    assert spec.base_params()["sample.guidance_grid"] == spec.guidance_scales
+    custom = validate(
+        {"methods": ["CG"], "guidance": {"scales": [2, 1, 2], "val_num_per_class": 9}}
+    )
+    assert custom.guidance_scales == (2.0, 1.0)  # repeats dropped, order kept
+    assert custom.base_params()["eval.val_num_per_class"] == 9
+    assert validate(custom.to_dict()) == custom  # spec.yaml round trip
+
+
+def test_a_spec_written_before_the_sweep_turns_its_scale_range_into_the_grid():
+    old = validate(
+        {"methods": ["CG"], "search": {"sample.guidance_scale": {"low": 0.5, "high": 8}}}
+    )
+    assert old.guidance_scales == (0.5, 1.0, 2.0, 4.0, 8.0)
+    assert "sample.guidance_scale" not in old.search
+    picked = {"sample.guidance_scale": {"choices": [3, 1.5]}}
+    assert validate({"methods": ["CG"], "search": picked}).guidance_scales == (1.5, 3.0)

@@ -26,7 +26,7 @@ TOY = {
 }
 
 
-def _run(tmp_path, monkeypatch, objectives=("gen_accuracy",), **params):
+def _run(tmp_path, monkeypatch, objectives=(("gen_accuracy", "max"),), **params):
     reports = []
     monkeypatch.setattr(ray.tune, "report", lambda metrics, **kw: reports.append(metrics))
     context = TrialContext(
@@ -43,6 +43,7 @@ def _run(tmp_path, monkeypatch, objectives=("gen_accuracy",), **params):
 def test_a_trial_reports_every_epoch_then_its_final_record(tmp_path, monkeypatch):
     reports = _run(tmp_path, monkeypatch)
     # Two artifacts (score model, classifier) x 2 epochs, then the final result.
+    assert set(reports[-1]) >= {"val/gen_accuracy", "gen_accuracy", "guidance_scale"}
     assert [r.get("epoch") for r in reports] == [1, 2, 1, 2, None]
     final = json.loads((tmp_path / "trial" / names.FINAL_RECORD).read_text())
     assert final == reports[-1] and 0 <= final["gen_accuracy"] <= 1
@@ -60,7 +61,7 @@ def test_a_nan_objective_fails_the_trial_with_its_reason(tmp_path, monkeypatch):
     real = evaluation.evaluate_toy
     # The evaluation returns NaN for the objective (as it does when no sample is finite).
     monkeypatch.setattr(
-        evaluation, "evaluate_toy", lambda *a: {**real(*a), "gen_accuracy": float("nan")}
+        evaluation, "evaluate_toy", lambda *a, **k: {**real(*a, **k), "gen_accuracy": float("nan")}
     )
     with pytest.raises(ObjectiveError, match="gen_accuracy"):
         _run(tmp_path, monkeypatch)
@@ -75,3 +76,45 @@ def test_a_diverging_trial_records_the_step_it_failed_at(tmp_path, monkeypatch):
     reason = json.loads((tmp_path / "trial" / names.ERROR_RECORD).read_text())
     assert reason["type"] == "FloatingPointError" and reason["step"] >= 1
     assert f"at step {reason['step']}" in reason["message"]
+
+
+def test_the_guidance_sweep_chooses_on_validation_and_reports_test_at_that_scale(
+    tmp_path, monkeypatch
+):
+    import trainables.evaluation as evaluation
+
+    real = evaluation.evaluate_toy
+
+    # Validation (held-out rows given) peaks at scale 2, the test split at scale 0.5: a sweep
+    # that looked at the reported numbers would choose 0.5.
+    def rigged(config, networks, data, **kw):
+        metrics = real(config, networks, data, **kw)
+        if kw.get("scaled", True):
+            best = 2.0 if kw.get("held_out") is not None else 0.5
+            metrics["gen_accuracy"] = -abs(config.sample.guidance_scale - best)
+        return metrics
+
+    monkeypatch.setattr(evaluation, "evaluate_toy", rigged)
+    grid = {"sample.guidance_grid": "0.5,1,2,4"}
+    final = _run(tmp_path, monkeypatch, **grid)[-1]
+    assert final["guidance_scale"] == 2.0
+    assert final["val/gen_accuracy"] == 0.0 and final["gen_accuracy"] == -1.5  # test at scale 2
+    curve = {s: final[names.curve_key("gen_accuracy", s)] for s in (0.5, 1.0, 2.0, 4.0)}
+    assert curve == {0.5: -1.5, 1.0: -1.0, 2.0: 0.0, 4.0: -2.0}
+    assert (tmp_path / "trial" / names.CURVE_IMAGE).exists()
+    # The sweep's sampling cost is counted: 4 scales x 2 classes x val samples x 5 ODE steps x 2.
+    assert final["cost/val_sampling_score_evals"] == 4 * 2 * 8 * 5 * 2
+
+
+def test_the_sweep_on_the_real_toy_metrics_picks_the_curves_best_scale(tmp_path, monkeypatch):
+    final = _run(tmp_path, monkeypatch, **{"sample.guidance_grid": "0.5,1,4"})[-1]
+    curve = {s: final[names.curve_key("gen_accuracy", s)] for s in (0.5, 1.0, 4.0)}
+    best = max(curve.values())
+    assert final["guidance_scale"] == next(s for s, v in curve.items() if v == best)
+    assert final["val/gen_accuracy"] == best
+
+
+def test_cond_does_not_sweep_and_reports_no_chosen_scale(tmp_path, monkeypatch):
+    final = _run(tmp_path, monkeypatch, method="Cond", **{"sample.guidance_grid": "0.5,2"})[-1]
+    assert "guidance_scale" not in final and "val/gen_accuracy" in final
+    assert not any(k.startswith("curve/") and "/g2" in k for k in final)

@@ -12,6 +12,10 @@ ECE.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+
 import torch
 from torch import nn
 
@@ -23,10 +27,37 @@ from trainables.evaluation.images import evaluate_images
 from trainables.evaluation.toy import evaluate_toy
 
 SAMPLER_SCORE_EVALS = {"pc": 2, "em": 1, "ode": 2}  # score evaluations per sampler step
+VAL_SEED_OFFSET = 7919  # validation draws (samples, evaluation points) use their own seeds
+Objectives = Sequence[tuple[str, str]]  # (metric, "min" | "max"), the first one selects
+
+
+@dataclass
+class Sweep:
+    """A guidance sweep on the validation split: the chosen scale, the validation metrics at it,
+    and the curve (scale -> the scale-dependent validation metrics)."""
+
+    scale: float
+    metrics: dict[str, float]
+    curve: dict[float, dict[str, float]] = field(default_factory=dict)
+
+
+def choose_scale(curve: dict[float, dict[str, float]], metric: str, mode: str) -> float | None:
+    """The scale whose finite validation value of metric is best (the first such in grid order);
+    None when no scale has a finite value or the metric does not depend on the scale."""
+    finite = [(s, m[metric]) for s, m in curve.items() if math.isfinite(m.get(metric, math.nan))]
+    if not finite:
+        return None
+    best = min if mode == "min" else max
+    return best(finite, key=lambda item: item[1])[0]
 
 
 class TrialEvaluator:
-    """Measures a trial's networks: toy metrics, or image metrics plus FID / IS / accuracy."""
+    """Measures a trial's networks: toy metrics, or image metrics plus FID / IS / accuracy.
+
+    validate() sweeps the guidance grid on the validation split (other seeds, fewer samples; for
+    images the held-out rows after the test rows, for the toy fresh draws of the exact mixture)
+    and chooses the scale; calling the evaluator measures the test split at one scale.
+    """
 
     def __init__(
         self, config: TrialConfig, data: ToyData | ImageData, device: torch.device | str = "cpu"
@@ -35,33 +66,104 @@ class TrialEvaluator:
         self.images = data.x.dim() == 4
         self.tags: dict[str, str] = {}  # feature extractor, evaluation classifier, warnings
         self._evaluator: Evaluator | None = None  # built on first use (it may train a classifier)
+        self._val_rows: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.val_sampling_score_evals = 0.0
 
     def __call__(
-        self, networks: dict[str, nn.Module]
+        self, networks: dict[str, nn.Module], scale: float | None = None
     ) -> tuple[dict[str, float], torch.Tensor | None]:
-        """(metrics, image samples or None) for networks keyed by kind."""
+        """(test metrics, image samples or None) for networks keyed by kind, at scale (default
+        sample.guidance_scale)."""
+        config = self._at(self.config, scale)
         if not self.images:
-            return evaluate_toy(self.config, networks, self.data), None
-        metrics, samples = evaluate_images(self.config, networks, self.data, device=self.device)
-        if self.config.eval.fid:
-            metrics.update(self._generation(samples))
+            return evaluate_toy(config, networks, self.data), None
+        metrics, samples = evaluate_images(config, networks, self.data, device=self.device)
+        if config.eval.fid:
+            metrics.update(self._generation(samples, config.sample.num_per_class, tag=True))
         return metrics, samples
 
-    def _generation(self, samples: torch.Tensor) -> dict[str, float]:
+    def validate(
+        self, networks: dict[str, nn.Module], scales: Sequence[float], objectives: Objectives
+    ) -> Sweep:
+        """Score every scale on the validation split; choose by the first objective."""
+        config = self.validation_config()
+        fixed = self._evaluate(config, networks, fixed=True, scaled=False)
+        curve = {}
+        for scale in dict.fromkeys(float(s) for s in scales):
+            curve[scale] = self._evaluate(self._at(config, scale), networks, fixed=False)
+            self.val_sampling_score_evals += self.sampling_score_evals(config)
+        metric, mode = objectives[0] if objectives else ("", "max")
+        chosen = choose_scale(curve, metric, mode)
+        if chosen is None:  # nothing to choose on: the plain conditional if swept, else the first
+            chosen = 1.0 if 1.0 in curve else next(iter(curve))
+        return Sweep(chosen, {**fixed, **curve[chosen]}, curve)
+
+    def validation_config(self) -> TrialConfig:
+        """The config of validation evaluations: other seeds, eval.val_num_per_class samples."""
+        config = self.config
+        per_class = config.eval.val_num_per_class or max(8, config.sample.num_per_class // 4)
+        return replace(
+            config,
+            sample=replace(
+                config.sample, seed=config.sample.seed + VAL_SEED_OFFSET, num_per_class=per_class
+            ),
+            eval=replace(config.eval, seed=config.eval.seed + VAL_SEED_OFFSET),
+        )
+
+    @staticmethod
+    def _at(config: TrialConfig, scale: float | None) -> TrialConfig:
+        if scale is None:
+            return config
+        return replace(config, sample=replace(config.sample, guidance_scale=float(scale)))
+
+    def _evaluate(
+        self,
+        config: TrialConfig,
+        networks: dict[str, nn.Module],
+        *,
+        fixed: bool,
+        scaled: bool = True,
+    ) -> dict[str, float]:
+        """Validation metrics (the fixed or the scale-dependent part) under config."""
+        if not self.images:
+            return evaluate_toy(
+                config, networks, self.data, held_out=self._toy_val_rows(), fixed=fixed,
+                scaled=scaled,
+            )  # fmt: skip
+        metrics, samples = evaluate_images(
+            config, networks, self.data, device=self.device, split="val", fixed=fixed,
+            scaled=scaled,
+        )  # fmt: skip
+        if samples is not None and config.eval.fid:
+            metrics.update(self._generation(samples, config.sample.num_per_class))
+        return metrics
+
+    def _toy_val_rows(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The toy's validation rows: fresh draws of the exact mixture, as many as the test set."""
+        if self._val_rows is None:
+            gen = torch.Generator().manual_seed(self.config.data.seed + VAL_SEED_OFFSET)
+            self._val_rows = self.data.dist.sample(len(self.data.test_x), generator=gen)
+        return self._val_rows
+
+    def _generation(
+        self, samples: torch.Tensor, num_per_class: int, tag: bool = False
+    ) -> dict[str, float]:
         """FID, IS, intra-FID and generation accuracy of the class-ordered samples."""
         if self._evaluator is None:
             self._evaluator = build_evaluator(self.config, self.data, self.device)
         num_classes = self.data.num_classes
-        labels = torch.arange(num_classes).repeat_interleave(self.config.sample.num_per_class)
+        labels = torch.arange(num_classes).repeat_interleave(num_per_class)
         metrics, warnings = evaluate_generation(samples, labels, num_classes, self._evaluator)
+        if not tag:  # validation: the run's tags describe the reported (test) evaluation
+            return metrics
         self.tags["fid_feature_extractor"] = self._evaluator.extractor.name
         self.tags["eval_classifier"] = self._evaluator.classifier_key
         if warnings:
             self.tags["warnings"] = "; ".join(warnings)
         return metrics
 
-    def sampling_score_evals(self) -> float:
-        """Score-network evaluations one full sampling run costs."""
-        sample = self.config.sample
+    def sampling_score_evals(self, config: TrialConfig | None = None) -> float:
+        """Score-network evaluations one sampling run under config (default the trial's) costs."""
+        sample = (config or self.config).sample
         per_step = SAMPLER_SCORE_EVALS[sample.sampler]
         return float(per_step * sample.num_steps * sample.num_per_class * self.data.num_classes)

@@ -79,6 +79,13 @@ def _classifier_metrics(
     return metrics
 
 
+def held_out_rows(data: ImageData, num_points: int, split: str) -> slice:
+    """The held-out rows of a split: the first min(num_points, half the held-out set) rows are the
+    test split (reported), the next as many the validation split (selection)."""
+    n = min(num_points, len(data.test_x) // 2)
+    return slice(0, n) if split == "test" else slice(n, 2 * n)
+
+
 def evaluate_images(
     config: TrialConfig,
     networks: dict[str, nn.Module],
@@ -86,7 +93,10 @@ def evaluate_images(
     *,
     device: torch.device | str = "cpu",
     batch_size: int = 64,
-) -> tuple[dict[str, float], torch.Tensor]:
+    split: str = "test",
+    fixed: bool = True,
+    scaled: bool = True,
+) -> tuple[dict[str, float], torch.Tensor | None]:
     """Image metrics on held-out data that need no feature extractor, and guided samples in [0, 1].
 
     guided_dsm: held-out conditional denoising score matching of the method's guided score at the
@@ -95,13 +105,23 @@ def evaluate_images(
     scales) directly. score_dsm: the same for the unconditional score where the method has one.
     Classifier: clean accuracy and ECE at sigma_min, and accuracy at each eval sigma. FID, IS,
     intra-FID and generation accuracy of the samples: trainables.evaluation.generation.
+
+    split: "test" or "val" rows (held_out_rows). fixed: the metrics that do not depend on the
+    guidance scale; scaled: guided_dsm and the samples (None when not scaled).
     """
     fns = model_fns(networks, num_classes=data.num_classes)
-    n = min(len(data.test_x), config.eval.num_points)
-    x_all, y_all = data.test_x[:n], data.test_y[:n]
-    gen = torch.Generator().manual_seed(config.eval.seed)
-    metrics = _held_out_dsm(config, fns, x_all, y_all, gen, device, batch_size)
-    if fns.logits_fn is not None:
+    rows = held_out_rows(data, config.eval.num_points, split)
+    x_all, y_all = data.test_x[rows], data.test_y[rows]
+    metrics: dict[str, float] = {}
+    if scaled or (fixed and fns.score_fn is not None):
+        gen = torch.Generator().manual_seed(config.eval.seed)
+        dsm = _held_out_dsm(config, fns, x_all, y_all, gen, device, batch_size)
+        if scaled:
+            metrics["guided_dsm"] = dsm["guided_dsm"]
+        if fixed and "score_dsm" in dsm:
+            metrics["score_dsm"] = dsm["score_dsm"]
+    if fns.logits_fn is not None and fixed:
+        gen = torch.Generator().manual_seed(config.eval.seed + 2)
         metrics.update(
             _classifier_metrics(config, fns.logits_fn, x_all, y_all, gen, device, batch_size)
         )
@@ -111,6 +131,8 @@ def evaluate_images(
         metrics.update(
             sc_ratios(fns.logits_fn, held_out, config.eval.sc_bands, sigma_range, sc_gen)
         )
+    if not scaled:
+        return metrics, None
     shape = tuple(data.test_x.shape[1:])
     samples, _ = sample_classes(config, networks, data.num_classes, shape, device)
     samples = samples.detach().cpu()

@@ -13,7 +13,7 @@ from trainables.evaluation.calibration import accuracy, expected_calibration_err
 from trainables.evaluation.sampling import sample_classes
 from trainables.guidance import classifier_log_posterior_grad
 from trainables.losses import LogitsFn, ScoreFn
-from trainables.methods import get_method, guided_score_fn, model_fns
+from trainables.methods import Method, ModelFns, get_method, guided_score_fn, model_fns
 
 
 def evaluation_points(
@@ -107,33 +107,72 @@ def energy_distance(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def evaluate_toy(
-    config: TrialConfig, networks: dict[str, nn.Module], data: ToyData
+    config: TrialConfig,
+    networks: dict[str, nn.Module],
+    data: ToyData,
+    *,
+    held_out: tuple[torch.Tensor, torch.Tensor] | None = None,
+    fixed: bool = True,
+    scaled: bool = True,
 ) -> dict[str, float]:
-    """Every toy metric that applies to the method's networks (paper 001 App. C plus samples)."""
+    """Every toy metric that applies to the method's networks (paper 001 App. C plus samples).
+
+    held_out: the (x, y) rows that classifier accuracy and energy distance use (default the test
+    set). fixed: the metrics that do not depend on the guidance scale; scaled: those that do, at
+    config.sample.guidance_scale (a guidance sweep computes the fixed part once).
+    """
     method = get_method(config.method)
     dist = data.dist
+    test_x, test_y = held_out if held_out is not None else (data.test_x, data.test_y)
     fns = model_fns(networks, num_classes=data.num_classes)
     points = evaluation_points(dist, config.eval.sigmas, config.eval.num_points, config.eval.seed)
-    scale = config.sample.guidance_scale
     metrics: dict[str, float] = {}
-    if fns.logits_fn is not None:
+    if fns.logits_fn is not None and fixed:
         # Classifier gradients vs the exact posterior score; conditional score with the exact score.
         metrics.update(gradient_metrics(fns.logits_fn, dist, points, scale=1.0))
+        with torch.no_grad():
+            sigma = torch.full((len(test_x),), config.sde.sigma_min)
+            logits = fns.logits_fn(test_x, sigma)
+        metrics["clf_accuracy"] = accuracy(logits, test_y)
+        metrics["clf_ece"] = expected_calibration_error(logits, test_y)
+        # How much of the SC target the classifier's LSE score reaches, per noise band.
+        gen = torch.Generator().manual_seed(config.eval.seed + 1)
+        sigma_range = (config.sde.sigma_min, config.sde.sigma_max)
+        metrics.update(
+            sc_ratios(fns.logits_fn, test_x[: config.eval.num_points], config.eval.sc_bands,
+                      sigma_range, gen)
+        )  # fmt: skip
+    if fns.score_fn is not None and fixed:
+        metrics.update(score_metrics(fns.score_fn, dist, points))
+    if fixed:
+        # The ceiling: exact conditional samples scored as the guided ones are (overlapping
+        # classes keep it < 1).
+        y = torch.arange(data.num_classes).repeat_interleave(config.sample.num_per_class)
+        gen = torch.Generator().manual_seed(config.eval.seed)
+        exact, _ = dist.sample(len(y), y=y, generator=gen)
+        metrics["gen_accuracy_exact"] = generation_accuracy(exact, y, dist, config.sde.sigma_min)
+    if scaled:
+        metrics.update(_scaled_metrics(config, method, fns, networks, data, points, test_x, test_y))
+    return metrics
+
+
+def _scaled_metrics(
+    config: TrialConfig,
+    method: Method,
+    fns: ModelFns,
+    networks: dict[str, nn.Module],
+    data: ToyData,
+    points: list[tuple[float, torch.Tensor, torch.Tensor]],
+    test_x: torch.Tensor,
+    test_y: torch.Tensor,
+) -> dict[str, float]:
+    """The toy metrics that depend on the guidance scale: guided-score cosines and samples."""
+    dist, scale = data.dist, config.sample.guidance_scale
+    metrics: dict[str, float] = {}
+    if fns.logits_fn is not None:
         metrics["cond_score_cos_scaled"] = gradient_metrics(
             fns.logits_fn, dist, points, scale=scale
         )["cond_score_cos"]
-        with torch.no_grad():
-            sigma = torch.full((len(data.test_x),), config.sde.sigma_min)
-            logits = fns.logits_fn(data.test_x, sigma)
-        metrics["clf_accuracy"] = accuracy(logits, data.test_y)
-        metrics["clf_ece"] = expected_calibration_error(logits, data.test_y)
-        # How much of the SC target the classifier's LSE score reaches, per noise band.
-        gen = torch.Generator().manual_seed(config.eval.seed + 1)
-        held_out = data.test_x[: config.eval.num_points]
-        sigma_range = (config.sde.sigma_min, config.sde.sigma_max)
-        metrics.update(sc_ratios(fns.logits_fn, held_out, config.eval.sc_bands, sigma_range, gen))
-    if fns.score_fn is not None:
-        metrics.update(score_metrics(fns.score_fn, dist, points))
     # The method's own guided score vs the exact conditional score.
     cos = []
     for sigma, x, y in points:
@@ -141,14 +180,11 @@ def evaluate_toy(
         est = guided_score_fn(method, fns, y, scale)(x, s).detach().double()
         cos.append(torch.nn.functional.cosine_similarity(est, dist.cond_score(x, s, y), dim=1))
     metrics["guided_score_cos"] = torch.cat(cos).mean().item()
-    # Guided samples: accuracy under the exact Bayes posterior, per-class energy distance to test
-    # points.
+    # Guided samples: accuracy under the exact Bayes posterior, per-class energy distance to the
+    # held-out points.
     samples, y = sample_classes(config, networks, data.num_classes, data.dim)
     finite = torch.isfinite(samples).all(1)
     metrics["sample_finite_fraction"] = finite.double().mean().item()
-    # The ceiling: exact conditional samples scored the same way (overlapping classes keep it < 1).
-    exact, _ = dist.sample(len(y), y=y, generator=torch.Generator().manual_seed(config.eval.seed))
-    metrics["gen_accuracy_exact"] = generation_accuracy(exact, y, dist, config.sde.sigma_min)
     metrics["gen_accuracy"] = generation_accuracy(
         samples[finite], y[finite], dist, config.sde.sigma_min
     )
@@ -156,7 +192,7 @@ def evaluate_toy(
     for k in range(data.num_classes):
         mine = samples[finite & (y == k)]
         per_class.append(
-            energy_distance(mine, data.test_x[data.test_y == k]) if len(mine) else float("nan")
+            energy_distance(mine, test_x[test_y == k]) if len(mine) > 1 else float("nan")
         )
         metrics[f"energy_distance_class{k}"] = per_class[-1]
     metrics["energy_distance"] = float(torch.tensor(per_class).mean())
