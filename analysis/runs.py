@@ -6,7 +6,9 @@ from typing import Any
 
 import pandas as pd
 
-BASE_COLUMNS = ["run_id", "trial_id", "status", "early_stopped", "method", "label_percent"]
+BASE_COLUMNS = [
+    "run_id", "trial_id", "status", "early_stopped", "stage", "method", "label_percent",
+]  # fmt: skip
 
 
 def _cast(value: Any) -> Any:
@@ -24,8 +26,15 @@ def _cast(value: Any) -> Any:
 def load_runs(tracking_uri: str, experiment_name: str, study_id: str | None = None) -> pd.DataFrame:
     """One row per trial run of the study: run_id, trial_id, status, early_stopped, method,
     label_percent, params, metrics."""
+    from pathlib import Path
+
     from mlflow.tracking import MlflowClient
 
+    if (
+        tracking_uri.startswith("sqlite:///")
+        and not Path(tracking_uri[len("sqlite:///") :]).exists()
+    ):
+        return pd.DataFrame(columns=BASE_COLUMNS)  # no store yet: reading must not create one
     client = MlflowClient(tracking_uri)
     exp = client.get_experiment_by_name(experiment_name)
     if exp is None:
@@ -41,6 +50,9 @@ def load_runs(tracking_uri: str, experiment_name: str, study_id: str | None = No
             "trial_id": run.data.tags.get("trial_id"),
             "status": run.info.status,
             "early_stopped": run.data.tags.get("early_stopped") == "true",
+            # search: a cell's search trial; final: a seed of `study final` (tables/final.md)
+            "stage": run.data.tags.get("stage", "search"),
+            "start_time": run.info.start_time,
             **{k: _cast(v) for k, v in run.data.params.items()},
             **run.data.metrics,
         }

@@ -42,13 +42,14 @@ KNOB_COLUMNS = (CHOSEN_SCALE, "loss.lambda_sc", "loss.lambda_joint")
 FID_METRICS = ("fid", "intra_fid")  # flagged in tables when computed from too few samples
 
 
-def completed(runs: pd.DataFrame) -> pd.DataFrame:
-    """Trials that finished their whole training and final evaluation (not stopped early by
-    ASHA)."""
+def completed(runs: pd.DataFrame, stage: str = "search") -> pd.DataFrame:
+    """Trials of one stage (search: the cells' searches; final: the seeds of `study final`) that
+    finished their whole training and final evaluation (not stopped early by ASHA)."""
     if not len(runs):
         return runs
     early = runs["early_stopped"].fillna(False).astype(bool) if "early_stopped" in runs else False
-    return runs[(runs["status"] == "FINISHED") & ~early]
+    of_stage = runs["stage"].fillna("search") == stage if "stage" in runs else stage == "search"
+    return runs[(runs["status"] == "FINISHED") & ~early & of_stage]
 
 
 def selection_column(runs: pd.DataFrame, metric: str) -> str:
@@ -299,4 +300,7 @@ def write_report(
         flat.to_csv(out_dir / "per_class.csv")
         files += [out_dir / "per_class.md", out_dir / "per_class.csv"]
     files += guidance_curves(runs, objectives[0], out_dir)
+    from analysis.final import write_final  # imports this module
+
+    files += write_final(runs, objectives, out_dir)
     return table, files

@@ -1,4 +1,5 @@
-"""The `study` command: run, resume, table, export-best, ui. Bad input exits 2 before any work."""
+"""The `study` command: run, resume, final, table, export-best, ui. Bad input exits 2 before any
+work."""
 
 from __future__ import annotations
 
@@ -39,6 +40,9 @@ def _table(study_dir: Path, spec: StudySpec) -> str:
 
 def run_counts(runs: pd.DataFrame, metric: str) -> str:
     """'N trial runs (F finished, ...)': every status, early stops, and how many reach the table."""
+    final = int((runs["stage"] == "final").sum()) if "stage" in runs and len(runs) else 0
+    if final:  # `study final` runs have their own table (tables/final.md)
+        runs = runs[runs["stage"] != "final"]
     if not len(runs):
         return "0 trial runs"
     status = runs["status"].value_counts()
@@ -49,7 +53,8 @@ def run_counts(runs: pd.DataFrame, metric: str) -> str:
         parts.append(f"{early} stopped early by ASHA")
     done = runs[(runs["status"] == "FINISHED") & ~runs["early_stopped"].fillna(False).astype(bool)]
     usable = int(done[metric].notna().sum()) if metric in done else 0
-    return f"{len(runs)} trial runs ({', '.join(parts)}; {usable} with {metric} reach the table)"
+    counts = f"{len(runs)} trial runs ({', '.join(parts)}; {usable} with {metric} reach the table)"
+    return counts + (f"; {final} final runs (tables/final.md)" if final else "")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -88,6 +93,41 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"\nfinished in {time.perf_counter() - start:.0f} s\n", flush=True)
     print(_table(study_dir, spec))
     print(f"open the MLflow UI:  study ui {study_dir}")
+    return 0
+
+
+def _overrides(pairs: list[str]) -> dict[str, str]:
+    """--set key=value pairs (values are cast by the trial config schema)."""
+    from study.runner import StudyError
+
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise StudyError(
+                f"--set {pair!r}: expected key=value, e.g. --set sample.num_per_class=500"
+            )
+        out[key.strip()] = value.strip()
+    return out
+
+
+def cmd_final(args: argparse.Namespace) -> int:
+    from study.runner import StudyError, check_trusted, final_points, load_study_spec, run_final
+
+    if args.seeds < 1:
+        raise StudyError(f"--seeds must be an integer >= 1 (seeds per cell), got {args.seeds}")
+    overrides = _overrides(args.set)
+    study_dir, spec = load_study_spec(args.study_dir)
+    points = final_points(study_dir, spec, args.seeds, overrides)  # reads MLflow only
+    check_trusted(study_dir)
+    start = time.perf_counter()
+    count = run_final(study_dir, spec, seeds=args.seeds, verbose=not args.quiet, points=points)
+    print(f"\n{count} final runs in {time.perf_counter() - start:.0f} s\n", flush=True)
+    print(_table(study_dir, spec))
+    final = study_dir / "tables" / "final.md"
+    if final.exists():
+        print(final.read_text())
+        print(f"written: {final} and final.csv")
     return 0
 
 
@@ -166,6 +206,21 @@ def parser() -> argparse.ArgumentParser:
         "unpickled: only for folders you trust)",
     )
     resume.set_defaults(func=cmd_run, spec=None)
+    final = sub.add_parser(
+        "final",
+        help="run every cell's chosen configuration over N seeds in the study; tables/final.md",
+    )
+    final.add_argument("study_dir", metavar="DIR")
+    final.add_argument("--seeds", type=int, default=3, help="seeds per cell (default 3)")
+    final.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="trial config override for the final runs, e.g. sample.num_per_class=5000 (repeat)",
+    )
+    final.add_argument("--quiet", action="store_true", help="no per-epoch progress")
+    final.set_defaults(func=cmd_final)
     for name, func, text in (
         ("table", cmd_table, "print and write the comparison table"),
         (

@@ -20,9 +20,10 @@ import yaml
 
 from study.errors import StudyError
 from study.spec import StudySpec, check_tracking_uri, validate
-from trainables.names import SPEC_FILE
+from trainables.names import LABEL_PERCENT_KEY, SPEC_FILE
 
 MAX_RERUNS = 3  # rounds of re-running lost configurations within one resume
+SEED_KEYS = ("train.seed", "data.seed", "data.split_seed", "sample.seed")  # the spec's seed sets
 
 __all__ = ["StudyError", "StudyInterrupted", "load_study_spec", "run_study", "study_dir_for"]
 
@@ -143,7 +144,8 @@ def _experiments(study_dir: Path, spec: StudySpec) -> list[Path]:
     """The study's Tune experiments: the main one and the re-runs after resumes."""
     tune_dir = study_dir / "tune"
     main = [tune_dir / spec.name] if (tune_dir / spec.name).is_dir() else []
-    return main + sorted(tune_dir.glob(f"{spec.name}-rerun*"))
+    reruns = sorted(tune_dir.glob(f"{spec.name}-rerun*"))
+    return main + reruns + sorted(tune_dir.glob(f"{spec.name}-final*"))
 
 
 def _known_trials(study_dir: Path, spec: StudySpec) -> set[str]:
@@ -217,19 +219,16 @@ def _save_spec(spec: StudySpec, study_dir: Path, uri: str) -> None:
     trust_study(study_dir)
 
 
-def run_study(spec: StudySpec, *, resume: bool = False, verbose: bool = True) -> Path:
-    """Run (or resume) a study to completion; returns the study directory."""
+def _session(
+    spec: StudySpec, study_dir: Path, uri: str, verbose: bool, stage: str = "search"
+) -> tuple[Any, str, str, Any, Any]:
+    """(MLflow client, experiment id, parent run id, Tune trainable, MLflow tracker)."""
     from mlflow.tracking import MlflowClient
     from ray import tune
 
-    from study.tracking import MLflowTracker, ensure_parent_run, reconcile
+    from study.tracking import MLflowTracker, ensure_parent_run
     from study.trial import trial_driver
 
-    study_dir, uri = prepare(spec, resume=resume)
-    start = time.perf_counter()
-    if not resume:
-        spec = replace(spec, study_id=uuid.uuid4().hex[:16])
-        _save_spec(spec, study_dir, uri)
     client = MlflowClient(uri)
     exp_id, parent = ensure_parent_run(
         client, spec.name, spec.to_dict(), study_dir, study_id=spec.study_id
@@ -244,24 +243,133 @@ def run_study(spec: StudySpec, *, resume: bool = False, verbose: bool = True) ->
     trainable = tune.with_resources(tune.with_parameters(trial_driver, study=study), driver)
     to_params = partial(full_params, base=study.trial.params, base_config=spec.base_config)
     tracker = MLflowTracker(
-        uri, exp_id, parent, study_dir / "trials", to_params, verbose, study_id=spec.study_id
+        uri,
+        exp_id,
+        parent,
+        study_dir / "trials",
+        to_params,
+        verbose,
+        study_id=spec.study_id,
+        stage=stage,
     )
-    outcome = "FAILED"  # the parent run's status unless the study completes or is interrupted
+    return client, exp_id, parent, trainable, tracker
+
+
+def _run_session(
+    spec: StudySpec, study_dir: Path, uri: str, verbose: bool, stage: str, fit: Any
+) -> None:
+    """Run fit(trainable, tracker) -> interrupted?, then reconcile MLflow with what Tune knows:
+    exactly one run per trial, none left RUNNING; the parent run says how it ended."""
+    from study.tracking import reconcile
+
+    start = time.perf_counter()
+    client, exp_id, parent, trainable, tracker = _session(spec, study_dir, uri, verbose, stage)
+    outcome = "FAILED"  # the parent run's status unless the work completes or is interrupted
     try:
-        if _fit_all(spec, study_dir, trainable, tracker, resume):
+        if fit(trainable, tracker):
             raise StudyInterrupted(study_dir)
         outcome = "FINISHED"
     except KeyboardInterrupt:
         outcome = "KILLED"
         raise
     finally:
-        # Exactly one run per trial, none left RUNNING; the parent run says how the study ended.
         known = _known_trials(study_dir, spec)
         records = study_dir / "trials"
         reconcile(uri, exp_id, known_trials=known, study_id=spec.study_id, record_root=records)
         client.set_terminated(parent, outcome)
-    client.log_metric(parent, "study/wall_seconds", time.perf_counter() - start)
+    client.log_metric(parent, f"study/{stage}_wall_seconds", time.perf_counter() - start)
+
+
+def run_study(spec: StudySpec, *, resume: bool = False, verbose: bool = True) -> Path:
+    """Run (or resume) a study to completion; returns the study directory."""
+    study_dir, uri = prepare(spec, resume=resume)
+    if not resume:
+        spec = replace(spec, study_id=uuid.uuid4().hex[:16])
+        _save_spec(spec, study_dir, uri)
+
+    def fit(trainable: Any, tracker: Any) -> bool:
+        return _fit_all(spec, study_dir, trainable, tracker, resume)
+
+    _run_session(spec, study_dir, uri, verbose, "search", fit)
     return study_dir
+
+
+def final_points(
+    study_dir: Path, spec: StudySpec, seeds: int, overrides: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """Every cell's chosen configuration (its best search trial by the first objective's
+    validation value: knobs and chosen guidance scale) once per seed spec.seed, spec.seed + 1, ...;
+    StudyError when the study has no finished trial or an override is invalid."""
+    from analysis.runs import load_runs
+    from analysis.tables import best_per_cell
+    from trainables.config import from_flat
+    from trainables.names import CHOSEN_SCALE, GUIDANCE_SCALE_KEY, METHOD_KEY, TUNED_KEYS
+
+    runs = load_runs(spec.tracking_uri, spec.name, spec.study_id)
+    best = best_per_cell(runs, spec.objectives[0].metric, spec.objectives[0].mode)
+    if best.empty:
+        raise StudyError(
+            f"no finished trial in {study_dir} to take configurations from; "
+            f"run or resume the study first (study resume {study_dir})"
+        )
+    seed_keys = [k for k in SEED_KEYS if k not in spec.config]
+    points = []
+    for seed in range(spec.seed, spec.seed + seeds):
+        for _, row in best.iterrows():
+            method = row["method"]
+            point: dict[str, Any] = {METHOD_KEY: method, LABEL_PERCENT_KEY: row["label_percent"]}
+            point.update({k: float(row[k]) for k in TUNED_KEYS[method] if k in row})
+            scale = row.get(CHOSEN_SCALE, row.get(GUIDANCE_SCALE_KEY))
+            if scale is not None and scale == scale:  # not NaN: the scale the trial chose
+                point["sample.guidance_grid"] = (float(scale),)
+            point.update({**dict.fromkeys(seed_keys, seed), **overrides})
+            points.append(point)
+    try:
+        for point in points[: len(best)]:
+            from_flat({**spec.base_params(), **point}, base=spec.base_config)
+    except ValueError as exc:
+        raise StudyError(f"--set: {exc}") from None
+    return points
+
+
+def run_final(
+    study_dir: Path,
+    spec: StudySpec,
+    *,
+    seeds: int,
+    overrides: dict[str, Any] | None = None,
+    verbose: bool = True,
+    points: list[dict[str, Any]] | None = None,
+) -> int:
+    """`study final`: each cell's chosen configuration over seeds, in the study directory (its
+    artifact cache: nothing already trained for a seed is trained again); returns the number of
+    runs."""
+    from ray import tune
+
+    from study.search import PointSearcher
+
+    if seeds < 1:
+        raise StudyError(f"--seeds must be an integer >= 1 (seeds per cell), got {seeds}")
+    if points is None:
+        points = final_points(study_dir, spec, seeds, dict(overrides or {}))
+    study_dir, uri = prepare(spec, resume=True)
+    name = f"{spec.name}-final{len(list((study_dir / 'tune').glob(f'{spec.name}-final*')))}"
+
+    def fit(trainable: Any, tracker: Any) -> bool:
+        tune_config = tune.TuneConfig(
+            search_alg=PointSearcher(points),
+            num_samples=len(points),
+            max_concurrent_trials=spec.resources.max_concurrent_trials,
+            reuse_actors=True,
+        )
+        run_config = tune.RunConfig(
+            name=name, storage_path=str(study_dir / "tune"), callbacks=[tracker], verbose=0
+        )
+        tuner = tune.Tuner(trainable, tune_config=tune_config, run_config=run_config)
+        return _fit_noting_interrupt(tuner)[1]
+
+    _run_session(spec, study_dir, uri, verbose, "final", fit)
+    return len(points)
 
 
 class StudyInterrupted(KeyboardInterrupt):

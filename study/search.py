@@ -223,6 +223,32 @@ class CellSearcher(Searcher):
         return len(self.points) if self.points is not None else sum(self.budget.values())
 
 
+class PointSearcher(Searcher):
+    """Exactly the given configurations, in order (`study final`: chosen configurations x seeds;
+    nothing is searched, so no Optuna study is touched)."""
+
+    def __init__(self, points: list[dict]) -> None:
+        super().__init__()
+        self.points = list(points)
+
+    def suggest(self, trial_id: str) -> dict | str | None:
+        """The next configuration, then FINISHED."""
+        return self.points.pop(0) if self.points else Searcher.FINISHED
+
+    def on_trial_complete(
+        self, trial_id: str, result: dict | None = None, error: bool = False
+    ) -> None:
+        """Nothing to learn from a result."""
+
+    def save(self, checkpoint_path: str) -> None:
+        """Tune's searcher checkpoint: the configurations not yet handed out."""
+        Path(checkpoint_path).write_bytes(pickle.dumps(self.points))
+
+    def restore(self, checkpoint_path: str) -> None:
+        """Back to the configurations save wrote."""
+        self.points = pickle.loads(Path(checkpoint_path).read_bytes())
+
+
 def selection_metric(metric: str) -> str:
     """The name of an objective's validation value, the one searches and schedulers compare."""
     return f"{VALIDATION_PREFIX}{metric}"

@@ -142,8 +142,10 @@ class MLflowTracker(tune.Callback):
         full_params: Callable[[dict], dict],
         verbose: bool = True,
         study_id: str | None = None,
+        stage: str = "search",
     ) -> None:
         self.study_id = study_id
+        self.stage = stage  # search (the cells' searches) | final (study final: seeds)
         self.tracking_uri = tracking_uri
         self.experiment_id = experiment_id
         self.parent_run_id = parent_run_id
@@ -206,6 +208,7 @@ class MLflowTracker(tune.Callback):
                 **({"study_id": self.study_id} if self.study_id else {}),
                 "method": str(params.get(METHOD_KEY)),
                 "label_percent": str(params.get(LABEL_PERCENT_KEY)),
+                "stage": self.stage,
                 **environment_tags(),
             }
             cell = f"{params.get(METHOD_KEY)}@{params.get(LABEL_PERCENT_KEY)}%"

@@ -25,7 +25,8 @@ OBJ = ("gen_accuracy", "max")
 
 def _runs(*rows):
     """A load_runs-shaped frame from dicts (missing base columns filled)."""
-    base = {"run_id": "r", "trial_id": "t", "status": "FINISHED", "early_stopped": False}
+    base = {"run_id": "r", "trial_id": "t", "status": "FINISHED", "early_stopped": False,
+            "stage": "search"}  # fmt: skip
     frame = pd.DataFrame([{**base, **row} for row in rows])
     return frame[BASE_COLUMNS + [c for c in frame.columns if c not in BASE_COLUMNS]]
 

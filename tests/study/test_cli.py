@@ -157,3 +157,65 @@ def test_ui_serves_the_study_store_on_localhost(finished_study):
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
         log.close()
+
+
+# ---- study final: runs after the tests above, which count the search's runs and artifacts ----
+def _final_runs(study_dir):
+    from analysis.runs import load_runs
+
+    runs = load_runs(f"sqlite:///{study_dir / 'mlflow.db'}", "e2e")
+    return runs[runs["stage"] == "final"], runs[runs["stage"] == "search"]
+
+
+def test_final_bad_input_exits_2_and_writes_nothing(finished_study, tmp_path):
+    root, study_dir, _ = finished_study
+    before = (study_dir / "mlflow.db").stat().st_mtime_ns
+    for args, needle in (
+        (["--seeds", "0"], "--seeds must be an integer >= 1"),
+        (["--set", "sample.num_per_clas=5"], "--set: "),
+        (["--set", "novalue"], "expected key=value"),
+    ):
+        result = _cli("final", str(study_dir), *args, cwd=root, timeout=120)
+        assert result.returncode == 2, (args, result.stderr[-2000:])
+        assert needle in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert (study_dir / "mlflow.db").stat().st_mtime_ns == before
+    assert not (study_dir / "tune" / "e2e-final0").exists()
+    # A study with no finished trial: nothing to take a configuration from.
+    empty = tmp_path / "studies" / "empty"
+    empty.mkdir(parents=True)
+    spec = yaml.safe_load((study_dir / "spec.yaml").read_text())
+    spec.update(name="empty", tracking_uri=f"sqlite:///{empty / 'mlflow.db'}")
+    (empty / "spec.yaml").write_text(yaml.safe_dump(spec))
+    result = _cli("final", str(empty), cwd=root, timeout=120)
+    assert result.returncode == 2 and "no finished trial" in result.stderr
+    assert sorted(p.name for p in empty.iterdir()) == ["spec.yaml"]
+
+
+def test_final_runs_each_cells_choice_over_seeds_reusing_what_is_trained(finished_study):
+    root, study_dir, _ = finished_study
+    table_before = (study_dir / "tables" / "comparison.md").read_text()
+    result = _cli("final", str(study_dir), "--seeds", "2", "--quiet", cwd=root)
+    assert result.returncode == 0, result.stderr[-3000:]
+    final, search = _final_runs(study_dir)
+    assert len(final) == 2 * 3 and (final["status"] == "FINISHED").all()  # 3 cells x 2 seeds
+    assert sorted(final["train.seed"].unique()) == [0, 1]
+    # Seed 0 is the search's seed: every network is already trained, none is trained again.
+    seed0 = final[final["train.seed"] == 0]
+    assert (seed0["cost/steps_trained"] == 0).all()
+    # Each final run evaluates its cell's chosen scale (and lambda) only.
+    from analysis.tables import best_per_cell
+
+    for _, best in best_per_cell(search, "guided_score_cos", "max").iterrows():
+        mine = final[final["method"] == best["method"]]
+        if best["method"] != "Cond":
+            assert (mine["guidance_scale"] == best["guidance_scale"]).all()
+        if best["method"] == "CG-SC-all":
+            assert (mine["loss.lambda_sc"] == best["loss.lambda_sc"]).all()
+    text = (study_dir / "tables" / "final.md").read_text()
+    for method in ("CG", "CG-SC-all", "CFG-all"):
+        row = next(line for line in text.splitlines() if line.startswith(f"| {method} |"))
+        assert " ± " in row and "n=2" in row
+    assert (study_dir / "tables" / "final.csv").exists()
+    # The comparison table still holds the search's trials only.
+    assert (study_dir / "tables" / "comparison.md").read_text() == table_before
+    assert "6 final runs" in result.stdout
