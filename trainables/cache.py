@@ -50,6 +50,7 @@ def artifact_identity(
         "artifact": artifact.name,
         "network": artifact.network,
         "terms": [[t.term, t.rows] for t in active],
+        "batches": artifact.row_usage,  # how its batches mix labeled and uniform rows
         "config": {k: flat[k] for k in sorted(set(keys))},
         "needs": dict(sorted((needs or {}).items())),
     }

@@ -202,15 +202,21 @@ def _draw_batch(
     sde: VESDE,
     dist: Distributed,
     device: torch.device,
+    uniform: torch.Tensor | None = None,
 ) -> tuple[Batch, Noise]:
-    """The global batch and its noise (same on every rank), then this rank's shard on the device."""
+    """The global batch and its noise (same on every rank), then this rank's shard on the device.
+    uniform marks the rows drawn uniformly from all data (BatchSampler "mixed")."""
     idx = torch.from_numpy(rows)
     x = data.x[idx]
     if x.dim() == 4 and config.data.flip:
         x = _random_flip(x, state.generator)
     noise = Noise.draw(x, sde, state.generator)
     mine = dist.shard(torch.arange(len(idx)))
-    batch = Batch(x[mine].to(device, memory_format=state.memory), data.y[idx][mine].to(device))
+    batch = Batch(
+        x[mine].to(device, memory_format=state.memory),
+        data.y[idx][mine].to(device),
+        None if uniform is None else uniform[mine].to(device),
+    )
     noise = Noise(*(t[mine].to(device) for t in (noise.sigma, noise.z, noise.u, noise.v)))
     return batch, noise
 
@@ -306,9 +312,9 @@ def train_artifact(
     epoch_start = time.perf_counter()
     while state.step < config.train.steps:
         # One optimisation step on caller-drawn noise.
-        batch, noise = _draw_batch(
-            state, config, data, sampler.batch(state.step), sde, dist, device
-        )
+        rows = sampler.batch(state.step)
+        uniform = sampler.uniform_mask(len(rows))
+        batch, noise = _draw_batch(state, config, data, rows, sde, dist, device, uniform)
         for name, value in _optimise(state, artifact, config, batch, noise, dist).items():
             sums[name] = sums.get(name, 0.0) + float(value.detach())
         done = state.step

@@ -56,6 +56,9 @@ class Term:
     fn: TermFn
     knobs: tuple[str, ...] = ()  # flat loss keys fn reads besides the weight: part of the cache key
     reads_labels: bool = False  # reads y: its artifact depends on the label split
+    # A score-side term (DSM, QC): in a batch with a labeled half it reads only the rows drawn
+    # uniformly from all data (paper 001 prescribes half-labeled batches for the classifier only).
+    uniform_rows: bool = False
 
 
 def _dsm(f: ModelFns, b: Batch, n: Noise, c: LossConfig) -> torch.Tensor:
@@ -111,15 +114,15 @@ def _qc(f: ModelFns, b: Batch, n: Noise, c: LossConfig) -> torch.Tensor:
 
 
 TERMS: dict[str, Term] = {
-    "dsm": Term(_dsm, knobs=("loss.dsm_reduction",)),
+    "dsm": Term(_dsm, knobs=("loss.dsm_reduction",), uniform_rows=True),
     "ce": Term(_ce, reads_labels=True),
     "sc": Term(_sc, knobs=("loss.sc_weighting", "loss.sc_reduction")),
     "dlsm": Term(_dlsm, knobs=("loss.dlsm_power", "loss.dlsm_reduction"), reads_labels=True),
     "cond_dsm": Term(_cond_dsm, knobs=("loss.dsm_reduction",), reads_labels=True),
     "cfg_dsm": Term(_cfg_dsm, knobs=("loss.p_uncond", "loss.dsm_reduction"), reads_labels=True),
-    "qc": Term(_qc),
+    "qc": Term(_qc, uniform_rows=True),
     # Joint-SC's own DSM and SC: the same losses under the joint family's reduction.
-    "joint_dsm": Term(_joint_dsm, knobs=("loss.joint_reduction",)),
+    "joint_dsm": Term(_joint_dsm, knobs=("loss.joint_reduction",), uniform_rows=True),
     "joint_sc": Term(_joint_sc, knobs=("loss.sc_weighting", "loss.joint_reduction")),
 }
 SC_TERMS = {"sc": "sc_reduction", "joint_sc": "joint_reduction"}  # term -> its reduction field
@@ -170,13 +173,27 @@ class Artifact:
 
     @property
     def row_usage(self) -> str:
-        """Which rows its batches need: labeled only, all rows, or half labeled / half unlabeled."""
+        """Which rows its batches need (trainables.data.batches.BatchSampler):
+
+        - labeled: every term reads labeled rows only (Cond, CFG-labeled, CG-DLSM's classifier);
+        - all: no term reads labels (the score model): uniform over all rows;
+        - half: a classifier's CE / SC: half labeled, half unlabeled rows (paper 001 Sec. 3.4);
+        - mixed: label-reading terms beside score-side ones (Joint-SC), or a conditional model on
+          all rows (CFG-all): half the batch from the labeled rows, half uniformly from all rows;
+          the score-side terms (DSM, QC) read only the uniform half, so their rows are not
+          oversampled from the labeled ones.
+        """
         subsets = {t.rows for t in self.terms}
         if subsets == {"labeled"}:
             return "labeled"
-        if subsets <= {"all"} and not self.uses_labels:
+        if not self.uses_labels:
             return "all"
-        return "half"
+        score_side = any(TERMS[t.term].uniform_rows for t in self.terms)
+        conditional_on_all = any(
+            TERMS[t.term].reads_labels and t.rows == "all" and self.network == "conditional"
+            for t in self.terms
+        )
+        return "mixed" if score_side or conditional_on_all else "half"
 
 
 CE = LossTerm("ce", rows="labeled")
@@ -349,10 +366,11 @@ def artifact_loss(
             per_example[f"{sc_term.term}_{sc_term.rows}"] = sc
             total = total + sc_term.weight(loss_config) * sc.mean()
     for term in active:
-        # Every other term on its own rows.
+        # Every other term on its own rows (a score-side term on the uniformly drawn ones).
         if shared is not None and term in shared:
             continue
-        rows = batch.rows(term.rows)
+        uniform = TERMS[term.term].uniform_rows and term.rows == "all"
+        rows = batch.rows("uniform" if uniform else term.rows)
         if rows.numel() == 0:
             continue
         values = TERMS[term.term].fn(fns, batch.take(rows), noise.take(rows), loss_config)

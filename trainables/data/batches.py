@@ -18,20 +18,26 @@ class Batch:
 
     x: torch.Tensor
     y: torch.Tensor
+    uniform: torch.Tensor | None = None  # bool [B]: rows drawn uniformly from all data ("mixed")
 
     def rows(self, subset: str) -> torch.Tensor:
-        """Indices of the labeled, unlabeled or all rows."""
-        if subset == "all":
+        """Indices of the labeled, unlabeled, all, or uniformly drawn rows (all rows unless the
+        batch marks some)."""
+        if subset == "uniform" and self.uniform is not None:
+            return torch.nonzero(self.uniform).flatten()
+        if subset in ("all", "uniform"):
             return torch.arange(len(self.y), device=self.y.device)
         if subset == "labeled":
             return torch.nonzero(self.y >= 0).flatten()
         if subset == "unlabeled":
             return torch.nonzero(self.y < 0).flatten()
-        raise ValueError(f"unknown row subset {subset!r}; valid: ['all', 'labeled', 'unlabeled']")
+        raise ValueError(
+            f"unknown row subset {subset!r}; valid: ['all', 'labeled', 'uniform', 'unlabeled']"
+        )
 
     def take(self, idx: torch.Tensor) -> Batch:
         """The rows at idx."""
-        return Batch(self.x[idx], self.y[idx])
+        return Batch(self.x[idx], self.y[idx], None if self.uniform is None else self.uniform[idx])
 
 
 @dataclass
@@ -85,30 +91,46 @@ def hide_labels(y: torch.Tensor, labeled_idx: np.ndarray) -> torch.Tensor:
     return out
 
 
+USAGES = ("labeled", "all", "half", "mixed")
+
+
 class BatchSampler:
     """Index batches; "half" keeps half of every batch labeled (paper 001 Sec. 3.4).
 
-    usage: "labeled" (labeled rows only), "all" (every row), or "half" (batch_size // 2 labeled
-    rows,
-    the rest unlabeled; all labeled when there are no unlabeled rows). The batch of step k depends
-    only
-    on (seed, k), so a resumed run draws exactly the batches an uninterrupted one would.
+    usage: "labeled" (labeled rows only), "all" (every row), "half" (batch_size // 2 labeled
+    rows, the rest unlabeled; all labeled when there are no unlabeled rows), or "mixed"
+    (batch_size // 2 labeled rows, the rest drawn uniformly from every row and marked by
+    uniform_mask, for score-side terms; all rows uniform when every row is labeled). The batch of
+    step k depends only on (seed, k), so a resumed run draws exactly the batches an uninterrupted
+    one would.
     """
 
     def __init__(
         self, labeled_idx: np.ndarray, num_rows: int, batch_size: int, usage: str, seed: int
     ):
-        if usage not in ("labeled", "all", "half"):
-            raise ValueError(f"unknown batch usage {usage!r}; valid: ['all', 'half', 'labeled']")
+        if usage not in USAGES:
+            raise ValueError(f"unknown batch usage {usage!r}; valid: {sorted(USAGES)}")
         labeled = np.asarray(labeled_idx, dtype=np.int64)
         unlabeled = np.setdiff1d(np.arange(num_rows), labeled)
+        everything = np.arange(num_rows)
         self.seed = seed
+        self.uniform_from: int | None = None  # "mixed": batch rows from here on are uniform
         if usage == "labeled" or (usage == "half" and len(unlabeled) == 0):
             self.pools = [(labeled, batch_size)]
-        elif usage == "all":
-            self.pools = [(np.arange(num_rows), batch_size)]
+        elif usage == "all" or (usage == "mixed" and len(unlabeled) == 0):
+            self.pools = [(everything, batch_size)]
+            self.uniform_from = 0 if usage == "mixed" else None
+        elif usage == "mixed":
+            self.pools = [(labeled, batch_size // 2), (everything, batch_size - batch_size // 2)]
+            self.uniform_from = batch_size // 2
         else:
             self.pools = [(labeled, batch_size // 2), (unlabeled, batch_size - batch_size // 2)]
+
+    def uniform_mask(self, size: int) -> torch.Tensor | None:
+        """bool [size]: the rows of a batch drawn uniformly from all data ("mixed"), else None."""
+        if self.uniform_from is None:
+            return None
+        return torch.arange(size) >= self.uniform_from
 
     def batch(self, step: int) -> np.ndarray:
         """Row indices of the batch at a step (without replacement when the pool is large
