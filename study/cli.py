@@ -27,6 +27,8 @@ def _table(study_dir: Path, spec: StudySpec) -> str:
     runs = load_runs(spec.tracking_uri, spec.name, spec.study_id)
     objectives = [(o.metric, o.mode) for o in spec.objectives]
     table, files = write_report(runs, objectives, study_dir / "tables")
+    compute = _compute(study_dir, spec, runs)
+    files += compute[1]
     log_report(spec.tracking_uri, spec.name, files, spec.study_id)
     metric, mode = objectives[0]
     head = f"{run_counts(runs, metric)}; best per cell by {metric} ({mode})\n\n"
@@ -34,8 +36,27 @@ def _table(study_dir: Path, spec: StudySpec) -> str:
     return (
         head
         + to_markdown(table, flags=warning_flags(runs, objectives[0], table))
+        + f"\n{compute[0]}"
         + f"\nwritten: {files[0]} and {written} (also logged to the study's parent run)\n"
     )
+
+
+def _compute(study_dir: Path, spec: StudySpec, runs: pd.DataFrame) -> tuple[str, list[Path]]:
+    """The search's compute report (analysis.accounting) as text and tables/compute.md."""
+    from analysis import accounting
+    from study.tracking import parent_metrics
+
+    wall = parent_metrics(spec.tracking_uri, spec.name, spec.study_id).get(
+        "study/search_wall_seconds"
+    )
+    slots = spec.resources.max_concurrent_trials
+    report = accounting.compute_report(runs, wall, slots)
+    if not report:
+        return "", []
+    text = accounting.to_markdown(report, slots)
+    path = study_dir / "tables" / "compute.md"
+    path.write_text(text)
+    return text, [path]
 
 
 def run_counts(runs: pd.DataFrame, metric: str) -> str:

@@ -406,3 +406,15 @@ def log_report(
     for path in files:
         if Path(path).exists():
             client.log_artifact(parents[0].info.run_id, str(path), "report")
+
+
+def parent_metrics(
+    tracking_uri: str, experiment_name: str, study_id: str | None = None
+) -> dict[str, float]:
+    """The study's parent run's latest metrics (e.g. study/search_wall_seconds); {} if none."""
+    client = MlflowClient(tracking_uri)
+    exp = client.get_experiment_by_name(experiment_name)
+    if exp is None:
+        return {}
+    parents = client.search_runs([exp.experiment_id], runs_filter("study", study_id), max_results=1)
+    return dict(parents[0].data.metrics) if parents else {}

@@ -108,6 +108,8 @@ class _Ledger:
             "cost/steps_trained": 0.0,
             "cost/steps_reused": 0.0,
             "cost/examples_trained": 0.0,
+            "cost/train_seconds": 0.0,  # training this trial's missing artifacts
+            "cost/fetch_seconds": 0.0,  # in the cache in all (training, waiting, loading)
         }
     )
 
@@ -152,6 +154,13 @@ def _cached_provider(
         def train(folder: Path) -> nn.Module:
             if not context.local_mode:
                 _restore_from_train_checkpoint(folder)
+            started = time.perf_counter()
+            try:
+                return _train(folder)
+            finally:
+                ledger.metrics["cost/train_seconds"] += time.perf_counter() - started
+
+        def _train(folder: Path) -> nn.Module:
             return train_artifact(
                 artifact,
                 config,
@@ -165,6 +174,7 @@ def _cached_provider(
             )
 
         needs = {n: ledger.keys[n] for n in artifact.needs}
+        fetched = time.perf_counter()
         net, key, reused = cache.get_or_train(
             artifact,
             config,
@@ -175,6 +185,8 @@ def _cached_provider(
             distributed=dist,
         )
         ledger.add(artifact, key, reused, config)
+        # Time in the cache that was not training: waiting on another trial's lock, loading.
+        ledger.metrics["cost/fetch_seconds"] += time.perf_counter() - fetched
         done[artifact.network] = net.to(device)
         return done[artifact.network]
 
@@ -308,6 +320,9 @@ def _run_trial(context: TrialContext) -> None:
     ledger.metrics["cost/sampling_score_evals"] = evaluator.sampling_score_evals()
     ledger.metrics["cost/val_sampling_score_evals"] = evaluator.val_sampling_score_evals
     ledger.metrics["cost/eval_seconds"] = time.perf_counter() - start
+    ledger.metrics["cost/wait_seconds"] = max(
+        0.0, ledger.metrics.pop("cost/fetch_seconds") - ledger.metrics["cost/train_seconds"]
+    )
     epochs = math.ceil(config.train.steps / config.train.steps_per_epoch)
     final = {
         **metrics,

@@ -1,0 +1,86 @@
+"""Compute accounting of a study's search: what it spent next to what a naive plan would spend.
+
+Spent, from every finished search trial's `cost/*` metrics: training steps actually run (an
+artifact reused from the cache costs none), score-network evaluations of sampling (the validation
+sweep over the guidance grid at its reduced sample count, plus the one full evaluation), and
+device-seconds (training + evaluation). Naive: every trial retrains every network it uses, and
+every guidance scale is its own trial (trained again, sampled in full). The useful-work fraction is
+device-seconds / (wall-clock seconds x concurrent trial slots): the rest is start-up, waiting on
+another trial's artifact lock, and idle slots.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from analysis.tables import completed
+from trainables.names import parse_curve_key
+
+
+def _scales(row: pd.Series) -> int:
+    """How many guidance scales the trial swept (1 when it swept none)."""
+    return max(1, len({parse_curve_key(str(k))[1] for k in row.index if parse_curve_key(str(k))}))
+
+
+def _cost(done: pd.DataFrame, key: str) -> pd.Series:
+    return done[key].fillna(0.0) if key in done.columns else pd.Series(0.0, index=done.index)
+
+
+def compute_report(runs: pd.DataFrame, wall_seconds: float | None, slots: int) -> dict[str, float]:
+    """Spent vs naive training steps and score evaluations, device-seconds and the useful-work
+    fraction (NaN without a wall-clock time) of the finished search trials."""
+    done = completed(runs)
+    if done.empty:
+        return {}
+    scales = done.apply(_scales, axis=1) if len(done.columns) else pd.Series(dtype=float)
+    trained, reused = _cost(done, "cost/steps_trained"), _cost(done, "cost/steps_reused")
+    full, val = (
+        _cost(done, "cost/sampling_score_evals"),
+        _cost(done, "cost/val_sampling_score_evals"),
+    )
+    seconds = _cost(done, "cost/train_seconds") + _cost(done, "cost/eval_seconds")
+    report = {
+        "trials": float(len(done)),
+        "train_steps": float(trained.sum()),
+        "train_steps_naive": float(((trained + reused) * scales).sum()),
+        "score_evals": float((full + val).sum()),
+        "score_evals_naive": float((full * scales).sum()),
+        "device_seconds": float(seconds.sum()),
+        "wait_seconds": float(_cost(done, "cost/wait_seconds").sum()),
+    }
+    if wall_seconds:
+        report["wall_seconds"] = float(wall_seconds)
+        report["useful_work_fraction"] = report["device_seconds"] / (wall_seconds * slots)
+    return report
+
+
+def to_markdown(report: dict[str, float], slots: int) -> str:
+    """The report as a short Markdown table (spent, naive, ratio)."""
+    if not report:
+        return "(no finished search trials)\n"
+
+    def ratio(naive: float, spent: float) -> str:
+        return f"{naive / spent:.1f}x" if spent else "-"
+
+    lines = [
+        f"Compute of the search ({int(report['trials'])} finished trials)\n",
+        "| quantity | spent | naive plan | naive / spent |",
+        "|---|---|---|---|",
+        f"| training steps | {report['train_steps']:.0f} | {report['train_steps_naive']:.0f} | "
+        f"{ratio(report['train_steps_naive'], report['train_steps'])} |",
+        f"| sampling score evaluations | {report['score_evals']:.3g} | "
+        f"{report['score_evals_naive']:.3g} | "
+        f"{ratio(report['score_evals_naive'], report['score_evals'])} |",
+        f"| device-seconds (train + eval) | {report['device_seconds']:.0f} | | |",
+        f"| seconds waiting on another trial's artifact | {report['wait_seconds']:.1f} | | |",
+    ]
+    if "useful_work_fraction" in report:
+        lines.append(
+            f"\nuseful-work fraction: {report['useful_work_fraction']:.0%} "
+            f"(device-seconds / ({report['wall_seconds']:.0f} s wall x {slots} slots))"
+        )
+    lines.append(
+        "\nnaive plan: every trial retrains every network it uses and every guidance scale is its "
+        "own trial (analysis/accounting.py)."
+    )
+    return "\n".join(lines) + "\n"
