@@ -19,7 +19,12 @@ from trainables.names import parse_curve_key
 
 def _scales(row: pd.Series) -> int:
     """How many guidance scales the trial swept (1 when it swept none)."""
-    return max(1, len({parse_curve_key(str(k))[1] for k in row.index if parse_curve_key(str(k))}))
+    swept = {
+        parsed[1]
+        for key, value in row.items()
+        if (parsed := parse_curve_key(str(key))) is not None and pd.notna(value)
+    }
+    return max(1, len(swept))
 
 
 def _cost(done: pd.DataFrame, key: str) -> pd.Series:

@@ -45,6 +45,8 @@ def test_run_prints_table_and_ui_command(finished_study):
         and "| CFG-all |" in result.stdout
     )
     assert f"study ui {study_dir}" in result.stdout
+    assert "useful-work fraction:" in result.stdout  # the compute report (tables/compute.md)
+    assert (study_dir / "tables" / "compute.md").exists()
     assert (study_dir / "tables" / "comparison.md").exists() and (
         study_dir / "tables" / "comparison.csv"
     ).exists()
