@@ -89,13 +89,15 @@ def comparison_table(
 
 
 def pareto_set(runs: pd.DataFrame, objectives: Sequence[tuple[str, str]]) -> pd.DataFrame:
-    """Completed trials no other trial dominates on every objective."""
+    """Completed trials no other trial dominates on every objective (by their validation values
+    where the trials report them)."""
     done = completed(runs)
-    done = done.dropna(subset=[m for m, _ in objectives]) if len(done) else done
+    columns = [selection_column(done, m) for m, _ in objectives]
+    done = done.dropna(subset=columns) if len(done) else done
     if done.empty:
         return done
     signs = [1 if mode == "max" else -1 for _, mode in objectives]
-    values = done[[m for m, _ in objectives]].to_numpy() * signs
+    values = done[columns].to_numpy() * signs
     keep = [not any((other >= v).all() and (other > v).any() for other in values) for v in values]
     return done[keep]
 
@@ -159,18 +161,95 @@ def write_tables(
     flat.columns = [f"{p:g}%/{m}" for p, m in table.columns]
     flat.to_csv(out_dir / "comparison.csv")
     if len(objectives) > 1:
-        cols = ["trial_id", "method", "label_percent", *[m for m, _ in objectives]]
-        pareto_set(runs, objectives)[cols].to_csv(out_dir / "pareto.csv", index=False)
+        write_pareto(runs, objectives, out_dir)
     return table
 
 
-def export_best(
-    runs: pd.DataFrame, spec: dict, objective: tuple[str, str], out_dir: Path
+def pareto_fronts(runs: pd.DataFrame, objectives: Sequence[tuple[str, str]]) -> pd.DataFrame:
+    """Per label %, the trials on the Pareto front of the objectives (validation values decide;
+    the test values are shown beside them), every method competing."""
+    done = completed(runs)
+    if done.empty:
+        return done
+    fronts = [pareto_set(group, objectives) for _, group in done.groupby("label_percent")]
+    fronts = [f for f in fronts if len(f)]
+    return pd.concat(fronts) if fronts else done.iloc[0:0]
+
+
+def write_pareto(
+    runs: pd.DataFrame, objectives: Sequence[tuple[str, str]], out_dir: Path
 ) -> list[Path]:
-    """One final-run spec per (method, label %): its best trial's params fixed, one trial each."""
+    """pareto.{md,csv} (the front per label %) and pareto_<pct>.png (every finished trial, the
+    front joined); a front point is exported with `study export-best DIR --trial ID`."""
+    front = pareto_fronts(runs, objectives)
+    if front.empty:
+        return []
+    shown = [c for m, _ in objectives for c in (f"{VALIDATION_PREFIX}{m}", m) if c in front]
+    knobs = [k for k in KNOB_COLUMNS if k in front.columns]
+    cols = ["label_percent", "method", "trial_id", *shown, *knobs]
+    front = front.sort_values(["label_percent", shown[0]])[cols]
+    front.to_csv(out_dir / "pareto.csv", index=False)
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for _, row in front.iterrows():
+        cells = [f"{v:.4g}" if isinstance(v, float) else str(v) for v in row.to_numpy()]
+        lines.append("| " + " | ".join("" if c == "nan" else c for c in cells) + " |")
+    (out_dir / "pareto.md").write_text("\n".join(lines) + "\n")
+    return [
+        out_dir / "pareto.md",
+        out_dir / "pareto.csv",
+        *_pareto_plots(runs, objectives, out_dir),
+    ]
+
+
+def _pareto_plots(
+    runs: pd.DataFrame, objectives: Sequence[tuple[str, str]], out_dir: Path
+) -> list[Path]:
+    """One scatter per label % of the first two objectives' validation values."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    done = completed(runs)
+    (mx, _), (my, _) = objectives[0], objectives[1]
+    cx, cy = selection_column(done, mx), selection_column(done, my)
+    written = []
+    for pct, group in done.dropna(subset=[cx, cy]).groupby("label_percent"):
+        fig, ax = plt.subplots(figsize=(5.5, 4))
+        for method, trials in group.groupby("method", sort=False):
+            color = plt.get_cmap("tab10")(METHODS.index(method) % 10)
+            ax.scatter(trials[cx], trials[cy], color=color, label=method, s=25)
+        front = pareto_set(group, objectives).sort_values(cx)
+        ax.plot(front[cx], front[cy], "k--", lw=1, label="Pareto front")
+        ax.set_xlabel(cx)
+        ax.set_ylabel(cy)
+        ax.set_title(f"{pct:g}% labels: every finished trial")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        path = out_dir / f"pareto_{pct:g}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def export_best(
+    runs: pd.DataFrame,
+    spec: dict,
+    objective: tuple[str, str],
+    out_dir: Path,
+    trial_id: str | None = None,
+) -> list[Path]:
+    """One final-run spec per (method, label %): its best trial's params fixed, one trial each;
+    or, given trial_id, the spec of that finished trial (e.g. a point of the Pareto front)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
-    for _, row in best_per_cell(runs, *objective).iterrows():
+    chosen = best_per_cell(runs, *objective)
+    if trial_id is not None:
+        done = completed(runs)
+        chosen = done[done["trial_id"] == trial_id]
+    for _, row in chosen.iterrows():
         search = {
             key: {"choices": [float(row[key])]}
             for key in TUNED_KEYS[row["method"]]
@@ -189,7 +268,8 @@ def export_best(
             "search": search,
             **({"guidance": guidance} if guidance else {}),
         }
-        path = out_dir / f"{row['method']}_{row['label_percent']:g}.yaml"
+        suffix = f"_{trial_id}" if trial_id is not None else ""
+        path = out_dir / f"{row['method']}_{row['label_percent']:g}{suffix}.yaml"
         path.write_text(yaml.safe_dump(final, sort_keys=False))
         written.append(path)
     return written
@@ -299,6 +379,9 @@ def write_report(
         flat.columns = [f"{p:g}%/{m}" for p, m in per_class.columns]
         flat.to_csv(out_dir / "per_class.csv")
         files += [out_dir / "per_class.md", out_dir / "per_class.csv"]
+    if len(objectives) > 1:
+        files += [p for p in (out_dir / "pareto.md", out_dir / "pareto.csv") if p.exists()]
+        files += sorted(out_dir.glob("pareto_*.png"))
     files += guidance_curves(runs, objectives[0], out_dir)
     from analysis.final import write_final  # imports this module
 

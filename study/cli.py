@@ -163,16 +163,25 @@ def cmd_table(args: argparse.Namespace) -> int:
 def cmd_export_best(args: argparse.Namespace) -> int:
     from analysis.runs import load_runs
     from analysis.tables import export_best
-    from study.runner import load_study_spec
+    from study.runner import StudyError, load_study_spec
 
     study_dir, spec = load_study_spec(args.study_dir)
     runs = load_runs(spec.tracking_uri, spec.name, spec.study_id)
     objective = (spec.objectives[0].metric, spec.objectives[0].mode)
+    if (
+        args.trial is not None
+        and not ((runs["trial_id"] == args.trial) & (runs["status"] == "FINISHED")).any()
+    ):
+        raise StudyError(
+            f"--trial {args.trial}: no finished trial with that id in {study_dir}; "
+            "the ids are in tables/pareto.md and the MLflow runs' trial_id tag"
+        )
     written = export_best(
         runs,
         {**spec.to_dict(), "storage": str(study_dir.parent / f"{spec.name}-final")},
         objective,
         study_dir / "best",
+        trial_id=args.trial,
     )
     if not written:
         print(f"no finished trials in {study_dir}: nothing to export", file=sys.stderr)
@@ -252,6 +261,13 @@ def parser() -> argparse.ArgumentParser:
     ):
         sp = sub.add_parser(name, help=text)
         sp.add_argument("study_dir", metavar="DIR")
+        if name == "export-best":
+            sp.add_argument(
+                "--trial",
+                metavar="ID",
+                default=None,
+                help="export this finished trial instead (e.g. a Pareto-front point)",
+            )
         sp.set_defaults(func=func)
     ui = sub.add_parser("ui", help="start the MLflow UI for a study on 127.0.0.1")
     ui.add_argument("study_dir", metavar="DIR")

@@ -174,3 +174,26 @@ def test_the_table_shows_each_cells_chosen_knobs_only_where_the_method_tunes_the
     assert table.loc["CG-SC-all", (5.0, "guidance_scale")] == 2.0
     assert pd.isna(table.loc["CG-SC-all", (5.0, "loss.lambda_joint")])  # not its knob
     assert pd.isna(table.loc["Cond", (5.0, "guidance_scale")])  # Cond does not guide
+
+
+def test_pareto_fronts_per_label_percent_by_validation_values_and_a_point_exports(tmp_path):
+    two = [("gen_accuracy", "max"), ("fid", "min")]
+    runs = _runs(
+        {"trial_id": "a", "method": "CG", "label_percent": 5.0, "val/gen_accuracy": 0.9,
+         "val/fid": 10.0, "gen_accuracy": 0.1, "fid": 99.0},
+        {"trial_id": "b", "method": "Cond", "label_percent": 5.0, "val/gen_accuracy": 0.8,
+         "val/fid": 5.0, "gen_accuracy": 0.9, "fid": 1.0},
+        # Dominated on validation (its test numbers would dominate: they must not count).
+        {"trial_id": "c", "method": "CG", "label_percent": 5.0, "val/gen_accuracy": 0.7,
+         "val/fid": 11.0, "gen_accuracy": 1.0, "fid": 0.5},
+        {"trial_id": "d", "method": "CG", "label_percent": 100.0, "val/gen_accuracy": 0.5,
+         "val/fid": 20.0, "gen_accuracy": 0.5, "fid": 20.0},
+    )  # fmt: skip
+    table, files = write_report(runs, two, tmp_path)
+    front = pd.read_csv(tmp_path / "pareto.csv")
+    assert sorted(front["trial_id"]) == ["a", "b", "d"]  # c dominated; 100 % has its own front
+    names = {p.name for p in files}
+    assert {"pareto.md", "pareto.csv", "pareto_5.png", "pareto_100.png"} <= names
+    spec = {"name": "s", "methods": ["CG", "Cond"], "label_percents": [5, 100]}
+    (path,) = export_best(runs, spec, two[0], tmp_path / "best", trial_id="b")
+    assert path.name == "Cond_5_b.yaml" and yaml.safe_load(path.read_text())["methods"] == ["Cond"]
