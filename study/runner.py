@@ -41,21 +41,24 @@ def full_params(params: dict, *, base: dict, base_config: str) -> dict[str, Any]
     return {k: (",".join(map(str, v)) if isinstance(v, tuple) else v) for k, v in flat.items()}
 
 
-def check_writable(study_dir: Path) -> None:
-    """The study directory can be made: its nearest existing ancestor is a directory in which a
-    folder can be created (probed with a temporary folder, removed at once)."""
+def check_writable(study_dir: Path, message: str | None = None) -> None:
+    """The folder can be made: its nearest existing ancestor is a directory in which a folder can
+    be created (probed with a temporary folder, removed at once). message replaces the study
+    directory's error."""
     probe = study_dir
     while not probe.exists():
         probe = probe.parent
     fix = "set 'storage' in the spec to a writable folder"
     if study_dir.exists() and not study_dir.is_dir():
-        raise StudyError(f"study directory {study_dir} is a file; {fix}")
+        raise StudyError(message or f"study directory {study_dir} is a file; {fix}")
     try:
         if not probe.is_dir():
             raise OSError(f"{probe} is not a directory")
         tempfile.TemporaryDirectory(dir=probe, prefix=".study-probe-").cleanup()
     except OSError:
-        raise StudyError(f"study directory {study_dir} is not writable ({probe}); {fix}") from None
+        raise StudyError(
+            message or f"study directory {study_dir} is not writable ({probe}); {fix}"
+        ) from None
 
 
 def prepare(spec: StudySpec, *, resume: bool) -> tuple[Path, str]:
@@ -71,6 +74,11 @@ def prepare(spec: StudySpec, *, resume: bool) -> tuple[Path, str]:
             f"use 'study resume {study_dir}' or give the spec a new name"
         )
     check_writable(study_dir)
+    store = spec.artifact_dir(study_dir)
+    check_writable(
+        store, f"the artifact store {store} is not writable; set 'artifact_store' in the spec to a "
+        f"writable folder (or 'study' for the study directory)"
+    )  # fmt: skip
     uri = resolve_tracking_uri(spec.tracking_uri, study_dir)
     problems: list[str] = []
     check_tracking_uri(uri, problems)
@@ -92,7 +100,7 @@ def _study_context(spec: StudySpec, study_dir: Path) -> Any:
     trial = TrialContext(
         params=spec.base_params(),
         base_config=spec.base_config,
-        cache_dir=str(study_dir / "artifacts"),
+        cache_dir=str(spec.artifact_dir(study_dir)),
         record_dir=str(study_dir / "trials"),
         threads=max(1, int(resources.cpus_per_trial)),  # per process: the trial's or a worker's
         local_mode=resources.num_workers == 0,
@@ -214,7 +222,12 @@ def _save_spec(spec: StudySpec, study_dir: Path, uri: str) -> None:
     """The saved spec pins where results live, so resume / table / export find them from
     anywhere."""
     study_dir.mkdir(parents=True, exist_ok=True)
-    saved = {**spec.to_dict(), "storage": str(study_dir.parent), "tracking_uri": uri}
+    saved = {
+        **spec.to_dict(),
+        "storage": str(study_dir.parent),
+        "tracking_uri": uri,
+        "artifact_store": str(spec.artifact_dir(study_dir)),
+    }
     (study_dir / SPEC_FILE).write_text(yaml.safe_dump(saved, sort_keys=False))
     trust_study(study_dir)
 
@@ -410,4 +423,7 @@ def load_study_spec(study_dir: str | Path) -> tuple[Path, StudySpec]:
         raise StudyError(
             f"{path} is not a study directory (no {SPEC_FILE}); give the folder 'study run' printed"
         )
-    return path, validate(yaml.safe_load((path / SPEC_FILE).read_text()))
+    raw = yaml.safe_load((path / SPEC_FILE).read_text())
+    if isinstance(raw, dict) and "artifact_store" not in raw:
+        raw["artifact_store"] = "study"  # saved before the shared store: its networks are inside
+    return path, validate(raw)

@@ -31,8 +31,9 @@ DEFAULT_PRESET = "toy"
 TOP_KEYS = {
     "name", "dataset", "methods", "label_percents", "num_trials", "objectives", "scheduler",
     "search", "resources", "seed", "config", "storage", "tracking_uri", "address", "base_config",
-    "preset", "study_id", "trials_per_cell", "guidance",
+    "preset", "study_id", "trials_per_cell", "guidance", "artifact_store",
 }  # fmt: skip
+STORE_ENV = "SC_GUIDANCE_ARTIFACT_STORE"  # overrides the user-level default artifact store
 GUIDANCE_KEYS = {"scales", "val_num_per_class"}
 RESOURCE_KEYS = {
     "cpus_per_trial", "gpus_per_trial", "num_workers", "max_concurrent_trials", "max_failures"
@@ -105,6 +106,17 @@ class StudySpec:
     # Swept inside every guided trial on the validation split (sample.guidance_grid).
     guidance_scales: tuple[float, ...] = DEFAULT_GUIDANCE_SCALES
     val_num_per_class: int | None = None  # eval.val_num_per_class (None: the config's)
+    # Trained networks, content-addressed and shared by every study that points here (None: the
+    # user-level default, $SC_GUIDANCE_ARTIFACT_STORE or ~/.cache/sc-guidance/artifacts; "study":
+    # the study directory's own artifacts/). The saved spec pins the resolved folder.
+    artifact_store: str | None = None
+
+    def artifact_dir(self, study_dir: Path) -> Path:
+        """The resolved artifact store of this study."""
+        if self.artifact_store == "study":
+            return study_dir / "artifacts"
+        default = os.environ.get(STORE_ENV) or "~/.cache/sc-guidance/artifacts"
+        return Path(self.artifact_store or default).expanduser().resolve()
 
     def cell_budgets(self) -> dict[tuple[str, float], int]:
         """Trials per (method, label %) cell: trials_per_cell each, or num_trials dealt round
@@ -144,7 +156,9 @@ class StudySpec:
 
     def to_dict(self) -> dict:
         """Plain data, as YAML would hold it."""
-        optional = ("storage", "tracking_uri", "address", "study_id", "trials_per_cell")
+        optional = (
+            "storage", "tracking_uri", "address", "study_id", "trials_per_cell", "artifact_store",
+        )  # fmt: skip
         return {
             "name": self.name,
             "dataset": self.dataset,
@@ -562,6 +576,9 @@ def validate(raw: dict) -> StudySpec:
         errors.append(
             f"study_id: {study_id!r} is not a study id (hex digits, written by 'study run')"
         )
+    store = raw.get("artifact_store")
+    if store is not None and (not isinstance(store, str) or not store.strip()):
+        errors.append(f"artifact_store: expected a folder path or 'study', got {store!r}")
     base = raw.get("base_config", raw.get("preset", "toy"))
     if base not in BASE_CONFIGS:
         errors.append(f"base_config: unknown {base!r}; valid: {sorted(BASE_CONFIGS)}")
@@ -594,6 +611,7 @@ def validate(raw: dict) -> StudySpec:
         trials_per_cell=per_cell,
         guidance_scales=scales,
         val_num_per_class=val_per_class,
+        artifact_store=store,
     )
     if per_cell is not None:  # the total follows from the cells' budgets
         spec = replace(spec, num_trials=sum(spec.cell_budgets().values()))

@@ -35,7 +35,12 @@ def run_cli(
     *args: str, cwd: Path | str, timeout: float = 600, env: dict | None = None
 ) -> subprocess.CompletedProcess:
     """`python -m study ARGS` in cwd; stdout and stderr captured as text."""
-    base = {**cli_env(), "MLFLOW_DISABLE_TELEMETRY": "true"}
+    # Each test's own artifact store (the user-level default would share networks across tests).
+    base = {
+        **cli_env(),
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "SC_GUIDANCE_ARTIFACT_STORE": str(Path(cwd) / "artifact-store"),
+    }
     return subprocess.run(
         [sys.executable, "-m", "study", *args],
         cwd=cwd,

@@ -23,6 +23,27 @@ from trainables.fit import Distributed, build, save_checkpoint
 from trainables.methods import Artifact
 
 ALWAYS = ("sde.", "model.", "train.")
+# The code that shapes a trained network: its source enters every key, so a changed loss, network,
+# training loop or data pipeline never reuses a network trained by older code (the store is shared
+# across studies and platform versions).
+SHAPING_CODE = (
+    "fit.py", "losses.py", "methods.py", "sde.py", "cache.py", "networks", "data",
+)  # fmt: skip
+
+
+def code_version() -> str:
+    """sha256 (16 hex digits) of the source of every module in SHAPING_CODE, in a fixed order."""
+    root = Path(__file__).parent
+    digest = hashlib.sha256()
+    for name in SHAPING_CODE:
+        path = root / name
+        for file in sorted(path.rglob("*.py")) if path.is_dir() else [path]:
+            digest.update(file.relative_to(root).as_posix().encode())
+            digest.update(file.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+CODE_VERSION = code_version()
 DATA_KEYS = (
     "data.name",
     "data.num_train",
@@ -51,6 +72,7 @@ def artifact_identity(
         "network": artifact.network,
         "terms": [[t.term, t.rows] for t in active],
         "batches": artifact.row_usage,  # how its batches mix labeled and uniform rows
+        "code": CODE_VERSION,
         "config": {k: flat[k] for k in sorted(set(keys))},
         "needs": dict(sorted((needs or {}).items())),
     }
