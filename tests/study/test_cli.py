@@ -4,6 +4,7 @@ trip."""
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -67,7 +68,7 @@ assert (children["status"] == "FINISHED").all(), children["status"].tolist()
 assert (children["tags.mlflow.parentRunId"] == parent["run_id"].iloc[0]).all()
 assert children["metrics.guided_score_cos"].notna().all()
 assert children["params.train.steps"].eq("40").all()
-assert children["tags.artifact.score"].dropna().str.startswith("{study_dir}").all()
+assert children["tags.artifact.score"].dropna().str.startswith("{study_dir.parent.parent}").all()
 print("ok")
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
@@ -83,7 +84,10 @@ def test_score_model_trained_once_and_reused(finished_study):
     # The first CG-family trial trains the score model; every later one reuses it.
     assert (cg["artifact_reused/score"] == 0).sum() == 1
     assert (cg["artifact_reused/score"] == 1).sum() == len(cg) - 1
-    assert len(list((study_dir / "artifacts").glob("score-*"))) == 1
+    # The study's networks live in its artifact store (this test's: run_cli points it there).
+    store = yaml.safe_load((study_dir / "spec.yaml").read_text())["artifact_store"]
+    assert store == str(study_dir.parent.parent / "artifact-store")
+    assert len(list(Path(store).glob("score-*"))) == 1
 
 
 def test_table_command_rebuilds_the_table(finished_study):
@@ -221,3 +225,21 @@ def test_final_runs_each_cells_choice_over_seeds_reusing_what_is_trained(finishe
     # The comparison table still holds the search's trials only.
     assert (study_dir / "tables" / "comparison.md").read_text() == table_before
     assert "6 final runs" in result.stdout
+
+
+def test_a_second_study_with_another_lambda_range_trains_no_score_model(finished_study):
+    root, study_dir, _ = finished_study
+    spec = yaml.safe_load((root / "spec.yaml").read_text())
+    spec.update(name="e2e-wider", methods=["CG-SC-all"], num_trials=2,
+                search={"loss.lambda_sc": {"low": 20, "high": 50}})  # fmt: skip
+    (root / "wider.yaml").write_text(yaml.safe_dump(spec))
+    store = Path(yaml.safe_load((study_dir / "spec.yaml").read_text())["artifact_store"])
+    score_models = sorted(store.glob("score-*"))
+    result = _cli("run", "wider.yaml", "--quiet", cwd=root)
+    assert result.returncode == 0, result.stderr[-3000:]
+    from analysis.runs import load_runs
+
+    runs = load_runs(f"sqlite:///{root / 'studies' / 'e2e-wider' / 'mlflow.db'}", "e2e-wider")
+    assert len(runs) == 2 and (runs["artifact_reused/score"] == 1).all()  # the first study's
+    assert (runs["artifact_reused/classifier"] == 0).all()  # new lambdas: new classifiers
+    assert sorted(store.glob("score-*")) == score_models  # none trained

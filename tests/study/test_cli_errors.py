@@ -105,6 +105,11 @@ BAD_INPUTS = [
     ),
     ("empty guidance grid", lambda p: _write(p, "guidance: {scales: []}\n"), "non-empty list"),
     ("trials_per_cell 0", lambda p: _write(p, "trials_per_cell: 0\n"), "trials_per_cell"),
+    (
+        "unwritable artifact store",
+        lambda p: _write(p, f"artifact_store: /proc/store\nstorage: {p / 'studies'}\n"),
+        "the artifact store /proc/store is not writable",
+    ),
 ]
 
 

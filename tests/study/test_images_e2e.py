@@ -63,7 +63,8 @@ def test_each_family_trains_on_two_train_workers(tmp_path):
     assert len(kept) == 3
     # Every artifact the workers trained is in the cache once: score, classifier, joint,
     # conditional.
-    assert sorted(p.name.split("-")[0] for p in (study_dir / "artifacts").iterdir()) == [
+    store = tmp_path / "artifact-store"  # run_cli's per-test store
+    assert sorted(p.name.split("-")[0] for p in store.iterdir()) == [
         "classifier",
         "conditional",
         "joint",
