@@ -80,6 +80,7 @@ def run_counts(runs: pd.DataFrame, metric: str) -> str:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from study.runner import (
+        StudyError,
         StudyInterrupted,
         check_trusted,
         load_study_spec,
@@ -90,6 +91,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     from study.spec import load_spec
     from trainables.names import SPEC_FILE
 
+    if args.add_trials is not None and args.add_trials < 1:
+        raise StudyError(
+            f"--add-trials must be an integer >= 1 (trials added to every cell), "
+            f"got {args.add_trials}"
+        )
     if args.resume_dir is not None:
         study_dir, spec = load_study_spec(args.resume_dir)
         if args.trust:
@@ -105,7 +111,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     start = time.perf_counter()
     try:
-        run_study(spec, resume=args.resume_dir is not None, verbose=not args.quiet)
+        run_study(
+            spec,
+            resume=args.resume_dir is not None,
+            verbose=not args.quiet,
+            add_trials=args.add_trials or 0,
+        )
     except KeyboardInterrupt as exc:
         if isinstance(exc, StudyInterrupted) or not (study_dir / SPEC_FILE).exists():
             raise
@@ -225,7 +236,7 @@ def parser() -> argparse.ArgumentParser:
     )
     run.add_argument("spec", nargs="?", default=None, help="YAML spec file or preset name")
     run.add_argument("--quiet", action="store_true", help="no per-epoch progress")
-    run.set_defaults(func=cmd_run, resume_dir=None, trust=False)
+    run.set_defaults(func=cmd_run, resume_dir=None, trust=False, add_trials=None)
     resume = sub.add_parser("resume", help="resume an interrupted study")
     resume.add_argument("resume_dir", metavar="DIR")
     resume.add_argument("--quiet", action="store_true")
@@ -234,6 +245,13 @@ def parser() -> argparse.ArgumentParser:
         action="store_true",
         help="resume a study folder this user's 'study run' did not create (its Tune state is "
         "unpickled: only for folders you trust)",
+    )
+    resume.add_argument(
+        "--add-trials",
+        type=int,
+        default=None,
+        metavar="N",
+        help="raise every cell's budget by N trials and run them (extends a finished study)",
     )
     resume.set_defaults(func=cmd_run, spec=None)
     final = sub.add_parser(

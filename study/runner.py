@@ -124,21 +124,33 @@ def _tuner(
     tracker: Any,
     resume: bool,
     rerun: list[dict] | None = None,
+    extend: bool = False,
 ) -> Any:
     """The study's Tuner: restored (resume) or new, with the searcher, the scheduler and the MLflow
-    tracker; or, given rerun, a new experiment running exactly those configurations."""
+    tracker; given rerun, a new experiment running exactly those configurations; given extend, a
+    new experiment spending the cells' enlarged budgets (resume --add-trials)."""
     from ray import tune
 
     from study.search import make_scheduler, make_searcher
 
-    name = spec.name if rerun is None else f"{spec.name}-rerun{len(_experiments(study_dir, spec))}"
+    count = len(_experiments(study_dir, spec))
+    name = spec.name
+    if rerun is not None:
+        name = f"{spec.name}-rerun{count}"
+    elif extend:
+        name = f"{spec.name}-more{count}"
     experiment = study_dir / "tune" / name
-    if resume and rerun is None and tune.Tuner.can_restore(str(experiment)):
+    if resume and rerun is None and not extend and tune.Tuner.can_restore(str(experiment)):
         return tune.Tuner.restore(str(experiment), trainable, resume_errored=True)
+    searcher = make_searcher(spec, study_dir, points=rerun)
+    samples = sum(spec.cell_budgets().values()) if rerun is None else len(rerun)
+    if extend:
+        searcher.recount()  # what every cell has spent so far, from optuna.db
+        samples = max(1, searcher.remaining)
     tune_config = tune.TuneConfig(
-        search_alg=make_searcher(spec, study_dir, points=rerun),
+        search_alg=searcher,
         scheduler=make_scheduler(spec),
-        num_samples=sum(spec.cell_budgets().values()) if rerun is None else len(rerun),
+        num_samples=samples,
         max_concurrent_trials=spec.resources.max_concurrent_trials,
         reuse_actors=True,
     )
@@ -152,8 +164,8 @@ def _experiments(study_dir: Path, spec: StudySpec) -> list[Path]:
     """The study's Tune experiments: the main one and the re-runs after resumes."""
     tune_dir = study_dir / "tune"
     main = [tune_dir / spec.name] if (tune_dir / spec.name).is_dir() else []
-    reruns = sorted(tune_dir.glob(f"{spec.name}-rerun*"))
-    return main + reruns + sorted(tune_dir.glob(f"{spec.name}-final*"))
+    others = [f"{spec.name}-{kind}*" for kind in ("rerun", "more", "final")]
+    return main + [p for pattern in others for p in sorted(tune_dir.glob(pattern))]
 
 
 def _known_trials(study_dir: Path, spec: StudySpec) -> set[str]:
@@ -169,12 +181,20 @@ def _known_trials(study_dir: Path, spec: StudySpec) -> set[str]:
     return known
 
 
-def _fit_all(spec: StudySpec, study_dir: Path, trainable: Any, tracker: Any, resume: bool) -> bool:
-    """Run (or restore) the study's experiment, then run again every configuration handed out to
-    a trial that a killed driver never recorded; True if a Ctrl-C stopped it."""
+def _fit_all(
+    spec: StudySpec,
+    study_dir: Path,
+    trainable: Any,
+    tracker: Any,
+    resume: bool,
+    extend: bool = False,
+) -> bool:
+    """Run (or restore, or extend) the study's experiment, then run again every configuration
+    handed out to a trial that a killed driver never recorded; True if a Ctrl-C stopped it."""
     from study.search import fail_orphaned_trials
 
-    _, interrupted = _fit_noting_interrupt(_tuner(spec, study_dir, trainable, tracker, resume))
+    tuner = _tuner(spec, study_dir, trainable, tracker, resume, extend=extend)
+    _, interrupted = _fit_noting_interrupt(tuner)
     for _ in range(MAX_RERUNS):
         orphans = [] if interrupted else fail_orphaned_trials(spec, study_dir)
         if not orphans:
@@ -218,17 +238,19 @@ def check_trusted(study_dir: Path) -> None:
         )
 
 
-def _save_spec(spec: StudySpec, study_dir: Path, uri: str) -> None:
+def _save_spec(spec: StudySpec, study_dir: Path, uri: str, keep_store: bool = False) -> None:
     """The saved spec pins where results live, so resume / table / export find them from
-    anywhere."""
+    anywhere (written to a temporary file, then moved into place)."""
     study_dir.mkdir(parents=True, exist_ok=True)
     saved = {
         **spec.to_dict(),
         "storage": str(study_dir.parent),
         "tracking_uri": uri,
-        "artifact_store": str(spec.artifact_dir(study_dir)),
+        "artifact_store": spec.artifact_store if keep_store else str(spec.artifact_dir(study_dir)),
     }
-    (study_dir / SPEC_FILE).write_text(yaml.safe_dump(saved, sort_keys=False))
+    tmp = study_dir / f"{SPEC_FILE}.tmp"
+    tmp.write_text(yaml.safe_dump(saved, sort_keys=False))
+    os.replace(tmp, study_dir / SPEC_FILE)
     trust_study(study_dir)
 
 
@@ -293,15 +315,23 @@ def _run_session(
     client.log_metric(parent, f"study/{stage}_wall_seconds", time.perf_counter() - start)
 
 
-def run_study(spec: StudySpec, *, resume: bool = False, verbose: bool = True) -> Path:
-    """Run (or resume) a study to completion; returns the study directory."""
+def run_study(
+    spec: StudySpec, *, resume: bool = False, verbose: bool = True, add_trials: int = 0
+) -> Path:
+    """Run (or resume) a study to completion; returns the study directory. add_trials (with
+    resume) raises every cell's budget by that many trials and spends them in a new experiment."""
     study_dir, uri = prepare(spec, resume=resume)
     if not resume:
         spec = replace(spec, study_id=uuid.uuid4().hex[:16])
         _save_spec(spec, study_dir, uri)
+    if add_trials:
+        per_cell = max(spec.cell_budgets().values()) + add_trials
+        spec = replace(spec, trials_per_cell=per_cell)
+        spec = replace(spec, num_trials=sum(spec.cell_budgets().values()))
+        _save_spec(spec, study_dir, uri, keep_store=True)
 
     def fit(trainable: Any, tracker: Any) -> bool:
-        return _fit_all(spec, study_dir, trainable, tracker, resume)
+        return _fit_all(spec, study_dir, trainable, tracker, resume, extend=add_trials > 0)
 
     _run_session(spec, study_dir, uri, verbose, "search", fit)
     return study_dir

@@ -115,6 +115,23 @@ class CellSearcher(Searcher):
             ]
             self.asked[cell] = len(spent)
 
+    def recount(self) -> None:
+        """Count each cell's spent trials from its Optuna study (a searcher extending a finished
+        study: `study resume DIR --add-trials N`)."""
+        state = optuna.trial.TrialState
+        for cell in self.cells:
+            trials = self.study(cell).get_trials(deepcopy=False)
+            self.asked[cell] = sum(
+                t.state in (state.COMPLETE, state.FAIL, state.RUNNING)
+                or (t.state == state.PRUNED and not t.user_attrs.get("repeat"))
+                for t in trials
+            )
+
+    @property
+    def remaining(self) -> int:
+        """Trials the cells' budgets still allow."""
+        return sum(max(0, self.budget[c] - self.asked[c]) for c in self.cells)
+
     def study(self, cell: Cell) -> optuna.Study:
         """The cell's Optuna study, created (with its default point enqueued) on first use."""
         if cell not in self._studies:

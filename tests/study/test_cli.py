@@ -243,3 +243,18 @@ def test_a_second_study_with_another_lambda_range_trains_no_score_model(finished
     assert len(runs) == 2 and (runs["artifact_reused/score"] == 1).all()  # the first study's
     assert (runs["artifact_reused/classifier"] == 0).all()  # new lambdas: new classifiers
     assert sorted(store.glob("score-*")) == score_models  # none trained
+
+
+def test_resume_add_trials_extends_every_cell_with_a_knob_and_repeats_nothing(finished_study):
+    root, study_dir, _ = finished_study
+    bad = _cli("resume", str(study_dir), "--add-trials", "0", cwd=root, timeout=120)
+    assert bad.returncode == 2 and "--add-trials must be an integer >= 1" in bad.stderr
+    result = _cli("resume", str(study_dir), "--add-trials", "1", "--quiet", cwd=root)
+    assert result.returncode == 0, result.stderr[-3000:]
+    _, search = _final_runs(study_dir)
+    per_cell = search.groupby("method").size().to_dict()
+    # CG-SC-all had 2 trials and gets a third; CG and CFG-all have nothing to tune: still 1.
+    assert per_cell == {"CG": 1, "CG-SC-all": 3, "CFG-all": 1}
+    lambdas = search[search["method"] == "CG-SC-all"]["loss.lambda_sc"]
+    assert lambdas.is_unique and (search["status"] == "FINISHED").all()
+    assert yaml.safe_load((study_dir / "spec.yaml").read_text())["trials_per_cell"] == 3
