@@ -163,6 +163,15 @@ def cmd_final(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plan(args: argparse.Namespace) -> int:
+    from study.plan import make_plan, to_text
+    from study.spec import load_spec
+
+    spec = load_spec(args.spec, check_data=False)  # plans need no data
+    print(to_text(spec, make_plan(spec)))
+    return 0
+
+
 def cmd_table(args: argparse.Namespace) -> int:
     from study.runner import load_study_spec
 
@@ -254,6 +263,11 @@ def parser() -> argparse.ArgumentParser:
         help="raise every cell's budget by N trials and run them (extends a finished study)",
     )
     resume.set_defaults(func=cmd_run, spec=None)
+    plan = sub.add_parser(
+        "plan", help="print a spec's stage graph and planned vs naive compute; runs nothing"
+    )
+    plan.add_argument("spec", nargs="?", default=None, help="YAML spec file or preset name")
+    plan.set_defaults(func=cmd_plan)
     final = sub.add_parser(
         "final",
         help="run every cell's chosen configuration over N seeds in the study; tables/final.md",

@@ -503,6 +503,7 @@ def _check_trials(
     base: str,
     objectives: list[Objective],
     errors: list[str],
+    check_data: bool = True,
 ) -> None:
     """Build one trial config per method: flat overrides against the schema, the network for the
     data, the data and evaluation pre-flight, the objectives against what trials report."""
@@ -525,14 +526,15 @@ def _check_trials(
                 f"got {trial.model.arch!r}; use {fix}"
             )
             return
-        if images and i == 0:
+        if images and i == 0 and check_data:
             _check_images(trial, errors)
         trials[method] = trial
     _check_objectives(trials, objectives, errors)
 
 
-def validate(raw: dict) -> StudySpec:
-    """Check every field; raise SpecError listing all problems at once."""
+def validate(raw: dict, check_data: bool = True) -> StudySpec:
+    """Check every field; raise SpecError listing all problems at once. check_data=False skips
+    the dataset and Inception-weight checks (`study plan` reads a spec without its data)."""
     from trainables.config import BASE_CONFIGS
     from trainables.data.images import IMAGE_DATASETS
     from trainables.data.toy import TOY_DATASETS
@@ -586,7 +588,7 @@ def validate(raw: dict) -> StudySpec:
     if not isinstance(config, dict):
         errors.append("config: expected a mapping of flat config keys")
     if not errors:
-        _check_trials(dataset, methods, config, base, objectives, errors)
+        _check_trials(dataset, methods, config, base, objectives, errors, check_data=check_data)
     if len(errors) == 1:
         raise SpecError(f"invalid study spec: {errors[0]}")
     if errors:
@@ -618,6 +620,6 @@ def validate(raw: dict) -> StudySpec:
     return spec
 
 
-def load_spec(source: str | None) -> StudySpec:
+def load_spec(source: str | None, check_data: bool = True) -> StudySpec:
     """Load and validate a spec file or preset."""
-    return validate(load_raw(source))
+    return validate(load_raw(source), check_data=check_data)

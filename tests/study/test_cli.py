@@ -165,6 +165,21 @@ def test_ui_serves_the_study_store_on_localhost(finished_study):
         log.close()
 
 
+def test_plan_predicts_what_the_search_spent_and_runs_nothing(finished_study):
+    import re
+
+    root, study_dir, _ = finished_study
+    spent = (study_dir / "tables" / "compute.md").read_text()
+    result = _cli("plan", "spec.yaml", cwd=root, timeout=120)
+    assert result.returncode == 0, result.stderr
+    planned = re.search(r"\| training steps \| ([\d,]+) \| ([\d,]+) \|", result.stdout)
+    measured = re.search(r"\| training steps \| (\d+) \| (\d+) \|", spent)
+    as_int = [int(g.replace(",", "")) for g in planned.groups()]
+    assert as_int == [int(g) for g in measured.groups()]  # planned = spent, naive = naive
+    assert "stage 1 (shared" in result.stdout and "score x1" in result.stdout
+    assert not (root / "studies" / "e2e" / "tune" / "e2e-more").exists()
+
+
 # ---- study final: runs after the tests above, which count the search's runs and artifacts ----
 def _final_runs(study_dir):
     from analysis.runs import load_runs

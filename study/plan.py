@@ -1,0 +1,115 @@
+"""`study plan SPEC`: the study's stage graph and its compute, planned vs naive, without running.
+
+Planned: every distinct network the trials need, found with the artifact cache's own keys
+(trainables.cache.artifact_identity; a searched cell's trials get distinct knob values, so each
+trains its own classifier), trained once: shared ones (the score model, the image evaluation
+classifier) as the first stage, then each cell's own. Sampling: per guided trial the validation
+sweep (every scale at guidance.val_num_per_class) plus one full evaluation. Naive: every trial
+retrains every network it uses, and every guidance scale is its own trial sampled in full. Counts
+are training steps and score-network evaluations of sampling (device-seconds depend on the machine:
+bench/ measures throughput).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+from study.spec import StudySpec
+
+SAMPLER_SCORE_EVALS = {"pc": 2, "em": 1, "ode": 2}  # as trainables.evaluation counts them
+
+
+def _num_classes(dataset: str, config: object) -> int:
+    """Classes of the study's dataset, without loading it (image folders: unknown, 0)."""
+    fixed = {"cifar10": 10, "cifar100": 100, "tiny-images": 4, "folder": 0}
+    if dataset in fixed:
+        return fixed[dataset]
+    from trainables.data.toy import make_toy
+
+    return make_toy(dataset, 4, 4, 0).num_classes
+
+
+@dataclass
+class Plan:
+    """Stages with their networks, and the totals."""
+
+    shared: Counter = field(default_factory=Counter)  # network name -> how many (stage 1)
+    cells: dict[tuple[str, float], dict] = field(default_factory=dict)  # per cell: trials, nets
+    train_steps: int = 0
+    train_steps_naive: int = 0
+    score_evals: float = 0.0
+    score_evals_naive: float = 0.0
+
+
+def make_plan(spec: StudySpec) -> Plan:
+    """The plan of a validated spec (its first seed)."""
+    from trainables.cache import artifact_identity, artifact_key
+    from trainables.config import from_flat
+    from trainables.methods import EVAL_CLASSIFIER, get_method
+    from trainables.names import GUIDED, TUNED_KEYS
+
+    plan, seen = Plan(), set()
+    for (method, pct), budget in spec.cell_budgets().items():
+        cell = {"trials": budget, "networks": Counter()}
+        for i in range(budget):
+            knobs = {k: 1.0 + i * 1e-3 for k in TUNED_KEYS[method]}  # distinct per trial
+            params = {**spec.base_params(), **knobs, "method": method, "data.label_percent": pct}
+            config = from_flat(params, base=spec.base_config)
+            scales = len(config.sample.guidance_grid) if method in GUIDED else 1
+            needs: dict[str, str] = {}
+            for artifact in get_method(method).artifacts:
+                key = artifact_key(artifact_identity(artifact, config, needs))
+                needs[artifact.name] = key
+                plan.train_steps_naive += config.train.steps * max(1, scales)
+                if key in seen:
+                    continue
+                seen.add(key)
+                plan.train_steps += config.train.steps
+                shared = artifact.name == "score"
+                (plan.shared if shared else cell["networks"])[artifact.name] += 1
+            classes = _num_classes(spec.dataset, config)
+            per = SAMPLER_SCORE_EVALS[config.sample.sampler] * config.sample.num_steps * classes
+            full = per * config.sample.num_per_class
+            val_per_class = config.eval.val_num_per_class or max(
+                8, config.sample.num_per_class // 4
+            )
+            plan.score_evals += full + scales * per * val_per_class
+            plan.score_evals_naive += scales * full
+        plan.cells[(method, pct)] = cell
+    config = from_flat(spec.base_params(), base=spec.base_config)
+    if config.model.arch == "ncsnpp":  # images: the evaluation classifier, unless one is given
+        if config.eval.fid and not config.eval.classifier_checkpoint:
+            plan.shared[EVAL_CLASSIFIER.name] += 1
+            plan.train_steps += config.eval.classifier_steps
+            plan.train_steps_naive += config.eval.classifier_steps * spec.num_trials
+    return plan
+
+
+def to_text(spec: StudySpec, plan: Plan) -> str:
+    """The stage graph and both costs, for the terminal."""
+    lines = [f"study {spec.name!r}: {len(plan.cells)} cells, {spec.num_trials} trials"]
+    shared = ", ".join(f"{n} x{c}" for n, c in sorted(plan.shared.items())) or "none"
+    lines.append(f"stage 1 (shared, trained once before the trials that need them): {shared}")
+    lines.append("stage 2 (per cell: trials -> networks of its own):")
+    for (method, pct), cell in plan.cells.items():
+        own = ", ".join(f"{n} x{c}" for n, c in sorted(cell["networks"].items())) or "none"
+        lines.append(f"  {method} @ {pct:g}%: {cell['trials']} trial(s) -> {own}")
+
+    def ratio(naive: float, planned: float) -> str:
+        return f"{naive / planned:.1f}x less" if planned else "-"
+
+    lines += [
+        "",
+        "| compute | planned | naive | |",
+        "|---|---|---|---|",
+        f"| training steps | {plan.train_steps:,} | {plan.train_steps_naive:,} | "
+        f"{ratio(plan.train_steps_naive, plan.train_steps)} |",
+        f"| sampling score evaluations | {plan.score_evals:.3g} | {plan.score_evals_naive:.3g} | "
+        f"{ratio(plan.score_evals_naive, plan.score_evals)} |",
+        "",
+        "naive: every trial retrains every network it uses; every guidance scale is its own trial.",
+        "stage 1 is the shared networks' first use: trials of the same network wait on its lock "
+        "(no scheduler stage runs them ahead yet).",
+    ]
+    return "\n".join(lines) + "\n"
