@@ -67,11 +67,16 @@ def artifact_identity(
         keys += ["data.label_percent", "data.split_seed"]
     for term in active:
         keys += term.knobs()
+    # With every row labeled, "labeled" rows are all rows and every batch mixing draws uniformly
+    # from all of them: the "labeled" and "all" variants (CG-SC-labeled / CG-SC-all, CFG-labeled /
+    # CFG-all) train the same network, so they share one key (tests/trainables/test_cache.py
+    # trains both and compares the weights).
+    full = config.data.label_percent >= 100.0
     return {
         "artifact": artifact.name,
         "network": artifact.network,
-        "terms": [[t.term, t.rows] for t in active],
-        "batches": artifact.row_usage,  # how its batches mix labeled and uniform rows
+        "terms": [[t.term, "all" if full and t.rows == "labeled" else t.rows] for t in active],
+        "batches": "all" if full else artifact.row_usage,  # how batches mix labeled and uniform
         "code": CODE_VERSION,
         "config": {k: flat[k] for k in sorted(set(keys))},
         "needs": dict(sorted((needs or {}).items())),

@@ -91,3 +91,30 @@ def test_every_declared_knob_and_weight_changes_the_key_of_an_artifact_using_it(
                         artifact.name,
                         knob,
                     )
+
+
+def _train(method, percent):
+    from trainables.data.toy import make_toy
+    from trainables.fit import TrainingSet, train_artifact
+
+    flat = {"method": method, "data.label_percent": percent, "train.steps": 5,
+            "train.steps_per_epoch": 5, "train.batch_size": 16, "model.hidden": 8,
+            "model.depth": 1}  # fmt: skip
+    config = from_flat(flat, base="toy")
+    data = make_toy("gmm2", 64, 8, 0)
+    split = TrainingSet.split(data.x, data.y, data.num_classes, percent, 0)
+    artifact = get_method(method).artifacts[-1]
+    return train_artifact(artifact, config, split).state_dict()
+
+
+def test_labeled_and_all_variants_share_one_network_at_100_percent_and_only_there():
+    for labeled, every in (("CG-SC-labeled", "CG-SC-all"), ("CFG-labeled", "CFG-all")):
+        index = len(get_method(labeled).artifacts) - 1
+        assert _key(labeled, index) == _key(every, index)  # 100 % is the toy base's default
+        five = {"data.label_percent": 5}
+        assert _key(labeled, index, **five) != _key(every, index, **five)
+        # Sharing is only right if they really train the same network: train both.
+        a, b = _train(labeled, 100.0), _train(every, 100.0)
+        assert all(torch.equal(a[k], b[k]) for k in a)
+        c, d = _train(labeled, 25.0), _train(every, 25.0)
+        assert not all(torch.equal(c[k], d[k]) for k in c)
