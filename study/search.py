@@ -3,6 +3,7 @@ equal budget per cell, and ASHA that keeps every cell's first trial."""
 
 from __future__ import annotations
 
+import json
 import math
 import pickle
 from pathlib import Path
@@ -15,7 +16,14 @@ from ray.tune.search.optuna import OptunaSearch
 
 from search_spaces import DEFAULT_RANGES, Range, cell_points
 from study.spec import StudySpec
-from trainables.names import LABEL_PERCENT_KEY, METHOD_KEY, TUNED_KEYS, VALIDATION_PREFIX
+from trainables.names import (
+    FINAL_RECORD,
+    LABEL_PERCENT_KEY,
+    METHOD_KEY,
+    PARAMS_RECORD,
+    TUNED_KEYS,
+    VALIDATION_PREFIX,
+)
 
 
 class FinalResultOptunaSearch(OptunaSearch):
@@ -71,6 +79,7 @@ class CellSearcher(Searcher):
         self.study_name, self.seed = spec.name, spec.seed
         self.ranges = dict(spec.search)
         self.storage_url = f"sqlite:///{study_dir / 'optuna.db'}"
+        self.record_root = str(study_dir / "trials")  # the trials' records (trainables.names)
         self.cells: list[Cell] = [(m, float(p)) for m in spec.methods for p in spec.label_percents]
         self.points = list(points) if points is not None else None
         self.budget = spec.cell_budgets()
@@ -95,11 +104,19 @@ class CellSearcher(Searcher):
         self.__dict__.update(pickle.loads(Path(checkpoint_path).read_bytes()))
         self._studies = {}
         state = optuna.trial.TrialState
+        finished = self._finished_records()
         for cell in self.cells:
             known = {n for c, n in self.live.values() if c == cell}
             study = self.study(cell)
             for trial in study.get_trials(deepcopy=False, states=[state.RUNNING]):
-                if trial.number not in known:
+                if trial.number in known:
+                    continue
+                # It finished before the kill (its record says so): tell its result, run it not
+                # again.
+                values = _values(finished.get((cell, _key(trial.params))), self.objectives)
+                if values is not None:
+                    study.tell(trial.number, values if len(values) > 1 else values[0])
+                else:
                     self.lost.add((cell, trial.number))
                     study.tell(trial.number, state=state.FAIL)
                     study.enqueue_trial(dict(trial.params))
@@ -114,6 +131,21 @@ class CellSearcher(Searcher):
                 or (t.state == state.FAIL and (cell, t.number) not in self.lost)
             ]
             self.asked[cell] = len(spent)
+
+    def _finished_records(self) -> dict[tuple[Cell, tuple], dict]:
+        """(cell, knobs) -> final result of every trial whose records say it finished."""
+        root = Path(getattr(self, "record_root", "") or "/nonexistent")
+        out = {}
+        for folder in root.iterdir() if root.is_dir() else []:
+            final, params = folder / FINAL_RECORD, folder / PARAMS_RECORD
+            if not (final.exists() and params.exists()):
+                continue
+            p = json.loads(params.read_text())
+            cell = (p.get(METHOD_KEY), float(p.get(LABEL_PERCENT_KEY, "nan")))
+            if cell in self.asked:
+                knobs = {k: p[k] for k in TUNED_KEYS[cell[0]] if k in p}
+                out[(cell, _key(knobs))] = json.loads(final.read_text())
+        return out
 
     def recount(self) -> None:
         """Count each cell's spent trials from its Optuna study (a searcher extending a finished
@@ -295,6 +327,16 @@ def fail_orphaned_trials(spec: StudySpec, study_dir: Path) -> list[dict]:
             study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
             orphans.append({**cell, **trial.params})
     return orphans
+
+
+def _values(result: dict | None, objectives: list[tuple[str, str]]) -> list[float] | None:
+    """A finished result's objective values, or None if it has none or a non-finite one."""
+    if result is None:
+        return None
+    values = [result.get(metric) for metric, _ in objectives]
+    if any(v is None or not math.isfinite(float(v)) for v in values):
+        return None
+    return [float(v) for v in values]
 
 
 def _key(knobs: dict) -> tuple:

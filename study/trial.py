@@ -10,7 +10,7 @@ from typing import Any
 
 from study.cluster import worker_resources
 from trainables.context import TrialContext
-from trainables.names import FINAL_RECORD
+from trainables.names import FINAL_RECORD, PARAMS_RECORD
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,9 @@ def trial_driver(params: dict[str, Any], *, study: StudyContext) -> None:
         # the stored final result instead of training again.
         tune.report({**json.loads((record_dir / FINAL_RECORD).read_text()), "replayed": 1.0})
         return
+    record_dir.mkdir(parents=True, exist_ok=True)
+    # Which configuration this trial is: a restored searcher matches it to a lost Optuna trial.
+    (record_dir / PARAMS_RECORD).write_text(json.dumps(params, default=str))
     context = replace(
         study.trial, params={**study.trial.params, **params}, record_dir=str(record_dir)
     )

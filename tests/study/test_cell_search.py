@@ -113,3 +113,28 @@ def test_optuna_is_told_the_validation_value_and_a_trial_without_final_is_pruned
     a, b = study.get_trials()
     assert a.value == 0.25  # never the reported (test) 0.9
     assert b.state.name == "PRUNED"
+
+
+def test_a_lost_trial_that_finished_before_the_kill_is_told_its_result_not_run_again(tmp_path):
+    import json
+
+    import optuna
+
+    spec = validate({"methods": ["CG-SC-all"], "label_percents": [20], "trials_per_cell": 3})
+    first = CellSearcher(spec, tmp_path)
+    _drive(first, 1)
+    first.save(str(tmp_path / "searcher.pkl"))
+    lost = first.suggest("lost")  # handed out after the checkpoint ...
+    record = tmp_path / "trials" / "lost"  # ... and finished before the driver was killed
+    record.mkdir(parents=True)
+    (record / "params.json").write_text(json.dumps(lost))
+    (record / "final.json").write_text(json.dumps(_result(0.42)))
+    second = CellSearcher(spec, tmp_path)
+    second.restore(str(tmp_path / "searcher.pkl"))
+    rest = [second.suggest(f"r{i}") for i in range(3)]
+    assert rest[-1] == "FINISHED" and lost not in rest[:-1]  # 1 + lost + 1 more = the budget 3
+    study = optuna.load_study(
+        study_name=cell_study_name(spec.name, ("CG-SC-all", 20.0)),
+        storage=f"sqlite:///{tmp_path / 'optuna.db'}",
+    )
+    assert [t.value for t in study.get_trials() if t.number == 1] == [0.42]

@@ -30,10 +30,8 @@ def _spec(name, tmp_path, **kw):
         "label_percents": [50],
         "num_trials": 3,
         "objectives": [{"metric": "intra_fid", "mode": "min"}],
-        "search": {
-            "loss.lambda_sc": {"choices": [1.0]},
-            "sample.guidance_scale": {"low": 0.5, "high": 4},
-        },
+        "search": {"loss.lambda_sc": {"choices": [0.1, 1.0]}},  # 2 CG-SC-all trials, CFG-all 1
+        "guidance": {"scales": [1, 2], "val_num_per_class": 4},
         "storage": str(tmp_path / "studies"),
         "resources": {"max_concurrent_trials": 2},
         "config": {**CONFIG, "eval.cache_dir": str(tmp_path / "shared-cache")},

@@ -108,7 +108,7 @@ def test_kill_then_resume_keeps_one_run_per_trial(tmp_path):
 FIFO_SPEC = {
     "name": "killed3",
     "dataset": "gmm2",
-    "methods": ["CG", "Cond"],
+    "methods": ["CG-SC-all", "Cond"],  # 2 trials per CG-SC-all cell, Cond trains once
     "label_percents": [20, 100],
     "num_trials": 6,
     "resources": {"max_concurrent_trials": 2},
@@ -181,7 +181,7 @@ def test_a_killed_driver_resumes_to_every_cell_with_nothing_left_running(tmp_pat
     assert len(finished) == FIFO_SPEC["num_trials"]  # the budget, lost configurations included
     # Every (method, label %) cell has a finished trial, so the table has every cell.
     cells = {(r.data.tags["method"], float(r.data.tags["label_percent"])) for r in finished}
-    assert cells == {(m, p) for m in ("CG", "Cond") for p in (20.0, 100.0)}
-    for method in ("CG", "Cond"):
+    assert cells == {(m, p) for m in ("CG-SC-all", "Cond") for p in (20.0, 100.0)}
+    for method in ("CG-SC-all", "Cond"):
         assert f"| {method} |" in resumed.stdout
     assert "RUNNING" not in _optuna_states(study_dir)
