@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import yaml
@@ -224,14 +225,20 @@ def _pareto_plots(
         ax.set_xlabel(cx)
         ax.set_ylabel(cy)
         ax.set_title(f"{pct:g}% labels: every finished trial")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-        fig.tight_layout()
-        path = out_dir / f"pareto_{pct:g}.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        written.append(path)
+        written.append(_save_figure(fig, ax, out_dir / f"pareto_{pct:g}.png", dpi=110))
     return written
+
+
+def _save_figure(fig: Any, ax: Any, path: Path, dpi: int, legend_columns: int = 1) -> Path:
+    """Grid, legend, tight layout; write the PNG and close the figure."""
+    import matplotlib.pyplot as plt
+
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=legend_columns)
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path
 
 
 def export_best(
@@ -356,13 +363,8 @@ def guidance_curves(
         ax.set_xlabel("guidance scale gamma (lambda_CG; 1 + w for CFG)")
         ax.set_ylabel(f"validation {metric}")
         ax.set_title(f"{metric} vs guidance scale (star: chosen)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, ncol=2)
-        fig.tight_layout()
         path = out_dir / f"guidance_{metric}.png"
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-        written.append(path)
+        written.append(_save_figure(fig, ax, path, dpi=120, legend_columns=2))
     return written
 
 

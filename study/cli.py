@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -144,10 +144,8 @@ def _overrides(pairs: list[str]) -> dict[str, str]:
 
 
 def cmd_final(args: argparse.Namespace) -> int:
-    from study.runner import StudyError, check_trusted, final_points, load_study_spec, run_final
+    from study.runner import check_trusted, final_points, load_study_spec, run_final
 
-    if args.seeds < 1:
-        raise StudyError(f"--seeds must be an integer >= 1 (seeds per cell), got {args.seeds}")
     overrides = _overrides(args.set)
     study_dir, spec = load_study_spec(args.study_dir)
     points = final_points(study_dir, spec, args.seeds, overrides)  # reads MLflow only
@@ -233,13 +231,8 @@ def cmd_ui(args: argparse.Namespace) -> int:
     return subprocess.call(cmd, env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})
 
 
-def parser() -> argparse.ArgumentParser:
-    """The argument parser."""
-    p = argparse.ArgumentParser(
-        prog="study",
-        description="Classifier-guided score-based generation studies (Ray Tune, Optuna, MLflow).",
-    )
-    sub = p.add_subparsers(dest="command", required=True)
+def _add_run_and_resume(sub: Any) -> None:
+    """study run [SPEC]; study resume DIR [--trust] [--add-trials N]."""
     run = sub.add_parser(
         "run", help="run a study from a spec file or preset (default: the toy study)"
     )
@@ -263,6 +256,10 @@ def parser() -> argparse.ArgumentParser:
         help="raise every cell's budget by N trials and run them (extends a finished study)",
     )
     resume.set_defaults(func=cmd_run, spec=None)
+
+
+def _add_plan_and_final(sub: Any) -> None:
+    """study plan [SPEC]; study final DIR [--seeds N] [--set KEY=VALUE ...]."""
     plan = sub.add_parser(
         "plan", help="print a spec's stage graph and planned vs naive compute; runs nothing"
     )
@@ -283,24 +280,31 @@ def parser() -> argparse.ArgumentParser:
     )
     final.add_argument("--quiet", action="store_true", help="no per-epoch progress")
     final.set_defaults(func=cmd_final)
-    for name, func, text in (
-        ("table", cmd_table, "print and write the comparison table"),
-        (
-            "export-best",
-            cmd_export_best,
-            "export the best config per (method, label %) as run specs",
-        ),
-    ):
-        sp = sub.add_parser(name, help=text)
-        sp.add_argument("study_dir", metavar="DIR")
-        if name == "export-best":
-            sp.add_argument(
-                "--trial",
-                metavar="ID",
-                default=None,
-                help="export this finished trial instead (e.g. a Pareto-front point)",
-            )
-        sp.set_defaults(func=func)
+
+
+def parser() -> argparse.ArgumentParser:
+    """The argument parser."""
+    p = argparse.ArgumentParser(
+        prog="study",
+        description="Classifier-guided score-based generation studies (Ray Tune, Optuna, MLflow).",
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+    _add_run_and_resume(sub)
+    _add_plan_and_final(sub)
+    table = sub.add_parser("table", help="print and write the comparison table")
+    table.add_argument("study_dir", metavar="DIR")
+    table.set_defaults(func=cmd_table)
+    export = sub.add_parser(
+        "export-best", help="export the best config per (method, label %%) as run specs"
+    )
+    export.add_argument("study_dir", metavar="DIR")
+    export.add_argument(
+        "--trial",
+        metavar="ID",
+        default=None,
+        help="export this finished trial instead (e.g. a Pareto-front point)",
+    )
+    export.set_defaults(func=cmd_export_best)
     ui = sub.add_parser("ui", help="start the MLflow UI for a study on 127.0.0.1")
     ui.add_argument("study_dir", metavar="DIR")
     ui.add_argument("--port", type=int, default=5000)

@@ -15,16 +15,23 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
+from study.errors import StudyError
 from study.spec import StudySpec
-
-SAMPLER_SCORE_EVALS = {"pc": 2, "em": 1, "ode": 2}  # as trainables.evaluation counts them
 
 
 def _num_classes(dataset: str, config: object) -> int:
-    """Classes of the study's dataset, without loading it (image folders: unknown, 0)."""
-    fixed = {"cifar10": 10, "cifar100": 100, "tiny-images": 4, "folder": 0}
+    """Classes of the study's dataset without loading its images (a folder set: its class
+    folders, which must exist; the CIFAR sets: known)."""
+    fixed = {"cifar10": 10, "cifar100": 100, "tiny-images": 4}
     if dataset in fixed:
         return fixed[dataset]
+    if dataset == "folder":
+        from trainables.data.images import DatasetError, scan_folder
+
+        try:
+            return len(scan_folder(config.data.root)[0])
+        except DatasetError as exc:
+            raise StudyError(f"study plan counts the folder's classes: {exc}") from None
     from trainables.data.toy import make_toy
 
     return make_toy(dataset, 4, 4, 0).num_classes
@@ -46,10 +53,12 @@ def make_plan(spec: StudySpec) -> Plan:
     """The plan of a validated spec (its first seed)."""
     from trainables.cache import artifact_identity, artifact_key
     from trainables.config import from_flat
+    from trainables.evaluation import SAMPLER_SCORE_EVALS
     from trainables.methods import EVAL_CLASSIFIER, get_method
     from trainables.names import GUIDED, TUNED_KEYS
 
     plan, seen = Plan(), set()
+    classes = _num_classes(spec.dataset, from_flat(spec.base_params(), base=spec.base_config))
     for (method, pct), budget in spec.cell_budgets().items():
         cell = {"trials": budget, "networks": Counter()}
         for i in range(budget):
@@ -68,7 +77,6 @@ def make_plan(spec: StudySpec) -> Plan:
                 plan.train_steps += config.train.steps
                 shared = artifact.name == "score"
                 (plan.shared if shared else cell["networks"])[artifact.name] += 1
-            classes = _num_classes(spec.dataset, config)
             per = SAMPLER_SCORE_EVALS[config.sample.sampler] * config.sample.num_steps * classes
             full = per * config.sample.num_per_class
             val_per_class = config.eval.val_num_per_class or max(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import signal
 import tempfile
@@ -19,11 +20,10 @@ from typing import Any
 import yaml
 
 from study.errors import StudyError
-from study.spec import StudySpec, check_tracking_uri, validate
+from study.spec import SEED_KEYS, StudySpec, check_tracking_uri, validate
 from trainables.names import LABEL_PERCENT_KEY, SPEC_FILE
 
 MAX_RERUNS = 3  # rounds of re-running lost configurations within one resume
-SEED_KEYS = ("train.seed", "data.seed", "data.split_seed", "sample.seed")  # the spec's seed sets
 
 __all__ = ["StudyError", "StudyInterrupted", "load_study_spec", "run_study", "study_dir_for"]
 
@@ -238,7 +238,7 @@ def check_trusted(study_dir: Path) -> None:
         )
 
 
-def _save_spec(spec: StudySpec, study_dir: Path, uri: str, keep_store: bool = False) -> None:
+def _save_spec(spec: StudySpec, study_dir: Path, uri: str) -> None:
     """The saved spec pins where results live, so resume / table / export find them from
     anywhere (written to a temporary file, then moved into place)."""
     study_dir.mkdir(parents=True, exist_ok=True)
@@ -246,7 +246,7 @@ def _save_spec(spec: StudySpec, study_dir: Path, uri: str, keep_store: bool = Fa
         **spec.to_dict(),
         "storage": str(study_dir.parent),
         "tracking_uri": uri,
-        "artifact_store": spec.artifact_store if keep_store else str(spec.artifact_dir(study_dir)),
+        "artifact_store": str(spec.artifact_dir(study_dir)),
     }
     tmp = study_dir / f"{SPEC_FILE}.tmp"
     tmp.write_text(yaml.safe_dump(saved, sort_keys=False))
@@ -328,7 +328,7 @@ def run_study(
         per_cell = max(spec.cell_budgets().values()) + add_trials
         spec = replace(spec, trials_per_cell=per_cell)
         spec = replace(spec, num_trials=sum(spec.cell_budgets().values()))
-        _save_spec(spec, study_dir, uri, keep_store=True)
+        _save_spec(spec, study_dir, uri)
 
     def fit(trainable: Any, tracker: Any) -> bool:
         return _fit_all(spec, study_dir, trainable, tracker, resume, extend=add_trials > 0)
@@ -342,12 +342,14 @@ def final_points(
 ) -> list[dict[str, Any]]:
     """Every cell's chosen configuration (its best search trial by the first objective's
     validation value: knobs and chosen guidance scale) once per seed spec.seed, spec.seed + 1, ...;
-    StudyError when the study has no finished trial or an override is invalid."""
+    StudyError when seeds < 1, the study has no finished trial or an override is invalid."""
     from analysis.runs import load_runs
     from analysis.tables import best_per_cell
     from trainables.config import from_flat
     from trainables.names import CHOSEN_SCALE, GUIDANCE_SCALE_KEY, METHOD_KEY, TUNED_KEYS
 
+    if seeds < 1:
+        raise StudyError(f"--seeds must be an integer >= 1 (seeds per cell), got {seeds}")
     runs = load_runs(spec.tracking_uri, spec.name, spec.study_id)
     best = best_per_cell(runs, spec.objectives[0].metric, spec.objectives[0].mode)
     if best.empty:
@@ -363,7 +365,7 @@ def final_points(
             point: dict[str, Any] = {METHOD_KEY: method, LABEL_PERCENT_KEY: row["label_percent"]}
             point.update({k: float(row[k]) for k in TUNED_KEYS[method] if k in row})
             scale = row.get(CHOSEN_SCALE, row.get(GUIDANCE_SCALE_KEY))
-            if scale is not None and scale == scale:  # not NaN: the scale the trial chose
+            if scale is not None and math.isfinite(scale):  # the scale the trial chose
                 point["sample.guidance_grid"] = (float(scale),)
             point.update({**dict.fromkeys(seed_keys, seed), **overrides})
             points.append(point)
@@ -391,8 +393,6 @@ def run_final(
 
     from study.search import PointSearcher
 
-    if seeds < 1:
-        raise StudyError(f"--seeds must be an integer >= 1 (seeds per cell), got {seeds}")
     if points is None:
         points = final_points(study_dir, spec, seeds, dict(overrides or {}))
     study_dir, uri = prepare(spec, resume=True)

@@ -33,6 +33,7 @@ TOP_KEYS = {
     "search", "resources", "seed", "config", "storage", "tracking_uri", "address", "base_config",
     "preset", "study_id", "trials_per_cell", "guidance", "artifact_store",
 }  # fmt: skip
+SEED_KEYS = ("train.seed", "data.seed", "data.split_seed", "sample.seed")  # the spec's seed sets
 STORE_ENV = "SC_GUIDANCE_ARTIFACT_STORE"  # overrides the user-level default artifact store
 GUIDANCE_KEYS = {"scales", "val_num_per_class"}
 RESOURCE_KEYS = {
@@ -135,12 +136,11 @@ class StudySpec:
     def base_params(self) -> dict[str, Any]:
         """Flat params shared by every trial: the spec's seed for every seed key (train, data,
         split, sample) unless `config` sets one itself, then `config`, then the dataset."""
-        seed_keys = ("train.seed", "data.seed", "data.split_seed", "sample.seed")
         guidance: dict[str, Any] = {"sample.guidance_grid": tuple(self.guidance_scales)}
         if self.val_num_per_class is not None:
             guidance["eval.val_num_per_class"] = self.val_num_per_class
         return {
-            **dict.fromkeys(seed_keys, self.seed),
+            **dict.fromkeys(SEED_KEYS, self.seed),
             **guidance,
             **self.config,
             "data.name": self.dataset,
@@ -328,9 +328,10 @@ def _guidance(raw: Any, search: Any, errors: list[str]) -> tuple[tuple[float, ..
     (with 1 when inside), as the scales."""
     legacy = search.pop("sample.guidance_scale", None) if isinstance(search, dict) else None
     if raw is None and legacy is not None:
-        rng = _range("sample.guidance_scale", legacy, errors)
-        if rng is None or rng.check("sample.guidance_scale"):
-            errors.extend(rng.check("sample.guidance_scale") if rng else [])
+        rng = _range("sample.guidance_scale", legacy, errors)  # None: _range reported why
+        problems = rng.check("sample.guidance_scale") if rng is not None else []
+        errors.extend(problems)
+        if rng is None or problems:
             return DEFAULT_GUIDANCE_SCALES, None
         if rng.choices is not None:
             return tuple(sorted(set(rng.choices))), None
@@ -532,6 +533,36 @@ def _check_trials(
     _check_objectives(trials, objectives, errors)
 
 
+def _budget(raw: dict, errors: list[str]) -> tuple[Any, Any]:
+    """(num_trials, trials_per_cell), each within 1..MAX_TRIALS."""
+    num_trials = raw.get("num_trials", 16)
+    if not _is_int(num_trials) or not 1 <= num_trials <= MAX_TRIALS:
+        errors.append(f"num_trials: must be an integer from 1 to {MAX_TRIALS}, got {num_trials!r}")
+    per_cell = raw.get("trials_per_cell")
+    if per_cell is not None and (not _is_int(per_cell) or not 1 <= per_cell <= MAX_TRIALS):
+        errors.append(
+            f"trials_per_cell: must be an integer from 1 to {MAX_TRIALS} (every cell's budget), "
+            f"got {per_cell!r}"
+        )
+    return num_trials, per_cell
+
+
+def _check_locations(raw: dict, errors: list[str]) -> None:
+    """storage, address, tracking_uri, study_id and artifact_store: where a study lives."""
+    for key in ("storage", "address"):
+        if raw.get(key) is not None and not isinstance(raw.get(key), str):
+            errors.append(f"{key}: expected a string, got {raw.get(key)!r}")
+    check_tracking_uri(raw.get("tracking_uri"), errors)
+    study_id = raw.get("study_id")
+    if study_id is not None and not (isinstance(study_id, str) and STUDY_ID.fullmatch(study_id)):
+        errors.append(
+            f"study_id: {study_id!r} is not a study id (hex digits, written by 'study run')"
+        )
+    store = raw.get("artifact_store")
+    if store is not None and (not isinstance(store, str) or not store.strip()):
+        errors.append(f"artifact_store: expected a folder path or 'study', got {store!r}")
+
+
 def validate(raw: dict, check_data: bool = True) -> StudySpec:
     """Check every field; raise SpecError listing all problems at once. check_data=False skips
     the dataset and Inception-weight checks (`study plan` reads a spec without its data)."""
@@ -549,15 +580,7 @@ def validate(raw: dict, check_data: bool = True) -> StudySpec:
         errors.append(f"dataset: unknown dataset {dataset!r}; valid: {valid}")
     methods = _methods(raw.get("methods", list(names.METHODS)), errors)
     percents = _label_percents(raw.get("label_percents", [100]), errors)
-    num_trials = raw.get("num_trials", 16)
-    if not _is_int(num_trials) or not 1 <= num_trials <= MAX_TRIALS:
-        errors.append(f"num_trials: must be an integer from 1 to {MAX_TRIALS}, got {num_trials!r}")
-    per_cell = raw.get("trials_per_cell")
-    if per_cell is not None and (not _is_int(per_cell) or not 1 <= per_cell <= MAX_TRIALS):
-        errors.append(
-            f"trials_per_cell: must be an integer from 1 to {MAX_TRIALS} (every cell's budget), "
-            f"got {per_cell!r}"
-        )
+    num_trials, per_cell = _budget(raw, errors)
     default_objectives = [{"metric": "guided_score_cos", "mode": "max"}]
     objectives = _objectives(raw.get("objectives", default_objectives), errors)
     scheduler = _scheduler(raw.get("scheduler", "fifo"), objectives, errors)
@@ -569,18 +592,7 @@ def validate(raw: dict, check_data: bool = True) -> StudySpec:
     seed = raw.get("seed", 0)
     if not _is_int(seed) or not 0 <= seed < 2**31:
         errors.append(f"seed: must be an integer from 0 to 2**31 - 1, got {seed!r}")
-    for key in ("storage", "address"):
-        if raw.get(key) is not None and not isinstance(raw.get(key), str):
-            errors.append(f"{key}: expected a string, got {raw.get(key)!r}")
-    check_tracking_uri(raw.get("tracking_uri"), errors)
-    study_id = raw.get("study_id")
-    if study_id is not None and not (isinstance(study_id, str) and STUDY_ID.fullmatch(study_id)):
-        errors.append(
-            f"study_id: {study_id!r} is not a study id (hex digits, written by 'study run')"
-        )
-    store = raw.get("artifact_store")
-    if store is not None and (not isinstance(store, str) or not store.strip()):
-        errors.append(f"artifact_store: expected a folder path or 'study', got {store!r}")
+    _check_locations(raw, errors)
     base = raw.get("base_config", raw.get("preset", "toy"))
     if base not in BASE_CONFIGS:
         errors.append(f"base_config: unknown {base!r}; valid: {sorted(BASE_CONFIGS)}")
@@ -609,11 +621,11 @@ def validate(raw: dict, check_data: bool = True) -> StudySpec:
         storage=raw.get("storage"),
         tracking_uri=raw.get("tracking_uri"),
         address=raw.get("address") or os.environ.get("RAY_ADDRESS") or None,
-        study_id=study_id,
+        study_id=raw.get("study_id"),
         trials_per_cell=per_cell,
         guidance_scales=scales,
         val_num_per_class=val_per_class,
-        artifact_store=store,
+        artifact_store=raw.get("artifact_store"),
     )
     if per_cell is not None:  # the total follows from the cells' budgets
         spec = replace(spec, num_trials=sum(spec.cell_budgets().values()))

@@ -122,6 +122,24 @@ class _Ledger:
             self.metrics["cost/examples_trained"] += config.train.steps * config.train.batch_size
 
 
+def _epoch_validation(
+    config: TrialConfig,
+    evaluator: TrialEvaluator,
+    objectives: tuple[tuple[str, str], ...],
+    done: dict[str, nn.Module],
+    artifact: Artifact,
+) -> Callable[[nn.Module, int], dict]:
+    """ASHA compares trials by the objective at each epoch of the method's last artifact: on the
+    validation split at the base scale, so selection never sees the test split."""
+
+    def evaluate(ema: nn.Module, epoch: int) -> dict:
+        networks = {**done, artifact.network: ema}
+        sweep = evaluator.validate(networks, [config.sample.guidance_scale], objectives)
+        return {**validation_metrics(sweep.metrics), "eval_epoch": epoch}
+
+    return evaluate
+
+
 def _cached_provider(
     context: TrialContext,
     config: TrialConfig,
@@ -143,25 +161,13 @@ def _cached_provider(
     def provide(artifact: Artifact, frozen: dict[str, nn.Module]) -> nn.Module:
         evaluate = None
         if context.eval_every_epoch and artifact is last and dist.rank == 0:
-            # ASHA compares trials by the objective at each epoch of the method's last artifact.
-            # The validation split at the base scale: selection never sees the test split.
-            def evaluate(ema: nn.Module, epoch: int) -> dict:
-                networks = {**done, artifact.network: ema}
-                scale = config.sample.guidance_scale
-                sweep = evaluator.validate(networks, [scale], context.objectives)
-                return {**validation_metrics(sweep.metrics), "eval_epoch": epoch}
+            evaluate = _epoch_validation(config, evaluator, context.objectives, done, artifact)
 
         def train(folder: Path) -> nn.Module:
             if not context.local_mode:
                 _restore_from_train_checkpoint(folder)
             started = time.perf_counter()
-            try:
-                return _train(folder)
-            finally:
-                ledger.metrics["cost/train_seconds"] += time.perf_counter() - started
-
-        def _train(folder: Path) -> nn.Module:
-            return train_artifact(
+            net = train_artifact(
                 artifact,
                 config,
                 split,
@@ -172,6 +178,8 @@ def _cached_provider(
                 device=device,
                 distributed=dist,
             )
+            ledger.metrics["cost/train_seconds"] += time.perf_counter() - started
+            return net
 
         needs = {n: ledger.keys[n] for n in artifact.needs}
         fetched = time.perf_counter()

@@ -135,3 +135,15 @@ def test_resume_refuses_a_folder_this_user_did_not_create(tmp_path):
     assert result.returncode == 2
     assert "--trust" in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert sorted(p.name for p in study_dir.iterdir()) == before
+
+
+def test_help_of_every_command_prints_and_exits_0(capsys):
+    # `study --help` once crashed on a '%' in a help text (argparse formats help strings).
+    from study.cli import main
+
+    for argv in (["--help"], *[[c, "--help"] for c in
+                 ("run", "resume", "plan", "final", "table", "export-best", "ui")]):  # fmt: skip
+        with pytest.raises(SystemExit) as stop:
+            main(argv)
+        assert stop.value.code == 0, argv
+        assert "usage: study" in capsys.readouterr().out

@@ -29,8 +29,10 @@ def _held_out_dsm(
     gen: torch.Generator,
     device: torch.device | str,
     batch_size: int,
+    guided_too: bool = True,
 ) -> dict[str, float]:
-    """guided_dsm (the method's guided score at the true labels) and score_dsm over eval.sigmas."""
+    """guided_dsm (the method's guided score at the true labels; unless guided_too is False) and
+    score_dsm over eval.sigmas, on the same noise."""
     method = get_method(config.method)
     guided, uncond = [], []
     for sigma_value in config.eval.sigmas:
@@ -39,13 +41,15 @@ def _held_out_dsm(
             x, y, z = x_all[sl].to(device), y_all[sl].to(device), z_all[sl].to(device)
             sigma = torch.full((len(x),), float(sigma_value), device=device)
             noisy = x + sigma_value * z
-            score_fn = guided_score_fn(method, fns, y, config.sample.guidance_scale)
-            guided.append(score_matching_residual(score_fn(noisy, sigma).detach(), sigma, z).cpu())
+            if guided_too:
+                score_fn = guided_score_fn(method, fns, y, config.sample.guidance_scale)
+                residual = score_matching_residual(score_fn(noisy, sigma).detach(), sigma, z)
+                guided.append(residual.cpu())
             if fns.score_fn is not None:
                 with torch.no_grad():
                     s = fns.score_fn(noisy, sigma)
                 uncond.append(score_matching_residual(s, sigma, z).cpu())
-    metrics = {"guided_dsm": torch.cat(guided).mean().item()}
+    metrics = {"guided_dsm": torch.cat(guided).mean().item()} if guided else {}
     if uncond:
         metrics["score_dsm"] = torch.cat(uncond).mean().item()
     return metrics
@@ -115,7 +119,7 @@ def evaluate_images(
     metrics: dict[str, float] = {}
     if scaled or (fixed and fns.score_fn is not None):
         gen = torch.Generator().manual_seed(config.eval.seed)
-        dsm = _held_out_dsm(config, fns, x_all, y_all, gen, device, batch_size)
+        dsm = _held_out_dsm(config, fns, x_all, y_all, gen, device, batch_size, guided_too=scaled)
         if scaled:
             metrics["guided_dsm"] = dsm["guided_dsm"]
         if fixed and "score_dsm" in dsm:
