@@ -6,7 +6,9 @@ sweep over the guidance grid at its reduced sample count, plus the one full eval
 device-seconds (training + evaluation). Naive: every trial retrains every network it uses, and
 every guidance scale is its own trial (trained again, sampled in full). The useful-work fraction is
 device-seconds / (wall-clock seconds x concurrent trial slots): the rest is start-up, waiting on
-another trial's artifact lock, and idle slots.
+another trial's artifact lock, and idle slots. Stage trials (study.stages: the shared networks,
+trained once before the trials that need them) count in what was spent, not in the naive plan
+(which has no stages: its trials retrain them).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from __future__ import annotations
 import pandas as pd
 
 from analysis.tables import completed
-from trainables.names import parse_curve_key
+from trainables.names import SHARED_STAGE, parse_curve_key
 
 
 def _scales(row: pd.Series) -> int:
@@ -44,14 +46,18 @@ def compute_report(runs: pd.DataFrame, wall_seconds: float | None, slots: int) -
         _cost(done, "cost/val_sampling_score_evals"),
     )
     seconds = _cost(done, "cost/train_seconds") + _cost(done, "cost/eval_seconds")
+    shared = completed(runs, stage=SHARED_STAGE)
     report = {
         "trials": float(len(done)),
-        "train_steps": float(trained.sum()),
+        "stage_trials": float(len(shared)),
+        "train_steps": float(trained.sum() + _cost(shared, "cost/steps_trained").sum()),
         "train_steps_naive": float(((trained + reused) * scales).sum()),
         "score_evals": float((full + val).sum()),
         "score_evals_naive": float((full * scales).sum()),
-        "device_seconds": float(seconds.sum()),
-        "wait_seconds": float(_cost(done, "cost/wait_seconds").sum()),
+        "device_seconds": float(seconds.sum() + _cost(shared, "cost/train_seconds").sum()),
+        "wait_seconds": float(
+            _cost(done, "cost/wait_seconds").sum() + _cost(shared, "cost/wait_seconds").sum()
+        ),
     }
     if wall_seconds:
         report["wall_seconds"] = float(wall_seconds)
@@ -68,7 +74,8 @@ def to_markdown(report: dict[str, float], slots: int) -> str:
         return f"{naive / spent:.1f}x" if spent else "-"
 
     lines = [
-        f"Compute of the search ({int(report['trials'])} finished trials)\n",
+        f"Compute of the search ({int(report['trials'])} finished trials, "
+        f"{int(report.get('stage_trials', 0))} stage trials of shared networks)\n",
         "| quantity | spent | naive plan | naive / spent |",
         "|---|---|---|---|",
         f"| training steps | {report['train_steps']:.0f} | {report['train_steps_naive']:.0f} | "

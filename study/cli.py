@@ -61,9 +61,15 @@ def _compute(study_dir: Path, spec: StudySpec, runs: pd.DataFrame) -> tuple[str,
 
 def run_counts(runs: pd.DataFrame, metric: str) -> str:
     """'N trial runs (F finished, ...)': every status, early stops, and how many reach the table."""
-    final = int((runs["stage"] == "final").sum()) if "stage" in runs and len(runs) else 0
-    if final:  # `study final` runs have their own table (tables/final.md)
-        runs = runs[runs["stage"] != "final"]
+    import pandas as pd
+
+    from trainables.names import SHARED_STAGE
+
+    stages = runs["stage"] if "stage" in runs and len(runs) else pd.Series(dtype=object)
+    final = int((stages == "final").sum())
+    shared = int((stages == SHARED_STAGE).sum())
+    if final or shared:  # `study final` runs have their own table; stage trials train, no more
+        runs = runs[~runs["stage"].isin(["final", SHARED_STAGE])]
     if not len(runs):
         return "0 trial runs"
     status = runs["status"].value_counts()
@@ -75,6 +81,7 @@ def run_counts(runs: pd.DataFrame, metric: str) -> str:
     done = runs[(runs["status"] == "FINISHED") & ~runs["early_stopped"].fillna(False).astype(bool)]
     usable = int(done[metric].notna().sum()) if metric in done else 0
     counts = f"{len(runs)} trial runs ({', '.join(parts)}; {usable} with {metric} reach the table)"
+    counts += f"; {shared} stage trial(s) training shared networks" if shared else ""
     return counts + (f"; {final} final runs (tables/final.md)" if final else "")
 
 

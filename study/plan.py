@@ -2,9 +2,11 @@
 
 Planned: every distinct network the trials need, found with the artifact cache's own keys
 (trainables.cache.artifact_identity; a searched cell's trials get distinct knob values, so each
-trains its own classifier), trained once: shared ones (the score model, the image evaluation
-classifier) as the first stage, then each cell's own. Sampling: per guided trial the validation
-sweep (every scale at guidance.val_num_per_class) plus one full evaluation. Naive: every trial
+trains its own classifier), trained once: shared ones (study.stages: the score model, networks the
+"labeled" and "all" variants share at 100 % labels, the image evaluation classifier) as the first
+stage, by stage trials the scheduler runs before the trials that need them, then each cell's own.
+Sampling: per guided trial the validation sweep (every scale at guidance.val_num_per_class) plus
+one full evaluation. Naive: every trial
 retrains every network it uses, and every guidance scale is its own trial sampled in full. Counts
 are training steps and score-network evaluations of sampling (device-seconds depend on the machine:
 bench/ measures throughput).
@@ -51,15 +53,20 @@ class Plan:
 
 def make_plan(spec: StudySpec) -> Plan:
     """The plan of a validated spec (its first seed)."""
+    from study.stages import plan_stages
     from trainables.cache import artifact_identity, artifact_key
     from trainables.config import from_flat
     from trainables.evaluation import SAMPLER_SCORE_EVALS
-    from trainables.methods import EVAL_CLASSIFIER, get_method
+    from trainables.methods import EVAL_CLASSIFIER, artifact_config, get_method
     from trainables.names import GUIDED, TUNED_KEYS
 
     plan, seen = Plan(), set()
     classes = _num_classes(spec.dataset, from_flat(spec.base_params(), base=spec.base_config))
-    for (method, pct), budget in spec.cell_budgets().items():
+    budgets = spec.cell_budgets()
+    cells = [{"method": m, "data.label_percent": p} for m, p in budgets]
+    stages, _ = plan_stages(cells, spec.base_params(), spec.base_config, None)
+    staged = {s.key for s in stages}
+    for (method, pct), budget in budgets.items():
         cell = {"trials": budget, "networks": Counter()}
         for i in range(budget):
             knobs = {k: 1.0 + i * 1e-3 for k in TUNED_KEYS[method]}  # distinct per trial
@@ -70,12 +77,13 @@ def make_plan(spec: StudySpec) -> Plan:
             for artifact in get_method(method).artifacts:
                 key = artifact_key(artifact_identity(artifact, config, needs))
                 needs[artifact.name] = key
-                plan.train_steps_naive += config.train.steps * max(1, scales)
+                steps = artifact_config(artifact, config).train.steps
+                plan.train_steps_naive += steps * max(1, scales)
                 if key in seen:
                     continue
                 seen.add(key)
-                plan.train_steps += config.train.steps
-                shared = artifact.name == "score"
+                plan.train_steps += steps
+                shared = f"{artifact.name}-{key}" in staged
                 (plan.shared if shared else cell["networks"])[artifact.name] += 1
             per = SAMPLER_SCORE_EVALS[config.sample.sampler] * config.sample.num_steps * classes
             full = per * config.sample.num_per_class
@@ -88,7 +96,7 @@ def make_plan(spec: StudySpec) -> Plan:
     config = from_flat(spec.base_params(), base=spec.base_config)
     if config.model.arch == "ncsnpp":  # images: the evaluation classifier, unless one is given
         if config.eval.fid and not config.eval.classifier_checkpoint:
-            plan.shared[EVAL_CLASSIFIER.name] += 1
+            plan.shared[EVAL_CLASSIFIER.name] += 1  # a stage trial of its own (study.stages)
             plan.train_steps += config.eval.classifier_steps
             plan.train_steps_naive += config.eval.classifier_steps * spec.num_trials
     return plan
@@ -117,7 +125,7 @@ def to_text(spec: StudySpec, plan: Plan) -> str:
         f"{ratio(plan.score_evals_naive, plan.score_evals)} |",
         "",
         "naive: every trial retrains every network it uses; every guidance scale is its own trial.",
-        "stage 1 is the shared networks' first use: trials of the same network wait on its lock "
-        "(no scheduler stage runs them ahead yet).",
+        "stage 1 runs as stage trials before the trials that need them (study.stages); "
+        "the other slots meanwhile run trials that need none.",
     ]
     return "\n".join(lines) + "\n"

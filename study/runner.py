@@ -36,7 +36,9 @@ def study_dir_for(spec: StudySpec) -> Path:
 def full_params(params: dict, *, base: dict, base_config: str) -> dict[str, Any]:
     """Every flat param of a trial (its sampled params over the study's base)."""
     from trainables.config import from_flat, to_flat
+    from trainables.names import STAGE_KEY
 
+    params = {k: v for k, v in params.items() if k != STAGE_KEY}
     flat = to_flat(from_flat({**base, **params}, base=base_config))
     return {k: (",".join(map(str, v)) if isinstance(v, tuple) else v) for k, v in flat.items()}
 
@@ -143,10 +145,10 @@ def _tuner(
     if resume and rerun is None and not extend and tune.Tuner.can_restore(str(experiment)):
         return tune.Tuner.restore(str(experiment), trainable, resume_errored=True)
     searcher = make_searcher(spec, study_dir, points=rerun)
-    samples = sum(spec.cell_budgets().values()) if rerun is None else len(rerun)
+    samples = searcher.total
     if extend:
         searcher.recount()  # what every cell has spent so far, from optuna.db
-        samples = max(1, searcher.remaining)
+        samples = max(1, searcher.remaining + searcher.gate.count)
     tune_config = tune.TuneConfig(
         search_alg=searcher,
         scheduler=make_scheduler(spec),
@@ -392,16 +394,19 @@ def run_final(
     from ray import tune
 
     from study.search import PointSearcher
+    from study.stages import StageGate, plan_stages
 
     if points is None:
         points = final_points(study_dir, spec, seeds, dict(overrides or {}))
     study_dir, uri = prepare(spec, resume=True)
     name = f"{spec.name}-final{len(list((study_dir / 'tune').glob(f'{spec.name}-final*')))}"
+    store = spec.artifact_dir(study_dir)
+    stages, needs = plan_stages(points, spec.base_params(), spec.base_config, store)
 
     def fit(trainable: Any, tracker: Any) -> bool:
         tune_config = tune.TuneConfig(
-            search_alg=PointSearcher(points),
-            num_samples=len(points),
+            search_alg=PointSearcher(points, StageGate(stages), needs),
+            num_samples=len(points) + len(stages),
             max_concurrent_trials=spec.resources.max_concurrent_trials,
             reuse_actors=True,
         )

@@ -16,11 +16,13 @@ from ray.tune.search.optuna import OptunaSearch
 
 from search_spaces import DEFAULT_RANGES, Range, cell_points
 from study.spec import StudySpec
+from study.stages import StageGate, plan_stages
 from trainables.names import (
     FINAL_RECORD,
     LABEL_PERCENT_KEY,
     METHOD_KEY,
     PARAMS_RECORD,
+    STAGE_KEY,
     TUNED_KEYS,
     VALIDATION_PREFIX,
 )
@@ -88,6 +90,23 @@ class CellSearcher(Searcher):
         self.requeued: set[tuple[Cell, tuple]] = set()  # lost configurations to run once more
         self.lost: set[tuple[Cell, int]] = set()  # their Optuna trials (FAIL, not spent)
         self._studies: dict[Cell, optuna.Study] = {}
+        # Shared networks as their own stage (study.stages): handed out first; a configuration
+        # waits for the stages it needs, the other slots run configurations that need none.
+        if self.points is not None:
+            stage_points = self.points
+        else:
+            stage_points = [self._default_point(cell) for cell in self.cells]
+        store = spec.artifact_dir(study_dir)
+        stages, needs = plan_stages(stage_points, spec.base_params(), spec.base_config, store)
+        self.gate = StageGate(stages)
+        self.point_needs = list(needs) if self.points is not None else []
+        self.cell_needs = dict(zip(self.cells, needs)) if self.points is None else {}
+
+    def _default_point(self, cell: Cell) -> dict:
+        """The cell's first configuration: its knobs at the paper's values."""
+        default = cell_points([cell[0]], [cell[1]], self.ranges)[0]
+        knobs = {k: default[k] for k in TUNED_KEYS[cell[0]]}
+        return {METHOD_KEY: cell[0], LABEL_PERCENT_KEY: cell[1], **knobs}
 
     def __getstate__(self) -> dict:
         """Pickled with Tune's experiment state; the Optuna studies live in their storage."""
@@ -103,6 +122,9 @@ class CellSearcher(Searcher):
         again, so the cell's budget is spent on it and no Optuna trial stays RUNNING."""
         self.__dict__.update(pickle.loads(Path(checkpoint_path).read_bytes()))
         self._studies = {}
+        if not hasattr(self, "gate"):  # saved before stages existed
+            self.gate, self.point_needs, self.cell_needs = StageGate(), [], {}
+        self.gate.requeue_live()
         state = optuna.trial.TrialState
         finished = self._finished_records()
         for cell in self.cells:
@@ -141,6 +163,8 @@ class CellSearcher(Searcher):
             if not (final.exists() and params.exists()):
                 continue
             p = json.loads(params.read_text())
+            if p.get(STAGE_KEY):
+                continue  # a stage trial: it trained a shared network, it holds no result
             cell = (p.get(METHOD_KEY), float(p.get(LABEL_PERCENT_KEY, "nan")))
             if cell in self.asked:
                 knobs = {k: p[k] for k in TUNED_KEYS[cell[0]] if k in p}
@@ -190,11 +214,21 @@ class CellSearcher(Searcher):
         return self._studies[cell]
 
     def suggest(self, trial_id: str) -> dict | str | None:
-        """The next trial's config: the point list in order, else the least-tried open cell."""
+        """The next trial's config: a stage trial while any is left, then the point list in order,
+        else the least-tried open cell; among those, only configurations whose stages are done
+        (None, "ask again later", when none is)."""
+        stage = self.gate.next_stage(trial_id)
+        if stage is not None:
+            return stage
         if self.points is not None:
             if not self.points:
                 return Searcher.FINISHED
-            point = self.points.pop(0)
+            index = _first_ready(self.gate, self.point_needs, len(self.points))
+            if index is None:
+                return None
+            point = self.points.pop(index)
+            if self.point_needs:
+                self.point_needs.pop(index)
             cell = (point[METHOD_KEY], float(point[LABEL_PERCENT_KEY]))
             knobs = {k: point[k] for k in TUNED_KEYS[cell[0]] if k in point}
             self.study(cell).enqueue_trial(knobs)
@@ -203,7 +237,10 @@ class CellSearcher(Searcher):
             open_cells = [c for c in self.cells if self.asked[c] < self.budget[c]]
             if not open_cells:
                 return Searcher.FINISHED
-            cell = min(open_cells, key=lambda c: (self.asked[c], self.cells.index(c)))
+            ready = [c for c in open_cells if self.gate.ready(self.cell_needs.get(c, frozenset()))]
+            if not ready:
+                return None  # every open cell waits for a stage trial
+            cell = min(ready, key=lambda c: (self.asked[c], self.cells.index(c)))
             config = self._ask(trial_id, cell)
             if config is not None:
                 return config
@@ -244,8 +281,9 @@ class CellSearcher(Searcher):
         self, trial_id: str, result: dict | None = None, error: bool = False
     ) -> None:
         """Tell the cell's study the final objective(s); FAIL for an error or a non-finite
-        value, PRUNED for a trial stopped before its final evaluation (ASHA)."""
-        if trial_id not in self.live:
+        value, PRUNED for a trial stopped before its final evaluation (ASHA). A stage trial's
+        end lets the configurations that need its network start."""
+        if self.gate.complete(trial_id) or trial_id not in self.live:
             return
         cell, number = self.live.pop(trial_id)
         values = [(result or {}).get(metric) for metric, _ in self.objectives]
@@ -269,33 +307,65 @@ class CellSearcher(Searcher):
     @property
     def total(self) -> int:
         """The study's trial budget (Tune's num_samples)."""
-        return len(self.points) if self.points is not None else sum(self.budget.values())
+        planned = len(self.points) if self.points is not None else sum(self.budget.values())
+        return planned + self.gate.count
+
+
+def _first_ready(gate: StageGate, needs: list[frozenset[str]], count: int) -> int | None:
+    """The first of count configurations whose stages are done (needs may be empty: no stages)."""
+    if not needs:
+        return 0
+    return next((i for i in range(count) if gate.ready(needs[i])), None)
 
 
 class PointSearcher(Searcher):
     """Exactly the given configurations, in order (`study final`: chosen configurations x seeds;
-    nothing is searched, so no Optuna study is touched)."""
+    nothing is searched, so no Optuna study is touched), after the stage trials of the networks
+    they share (study.stages), each configuration once the stages it needs are done."""
 
-    def __init__(self, points: list[dict]) -> None:
+    def __init__(
+        self,
+        points: list[dict],
+        gate: StageGate | None = None,
+        needs: list[frozenset[str]] | None = None,
+    ) -> None:
         super().__init__()
         self.points = list(points)
+        self.gate = gate or StageGate()
+        self.needs = list(needs or [])
 
     def suggest(self, trial_id: str) -> dict | str | None:
-        """The next configuration, then FINISHED."""
-        return self.points.pop(0) if self.points else Searcher.FINISHED
+        """A stage trial, else the first configuration whose stages are done, then FINISHED."""
+        stage = self.gate.next_stage(trial_id)
+        if stage is not None:
+            return stage
+        if not self.points:
+            return Searcher.FINISHED
+        index = _first_ready(self.gate, self.needs, len(self.points))
+        if index is None:
+            return None
+        if self.needs:
+            self.needs.pop(index)
+        return self.points.pop(index)
 
     def on_trial_complete(
         self, trial_id: str, result: dict | None = None, error: bool = False
     ) -> None:
-        """Nothing to learn from a result."""
+        """Only a stage trial's end matters (its configurations may start)."""
+        self.gate.complete(trial_id)
 
     def save(self, checkpoint_path: str) -> None:
-        """Tune's searcher checkpoint: the configurations not yet handed out."""
-        Path(checkpoint_path).write_bytes(pickle.dumps(self.points))
+        """Tune's searcher checkpoint: the configurations and stages not yet handed out."""
+        state = {"points": self.points, "gate": self.gate, "needs": self.needs}
+        Path(checkpoint_path).write_bytes(pickle.dumps(state))
 
     def restore(self, checkpoint_path: str) -> None:
-        """Back to the configurations save wrote."""
-        self.points = pickle.loads(Path(checkpoint_path).read_bytes())
+        """Back to the state save wrote (stage trials then in flight are queued again)."""
+        state = pickle.loads(Path(checkpoint_path).read_bytes())
+        if isinstance(state, list):  # saved before stages existed
+            state = {"points": state, "gate": StageGate(), "needs": []}
+        self.points, self.gate, self.needs = state["points"], state["gate"], state["needs"]
+        self.gate.requeue_live()
 
 
 def selection_metric(metric: str) -> str:

@@ -152,7 +152,8 @@ class StudySpec:
 
         params = {**self.base_params(), "method": self.methods[0]}
         train = from_flat(params, base=self.base_config).train
-        return math.ceil(train.steps / train.steps_per_epoch)
+        steps = max(train.steps, train.classifier_steps)  # the longest artifact's
+        return math.ceil(steps / train.steps_per_epoch)
 
     def to_dict(self) -> dict:
         """Plain data, as YAML would hold it."""

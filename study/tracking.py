@@ -26,6 +26,8 @@ from trainables.names import (
     FINAL_RECORD,
     LABEL_PERCENT_KEY,
     METHOD_KEY,
+    SHARED_STAGE,
+    STAGE_KEY,
     TAGS_RECORD,
     parse_curve_key,
 )
@@ -166,6 +168,8 @@ class MLflowTracker(tune.Callback):
         if not self.verbose:
             return
         label = f"{trial.config.get(METHOD_KEY)} @ {trial.config.get(LABEL_PERCENT_KEY):g}%"
+        if trial.config.get(STAGE_KEY):
+            label = f"shared stage: {trial.config[STAGE_KEY]} (for {label})"
         if event == "result" and result is not None and "epoch" in result:
             loss = next((f"{k} {v:.4g}" for k, v in result.items() if k.endswith("/loss")), "")
             print(f"  [{trial.trial_id}] {label}: epoch {int(result['epoch'])} {loss}", flush=True)
@@ -208,10 +212,13 @@ class MLflowTracker(tune.Callback):
                 **({"study_id": self.study_id} if self.study_id else {}),
                 "method": str(params.get(METHOD_KEY)),
                 "label_percent": str(params.get(LABEL_PERCENT_KEY)),
-                "stage": self.stage,
+                "stage": SHARED_STAGE if params.get(STAGE_KEY) else self.stage,
                 **environment_tags(),
             }
             cell = f"{params.get(METHOD_KEY)}@{params.get(LABEL_PERCENT_KEY)}%"
+            if params.get(STAGE_KEY):
+                tags["shared_artifact"] = str(params[STAGE_KEY])
+                cell = f"shared-{params[STAGE_KEY]}"
             name = f"{cell}-{trial.trial_id}"
             run = self.client.create_run(self.experiment_id, run_name=name, tags=tags)
             run_id = run.info.run_id

@@ -10,7 +10,7 @@ from typing import Any
 
 from study.cluster import worker_resources
 from trainables.context import TrialContext
-from trainables.names import FINAL_RECORD, PARAMS_RECORD
+from trainables.names import FINAL_RECORD, PARAMS_RECORD, STAGE_KEY
 
 
 @dataclass(frozen=True)
@@ -44,8 +44,12 @@ def trial_driver(params: dict[str, Any], *, study: StudyContext) -> None:
     record_dir.mkdir(parents=True, exist_ok=True)
     # Which configuration this trial is: a restored searcher matches it to a lost Optuna trial.
     (record_dir / PARAMS_RECORD).write_text(json.dumps(params, default=str))
+    trial_params = {k: v for k, v in params.items() if k != STAGE_KEY}
     context = replace(
-        study.trial, params={**study.trial.params, **params}, record_dir=str(record_dir)
+        study.trial,
+        params={**study.trial.params, **trial_params},
+        record_dir=str(record_dir),
+        stage=str(params.get(STAGE_KEY, "")),  # a stage trial (study.stages) trains, then stops
     )
     if study.num_workers == 0:
         # Local mode: the worker function runs in this trial's process and reports to Tune

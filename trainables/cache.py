@@ -20,7 +20,7 @@ from torch import nn
 
 from trainables.config import TrialConfig, to_flat
 from trainables.fit import Distributed, build, save_checkpoint
-from trainables.methods import Artifact
+from trainables.methods import Artifact, artifact_config
 
 ALWAYS = ("sde.", "model.", "train.")
 # The code that shapes a trained network: its source enters every key, so a changed loss, network,
@@ -60,6 +60,7 @@ def artifact_identity(
     artifact: Artifact, config: TrialConfig, needs: dict[str, str] | None = None
 ) -> dict:
     """The exact config an artifact depends on (never the guidance scale or sampler settings)."""
+    config = artifact_config(artifact, config)
     flat = to_flat(config)
     active = [t for t in artifact.terms if t.weight(config.loss) != 0]
     keys = [k for k in flat if k.startswith(ALWAYS) and k not in NEUTRAL] + list(DATA_KEYS)

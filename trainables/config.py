@@ -81,6 +81,10 @@ class TrainConfig:
     steps: int = 2000
     steps_per_epoch: int = 250  # metrics are reported once per epoch
     batch_size: int = 256
+    # The CG family's guidance classifier trains on its own schedule when these are set (the
+    # papers: 60k iterations at batch 150 against the score model's 1.3 M at 128); 0 = as above.
+    classifier_steps: int = 0
+    classifier_batch_size: int = 0
     lr: float = 2e-3
     warmup: int = 100
     grad_clip: float = 1.0
@@ -377,4 +381,10 @@ def validate(config: TrialConfig) -> TrialConfig:
     for name in ("steps", "steps_per_epoch", "batch_size"):
         if getattr(config.train, name) <= 0:
             raise ValueError(f"train.{name} must be > 0, got {getattr(config.train, name)}")
+    for name in ("classifier_steps", "classifier_batch_size"):
+        if getattr(config.train, name) < 0:
+            raise ValueError(
+                f"train.{name} must be >= 0 (0 = as train.{name.split('_', 1)[1]}), "
+                f"got {getattr(config.train, name)}"
+            )
     return config

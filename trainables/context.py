@@ -21,3 +21,6 @@ class TrialContext:
     # (metric, "min" | "max") the search optimises, on the validation split; the first one also
     # chooses the guidance scale. A NaN / inf one fails the trial.
     objectives: tuple[tuple[str, str], ...] = ()
+    # A stage trial (study.stages): the artifact to train up to, or "evaluation" (the image
+    # evaluator); "" for a trial of the search.
+    stage: str = ""

@@ -18,7 +18,14 @@ from torch import nn
 
 from trainables.config import TrialConfig
 from trainables.data.batches import Batch, BatchSampler, Noise, hide_labels, labeled_subset
-from trainables.methods import Artifact, ModelFns, artifact_loss, get_method, model_fns
+from trainables.methods import (
+    Artifact,
+    ModelFns,
+    artifact_config,
+    artifact_loss,
+    get_method,
+    model_fns,
+)
 from trainables.networks import build_network
 from trainables.sde import VESDE
 
@@ -296,6 +303,7 @@ def train_artifact(
     """
     dist = distributed or Distributed()
     device = torch.device(device)
+    config = artifact_config(artifact, config)  # the guidance classifier's own schedule
     sde = VESDE.from_config(config.sde)
     state = _setup(artifact, config, data, frozen, device)
     ckpt = Path(checkpoint_dir) / CHECKPOINT_FILE if checkpoint_dir is not None else None
@@ -349,9 +357,11 @@ def train_method(
     *,
     provider: ArtifactProvider | None = None,
     callback: Callback | None = None,
+    upto: str | None = None,
 ) -> dict[str, nn.Module]:
     """Every artifact a method needs, in order, keyed by network kind; each trained on data, or
-    fetched through provider(artifact, frozen) (the Ray worker's provider is the artifact cache)."""
+    fetched through provider(artifact, frozen) (the Ray worker's provider is the artifact cache).
+    Given upto (an artifact's name), it stops after that artifact (a stage trial)."""
     if provider is None:
         if data is None:
             raise ValueError("train_method needs data or a provider")
@@ -364,4 +374,6 @@ def train_method(
     for artifact in get_method(config.method).artifacts:
         by_name[artifact.name] = provider(artifact, {n: by_name[n] for n in artifact.needs})
         trained[artifact.network] = by_name[artifact.name]
+        if artifact.name == upto:
+            break
     return trained

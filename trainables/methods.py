@@ -196,6 +196,28 @@ class Artifact:
         return "mixed" if score_side or conditional_on_all else "half"
 
 
+def artifact_config(artifact: Artifact, config: Any) -> Any:
+    """The config an artifact trains with: the CG family's guidance classifier takes
+    train.classifier_steps / classifier_batch_size where they are set; every artifact's config
+    then holds them as 0, so they shape (and key) only that classifier."""
+    import dataclasses
+
+    train = config.train
+    if artifact.name == "classifier":
+        steps = train.classifier_steps or train.steps
+        batch = train.classifier_batch_size or train.batch_size
+    else:
+        steps, batch = train.steps, train.batch_size
+    if (steps, batch, train.classifier_steps, train.classifier_batch_size) == (
+        train.steps, train.batch_size, 0, 0,
+    ):  # fmt: skip
+        return config
+    train = dataclasses.replace(
+        train, steps=steps, batch_size=batch, classifier_steps=0, classifier_batch_size=0
+    )
+    return dataclasses.replace(config, train=train)
+
+
 CE = LossTerm("ce", rows="labeled")
 QC = LossTerm(
     "qc", weight_key="loss.lambda_qc"

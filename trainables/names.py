@@ -25,6 +25,13 @@ LABEL_PERCENT_KEY = (
     "data.label_percent"  # the spec's label_percents list sets it, one value per cell
 )
 GUIDANCE_SCALE_KEY = "sample.guidance_scale"
+# A stage trial (study.stages) trains a network other trials share, then stops: its params carry
+# STAGE_KEY = the artifact to stop after, or EVALUATION_STAGE (the image evaluator). Its MLflow run
+# is tagged stage = SHARED_STAGE and stays out of every table.
+STAGE_KEY = "stage"
+EVALUATION_STAGE = "evaluation"
+SHARED_STAGE = "shared"
+STAGE_METRIC = "stage_trial"  # 1.0 in a stage trial's final result
 LAMBDA_SC_KEY = "loss.lambda_sc"
 LAMBDA_JOINT_KEY = "loss.lambda_joint"
 

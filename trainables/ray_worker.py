@@ -38,7 +38,7 @@ from trainables.fit import (
     train_artifact,
     train_method,
 )
-from trainables.methods import Artifact, get_method
+from trainables.methods import Artifact, artifact_config, get_method
 
 Report = Callable[[dict], None]
 
@@ -117,6 +117,7 @@ class _Ledger:
         """Record one artifact fetched from (or trained into) the cache."""
         self.keys[artifact.name] = key
         self.metrics[f"artifact_reused/{artifact.name}"] = float(reused)
+        config = artifact_config(artifact, config)
         self.metrics["cost/steps_reused" if reused else "cost/steps_trained"] += config.train.steps
         if not reused:
             self.metrics["cost/examples_trained"] += config.train.steps * config.train.batch_size
@@ -303,6 +304,41 @@ def train_fn_per_worker(loop_config: dict) -> None:
         raise
 
 
+def _finish_costs(ledger: _Ledger) -> None:
+    """Time in the cache that was not training (another trial's lock, loading) as wait_seconds."""
+    ledger.metrics["cost/wait_seconds"] = max(
+        0.0, ledger.metrics.pop("cost/fetch_seconds") - ledger.metrics["cost/train_seconds"]
+    )
+
+
+def _run_stage(
+    context: TrialContext,
+    config: TrialConfig,
+    provider: Callable[[Artifact, dict[str, nn.Module]], nn.Module],
+    evaluator: TrialEvaluator,
+    ledger: _Ledger,
+    dist: Distributed,
+    report: Report,
+) -> None:
+    """A stage trial (study.stages): train the shared network (the method's artifacts up to it),
+    or prepare the image evaluator (its classifier and reference statistics); evaluate nothing."""
+    if context.stage == names.EVALUATION_STAGE:
+        if dist.rank == 0:
+            started = time.perf_counter()
+            evaluator.prepare()
+            ledger.metrics["cost/train_seconds"] += time.perf_counter() - started
+    else:
+        train_method(config, provider=provider, upto=context.stage)
+    if dist.rank != 0:
+        report({"final": 1.0})
+        return
+    _finish_costs(ledger)
+    final = {**ledger.metrics, names.STAGE_METRIC: 1.0, "final": 1.0}
+    final = {k: float(v) for k, v in final.items()}
+    _write_records(Path(context.record_dir), ledger, context.cache_dir, evaluator, None, final, 1)
+    report(final)
+
+
 def _run_trial(context: TrialContext) -> None:
     """Train (or reuse) every artifact the trial's method needs, report per epoch, then evaluate."""
     torch.set_num_threads(context.threads)
@@ -316,6 +352,9 @@ def _run_trial(context: TrialContext) -> None:
 
     # Train or fetch every artifact of the method, in order.
     provider = _cached_provider(context, config, data, evaluator, report, ledger, dist, device)
+    if context.stage:
+        _run_stage(context, config, provider, evaluator, ledger, dist, report)
+        return
     networks = train_method(config, provider=provider)
     if dist.rank != 0:
         report({"final": 1.0})  # ray.train.report is a barrier: every rank reports as often
@@ -328,10 +367,9 @@ def _run_trial(context: TrialContext) -> None:
     ledger.metrics["cost/sampling_score_evals"] = evaluator.sampling_score_evals()
     ledger.metrics["cost/val_sampling_score_evals"] = evaluator.val_sampling_score_evals
     ledger.metrics["cost/eval_seconds"] = time.perf_counter() - start
-    ledger.metrics["cost/wait_seconds"] = max(
-        0.0, ledger.metrics.pop("cost/fetch_seconds") - ledger.metrics["cost/train_seconds"]
-    )
-    epochs = math.ceil(config.train.steps / config.train.steps_per_epoch)
+    _finish_costs(ledger)
+    train = artifact_config(get_method(config.method).artifacts[-1], config).train
+    epochs = math.ceil(train.steps / train.steps_per_epoch)
     final = {
         **metrics,
         **validation_metrics(sweep.metrics),

@@ -18,14 +18,21 @@ def _result(value):
     return {"val/guided_score_cos": value, "guided_score_cos": 0.0, "final": 1.0}
 
 
-def _drive(searcher, n, fail=()):
+def _drive(searcher, n, fail=(), stages=None):
+    # n search trials, each ending at once; stage trials (shared networks) are collected apart.
     configs = []
-    for i in range(n):
+    for i in range(10 * n):
+        if len(configs) == n:
+            break
         config = searcher.suggest(f"t{i}")
         if not isinstance(config, dict):
             break
+        if config.get("stage"):
+            (stages if stages is not None else []).append(config)
+            searcher.on_trial_complete(f"t{i}", {"final": 1.0, "stage_trial": 1.0})
+            continue
+        value = float("nan") if len(configs) in fail else _objective(config)
         configs.append(config)
-        value = float("nan") if i in fail else _objective(config)
         searcher.on_trial_complete(f"t{i}", _result(value))
     return configs
 

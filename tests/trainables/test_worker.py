@@ -26,7 +26,7 @@ TOY = {
 }
 
 
-def _run(tmp_path, monkeypatch, objectives=(("gen_accuracy", "max"),), **params):
+def _run(tmp_path, monkeypatch, objectives=(("gen_accuracy", "max"),), stage="", **params):
     reports = []
     monkeypatch.setattr(ray.tune, "report", lambda metrics, **kw: reports.append(metrics))
     context = TrialContext(
@@ -35,6 +35,7 @@ def _run(tmp_path, monkeypatch, objectives=(("gen_accuracy", "max"),), **params)
         cache_dir=str(tmp_path / "artifacts"),
         record_dir=str(tmp_path / "trial"),
         objectives=objectives,
+        stage=stage,
     )
     train_fn_per_worker({"context": context})
     return reports
@@ -53,6 +54,41 @@ def test_a_trial_reports_every_epoch_then_its_final_record(tmp_path, monkeypatch
     # A second trial of another label % reuses the score model and trains its classifier.
     again = _run(tmp_path, monkeypatch, **{"data.label_percent": 50})
     assert again[-1]["artifact_reused/score"] == 1 and again[-1]["artifact_reused/classifier"] == 0
+
+
+def test_a_stage_trial_trains_the_shared_network_and_nothing_else(tmp_path, monkeypatch):
+    import trainables.evaluation as evaluation
+
+    def no_evaluation(*args, **kwargs):
+        raise AssertionError("a stage trial evaluates nothing")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(evaluation.TrialEvaluator, "validate", no_evaluation)
+        patch.setattr(evaluation.TrialEvaluator, "__call__", no_evaluation)
+        reports = _run(tmp_path, monkeypatch, stage="score")
+    final = reports[-1]
+    assert final[names.STAGE_METRIC] == 1.0 and final["final"] == 1.0
+    assert final["cost/steps_trained"] == 20 and final["artifact_reused/score"] == 0
+    assert "artifact_reused/classifier" not in final and "gen_accuracy" not in final
+    artifacts = json.loads((tmp_path / "trial" / names.ARTIFACTS_RECORD).read_text())
+    assert set(artifacts) == {"score"}
+    # The trial that follows reuses it: it trains only its classifier.
+    (tmp_path / "trial" / names.FINAL_RECORD).unlink()
+    after = _run(tmp_path, monkeypatch)[-1]
+    assert after["artifact_reused/score"] == 1 and after["cost/steps_trained"] == 20
+
+
+def test_the_guidance_classifier_trains_on_its_own_schedule(tmp_path, monkeypatch):
+    # The papers train the classifier 60k steps against the score model's 1.3 M.
+    reports = _run(tmp_path, monkeypatch, **{"train.classifier_steps": 10})
+    assert [r.get("epoch") for r in reports] == [1, 2, 1, None]  # score 20 steps, classifier 10
+    assert reports[-1]["cost/steps_trained"] == 30 and reports[-1]["eval_epoch"] == 1
+    # The score model does not depend on the classifier's schedule: the next trial reuses it and
+    # trains its (20-step) classifier anew.
+    (tmp_path / "trial" / names.FINAL_RECORD).unlink()
+    after = _run(tmp_path, monkeypatch)[-1]
+    assert after["artifact_reused/score"] == 1 and after["artifact_reused/classifier"] == 0
+    assert after["cost/steps_trained"] == 20
 
 
 def test_a_nan_objective_fails_the_trial_with_its_reason(tmp_path, monkeypatch):

@@ -138,6 +138,13 @@ class TrialEvaluator:
             metrics.update(self._generation(samples, config.sample.num_per_class))
         return metrics
 
+    def prepare(self) -> None:
+        """Build the image evaluator now (train or load its classifier, compute or load the
+        reference statistics): a stage trial does this once for the trials that follow."""
+        if self.images and self.config.eval.fid and self._evaluator is None:
+            self._evaluator = build_evaluator(self.config, self.data, self.device)
+            self.tags["eval_classifier"] = self._evaluator.classifier_key
+
     def _toy_val_rows(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The toy's validation rows: fresh draws of the exact mixture, as many as the test set."""
         if self._val_rows is None:

@@ -1,0 +1,160 @@
+"""Scheduling by stage: networks several trials share are trained once, by a trial of their own,
+before the trials that need them start.
+
+A shared network is an artifact whose cache key (trainables.cache.artifact_identity) is the same
+for two or more of the study's configurations and does not move with the cell's tuned knobs: the
+unconditional score model of the CG family (one per seed), the "labeled" / "all" variants at 100 %
+labels at the paper's knob, and, for image studies, the evaluation classifier and its reference
+statistics. Each becomes a *stage trial* (a Tune trial with trainables.names.STAGE_KEY set: it
+trains the method's artifacts up to that one, or prepares the evaluator, and evaluates nothing).
+The searcher (study.search) hands out the stage trials first and holds back a configuration until
+every stage it needs has finished, filling the other slots with configurations that need none, so
+no trial slot waits on another trial's lock. A stage whose network is already in the store is
+skipped; a failed stage releases its trials, which then train the network themselves as before.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from trainables.names import EVALUATION_STAGE, METHOD_KEY, STAGE_KEY, TUNED_KEYS
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One shared network: its cache folder's name, the stage trial's params, and the file whose
+    presence means it is trained."""
+
+    key: str  # <artifact>-<key>, the cache folder's name
+    params: dict[str, Any]  # a trial that uses it, with STAGE_KEY = the artifact to stop after
+    model: str  # <store>/<key>/model.pt
+
+
+def _artifact_keys(params: dict, base_config: str) -> list[tuple[str, str]]:
+    """(artifact name, cache folder name) of every artifact the configuration's method trains."""
+    from trainables.cache import artifact_identity, artifact_key
+    from trainables.config import from_flat
+    from trainables.methods import get_method
+
+    config = from_flat(params, base=base_config)
+    keys, needs = [], {}
+    for artifact in get_method(config.method).artifacts:
+        key = artifact_key(artifact_identity(artifact, config, needs))
+        needs[artifact.name] = key
+        keys.append((artifact.name, f"{artifact.name}-{key}"))
+    return keys
+
+
+def _moved(params: dict) -> dict:
+    """The configuration with every tuned knob moved off its value (what a knob-dependent key
+    follows)."""
+    knobs = TUNED_KEYS.get(params.get(METHOD_KEY), ())
+    return {**params, **{k: float(params.get(k, 1.0)) * 1.37 + 0.011 for k in knobs}}
+
+
+def _evaluation_stage(params: dict, base_config: str) -> Stage | None:
+    """The image evaluator's stage (evaluation classifier + reference statistics) when its
+    classifier is neither given nor cached yet; None for the toy or without FID."""
+    from trainables.cache import artifact_identity, artifact_key
+    from trainables.config import from_flat
+    from trainables.evaluation.generation import cache_root, eval_classifier_config
+    from trainables.methods import EVAL_CLASSIFIER
+
+    config = from_flat(params, base=base_config)
+    if config.model.arch != "ncsnpp" or not config.eval.fid or config.eval.classifier_checkpoint:
+        return None
+    identity = artifact_identity(EVAL_CLASSIFIER, eval_classifier_config(config))
+    key = f"{EVAL_CLASSIFIER.name}-{artifact_key(identity)}"
+    model = cache_root(config) / "eval-classifiers" / key / "model.pt"
+    return Stage(key, {**params, STAGE_KEY: EVALUATION_STAGE}, str(model))
+
+
+def plan_stages(
+    points: list[dict], base: dict, base_config: str, store: Path | None
+) -> tuple[list[Stage], list[frozenset[str]]]:
+    """(the stages, the stage keys each point needs) for the configurations points (trial params
+    over base). Networks already in the store are no stage (store None: every shared network is,
+    as `study plan` draws the graph)."""
+    trained = (lambda model: False) if store is None else (lambda model: Path(model).exists())
+    store = store or Path("artifact-store")
+    users: dict[str, list[int]] = {}
+    first: dict[str, tuple[dict, str]] = {}
+    for i, point in enumerate(points):
+        params = {**base, **point}
+        moved = set(_artifact_keys(_moved(params), base_config))
+        for name, key in _artifact_keys(params, base_config):
+            if (name, key) in moved:  # the cell's knobs do not shape it: it can be shared
+                users.setdefault(key, []).append(i)
+                first.setdefault(key, (point, name))
+    stages = [
+        Stage(key, {**first[key][0], STAGE_KEY: first[key][1]}, str(store / key / "model.pt"))
+        for key, used in users.items()
+        if len(used) > 1 and not trained(store / key / "model.pt")
+    ]
+    needs = [set() for _ in points]
+    for stage in stages:
+        for i in users[stage.key]:
+            needs[i].add(stage.key)
+    if points:
+        evaluation = _evaluation_stage({**base, **points[0]}, base_config)
+        if evaluation is not None and not trained(evaluation.model):
+            stages.insert(0, evaluation)
+            for n in needs:
+                n.add(evaluation.key)
+    return stages, [frozenset(n) for n in needs]
+
+
+@dataclass
+class StageGate:
+    """The searcher's view of the stages: which to hand out next, which are done, whether a
+    configuration may start."""
+
+    pending: list[Stage] = field(default_factory=list)
+    live: dict[str, Stage] = field(default_factory=dict)  # Tune trial id -> its stage
+    done: set[str] = field(default_factory=set)  # finished, failed, or found in the store
+
+    def next_stage(self, trial_id: str) -> dict | None:
+        """The next stage trial's params (None when none is left to hand out)."""
+        while self.pending:
+            stage = self.pending.pop(0)
+            if Path(stage.model).exists():
+                self.done.add(stage.key)
+                continue
+            self.live[trial_id] = stage
+            return dict(stage.params)
+        return None
+
+    def ready(self, needs: frozenset[str]) -> bool:
+        """Whether a configuration needing these stages may start: all of them done (or nothing
+        left that could finish them)."""
+        if not self.live and not self.pending:
+            return True
+        for key in needs - self.done:
+            stage = next((s for s in self.live.values() if s.key == key), None)
+            if stage is not None and Path(stage.model).exists():
+                self.done.add(key)  # trained (the stage trial is still writing its records)
+            elif stage is not None or any(s.key == key for s in self.pending):
+                return False
+        return True
+
+    def complete(self, trial_id: str) -> bool:
+        """Note a finished (or failed) trial; True if it was a stage trial. A failed stage counts
+        as done: its trials then train the network themselves."""
+        stage = self.live.pop(trial_id, None)
+        if stage is None:
+            return False
+        self.done.add(stage.key)
+        return True
+
+    def requeue_live(self) -> None:
+        """After a restore: stage trials handed out before the kill may never come back, so they
+        are queued again (a duplicate waits on the cache's lock and then reuses the network)."""
+        self.pending = list(self.live.values()) + self.pending
+        self.live = {}
+
+    @property
+    def count(self) -> int:
+        """Stage trials not yet handed out."""
+        return len(self.pending)

@@ -1,0 +1,115 @@
+"""Scheduling by stage (study.stages): shared networks are trained by a stage trial of their own,
+and configurations that need one wait for it while the others fill the slots."""
+
+from dataclasses import replace
+from pathlib import Path
+
+from study.search import CellSearcher, PointSearcher
+from study.spec import load_spec, validate
+from study.stages import StageGate, plan_stages
+
+
+def _spec(tmp_path, **raw):
+    # A spec whose artifact store is the test's own (the user-level default may hold networks).
+    return validate({**raw, "artifact_store": str(tmp_path / "store")})
+
+
+def _cell(config):
+    return config["method"], config["data.label_percent"]
+
+
+def test_the_default_toy_study_stages_its_score_model_and_the_shared_100_percent_cfg_model(
+    tmp_path,
+):
+    spec = replace(load_spec(None), artifact_store=str(tmp_path / "store"))
+    searcher = CellSearcher(spec, tmp_path)
+    stages = {s.key.split("-")[0]: s for s in searcher.gate.pending}
+    # The CG family's unconditional score model (one for every CG cell at every label %), and the
+    # conditional model CFG-labeled and CFG-all share at 100 % labels; no classifier (lambda_SC
+    # shapes it) and no per-cell network.
+    assert set(stages) == {"score", "conditional"}
+    score, conditional = stages["score"].key, stages["conditional"].key
+    for cell, needs in searcher.cell_needs.items():
+        method, pct = cell
+        if method.startswith("CG"):
+            assert needs == {score}
+        elif method.startswith("CFG") and pct == 100.0:
+            assert needs == {conditional}
+        else:
+            assert needs == frozenset()
+
+
+def test_a_network_already_in_the_store_is_no_stage(tmp_path):
+    spec = _spec(tmp_path, methods=["CG", "CG-SC-all"], label_percents=[5, 100])
+    store = spec.artifact_dir(tmp_path)
+    points = [{"method": m, "data.label_percent": p} for m in spec.methods for p in (5.0, 100.0)]
+    stages, needs = plan_stages(points, spec.base_params(), spec.base_config, store)
+    assert [s.params["stage"] for s in stages] == ["score"] and all(needs)
+    Path(stages[0].model).parent.mkdir(parents=True)
+    Path(stages[0].model).write_bytes(b"trained")
+    stages, needs = plan_stages(points, spec.base_params(), spec.base_config, store)
+    assert stages == [] and not any(needs)
+
+
+def test_configurations_needing_a_stage_wait_for_it_and_the_others_fill_the_slots(tmp_path):
+    spec = _spec(tmp_path, methods=["CG", "Cond"], label_percents=[5, 100])
+    searcher = CellSearcher(spec, tmp_path)
+    first = searcher.suggest("stage")
+    assert first["stage"] == "score"
+    # While the score model trains, only Cond (no shared network) starts; then the searcher waits
+    # (None: "ask again later") instead of starting a CG trial that would block on the lock.
+    assert {_cell(searcher.suggest(t)) for t in ("a", "b")} == {("Cond", 5.0), ("Cond", 100.0)}
+    assert searcher.suggest("c") is None
+    searcher.on_trial_complete("stage", {"final": 1.0, "stage_trial": 1.0})
+    assert {_cell(searcher.suggest(t)) for t in ("d", "e")} == {("CG", 5.0), ("CG", 100.0)}
+
+
+def test_a_failed_stage_releases_its_trials_which_then_train_the_network_themselves(tmp_path):
+    spec = _spec(tmp_path, methods=["CG"], label_percents=[5, 100])
+    searcher = CellSearcher(spec, tmp_path)
+    assert searcher.suggest("stage")["stage"] == "score"
+    assert searcher.suggest("a") is None
+    searcher.on_trial_complete("stage", None, error=True)
+    assert _cell(searcher.suggest("b")) == ("CG", 5.0)
+
+
+def test_a_trained_network_lets_its_trials_start_before_the_stage_trial_reports(tmp_path):
+    spec = _spec(tmp_path, methods=["CG"], label_percents=[5, 100])
+    searcher = CellSearcher(spec, tmp_path)
+    stage = searcher.gate.pending[0]
+    searcher.suggest("stage")
+    assert searcher.suggest("a") is None
+    Path(stage.model).parent.mkdir(parents=True, exist_ok=True)
+    Path(stage.model).write_bytes(b"trained")  # the stage trial is still writing its records
+    assert _cell(searcher.suggest("b")) == ("CG", 5.0)
+
+
+def test_final_runs_stage_one_score_model_per_seed(tmp_path):
+    spec = _spec(tmp_path, methods=["CG", "CG-DLSM"], label_percents=[5, 100])
+    points = [
+        {"method": m, "data.label_percent": p, "data.seed": seed, "train.seed": seed}
+        for seed in (0, 1)
+        for m in spec.methods
+        for p in (5.0, 100.0)
+    ]
+    stages, needs = plan_stages(points, spec.base_params(), spec.base_config, tmp_path)
+    assert len(stages) == 2 and {s.params["train.seed"] for s in stages} == {0, 1}
+    searcher = PointSearcher(points, StageGate(stages), needs)
+    handed = [searcher.suggest(t) for t in ("s0", "s1")]
+    assert all(h["stage"] == "score" for h in handed)
+    assert searcher.suggest("x") is None  # every point needs one of the two score models
+    searcher.on_trial_complete("s1", {"final": 1.0})
+    ready = [searcher.suggest(t) for t in ("p0", "p1", "p2", "p3")]
+    assert {p["train.seed"] for p in ready} == {1} and searcher.suggest("p4") is None
+    searcher.on_trial_complete("s0", {"final": 1.0})
+    assert searcher.suggest("p5")["train.seed"] == 0
+
+
+def test_a_restored_searcher_queues_stage_trials_lost_with_the_driver_again(tmp_path):
+    spec = _spec(tmp_path, methods=["CG"], label_percents=[5, 100])
+    searcher = CellSearcher(spec, tmp_path)
+    searcher.suggest("stage")
+    searcher.save(str(tmp_path / "searcher.pkl"))
+    restored = CellSearcher(spec, tmp_path)
+    restored.restore(str(tmp_path / "searcher.pkl"))
+    assert restored.suggest("again")["stage"] == "score"
