@@ -124,7 +124,8 @@ class CellSearcher(Searcher):
         self._studies = {}
         if not hasattr(self, "gate"):  # saved before stages existed
             self.gate, self.point_needs, self.cell_needs = StageGate(), [], {}
-        self.gate.requeue_live()
+        # Stage trials live at the save are in Tune's saved state too (it saves both together)
+        # and run again; those handed out after it are still pending here.
         state = optuna.trial.TrialState
         finished = self._finished_records()
         for cell in self.cells:
@@ -360,12 +361,11 @@ class PointSearcher(Searcher):
         Path(checkpoint_path).write_bytes(pickle.dumps(state))
 
     def restore(self, checkpoint_path: str) -> None:
-        """Back to the state save wrote (stage trials then in flight are queued again)."""
+        """Back to the state save wrote (stage trials then in flight are Tune's to run again)."""
         state = pickle.loads(Path(checkpoint_path).read_bytes())
         if isinstance(state, list):  # saved before stages existed
             state = {"points": state, "gate": StageGate(), "needs": []}
         self.points, self.gate, self.needs = state["points"], state["gate"], state["needs"]
-        self.gate.requeue_live()
 
 
 def selection_metric(metric: str) -> str:

@@ -148,12 +148,6 @@ class StageGate:
         self.done.add(stage.key)
         return True
 
-    def requeue_live(self) -> None:
-        """After a restore: stage trials handed out before the kill may never come back, so they
-        are queued again (a duplicate waits on the cache's lock and then reuses the network)."""
-        self.pending = list(self.live.values()) + self.pending
-        self.live = {}
-
     @property
     def count(self) -> int:
         """Stage trials not yet handed out."""

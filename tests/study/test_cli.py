@@ -61,9 +61,16 @@ import mlflow
 mlflow.set_tracking_uri("sqlite:///{study_dir / "mlflow.db"}")
 runs = mlflow.search_runs(experiment_names=["e2e"])
 parent = runs[runs["tags.role"] == "study"]
-children = runs[runs["tags.role"] == "trial"]
+trials = runs[runs["tags.role"] == "trial"]
+children = trials[trials["tags.stage"] == "search"]
+stage = trials[trials["tags.stage"] == "shared"]
 assert len(parent) == 1, runs
-assert len(children) == 4 and children["tags.trial_id"].is_unique
+assert len(children) == 4 and trials["tags.trial_id"].is_unique
+# The shared score model is a stage trial of its own, and every CG-family trial started after it.
+assert stage["tags.shared_artifact"].tolist() == ["score"], stage
+assert (stage["status"] == "FINISHED").all() and (stage["metrics.cost/steps_trained"] == 40).all()
+cg = children[children["tags.method"].isin(["CG", "CG-SC-all"])]
+assert len(cg) == 3 and (cg["start_time"] >= stage["end_time"].iloc[0]).all()
 assert (children["status"] == "FINISHED").all(), children["status"].tolist()
 assert (children["tags.mlflow.parentRunId"] == parent["run_id"].iloc[0]).all()
 assert children["metrics.guided_score_cos"].notna().all()
@@ -81,9 +88,11 @@ def test_score_model_trained_once_and_reused(finished_study):
 
     runs = load_runs(f"sqlite:///{study_dir / 'mlflow.db'}", "e2e")
     cg = runs[runs["method"].isin(["CG", "CG-SC-all"])]
-    # The first CG-family trial trains the score model; every later one reuses it.
-    assert (cg["artifact_reused/score"] == 0).sum() == 1
-    assert (cg["artifact_reused/score"] == 1).sum() == len(cg) - 1
+    # The stage trial trains the score model; every CG-family trial of the search reuses it.
+    shared = cg[cg["stage"] == "shared"]
+    search = cg[cg["stage"] == "search"]
+    assert len(shared) == 1 and (shared["artifact_reused/score"] == 0).all()
+    assert len(search) == 3 and (search["artifact_reused/score"] == 1).all()
     # The study's networks live in its artifact store (this test's: run_cli points it there).
     store = yaml.safe_load((study_dir / "spec.yaml").read_text())["artifact_store"]
     assert store == str(study_dir.parent.parent / "artifact-store")

@@ -68,7 +68,12 @@ def test_tiny_images_study_reports_the_papers_metrics(tmp_path):
 
     uri = f"sqlite:///{tmp_path / 'studies' / 'first' / 'mlflow.db'}"
     runs = load_runs(uri, "first")
+    # The evaluation classifier and its reference statistics: a stage trial before the trials.
+    stage = runs[runs["stage"] == "shared"]
+    assert len(stage) == 1 and stage["stage_trial"].eq(1).all() and stage["fid"].isna().all()
+    runs = runs[runs["stage"] == "search"]
     assert (runs["status"] == "FINISHED").all() and len(runs) == 3
+    assert runs["start_time"].min() >= stage["start_time"].iloc[0]
     assert runs["fid"].notna().all() and runs["fid_num_samples"].eq(48).all()
     client = MlflowClient(uri)
     tags = client.get_run(runs["run_id"].iloc[0]).data.tags
@@ -86,6 +91,7 @@ def test_tiny_images_study_reports_the_papers_metrics(tmp_path):
     )
     assert again.returncode == 0, again.stderr[-3000:]
     second = load_runs(f"sqlite:///{tmp_path / 'studies' / 'second' / 'mlflow.db'}", "second")
+    assert set(second["stage"]) == {"search"}  # the evaluator is cached: no stage trial
     assert second["reference_stats_reused"].eq(1).all()
     assert len(list((tmp_path / "shared-cache" / "eval-classifiers").iterdir())) == 1
     assert len(list((tmp_path / "shared-cache" / "fid-stats").glob("*.npz"))) == 1

@@ -52,6 +52,8 @@ def test_each_family_trains_on_two_train_workers(tmp_path):
 
     uri = f"sqlite:///{study_dir / 'mlflow.db'}"
     runs = load_runs(uri, "ddp")
+    assert (runs["stage"] == "shared").sum() == 1  # the evaluation classifier's stage trial
+    runs = runs[runs["stage"] == "search"]
     assert len(runs) == 3 and (runs["status"] == "FINISHED").all()
     assert set(runs["method"]) == {"CG-SC-all", "Joint-SC", "CFG-all"}
     assert runs["guided_dsm"].notna().all()
@@ -135,6 +137,7 @@ def test_a_killed_train_worker_is_restarted_and_resumes_from_its_checkpoint(tmp_
     assert killed is not None
     uri = f"sqlite:///{tmp_path / 'studies' / 'failover' / 'mlflow.db'}"
     runs = load_runs(uri, "failover")
+    runs = runs[runs["stage"] == "search"]  # after the evaluation classifier's stage trial
     assert len(runs) == 1 and runs["status"].iloc[0] == "FINISHED" and runs["fid"].notna().all()
     steps = [m.value for m in MlflowClient(uri).get_metric_history(runs["run_id"].iloc[0], "step")]
     # The restarted worker group resumed from the latest checkpoint: steps never go back to the

@@ -25,6 +25,13 @@ SPEC = {
 }
 
 
+@pytest.fixture(autouse=True)
+def _own_artifact_store(tmp_path, monkeypatch):
+    # Each test's own store: with the user-level default a network trained by an earlier test
+    # would be reused, and the studies here would train (and stage) nothing shared.
+    monkeypatch.setenv("SC_GUIDANCE_ARTIFACT_STORE", str(tmp_path / "artifact-store"))
+
+
 def _env():
     return {**cli_env(), "MLFLOW_DISABLE_TELEMETRY": "true"}
 
@@ -178,6 +185,11 @@ def test_a_killed_driver_resumes_to_every_cell_with_nothing_left_running(tmp_pat
     killed = [r for r in runs if r.info.status == "KILLED"]
     assert all(r.data.tags.get("orphaned") == "true" for r in killed)  # and it says why
     finished = [r for r in runs if r.info.status == "FINISHED"]
+    # The shared score model's stage trial (the first to start) finished once the study resumed.
+    stages = [r for r in finished if r.data.tags.get("stage") == "shared"]
+    assert [r.data.tags["shared_artifact"] for r in stages] in (["score"], [])  # [] if orphaned
+    assert len(list((tmp_path / "artifact-store").glob("score-*"))) == 1  # trained once
+    finished = [r for r in finished if r.data.tags.get("stage") == "search"]
     assert len(finished) == FIFO_SPEC["num_trials"]  # the budget, lost configurations included
     # Every (method, label %) cell has a finished trial, so the table has every cell.
     cells = {(r.data.tags["method"], float(r.data.tags["label_percent"])) for r in finished}

@@ -105,11 +105,17 @@ def test_final_runs_stage_one_score_model_per_seed(tmp_path):
     assert searcher.suggest("p5")["train.seed"] == 0
 
 
-def test_a_restored_searcher_queues_stage_trials_lost_with_the_driver_again(tmp_path):
-    spec = _spec(tmp_path, methods=["CG"], label_percents=[5, 100])
+def test_a_restored_searcher_hands_out_again_only_the_stage_trials_lost_after_its_save(tmp_path):
+    spec = _spec(tmp_path, methods=["CG"], label_percents=[5, 100, 50])
     searcher = CellSearcher(spec, tmp_path)
+    searcher.save(str(tmp_path / "before.pkl"))  # a kill before the stage trial was recorded
     searcher.suggest("stage")
-    searcher.save(str(tmp_path / "searcher.pkl"))
-    restored = CellSearcher(spec, tmp_path)
-    restored.restore(str(tmp_path / "searcher.pkl"))
-    assert restored.suggest("again")["stage"] == "score"
+    searcher.save(str(tmp_path / "after.pkl"))  # Tune's saved state holds the live stage trial
+    lost = CellSearcher(spec, tmp_path)
+    lost.restore(str(tmp_path / "before.pkl"))
+    assert lost.suggest("again")["stage"] == "score"
+    kept = CellSearcher(spec, tmp_path)
+    kept.restore(str(tmp_path / "after.pkl"))
+    assert kept.suggest("next") is None  # Tune re-runs the stage trial; its CG trials wait
+    kept.on_trial_complete("stage", {"final": 1.0})
+    assert kept.suggest("next")["method"] == "CG"
