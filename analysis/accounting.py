@@ -62,7 +62,24 @@ def compute_report(runs: pd.DataFrame, wall_seconds: float | None, slots: int) -
     if wall_seconds:
         report["wall_seconds"] = float(wall_seconds)
         report["useful_work_fraction"] = report["device_seconds"] / (wall_seconds * slots)
+    span = _trial_span(pd.concat([done, shared]))
+    if span:
+        report["trial_span_seconds"] = span
+        report["useful_work_fraction_trials"] = report["device_seconds"] / (span * slots)
     return report
+
+
+def _trial_span(runs: pd.DataFrame) -> float | None:
+    """Seconds from the first trial's start to the last trial's end (the time trial slots were
+    in use; the study's wall adds MLflow and Tune set-up and the closing bookkeeping). Over
+    several sessions (resume) it includes the time between them."""
+    if not {"start_time", "end_time"} <= set(runs.columns):
+        return None
+    start, end = runs["start_time"].dropna(), runs["end_time"].dropna()
+    if start.empty or end.empty:
+        return None
+    span = (float(end.max()) - float(start.min())) / 1000.0
+    return span if span > 0 else None
 
 
 def to_markdown(report: dict[str, float], slots: int) -> str:
@@ -90,6 +107,13 @@ def to_markdown(report: dict[str, float], slots: int) -> str:
         lines.append(
             f"\nuseful-work fraction: {report['useful_work_fraction']:.0%} "
             f"(device-seconds / ({report['wall_seconds']:.0f} s wall x {slots} slots))"
+        )
+    if "useful_work_fraction_trials" in report:
+        lines.append(
+            f"useful-work fraction of the trial slots: "
+            f"{report['useful_work_fraction_trials']:.0%} (device-seconds / "
+            f"({report['trial_span_seconds']:.0f} s from the first trial's start to the last "
+            f"one's end x {slots} slots); the wall adds MLflow / Tune set-up and bookkeeping"
         )
     lines.append(
         "\nnaive plan: every trial retrains every network it uses and every guidance scale is its "

@@ -52,7 +52,8 @@ def load_runs(tracking_uri: str, experiment_name: str, study_id: str | None = No
             "early_stopped": run.data.tags.get("early_stopped") == "true",
             # search: a cell's search trial; final: a seed of `study final` (tables/final.md)
             "stage": run.data.tags.get("stage", "search"),
-            "start_time": run.info.start_time,
+            "start_time": run.info.start_time,  # ms since the epoch (MLflow's)
+            "end_time": run.info.end_time,
             **{k: _cast(v) for k, v in run.data.params.items()},
             **run.data.metrics,
         }

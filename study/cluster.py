@@ -21,8 +21,10 @@ def _check_reachable(address: str) -> None:
         ) from None
 
 
-def init_ray(address: str | None) -> None:
-    """Connect to the spec's / RAY_ADDRESS cluster, else start a local Ray."""
+def init_ray(address: str | None, dashboard: bool = True) -> None:
+    """Connect to the spec's / RAY_ADDRESS cluster, else start a local Ray (with its dashboard
+    unless dashboard is False: only a TorchTrainer inside a Tune trial needs it, and on a small
+    machine its processes take CPU from the trials)."""
     import ray
 
     # A local cluster's GCS and raylets listen on every interface, so RAY_AUTH_MODE is left alone:
@@ -39,7 +41,7 @@ def init_ray(address: str | None) -> None:
         else:
             ray.init(
                 num_cpus=os.cpu_count(),
-                include_dashboard=True,
+                include_dashboard=dashboard,
                 log_to_driver=False,
                 configure_logging=False,
             )

@@ -88,7 +88,8 @@ def prepare(spec: StudySpec, *, resume: bool) -> tuple[Path, str]:
         raise StudyError(problems[0])
     if not resume:
         check_study_identity(uri, spec.name, study_dir)
-    init_ray(spec.address)
+    # Local-mode trials (num_workers 0) start no TorchTrainer, the one user of the dashboard.
+    init_ray(spec.address, dashboard=spec.resources.num_workers > 0)
     check_cluster(spec)
     return study_dir, uri
 

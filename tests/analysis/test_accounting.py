@@ -36,3 +36,26 @@ def test_spent_and_naive_costs_follow_their_definitions():
     text = to_markdown(report, 2)
     assert "| training steps | 300 | 800 | 2.7x |" in text and "useful-work fraction: 60%" in text
     assert compute_report(runs.iloc[2:3], 10.0, 2) == {}
+
+
+def test_stage_trials_count_as_spent_and_the_trial_span_is_first_start_to_last_end():
+    runs = pd.DataFrame(
+        [
+            # The shared score model's stage trial: 100 steps, 4 s, no naive counterpart.
+            _run(**{"stage": "shared", "cost/steps_trained": 100, "cost/train_seconds": 4.0,
+                    "start_time": 1_000, "end_time": 5_000}),
+            _run(**{"cost/steps_trained": 50, "cost/steps_reused": 100,
+                    "cost/train_seconds": 2.0, "cost/eval_seconds": 1.0,
+                    "start_time": 5_000, "end_time": 8_500}),
+            _run(**{"cost/steps_trained": 50, "cost/steps_reused": 100,
+                    "cost/train_seconds": 2.0, "cost/eval_seconds": 1.0,
+                    "start_time": 2_000, "end_time": 6_000}),
+        ]
+    )  # fmt: skip
+    report = compute_report(runs, wall_seconds=10.0, slots=2)
+    assert report["trials"] == 2 and report["stage_trials"] == 1
+    assert report["train_steps"] == 200 and report["train_steps_naive"] == 300
+    assert report["device_seconds"] == 10.0 and report["useful_work_fraction"] == 0.5
+    assert report["trial_span_seconds"] == 7.5
+    assert report["useful_work_fraction_trials"] == 10.0 / 15.0
+    assert "useful-work fraction of the trial slots: 67%" in to_markdown(report, 2)

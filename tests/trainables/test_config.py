@@ -39,6 +39,7 @@ def test_typo_gets_a_close_match():
         ({"loss.lambda_joint": -0.5}, "loss.lambda_joint must be >= 0"),
         ({"sample.sampler": "ddim"}, r"unknown sampler 'ddim'; valid: \['em', 'ode', 'pc'\]"),
         ({"train.steps": "many"}, "train.steps: expected int, got 'many'"),
+        ({"train.classifier_steps": -5}, r"train.classifier_steps must be >= 0 \(0 = as train"),
     ],
 )
 def test_bad_values_raise_naming_value_and_choices(updates, match):
