@@ -238,6 +238,50 @@ def cmd_ui(args: argparse.Namespace) -> int:
     return subprocess.call(cmd, env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})
 
 
+SERVER_BACKENDS = ("sqlite", "postgresql", "mysql")
+
+
+def _server_command(args: argparse.Namespace) -> tuple[list[str], Path]:
+    """The `mlflow server` command line for `study server`, checked before anything starts:
+    (command, store folder). StudyError for a bad backend, an unwritable store or a busy port."""
+    import socket
+
+    from study.runner import StudyError, check_writable
+
+    store = Path(args.store).expanduser().resolve()
+    check_writable(store, f"the server's store {store} is not writable; give --store a folder")
+    backend = args.backend or f"sqlite:///{store / 'mlflow.db'}"
+    if backend.split(":", 1)[0].split("+")[0] not in SERVER_BACKENDS:
+        raise StudyError(
+            f"--backend {backend!r}: use a SQL database URI ({', '.join(SERVER_BACKENDS)}), e.g. "
+            "postgresql://user@host/mlflow (needs psycopg2) or leave it out for SQLite in --store"
+        )
+    with socket.socket() as probe:
+        try:
+            probe.bind((args.host, args.port))
+        except OSError:
+            raise StudyError(
+                f"cannot listen on {args.host}:{args.port} (in use or not this machine's "
+                "address); choose another --port / --host"
+            ) from None
+    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend]
+    cmd += ["--artifacts-destination", str(store / "artifacts"), "--serve-artifacts"]
+    cmd += ["--host", args.host, "--port", str(args.port), "--workers", str(args.workers)]
+    return cmd, store
+
+
+def cmd_server(args: argparse.Namespace) -> int:
+    """The team's MLflow tracking server (SQL backend, artifacts served from --store)."""
+    cmd, store = _server_command(args)
+    store.mkdir(parents=True, exist_ok=True)
+    url = f"http://{args.host}:{args.port}"
+    print(f"MLflow tracking server at {url} (store {store}); Ctrl-C stops it", flush=True)
+    print(f"studies log to it with the spec line:  tracking_uri: {url}", flush=True)
+    if args.host not in ("127.0.0.1", "localhost"):
+        print("note: the server has no authentication; bind it to a trusted network only")
+    return subprocess.call(cmd, env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})
+
+
 def _add_run_and_resume(sub: Any) -> None:
     """study run [SPEC]; study resume DIR [--trust] [--add-trials N]."""
     run = sub.add_parser(
@@ -316,6 +360,19 @@ def parser() -> argparse.ArgumentParser:
     ui.add_argument("study_dir", metavar="DIR")
     ui.add_argument("--port", type=int, default=5000)
     ui.set_defaults(func=cmd_ui)
+    server = sub.add_parser(
+        "server", help="start the team's MLflow tracking server (studies log with tracking_uri)"
+    )
+    server.add_argument(
+        "--store",
+        default="~/.cache/sc-guidance/mlflow-server",
+        help="folder of its SQLite database and run artifacts (a shared path on a cluster)",
+    )
+    server.add_argument("--backend", default=None, help="SQL database URI instead of SQLite")
+    server.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    server.add_argument("--port", type=int, default=5000)
+    server.add_argument("--workers", type=int, default=2, help="server worker processes")
+    server.set_defaults(func=cmd_server)
     return p
 
 

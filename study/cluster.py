@@ -77,3 +77,21 @@ def check_cluster(spec: StudySpec) -> None:
                 f"{have.get(name, 0.0):g}; lower resources.num_workers / cpus_per_trial / "
                 "gpus_per_trial or add nodes"
             )
+    check_nodes(spec, [n["Resources"] for n in ray.nodes() if n.get("Alive")])
+
+
+def check_nodes(spec: StudySpec, nodes: list[dict[str, float]]) -> None:
+    """Refuse a trial whose smallest unit (a Train worker, or the whole trial in local mode) fits no
+    single alive node: Ray places each worker on one node, so the cluster's total is not enough."""
+    resources = spec.resources
+    unit = worker_resources(resources.cpus_per_trial, resources.gpus_per_trial)
+    if any(all(node.get(k, 0.0) + 1e-9 >= v for k, v in unit.items()) for node in nodes):
+        return
+    what = "a Train worker" if resources.num_workers > 0 else "a trial (local mode)"
+    largest = max(nodes, key=lambda n: (n.get("GPU", 0.0), n.get("CPU", 0.0)), default={})
+    have = ", ".join(f"{largest.get(k, 0.0):g} {k}" for k in unit)
+    need = ", ".join(f"{v:g} {k}" for k, v in unit.items())
+    raise StudyError(
+        f"{what} needs {need} on one node but no alive node has that much (the largest: {have}); "
+        "lower resources.cpus_per_trial / gpus_per_trial (per worker) or add a larger node"
+    )

@@ -241,6 +241,21 @@ def check_trusted(study_dir: Path) -> None:
         )
 
 
+EVALUATION_CACHE_KEY = "eval.cache_dir"
+OLD_EVALUATION_CACHE = "~/.cache/sc-guidance"  # each machine's own, before studies pinned theirs
+
+
+def with_evaluation_cache(spec: StudySpec, study_dir: Path) -> StudySpec:
+    """One evaluation yardstick per study: unless the spec names eval.cache_dir, the evaluation
+    classifier and the reference statistics live in the study's artifact store (shared by every
+    node that sees it, like the networks), not in each machine's ~/.cache. The saved spec pins it.
+    """
+    if EVALUATION_CACHE_KEY in spec.config:
+        return spec
+    folder = str(spec.artifact_dir(study_dir) / "evaluation")
+    return replace(spec, config={**spec.config, EVALUATION_CACHE_KEY: folder})
+
+
 def _save_spec(spec: StudySpec, study_dir: Path, uri: str) -> None:
     """The saved spec pins where results live, so resume / table / export find them from
     anywhere (written to a temporary file, then moved into place)."""
@@ -326,6 +341,7 @@ def run_study(
     study_dir, uri = prepare(spec, resume=resume)
     if not resume:
         spec = replace(spec, study_id=uuid.uuid4().hex[:16])
+        spec = with_evaluation_cache(spec, study_dir)
         _save_spec(spec, study_dir, uri)
     if add_trials:
         per_cell = max(spec.cell_budgets().values()) + add_trials
@@ -462,4 +478,7 @@ def load_study_spec(study_dir: str | Path) -> tuple[Path, StudySpec]:
     raw = yaml.safe_load((path / SPEC_FILE).read_text())
     if isinstance(raw, dict) and "artifact_store" not in raw:
         raw["artifact_store"] = "study"  # saved before the shared store: its networks are inside
+    if isinstance(raw, dict) and EVALUATION_CACHE_KEY not in (raw.get("config") or {}):
+        # Saved before studies pinned their evaluation cache: keep measuring with the one it used.
+        raw["config"] = {**(raw.get("config") or {}), EVALUATION_CACHE_KEY: OLD_EVALUATION_CACHE}
     return path, validate(raw)

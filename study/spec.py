@@ -553,6 +553,13 @@ def _check_locations(raw: dict, errors: list[str]) -> None:
     for key in ("storage", "address"):
         if raw.get(key) is not None and not isinstance(raw.get(key), str):
             errors.append(f"{key}: expected a string, got {raw.get(key)!r}")
+    address = raw.get("address") or os.environ.get("RAY_ADDRESS") or ""
+    if isinstance(address, str) and address.startswith("ray://"):
+        errors.append(
+            f"address: {address!r} is a Ray Client address, whose Tune driver would run on the "
+            "head node with this machine's paths; submit the study as a job instead: ray job "
+            "submit --address http://HEAD:8265 --working-dir . -- study run SPEC"
+        )
     check_tracking_uri(raw.get("tracking_uri"), errors)
     study_id = raw.get("study_id")
     if study_id is not None and not (isinstance(study_id, str) and STUDY_ID.fullmatch(study_id)):

@@ -104,13 +104,14 @@ def ensure_parent_run(
     """Create (or find) the experiment and the study's parent run; return (experiment_id,
     run_id)."""
     exp = client.get_experiment_by_name(experiment_name)
-    # Artifacts (sample grids, tables, curves) live in the study directory, not in the caller's cwd.
+    # Artifacts (sample grids, tables, curves) live in the study directory, not in the caller's
+    # cwd; with a tracking server, in the server's store (it serves them to every UI user).
+    served = str(client.tracking_uri).startswith(("http://", "https://"))
+    location = None if served else (study_dir / "mlartifacts").resolve().as_uri()
     exp_id = (
         exp.experiment_id
         if exp
-        else client.create_experiment(
-            experiment_name, artifact_location=(study_dir / "mlartifacts").resolve().as_uri()
-        )
+        else client.create_experiment(experiment_name, artifact_location=location)
     )
     existing = client.search_runs([exp_id], runs_filter("study", study_id), max_results=1)
     if existing:

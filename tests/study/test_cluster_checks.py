@@ -1,0 +1,51 @@
+"""Where a study can run: per-node feasibility, Ray Client addresses, one evaluation cache per
+study (no Ray started here)."""
+
+import pytest
+import yaml
+
+from study.cluster import check_nodes
+from study.errors import StudyError
+from study.runner import load_study_spec, with_evaluation_cache
+from study.spec import SpecError, validate
+
+
+def _spec(**resources):
+    return validate({"resources": {"max_concurrent_trials": 1, **resources}})
+
+
+def test_a_trial_that_fits_the_cluster_but_no_single_node_is_refused():
+    two_small = [{"CPU": 2.0, "memory": 1e9}, {"CPU": 2.0}]
+    check_nodes(_spec(cpus_per_trial=2), two_small)
+    with pytest.raises(StudyError, match=r"a trial \(local mode\) needs 3 CPU on one node.*2 CPU"):
+        check_nodes(_spec(cpus_per_trial=3), two_small)  # 4 CPUs in all, 2 per node
+    # Train workers are placed one by one: 2 workers of 2 CPUs fit two 2-CPU nodes.
+    check_nodes(_spec(cpus_per_trial=2, num_workers=2), two_small)
+    gpu = _spec(cpus_per_trial=1, gpus_per_trial=1, num_workers=2)
+    with pytest.raises(StudyError, match="a Train worker needs 1 CPU, 1 GPU on one node"):
+        check_nodes(gpu, [{"CPU": 8.0}, {"CPU": 1.0, "GPU": 0.5}])
+    check_nodes(gpu, [{"CPU": 8.0}, {"CPU": 1.0, "GPU": 1.0}])
+
+
+def test_a_ray_client_address_is_refused_with_the_job_recipe(monkeypatch):
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    with pytest.raises(SpecError, match="ray job submit --address http://HEAD:8265"):
+        validate({"address": "ray://head:10001"})
+    monkeypatch.setenv("RAY_ADDRESS", "ray://head:10001")
+    with pytest.raises(SpecError, match="Ray Client address"):
+        validate({})
+
+
+def test_a_study_pins_its_evaluation_cache_in_its_artifact_store(tmp_path):
+    spec = validate({"artifact_store": str(tmp_path / "store")})
+    pinned = with_evaluation_cache(spec, tmp_path / "studies" / "toy")
+    assert pinned.config["eval.cache_dir"] == str(tmp_path / "store" / "evaluation")
+    assert pinned.base_params()["eval.cache_dir"] == str(tmp_path / "store" / "evaluation")
+    named = validate({"config": {"eval.cache_dir": str(tmp_path / "team")}})
+    assert with_evaluation_cache(named, tmp_path).config["eval.cache_dir"] == str(tmp_path / "team")
+
+
+def test_a_study_saved_before_keeps_the_evaluation_cache_it_measured_with(tmp_path):
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump({"name": "old", "artifact_store": "study"}))
+    _, spec = load_study_spec(tmp_path)
+    assert spec.config["eval.cache_dir"] == "~/.cache/sc-guidance"
