@@ -95,3 +95,67 @@ def check_nodes(spec: StudySpec, nodes: list[dict[str, float]]) -> None:
         f"{what} needs {need} on one node but no alive node has that much (the largest: {have}); "
         "lower resources.cpus_per_trial / gpus_per_trial (per worker) or add a larger node"
     )
+
+
+def _probe(config: dict, base_config: str, dataset_images: bool, markers: list[str]) -> list[str]:
+    """On one node: the study's folders visible (their marker files exist) and, for images, the
+    dataset and the Inception weights present (the spec's own checks)."""
+    from pathlib import Path
+
+    problems = [
+        f"{Path(m).parent} is not visible there; mount it at the same path on every node"
+        for m in markers
+        if not Path(m).exists()
+    ]
+    if dataset_images:
+        from study.spec import _check_images
+        from trainables.config import from_flat
+
+        _check_images(from_flat(config, base=base_config), problems)
+    return problems
+
+
+def preflight_nodes(spec: StudySpec, folders: list, timeout: float = 120.0) -> None:
+    """Before any trial: every alive node that can run trials sees the study's folders (a marker
+    file the driver writes in each, looked for by a Ray task pinned to the node) and holds the
+    dataset and Inception weights the spec needs. A local Ray started by the study is this machine
+    (already checked): nothing to do."""
+    import uuid
+    from pathlib import Path
+
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    from trainables.data.images import IMAGE_DATASETS
+
+    if not spec.address:
+        return
+    nodes = [n for n in ray.nodes() if n.get("Alive") and n["Resources"].get("CPU", 0) > 0]
+    markers = []
+    for folder in folders:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        marker = Path(folder) / f".study-probe-{uuid.uuid4().hex[:8]}"
+        marker.write_text("visible?")
+        markers.append(str(marker))
+    config = {**spec.base_params(), "method": spec.methods[0]}
+    probe = ray.remote(num_cpus=0)(_probe)
+    try:
+        refs = {
+            n["NodeManagerAddress"] + " " + n["NodeID"][:8]: probe.options(
+                scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)
+            ).remote(config, spec.base_config, spec.dataset in IMAGE_DATASETS, markers)
+            for n in nodes
+        }
+        for node, ref in refs.items():
+            try:
+                problems = ray.get(ref, timeout=timeout)
+            except ray.exceptions.GetTimeoutError:
+                raise StudyError(
+                    f"node {node} did not answer the pre-flight check within {timeout:g} s; "
+                    "check that it is healthy (ray status) or remove it"
+                ) from None
+            if problems:
+                raise StudyError(f"node {node}: {problems[0]}")
+    finally:
+        for marker in markers:
+            Path(marker).unlink(missing_ok=True)

@@ -66,7 +66,7 @@ def check_writable(study_dir: Path, message: str | None = None) -> None:
 def prepare(spec: StudySpec, *, resume: bool) -> tuple[Path, str]:
     """Pre-flight before anything is written: directory state, writability, Ray. Returns (dir,
     uri)."""
-    from study.cluster import check_cluster, init_ray
+    from study.cluster import check_cluster, init_ray, preflight_nodes
     from study.tracking import check_study_identity, resolve_tracking_uri
 
     study_dir = study_dir_for(spec)
@@ -91,6 +91,8 @@ def prepare(spec: StudySpec, *, resume: bool) -> tuple[Path, str]:
     # Local-mode trials (num_workers 0) start no TorchTrainer, the one user of the dashboard.
     init_ray(spec.address, dashboard=spec.resources.num_workers > 0)
     check_cluster(spec)
+    # Every node that will run trials sees the study's folders and holds its data.
+    preflight_nodes(spec, [study_dir.parent, store])
     return study_dir, uri
 
 

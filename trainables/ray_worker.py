@@ -348,6 +348,8 @@ def _run_trial(context: TrialContext) -> None:
     device = _device(context.local_mode)
     report = _reporter(context.local_mode, dist)
     evaluator = TrialEvaluator(config, data, device)
+    if ray.is_initialized():  # which cluster node ran the trial (rank 0's), a tag on its run
+        evaluator.tags["ray_node_id"] = ray.get_runtime_context().get_node_id()
     ledger = _Ledger()
 
     # Train or fetch every artifact of the method, in order.

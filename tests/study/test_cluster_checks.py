@@ -49,3 +49,21 @@ def test_a_study_saved_before_keeps_the_evaluation_cache_it_measured_with(tmp_pa
     (tmp_path / "spec.yaml").write_text(yaml.safe_dump({"name": "old", "artifact_store": "study"}))
     _, spec = load_study_spec(tmp_path)
     assert spec.config["eval.cache_dir"] == "~/.cache/sc-guidance"
+
+
+def test_the_node_probe_names_a_folder_the_node_cannot_see_and_missing_data(tmp_path):
+    from study.cluster import _probe
+
+    seen = tmp_path / "shared" / ".study-probe-1"
+    seen.parent.mkdir()
+    seen.write_text("visible?")
+    unseen = tmp_path / "elsewhere" / ".study-probe-2"
+    problems = _probe({}, "toy", False, [str(seen), str(unseen)])
+    assert problems == [
+        f"{unseen.parent} is not visible there; mount it at the same path on every node"
+    ]
+    config = {"data.name": "cifar10", "data.root": str(tmp_path / "no-cifar"), "method": "CG"}
+    problems = _probe(config, "cifar10", True, [str(seen)])
+    # The dataset and (cifar10's default extractor) the Inception weights, as the spec checks them.
+    assert "dataset: cifar10 not found" in problems[0] and "no-cifar" in problems[0]
+    assert any("eval.inception_weights" in p for p in problems)

@@ -8,8 +8,7 @@ import sys
 import time
 
 import pytest
-
-from tests.cli_helpers import TOY_FAST, cli_env, run_cli, write_spec
+from cli_helpers import TOY_FAST, cli_env, run_cli, write_spec
 
 pytestmark = pytest.mark.slow
 

@@ -1,0 +1,141 @@
+"""A 2-node Ray cluster on 127.0.0.1, the second node in its own mount namespace (a private
+~/.cache): a tiny-images study whose trials land on both nodes measures with one evaluation
+classifier and one set of reference statistics, and every run finishes with its records."""
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from cli_helpers import cli_env, run_cli
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        shutil.which("unshare") is None or os.geteuid() != 0,
+        reason="needs unshare --mount (root) for the second node's private ~/.cache",
+    ),
+]
+
+CONFIG = {
+    "data.num_train": 192,
+    "data.num_test": 96,
+    "train.steps": 40,
+    "train.steps_per_epoch": 20,
+    "train.batch_size": 16,
+    "sample.num_steps": 8,
+    "sample.num_per_class": 12,
+    "eval.num_points": 64,
+    "eval.sigmas": [0.2],
+    "eval.classifier_steps": 60,
+}
+RAY = str(Path(sys.executable).with_name("ray"))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _alive_nodes(address: str) -> int:
+    code = (
+        f"import ray; ray.init(address={address!r}, log_to_driver=False); "
+        "print(sum(n['Alive'] for n in ray.nodes()))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=cli_env(), capture_output=True, text=True, timeout=120
+    )
+    return int(out.stdout.strip().splitlines()[-1]) if out.returncode == 0 else 0
+
+
+@pytest.fixture
+def two_nodes(tmp_path):
+    port = _free_port()
+    address = f"127.0.0.1:{port}"
+    env = {**cli_env(), "RAY_USAGE_STATS_ENABLED": "0"}
+    head = subprocess.run(
+        [RAY, "start", "--head", f"--port={port}", "--num-cpus=1", "--include-dashboard=false"],
+        env=env, capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    assert head.returncode == 0, head.stdout[-2000:] + head.stderr[-2000:]
+    # The second node: its own mount namespace, where ~/.cache is an empty private tmpfs.
+    cache = Path.home() / ".cache"
+    worker = subprocess.Popen(
+        ["unshare", "--mount", "bash", "-c",
+         f"mount -t tmpfs tmpfs {cache} && exec {RAY} start --address={address} --num-cpus=1 "
+         "--block"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 180
+        while _alive_nodes(address) < 2:
+            assert worker.poll() is None, worker.stdout.read()[-3000:]
+            assert time.monotonic() < deadline, "the second node did not join within 180 s"
+            time.sleep(2)
+        yield address
+    finally:
+        os.killpg(worker.pid, signal.SIGTERM)
+        try:
+            worker.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(worker.pid, signal.SIGKILL)
+        subprocess.run([RAY, "stop", "--force"], env=env, capture_output=True, timeout=120)
+
+
+def test_a_tiny_images_study_on_two_nodes_has_one_yardstick_and_every_record(tmp_path, two_nodes):
+    from mlflow.tracking import MlflowClient
+
+    from analysis.runs import load_runs
+
+    shared = tmp_path / "shared"  # both nodes see /tmp; only ~/.cache is private to the second
+    spec = {
+        "name": "two-nodes",
+        "base_config": "tiny-images",
+        "dataset": "tiny-images",
+        "methods": ["CG-SC-all", "CFG-all"],
+        "label_percents": [50],
+        "trials_per_cell": 2,
+        "search": {"loss.lambda_sc": {"choices": [0.1, 1.0]}},
+        "guidance": {"scales": [1, 2], "val_num_per_class": 4},
+        "objectives": [{"metric": "intra_fid", "mode": "min"}],
+        "storage": str(shared / "studies"),
+        "artifact_store": str(shared / "artifacts"),
+        "address": two_nodes,
+        "resources": {"cpus_per_trial": 1, "max_concurrent_trials": 2},
+        "config": CONFIG,
+    }
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
+    result = run_cli("run", "spec.yaml", "--quiet", cwd=tmp_path, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "| CG-SC-all |" in result.stdout and "| CFG-all |" in result.stdout  # table complete
+    study_dir = shared / "studies" / "two-nodes"
+    uri = f"sqlite:///{study_dir / 'mlflow.db'}"
+    runs = load_runs(uri, "two-nodes")
+    assert (runs["status"] == "FINISHED").all()
+    search = runs[runs["stage"] == "search"]
+    assert len(search) == 3 and search["intra_fid"].notna().all()
+    client = MlflowClient(uri)
+    nodes = set()
+    for run_id in runs["run_id"]:
+        run = client.get_run(run_id)
+        nodes.add(run.data.tags.get("ray_node_id"))
+        if run.data.tags["stage"] == "search":
+            samples = [a.path for a in client.list_artifacts(run_id, "samples")]
+            assert samples == ["samples/samples.png"]
+            assert (study_dir / "trials" / run.data.tags["trial_id"] / "final.json").exists()
+    assert len(nodes - {None}) == 2, nodes  # trials ran on both nodes
+    # One yardstick for the whole study: one evaluation classifier, one set of reference
+    # statistics, both in the shared store (not in either node's ~/.cache).
+    evaluation = shared / "artifacts" / "evaluation"
+    assert len(list((evaluation / "eval-classifiers").glob("eval_classifier-*"))) == 1
+    assert len(list((evaluation / "fid-stats").glob("*.npz"))) == 1
+    tags = {client.get_run(r).data.tags.get("eval_classifier") for r in search["run_id"]}
+    assert len(tags) == 1
