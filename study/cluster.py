@@ -40,6 +40,7 @@ def init_ray(address: str | None, dashboard: bool = True) -> None:
             ray.init(address=address, log_to_driver=False)
         else:
             ray.init(
+                address="local",  # a new local Ray, even beside a cluster `ray start` left running
                 num_cpus=os.cpu_count(),
                 include_dashboard=dashboard,
                 log_to_driver=False,

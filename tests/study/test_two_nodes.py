@@ -67,6 +67,7 @@ def two_nodes(tmp_path):
     assert head.returncode == 0, head.stdout[-2000:] + head.stderr[-2000:]
     # The second node: its own mount namespace, where ~/.cache is an empty private tmpfs.
     cache = Path.home() / ".cache"
+    cache.mkdir(parents=True, exist_ok=True)
     worker = subprocess.Popen(
         ["unshare", "--mount", "bash", "-c",
          f"mount -t tmpfs tmpfs {cache} && exec {RAY} start --address={address} --num-cpus=1 "
@@ -82,11 +83,12 @@ def two_nodes(tmp_path):
             time.sleep(2)
         yield address
     finally:
-        os.killpg(worker.pid, signal.SIGTERM)
-        try:
-            worker.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(worker.pid, signal.SIGKILL)
+        if worker.poll() is None:
+            os.killpg(worker.pid, signal.SIGTERM)
+            try:
+                worker.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(worker.pid, signal.SIGKILL)
         subprocess.run([RAY, "stop", "--force"], env=env, capture_output=True, timeout=120)
 
 
