@@ -1,6 +1,7 @@
 """A 2-node Ray cluster on 127.0.0.1, the second node in its own mount namespace (a private
-~/.cache): a tiny-images study whose trials land on both nodes measures with one evaluation
-classifier and one set of reference statistics, and every run finishes with its records."""
+~/.cache): a tiny-images study submitted with `ray job submit` (its driver on the head node), whose
+trials land on both nodes, measures with one evaluation classifier and one set of reference
+statistics, and every run finishes with its records."""
 
 import os
 import shutil
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from cli_helpers import cli_env, run_cli
+from cli_helpers import cli_env
 
 pytestmark = [
     pytest.mark.slow,
@@ -57,21 +58,24 @@ def _alive_nodes(address: str) -> int:
 
 @pytest.fixture
 def two_nodes(tmp_path):
-    port = _free_port()
+    port, dashboard = _free_port(), _free_port()
     address = f"127.0.0.1:{port}"
     env = {**cli_env(), "RAY_USAGE_STATS_ENABLED": "0"}
     head = subprocess.run(
-        [RAY, "start", "--head", f"--port={port}", "--num-cpus=1", "--include-dashboard=false"],
+        [RAY, "start", "--head", f"--port={port}", "--num-cpus=1",
+         f"--dashboard-port={dashboard}"],
         env=env, capture_output=True, text=True, timeout=180,
     )  # fmt: skip
     assert head.returncode == 0, head.stdout[-2000:] + head.stderr[-2000:]
-    # The second node: its own mount namespace, where ~/.cache is an empty private tmpfs.
+    # The second node: its own mount namespace, where ~/.cache is an empty private tmpfs, and so
+    # is Ray's /tmp/ray: two nodes on one machine would otherwise share one runtime-env folder, and
+    # a trial then found the job's unpacked working directory gone (os.getcwd: FileNotFoundError).
     cache = Path.home() / ".cache"
     cache.mkdir(parents=True, exist_ok=True)
     worker = subprocess.Popen(
         ["unshare", "--mount", "bash", "-c",
-         f"mount -t tmpfs tmpfs {cache} && exec {RAY} start --address={address} --num-cpus=1 "
-         "--block"],
+         f"mount -t tmpfs tmpfs {cache} && mount -t tmpfs tmpfs /tmp/ray && "
+         f"exec {RAY} start --address={address} --num-cpus=1 --block"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         start_new_session=True,
     )  # fmt: skip
@@ -81,7 +85,7 @@ def two_nodes(tmp_path):
             assert worker.poll() is None, worker.stdout.read()[-3000:]
             assert time.monotonic() < deadline, "the second node did not join within 180 s"
             time.sleep(2)
-        yield address
+        yield f"http://127.0.0.1:{dashboard}"
     finally:
         if worker.poll() is None:
             os.killpg(worker.pid, signal.SIGTERM)
@@ -110,12 +114,19 @@ def test_a_tiny_images_study_on_two_nodes_has_one_yardstick_and_every_record(tmp
         "objectives": [{"metric": "intra_fid", "mode": "min"}],
         "storage": str(shared / "studies"),
         "artifact_store": str(shared / "artifacts"),
-        "address": two_nodes,
         "resources": {"cpus_per_trial": 1, "max_concurrent_trials": 2},
         "config": CONFIG,
     }
-    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
-    result = run_cli("run", "spec.yaml", "--quiet", cwd=tmp_path, timeout=900)
+    job = tmp_path / "job"  # the job's working directory: the spec only
+    job.mkdir()
+    (job / "spec.yaml").write_text(yaml.safe_dump(spec))
+    # The driver runs on the head node (the job sets RAY_ADDRESS, which the spec then uses).
+    result = subprocess.run(
+        [RAY, "job", "submit", "--address", two_nodes, "--working-dir", ".", "--",
+         sys.executable, "-m", "study", "run", "spec.yaml", "--quiet"],
+        cwd=job, env={**cli_env(), "MLFLOW_DISABLE_TELEMETRY": "true"}, capture_output=True,
+        text=True, timeout=900,
+    )  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "| CG-SC-all |" in result.stdout and "| CFG-all |" in result.stdout  # table complete
     study_dir = shared / "studies" / "two-nodes"
