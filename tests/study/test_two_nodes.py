@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from cli_helpers import cli_env
+from cli_helpers import cli_env, run_cli
 
 pytestmark = [
     pytest.mark.slow,
@@ -85,7 +85,7 @@ def two_nodes(tmp_path):
             assert worker.poll() is None, worker.stdout.read()[-3000:]
             assert time.monotonic() < deadline, "the second node did not join within 180 s"
             time.sleep(2)
-        yield f"http://127.0.0.1:{dashboard}"
+        yield f"http://127.0.0.1:{dashboard}", address
     finally:
         if worker.poll() is None:
             os.killpg(worker.pid, signal.SIGTERM)
@@ -117,12 +117,21 @@ def test_a_tiny_images_study_on_two_nodes_has_one_yardstick_and_every_record(tmp
         "resources": {"cpus_per_trial": 1, "max_concurrent_trials": 2},
         "config": CONFIG,
     }
+    jobs, address = two_nodes
+    # Storage the second node cannot see (under ~/.cache, private to it): refused before anything
+    # runs, naming the node and the fix.
+    hidden = {**spec, "name": "hidden", "storage": str(Path.home() / ".cache" / "studies")}
+    (tmp_path / "hidden.yaml").write_text(yaml.safe_dump({**hidden, "address": address}))
+    refused = run_cli("run", "hidden.yaml", cwd=tmp_path, timeout=300)
+    assert refused.returncode == 2, refused.stdout[-2000:] + refused.stderr[-2000:]
+    assert "is not visible there; mount it at the same path on every node" in refused.stderr
+    assert not list((Path.home() / ".cache" / "studies").glob("hidden/*"))  # nothing written
     job = tmp_path / "job"  # the job's working directory: the spec only
     job.mkdir()
     (job / "spec.yaml").write_text(yaml.safe_dump(spec))
     # The driver runs on the head node (the job sets RAY_ADDRESS, which the spec then uses).
     result = subprocess.run(
-        [RAY, "job", "submit", "--address", two_nodes, "--working-dir", ".", "--",
+        [RAY, "job", "submit", "--address", jobs, "--working-dir", ".", "--",
          sys.executable, "-m", "study", "run", "spec.yaml", "--quiet"],
         cwd=job, env={**cli_env(), "MLFLOW_DISABLE_TELEMETRY": "true"}, capture_output=True,
         text=True, timeout=900,
