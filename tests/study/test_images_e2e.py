@@ -66,7 +66,9 @@ def test_each_family_trains_on_two_train_workers(tmp_path):
     # Every artifact the workers trained is in the cache once: score, classifier, joint,
     # conditional.
     store = tmp_path / "artifact-store"  # run_cli's per-test store
-    assert sorted(p.name.split("-")[0] for p in store.iterdir()) == [
+    # (and the study's evaluation classifier and reference statistics, in store/evaluation)
+    assert (store / "evaluation" / "eval-classifiers").is_dir()
+    assert sorted(p.name.split("-")[0] for p in store.iterdir() if p.name != "evaluation") == [
         "classifier",
         "conditional",
         "joint",

@@ -4,6 +4,7 @@ trials land on both nodes, measures with one evaluation classifier and one set o
 statistics, and every run finishes with its records."""
 
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -37,6 +38,9 @@ CONFIG = {
     "eval.classifier_steps": 60,
 }
 RAY = str(Path(sys.executable).with_name("ray"))
+# One token for the test's cluster, given to every process of it (head, second node, driver, job
+# client): left to Ray, the second node may start without token auth and be refused by the head.
+AUTH = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
 
 
 def _free_port() -> int:
@@ -51,7 +55,11 @@ def _alive_nodes(address: str) -> int:
         "print(sum(n['Alive'] for n in ray.nodes()))"
     )
     out = subprocess.run(
-        [sys.executable, "-c", code], env=cli_env(), capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", code],
+        env={**cli_env(), **AUTH},
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     return int(out.stdout.strip().splitlines()[-1]) if out.returncode == 0 else 0
 
@@ -60,7 +68,7 @@ def _alive_nodes(address: str) -> int:
 def two_nodes(tmp_path):
     port, dashboard = _free_port(), _free_port()
     address = f"127.0.0.1:{port}"
-    env = {**cli_env(), "RAY_USAGE_STATS_ENABLED": "0"}
+    env = {**cli_env(), "RAY_USAGE_STATS_ENABLED": "0", **AUTH}
     head = subprocess.run(
         [RAY, "start", "--head", f"--port={port}", "--num-cpus=1",
          f"--dashboard-port={dashboard}"],
@@ -122,7 +130,7 @@ def test_a_tiny_images_study_on_two_nodes_has_one_yardstick_and_every_record(tmp
     # runs, naming the node and the fix.
     hidden = {**spec, "name": "hidden", "storage": str(Path.home() / ".cache" / "studies")}
     (tmp_path / "hidden.yaml").write_text(yaml.safe_dump({**hidden, "address": address}))
-    refused = run_cli("run", "hidden.yaml", cwd=tmp_path, timeout=300)
+    refused = run_cli("run", "hidden.yaml", cwd=tmp_path, timeout=300, env=AUTH)
     assert refused.returncode == 2, refused.stdout[-2000:] + refused.stderr[-2000:]
     assert "is not visible there; mount it at the same path on every node" in refused.stderr
     assert not list((Path.home() / ".cache" / "studies").glob("hidden/*"))  # nothing written
@@ -133,7 +141,8 @@ def test_a_tiny_images_study_on_two_nodes_has_one_yardstick_and_every_record(tmp
     result = subprocess.run(
         [RAY, "job", "submit", "--address", jobs, "--working-dir", ".", "--",
          sys.executable, "-m", "study", "run", "spec.yaml", "--quiet"],
-        cwd=job, env={**cli_env(), "MLFLOW_DISABLE_TELEMETRY": "true"}, capture_output=True,
+        cwd=job, env={**cli_env(), "MLFLOW_DISABLE_TELEMETRY": "true", **AUTH},
+        capture_output=True,
         text=True, timeout=900,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
