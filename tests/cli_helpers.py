@@ -31,6 +31,21 @@ def cli_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k not in ("RAY_AUTH_MODE", "RAY_ADDRESS")}
 
 
+# A tiny-images study in about a minute on 2 cores (the image e2e tests).
+TINY_IMAGES_FAST = {
+    "data.num_train": 192,
+    "data.num_test": 96,
+    "train.steps": 40,
+    "train.steps_per_epoch": 20,
+    "train.batch_size": 16,
+    "sample.num_steps": 8,
+    "sample.num_per_class": 12,
+    "eval.num_points": 64,
+    "eval.sigmas": [0.2],
+    "eval.classifier_steps": 60,
+}
+
+
 def run_cli(
     *args: str, cwd: Path | str, timeout: float = 600, env: dict | None = None
 ) -> subprocess.CompletedProcess:

@@ -3,22 +3,11 @@ guidance curves; a second study reuses the reference statistics and the evaluati
 
 import pytest
 import yaml
-from cli_helpers import run_cli
+from cli_helpers import TINY_IMAGES_FAST, run_cli
 
 pytestmark = pytest.mark.slow
 
-CONFIG = {
-    "data.num_train": 192,
-    "data.num_test": 96,
-    "train.steps": 40,
-    "train.steps_per_epoch": 20,
-    "train.batch_size": 16,
-    "sample.num_steps": 8,
-    "sample.num_per_class": 12,
-    "eval.num_points": 64,
-    "eval.sigmas": [0.2],
-    "eval.classifier_steps": 60,
-}
+CONFIG = TINY_IMAGES_FAST
 
 
 def _spec(name, tmp_path, **kw):

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from cli_helpers import cli_env, run_cli
+from cli_helpers import TINY_IMAGES_FAST, cli_env, run_cli
 
 pytestmark = [
     pytest.mark.slow,
@@ -25,18 +25,7 @@ pytestmark = [
     ),
 ]
 
-CONFIG = {
-    "data.num_train": 192,
-    "data.num_test": 96,
-    "train.steps": 40,
-    "train.steps_per_epoch": 20,
-    "train.batch_size": 16,
-    "sample.num_steps": 8,
-    "sample.num_per_class": 12,
-    "eval.num_points": 64,
-    "eval.sigmas": [0.2],
-    "eval.classifier_steps": 60,
-}
+CONFIG = TINY_IMAGES_FAST
 RAY = str(Path(sys.executable).with_name("ray"))
 # One token for the test's cluster, given to every process of it (head, second node, driver, job
 # client): left to Ray, the second node may start without token auth and be refused by the head.
