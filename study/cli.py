@@ -248,6 +248,10 @@ def _server_command(args: argparse.Namespace) -> tuple[list[str], Path]:
 
     from study.runner import StudyError, check_writable
 
+    if not 1 <= args.port <= 65535 or args.workers < 1:
+        raise StudyError(
+            f"--port must be 1-65535 and --workers >= 1, got {args.port} and {args.workers}"
+        )
     store = Path(args.store).expanduser().resolve()
     check_writable(store, f"the server's store {store} is not writable; give --store a folder")
     backend = args.backend or f"sqlite:///{store / 'mlflow.db'}"

@@ -53,11 +53,10 @@ class Plan:
 
 def make_plan(spec: StudySpec) -> Plan:
     """The plan of a validated spec (its first seed)."""
-    from study.stages import plan_stages
-    from trainables.cache import artifact_identity, artifact_key
+    from study.stages import artifact_folders, plan_stages
     from trainables.config import from_flat
     from trainables.evaluation import SAMPLER_SCORE_EVALS
-    from trainables.methods import EVAL_CLASSIFIER, artifact_config, get_method
+    from trainables.methods import EVAL_CLASSIFIER, artifact_config
     from trainables.names import GUIDED, TUNED_KEYS
 
     plan, seen = Plan(), set()
@@ -73,17 +72,14 @@ def make_plan(spec: StudySpec) -> Plan:
             params = {**spec.base_params(), **knobs, "method": method, "data.label_percent": pct}
             config = from_flat(params, base=spec.base_config)
             scales = len(config.sample.guidance_grid) if method in GUIDED else 1
-            needs: dict[str, str] = {}
-            for artifact in get_method(method).artifacts:
-                key = artifact_key(artifact_identity(artifact, config, needs))
-                needs[artifact.name] = key
+            for artifact, key in artifact_folders(config):
                 steps = artifact_config(artifact, config).train.steps
                 plan.train_steps_naive += steps * max(1, scales)
                 if key in seen:
                     continue
                 seen.add(key)
                 plan.train_steps += steps
-                shared = f"{artifact.name}-{key}" in staged
+                shared = key in staged
                 (plan.shared if shared else cell["networks"])[artifact.name] += 1
             per = SAMPLER_SCORE_EVALS[config.sample.sampler] * config.sample.num_steps * classes
             full = per * config.sample.num_per_class

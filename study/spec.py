@@ -571,21 +571,33 @@ def _check_locations(raw: dict, errors: list[str]) -> None:
         errors.append(f"artifact_store: expected a folder path or 'study', got {store!r}")
 
 
-def validate(raw: dict, check_data: bool = True) -> StudySpec:
-    """Check every field; raise SpecError listing all problems at once. check_data=False skips
-    the dataset and Inception-weight checks (`study plan` reads a spec without its data)."""
+def _dataset_base_seed(raw: dict, errors: list[str]) -> tuple[Any, Any, Any]:
+    """(dataset, base_config, seed): a known dataset and base config, a seed in [0, 2**31)."""
     from trainables.config import BASE_CONFIGS
     from trainables.data.images import IMAGE_DATASETS
     from trainables.data.toy import TOY_DATASETS
 
-    errors = [
-        f"unknown spec key {k!r}; valid: {sorted(TOP_KEYS)}" for k in sorted(set(raw) - TOP_KEYS)
-    ]
-    name = _check_name(raw.get("name", "study"), errors)
     dataset = raw.get("dataset", "overlap2")
     if dataset not in TOY_DATASETS and dataset not in IMAGE_DATASETS:
         valid = list(TOY_DATASETS) + list(IMAGE_DATASETS)
         errors.append(f"dataset: unknown dataset {dataset!r}; valid: {valid}")
+    base = raw.get("base_config", raw.get("preset", "toy"))
+    if base not in BASE_CONFIGS:
+        errors.append(f"base_config: unknown {base!r}; valid: {sorted(BASE_CONFIGS)}")
+    seed = raw.get("seed", 0)
+    if not _is_int(seed) or not 0 <= seed < 2**31:
+        errors.append(f"seed: must be an integer from 0 to 2**31 - 1, got {seed!r}")
+    return dataset, base, seed
+
+
+def validate(raw: dict, check_data: bool = True) -> StudySpec:
+    """Check every field; raise SpecError listing all problems at once. check_data=False skips
+    the dataset and Inception-weight checks (`study plan` reads a spec without its data)."""
+    errors = [
+        f"unknown spec key {k!r}; valid: {sorted(TOP_KEYS)}" for k in sorted(set(raw) - TOP_KEYS)
+    ]
+    name = _check_name(raw.get("name", "study"), errors)
+    dataset, base, seed = _dataset_base_seed(raw, errors)
     methods = _methods(raw.get("methods", list(names.METHODS)), errors)
     percents = _label_percents(raw.get("label_percents", [100]), errors)
     num_trials, per_cell = _budget(raw, errors)
@@ -597,13 +609,7 @@ def validate(raw: dict, check_data: bool = True) -> StudySpec:
     scales, val_per_class = _guidance(raw.get("guidance"), raw_search, errors)
     search = _ranges(raw_search, errors)
     resources = _resources(raw.get("resources", {}), errors)
-    seed = raw.get("seed", 0)
-    if not _is_int(seed) or not 0 <= seed < 2**31:
-        errors.append(f"seed: must be an integer from 0 to 2**31 - 1, got {seed!r}")
     _check_locations(raw, errors)
-    base = raw.get("base_config", raw.get("preset", "toy"))
-    if base not in BASE_CONFIGS:
-        errors.append(f"base_config: unknown {base!r}; valid: {sorted(BASE_CONFIGS)}")
     config = raw.get("config", {}) or {}
     if not isinstance(config, dict):
         errors.append("config: expected a mapping of flat config keys")

@@ -32,19 +32,26 @@ class Stage:
     model: str  # <store>/<key>/model.pt
 
 
-def _artifact_keys(params: dict, base_config: str) -> list[tuple[str, str]]:
-    """(artifact name, cache folder name) of every artifact the configuration's method trains."""
+def artifact_folders(config: Any) -> list[tuple[Any, str]]:
+    """(artifact, cache folder name <name>-<key>) of every artifact the config's method trains,
+    in order, each key over the keys of the artifacts it needs (as the trial's cache computes)."""
     from trainables.cache import artifact_identity, artifact_key
-    from trainables.config import from_flat
     from trainables.methods import get_method
 
-    config = from_flat(params, base=base_config)
-    keys, needs = [], {}
+    folders, needs = [], {}
     for artifact in get_method(config.method).artifacts:
         key = artifact_key(artifact_identity(artifact, config, needs))
         needs[artifact.name] = key
-        keys.append((artifact.name, f"{artifact.name}-{key}"))
-    return keys
+        folders.append((artifact, f"{artifact.name}-{key}"))
+    return folders
+
+
+def _artifact_keys(params: dict, base_config: str) -> list[tuple[str, str]]:
+    """(artifact name, cache folder name) of every artifact the configuration's method trains."""
+    from trainables.config import from_flat
+
+    config = from_flat(params, base=base_config)
+    return [(artifact.name, folder) for artifact, folder in artifact_folders(config)]
 
 
 def _moved(params: dict) -> dict:

@@ -363,10 +363,6 @@ def validate(config: TrialConfig) -> TrialConfig:
         raise ValueError(f"unknown sampler {config.sample.sampler!r}; valid: {sorted(SAMPLERS)}")
     if config.model.arch not in ("mlp", "ncsnpp"):
         raise ValueError(f"model.arch must be 'mlp' or 'ncsnpp', got {config.model.arch!r}")
-    if config.train.precision not in ("fp32", "bf16"):
-        raise ValueError(
-            f"train.precision must be 'fp32' or 'bf16', got {config.train.precision!r}"
-        )
     if config.eval.feature_extractor not in ("inception", "eval_classifier"):
         raise ValueError(
             "eval.feature_extractor must be 'inception' or 'eval_classifier', "
@@ -374,17 +370,22 @@ def validate(config: TrialConfig) -> TrialConfig:
         )
     if config.sample.batch_size <= 0 or config.sample.num_per_class <= 0:
         raise ValueError("sample.batch_size and sample.num_per_class must be > 0")
-    if config.train.checkpoint_every < 0:
-        raise ValueError(
-            f"train.checkpoint_every must be >= 0, got {config.train.checkpoint_every}"
-        )
+    _check_train(config.train)
+    return config
+
+
+def _check_train(train: TrainConfig) -> None:
+    """The training schedule's values; ValueError naming the bad one."""
+    if train.precision not in ("fp32", "bf16"):
+        raise ValueError(f"train.precision must be 'fp32' or 'bf16', got {train.precision!r}")
+    if train.checkpoint_every < 0:
+        raise ValueError(f"train.checkpoint_every must be >= 0, got {train.checkpoint_every}")
     for name in ("steps", "steps_per_epoch", "batch_size"):
-        if getattr(config.train, name) <= 0:
-            raise ValueError(f"train.{name} must be > 0, got {getattr(config.train, name)}")
+        if getattr(train, name) <= 0:
+            raise ValueError(f"train.{name} must be > 0, got {getattr(train, name)}")
     for name in ("classifier_steps", "classifier_batch_size"):
-        if getattr(config.train, name) < 0:
+        if getattr(train, name) < 0:
             raise ValueError(
                 f"train.{name} must be >= 0 (0 = as train.{name.split('_', 1)[1]}), "
-                f"got {getattr(config.train, name)}"
+                f"got {getattr(train, name)}"
             )
-    return config

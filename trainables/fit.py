@@ -277,6 +277,24 @@ def _epoch_metrics(
     return metrics
 
 
+def _report_epoch(
+    state: _TrainState,
+    metrics: dict,
+    evaluate: Callable[[nn.Module, int], dict] | None,
+    ckpt: Path | None,
+    callback: Callback | None,
+) -> None:
+    """Report an epoch's metrics, with the evaluation the scheduler compares (if asked) and the
+    checkpoint folder (rank 0, when it checkpoints)."""
+    if evaluate is not None:
+        metrics.update(evaluate(state.ema.eval(), metrics["epoch"]))
+        state.ema.train()
+    if ckpt is not None:
+        metrics["checkpoint_dir"] = str(ckpt.parent)
+    if callback is not None:
+        callback(metrics)
+
+
 def train_artifact(
     artifact: Artifact,
     config: TrialConfig,
@@ -293,13 +311,11 @@ def train_artifact(
     """Train one artifact; return its EMA network (eval mode, frozen). Resumes from checkpoint_dir.
 
     evaluate(ema, epoch), when given, runs at every epoch end and its metrics join that epoch's
-    report
-    (schedulers such as ASHA need the objective while a trial trains). Under data parallelism every
-    rank draws the same global batch and noise (so one RNG state resumes them all), trains on its
-    shard
-    and averages gradients; rank 0 writes the checkpoints (a reported metrics dict then carries the
-    checkpoint folder under "checkpoint_dir"). stop_after ends training at the first epoch end at or
-    after that many steps (tests use it to interrupt a run).
+    report (schedulers such as ASHA need the objective while a trial trains). Under data
+    parallelism every rank draws the same global batch and noise (so one RNG state resumes them
+    all), trains on its shard and averages gradients; rank 0 writes the checkpoints (a reported
+    metrics dict then carries the checkpoint folder under "checkpoint_dir"). stop_after ends
+    training at the first epoch end at or after that many steps (tests use it to interrupt a run).
     """
     dist = distributed or Distributed()
     device = torch.device(device)
@@ -332,16 +348,9 @@ def train_artifact(
             _save(state, ckpt)
         if not epoch_end:
             continue
-        # Report the epoch (with the evaluation the scheduler compares, if asked).
         seconds = time.perf_counter() - epoch_start
         metrics = _epoch_metrics(artifact, config, sums, done, seconds)
-        if evaluate is not None:
-            metrics.update(evaluate(state.ema.eval(), metrics["epoch"]))
-            state.ema.train()
-        if ckpt is not None and dist.rank == 0:
-            metrics["checkpoint_dir"] = str(ckpt.parent)
-        if callback is not None:
-            callback(metrics)
+        _report_epoch(state, metrics, evaluate, ckpt if dist.rank == 0 else None, callback)
         sums, epoch_start = {}, time.perf_counter()
         if stop_after is not None and done >= stop_after:
             break

@@ -67,3 +67,19 @@ def test_the_node_probe_names_a_folder_the_node_cannot_see_and_missing_data(tmp_
     # The dataset and (cifar10's default extractor) the Inception weights, as the spec checks them.
     assert "dataset: cifar10 not found" in problems[0] and "no-cifar" in problems[0]
     assert any("eval.inception_weights" in p for p in problems)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--port", "70000"], "--port must be 1-65535"),
+        (["--workers", "0"], "--workers >= 1"),
+        (["--backend", "mongodb://x"], "use a SQL database URI"),
+    ],
+)
+def test_study_server_refuses_bad_input_before_starting(tmp_path, capsys, args, message):
+    from study.cli import main
+
+    assert main(["server", "--store", str(tmp_path / "server"), *args]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "server").exists()  # nothing written
