@@ -52,6 +52,10 @@ class ModelConfig:
     attn_resolutions: tuple[int, ...] = (16,)  # ncsnpp: self-attention at these resolutions
     dropout: float = 0.1  # ncsnpp
     center_input: bool = True  # ncsnpp: maps [0, 1] images to [-1, 1] inside, as score_sde
+    # Guidance classifier's output: "plain" (the papers' encoder + linear head) or "gaussian" (plus
+    # a class-conditional Gaussian energy whose LogSumExp can carry a score; networks/energy.py).
+    classifier_head: str = "plain"
+    energy_rank: int = 16  # gaussian head: rank of the shared covariance's low-rank part
 
 
 @dataclass(frozen=True)
@@ -336,6 +340,13 @@ def validate(config: TrialConfig) -> TrialConfig:
             raise ValueError(
                 f"loss.{name} must be 'sum' or 'mean', got {getattr(config.loss, name)!r}"
             )
+    if config.model.classifier_head not in ("plain", "gaussian", "energy"):
+        raise ValueError(
+            "model.classifier_head must be 'plain', 'gaussian' or 'energy', "
+            f"got {config.model.classifier_head!r}"
+        )
+    if config.model.energy_rank < 0:
+        raise ValueError(f"model.energy_rank must be >= 0, got {config.model.energy_rank}")
     if config.loss.sc_weighting not in ("sigma2", "none"):
         raise ValueError(
             f"loss.sc_weighting must be 'sigma2' or 'none', got {config.loss.sc_weighting!r}"

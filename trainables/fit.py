@@ -77,6 +77,7 @@ def data_dim(x: torch.Tensor) -> int | tuple[int, ...]:
 
 def build(artifact: Artifact, config: TrialConfig, dim: Dim, num_classes: int) -> nn.Module:
     """The artifact's network, initialised from the training seed (identical on every DDP rank)."""
+    config = artifact_config(artifact, config)  # the guidance classifier's head
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.train.seed)
         return build_network(

@@ -197,17 +197,23 @@ class Artifact:
 
 
 def artifact_config(artifact: Artifact, config: Any) -> Any:
-    """The config an artifact trains with: the CG family's guidance classifier takes
-    train.classifier_steps / classifier_batch_size where they are set; every artifact's config
-    then holds them as 0, so they shape (and key) only that classifier."""
+    """The config an artifact trains with. The CG family's guidance classifier takes
+    train.classifier_steps / classifier_batch_size where they are set, and model.classifier_head /
+    energy_rank shape only it; every other artifact's config holds their defaults (the schedule
+    knobs as 0), so they shape (and key) only that classifier."""
     import dataclasses
 
-    train = config.train
+    train, model = config.train, config.model
     if artifact.name == "classifier":
         steps = train.classifier_steps or train.steps
         batch = train.classifier_batch_size or train.batch_size
+        head = model.classifier_head
     else:
-        steps, batch = train.steps, train.batch_size
+        steps, batch, head = train.steps, train.batch_size, "plain"
+    rank = model.energy_rank if head != "plain" else type(model).energy_rank
+    if (head, rank) != (model.classifier_head, model.energy_rank):
+        model = dataclasses.replace(model, classifier_head=head, energy_rank=rank)
+        config = dataclasses.replace(config, model=model)
     if (steps, batch, train.classifier_steps, train.classifier_batch_size) == (
         train.steps, train.batch_size, 0, 0,
     ):  # fmt: skip

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from trainables.cache import ArtifactCache
-from trainables.config import TrialConfig
+from trainables.config import ModelConfig, TrialConfig
 from trainables.data.images import ImageData
 from trainables.evaluation.fid import (
     EvalError,
@@ -44,6 +44,9 @@ def eval_classifier_config(config: TrialConfig) -> TrialConfig:
     return dataclasses.replace(
         config,
         data=dataclasses.replace(config.data, label_percent=100.0),
+        model=dataclasses.replace(
+            config.model, classifier_head="plain", energy_rank=ModelConfig.energy_rank
+        ),
         sde=dataclasses.replace(
             config.sde, sigma_max=max(config.eval.classifier_sigma_max, config.sde.sigma_min * 2)
         ),

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import math
+
+import torch
 from torch import nn
 
 from trainables.config import ModelConfig
+from trainables.networks.energy import GaussianEnergy
 from trainables.networks.toy import (
     NoiseEmbedding,
     ToyClassifier,
@@ -15,11 +19,36 @@ from trainables.networks.toy import (
 from trainables.networks.toy import build_network as build_toy_network
 
 
+class EnergyClassifier(nn.Module):
+    """A classifier's logits plus a class-conditional Gaussian energy (model.classifier_head
+    'gaussian'): f_y(x, sigma) = c_y(x, sigma) + g_y(x, sigma), networks/energy.py."""
+
+    def __init__(self, net: nn.Module, dim: int, num_classes: int, rank: int):
+        super().__init__()
+        self.net = net
+        self.energy = GaussianEnergy(dim, num_classes, rank)
+
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        return self.net(x, sigma) + self.energy(x, sigma).to(x.dtype)
+
+
 def build_network(
     kind: str, *, dim: int | tuple[int, ...], num_classes: int, model_config: ModelConfig
 ) -> nn.Module:
     """A network of a registry kind: toy MLP for arch "mlp" (dim: int), NCSN++ for "ncsnpp" (dim: C,
-    H, W)."""
+    H, W); a classifier with model.classifier_head 'gaussian' gets the energy head."""
+    net = _build_network(kind, dim=dim, num_classes=num_classes, model_config=model_config)
+    if kind == "classifier" and model_config.classifier_head != "plain":
+        flat = dim if isinstance(dim, int) else math.prod(dim)
+        # "gaussian": one Gaussian per class; "energy": one shared by every class (CE cannot see it)
+        heads = num_classes if model_config.classifier_head == "gaussian" else 1
+        net = EnergyClassifier(net, flat, heads, model_config.energy_rank)
+    return net
+
+
+def _build_network(
+    kind: str, *, dim: int | tuple[int, ...], num_classes: int, model_config: ModelConfig
+) -> nn.Module:
     if model_config.arch == "ncsnpp":
         from trainables.networks.ncsnpp import build_image_network
 
@@ -39,6 +68,7 @@ def build_network(
 
 
 __all__ = [
+    "EnergyClassifier",
     "NoiseEmbedding",
     "ToyClassifier",
     "ToyConditionalScoreNet",

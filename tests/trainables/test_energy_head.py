@@ -1,0 +1,138 @@
+"""The classifier's energy heads (model.classifier_head): analytic checks and what they learn."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from trainables.cache import artifact_identity, artifact_key
+from trainables.config import from_flat
+from trainables.evaluation.calibration import sc_ratios
+from trainables.evaluation.generation import eval_classifier_config
+from trainables.losses import classifier_score
+from trainables.methods import EVAL_CLASSIFIER, get_method
+from trainables.networks import EnergyClassifier, build_network
+from trainables.networks.energy import PARAM_SCALE, GaussianEnergy
+
+
+def _set(head: GaussianEnergy, means, factor, var) -> None:
+    with torch.no_grad():
+        head.means.copy_(means / PARAM_SCALE)
+        head.factor.copy_(factor)
+        head.raw_log_var.copy_(torch.log(var) / PARAM_SCALE)
+
+
+def test_gaussian_head_is_the_noisy_class_gaussians_log_density_up_to_a_shared_constant():
+    torch.manual_seed(0)
+    dim, k, rank = 12, 3, 4
+    head = GaussianEnergy(dim, k, rank).double()
+    means, factor = torch.randn(k, dim).double(), torch.randn(dim, rank).double()
+    var = torch.rand(dim).double() + 0.1
+    _set(head, means, factor, var)
+    x, sigma = torch.randn(5, dim).double(), torch.rand(5).double() + 0.1
+    out = head(x, sigma)
+    for b in range(5):
+        cov = factor @ factor.T + torch.diag(var) + sigma[b] ** 2 * torch.eye(dim).double()
+        # log N(x; mu_k, cov) without the log-determinant and 2 pi terms (the same for every k)
+        diff = x[b] - means
+        expected = -0.5 * torch.einsum("kd,de,ke->k", diff, torch.linalg.inv(cov), diff)
+        torch.testing.assert_close(out[b], expected)
+
+
+class _Zero(torch.nn.Module):
+    def __init__(self, k):
+        super().__init__()
+        self.k = k
+
+    def forward(self, x, sigma):
+        return torch.zeros(len(x), self.k, dtype=x.dtype)
+
+
+def test_energy_head_set_to_the_data_gaussian_gives_the_exact_noisy_score():
+    """Data N(mu, Sigma): the noisy marginal's score is -(Sigma + sigma^2 I)^-1 (x~ - mu); the
+    classifier's LogSumExp score equals it when the head holds mu and Sigma."""
+    torch.manual_seed(1)
+    mu = torch.tensor([1.0, -2.0]).double()
+    chol = torch.tensor([[1.0, 0.0], [0.8, 0.5]]).double()
+    clf = EnergyClassifier(_Zero(3), dim=2, num_classes=1, rank=2).double()
+    _set(clf.energy, mu[None], chol, torch.full((2,), 1e-12).double())
+    x, sigma = torch.randn(64, 2).double() * 3, torch.rand(64).double() * 2 + 0.05
+    score = classifier_score(clf, x, sigma, create_graph=False)
+    cov = chol @ chol.T
+    for b in (0, 17, 63):
+        exact = -torch.linalg.solve(cov + sigma[b] ** 2 * torch.eye(2).double(), x[b] - mu)
+        torch.testing.assert_close(score[b], exact, rtol=1e-6, atol=1e-8)
+
+
+def test_the_shared_energy_head_never_moves_the_softmax():
+    config = from_flat({"method": "CG-SC-all", "model.classifier_head": "energy"}, base="toy")
+    torch.manual_seed(0)
+    net = build_network("classifier", dim=2, num_classes=3, model_config=config.model)
+    assert isinstance(net, EnergyClassifier)
+    with torch.no_grad():
+        net.energy.means.normal_()
+        net.energy.raw_log_var.fill_(-0.2)
+    x, sigma = torch.randn(16, 2), torch.rand(16) + 0.01
+    torch.testing.assert_close(F.log_softmax(net(x, sigma), 1), F.log_softmax(net.net(x, sigma), 1))
+    assert (net(x, sigma) - net.net(x, sigma)).abs().min() > 0.1  # but the LogSumExp moves
+
+
+def test_the_head_shapes_only_the_guidance_classifier():
+    def keys(**flat):
+        config = from_flat({"method": "CG-SC-all", **flat}, base="toy")
+        score, clf = get_method("CG-SC-all").artifacts
+        ev = eval_classifier_config(config)
+        return [artifact_key(artifact_identity(a, c)) for a, c in
+                ((score, config), (clf, config), (EVAL_CLASSIFIER, ev))]  # fmt: skip
+
+    plain = keys()
+    energy = keys(**{"model.classifier_head": "energy"})
+    assert energy[0] == plain[0] and energy[2] == plain[2]
+    assert energy[1] != plain[1]
+    assert keys(**{"model.energy_rank": 3}) == plain  # the rank means nothing to a plain head
+    assert keys(**{"model.classifier_head": "energy", "model.energy_rank": 3})[1] != energy[1]
+
+
+def test_an_unknown_head_is_refused_with_the_choices():
+    with pytest.raises(ValueError, match="must be 'plain', 'gaussian' or 'energy', got 'gauss'"):
+        from_flat({"model.classifier_head": "gauss"}, base="toy")
+    with pytest.raises(ValueError, match="model.energy_rank must be >= 0"):
+        from_flat({"model.energy_rank": -1}, base="toy")
+
+
+@pytest.mark.slow
+def test_on_tiny_images_the_energy_head_lets_sc_learn_without_losing_the_classes():
+    """What the shared energy head achieves in 200 steps (docs/science.md has 600 and 1,500): its SC
+    term far below the class-independent radial baseline in band 2 and well below 1 in band 1,
+    clean accuracy within 5 points of a CE-only classifier trained alike. The band-0 target
+    (<= 0.8, issue 15) is not met by any variant; this pins what is."""
+    from trainables.data.images import make_images
+    from trainables.fit import TrainingSet, train_artifact
+
+    torch.set_num_threads(2)
+    results = {}
+    for method, head in (("CG", "plain"), ("CG-SC-all", "energy")):
+        flat = {
+            "method": method,
+            "model.classifier_head": head,
+            "data.label_percent": 20.0,
+            "train.steps": 200,
+            "train.steps_per_epoch": 200,
+        }
+        config = from_flat(flat, base="tiny-images")
+        data = make_images(config.data)
+        training = TrainingSet.split(data.x, data.y, data.num_classes, 20.0, 0)
+        clf = get_method(method).artifacts[1]
+        net = train_artifact(clf, config, training)
+        x, y = data.test_x[:128], data.test_y[:128]
+        gen = torch.Generator().manual_seed(0)
+        ratios = sc_ratios(net, x, config.eval.sc_bands, (0.01, 20.0), gen)
+        with torch.no_grad():
+            noisy = x + 0.01 * torch.randn(x.shape, generator=gen)
+            acc = (net(noisy, torch.full((len(x),), 0.01)).argmax(1) == y).float().mean().item()
+        results[head] = (ratios, acc)
+    plain, energy = results["plain"][0], results["energy"][0]
+    assert plain["sc_ratio_band1"] > 0.95  # cross-entropy alone learns nothing of the score
+    assert energy["sc_ratio_band2"] < energy["sc_ratio_radial_band2"] / 2
+    assert energy["sc_ratio_band1"] < 0.8
+    assert energy["sc_ratio"] < 0.6
+    assert results["energy"][1] >= results["plain"][1] - 0.05
