@@ -99,6 +99,11 @@ BAD_INPUTS = [
         "must be 'sum' or 'mean'",
     ),
     (
+        "unknown classifier head",
+        lambda p: _write(p, "config: {model.classifier_head: gauss}\n"),
+        "must be 'plain', 'gaussian' or 'energy', got 'gauss'",
+    ),
+    (
         "negative guidance scale",
         lambda p: _write(p, "guidance: {scales: [1, -2]}\n"),
         "guidance.scales: guidance scales must be finite and >= 0",

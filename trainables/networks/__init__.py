@@ -29,7 +29,11 @@ class EnergyClassifier(nn.Module):
         self.energy = GaussianEnergy(dim, num_classes, rank)
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        return self.net(x, sigma) + self.energy(x, sigma).to(x.dtype)
+        logits = self.net(x, sigma)
+        # The head's Woodbury solve runs in fp32 outside autocast (bf16 has no linalg.solve).
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            energy = self.energy(x.float(), sigma.float())
+        return logits + energy.to(logits.dtype)
 
 
 def build_network(
