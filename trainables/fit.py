@@ -126,6 +126,16 @@ class Distributed:
             p.grad = flat[offset : offset + g.numel()].view_as(g)
             offset += g.numel()
 
+    def gather(self, obj: Any) -> list[Any]:
+        """Every rank's obj, in rank order, on every rank."""
+        if self.world_size == 1:
+            return [obj]
+        import torch.distributed as dist
+
+        out: list[Any] = [None] * self.world_size
+        dist.all_gather_object(out, obj)
+        return out
+
     def broadcast(self, obj: Any) -> Any:
         """rank 0's obj on every rank."""
         if self.world_size == 1:

@@ -358,14 +358,22 @@ def _run_trial(context: TrialContext) -> None:
         _run_stage(context, config, provider, evaluator, ledger, dist, report)
         return
     networks = train_method(config, provider=provider)
+    # Image trials under data parallelism: every rank draws a share of the samples of each
+    # evaluation below (rank 0 measures them); toy trials evaluate on rank 0 alone.
+    shared = dist if dist.world_size > 1 and evaluator.images else None
     if dist.rank != 0:
+        if shared is not None:
+            sweep = evaluator.validate(networks, guidance_grid(config), (), distributed=shared)
+            evaluator(networks, scale=sweep.scale, distributed=shared)
         report({"final": 1.0})  # ray.train.report is a barrier: every rank reports as often
         return
     # On rank 0: sweep the guidance grid on the validation split, choose the scale, evaluate the
     # test split at it, write the trial's records, report the final result.
     start = time.perf_counter()
-    sweep = evaluator.validate(networks, guidance_grid(config), context.objectives)
-    metrics, samples = evaluator(networks, scale=sweep.scale)
+    sweep = evaluator.validate(
+        networks, guidance_grid(config), context.objectives, distributed=shared
+    )
+    metrics, samples = evaluator(networks, scale=sweep.scale, distributed=shared)
     ledger.metrics["cost/sampling_score_evals"] = evaluator.sampling_score_evals()
     ledger.metrics["cost/val_sampling_score_evals"] = evaluator.val_sampling_score_evals
     ledger.metrics["cost/eval_seconds"] = time.perf_counter() - start

@@ -25,6 +25,7 @@ from trainables.data.toy import ToyData
 from trainables.evaluation.generation import Evaluator, build_evaluator, evaluate_generation
 from trainables.evaluation.images import evaluate_images
 from trainables.evaluation.toy import evaluate_toy
+from trainables.fit import Distributed
 
 SAMPLER_SCORE_EVALS = {"pc": 2, "em": 1, "ode": 2}  # score evaluations per sampler step
 VAL_SEED_OFFSET = 7919  # validation draws (samples, evaluation points) use their own seeds
@@ -51,6 +52,11 @@ def choose_scale(curve: dict[float, dict[str, float]], metric: str, mode: str) -
     return best(finite, key=lambda item: item[1])[0]
 
 
+def _leads(distributed: Distributed | None) -> bool:
+    """Whether this process measures (rank 0, or no data-parallel group)."""
+    return distributed is None or distributed.rank == 0
+
+
 class TrialEvaluator:
     """Measures a trial's networks: toy metrics, or image metrics plus FID / IS / accuracy.
 
@@ -70,32 +76,49 @@ class TrialEvaluator:
         self.val_sampling_score_evals = 0.0
 
     def __call__(
-        self, networks: dict[str, nn.Module], scale: float | None = None
+        self,
+        networks: dict[str, nn.Module],
+        scale: float | None = None,
+        distributed: Distributed | None = None,
     ) -> tuple[dict[str, float], torch.Tensor | None]:
         """(test metrics, image samples or None) for networks keyed by kind, at scale (default
-        sample.guidance_scale)."""
+        sample.guidance_scale). distributed: every rank of a data-parallel trial calls this and
+        draws a share of the image samples; rank 0 measures them (the others get no metrics)."""
         config = self._at(self.config, scale)
         if not self.images:
             return evaluate_toy(config, networks, self.data), None
-        metrics, samples = evaluate_images(config, networks, self.data, device=self.device)
-        if config.eval.fid:
+        metrics, samples = evaluate_images(
+            config, networks, self.data, device=self.device, distributed=distributed
+        )
+        if config.eval.fid and _leads(distributed):
             metrics.update(self._generation(samples, config.sample.num_per_class, tag=True))
         return metrics, samples
 
     def validate(
-        self, networks: dict[str, nn.Module], scales: Sequence[float], objectives: Objectives
+        self,
+        networks: dict[str, nn.Module],
+        scales: Sequence[float],
+        objectives: Objectives,
+        distributed: Distributed | None = None,
     ) -> Sweep:
-        """Score every scale on the validation split; choose by the first objective."""
+        """Score every scale on the validation split; choose by the first objective.
+        distributed: as in __call__; every rank gets rank 0's chosen scale."""
         config = self.validation_config()
-        fixed = self._evaluate(config, networks, fixed=True, scaled=False)
+        fixed = {}
+        if _leads(distributed) or not self.images:
+            fixed = self._evaluate(config, networks, fixed=True, scaled=False)
         curve = {}
         for scale in dict.fromkeys(float(s) for s in scales):
-            curve[scale] = self._evaluate(self._at(config, scale), networks, fixed=False)
+            curve[scale] = self._evaluate(
+                self._at(config, scale), networks, fixed=False, distributed=distributed
+            )
             self.val_sampling_score_evals += self.sampling_score_evals(config)
         metric, mode = objectives[0] if objectives else ("", "max")
         chosen = choose_scale(curve, metric, mode)
         if chosen is None:  # nothing to choose on: the plain conditional if swept, else the first
             chosen = 1.0 if 1.0 in curve else next(iter(curve))
+        if distributed is not None:
+            chosen = distributed.broadcast(chosen)
         return Sweep(chosen, {**fixed, **curve[chosen]}, curve)
 
     def validation_config(self) -> TrialConfig:
@@ -123,6 +146,7 @@ class TrialEvaluator:
         *,
         fixed: bool,
         scaled: bool = True,
+        distributed: Distributed | None = None,
     ) -> dict[str, float]:
         """Validation metrics (the fixed or the scale-dependent part) under config."""
         if not self.images:
@@ -132,9 +156,9 @@ class TrialEvaluator:
             )  # fmt: skip
         metrics, samples = evaluate_images(
             config, networks, self.data, device=self.device, split="val", fixed=fixed,
-            scaled=scaled,
+            scaled=scaled, distributed=distributed,
         )  # fmt: skip
-        if samples is not None and config.eval.fid:
+        if samples is not None and config.eval.fid and _leads(distributed):
             metrics.update(self._generation(samples, config.sample.num_per_class))
         return metrics
 

@@ -11,6 +11,7 @@ from trainables.config import TrialConfig
 from trainables.data.images import ImageData
 from trainables.evaluation.calibration import accuracy, expected_calibration_error, sc_ratios
 from trainables.evaluation.sampling import sample_classes
+from trainables.fit import Distributed
 from trainables.losses import LogitsFn, score_matching_residual
 from trainables.methods import ModelFns, get_method, guided_score_fn, model_fns
 
@@ -100,6 +101,7 @@ def evaluate_images(
     split: str = "test",
     fixed: bool = True,
     scaled: bool = True,
+    distributed: Distributed | None = None,
 ) -> tuple[dict[str, float], torch.Tensor | None]:
     """Image metrics on held-out data that need no feature extractor, and guided samples in [0, 1].
 
@@ -111,8 +113,18 @@ def evaluate_images(
     intra-FID and generation accuracy of the samples: trainables.evaluation.generation.
 
     split: "test" or "val" rows (held_out_rows). fixed: the metrics that do not depend on the
-    guidance scale; scaled: guided_dsm and the samples (None when not scaled).
+    guidance scale; scaled: guided_dsm and the samples (None when not scaled). distributed: the
+    trial's data-parallel group; the samples are drawn in shares by every rank (sample_classes),
+    the other metrics by rank 0 alone (the other ranks return none).
     """
+    if distributed is not None and distributed.rank != 0:
+        if not scaled:
+            return {}, None
+        shape = tuple(data.test_x.shape[1:])
+        samples, _ = sample_classes(
+            config, networks, data.num_classes, shape, device, distributed=distributed
+        )
+        return {}, samples.detach().cpu().clamp(0, 1)
     fns = model_fns(networks, num_classes=data.num_classes)
     rows = held_out_rows(data, config.eval.num_points, split)
     x_all, y_all = data.test_x[rows], data.test_y[rows]
@@ -138,7 +150,9 @@ def evaluate_images(
     if not scaled:
         return metrics, None
     shape = tuple(data.test_x.shape[1:])
-    samples, _ = sample_classes(config, networks, data.num_classes, shape, device)
+    samples, _ = sample_classes(
+        config, networks, data.num_classes, shape, device, distributed=distributed
+    )
     samples = samples.detach().cpu()
     finite = torch.isfinite(samples.flatten(1)).all(1)
     metrics["sample_finite_fraction"] = finite.double().mean().item()

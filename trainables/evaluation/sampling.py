@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from trainables.config import TrialConfig
+from trainables.fit import Distributed
 from trainables.methods import get_method, guided_score_fn, model_fns
 from trainables.samplers import get_sampler, sampler_options
 from trainables.sde import VESDE
@@ -19,13 +20,17 @@ def sample_classes(
     num_classes: int,
     dim: Dim,
     device: torch.device | str = "cpu",
+    distributed: Distributed | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Guided samples, num_per_class for every class in one batch; deterministic for sample.seed.
 
     dim: features (flat data) or (C, H, W). The prior draw is made on the CPU, so samples do not
     depend
-    on the device.
+    on the device. Under data parallelism (distributed) rank r samples the chunks i with
+    i % world_size == r and every rank ends with all of them: each chunk's noise depends on i only,
+    so the samples are the ones a single process draws.
     """
+    dist = distributed or Distributed()
     method = get_method(config.method)
     sde = VESDE.from_config(config.sde)
     fns = model_fns(networks, num_classes=num_classes)
@@ -43,7 +48,10 @@ def sample_classes(
         else torch.arange(len(y))
     )
     out = torch.empty_like(x_init)
+    mine: list[tuple[torch.Tensor, torch.Tensor]] = []
     for i, start in enumerate(range(0, len(y), size)):
+        if i % dist.world_size != dist.rank:
+            continue
         idx = order[start : start + size].to(device)
         chunk_gen = (
             gen if i == 0 else torch.Generator().manual_seed(config.sample.seed + 1_000_003 * i)
@@ -56,4 +64,9 @@ def sample_classes(
             generator=chunk_gen,
             **sampler_options(config.sample.sampler, config.sample),
         ).detach()
+        mine.append((idx.cpu(), out[idx].cpu()))
+    if dist.world_size > 1:
+        for part in dist.gather(mine):
+            for idx, values in part:
+                out[idx.to(device)] = values.to(device)
     return out, y
