@@ -27,6 +27,7 @@ SPEC = {
         "train.batch_size": 16,
         "sample.num_steps": 6,
         "sample.num_per_class": 2,
+        "sample.batch_size": 4,  # 2 chunks of samples: one per Train worker (sharded evaluation)
         "eval.num_points": 32,
         "eval.sigmas": [0.2],
         "eval.classifier_steps": 30,
