@@ -70,7 +70,12 @@ def _free_port():
 
 def test_two_ranks_draw_the_samples_and_measure_the_metrics_of_one_process(tmp_path):
     cache_dir = str(tmp_path / "evaluation")
-    sweep, metrics, samples = _evaluate(cache_dir)  # also trains the evaluation classifier once
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each rank: the same reduction order, the same rounding
+    try:
+        sweep, metrics, samples = _evaluate(cache_dir)  # also trains the evaluation classifier
+    finally:
+        torch.set_num_threads(threads)
     port = _free_port()
     ctx = mp.get_context("fork")
     procs = [ctx.Process(target=_rank, args=(r, port, cache_dir, str(tmp_path))) for r in range(2)]
