@@ -165,6 +165,18 @@ class _TrainState:
     fns: ModelFns
     memory: torch.memory_format
     step: int = 0  # steps done
+    bad_step: torch.Tensor | None = None  # first step with a non-finite loss (-1: none), on device
+    bad_loss: torch.Tensor | None = None
+
+    def check_finite(self, artifact: Artifact) -> None:
+        """Raise FloatingPointError naming the first step whose loss was not finite (one sync)."""
+        if self.bad_step is None or int(self.bad_step) < 0:
+            return
+        step = int(self.bad_step)
+        loss = self.bad_loss.item()
+        error = FloatingPointError(f"{artifact.name}: loss is {loss} at step {step}")
+        error.step = step  # recorded with the failed trial
+        raise error
 
 
 def _setup(
@@ -182,7 +194,8 @@ def _setup(
     net = net.to(device, memory_format=memory)
     ema = copy.deepcopy(net).requires_grad_(False)
     params = list(net.parameters())
-    optimizer = torch.optim.Adam(params, lr=config.train.lr)
+    # Fused Adam on CUDA (one kernel for every parameter); the default foreach Adam elsewhere.
+    optimizer = torch.optim.Adam(params, lr=config.train.lr, fused=device.type == "cuda")
     generator = torch.Generator().manual_seed(config.train.seed + 1)
     fns = model_fns({artifact.network: net}, num_classes=data.num_classes, frozen=frozen)
     return _TrainState(net, ema, params, optimizer, generator, fns, memory)
@@ -255,10 +268,15 @@ def _optimise(
     )
     with autocast:
         loss, terms = artifact_loss(artifact, state.fns, batch, noise, config.loss)
-    if not torch.isfinite(loss):
-        error = FloatingPointError(f"{artifact.name}: loss is {loss.item()} at step {state.step}")
-        error.step = state.step  # recorded with the failed trial
-        raise error
+    # No host sync per step: the first step with a non-finite loss is kept on the device and read
+    # by check_finite at epoch ends and before every checkpoint.
+    bad = ~torch.isfinite(loss.detach())
+    if state.bad_step is None:
+        state.bad_step = torch.full((), -1, dtype=torch.long, device=loss.device)
+        state.bad_loss = torch.zeros((), dtype=loss.dtype, device=loss.device)
+    first = bad & (state.bad_step < 0)
+    state.bad_step = torch.where(first, torch.full_like(state.bad_step, state.step), state.bad_step)
+    state.bad_loss = torch.where(first, loss.detach(), state.bad_loss)
     for group in state.optimizer.param_groups:
         group["lr"] = _lr_at(state.step, config)
     state.optimizer.zero_grad(set_to_none=True)
@@ -266,10 +284,9 @@ def _optimise(
     dist.average_gradients(state.params)
     grad_norm = nn.utils.clip_grad_norm_(state.params, config.train.grad_clip)
     state.optimizer.step()
-    # Update EMA.
+    # Update EMA (one foreach kernel over every parameter).
     with torch.no_grad():
-        for p_ema, p in zip(state.ema.parameters(), state.params):
-            p_ema.lerp_(p, 1 - config.train.ema_decay)
+        torch._foreach_lerp_(list(state.ema.parameters()), state.params, 1 - config.train.ema_decay)
     state.step += 1
     return {"loss": loss, **{k: v.mean() for k, v in terms.items()}, "grad_norm": grad_norm}
 
@@ -351,16 +368,21 @@ def train_artifact(
         uniform = sampler.uniform_mask(len(rows))
         batch, noise = _draw_batch(state, config, data, rows, sde, dist, device, uniform)
         for name, value in _optimise(state, artifact, config, batch, noise, dist).items():
-            sums[name] = sums.get(name, 0.0) + float(value.detach())
+            sums[name] = sums.get(name, 0.0) + value.detach()  # stays on the device until epoch end
         done = state.step
         epoch_end = done % config.train.steps_per_epoch == 0 or done == config.train.steps
+        due = epoch_end or (every and done % every == 0)
+        saving = ckpt is not None and dist.rank == 0 and due
+        if epoch_end or saving:
+            state.check_finite(artifact)  # never checkpoint or report a diverged network
         # Checkpoint at epoch ends and every train.checkpoint_every steps (rank 0 writes).
-        if ckpt is not None and dist.rank == 0 and (epoch_end or (every and done % every == 0)):
+        if saving:
             _save(state, ckpt)
         if not epoch_end:
             continue
         seconds = time.perf_counter() - epoch_start
-        metrics = _epoch_metrics(artifact, config, sums, done, seconds)
+        means = {k: float(v) for k, v in sums.items()}  # the epoch's one host sync
+        metrics = _epoch_metrics(artifact, config, means, done, seconds)
         _report_epoch(state, metrics, evaluate, ckpt if dist.rank == 0 else None, callback)
         sums, epoch_start = {}, time.perf_counter()
         if stop_after is not None and done >= stop_after:

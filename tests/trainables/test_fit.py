@@ -89,3 +89,27 @@ def test_every_method_trains_and_evaluates_on_toy_data():
         assert 0.0 <= metrics["gen_accuracy"] <= 1.0
         assert "guided_score_cos" in metrics and "energy_distance" in metrics
         assert ("grad_mse" in metrics) == (name in ("CG", "Joint-SC"))
+
+
+def test_a_non_finite_loss_is_caught_by_its_step_before_any_checkpoint(tmp_path, monkeypatch):
+    """The loop does not sync per step: the first bad step is kept on the device, read at the
+    epoch end (or before a checkpoint), and named in the error; nothing diverged is written."""
+    import pytest
+
+    import trainables.fit as fit
+
+    real = fit.artifact_loss
+    calls = []
+
+    def loss_going_bad(*args, **kwargs):
+        loss, terms = real(*args, **kwargs)
+        calls.append(1)
+        return (loss * float("inf") if len(calls) in (4, 7) else loss), terms
+
+    monkeypatch.setattr(fit, "artifact_loss", loss_going_bad)
+    _, config, split = _setup()
+    artifact = get_method("CG").artifacts[0]
+    with pytest.raises(FloatingPointError, match=r"score: loss is (inf|nan) at step 3$") as error:
+        train_artifact(artifact, config, split, checkpoint_dir=tmp_path)
+    assert error.value.step == 3 and len(calls) == 10  # found at the first epoch's end
+    assert not (tmp_path / CHECKPOINT_FILE).exists()
