@@ -112,6 +112,9 @@ class SampleConfig:
     # Scales swept at sampling time inside a trial, scored on the validation split; the best one
     # (by the first objective) is evaluated in full. Empty: guidance_scale only.
     guidance_grid: tuple[float, ...] = ()
+    # CG's classifier gradient: "fp32", or "bf16" (autocast; on GPUs, about half the classifier's
+    # cost; its error on the toy's exact scores is in docs/benchmarks.md)
+    guidance_precision: str = "fp32"
     num_per_class: int = 500
     seed: int = 0
     batch_size: int = 1000  # samples drawn together (classes mixed); chunks are seeded from seed
@@ -360,6 +363,11 @@ def validate(config: TrialConfig) -> TrialConfig:
         )
     if config.sample.guidance_scale < 0:
         raise ValueError(f"sample.guidance_scale must be >= 0, got {config.sample.guidance_scale}")
+    if config.sample.guidance_precision not in ("fp32", "bf16"):
+        raise ValueError(
+            "sample.guidance_precision must be 'fp32' or 'bf16', "
+            f"got {config.sample.guidance_precision!r}"
+        )
     if any(s < 0 for s in config.sample.guidance_grid):
         raise ValueError(
             f"sample.guidance_grid scales must be >= 0, got {list(config.sample.guidance_grid)}"

@@ -11,25 +11,45 @@ import torch.nn.functional as F
 
 from trainables.losses import CondScoreFn, LogitsFn, ScoreFn
 
+GUIDANCE_PRECISIONS = ("fp32", "bf16")
+
 
 def classifier_log_posterior_grad(
-    logits_fn: LogitsFn, x: torch.Tensor, sigma: torch.Tensor, y: torch.Tensor
+    logits_fn: LogitsFn,
+    x: torch.Tensor,
+    sigma: torch.Tensor,
+    y: torch.Tensor,
+    precision: str = "fp32",
 ) -> torch.Tensor:
-    """grad_x log softmax(f(x, sigma))[y], on a detached x, without create_graph."""
+    """grad_x log softmax(f(x, sigma))[y], on a detached x, without create_graph. precision
+    "bf16": the classifier's forward and backward under bf16 autocast (the softmax in fp32, the
+    gradient returned in x's dtype); docs/benchmarks.md has its error on the toy."""
+    if precision not in GUIDANCE_PRECISIONS:
+        raise ValueError(f"unknown guidance precision {precision!r}; valid: {GUIDANCE_PRECISIONS}")
+    autocast = torch.autocast(
+        device_type=x.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"
+    )
     with torch.enable_grad():
         x = x.detach().requires_grad_(True)
-        log_post = F.log_softmax(logits_fn(x, sigma), dim=1).gather(1, y[:, None]).sum()
+        with autocast:
+            logits = logits_fn(x, sigma)
+        log_post = F.log_softmax(logits.float(), dim=1).gather(1, y[:, None]).sum()
         (grad,) = torch.autograd.grad(log_post, x)
     return grad
 
 
 def classifier_guidance(
-    score_fn: ScoreFn, logits_fn: LogitsFn, y: torch.Tensor, scale: float = 1.0
+    score_fn: ScoreFn,
+    logits_fn: LogitsFn,
+    y: torch.Tensor,
+    scale: float = 1.0,
+    precision: str = "fp32",
 ) -> ScoreFn:
     """s(x, t) + lambda_CG grad_x log p_phi(y | x, t) (Dhariwal & Nichol; paper 001 eq. 1)."""
 
     def guided_score_fn(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        return score_fn(x, sigma) + scale * classifier_log_posterior_grad(logits_fn, x, sigma, y)
+        grad = classifier_log_posterior_grad(logits_fn, x, sigma, y, precision)
+        return score_fn(x, sigma) + scale * grad
 
     return guided_score_fn
 

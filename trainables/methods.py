@@ -408,14 +408,18 @@ def artifact_loss(
 
 
 # ---- guidance -----------------------------------------------------------------------------------
-def guided_score_fn(method: Method, fns: ModelFns, y: torch.Tensor, scale: float) -> losses.ScoreFn:
+def guided_score_fn(
+    method: Method, fns: ModelFns, y: torch.Tensor, scale: float, precision: str = "fp32"
+) -> losses.ScoreFn:
     """The score function a method samples class y with, at guidance scale gamma (one meaning for
     every family): CG s + gamma grad log p(y|x); CFG (1 + w) s(y) - w s(null) with w = gamma - 1,
     which is classifier guidance at scale gamma with the implicit classifier. gamma = 1 is the plain
-    conditional (the exact posterior for CG, the conditional model for CFG); Cond ignores gamma."""
+    conditional (the exact posterior for CG, the conditional model for CFG); Cond ignores gamma.
+    precision: of CG's classifier gradient (sample.guidance_precision)."""
     if method.guidance == "cg":
         score_fn = _need(fns.score_fn, "score model")
-        return guidance.classifier_guidance(score_fn, _need(fns.logits_fn, "classifier"), y, scale)
+        logits_fn = _need(fns.logits_fn, "classifier")
+        return guidance.classifier_guidance(score_fn, logits_fn, y, scale, precision)
     cond_score_fn = _need(fns.cond_score_fn, "conditional score model")
     w = scale - 1.0 if method.guidance == "cfg" else 0.0
     return guidance.classifier_free_guidance(cond_score_fn, y, fns.num_classes, w)

@@ -40,6 +40,7 @@ def test_typo_gets_a_close_match():
         ({"sample.sampler": "ddim"}, r"unknown sampler 'ddim'; valid: \['em', 'ode', 'pc'\]"),
         ({"train.steps": "many"}, "train.steps: expected int, got 'many'"),
         ({"train.classifier_steps": -5}, r"train.classifier_steps must be >= 0 \(0 = as train"),
+        ({"sample.guidance_precision": "fp16"}, r"must be 'fp32' or 'bf16', got 'fp16'"),
     ],
 )
 def test_bad_values_raise_naming_value_and_choices(updates, match):

@@ -79,3 +79,30 @@ def test_dlsm_guides_at_least_as_well_as_cross_entropy_on_the_toy(seed):
         accuracy[method] = metrics["gen_accuracy"]
         assert metrics["gen_accuracy"] <= metrics["gen_accuracy_exact"] + 0.05
     assert accuracy["CG-DLSM"] >= accuracy["CG"]
+
+
+def test_a_bf16_classifier_gradient_guides_as_the_fp32_one_does_on_the_toy():
+    """sample.guidance_precision bf16 (issue 13, item 3): against the exact grad log p_sigma(y|x)
+    of the toy mixture its error is the fp32 gradient's, while the two gradients do differ (the
+    classifier really ran in bf16)."""
+    import torch
+
+    from trainables.guidance import classifier_log_posterior_grad
+
+    data = make_toy("overlap2", 2000, 10, 0)
+    flat = {"method": "CG", "data.label_percent": 5, "train.steps": 300, "train.batch_size": 128}
+    config = from_flat({**flat, "model.hidden": 64, "model.depth": 2}, base="toy")
+    split = TrainingSet.split(data.x, data.y, data.num_classes, 5, 0)
+    net = train_artifact(get_method("CG").artifacts[1], config, split)
+    points = evaluation_points(data.dist, (0.05, 0.1, 0.2, 0.5, 1.0), 400, seed=99)
+    fp32 = gradient_metrics(net, data.dist, points)
+    bf16 = gradient_metrics(net, data.dist, points, precision="bf16")
+    assert abs(bf16["grad_mse"] - fp32["grad_mse"]) <= 0.03 * fp32["grad_mse"]
+    assert abs(bf16["grad_cos"] - fp32["grad_cos"]) <= 0.01
+    sigma, x, y = points[2]
+    s = torch.full((len(x),), sigma)
+    a = classifier_log_posterior_grad(net, x, s, y)
+    b = classifier_log_posterior_grad(net, x, s, y, "bf16")
+    assert b.dtype == a.dtype == torch.float32
+    relative = ((a - b).norm(dim=1) / a.norm(dim=1).clamp_min(1e-12)).median().item()
+    assert 1e-4 < relative < 0.05, relative

@@ -43,7 +43,9 @@ def _held_out_dsm(
             sigma = torch.full((len(x),), float(sigma_value), device=device)
             noisy = x + sigma_value * z
             if guided_too:
-                score_fn = guided_score_fn(method, fns, y, config.sample.guidance_scale)
+                score_fn = guided_score_fn(
+                    method, fns, y, config.sample.guidance_scale, config.sample.guidance_precision
+                )
                 residual = score_matching_residual(score_fn(noisy, sigma).detach(), sigma, z)
                 guided.append(residual.cpu())
             if fns.score_fn is not None:

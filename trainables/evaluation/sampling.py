@@ -56,7 +56,9 @@ def sample_classes(
         chunk_gen = (
             gen if i == 0 else torch.Generator().manual_seed(config.sample.seed + 1_000_003 * i)
         )
-        score_fn = guided_score_fn(method, fns, y[idx], config.sample.guidance_scale)
+        score_fn = guided_score_fn(
+            method, fns, y[idx], config.sample.guidance_scale, config.sample.guidance_precision
+        )
         out[idx] = sampler(
             score_fn,
             x_init[idx],

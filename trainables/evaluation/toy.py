@@ -40,6 +40,7 @@ def gradient_metrics(
     *,
     scale: float = 1.0,
     score_fn: ScoreFn | None = None,
+    precision: str = "fp32",
 ) -> dict[str, float]:
     """Classifier-gradient MSE / cosine vs grad log p_sigma(y|x), and guided conditional-score
     cosine.
@@ -53,7 +54,7 @@ def gradient_metrics(
     mse, cos, cond_cos = [], [], []
     for sigma, x, y in points:
         s = torch.full((len(x),), sigma)
-        g_hat = scale * classifier_log_posterior_grad(logits_fn, x, s, y).double()
+        g_hat = scale * classifier_log_posterior_grad(logits_fn, x, s, y, precision).double()
         g = dist.posterior_score(x, s, y)
         uncond = dist.score(x, s) if score_fn is None else score_fn(x, s).detach().double()
         mse.append((g_hat - g).pow(2).sum(1))
@@ -171,13 +172,14 @@ def _scaled_metrics(
     metrics: dict[str, float] = {}
     if fns.logits_fn is not None:
         metrics["cond_score_cos_scaled"] = gradient_metrics(
-            fns.logits_fn, dist, points, scale=scale
+            fns.logits_fn, dist, points, scale=scale, precision=config.sample.guidance_precision
         )["cond_score_cos"]
     # The method's own guided score vs the exact conditional score.
     cos = []
     for sigma, x, y in points:
         s = torch.full((len(x),), sigma)
-        est = guided_score_fn(method, fns, y, scale)(x, s).detach().double()
+        guided = guided_score_fn(method, fns, y, scale, config.sample.guidance_precision)
+        est = guided(x, s).detach().double()
         cos.append(torch.nn.functional.cosine_similarity(est, dist.cond_score(x, s, y), dim=1))
     metrics["guided_score_cos"] = torch.cat(cos).mean().item()
     # Guided samples: accuracy under the exact Bayes posterior, per-class energy distance to the
