@@ -1,17 +1,19 @@
 """Content-addressed artifact cache: a trained network is keyed by exactly the config that
 determines it.
 
-Concurrent trials (processes) never train the same artifact twice: a file lock per key serialises
-them,
-and the second one loads what the first wrote.
+Concurrent trials (processes, on any node that sees the store) never train the same artifact twice:
+a lease per key (KeyLease: a marker file created exclusively, kept alive by a heartbeat; no fcntl,
+which NFS does not honour reliably) elects one trainer, and the others wait and load what it wrote.
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import json
+import os
+import threading
+import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -89,12 +91,95 @@ def artifact_key(identity: dict) -> str:
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
 
 
+class KeyLease:
+    """Who trains one key: the process that creates `<folder>/.training` (O_CREAT | O_EXCL, atomic
+    on local disks, NFS v3+ and the shared filesystems clusters mount). While it trains, a thread
+    touches the marker every `stale_after / 6` seconds; a waiter that sees the marker's mtime
+    unchanged for `stale_after` seconds of its own clock (no cross-node clock comparison) takes the
+    lease over: the holder died. A race in the takeover costs at most a duplicate training of the
+    same deterministic network; model.pt is written by an atomic rename, so it is never torn."""
+
+    MARKER = ".training"
+
+    def __init__(self, folder: Path, stale_after: float = 60.0, poll: float = 0.2):
+        self.folder, self.stale_after, self.poll = folder, stale_after, poll
+        self.marker = folder / self.MARKER
+        self.token = f"{os.uname().nodename}:{os.getpid()}:{uuid.uuid4().hex}"
+        self._stop = threading.Event()
+        self._beat: threading.Thread | None = None
+
+    def acquire(self, done: Callable[[], bool]) -> bool:
+        """True when this process holds the lease (it trains), False once done() holds (reuse)."""
+        seen: tuple[float, float] | None = None  # (marker mtime, when this process first saw it)
+        while True:
+            if done():
+                return False
+            try:
+                fd = os.open(self.marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                pass
+            else:
+                with os.fdopen(fd, "w") as f:
+                    f.write(self.token)
+                self._beat = threading.Thread(target=self._heartbeat, daemon=True)
+                self._beat.start()
+                return True
+            try:
+                mtime = self.marker.stat().st_mtime
+            except FileNotFoundError:
+                continue  # released meanwhile: try again at once
+            now = time.monotonic()
+            if seen is None or seen[0] != mtime:
+                seen = (mtime, now)
+            elif now - seen[1] > self.stale_after:
+                self._take_over(mtime)
+                seen = None
+                continue
+            time.sleep(self.poll)
+
+    def _heartbeat(self) -> None:
+        while not self._stop.wait(self.stale_after / 6):
+            try:
+                os.utime(self.marker)
+            except FileNotFoundError:
+                return
+
+    def _take_over(self, stale_mtime: float) -> None:
+        """Move a stale marker aside (one mover wins the rename); put back a live one moved by a
+        racing waiter."""
+        aside = self.folder / f"{self.MARKER}.stale-{uuid.uuid4().hex}"
+        try:
+            os.rename(self.marker, aside)
+        except FileNotFoundError:
+            return
+        try:
+            if aside.stat().st_mtime != stale_mtime:  # a new holder's marker: restore it
+                try:
+                    os.link(aside, self.marker)
+                except FileExistsError:
+                    pass
+        finally:
+            aside.unlink(missing_ok=True)
+
+    def release(self) -> None:
+        """Stop the heartbeat and remove the marker if it is still this process's."""
+        self._stop.set()
+        if self._beat is not None:
+            self._beat.join()
+        try:
+            if self.marker.read_text() == self.token:
+                self.marker.unlink()
+        except FileNotFoundError:
+            pass
+
+
 class ArtifactCache:
     """Trained artifacts under root/<name>-<key>/ (model.pt, identity.json, training checkpoint)."""
 
-    def __init__(self, root: str | Path):
+    def __init__(self, root: str | Path, stale_after: float = 60.0):
         self.root = Path(root).resolve()
         self.root.mkdir(parents=True, exist_ok=True)
+        self.stale_after = stale_after  # seconds without a heartbeat before a lease is taken over
 
     def get_or_train(
         self,
@@ -110,18 +195,21 @@ class ArtifactCache:
         """(EMA network, key, reused?). train_fn(checkpoint_dir) trains on a miss, resuming if it
         can.
 
-        Under data parallelism rank 0 holds the key's lock and tells the other ranks whether to load
-        or to train with it; rank 0 writes the model.
+        Under data parallelism rank 0 holds the key's lease and tells the other ranks whether to
+        load or to train with it; rank 0 writes the model.
         """
         identity = artifact_identity(artifact, config, needs)
         key = f"{artifact.name}-{artifact_key(identity)}"
         folder = self.root / key
         rank = distributed.rank if distributed is not None else 0
-        with contextlib.ExitStack() as stack:
+        lease = None
+        try:
             if rank == 0:
                 folder.mkdir(exist_ok=True)
-                lock = stack.enter_context(open(folder / ".lock", "w"))
-                fcntl.flock(lock, fcntl.LOCK_EX)  # one trainer per key; others wait and then reuse
+                # One trainer per key, on any node; the others wait for model.pt and reuse it.
+                lease = KeyLease(folder, self.stale_after)
+                if not lease.acquire(lambda: (folder / "model.pt").exists()):
+                    lease = None
             reused = (folder / "model.pt").exists() if rank == 0 else None
             if distributed is not None:
                 reused = distributed.broadcast(reused)
@@ -139,4 +227,7 @@ class ArtifactCache:
                 net = train_fn(folder)
                 if rank == 0:
                     save_checkpoint(folder / "model.pt", net.state_dict())
+        finally:
+            if lease is not None:
+                lease.release()
         return net, key, reused

@@ -118,3 +118,117 @@ def test_labeled_and_all_variants_share_one_network_at_100_percent_and_only_ther
         assert all(torch.equal(a[k], b[k]) for k in a)
         c, d = _train(labeled, 25.0), _train(every, 25.0)
         assert not all(torch.equal(c[k], d[k]) for k in c)
+
+
+# ---- one trainer per key across processes, without fcntl (KeyLease) -------------------------
+
+
+def _lease_setup(root, stale_after=60.0):
+    from trainables.cache import ArtifactCache
+    from trainables.fit import build
+
+    config = from_flat({"method": "CG", "model.hidden": 8, "model.depth": 1}, base="toy")
+    artifact = get_method("CG").artifacts[0]
+    cache = ArtifactCache(root, stale_after=stale_after)
+
+    def get(train_fn):
+        return cache.get_or_train(artifact, config, train_fn, dim=2, num_classes=2)
+
+    return get, lambda: build(artifact, config, 2, 2)
+
+
+def _compete(root, out, go):
+    import os
+    import time
+
+    get, make = _lease_setup(root)
+    go.wait()
+
+    def train(folder):
+        (out / f"trained-{os.getpid()}").touch()
+        time.sleep(1.0)  # long enough for the other process to find the lease taken
+        return make()
+
+    _, key, reused = get(train)
+    (out / f"{os.getpid()}-{'reused' if reused else 'trained'}").touch()
+
+
+def test_two_processes_asking_for_one_key_train_it_once(tmp_path):
+    import multiprocessing as mp
+
+    out = tmp_path / "out"
+    out.mkdir()
+    ctx = mp.get_context("fork")
+    go = ctx.Event()
+    procs = [ctx.Process(target=_compete, args=(tmp_path / "store", out, go)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    go.set()
+    for p in procs:
+        p.join(timeout=60)
+    assert [p.exitcode for p in procs] == [0, 0]
+    assert len(list(out.glob("trained-*"))) == 1  # one trainer
+    assert sorted(p.name.split("-")[1] for p in out.glob("*-*ed") if "trained-" not in p.name) == [
+        "reused",
+        "trained",
+    ]
+    assert not list((tmp_path / "store").glob("*/.training*"))  # the lease is gone
+
+
+def test_a_lease_whose_holder_died_is_taken_over(tmp_path):
+    from trainables.cache import KeyLease
+
+    get, make = _lease_setup(tmp_path, stale_after=0.5)
+    trained = []
+    # A holder that died: its marker exists and nobody refreshes it.
+    _, key, _ = get(lambda folder: make())  # find the key's folder
+    folder = tmp_path / key
+    (folder / "model.pt").unlink()
+    (folder / KeyLease.MARKER).write_text("deadhost:1:0")
+    import threading
+
+    result = {}
+    worker = threading.Thread(
+        target=lambda: result.update(reused=get(lambda f: trained.append(1) or make())[2])
+    )
+    worker.start()
+    worker.join(timeout=20)
+    assert not worker.is_alive(), "the dead holder's lease was never taken over"
+    assert trained == [1] and result["reused"] is False
+    assert not (folder / KeyLease.MARKER).exists()
+
+
+def test_a_live_lease_is_waited_for_and_its_network_reused(tmp_path):
+    import threading
+    import time
+
+    from trainables.cache import KeyLease
+    from trainables.fit import save_checkpoint
+
+    get, make = _lease_setup(tmp_path, stale_after=0.5)
+    _, key, _ = get(lambda folder: make())
+    folder = tmp_path / key
+    (folder / "model.pt").unlink()
+    holder = KeyLease(folder, stale_after=0.5)
+    assert holder.acquire(lambda: False)  # alive: its heartbeat refreshes the marker
+    result, trained = {}, []
+    waiter = threading.Thread(
+        target=lambda: result.update(
+            zip(("net", "key", "reused"), get(lambda f: trained.append(1)))
+        )
+    )
+    waiter.start()
+    time.sleep(2.0)  # four times stale_after: a live holder is never taken over
+    assert waiter.is_alive() and trained == []
+    net = make()
+    save_checkpoint(folder / "model.pt", net.state_dict())
+    holder.release()
+    waiter.join(timeout=10)
+    assert result["reused"] is True and trained == []
+    torch.testing.assert_close(
+        _weights(result["net"]), _weights(net), rtol=0, atol=0
+    )  # what the holder wrote
+
+
+def _weights(net):
+    return torch.cat([p.detach().flatten() for p in net.state_dict().values()])
