@@ -189,7 +189,8 @@ def test_a_lease_whose_holder_died_is_taken_over(tmp_path):
 
     result = {}
     worker = threading.Thread(
-        target=lambda: result.update(reused=get(lambda f: trained.append(1) or make())[2])
+        target=lambda: result.update(reused=get(lambda f: trained.append(1) or make())[2]),
+        daemon=True,
     )
     worker.start()
     worker.join(timeout=20)
