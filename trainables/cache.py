@@ -91,13 +91,31 @@ def artifact_key(identity: dict) -> str:
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def _died_here(token: str) -> bool:
+    """Whether a lease token ("host:pid:nonce") names a process on this node that no longer
+    exists (a holder on another node is judged by its heartbeat alone)."""
+    host, _, rest = token.partition(":")
+    pid = rest.partition(":")[0]
+    if host != os.uname().nodename or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False
+
+
 class KeyLease:
     """Who trains one key: the process that creates `<folder>/.training` (O_CREAT | O_EXCL, atomic
     on local disks, NFS v3+ and the shared filesystems clusters mount). While it trains, a thread
     touches the marker every `stale_after / 6` seconds; a waiter that sees the marker's mtime
     unchanged for `stale_after` seconds of its own clock (no cross-node clock comparison) takes the
-    lease over: the holder died. A race in the takeover costs at most a duplicate training of the
-    same deterministic network; model.pt is written by an atomic rename, so it is never torn."""
+    lease over: the holder died. A holder on the waiter's own node whose process is gone is taken
+    over at once (a killed trial's restart does not wait out the heartbeat). A race in the
+    takeover costs at most a duplicate training of the same deterministic network; model.pt is
+    written by an atomic rename, so it is never torn."""
 
     MARKER = ".training"
 
@@ -126,9 +144,14 @@ class KeyLease:
                 return True
             try:
                 mtime = self.marker.stat().st_mtime
+                holder = self.marker.read_text()
             except FileNotFoundError:
                 continue  # released meanwhile: try again at once
             now = time.monotonic()
+            if _died_here(holder):  # a holder on this node that is gone: no need to wait
+                self._take_over(mtime)
+                seen = None
+                continue
             if seen is None or seen[0] != mtime:
                 seen = (mtime, now)
             elif now - seen[1] > self.stale_after:

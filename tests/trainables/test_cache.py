@@ -233,3 +233,23 @@ def test_a_live_lease_is_waited_for_and_its_network_reused(tmp_path):
 
 def _weights(net):
     return torch.cat([p.detach().flatten() for p in net.state_dict().values()])
+
+
+def test_a_lease_whose_holder_died_on_this_node_is_taken_over_at_once(tmp_path):
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from trainables.cache import KeyLease
+
+    get, make = _lease_setup(tmp_path, stale_after=600.0)  # the heartbeat rule would wait 10 min
+    _, key, _ = get(lambda folder: make())
+    folder = tmp_path / key
+    (folder / "model.pt").unlink()
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    (folder / KeyLease.MARKER).write_text(f"{os.uname().nodename}:{gone.pid}:0")
+    start = time.monotonic()
+    _, _, reused = get(lambda folder: make())
+    assert reused is False and time.monotonic() - start < 5
