@@ -33,7 +33,9 @@ def classifier_log_posterior_grad(
         x = x.detach().requires_grad_(True)
         with autocast:
             logits = logits_fn(x, sigma)
-        log_post = F.log_softmax(logits.float(), dim=1).gather(1, y[:, None]).sum()
+        if logits.dtype in (torch.bfloat16, torch.float16):
+            logits = logits.float()  # the softmax in fp32; fp32 / fp64 logits stay as they are
+        log_post = F.log_softmax(logits, dim=1).gather(1, y[:, None]).sum()
         (grad,) = torch.autograd.grad(log_post, x)
     return grad
 
