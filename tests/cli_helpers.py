@@ -71,3 +71,12 @@ def write_spec(folder: Path, filename: str = "spec", **fields: object) -> Path:
     path = Path(folder) / f"{filename}.yaml"
     path.write_text(yaml.safe_dump({"storage": str(Path(folder) / "studies"), **fields}))
     return path
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (gloo process groups in tests)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -329,6 +329,26 @@ def from_flat(flat: dict[str, Any], base: str | None = None) -> TrialConfig:
     return override(config, flat)
 
 
+CLASSIFIER_HEADS = ("plain", "gaussian", "energy")  # model.classifier_head; networks/energy.py
+GUIDANCE_PRECISIONS = ("fp32", "bf16")  # sample.guidance_precision; trainables.guidance
+
+
+def _check_heads(config: TrialConfig) -> None:
+    """The guidance classifier's head and the precision of its guidance gradient."""
+    if config.model.classifier_head not in CLASSIFIER_HEADS:
+        raise ValueError(
+            "model.classifier_head must be 'plain', 'gaussian' or 'energy', "
+            f"got {config.model.classifier_head!r}"
+        )
+    if config.model.energy_rank < 0:
+        raise ValueError(f"model.energy_rank must be >= 0, got {config.model.energy_rank}")
+    if config.sample.guidance_precision not in GUIDANCE_PRECISIONS:
+        raise ValueError(
+            "sample.guidance_precision must be 'fp32' or 'bf16', "
+            f"got {config.sample.guidance_precision!r}"
+        )
+
+
 def validate(config: TrialConfig) -> TrialConfig:
     """Check values the math needs; raise ValueError naming the bad value."""
     check_method(config.method)
@@ -343,13 +363,7 @@ def validate(config: TrialConfig) -> TrialConfig:
             raise ValueError(
                 f"loss.{name} must be 'sum' or 'mean', got {getattr(config.loss, name)!r}"
             )
-    if config.model.classifier_head not in ("plain", "gaussian", "energy"):
-        raise ValueError(
-            "model.classifier_head must be 'plain', 'gaussian' or 'energy', "
-            f"got {config.model.classifier_head!r}"
-        )
-    if config.model.energy_rank < 0:
-        raise ValueError(f"model.energy_rank must be >= 0, got {config.model.energy_rank}")
+    _check_heads(config)
     if config.loss.sc_weighting not in ("sigma2", "none"):
         raise ValueError(
             f"loss.sc_weighting must be 'sigma2' or 'none', got {config.loss.sc_weighting!r}"
@@ -363,11 +377,6 @@ def validate(config: TrialConfig) -> TrialConfig:
         )
     if config.sample.guidance_scale < 0:
         raise ValueError(f"sample.guidance_scale must be >= 0, got {config.sample.guidance_scale}")
-    if config.sample.guidance_precision not in ("fp32", "bf16"):
-        raise ValueError(
-            "sample.guidance_precision must be 'fp32' or 'bf16', "
-            f"got {config.sample.guidance_precision!r}"
-        )
     if any(s < 0 for s in config.sample.guidance_grid):
         raise ValueError(
             f"sample.guidance_grid scales must be >= 0, got {list(config.sample.guidance_grid)}"

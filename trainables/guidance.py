@@ -9,9 +9,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from trainables.config import GUIDANCE_PRECISIONS
 from trainables.losses import CondScoreFn, LogitsFn, ScoreFn
-
-GUIDANCE_PRECISIONS = ("fp32", "bf16")
 
 
 def classifier_log_posterior_grad(

@@ -339,6 +339,20 @@ def _run_stage(
     report(final)
 
 
+def _draw_share(
+    evaluator: TrialEvaluator,
+    networks: dict[str, nn.Module],
+    config: TrialConfig,
+    shared: Distributed | None,
+) -> None:
+    """A non-zero rank's part of the evaluation: its share of every sampling run rank 0 makes
+    (the validation sweep at rank 0's scales, then the test evaluation at its chosen scale)."""
+    if shared is None:
+        return
+    sweep = evaluator.validate(networks, guidance_grid(config), (), distributed=shared)
+    evaluator(networks, scale=sweep.scale, distributed=shared)
+
+
 def _run_trial(context: TrialContext) -> None:
     """Train (or reuse) every artifact the trial's method needs, report per epoch, then evaluate."""
     torch.set_num_threads(context.threads)
@@ -362,9 +376,7 @@ def _run_trial(context: TrialContext) -> None:
     # evaluation below (rank 0 measures them); toy trials evaluate on rank 0 alone.
     shared = dist if dist.world_size > 1 and evaluator.images else None
     if dist.rank != 0:
-        if shared is not None:
-            sweep = evaluator.validate(networks, guidance_grid(config), (), distributed=shared)
-            evaluator(networks, scale=sweep.scale, distributed=shared)
+        _draw_share(evaluator, networks, config, shared)
         report({"final": 1.0})  # ray.train.report is a barrier: every rank reports as often
         return
     # On rank 0: sweep the guidance grid on the validation split, choose the scale, evaluate the

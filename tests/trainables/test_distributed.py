@@ -3,10 +3,10 @@ batches."""
 
 import multiprocessing as mp
 import os
-import socket
 
 import pytest
 import torch
+from cli_helpers import free_port
 
 from trainables.cache import ArtifactCache
 from trainables.config import from_flat
@@ -61,17 +61,11 @@ def _rank(rank, port, method, position, out_dir, cache_dir):
         dist.destroy_process_group()
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.parametrize("method, position", [("CG-SC-all", 1), ("Joint-SC", 0)])
 def test_two_ranks_match_one_process(tmp_path, method, position):
     config, split = _setup(method)
     single = train_artifact(get_method(method).artifacts[position], config, split)
-    port = _free_port()
+    port = free_port()
     ctx = mp.get_context("fork")
     procs = [
         ctx.Process(

@@ -3,9 +3,9 @@ samples a single process draws and rank 0 measures the same metrics."""
 
 import multiprocessing as mp
 import os
-import socket
 
 import torch
+from cli_helpers import free_port
 
 from trainables.config import from_flat
 from trainables.data.images import make_images
@@ -62,12 +62,6 @@ def _rank(rank, port, cache_dir, out_dir):
         dist.destroy_process_group()
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_ranks_draw_the_samples_and_measure_the_metrics_of_one_process(tmp_path):
     cache_dir = str(tmp_path / "evaluation")
     threads = torch.get_num_threads()
@@ -76,7 +70,7 @@ def test_two_ranks_draw_the_samples_and_measure_the_metrics_of_one_process(tmp_p
         sweep, metrics, samples = _evaluate(cache_dir)  # also trains the evaluation classifier
     finally:
         torch.set_num_threads(threads)
-    port = _free_port()
+    port = free_port()
     ctx = mp.get_context("fork")
     procs = [ctx.Process(target=_rank, args=(r, port, cache_dir, str(tmp_path))) for r in range(2)]
     for p in procs:

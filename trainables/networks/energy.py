@@ -61,6 +61,3 @@ class GaussianEnergy(nn.Module):
         quad_diag = (ax * x).sum(1)[:, None] - 2 * (amu * x[:, None, :]).sum(2) + (amu * mu).sum(2)
         quad = quad_diag - (diff_low * solved).sum(2)
         return -0.5 * quad
-
-
-CLASSIFIER_HEADS = ("plain", "gaussian")
