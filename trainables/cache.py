@@ -55,7 +55,7 @@ DATA_KEYS = (
     "data.flip",
 )
 # Settings that change how fast or how often, never what is trained.
-NEUTRAL = ("train.channels_last", "train.checkpoint_every")
+NEUTRAL = ("train.channels_last", "train.checkpoint_every", "train.peak_tflops")
 
 
 def artifact_identity(

@@ -96,6 +96,9 @@ class TrainConfig:
     seed: int = 0
     precision: str = "fp32"  # fp32 | bf16 (autocast; meant for GPUs)
     channels_last: bool = False  # images on GPU: channels-last memory format
+    # Dense peak TFLOP/s the per-epoch MFU is measured against; 0 = the device's listed peak
+    # (trainables.flops.GPU_PEAK_TFLOPS), no MFU on CPUs and unlisted GPUs.
+    peak_tflops: float = 0.0
     checkpoint_every: int = (
         0  # steps between checkpoints besides every epoch end; 0 = epoch ends only
     )
@@ -406,6 +409,11 @@ def _check_train(train: TrainConfig) -> None:
     """The training schedule's values; ValueError naming the bad one."""
     if train.precision not in ("fp32", "bf16"):
         raise ValueError(f"train.precision must be 'fp32' or 'bf16', got {train.precision!r}")
+    if train.peak_tflops < 0:
+        raise ValueError(
+            "train.peak_tflops must be >= 0 (0 = the device's listed peak), "
+            f"got {train.peak_tflops}"
+        )
     if train.checkpoint_every < 0:
         raise ValueError(f"train.checkpoint_every must be >= 0, got {train.checkpoint_every}")
     for name in ("steps", "steps_per_epoch", "batch_size"):

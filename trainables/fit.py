@@ -4,6 +4,7 @@ callback."""
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import os
 import threading
@@ -19,6 +20,7 @@ from torch import nn
 
 from trainables.config import TrialConfig
 from trainables.data.batches import Batch, BatchSampler, Noise, hide_labels, labeled_subset
+from trainables.flops import count_flops, peak_tflops, throughput_metrics
 from trainables.methods import (
     Artifact,
     ModelFns,
@@ -293,9 +295,15 @@ def _optimise(
 
 
 def _epoch_metrics(
-    artifact: Artifact, config: TrialConfig, sums: dict[str, float], step: int, seconds: float
+    artifact: Artifact,
+    config: TrialConfig,
+    sums: dict[str, float],
+    step: int,
+    seconds: float,
+    flops: tuple[int, float | None],
 ) -> dict:
-    """Means over the epoch's steps, its throughput, and where the epoch stands."""
+    """Means over the epoch's steps, its throughput (examples/s; TFLOP/s and MFU from the counted
+    step's FLOPs and the device's peak), and where the epoch stands."""
     per_epoch = config.train.steps_per_epoch
     epoch = math.ceil(step / per_epoch)
     count = step - (epoch - 1) * per_epoch
@@ -303,6 +311,7 @@ def _epoch_metrics(
     metrics.update({"artifact": artifact.name, "step": step, "epoch": epoch})
     metrics[f"{artifact.name}/steps_per_s"] = count / seconds
     metrics[f"{artifact.name}/examples_per_s"] = count * config.train.batch_size / seconds
+    metrics.update(throughput_metrics(artifact.name, flops[0], count, seconds, flops[1]))
     return metrics
 
 
@@ -361,6 +370,8 @@ def train_artifact(
         config.train.seed,
     )
     every = config.train.checkpoint_every
+    peak = peak_tflops(device, config.train.precision, config.train.peak_tflops)
+    flops_per_step = None  # counted on this process's first step
     sums: dict[str, float] = {}
     epoch_start = time.perf_counter()
     while state.step < config.train.steps:
@@ -368,7 +379,12 @@ def train_artifact(
         rows = sampler.batch(state.step)
         uniform = sampler.uniform_mask(len(rows))
         batch, noise = _draw_batch(state, config, data, rows, sde, dist, device, uniform)
-        for name, value in _optimise(state, artifact, config, batch, noise, dist).items():
+        optimise = functools.partial(_optimise, state, artifact, config, batch, noise, dist)
+        if flops_per_step is None:
+            logged, flops_per_step = count_flops(optimise)
+        else:
+            logged = optimise()
+        for name, value in logged.items():
             sums[name] = sums.get(name, 0.0) + value.detach()  # stays on the device until epoch end
         done = state.step
         epoch_end = done % config.train.steps_per_epoch == 0 or done == config.train.steps
@@ -383,7 +399,7 @@ def train_artifact(
             continue
         seconds = time.perf_counter() - epoch_start
         means = {k: float(v) for k, v in sums.items()}  # the epoch's one host sync
-        metrics = _epoch_metrics(artifact, config, means, done, seconds)
+        metrics = _epoch_metrics(artifact, config, means, done, seconds, (flops_per_step, peak))
         _report_epoch(state, metrics, evaluate, ckpt if dist.rank == 0 else None, callback)
         sums, epoch_start = {}, time.perf_counter()
         if stop_after is not None and done >= stop_after:

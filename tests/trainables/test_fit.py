@@ -113,3 +113,42 @@ def test_a_non_finite_loss_is_caught_by_its_step_before_any_checkpoint(tmp_path,
         train_artifact(artifact, config, split, checkpoint_dir=tmp_path)
     assert error.value.step == 3 and len(calls) == 10  # found at the first epoch's end
     assert not (tmp_path / CHECKPOINT_FILE).exists()
+
+
+def test_reported_flops_are_the_analytic_matmul_count_of_a_dsm_step():
+    """The toy score MLP (hidden 16, depth 1, embedding 32, data 2-D): one DSM step does, per
+    Linear(in, out) layer, 2 B in out FLOPs forward, as many for its weight gradient, and as many
+    again for its input gradient where its input needs one (not the Fourier features of sigma,
+    not the noisy data)."""
+    _, config, split = _setup("CG")
+    seen = []
+    train_artifact(get_method("CG").artifacts[0], config, split, callback=seen.append)
+    layers = {  # (in, out): input needs a gradient
+        "embed.mlp.0": (32, 32, False),
+        "embed.mlp.2": (32, 32, True),
+        "trunk.inp": (2, 16, False),
+        "trunk.layers.0": (16, 16, True),
+        "trunk.cond.0": (32, 16, True),
+        "trunk.cond.1": (32, 16, True),
+        "head": (16, 2, True),
+    }
+    batch = config.train.batch_size
+    expected = sum(2 * batch * i * o * (3 if grad else 2) for i, o, grad in layers.values())
+    assert seen[0]["score/tflop_per_step"] * 1e12 == expected
+    assert seen[0]["score/tflops"] > 0
+    assert "score/mfu" not in seen[0]  # no peak is known for a CPU
+
+
+def test_mfu_is_measured_against_the_configured_peak_and_a_negative_peak_is_refused():
+    import pytest
+
+    _, config, split = _setup("CG")
+    config = from_flat(
+        {"method": "CG", "data.label_percent": 20, **FAST, "train.peak_tflops": 0.5}, base="toy"
+    )
+    seen = []
+    train_artifact(get_method("CG").artifacts[0], config, split, callback=seen.append)
+    for m in seen:
+        assert m["score/mfu"] == pytest.approx(m["score/tflops"] / 0.5)
+    with pytest.raises(ValueError, match="train.peak_tflops must be >= 0"):
+        from_flat({"method": "CG", "train.peak_tflops": -1.0}, base="toy")
