@@ -87,17 +87,11 @@ def measure(step, device: torch.device, steps: int, warmup: int) -> float:
 
 
 def count_flops(step) -> float:
-    """FLOPs of one step (convolutions, matmuls, attention) by torch's FLOP counter."""
-    from torch.utils.flop_counter import FlopCounterMode
+    """FLOPs of one step (convolutions, matmuls, attention), counted as training logs them
+    (trainables.flops: the SC double backward included)."""
+    from trainables.flops import count_flops as count
 
-    try:
-        with FlopCounterMode(display=False) as counter:
-            step()
-    except (
-        RuntimeError
-    ):  # the counter's hooks do not support autograd.grad (the SC double backward)
-        return float("nan")
-    return float(counter.get_total_flops())
+    return float(count(step)[1])
 
 
 def parse_args() -> argparse.Namespace:
@@ -159,7 +153,7 @@ def main() -> None:
             ).to(device, memory_format=memory)
             step = step_fn(kind, net, x, y, precision)
             seconds = measure(step, device, args.steps, args.warmup)
-            flops = count_flops(step) if "SC" not in kind else float("nan")
+            flops = count_flops(step)
             tflops = flops / seconds / 1e12
             peak = f"{tflops / args.peak_tflops:.0%}" if args.peak_tflops else ""
             rows.append(

@@ -17,12 +17,14 @@ from torch.utils.flop_counter import flop_registry
 
 T = TypeVar("T")
 
-# Dense peak TFLOP/s per device name fragment: (bf16 tensor cores, fp32 without TF32). NVIDIA's
-# data sheets (SXM parts); an unlisted device gets an MFU only when train.peak_tflops is set.
+# Dense peak TFLOP/s per device name fragment: (bf16, fp32 as TF32), tensor cores, NVIDIA's data
+# sheets (SXM parts). fp32 is measured against TF32 because cuDNN runs fp32 convolutions in TF32
+# by default (torch.backends.cudnn.allow_tf32), and the image networks' FLOPs are convolutions. An
+# unlisted device gets an MFU only when train.peak_tflops is set.
 GPU_PEAK_TFLOPS: dict[str, tuple[float, float]] = {
-    "H200": (989.4, 66.9),
-    "H100": (989.4, 66.9),
-    "A100": (312.0, 19.5),
+    "H200": (989.4, 494.7),
+    "H100": (989.4, 494.7),
+    "A100": (312.0, 156.0),
 }
 
 
