@@ -55,7 +55,9 @@ DATA_KEYS = (
     "data.flip",
 )
 # Settings that change how fast or how often, never what is trained.
-NEUTRAL = ("train.channels_last", "train.checkpoint_every", "train.peak_tflops")
+NEUTRAL = (
+    "train.channels_last", "train.checkpoint_every", "train.peak_tflops", "train.compile",
+)  # fmt: skip
 
 
 def artifact_identity(

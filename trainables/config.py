@@ -99,6 +99,9 @@ class TrainConfig:
     # Dense peak TFLOP/s the per-epoch MFU is measured against; 0 = the device's listed peak
     # (trainables.flops.GPU_PEAK_TFLOPS), no MFU on CPUs and unlisted GPUs.
     peak_tflops: float = 0.0
+    # torch.compile the network for its loss (not for an artifact whose loss differentiates an
+    # input gradient: SC, QC, DLSM, Joint-SC; compiled graphs have no double backward).
+    compile: bool = False
     checkpoint_every: int = (
         0  # steps between checkpoints besides every epoch end; 0 = epoch ends only
     )

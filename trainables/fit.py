@@ -9,6 +9,7 @@ import math
 import os
 import threading
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ from trainables.config import TrialConfig
 from trainables.data.batches import Batch, BatchSampler, Noise, hide_labels, labeled_subset
 from trainables.flops import count_flops, peak_tflops, throughput_metrics
 from trainables.methods import (
+    TERMS,
     Artifact,
     ModelFns,
     artifact_config,
@@ -200,8 +202,27 @@ def _setup(
     # Fused Adam on CUDA (one kernel for every parameter); the default foreach Adam elsewhere.
     optimizer = torch.optim.Adam(params, lr=config.train.lr, fused=device.type == "cuda")
     generator = torch.Generator().manual_seed(config.train.seed + 1)
-    fns = model_fns({artifact.network: net}, num_classes=data.num_classes, frozen=frozen)
+    loss_net = _compiled(net, artifact, config)
+    fns = model_fns({artifact.network: loss_net}, num_classes=data.num_classes, frozen=frozen)
     return _TrainState(net, ema, params, optimizer, generator, fns, memory)
+
+
+def _compiled(net: nn.Module, artifact: Artifact, config: TrialConfig) -> nn.Module:
+    """torch.compile(net) for the loss when train.compile is set (the weights, EMA and
+    checkpoints stay the plain module's), unless a term of the artifact has a double backward,
+    which compiled graphs do not support: then the eager net, with a warning naming the term."""
+    if not config.train.compile:
+        return net
+    active = [t.term for t in artifact.terms if t.weight(config.loss) != 0]
+    eager = [t for t in active if TERMS[t].double_backward]
+    if eager:
+        warnings.warn(
+            f"train.compile: {artifact.name} trains eagerly; its term(s) {', '.join(eager)} "
+            "differentiate an input gradient, and compiled graphs have no double backward",
+            stacklevel=3,
+        )
+        return net
+    return torch.compile(net)
 
 
 def _resume(state: _TrainState, checkpoint: Path | None) -> None:

@@ -59,6 +59,9 @@ class Term:
     # A score-side term (DSM, QC): in a batch with a labeled half it reads only the rows drawn
     # uniformly from all data (paper 001 prescribes half-labeled batches for the classifier only).
     uniform_rows: bool = False
+    # Differentiates an input gradient with respect to the parameters (create_graph): compiled
+    # graphs have no double backward, so train.compile leaves such an artifact eager.
+    double_backward: bool = False
 
 
 def _dsm(f: ModelFns, b: Batch, n: Noise, c: LossConfig) -> torch.Tensor:
@@ -116,14 +119,21 @@ def _qc(f: ModelFns, b: Batch, n: Noise, c: LossConfig) -> torch.Tensor:
 TERMS: dict[str, Term] = {
     "dsm": Term(_dsm, knobs=("loss.dsm_reduction",), uniform_rows=True),
     "ce": Term(_ce, reads_labels=True),
-    "sc": Term(_sc, knobs=("loss.sc_weighting", "loss.sc_reduction")),
-    "dlsm": Term(_dlsm, knobs=("loss.dlsm_power", "loss.dlsm_reduction"), reads_labels=True),
+    "sc": Term(_sc, knobs=("loss.sc_weighting", "loss.sc_reduction"), double_backward=True),
+    "dlsm": Term(
+        _dlsm,
+        knobs=("loss.dlsm_power", "loss.dlsm_reduction"),
+        reads_labels=True,
+        double_backward=True,
+    ),
     "cond_dsm": Term(_cond_dsm, knobs=("loss.dsm_reduction",), reads_labels=True),
     "cfg_dsm": Term(_cfg_dsm, knobs=("loss.p_uncond", "loss.dsm_reduction"), reads_labels=True),
-    "qc": Term(_qc, uniform_rows=True),
+    "qc": Term(_qc, uniform_rows=True, double_backward=True),
     # Joint-SC's own DSM and SC: the same losses under the joint family's reduction.
     "joint_dsm": Term(_joint_dsm, knobs=("loss.joint_reduction",), uniform_rows=True),
-    "joint_sc": Term(_joint_sc, knobs=("loss.sc_weighting", "loss.joint_reduction")),
+    "joint_sc": Term(
+        _joint_sc, knobs=("loss.sc_weighting", "loss.joint_reduction"), double_backward=True
+    ),
 }
 SC_TERMS = {"sc": "sc_reduction", "joint_sc": "joint_reduction"}  # term -> its reduction field
 ROWS = ("labeled", "unlabeled", "all")

@@ -152,3 +152,27 @@ def test_mfu_is_measured_against_the_configured_peak_and_a_negative_peak_is_refu
         assert m["score/mfu"] == pytest.approx(m["score/tflops"] / 0.5)
     with pytest.raises(ValueError, match="train.peak_tflops must be >= 0"):
         from_flat({"method": "CG", "train.peak_tflops": -1.0}, base="toy")
+
+
+def test_compiled_training_matches_eager_and_sc_stays_eager():
+    """train.compile: a DSM score model trains compiled to the eager weights (float rounding
+    apart); a CE+SC classifier, whose SC has a double backward, trains eagerly, bit for bit, and
+    says so."""
+    import pytest
+    from torch._dynamo.utils import counters
+
+    _, _, split = _setup("CG")
+    short = {**FAST, "train.steps": 10, "train.steps_per_epoch": 10}
+    flat = {"method": "CG-SC-all", "data.label_percent": 20, **short}
+    eager_config = from_flat(flat, base="toy")
+    compiled_config = from_flat({**flat, "train.compile": True}, base="toy")
+    score, classifier = get_method("CG-SC-all").artifacts
+    eager = train_artifact(score, eager_config, split)
+    counters.clear()
+    compiled = train_artifact(score, compiled_config, split)
+    assert counters["stats"]["unique_graphs"] >= 1  # dynamo really compiled the score network
+    torch.testing.assert_close(_weights(compiled), _weights(eager), rtol=1e-4, atol=1e-5)
+    eager = train_artifact(classifier, eager_config, split)
+    with pytest.warns(UserWarning, match="classifier trains eagerly; its term.* sc"):
+        kept = train_artifact(classifier, compiled_config, split)
+    torch.testing.assert_close(_weights(kept), _weights(eager), rtol=0, atol=0)
