@@ -121,6 +121,9 @@ class SampleConfig:
     # CG's classifier gradient: "fp32", or "bf16" (autocast; on GPUs, about half the classifier's
     # cost; its error on the toy's exact scores is in docs/benchmarks.md)
     guidance_precision: str = "fp32"
+    # torch.compile the networks the sampler calls (the score model's forward, the classifier's
+    # forward and input gradient): one compile per network and process, then every step reuses it
+    compile: bool = False
     num_per_class: int = 500
     seed: int = 0
     batch_size: int = 1000  # samples drawn together (classes mixed); chunks are seeded from seed

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 from torch import nn
 
@@ -12,6 +14,16 @@ from trainables.samplers import get_sampler, sampler_options
 from trainables.sde import VESDE
 
 Dim = int | tuple[int, ...]  # features (flat data) or (C, H, W)
+# One torch.compile wrapper per network: every scale of a sweep and every chunk reuses its graphs.
+_COMPILED: weakref.WeakKeyDictionary[nn.Module, nn.Module] = weakref.WeakKeyDictionary()
+
+
+def _compiled(networks: dict[str, nn.Module]) -> dict[str, nn.Module]:
+    """The networks behind torch.compile (sample.compile), wrapped once per network."""
+    for net in networks.values():
+        if net not in _COMPILED:
+            _COMPILED[net] = torch.compile(net)
+    return {name: _COMPILED[net] for name, net in networks.items()}
 
 
 def sample_classes(
@@ -33,6 +45,8 @@ def sample_classes(
     dist = distributed or Distributed()
     method = get_method(config.method)
     sde = VESDE.from_config(config.sde)
+    if config.sample.compile:
+        networks = _compiled(networks)
     fns = model_fns(networks, num_classes=num_classes)
     y = torch.arange(num_classes).repeat_interleave(config.sample.num_per_class).to(device)
     gen = torch.Generator().manual_seed(config.sample.seed)
