@@ -1,5 +1,6 @@
 """Evaluation sharded over a trial's data-parallel ranks (issue 13, item 4): 2 gloo ranks draw the
-samples a single process draws and rank 0 measures the same metrics."""
+samples a single process draws, each reads the features of half of them, and rank 0 measures the
+same metrics."""
 
 import multiprocessing as mp
 import os
@@ -44,7 +45,7 @@ def _evaluate(cache_dir, distributed=None):
     evaluator = TrialEvaluator(config, data)
     sweep = evaluator.validate(networks, SCALES, OBJECTIVES, distributed=distributed)
     metrics, samples = evaluator(networks, scale=sweep.scale, distributed=distributed)
-    return sweep, metrics, samples
+    return sweep, metrics, samples, evaluator.samples_read
 
 
 def _rank(rank, port, cache_dir, out_dir):
@@ -53,9 +54,15 @@ def _rank(rank, port, cache_dir, out_dir):
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     try:
-        sweep, metrics, samples = _evaluate(cache_dir, Distributed.from_torch())
+        sweep, metrics, samples, read = _evaluate(cache_dir, Distributed.from_torch())
         torch.save(
-            {"scale": sweep.scale, "curve": sweep.curve, "metrics": metrics, "samples": samples},
+            {
+                "scale": sweep.scale,
+                "curve": sweep.curve,
+                "metrics": metrics,
+                "samples": samples,
+                "read": read,
+            },
             os.path.join(out_dir, f"rank{rank}.pt"),
         )
     finally:
@@ -67,7 +74,7 @@ def test_two_ranks_draw_the_samples_and_measure_the_metrics_of_one_process(tmp_p
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as each rank: the same reduction order, the same rounding
     try:
-        sweep, metrics, samples = _evaluate(cache_dir)  # also trains the evaluation classifier
+        sweep, metrics, samples, read = _evaluate(cache_dir)  # also trains the eval classifier
     finally:
         torch.set_num_threads(threads)
     port = free_port()
@@ -95,7 +102,9 @@ def test_two_ranks_draw_the_samples_and_measure_the_metrics_of_one_process(tmp_p
             if key == "reference_stats_reused":
                 continue
             assert lead["curve"][scale][key] == pytest_approx(value), (scale, key)
-    assert ranks[1]["metrics"] == {}  # the other rank only samples
+    assert ranks[1]["metrics"] == {}  # the other rank samples and reads features, rank 0 measures
+    # Feature extraction is sharded too: each rank read the features of half the samples.
+    assert [r["read"] for r in ranks] == [read // 2, read // 2] and read == len(SCALES) * 16 + 32
 
 
 def pytest_approx(value):

@@ -22,7 +22,11 @@ from torch import nn
 from trainables.config import TrialConfig
 from trainables.data.images import ImageData
 from trainables.data.toy import ToyData
-from trainables.evaluation.generation import Evaluator, build_evaluator, evaluate_generation
+from trainables.evaluation.generation import (
+    Evaluator,
+    build_evaluator,
+    evaluate_generation,
+)
 from trainables.evaluation.images import evaluate_images
 from trainables.evaluation.toy import evaluate_toy
 from trainables.fit import Distributed
@@ -90,8 +94,10 @@ class TrialEvaluator:
         metrics, samples = evaluate_images(
             config, networks, self.data, device=self.device, distributed=distributed
         )
-        if config.eval.fid and _leads(distributed):
-            metrics.update(self._generation(samples, config.sample.num_per_class, tag=True))
+        if config.eval.fid:
+            metrics.update(
+                self._generation(samples, config.sample.num_per_class, distributed, tag=True)
+            )
         return metrics, samples
 
     def validate(
@@ -158,8 +164,8 @@ class TrialEvaluator:
             config, networks, self.data, device=self.device, split="val", fixed=fixed,
             scaled=scaled, distributed=distributed,
         )  # fmt: skip
-        if samples is not None and config.eval.fid and _leads(distributed):
-            metrics.update(self._generation(samples, config.sample.num_per_class))
+        if samples is not None and config.eval.fid:
+            metrics.update(self._generation(samples, config.sample.num_per_class, distributed))
         return metrics
 
     def prepare(self) -> None:
@@ -177,21 +183,48 @@ class TrialEvaluator:
         return self._val_rows
 
     def _generation(
-        self, samples: torch.Tensor, num_per_class: int, tag: bool = False
+        self,
+        samples: torch.Tensor,
+        num_per_class: int,
+        distributed: Distributed | None = None,
+        tag: bool = False,
     ) -> dict[str, float]:
-        """FID, IS, intra-FID and generation accuracy of the class-ordered samples."""
-        if self._evaluator is None:
-            self._evaluator = build_evaluator(self.config, self.data, self.device)
+        """FID, IS, intra-FID and generation accuracy of the class-ordered samples. distributed:
+        every rank calls this and reads its share of the samples; rank 0 measures (the others
+        get no metrics)."""
+        self._ensure_evaluator(distributed)
         num_classes = self.data.num_classes
         labels = torch.arange(num_classes).repeat_interleave(num_per_class)
-        metrics, warnings = evaluate_generation(samples, labels, num_classes, self._evaluator)
-        if not tag:  # validation: the run's tags describe the reported (test) evaluation
+        metrics, warnings = evaluate_generation(
+            samples, labels, num_classes, self._evaluator, distributed
+        )
+        if not tag or not _leads(distributed):  # validation: tags describe the test evaluation
             return metrics
         self.tags["fid_feature_extractor"] = self._evaluator.extractor.name
         self.tags["eval_classifier"] = self._evaluator.classifier_key
         if warnings:
             self.tags["warnings"] = "; ".join(warnings)
         return metrics
+
+    def _ensure_evaluator(self, distributed: Distributed | None) -> None:
+        """Build the image evaluator if this process has none. In a data-parallel group rank 0
+        builds it first (it may train the evaluation classifier and compute the reference
+        statistics); the other ranks then load both from the caches."""
+        if self._evaluator is not None:
+            return
+        if _leads(distributed):
+            self._evaluator = build_evaluator(self.config, self.data, self.device)
+        if distributed is not None and distributed.world_size > 1:
+            distributed.broadcast(None)  # wait for rank 0's evaluator
+            if not _leads(distributed):
+                self._evaluator = build_evaluator(
+                    self.config, self.data, self.device, log=lambda _: None
+                )
+
+    @property
+    def samples_read(self) -> int:
+        """Samples this process read features of (its share when sharded)."""
+        return 0 if self._evaluator is None else self._evaluator.samples_read
 
     def sampling_score_evals(self, config: TrialConfig | None = None) -> float:
         """Score-network evaluations one sampling run under config (default the trial's) costs."""

@@ -250,6 +250,36 @@ def reference_stats(
     return stats, False
 
 
+@dataclass
+class Measured:
+    """What the feature extractor and the evaluation classifier read from samples: features,
+    class probabilities for IS (None without them) and predicted labels."""
+
+    feats: np.ndarray
+    probs: np.ndarray | None
+    predicted: np.ndarray
+
+    @classmethod
+    def of(
+        cls,
+        samples: torch.Tensor,
+        extractor: FeatureExtractor,
+        classify: Callable[[torch.Tensor], np.ndarray],
+    ) -> Measured:
+        probs = extractor.probs(samples) if extractor.probs is not None else None
+        return cls(extractor.features(samples), probs, classify(samples))
+
+    @classmethod
+    def concat(cls, parts: list[Measured]) -> Measured:
+        """Parts of consecutive sample ranges, in order, as one."""
+        probs = None if parts[0].probs is None else np.concatenate([p.probs for p in parts])
+        return cls(
+            np.concatenate([p.feats for p in parts]),
+            probs,
+            np.concatenate([p.predicted for p in parts]),
+        )
+
+
 def generation_metrics(
     samples: torch.Tensor,
     labels: torch.Tensor,
@@ -257,10 +287,13 @@ def generation_metrics(
     extractor: FeatureExtractor,
     reference: dict[str, Stats],
     classify: Callable[[torch.Tensor], np.ndarray],
+    measured: Measured | None = None,
 ) -> tuple[dict[str, float], list[str]]:
     """FID, IS, intra-FID (mean of per-class FIDs), generation accuracy; per-class values;
-    warnings."""
-    feats = extractor.features(samples)
+    warnings. measured: the samples' features, probabilities and predictions when already read
+    (by the ranks of a sharded evaluation); else read here."""
+    measured = measured or Measured.of(samples, extractor, classify)
+    feats = measured.feats
     y = labels.cpu().numpy()
     dim = feats.shape[1]
     metrics: dict[str, float] = {"fid_num_samples": float(len(feats)), "feature_dim": float(dim)}
@@ -284,11 +317,9 @@ def generation_metrics(
             f"intra-FID from {len(feats) // num_classes} samples per class < feature dim {dim}: "
             "biased high"
         )
-    if extractor.probs is not None:
-        metrics["inception_score"], metrics["inception_score_std"] = inception_score(
-            extractor.probs(samples)
-        )
-    predicted = classify(samples)
+    if measured.probs is not None:
+        metrics["inception_score"], metrics["inception_score_std"] = inception_score(measured.probs)
+    predicted = measured.predicted
     metrics["gen_accuracy"] = float((predicted == y).mean())
     for k in range(num_classes):
         metrics[f"gen_accuracy_class{k}"] = float((predicted[y == k] == k).mean())

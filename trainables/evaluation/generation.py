@@ -23,6 +23,7 @@ from trainables.data.images import ImageData
 from trainables.evaluation.fid import (
     EvalError,
     FeatureExtractor,
+    Measured,
     Stats,
     check_inception,
     classifier_extractor,
@@ -30,7 +31,7 @@ from trainables.evaluation.fid import (
     inception_extractor,
     reference_stats,
 )
-from trainables.fit import TrainingSet, build, data_dim, train_artifact
+from trainables.fit import Distributed, TrainingSet, build, data_dim, train_artifact
 from trainables.methods import EVAL_CLASSIFIER
 
 
@@ -83,6 +84,7 @@ class Evaluator:
     reference: dict[str, Stats]
     reference_cached: bool
     sigma: float
+    samples_read: int = 0  # samples whose features, probabilities and labels this process read
 
     def classify(self, images: torch.Tensor, batch_size: int = 256) -> np.ndarray:
         device = next(self.classifier.parameters()).device
@@ -156,13 +158,45 @@ def build_evaluator(
 
 
 def evaluate_generation(
-    samples: torch.Tensor, labels: torch.Tensor, num_classes: int, evaluator: Evaluator
+    samples: torch.Tensor,
+    labels: torch.Tensor,
+    num_classes: int,
+    evaluator: Evaluator,
+    distributed: Distributed | None = None,
 ) -> tuple[dict[str, float], list[str]]:
     """FID, IS, intra-FID, generation accuracy (overall and per class) of class-conditional
-    samples."""
+    samples. distributed: every rank of the trial holds all the samples and reads features,
+    probabilities and predictions of its own consecutive share; rank 0 gathers them and measures
+    (the other ranks get no metrics)."""
+    dist = distributed or Distributed()
+    if dist.world_size > 1:
+        mine = shard_range(len(samples), dist)
+        read = None  # a rank with no share (fewer samples than ranks) reads nothing
+        if mine.stop > mine.start:
+            read = Measured.of(samples[mine], evaluator.extractor, evaluator.classify)
+            evaluator.samples_read += len(read.feats)
+        parts = [p for p in dist.gather(read) if p is not None]
+        if dist.rank != 0:
+            return {}, []
+        measured = Measured.concat(parts)
+    else:
+        measured = Measured.of(samples, evaluator.extractor, evaluator.classify)
+        evaluator.samples_read += len(samples)
     metrics, warnings = generation_metrics(
-        samples, labels, num_classes, evaluator.extractor, evaluator.reference, evaluator.classify
+        samples,
+        labels,
+        num_classes,
+        evaluator.extractor,
+        evaluator.reference,
+        evaluator.classify,
+        measured,
     )
     metrics["eval_classifier_test_accuracy"] = evaluator.classifier_test_accuracy
     metrics["reference_stats_reused"] = float(evaluator.reference_cached)
     return metrics, warnings
+
+
+def shard_range(n: int, dist: Distributed) -> slice:
+    """This rank's consecutive share of n items (the shares of ranks 0, 1, ... in order)."""
+    bounds = np.linspace(0, n, dist.world_size + 1).astype(int)
+    return slice(int(bounds[dist.rank]), int(bounds[dist.rank + 1]))
