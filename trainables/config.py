@@ -154,6 +154,9 @@ class EvalConfig:
         ""  # shared across studies (reference stats, eval classifiers); ~/.cache/sc-guidance
     )
     num_reference: int = 0  # training images for the reference statistics; 0 = all
+    # Images per feature-extractor call, halved on out-of-device-memory until a batch fits; 0 = 256
+    # on a CPU, 1024 on a GPU.
+    feature_batch_size: int = 0
     classifier_checkpoint: str = (
         ""  # state dict of an evaluation classifier (same model config); else trained
     )
@@ -407,6 +410,11 @@ def validate(config: TrialConfig) -> TrialConfig:
         )
     if config.sample.batch_size <= 0 or config.sample.num_per_class <= 0:
         raise ValueError("sample.batch_size and sample.num_per_class must be > 0")
+    if config.eval.feature_batch_size < 0:
+        raise ValueError(
+            "eval.feature_batch_size must be >= 0 (0 = 256 on a CPU, 1024 on a GPU), "
+            f"got {config.eval.feature_batch_size}"
+        )
     _check_train(config.train)
     return config
 

@@ -219,3 +219,28 @@ def test_eval_classifier_accuracy_on_real_held_out_images_equals_its_test_accura
     assert set(metrics) - per_class == names.GENERATION_METRICS
     again = build_evaluator(config, data, log=lambda *a: None)
     assert again.reference_cached and again.classifier_key == evaluator.classifier_key
+
+
+def test_feature_batches_halve_on_out_of_memory_until_one_fits():
+    """eval.feature_batch_size is a ceiling: a batch that runs out of device memory is halved
+    until one fits, and the features come back complete and in order."""
+    from trainables.evaluation.fid import batched
+
+    images = torch.arange(10.0)[:, None]
+    seen = []
+
+    def read(batch):
+        seen.append(len(batch))
+        if len(batch) > 3:
+            raise torch.OutOfMemoryError("CUDA out of memory")
+        return batch.numpy() * 2
+
+    out = batched(read, images, 8)
+    np.testing.assert_array_equal(out, images.numpy() * 2)
+    assert seen == [8, 4, 2, 2, 2, 2, 2]  # 8 and 4 fail; 2 fits and stays for the rest
+
+    def never(batch):
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    with pytest.raises(torch.OutOfMemoryError):
+        batched(never, images, 4)

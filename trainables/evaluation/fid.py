@@ -77,6 +77,29 @@ def check_trusted(file: Path) -> None:
         )
 
 
+def batched(
+    read: Callable[[torch.Tensor], np.ndarray], images: torch.Tensor, batch_size: int
+) -> np.ndarray:
+    """read() over consecutive batches of images, concatenated in order. A batch that runs out of
+    device memory is halved, for the rest of the call, until one fits: the largest batch that
+    fits, from batch_size down (eval.feature_batch_size)."""
+    out: list[np.ndarray] = []
+    start, size = 0, max(1, batch_size)
+    while start < len(images):
+        batch = images[start : start + size]
+        try:
+            out.append(read(batch))
+        except torch.OutOfMemoryError:
+            if size == 1:
+                raise
+            size //= 2
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            continue
+        start += len(batch)
+    return np.concatenate(out)
+
+
 def inception_extractor(
     path: str | None, device: torch.device | str = "cpu", batch_size: int = 100
 ) -> FeatureExtractor:
@@ -99,31 +122,24 @@ def inception_extractor(
             .to(device)
         )
 
-    def features(images: torch.Tensor) -> np.ndarray:
+    def read_features(images: torch.Tensor) -> np.ndarray:
         from cleanfid.fid import get_batch_features
 
-        out = []
-        for start in range(0, len(images), batch_size):
-            x = prepare(images[start : start + batch_size])
-            out.append(
-                get_batch_features(
-                    (x - 128) / 128, lambda t: base.layers.forward(t).view(len(t), 2048), device
-                )
-            )
-        return np.concatenate(out)
+        x = prepare(images)
+        return get_batch_features(
+            (x - 128) / 128, lambda t: base.layers.forward(t).view(len(t), 2048), device
+        )
+
+    def read_probs(images: torch.Tensor) -> np.ndarray:
+        # The StyleGAN2 detector's IS mode: softmax without the output bias (as the original IS).
+        with torch.no_grad():
+            return base(prepare(images), no_output_bias=True).cpu().numpy()
+
+    def features(images: torch.Tensor) -> np.ndarray:
+        return batched(read_features, images, batch_size)
 
     def probs(images: torch.Tensor) -> np.ndarray:
-        out = []
-        with torch.no_grad():
-            for start in range(0, len(images), batch_size):
-                # The StyleGAN2 detector's IS mode: softmax without the output bias (as the original
-                # IS).
-                out.append(
-                    base(prepare(images[start : start + batch_size]), no_output_bias=True)
-                    .cpu()
-                    .numpy()
-                )
-        return np.concatenate(out)
+        return batched(read_probs, images, batch_size)
 
     digest = hashlib.sha256(file.read_bytes()).hexdigest()[:16]
     return FeatureExtractor(
@@ -142,21 +158,16 @@ def classifier_extractor(
     images)."""
     net = net.to(device).eval()
 
-    def run(images: torch.Tensor, head: bool) -> np.ndarray:
-        out = []
+    def read(images: torch.Tensor, head: bool) -> np.ndarray:
         with torch.no_grad():
-            for start in range(0, len(images), batch_size):
-                x = images[start : start + batch_size].to(device)
-                s = torch.full((len(x),), sigma, device=device)
-                h, _ = net.encode(x, net.embed(s))
-                pooled = net.head[:4](h)  # GroupNorm, swish, pool, flatten
-                out.append(
-                    (torch.softmax(net.head[4](pooled), 1) if head else pooled)
-                    .float()
-                    .cpu()
-                    .numpy()
-                )
-        return np.concatenate(out)
+            x = images.to(device)
+            s = torch.full((len(x),), sigma, device=device)
+            h, _ = net.encode(x, net.embed(s))
+            pooled = net.head[:4](h)  # GroupNorm, swish, pool, flatten
+            return (torch.softmax(net.head[4](pooled), 1) if head else pooled).float().cpu().numpy()
+
+    def run(images: torch.Tensor, head: bool) -> np.ndarray:
+        return batched(lambda batch: read(batch, head), images, batch_size)
 
     return FeatureExtractor(
         f"eval classifier {key}", lambda x: run(x, False), lambda x: run(x, True), f"evalclf-{key}"

@@ -139,10 +139,11 @@ def build_evaluator(
     net, key = _eval_classifier(config, data, device, log)
     net = net.to(device)
     sigma = config.sde.sigma_min
+    batch = config.eval.feature_batch_size or (1024 if torch.device(device).type == "cuda" else 256)
     if config.eval.feature_extractor == "inception":
-        extractor = inception_extractor(config.eval.inception_weights or None, device)
+        extractor = inception_extractor(config.eval.inception_weights or None, device, batch)
     else:
-        extractor = classifier_extractor(net, sigma, key, device)
+        extractor = classifier_extractor(net, sigma, key, device, batch)
     n = config.eval.num_reference or len(data.x)
     identity = {
         k: getattr(config.data, k) for k in ("name", "root", "num_train", "seed", "image_size")
