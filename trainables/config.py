@@ -52,10 +52,11 @@ class ModelConfig:
     attn_resolutions: tuple[int, ...] = (16,)  # ncsnpp: self-attention at these resolutions
     dropout: float = 0.1  # ncsnpp
     center_input: bool = True  # ncsnpp: maps [0, 1] images to [-1, 1] inside, as score_sde
-    # Guidance classifier's output: "plain" (the papers' encoder + linear head) or "gaussian" (plus
-    # a class-conditional Gaussian energy whose LogSumExp can carry a score; networks/energy.py).
+    # Guidance classifier's output: "plain" (the papers' encoder + linear head), "gaussian" (plus a
+    # class-conditional Gaussian energy whose LogSumExp can carry a score; networks/energy.py),
+    # "energy" (one Gaussian shared by every class) or "scaled" (the logits divided by sigma).
     classifier_head: str = "plain"
-    energy_rank: int = 16  # gaussian head: rank of the shared covariance's low-rank part
+    energy_rank: int = 16  # gaussian / energy heads: rank of the shared covariance's low-rank part
 
 
 @dataclass(frozen=True)
@@ -341,7 +342,10 @@ def from_flat(flat: dict[str, Any], base: str | None = None) -> TrialConfig:
     return override(config, flat)
 
 
-CLASSIFIER_HEADS = ("plain", "gaussian", "energy")  # model.classifier_head; networks/energy.py
+# model.classifier_head: networks/energy.py ("gaussian", "energy"); "scaled" divides the logits
+# by sigma (networks.SigmaScaledClassifier)
+CLASSIFIER_HEADS = ("plain", "gaussian", "energy", "scaled")
+ENERGY_HEADS = ("gaussian", "energy")  # the heads model.energy_rank shapes
 GUIDANCE_PRECISIONS = ("fp32", "bf16")  # sample.guidance_precision; trainables.guidance
 
 
@@ -349,7 +353,7 @@ def _check_heads(config: TrialConfig) -> None:
     """The guidance classifier's head and the precision of its guidance gradient."""
     if config.model.classifier_head not in CLASSIFIER_HEADS:
         raise ValueError(
-            "model.classifier_head must be 'plain', 'gaussian' or 'energy', "
+            "model.classifier_head must be 'plain', 'gaussian', 'energy' or 'scaled', "
             f"got {config.model.classifier_head!r}"
         )
     if config.model.energy_rank < 0:

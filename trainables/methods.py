@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from trainables import guidance, losses, names
-from trainables.config import LossConfig
+from trainables.config import ENERGY_HEADS, LossConfig
 from trainables.data.batches import Batch, Noise
 
 
@@ -220,7 +220,7 @@ def artifact_config(artifact: Artifact, config: Any) -> Any:
         head = model.classifier_head
     else:
         steps, batch, head = train.steps, train.batch_size, "plain"
-    rank = model.energy_rank if head != "plain" else type(model).energy_rank
+    rank = model.energy_rank if head in ENERGY_HEADS else type(model).energy_rank
     if (head, rank) != (model.classifier_head, model.energy_rank):
         model = dataclasses.replace(model, classifier_head=head, energy_rank=rank)
         config = dataclasses.replace(config, model=model)

@@ -93,7 +93,9 @@ def test_the_head_shapes_only_the_guidance_classifier():
 
 
 def test_an_unknown_head_is_refused_with_the_choices():
-    with pytest.raises(ValueError, match="must be 'plain', 'gaussian' or 'energy', got 'gauss'"):
+    with pytest.raises(
+        ValueError, match="must be 'plain', 'gaussian', 'energy' or 'scaled', got 'gauss'"
+    ):
         from_flat({"model.classifier_head": "gauss"}, base="toy")
     with pytest.raises(ValueError, match="model.energy_rank must be >= 0"):
         from_flat({"model.energy_rank": -1}, base="toy")
@@ -136,3 +138,23 @@ def test_on_tiny_images_the_energy_head_lets_sc_learn_without_losing_the_classes
     assert energy["sc_ratio_band1"] < 0.8
     assert energy["sc_ratio"] < 0.6
     assert results["energy"][1] >= results["plain"][1] - 0.05
+
+
+def test_scaled_head_divides_the_plain_logits_by_sigma_and_keys_only_the_guidance_classifier():
+    flat = {"method": "CG-SC-all", "model.hidden": 16, "model.depth": 1}
+    plain = from_flat(flat, base="toy")
+    scaled = from_flat({**flat, "model.classifier_head": "scaled"}, base="toy")
+    torch.manual_seed(0)
+    net = build_network("classifier", dim=2, num_classes=2, model_config=plain.model)
+    torch.manual_seed(0)
+    head = build_network("classifier", dim=2, num_classes=2, model_config=scaled.model)
+    head.net.load_state_dict(net.state_dict())
+    x, sigma = torch.randn(6, 2), torch.rand(6) + 0.05
+    torch.testing.assert_close(head(x, sigma), net(x, sigma) / sigma[:, None])
+    score, classifier = get_method("CG-SC-all").artifacts
+    assert artifact_key(artifact_identity(score, scaled)) == artifact_key(
+        artifact_identity(score, plain)
+    )
+    assert artifact_key(artifact_identity(classifier, scaled)) != artifact_key(
+        artifact_identity(classifier, plain)
+    )

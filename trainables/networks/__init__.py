@@ -36,12 +36,28 @@ class EnergyClassifier(nn.Module):
         return logits + energy.to(logits.dtype)
 
 
+class SigmaScaledClassifier(nn.Module):
+    """A classifier's logits divided by the noise level (model.classifier_head 'scaled'):
+    f_y(x, sigma) = c_y(x, sigma) / sigma, so sigma grad_x LSE f = grad_x LSE c is of the size
+    SC's target -z asks for at every sigma (docs/science.md, the variants of issue 15)."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        logits = self.net(x, sigma)
+        return logits / sigma.reshape(-1, 1).to(logits.dtype)
+
+
 def build_network(
     kind: str, *, dim: int | tuple[int, ...], num_classes: int, model_config: ModelConfig
 ) -> nn.Module:
     """A network of a registry kind: toy MLP for arch "mlp" (dim: int), NCSN++ for "ncsnpp" (dim: C,
     H, W); a classifier with model.classifier_head 'gaussian' gets the energy head."""
     net = _build_network(kind, dim=dim, num_classes=num_classes, model_config=model_config)
+    if kind == "classifier" and model_config.classifier_head == "scaled":
+        return SigmaScaledClassifier(net)
     if kind == "classifier" and model_config.classifier_head != "plain":
         flat = dim if isinstance(dim, int) else math.prod(dim)
         # "gaussian": one Gaussian per class; "energy": one shared by every class (CE cannot see it)
@@ -73,6 +89,7 @@ def _build_network(
 
 __all__ = [
     "EnergyClassifier",
+    "SigmaScaledClassifier",
     "NoiseEmbedding",
     "ToyClassifier",
     "ToyConditionalScoreNet",
