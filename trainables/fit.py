@@ -11,7 +11,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -336,6 +336,34 @@ def _epoch_metrics(
     return metrics
 
 
+@dataclass
+class _EpochMeter:
+    """An epoch's logged sums (kept on the device), its start, and the FLOPs of a step (counted on
+    this process's first) against the device's peak."""
+
+    peak: float | None
+    flops: int | None = None
+    sums: dict[str, torch.Tensor] = field(default_factory=dict)
+    start: float = field(default_factory=time.perf_counter)
+
+    def step(self, optimise: Callable[[], dict[str, torch.Tensor]]) -> None:
+        """Run one step and add what it logs."""
+        if self.flops is None:
+            logged, self.flops = count_flops(optimise)
+        else:
+            logged = optimise()
+        for name, value in logged.items():
+            self.sums[name] = self.sums.get(name, 0.0) + value.detach()
+
+    def close(self, artifact: Artifact, config: TrialConfig, done: int) -> dict:
+        """The epoch's metrics (its one host sync); the next epoch starts now."""
+        seconds = time.perf_counter() - self.start
+        means = {k: float(v) for k, v in self.sums.items()}
+        metrics = _epoch_metrics(artifact, config, means, done, seconds, (self.flops, self.peak))
+        self.sums, self.start = {}, time.perf_counter()
+        return metrics
+
+
 def _report_epoch(
     state: _TrainState,
     metrics: dict,
@@ -391,22 +419,13 @@ def train_artifact(
         config.train.seed,
     )
     every = config.train.checkpoint_every
-    peak = peak_tflops(device, config.train.precision, config.train.peak_tflops)
-    flops_per_step = None  # counted on this process's first step
-    sums: dict[str, float] = {}
-    epoch_start = time.perf_counter()
+    meter = _EpochMeter(peak_tflops(device, config.train.precision, config.train.peak_tflops))
     while state.step < config.train.steps:
         # One optimisation step on caller-drawn noise.
         rows = sampler.batch(state.step)
         uniform = sampler.uniform_mask(len(rows))
         batch, noise = _draw_batch(state, config, data, rows, sde, dist, device, uniform)
-        optimise = functools.partial(_optimise, state, artifact, config, batch, noise, dist)
-        if flops_per_step is None:
-            logged, flops_per_step = count_flops(optimise)
-        else:
-            logged = optimise()
-        for name, value in logged.items():
-            sums[name] = sums.get(name, 0.0) + value.detach()  # stays on the device until epoch end
+        meter.step(functools.partial(_optimise, state, artifact, config, batch, noise, dist))
         done = state.step
         epoch_end = done % config.train.steps_per_epoch == 0 or done == config.train.steps
         due = epoch_end or (every and done % every == 0)
@@ -418,11 +437,8 @@ def train_artifact(
             _save(state, ckpt)
         if not epoch_end:
             continue
-        seconds = time.perf_counter() - epoch_start
-        means = {k: float(v) for k, v in sums.items()}  # the epoch's one host sync
-        metrics = _epoch_metrics(artifact, config, means, done, seconds, (flops_per_step, peak))
+        metrics = meter.close(artifact, config, done)
         _report_epoch(state, metrics, evaluate, ckpt if dist.rank == 0 else None, callback)
-        sums, epoch_start = {}, time.perf_counter()
         if stop_after is not None and done >= stop_after:
             break
     return state.ema.eval()
