@@ -12,9 +12,9 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 test: $(VENV)/.installed
-	$(PY) -m pytest -q -m "not gpu"
+	$(PY) -m pytest -q -m "not gpu" --durations=15
 
-# Everything but the Ray studies (no cluster starts): the inner loop, under 90 s on 2 cores.
+# Everything but the Ray studies (no cluster starts): the inner loop, about 4 minutes on 2 cores.
 test-fast: $(VENV)/.installed
 	$(PY) -m pytest -q -m "not slow and not gpu"
 
