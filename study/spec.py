@@ -553,6 +553,15 @@ def _check_locations(raw: dict, errors: list[str]) -> None:
     for key in ("storage", "address"):
         if raw.get(key) is not None and not isinstance(raw.get(key), str):
             errors.append(f"{key}: expected a string, got {raw.get(key)!r}")
+    for key in ("storage", "artifact_store"):
+        value = raw.get(key)
+        if isinstance(value, str) and "://" in value:
+            # Path() would take "s3://b/x" for a relative folder "s3:/b/x" and write there.
+            errors.append(
+                f"{key}: {value!r} is a URI; object stores are not supported yet: use a folder "
+                "mounted at the same path on every node (a shared file system, or the bucket "
+                "mounted with s3fs / mountpoint-s3)"
+            )
     address = raw.get("address") or os.environ.get("RAY_ADDRESS") or ""
     if isinstance(address, str) and address.startswith("ray://"):
         errors.append(

@@ -111,6 +111,16 @@ BAD_INPUTS = [
     ("empty guidance grid", lambda p: _write(p, "guidance: {scales: []}\n"), "non-empty list"),
     ("trials_per_cell 0", lambda p: _write(p, "trials_per_cell: 0\n"), "trials_per_cell"),
     (
+        "object-store storage",
+        lambda p: _write(p, "storage: s3://bucket/studies\n"),
+        "object stores are not supported yet",
+    ),
+    (
+        "object-store artifact store",
+        lambda p: _write(p, f"artifact_store: gs://bucket/store\nstorage: {p / 'studies'}\n"),
+        "'gs://bucket/store' is a URI",
+    ),
+    (
         "unwritable artifact store",
         lambda p: _write(p, f"artifact_store: /proc/store\nstorage: {p / 'studies'}\n"),
         "the artifact store /proc/store is not writable",
