@@ -2,12 +2,13 @@
 SC.
 
     python bench/train_throughput.py --size tiny --image-size 16 --batch 32            # CPU
-    python bench/train_throughput.py --size paper --batch 128 --device cuda --precision fp32 bf16
+    python bench/train_throughput.py --size paper --batch 128 --device cuda --precision fp32 bf16 \
+        --channels-last --compile
 
-Reports images/s per step type, the SC / CE cost ratio (target: at most 3x) and, from torch's FLOP
-counter (convolutions, matmuls, attention), the achieved TFLOP/s, as a fraction of --peak-tflops
-when
-given (H200 dense bf16: 989). Results are printed as Markdown rows and optionally written as JSON.
+Reports images/s per step type (eager, and with --compile compiled), the SC / CE cost ratio
+(target: at most 2x) and, from the FLOPs training logs (trainables.flops: convolutions, matmuls,
+attention), the achieved TFLOP/s, as a fraction of the device's peak (--peak-tflops, or the listed
+GPU peak: H200 dense bf16 989.4). Results are printed as Markdown rows and optionally as JSON.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from trainables.config import (  # noqa: E402
     from_flat,
 )
 from trainables.data.batches import Batch, Noise  # noqa: E402
+from trainables.flops import peak_tflops as device_peak  # noqa: E402
 from trainables.losses import ce_loss, dsm_loss, sc_loss  # noqa: E402
 from trainables.methods import ModelFns, artifact_loss, get_method  # noqa: E402
 
@@ -108,9 +110,19 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--device", default="cpu")
     p.add_argument("--precision", nargs="+", default=["fp32"], choices=["fp32", "bf16"])
     p.add_argument("--channels-last", action="store_true")
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="also time the score and CE steps with torch.compile (SC has a double backward, "
+        "which compiled graphs do not support: its rows stay eager)",
+    )
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     p.add_argument(
-        "--peak-tflops", type=float, default=0.0, help="dense peak of the device for the precision"
+        "--peak-tflops",
+        type=float,
+        default=0.0,
+        help="dense peak of the device for the precision (0 = the listed GPU peak of "
+        "trainables.flops; none on a CPU)",
     )
     p.add_argument("--json", type=Path, default=None)
     return p.parse_args()
@@ -138,41 +150,56 @@ def main() -> None:
         f"# NCSN++ {args.size}, {args.image_size}x{args.image_size}, batch {args.batch}, "
         f"{device} ({torch.get_num_threads()} threads), torch {torch.__version__}"
     )
-    print("| step | precision | s/step | images/s | TFLOP/step | TFLOP/s | of peak |")
-    print("|---|---|---|---|---|---|---|")
+    print("| step | precision | mode | s/step | images/s | TFLOP/step | TFLOP/s | of peak |")
+    print("|---|---|---|---|---|---|---|---|")
+    modes = ("eager", "compiled") if args.compile else ("eager",)
     for precision in args.precision:
+        peak_tflops = device_peak(device, precision, args.peak_tflops)
         for kind, network in (
             ("score", "score"),
             ("classifier CE", "classifier"),
             ("classifier CE+SC", "classifier"),
             ("classifier CE+SC separate", "classifier"),
         ):
-            torch.manual_seed(0)
-            net = build_network(
-                network, dim=shape, num_classes=args.classes, model_config=config
-            ).to(device, memory_format=memory)
-            step = step_fn(kind, net, x, y, precision)
-            seconds = measure(step, device, args.steps, args.warmup)
-            flops = count_flops(step)
-            tflops = flops / seconds / 1e12
-            peak = f"{tflops / args.peak_tflops:.0%}" if args.peak_tflops else ""
-            rows.append(
-                {
-                    "step": kind,
-                    "precision": precision,
-                    "seconds": seconds,
-                    "images_per_s": args.batch / seconds,
-                    "tflop_per_step": flops / 1e12,
-                    "tflops": tflops,
-                }
-            )
-            print(
-                f"| {kind} | {precision} | {seconds:.4f} | {args.batch / seconds:.1f} | "
-                f"{flops / 1e12:.4f} | {tflops:.3f} | {peak} |",
-                flush=True,
-            )
+            for mode in modes:
+                if mode == "compiled" and "SC" in kind:
+                    continue
+                torch.manual_seed(0)
+                net = build_network(
+                    network, dim=shape, num_classes=args.classes, model_config=config
+                ).to(device, memory_format=memory)
+                # FLOPs are counted eagerly: inside a compiled graph the ops are fused kernels.
+                flops = count_flops(step_fn(kind, net, x, y, precision))
+                loss_net = torch.compile(net) if mode == "compiled" else net
+                step = step_fn(kind, loss_net, x, y, precision)
+                start = time.perf_counter()
+                seconds = measure(step, device, args.steps, args.warmup)
+                first = time.perf_counter() - start - seconds * args.steps
+                tflops = flops / seconds / 1e12
+                peak = f"{tflops / peak_tflops:.1%}" if peak_tflops else ""
+                rows.append(
+                    {
+                        "step": kind,
+                        "precision": precision,
+                        "mode": mode,
+                        "seconds": seconds,
+                        "warmup_seconds": first,
+                        "images_per_s": args.batch / seconds,
+                        "tflop_per_step": flops / 1e12,
+                        "tflops": tflops,
+                    }
+                )
+                print(
+                    f"| {kind} | {precision} | {mode} | {seconds:.4f} | "
+                    f"{args.batch / seconds:.1f} | {flops / 1e12:.4f} | {tflops:.3f} | {peak} |",
+                    flush=True,
+                )
     for precision in args.precision:
-        by = {r["step"]: r["seconds"] for r in rows if r["precision"] == precision}
+        by = {
+            r["step"]: r["seconds"]
+            for r in rows
+            if r["precision"] == precision and r["mode"] == "eager"
+        }
         shared = by["classifier CE+SC"] / by["classifier CE"]
         separate = by["classifier CE+SC separate"] / by["classifier CE"]
         print(
