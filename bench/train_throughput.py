@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from trainables.config import (  # noqa: E402
     NCSNPP_SIZES,
     LossConfig,  # noqa: E402
+    ModelConfig,
     from_flat,
 )
 from trainables.data.batches import Batch, Noise  # noqa: E402
@@ -96,6 +97,41 @@ def count_flops(step) -> float:
     return float(count(step)[1])
 
 
+def time_step(
+    kind: str,
+    network: str,
+    mode: str,
+    precision: str,
+    args: argparse.Namespace,
+    config: ModelConfig,
+    x: torch.Tensor,
+    y: torch.Tensor,
+) -> dict:
+    """One step kind's row: seconds per step (eager or compiled), warm-up seconds (the compile
+    included), images/s, and the FLOPs, counted eagerly (inside a compiled graph the ops are fused
+    kernels)."""
+    device = x.device
+    torch.manual_seed(0)
+    memory = torch.channels_last if args.channels_last else torch.contiguous_format
+    net = build_network(
+        network, dim=tuple(x.shape[1:]), num_classes=args.classes, model_config=config
+    ).to(device, memory_format=memory)
+    flops = count_flops(step_fn(kind, net, x, y, precision))
+    step = step_fn(kind, torch.compile(net) if mode == "compiled" else net, x, y, precision)
+    start = time.perf_counter()
+    seconds = measure(step, device, args.steps, args.warmup)
+    return {
+        "step": kind,
+        "precision": precision,
+        "mode": mode,
+        "seconds": seconds,
+        "warmup_seconds": time.perf_counter() - start - seconds * args.steps,
+        "images_per_s": args.batch / seconds,
+        "tflop_per_step": flops / 1e12,
+        "tflops": flops / seconds / 1e12,
+    }
+
+
 def parse_args() -> argparse.Namespace:
     """The benchmark's options."""
     p = argparse.ArgumentParser(
@@ -126,6 +162,22 @@ def parse_args() -> argparse.Namespace:
     )
     p.add_argument("--json", type=Path, default=None)
     return p.parse_args()
+
+
+def print_sc_ratios(rows: list[dict], precisions: list[str]) -> None:
+    """The eager CE+SC step's time over the CE step's, per precision (target: at most 2x)."""
+    for precision in precisions:
+        by = {
+            r["step"]: r["seconds"]
+            for r in rows
+            if r["precision"] == precision and r["mode"] == "eager"
+        }
+        shared = by["classifier CE+SC"] / by["classifier CE"]
+        separate = by["classifier CE+SC separate"] / by["classifier CE"]
+        print(
+            f"\n{precision}: CE+SC step / CE step = {shared:.2f}x (target <= 2x); "
+            f"with separate forwards {separate:.2f}x"
+        )
 
 
 def main() -> None:
@@ -164,48 +216,17 @@ def main() -> None:
             for mode in modes:
                 if mode == "compiled" and "SC" in kind:
                     continue
-                torch.manual_seed(0)
-                net = build_network(
-                    network, dim=shape, num_classes=args.classes, model_config=config
-                ).to(device, memory_format=memory)
-                # FLOPs are counted eagerly: inside a compiled graph the ops are fused kernels.
-                flops = count_flops(step_fn(kind, net, x, y, precision))
-                loss_net = torch.compile(net) if mode == "compiled" else net
-                step = step_fn(kind, loss_net, x, y, precision)
-                start = time.perf_counter()
-                seconds = measure(step, device, args.steps, args.warmup)
-                first = time.perf_counter() - start - seconds * args.steps
-                tflops = flops / seconds / 1e12
+                row = time_step(kind, network, mode, precision, args, config, x, y)
+                rows.append(row)
+                tflops = row["tflops"]
                 peak = f"{tflops / peak_tflops:.1%}" if peak_tflops else ""
-                rows.append(
-                    {
-                        "step": kind,
-                        "precision": precision,
-                        "mode": mode,
-                        "seconds": seconds,
-                        "warmup_seconds": first,
-                        "images_per_s": args.batch / seconds,
-                        "tflop_per_step": flops / 1e12,
-                        "tflops": tflops,
-                    }
-                )
                 print(
-                    f"| {kind} | {precision} | {mode} | {seconds:.4f} | "
-                    f"{args.batch / seconds:.1f} | {flops / 1e12:.4f} | {tflops:.3f} | {peak} |",
+                    f"| {kind} | {precision} | {mode} | {row['seconds']:.4f} | "
+                    f"{row['images_per_s']:.1f} | {row['tflop_per_step']:.4f} | {tflops:.3f} | "
+                    f"{peak} |",
                     flush=True,
                 )
-    for precision in args.precision:
-        by = {
-            r["step"]: r["seconds"]
-            for r in rows
-            if r["precision"] == precision and r["mode"] == "eager"
-        }
-        shared = by["classifier CE+SC"] / by["classifier CE"]
-        separate = by["classifier CE+SC separate"] / by["classifier CE"]
-        print(
-            f"\n{precision}: CE+SC step / CE step = {shared:.2f}x (target <= 2x); "
-            f"with separate forwards {separate:.2f}x"
-        )
+    print_sc_ratios(rows, args.precision)
     if args.json:
         args.json.write_text(
             json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "rows": rows}, indent=2)

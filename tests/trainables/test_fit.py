@@ -142,7 +142,7 @@ def test_reported_flops_are_the_analytic_matmul_count_of_a_dsm_step():
 def test_mfu_is_measured_against_the_configured_peak_and_a_negative_peak_is_refused():
     import pytest
 
-    _, config, split = _setup("CG")
+    _, _, split = _setup("CG")
     config = from_flat(
         {"method": "CG", "data.label_percent": 20, **FAST, "train.peak_tflops": 0.5}, base="toy"
     )

@@ -25,6 +25,7 @@ from trainables.evaluation.fid import (
     FeatureExtractor,
     Measured,
     Stats,
+    batched,
     check_inception,
     classifier_extractor,
     generation_metrics,
@@ -87,17 +88,16 @@ class Evaluator:
     samples_read: int = 0  # samples whose features, probabilities and labels this process read
 
     def classify(self, images: torch.Tensor, batch_size: int = 256) -> np.ndarray:
+        """The evaluation classifier's labels at sigma_min, in batches (fid.batched)."""
         device = next(self.classifier.parameters()).device
-        out = []
-        with torch.no_grad():
-            for start in range(0, len(images), batch_size):
-                x = images[start : start + batch_size].to(device)
-                out.append(
-                    self.classifier(x, torch.full((len(x),), self.sigma, device=device))
-                    .argmax(1)
-                    .cpu()
-                )
-        return torch.cat(out).numpy()
+
+        def read(batch: torch.Tensor) -> np.ndarray:
+            x = batch.to(device)
+            with torch.no_grad():
+                logits = self.classifier(x, torch.full((len(x),), self.sigma, device=device))
+            return logits.argmax(1).cpu().numpy()
+
+        return batched(read, images, batch_size)
 
 
 def _eval_classifier(
