@@ -80,3 +80,29 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+# Image trials on 2 Ray Train workers (gloo), one per method family (the image e2e tests).
+DDP_SPEC = {
+    "name": "ddp",
+    "base_config": "tiny-images",
+    "dataset": "tiny-images",
+    "methods": ["CG-SC-all", "Joint-SC", "CFG-all"],
+    "label_percents": [50],
+    "num_trials": 3,
+    "objectives": [{"metric": "guided_dsm", "mode": "min"}],
+    "resources": {"cpus_per_trial": 0.95, "num_workers": 2, "max_concurrent_trials": 1},
+    "config": {
+        "data.num_train": 128,
+        "data.num_test": 64,
+        "train.steps": 20,
+        "train.steps_per_epoch": 10,
+        "train.batch_size": 16,
+        "sample.num_steps": 6,
+        "sample.num_per_class": 2,
+        "sample.batch_size": 4,  # 2 chunks of samples: one per Train worker (sharded evaluation)
+        "eval.num_points": 32,
+        "eval.sigmas": [0.2],
+        "eval.classifier_steps": 30,
+    },
+}

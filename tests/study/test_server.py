@@ -30,7 +30,7 @@ def server(tmp_path):
         start_new_session=True,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
+    deadline = time.monotonic() + 240  # a loaded machine (pytest-xdist)
     while time.monotonic() < deadline:
         try:
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
@@ -39,7 +39,7 @@ def server(tmp_path):
             assert proc.poll() is None, proc.stdout.read()
             time.sleep(0.5)
     else:
-        raise AssertionError("study server did not answer within 90 s")
+        raise AssertionError("study server did not answer within 240 s")
     yield url, port
     os.killpg(proc.pid, signal.SIGTERM)
     proc.wait(timeout=30)

@@ -53,6 +53,23 @@ def _alive_nodes(address: str) -> int:
     return int(out.stdout.strip().splitlines()[-1]) if out.returncode == 0 else 0
 
 
+def _submit(jobs: str, job: Path) -> subprocess.CompletedProcess:
+    """`ray job submit` of the study in `job`, again while the head's job agent is not up yet
+    (Ray answers "No available agent to submit job, please try again later" on a loaded machine).
+    """
+    deadline = time.monotonic() + 180
+    while True:
+        result = subprocess.run(
+            [RAY, "job", "submit", "--address", jobs, "--working-dir", ".", "--",
+             sys.executable, "-m", "study", "run", "spec.yaml", "--quiet"],
+            cwd=job, env={**cli_env(), "MLFLOW_DISABLE_TELEMETRY": "true", **AUTH},
+            capture_output=True, text=True, timeout=900,
+        )  # fmt: skip
+        if "No available agent" not in result.stdout + result.stderr or time.monotonic() > deadline:
+            return result
+        time.sleep(5)
+
+
 @pytest.fixture
 def two_nodes(tmp_path):
     port, dashboard = _free_port(), _free_port()
@@ -127,13 +144,7 @@ def test_a_tiny_images_study_on_two_nodes_has_one_yardstick_and_every_record(tmp
     job.mkdir()
     (job / "spec.yaml").write_text(yaml.safe_dump(spec))
     # The driver runs on the head node (the job sets RAY_ADDRESS, which the spec then uses).
-    result = subprocess.run(
-        [RAY, "job", "submit", "--address", jobs, "--working-dir", ".", "--",
-         sys.executable, "-m", "study", "run", "spec.yaml", "--quiet"],
-        cwd=job, env={**cli_env(), "MLFLOW_DISABLE_TELEMETRY": "true", **AUTH},
-        capture_output=True,
-        text=True, timeout=900,
-    )  # fmt: skip
+    result = _submit(jobs, job)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "| CG-SC-all |" in result.stdout and "| CFG-all |" in result.stdout  # table complete
     study_dir = shared / "studies" / "two-nodes"
