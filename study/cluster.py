@@ -98,16 +98,28 @@ def check_nodes(spec: StudySpec, nodes: list[dict[str, float]]) -> None:
     )
 
 
-def _probe(config: dict, base_config: str, dataset_images: bool, markers: list[str]) -> list[str]:
-    """On one node: the study's folders visible (their marker files exist) and, for images, the
-    dataset and the Inception weights present (the spec's own checks)."""
+def _probe(
+    config: dict, base_config: str, dataset_images: bool, markers: list[str], stores: list[str]
+) -> list[str]:
+    """On one node: the study's folders visible (their marker files exist), its object stores
+    writable and, for images, the dataset and the Inception weights present (the spec's own
+    checks)."""
     from pathlib import Path
+
+    from trainables.storage import Place
 
     problems = [
         f"{Path(m).parent} is not visible there; mount it at the same path on every node"
         for m in markers
         if not Path(m).exists()
     ]
+    for store in stores:
+        problem = Place(store).problem()
+        if problem is not None:
+            problems.append(
+                f"cannot write to {store} there ({problem}); give every node the store's "
+                "credentials and endpoint (AWS_ACCESS_KEY_ID, AWS_ENDPOINT_URL, ...)"
+            )
     if dataset_images:
         from study.spec import _check_images
         from trainables.config import from_flat
@@ -118,7 +130,8 @@ def _probe(config: dict, base_config: str, dataset_images: bool, markers: list[s
 
 def preflight_nodes(spec: StudySpec, folders: list, timeout: float = 120.0) -> None:
     """Before any trial: every alive node that can run trials sees the study's folders (a marker
-    file the driver writes in each, looked for by a Ray task pinned to the node) and holds the
+    file the driver writes in each, looked for by a Ray task pinned to the node), can write to its
+    object stores (trainables.storage.Place; a folder is given as a path or a Place) and holds the
     dataset and Inception weights the spec needs. A local Ray started by the study is this machine
     (already checked): nothing to do."""
     import uuid
@@ -133,7 +146,11 @@ def preflight_nodes(spec: StudySpec, folders: list, timeout: float = 120.0) -> N
         return
     nodes = [n for n in ray.nodes() if n.get("Alive") and n["Resources"].get("CPU", 0) > 0]
     markers = []
+    stores = [f.location for f in folders if getattr(f, "remote", False)]
     for folder in folders:
+        if getattr(folder, "remote", False):
+            continue
+        folder = getattr(folder, "local", folder)
         Path(folder).mkdir(parents=True, exist_ok=True)
         marker = Path(folder) / f".study-probe-{uuid.uuid4().hex[:8]}"
         marker.write_text("visible?")
@@ -144,7 +161,7 @@ def preflight_nodes(spec: StudySpec, folders: list, timeout: float = 120.0) -> N
         refs = {
             n["NodeManagerAddress"] + " " + n["NodeID"][:8]: probe.options(
                 scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)
-            ).remote(config, spec.base_config, spec.dataset in IMAGE_DATASETS, markers)
+            ).remote(config, spec.base_config, spec.dataset in IMAGE_DATASETS, markers, stores)
             for n in nodes
         }
         for node, ref in refs.items():

@@ -22,6 +22,7 @@ import yaml
 from study.errors import StudyError
 from study.spec import SEED_KEYS, StudySpec, check_tracking_uri, validate
 from trainables.names import LABEL_PERCENT_KEY, SPEC_FILE
+from trainables.storage import Place
 
 MAX_RERUNS = 3  # rounds of re-running lost configurations within one resume
 
@@ -29,8 +30,19 @@ __all__ = ["StudyError", "StudyInterrupted", "load_study_spec", "run_study", "st
 
 
 def study_dir_for(spec: StudySpec) -> Path:
-    """Absolute study directory: <storage or ./studies>/<name>."""
-    return (Path(spec.storage or "studies") / spec.name).resolve()
+    """Absolute study directory: <storage or ./studies>/<name>, or its mirror on this machine when
+    storage is an object-store URI (trainables.storage)."""
+    return spec.study_place().local
+
+
+def check_store(place: Place, what: str) -> None:
+    """An object-store place answers: a small object written, read back and removed."""
+    problem = place.problem()
+    if problem is not None:
+        raise StudyError(
+            f"cannot write to the {what} {place.location} ({problem}); fix the URI, or the store's "
+            "credentials and endpoint (AWS_ACCESS_KEY_ID, AWS_ENDPOINT_URL, ...) in this shell"
+        )
 
 
 def full_params(params: dict, *, base: dict, base_config: str) -> dict[str, Any]:
@@ -70,13 +82,17 @@ def prepare(spec: StudySpec, *, resume: bool) -> tuple[Path, str]:
     from study.tracking import check_study_identity, resolve_tracking_uri
 
     study_dir = study_dir_for(spec)
-    if not resume and (study_dir / SPEC_FILE).exists():
+    place, store_place = spec.study_place(), spec.artifact_place(spec.study_place())
+    for where, what in ((place, "storage"), (store_place, "artifact store")):
+        if where.remote:
+            check_store(where, what)
+    if not resume and place.exists(study_dir / SPEC_FILE):
         raise StudyError(
             f"study directory {study_dir} already holds a study; "
             f"use 'study resume {study_dir}' or give the spec a new name"
         )
     check_writable(study_dir)
-    store = spec.artifact_dir(study_dir)
+    store = store_place.local
     check_writable(
         store, f"the artifact store {store} is not writable; set 'artifact_store' in the spec to a "
         f"writable folder (or 'study' for the study directory)"
@@ -92,7 +108,7 @@ def prepare(spec: StudySpec, *, resume: bool) -> tuple[Path, str]:
     init_ray(spec.address, dashboard=spec.resources.num_workers > 0)
     check_cluster(spec)
     # Every node that will run trials sees the study's folders and holds its data.
-    preflight_nodes(spec, [study_dir.parent, store])
+    preflight_nodes(spec, [place if place.remote else study_dir.parent, store_place])
     return study_dir, uri
 
 
@@ -105,8 +121,8 @@ def _study_context(spec: StudySpec, study_dir: Path) -> Any:
     trial = TrialContext(
         params=spec.base_params(),
         base_config=spec.base_config,
-        cache_dir=str(spec.artifact_dir(study_dir)),
-        record_dir=str(study_dir / "trials"),
+        cache_dir=str(spec.artifact_place(spec.study_place(study_dir))),
+        record_dir=str(spec.study_place(study_dir) / "trials"),
         threads=max(1, int(resources.cpus_per_trial)),  # per process: the trial's or a worker's
         local_mode=resources.num_workers == 0,
         eval_every_epoch=spec.scheduler.type == "asha",
@@ -114,7 +130,7 @@ def _study_context(spec: StudySpec, study_dir: Path) -> Any:
     )
     return StudyContext(
         trial=trial,
-        train_dir=str(study_dir / "train"),
+        train_dir=str(spec.study_place(study_dir) / "train"),
         num_workers=resources.num_workers,
         cpus=resources.cpus_per_trial,
         gpus=resources.gpus_per_trial,
@@ -144,9 +160,9 @@ def _tuner(
         name = f"{spec.name}-rerun{count}"
     elif extend:
         name = f"{spec.name}-more{count}"
-    experiment = study_dir / "tune" / name
-    if resume and rerun is None and not extend and tune.Tuner.can_restore(str(experiment)):
-        return tune.Tuner.restore(str(experiment), trainable, resume_errored=True)
+    experiment = str(spec.study_place(study_dir) / "tune" / name)  # a folder or a URI
+    if resume and rerun is None and not extend and tune.Tuner.can_restore(experiment):
+        return tune.Tuner.restore(experiment, trainable, resume_errored=True)
     searcher = make_searcher(spec, study_dir, points=rerun)
     samples = searcher.total
     if extend:
@@ -160,13 +176,18 @@ def _tuner(
         reuse_actors=True,
     )
     run_config = tune.RunConfig(
-        name=name, storage_path=str(study_dir / "tune"), callbacks=[tracker], verbose=0
+        name=name,
+        storage_path=str(spec.study_place(study_dir) / "tune"),
+        callbacks=[tracker],
+        verbose=0,
     )
     return tune.Tuner(trainable, tune_config=tune_config, run_config=run_config)
 
 
 def _experiments(study_dir: Path, spec: StudySpec) -> list[Path]:
-    """The study's Tune experiments: the main one and the re-runs after resumes."""
+    """The study's Tune experiments: the main one and the re-runs after resumes (in this machine's
+    mirror of an object store, copied from it first)."""
+    (spec.study_place(study_dir) / "tune").pull()
     tune_dir = study_dir / "tune"
     main = [tune_dir / spec.name] if (tune_dir / spec.name).is_dir() else []
     others = [f"{spec.name}-{kind}*" for kind in ("rerun", "more", "final")]
@@ -254,7 +275,7 @@ def with_evaluation_cache(spec: StudySpec, study_dir: Path) -> StudySpec:
     """
     if EVALUATION_CACHE_KEY in spec.config:
         return spec
-    folder = str(spec.artifact_dir(study_dir) / "evaluation")
+    folder = str(spec.artifact_place(spec.study_place(study_dir)) / "evaluation")
     return replace(spec, config={**spec.config, EVALUATION_CACHE_KEY: folder})
 
 
@@ -262,15 +283,17 @@ def _save_spec(spec: StudySpec, study_dir: Path, uri: str) -> None:
     """The saved spec pins where results live, so resume / table / export find them from
     anywhere (written to a temporary file, then moved into place)."""
     study_dir.mkdir(parents=True, exist_ok=True)
+    place = spec.study_place(study_dir)
     saved = {
         **spec.to_dict(),
-        "storage": str(study_dir.parent),
+        "storage": spec.storage if place.remote else str(study_dir.parent),
         "tracking_uri": uri,
-        "artifact_store": str(spec.artifact_dir(study_dir)),
+        "artifact_store": str(spec.artifact_place(place)),
     }
     tmp = study_dir / f"{SPEC_FILE}.tmp"
     tmp.write_text(yaml.safe_dump(saved, sort_keys=False))
     os.replace(tmp, study_dir / SPEC_FILE)
+    place.push(study_dir / SPEC_FILE)
     trust_study(study_dir)
 
 
@@ -301,7 +324,7 @@ def _session(
         uri,
         exp_id,
         parent,
-        study_dir / "trials",
+        str(spec.study_place(study_dir) / "trials"),
         to_params,
         verbose,
         study_id=spec.study_id,
@@ -330,6 +353,7 @@ def _run_session(
     finally:
         known = _known_trials(study_dir, spec)
         records = study_dir / "trials"
+        (spec.study_place(study_dir) / "trials").pull()  # an object store's records, mirrored
         reconcile(uri, exp_id, known_trials=known, study_id=spec.study_id, record_root=records)
         client.set_terminated(parent, outcome)
     client.log_metric(parent, f"study/{stage}_wall_seconds", time.perf_counter() - start)
@@ -418,8 +442,11 @@ def run_final(
     if points is None:
         points = final_points(study_dir, spec, seeds, dict(overrides or {}))
     study_dir, uri = prepare(spec, resume=True)
-    name = f"{spec.name}-final{len(list((study_dir / 'tune').glob(f'{spec.name}-final*')))}"
-    store = spec.artifact_dir(study_dir)
+    final_runs = [
+        e for e in _experiments(study_dir, spec) if e.name.startswith(f"{spec.name}-final")
+    ]
+    name = f"{spec.name}-final{len(final_runs)}"
+    store = spec.artifact_place(spec.study_place(study_dir))
     stages, needs = plan_stages(points, spec.base_params(), spec.base_config, store)
 
     def fit(trainable: Any, tracker: Any) -> bool:
@@ -430,7 +457,10 @@ def run_final(
             reuse_actors=True,
         )
         run_config = tune.RunConfig(
-            name=name, storage_path=str(study_dir / "tune"), callbacks=[tracker], verbose=0
+            name=name,
+            storage_path=str(spec.study_place(study_dir) / "tune"),
+            callbacks=[tracker],
+            verbose=0,
         )
         tuner = tune.Tuner(trainable, tune_config=tune_config, run_config=run_config)
         return _fit_noting_interrupt(tuner)[1]

@@ -26,6 +26,7 @@ from trainables.names import (
     TUNED_KEYS,
     VALIDATION_PREFIX,
 )
+from trainables.storage import Place
 
 
 class FinalResultOptunaSearch(OptunaSearch):
@@ -81,7 +82,8 @@ class CellSearcher(Searcher):
         self.study_name, self.seed = spec.name, spec.seed
         self.ranges = dict(spec.search)
         self.storage_url = f"sqlite:///{study_dir / 'optuna.db'}"
-        self.record_root = str(study_dir / "trials")  # the trials' records (trainables.names)
+        # The trials' records (trainables.names): a folder or an object-store URI.
+        self.record_root = str(spec.study_place(study_dir) / "trials")
         self.cells: list[Cell] = [(m, float(p)) for m in spec.methods for p in spec.label_percents]
         self.points = list(points) if points is not None else None
         self.budget = spec.cell_budgets()
@@ -96,7 +98,7 @@ class CellSearcher(Searcher):
             stage_points = self.points
         else:
             stage_points = [self._default_point(cell) for cell in self.cells]
-        store = spec.artifact_dir(study_dir)
+        store = spec.artifact_place(spec.study_place(study_dir))
         stages, needs = plan_stages(stage_points, spec.base_params(), spec.base_config, store)
         self.gate = StageGate(stages)
         self.point_needs = list(needs) if self.points is not None else []
@@ -157,7 +159,9 @@ class CellSearcher(Searcher):
 
     def _finished_records(self) -> dict[tuple[Cell, tuple], dict]:
         """(cell, knobs) -> final result of every trial whose records say it finished."""
-        root = Path(getattr(self, "record_root", "") or "/nonexistent")
+        location = getattr(self, "record_root", "") or "/nonexistent"
+        Place(location).pull()  # an object store's records into this machine's mirror
+        root = Place(location).local
         out = {}
         for folder in root.iterdir() if root.is_dir() else []:
             final, params = folder / FINAL_RECORD, folder / PARAMS_RECORD

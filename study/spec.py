@@ -23,6 +23,7 @@ from search_spaces import DEFAULT_GUIDANCE_SCALES, DEFAULT_RANGES, Range
 from search_spaces.spaces import PRESET_RANGES
 from study.errors import SpecError
 from trainables import names
+from trainables.storage import Place, is_uri
 
 __all__ = ["SpecError", "StudySpec", "load_raw", "load_spec", "preset_names", "validate"]
 
@@ -112,12 +113,26 @@ class StudySpec:
     # the study directory's own artifacts/). The saved spec pins the resolved folder.
     artifact_store: str | None = None
 
-    def artifact_dir(self, study_dir: Path) -> Path:
-        """The resolved artifact store of this study."""
+    def study_place(self, study_dir: Path | None = None) -> Place:
+        """The study's folder of its storage: in an object store, its URI (whose node-local mirror
+        is the study directory); else study_dir when given (where the study was found), else
+        <storage or ./studies>/<name>."""
+        if self.storage and is_uri(self.storage):
+            return Place(self.storage) / self.name
+        if study_dir is not None:
+            return Place(str(study_dir))
+        return Place(self.storage or "studies") / self.name
+
+    def artifact_place(self, study: Place) -> Place:
+        """The resolved artifact store of this study (a folder or an object-store URI)."""
         if self.artifact_store == "study":
-            return study_dir / "artifacts"
+            return study / "artifacts"
         default = os.environ.get(STORE_ENV) or "~/.cache/sc-guidance/artifacts"
-        return Path(self.artifact_store or default).expanduser().resolve()
+        return Place(self.artifact_store or default)
+
+    def artifact_dir(self, study_dir: Path) -> Path:
+        """This machine's folder of the artifact store (an object store's mirror)."""
+        return self.artifact_place(self.study_place(study_dir)).local
 
     def cell_budgets(self) -> dict[tuple[str, float], int]:
         """Trials per (method, label %) cell: trials_per_cell each, or num_trials dealt round
@@ -548,6 +563,9 @@ def _budget(raw: dict, errors: list[str]) -> tuple[Any, Any]:
     return num_trials, per_cell
 
 
+OBJECT_STORES = ("s3", "gs", "abfs", "hdfs")  # pyarrow.fs.FileSystem.from_uri's schemes
+
+
 def _check_locations(raw: dict, errors: list[str]) -> None:
     """storage, address, tracking_uri, study_id and artifact_store: where a study lives."""
     for key in ("storage", "address"):
@@ -555,12 +573,12 @@ def _check_locations(raw: dict, errors: list[str]) -> None:
             errors.append(f"{key}: expected a string, got {raw.get(key)!r}")
     for key in ("storage", "artifact_store"):
         value = raw.get(key)
-        if isinstance(value, str) and "://" in value:
-            # Path() would take "s3://b/x" for a relative folder "s3:/b/x" and write there.
+        scheme = value.partition("://")[0] if isinstance(value, str) and is_uri(value) else None
+        if scheme is not None and (scheme not in OBJECT_STORES or not value.partition("://")[2]):
             errors.append(
-                f"{key}: {value!r} is a URI; object stores are not supported yet: use a folder "
-                "mounted at the same path on every node (a shared file system, or the bucket "
-                "mounted with s3fs / mountpoint-s3)"
+                f"{key}: {value!r} is not an object-store URI pyarrow opens; use "
+                f"{' or '.join(f'{s}://BUCKET/PREFIX' for s in OBJECT_STORES)}, or a folder "
+                "mounted at the same path on every node"
             )
     address = raw.get("address") or os.environ.get("RAY_ADDRESS") or ""
     if isinstance(address, str) and address.startswith("ray://"):

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from trainables.names import EVALUATION_STAGE, METHOD_KEY, STAGE_KEY, TUNED_KEYS
+from trainables.storage import Place, stored
 
 
 @dataclass(frozen=True)
@@ -29,7 +30,7 @@ class Stage:
 
     key: str  # <artifact>-<key>, the cache folder's name
     params: dict[str, Any]  # a trial that uses it, with STAGE_KEY = the artifact to stop after
-    model: str  # <store>/<key>/model.pt
+    model: str  # <store>/<key>/model.pt (a path or an object-store URI)
 
 
 def artifact_folders(config: Any) -> list[tuple[Any, str]]:
@@ -75,7 +76,7 @@ def _evaluation_stage(params: dict, base_config: str) -> Stage | None:
     identity = artifact_identity(EVAL_CLASSIFIER, eval_classifier_config(config))
     key = f"{EVAL_CLASSIFIER.name}-{artifact_key(identity)}"
     model = cache_root(config) / "eval-classifiers" / key / "model.pt"
-    return Stage(key, {**params, STAGE_KEY: EVALUATION_STAGE}, str(model))
+    return Stage(key, {**params, STAGE_KEY: EVALUATION_STAGE}, model.location)
 
 
 def plan_stages(
@@ -84,8 +85,8 @@ def plan_stages(
     """(the stages, the stage keys each point needs) for the configurations points (trial params
     over base). Networks already in the store are no stage (store None: every shared network is,
     as `study plan` draws the graph)."""
-    trained = (lambda model: False) if store is None else (lambda model: Path(model).exists())
-    store = store or Path("artifact-store")
+    trained = (lambda model: False) if store is None else stored
+    store = Place(str(store or "artifact-store"))
     users: dict[str, list[int]] = {}
     first: dict[str, tuple[dict, str]] = {}
     for i, point in enumerate(points):
@@ -96,9 +97,9 @@ def plan_stages(
                 users.setdefault(key, []).append(i)
                 first.setdefault(key, (point, name))
     stages = [
-        Stage(key, {**first[key][0], STAGE_KEY: first[key][1]}, str(store / key / "model.pt"))
+        Stage(key, {**first[key][0], STAGE_KEY: first[key][1]}, (store / key / "model.pt").location)
         for key, used in users.items()
-        if len(used) > 1 and not trained(store / key / "model.pt")
+        if len(used) > 1 and not trained((store / key / "model.pt").location)
     ]
     needs = [set() for _ in points]
     for stage in stages:
@@ -126,7 +127,7 @@ class StageGate:
         """The next stage trial's params (None when none is left to hand out)."""
         while self.pending:
             stage = self.pending.pop(0)
-            if Path(stage.model).exists():
+            if stored(stage.model):
                 self.done.add(stage.key)
                 continue
             self.live[trial_id] = stage
@@ -140,7 +141,7 @@ class StageGate:
             return True
         for key in needs - self.done:
             stage = next((s for s in self.live.values() if s.key == key), None)
-            if stage is not None and Path(stage.model).exists():
+            if stage is not None and stored(stage.model):
                 self.done.add(key)  # trained (the stage trial is still writing its records)
             elif stage is not None or any(s.key == key for s in self.pending):
                 return False

@@ -31,6 +31,7 @@ from trainables.names import (
     TAGS_RECORD,
     parse_curve_key,
 )
+from trainables.storage import Place
 
 TERMINAL = {"FINISHED", "FAILED", "KILLED"}
 STEP_METRIC = "tracker/step"  # the run's own result counter, continued across restores
@@ -141,7 +142,7 @@ class MLflowTracker(tune.Callback):
         tracking_uri: str,
         experiment_id: str,
         parent_run_id: str,
-        record_root: Path,
+        record_root: Path | str,  # a folder or an object-store URI (trainables.storage)
         full_params: Callable[[dict], dict],
         verbose: bool = True,
         study_id: str | None = None,
@@ -152,7 +153,8 @@ class MLflowTracker(tune.Callback):
         self.tracking_uri = tracking_uri
         self.experiment_id = experiment_id
         self.parent_run_id = parent_run_id
-        self.record_root = Path(record_root)
+        self.records = Place(str(record_root))
+        self.record_root = self.records.local
         self.full_params = full_params  # picklable: trial params -> every flat param
         self.verbose = verbose
         self._client: MlflowClient | None = None
@@ -274,6 +276,7 @@ class MLflowTracker(tune.Callback):
     def _end(self, trial: Trial, status: str) -> None:
         """Tag the run with the trial's records, log its samples, and end it."""
         run_id = self.run_for(trial)
+        (self.records / trial.trial_id).pull()  # an object store's records into the mirror
         record = self.record_root / trial.trial_id / ARTIFACTS_RECORD
         if record.exists():
             for name, path in json.loads(record.read_text()).items():

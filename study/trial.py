@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any
 
 from study.cluster import worker_resources
 from trainables.context import TrialContext
 from trainables.names import FINAL_RECORD, PARAMS_RECORD, STAGE_KEY
+from trainables.storage import Place
 
 
 @dataclass(frozen=True)
@@ -35,8 +35,9 @@ def trial_driver(params: dict[str, Any], *, study: StudyContext) -> None:
     from trainables.ray_worker import train_fn_per_worker
 
     trial_id = tune.get_context().get_trial_id()
-    record_dir = Path(study.trial.record_dir) / trial_id
-    if (record_dir / FINAL_RECORD).exists():
+    place = Place(study.trial.record_dir) / trial_id  # a folder, or an object store's mirror
+    record_dir = place.local
+    if place.pull(record_dir / FINAL_RECORD):
         # A restored study re-runs trials that ended after its last experiment checkpoint: report
         # the stored final result instead of training again.
         tune.report({**json.loads((record_dir / FINAL_RECORD).read_text()), "replayed": 1.0})
@@ -44,11 +45,12 @@ def trial_driver(params: dict[str, Any], *, study: StudyContext) -> None:
     record_dir.mkdir(parents=True, exist_ok=True)
     # Which configuration this trial is: a restored searcher matches it to a lost Optuna trial.
     (record_dir / PARAMS_RECORD).write_text(json.dumps(params, default=str))
+    place.push(record_dir / PARAMS_RECORD)
     trial_params = {k: v for k, v in params.items() if k != STAGE_KEY}
     context = replace(
         study.trial,
         params={**study.trial.params, **trial_params},
-        record_dir=str(record_dir),
+        record_dir=str(place),
         stage=str(params.get(STAGE_KEY, "")),  # a stage trial (study.stages) trains, then stops
     )
     if study.num_workers == 0:

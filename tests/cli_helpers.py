@@ -106,3 +106,65 @@ DDP_SPEC = {
         "eval.classifier_steps": 30,
     },
 }
+
+
+class S3Server:
+    """moto's S3-compatible server on 127.0.0.1 (a real HTTP endpoint pyarrow and Ray talk to),
+    with one bucket; env: what every process of a study needs to reach it."""
+
+    def __init__(self, folder: Path, bucket: str = "studies"):
+        import time
+
+        self.port, self.bucket = free_port(), bucket
+        self.env = {
+            "AWS_ENDPOINT_URL": f"http://127.0.0.1:{self.port}",
+            "AWS_ACCESS_KEY_ID": "test",
+            "AWS_SECRET_ACCESS_KEY": "test",
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }
+        server = Path(sys.executable).with_name("moto_server")
+        self.log = open(Path(folder) / "moto.log", "w")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            [str(server), "-H", "127.0.0.1", "-p", str(self.port)],
+            stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+        deadline = time.monotonic() + 60
+        while not self._answers():
+            assert self.proc.poll() is None, (Path(folder) / "moto.log").read_text()
+            assert time.monotonic() < deadline, "moto_server did not answer within 60 s"
+            time.sleep(0.3)
+        self.filesystem().create_dir(bucket)
+
+    def _answers(self) -> bool:
+        import socket
+
+        try:
+            socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+            return True
+        except OSError:
+            return False
+
+    def filesystem(self):
+        import pyarrow.fs
+
+        return pyarrow.fs.S3FileSystem(
+            access_key="test", secret_key="test", region="us-east-1",
+            endpoint_override=f"127.0.0.1:{self.port}", scheme="http", allow_bucket_creation=True,
+        )  # fmt: skip
+
+    def files(self, prefix: str = "") -> list[str]:
+        """Every object under bucket/prefix, as paths relative to the bucket."""
+        import pyarrow.fs
+
+        base = f"{self.bucket}/{prefix}".rstrip("/")
+        found = self.filesystem().get_file_info(pyarrow.fs.FileSelector(base, recursive=True))
+        return sorted(
+            f.path[len(self.bucket) + 1 :] for f in found if f.type == pyarrow.fs.FileType.File
+        )
+
+    def stop(self) -> None:
+        import signal
+
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        self.proc.wait(timeout=30)
+        self.log.close()

@@ -2,8 +2,10 @@
 determines it.
 
 Concurrent trials (processes, on any node that sees the store) never train the same artifact twice:
-a lease per key (KeyLease: a marker file created exclusively, kept alive by a heartbeat; no fcntl,
-which NFS does not honour reliably) elects one trainer, and the others wait and load what it wrote.
+a lease per key elects one trainer, and the others wait and load what it wrote. In a folder the
+lease is a marker file created exclusively and kept alive by a heartbeat (KeyLease; no fcntl, which
+NFS does not honour reliably); in an object store (trainables.storage), which has no
+create-if-absent, it is held by a named Ray actor the whole cluster shares (ActorLease).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from torch import nn
 from trainables.config import TrialConfig, to_flat
 from trainables.fit import Distributed, build, save_checkpoint
 from trainables.methods import Artifact, artifact_config
+from trainables.storage import Place
 
 ALWAYS = ("sde.", "model.", "train.")
 # The code that shapes a trained network: its source enters every key, so a changed loss, network,
@@ -198,11 +201,90 @@ class KeyLease:
             pass
 
 
-class ArtifactCache:
-    """Trained artifacts under root/<name>-<key>/ (model.pt, identity.json, training checkpoint)."""
+class _Leases:
+    """Who trains which key, for every process of a Ray cluster (one named, detached actor):
+    key -> (holder's token, when its last heartbeat arrived, on the actor's clock)."""
 
-    def __init__(self, root: str | Path, stale_after: float = 60.0):
-        self.root = Path(root).resolve()
+    def __init__(self) -> None:
+        self.held: dict[str, tuple[str, float]] = {}
+
+    def acquire(self, key: str, token: str, stale_after: float) -> bool:
+        held = self.held.get(key)
+        now = time.monotonic()
+        if held is None or held[0] == token or now - held[1] > stale_after:
+            self.held[key] = (token, now)
+            return True
+        return False
+
+    def beat(self, key: str, token: str) -> None:
+        if self.held.get(key, ("",))[0] == token:
+            self.held[key] = (token, time.monotonic())
+
+    def release(self, key: str, token: str) -> None:
+        if self.held.get(key, ("",))[0] == token:
+            del self.held[key]
+
+
+class ActorLease:
+    """KeyLease's contract for a store without create-if-absent: the lease of `key` is held in
+    the cluster's `_Leases` actor (namespace "sc-guidance"), kept alive by a heartbeat thread; a
+    holder silent for `stale_after` seconds (a killed trial) is replaced."""
+
+    ACTOR, NAMESPACE = "sc-guidance-leases", "sc-guidance"
+
+    def __init__(self, key: str, stale_after: float = 60.0, poll: float = 0.5):
+        import ray
+
+        self.key, self.stale_after, self.poll = key, stale_after, poll
+        self.token = f"{os.uname().nodename}:{os.getpid()}:{uuid.uuid4().hex}"
+        self.actor = (
+            ray.remote(_Leases)
+            .options(
+                name=self.ACTOR,
+                namespace=self.NAMESPACE,
+                lifetime="detached",
+                get_if_exists=True,
+                num_cpus=0,
+            )  # fmt: skip
+            .remote()
+        )
+        self._stop = threading.Event()
+        self._beat: threading.Thread | None = None
+
+    def acquire(self, done: Callable[[], bool]) -> bool:
+        """True when this process holds the lease (it trains), False once done() holds (reuse)."""
+        import ray
+
+        while True:
+            if done():
+                return False
+            if ray.get(self.actor.acquire.remote(self.key, self.token, self.stale_after)):
+                self._beat = threading.Thread(target=self._heartbeat, daemon=True)
+                self._beat.start()
+                return True
+            time.sleep(self.poll)
+
+    def _heartbeat(self) -> None:
+        while not self._stop.wait(self.stale_after / 6):
+            self.actor.beat.remote(self.key, self.token)
+
+    def release(self) -> None:
+        import ray
+
+        self._stop.set()
+        if self._beat is not None:
+            self._beat.join()
+        ray.get(self.actor.release.remote(self.key, self.token))
+
+
+class ArtifactCache:
+    """Trained artifacts under root/<name>-<key>/ (model.pt, identity.json, training checkpoint).
+    root: a folder, or an object-store URI whose node-local mirror holds the files (only
+    identity.json and model.pt are stored; a training checkpoint stays on its node)."""
+
+    def __init__(self, root: str | Path | Place, stale_after: float = 60.0):
+        self.place = root if isinstance(root, Place) else Place(str(root))
+        self.root = self.place.local
         self.root.mkdir(parents=True, exist_ok=True)
         self.stale_after = stale_after  # seconds without a heartbeat before a lease is taken over
 
@@ -226,23 +308,26 @@ class ArtifactCache:
         identity = artifact_identity(artifact, config, needs)
         key = f"{artifact.name}-{artifact_key(identity)}"
         folder = self.root / key
+        model = folder / "model.pt"
         rank = distributed.rank if distributed is not None else 0
         lease = None
         try:
             if rank == 0:
                 folder.mkdir(exist_ok=True)
                 # One trainer per key, on any node; the others wait for model.pt and reuse it.
-                lease = KeyLease(folder, self.stale_after)
-                if not lease.acquire(lambda: (folder / "model.pt").exists()):
+                if self.place.remote:
+                    lease = ActorLease(str(self.place / key), self.stale_after)
+                else:
+                    lease = KeyLease(folder, self.stale_after)
+                if not lease.acquire(lambda: self.place.exists(model)):
                     lease = None
-            reused = (folder / "model.pt").exists() if rank == 0 else None
+            reused = self.place.exists(model) if rank == 0 else None
             if distributed is not None:
                 reused = distributed.broadcast(reused)
             if reused:
+                self.place.pull(model)  # every rank: a rank on another node has no copy yet
                 net = build(artifact, config, dim, num_classes)
-                net.load_state_dict(
-                    torch.load(folder / "model.pt", map_location="cpu", weights_only=True)
-                )
+                net.load_state_dict(torch.load(model, map_location="cpu", weights_only=True))
                 net = net.eval().requires_grad_(False)
             else:
                 if rank == 0:
@@ -251,7 +336,9 @@ class ArtifactCache:
                     )
                 net = train_fn(folder)
                 if rank == 0:
-                    save_checkpoint(folder / "model.pt", net.state_dict())
+                    save_checkpoint(model, net.state_dict())
+                    self.place.push(folder / "identity.json")
+                    self.place.push(model)  # last: a stored model.pt means a finished network
         finally:
             if lease is not None:
                 lease.release()

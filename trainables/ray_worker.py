@@ -39,6 +39,7 @@ from trainables.fit import (
     train_method,
 )
 from trainables.methods import Artifact, artifact_config, get_method
+from trainables.storage import Place
 
 Report = Callable[[dict], None]
 
@@ -152,7 +153,7 @@ def _cached_provider(
     device: torch.device,
 ) -> Callable[[Artifact, dict[str, nn.Module]], nn.Module]:
     """fit.train_method's provider: each artifact from the cache, trained into it on a miss."""
-    cache = ArtifactCache(Path(context.cache_dir))
+    cache = ArtifactCache(context.cache_dir)
     split = TrainingSet.split(
         data.x, data.y, data.num_classes, config.data.label_percent, config.data.split_seed
     )
@@ -203,7 +204,7 @@ def _cached_provider(
 
 
 def _write_records(
-    record: Path,
+    place: Place,
     ledger: _Ledger,
     cache_dir: str,
     evaluator: TrialEvaluator,
@@ -212,9 +213,11 @@ def _write_records(
     num_per_class: int,
 ) -> None:
     """The trial's records for the driver: artifacts' folders, tags, samples, then the final result
-    (written last and atomically: its presence means the trial finished)."""
+    (written last and atomically: its presence means the trial finished), in the record folder or
+    its node-local mirror and the object store."""
+    record = place.local
     record.mkdir(parents=True, exist_ok=True)
-    folders = {name: str(Path(cache_dir).resolve() / key) for name, key in ledger.keys.items()}
+    folders = {name: str(Place(cache_dir) / key) for name, key in ledger.keys.items()}
     (record / names.ARTIFACTS_RECORD).write_text(json.dumps(folders))
     (record / names.TAGS_RECORD).write_text(json.dumps(evaluator.tags))
     if samples is not None:
@@ -224,6 +227,11 @@ def _write_records(
     tmp = record / f"{names.FINAL_RECORD}.tmp"
     tmp.write_text(json.dumps(final))
     os.replace(tmp, record / names.FINAL_RECORD)
+    if place.remote:
+        for file in sorted(record.iterdir()):
+            if file.is_file() and file.name != names.FINAL_RECORD and not file.name.endswith("tmp"):
+                place.push(file)
+        place.push(record / names.FINAL_RECORD)
 
 
 class ObjectiveError(ValueError):
@@ -285,12 +293,13 @@ def _plot_curve(sweep: Sweep, objectives: tuple[tuple[str, str], ...], path: Pat
     plt.close(fig)
 
 
-def _write_error(record: Path, error: BaseException) -> None:
+def _write_error(place: Place, error: BaseException) -> None:
     """The reason a trial failed, for its MLflow run (the driver reads it when the trial ends)."""
-    record.mkdir(parents=True, exist_ok=True)
+    place.local.mkdir(parents=True, exist_ok=True)
     step = getattr(error, "step", None)
     reason = {"type": type(error).__name__, "message": str(error)[:2000], "step": step}
-    (record / names.ERROR_RECORD).write_text(json.dumps(reason))
+    (place.local / names.ERROR_RECORD).write_text(json.dumps(reason))
+    place.push(place.local / names.ERROR_RECORD)
 
 
 def train_fn_per_worker(loop_config: dict) -> None:
@@ -300,7 +309,7 @@ def train_fn_per_worker(loop_config: dict) -> None:
         _run_trial(context)
     except Exception as error:
         if context.local_mode or Distributed.from_torch().rank == 0:
-            _write_error(Path(context.record_dir), error)
+            _write_error(Place(context.record_dir), error)
         raise
 
 
@@ -335,7 +344,7 @@ def _run_stage(
     _finish_costs(ledger)
     final = {**ledger.metrics, names.STAGE_METRIC: 1.0, "final": 1.0}
     final = {k: float(v) for k, v in final.items()}
-    _write_records(Path(context.record_dir), ledger, context.cache_dir, evaluator, None, final, 1)
+    _write_records(Place(context.record_dir), ledger, context.cache_dir, evaluator, None, final, 1)
     report(final)
 
 
@@ -404,10 +413,10 @@ def _run_trial(context: TrialContext) -> None:
         final[names.CHOSEN_SCALE] = sweep.scale
     final = {k: float(v) for k, v in final.items()}
     _check_objectives(final, context.objectives)
-    record = Path(context.record_dir)
+    record = Place(context.record_dir)
     if len(sweep.curve) > 1:
-        record.mkdir(parents=True, exist_ok=True)
-        _plot_curve(sweep, context.objectives, record / names.CURVE_IMAGE)
+        record.local.mkdir(parents=True, exist_ok=True)
+        _plot_curve(sweep, context.objectives, record.local / names.CURVE_IMAGE)
     _write_records(
         record, ledger, context.cache_dir, evaluator, samples, final, config.sample.num_per_class
     )

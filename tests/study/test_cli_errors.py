@@ -111,14 +111,14 @@ BAD_INPUTS = [
     ("empty guidance grid", lambda p: _write(p, "guidance: {scales: []}\n"), "non-empty list"),
     ("trials_per_cell 0", lambda p: _write(p, "trials_per_cell: 0\n"), "trials_per_cell"),
     (
-        "object-store storage",
-        lambda p: _write(p, "storage: s3://bucket/studies\n"),
-        "object stores are not supported yet",
+        "storage URI no object store",
+        lambda p: _write(p, "storage: ftp://host/studies\n"),
+        "'ftp://host/studies' is not an object-store URI pyarrow opens",
     ),
     (
-        "object-store artifact store",
-        lambda p: _write(p, f"artifact_store: gs://bucket/store\nstorage: {p / 'studies'}\n"),
-        "'gs://bucket/store' is a URI",
+        "artifact store URI without a bucket",
+        lambda p: _write(p, f"artifact_store: 's3://'\nstorage: {p / 'studies'}\n"),
+        "'s3://' is not an object-store URI pyarrow opens",
     ),
     (
         "unwritable artifact store",

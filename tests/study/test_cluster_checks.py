@@ -51,19 +51,28 @@ def test_a_study_saved_before_keeps_the_evaluation_cache_it_measured_with(tmp_pa
     assert spec.config["eval.cache_dir"] == "~/.cache/sc-guidance"
 
 
-def test_the_node_probe_names_a_folder_the_node_cannot_see_and_missing_data(tmp_path):
+def test_the_node_probe_names_a_folder_the_node_cannot_see_and_missing_data(tmp_path, monkeypatch):
     from study.cluster import _probe
 
     seen = tmp_path / "shared" / ".study-probe-1"
     seen.parent.mkdir()
     seen.write_text("visible?")
     unseen = tmp_path / "elsewhere" / ".study-probe-2"
-    problems = _probe({}, "toy", False, [str(seen), str(unseen)])
+    problems = _probe({}, "toy", False, [str(seen), str(unseen)], [])
     assert problems == [
         f"{unseen.parent} is not visible there; mount it at the same path on every node"
     ]
+    # An object store the node cannot write to (here: an endpoint nobody listens on).
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:1")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    problems = _probe({}, "toy", False, [str(seen)], ["s3://bucket/studies"])
+    assert len(problems) == 1 and problems[0].startswith(
+        "cannot write to s3://bucket/studies there"
+    )
     config = {"data.name": "cifar10", "data.root": str(tmp_path / "no-cifar"), "method": "CG"}
-    problems = _probe(config, "cifar10", True, [str(seen)])
+    problems = _probe(config, "cifar10", True, [str(seen)], [])
     # The dataset and (cifar10's default extractor) the Inception weights, as the spec checks them.
     assert "dataset: cifar10 not found" in problems[0] and "no-cifar" in problems[0]
     assert any("eval.inception_weights" in p for p in problems)

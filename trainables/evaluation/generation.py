@@ -34,11 +34,12 @@ from trainables.evaluation.fid import (
 )
 from trainables.fit import Distributed, TrainingSet, build, data_dim, train_artifact
 from trainables.methods import EVAL_CLASSIFIER
+from trainables.storage import Place
 
 
-def cache_root(config: TrialConfig) -> Path:
-    """Shared across studies: eval.cache_dir, else ~/.cache/sc-guidance."""
-    return Path(config.eval.cache_dir or "~/.cache/sc-guidance").expanduser().resolve()
+def cache_root(config: TrialConfig) -> Place:
+    """eval.cache_dir (a folder or an object-store URI), else ~/.cache/sc-guidance."""
+    return Place(config.eval.cache_dir or "~/.cache/sc-guidance")
 
 
 def eval_classifier_config(config: TrialConfig) -> TrialConfig:
@@ -148,10 +149,13 @@ def build_evaluator(
     identity = {
         k: getattr(config.data, k) for k in ("name", "root", "num_train", "seed", "image_size")
     } | {"num_reference": n}
-    folder = cache_root(config) / "fid-stats"
+    place = cache_root(config) / "fid-stats"
+    place.pull()  # an object store's statistics into this node's mirror (a folder: nothing)
     reference, cached = reference_stats(
-        data.x[:n], data.y[:n], data.num_classes, extractor, identity, folder
+        data.x[:n], data.y[:n], data.num_classes, extractor, identity, place.local
     )
+    if not cached:
+        place.push()
     evaluator = Evaluator(net, key, float("nan"), extractor, reference, cached, sigma)
     predicted = evaluator.classify(data.test_x)
     evaluator.classifier_test_accuracy = float((predicted == data.test_y.numpy()).mean())

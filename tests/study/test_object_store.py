@@ -1,0 +1,90 @@
+"""A study whose storage and artifact store are an S3-compatible object store (moto's server on
+127.0.0.1), through the CLI: everything the trials write lands in the bucket, the driver's own
+files in this machine's mirror; a second machine (another mirror) finds the study and the networks
+in the bucket alone."""
+
+import pytest
+import yaml
+from cli_helpers import TOY_FAST, S3Server, run_cli
+
+from analysis.runs import load_runs
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory):
+    server = S3Server(tmp_path_factory.mktemp("moto"))
+    yield server
+    server.stop()
+
+
+def _spec(folder, s3, **fields):
+    spec = {
+        "name": "s3toy",
+        "dataset": "gmm2",
+        "methods": ["CG", "CG-SC-all"],
+        "label_percents": [20],
+        "num_trials": 3,
+        "storage": f"s3://{s3.bucket}/team",
+        "artifact_store": f"s3://{s3.bucket}/artifacts",
+        "resources": {"max_concurrent_trials": 2},
+        "config": TOY_FAST,
+        **fields,
+    }
+    (folder / "spec.yaml").write_text(yaml.safe_dump(spec))
+    return "spec.yaml"
+
+
+def _machine(s3, tmp_path, name):
+    """The environment of a `study` process on one machine: the store's, a mirror of its own."""
+    return {**s3.env, "SC_GUIDANCE_MIRROR": str(tmp_path / name)}
+
+
+def test_a_study_on_an_object_store_keeps_everything_in_the_bucket(s3, tmp_path):
+    result = run_cli("run", _spec(tmp_path, s3), "--quiet", cwd=tmp_path,
+                     env=_machine(s3, tmp_path, "machine-a"))  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "| CG |" in result.stdout and "| CG-SC-all |" in result.stdout  # the table
+    files = s3.files()
+    assert "team/s3toy/spec.yaml" in files
+    # Every trial's records, the networks, Tune's experiment state: in the bucket.
+    finals = [f for f in files if f.startswith("team/s3toy/trials/") and f.endswith("final.json")]
+    assert len(finals) == 4  # 3 search trials and the score model's stage trial
+    assert len([f for f in files if f.startswith("artifacts/score-")]) == 2  # model, identity
+    assert any(f.startswith("team/s3toy/tune/s3toy/experiment_state") for f in files)
+    # The driver's own files (MLflow, Optuna, the tables) in this machine's mirror of the study.
+    mirrors = list((tmp_path / "machine-a").glob("s3-studies-*/team/s3toy"))
+    assert len(mirrors) == 1 and (mirrors[0] / "tables" / "comparison.md").exists()
+    runs = load_runs(f"sqlite:///{mirrors[0] / 'mlflow.db'}", "s3toy")
+    assert len(runs) == 4 and (runs["status"] == "FINISHED").all()
+    search = runs[runs["stage"] == "search"]
+    assert len(search) == 3 and (search["artifact_reused/score"] == 1).all()
+    assert search["fid" if "fid" in search else "energy_distance"].notna().all()
+
+    # Another machine (an empty mirror) sees the study in the bucket: the same name is refused.
+    other = _machine(s3, tmp_path, "machine-b")
+    again = run_cli("run", "spec.yaml", cwd=tmp_path, env=other)
+    assert again.returncode == 2 and "already holds a study" in again.stderr, again.stderr
+    # ... and a new study there reuses the score model from the bucket: none is trained.
+    name = _spec(tmp_path, s3, name="s3more", methods=["CG-SC-all"], num_trials=1,
+                 search={"loss.lambda_sc": {"low": 20, "high": 50}})  # fmt: skip
+    more = run_cli("run", name, "--quiet", cwd=tmp_path, env=other)
+    assert more.returncode == 0, more.stderr[-3000:]
+    mirror = next((tmp_path / "machine-b").glob("s3-studies-*/team/s3more"))
+    runs = load_runs(f"sqlite:///{mirror / 'mlflow.db'}", "s3more")
+    assert len(runs) == 1 and (runs["artifact_reused/score"] == 1).all()
+    assert len([f for f in s3.files() if f.startswith("artifacts/score-")]) == 2
+
+
+def test_an_object_store_that_does_not_answer_exits_2_and_writes_nothing(s3, tmp_path):
+    env = {**_machine(s3, tmp_path, "machine-c"), "AWS_ENDPOINT_URL": "http://127.0.0.1:1"}
+    spec = _spec(tmp_path, s3, name="unreachable")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    result = run_cli("run", spec, cwd=tmp_path, env=env)
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert f"cannot write to the storage s3://{s3.bucket}/team/unreachable" in lines[0]
+    assert "AWS_ENDPOINT_URL" in lines[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # no mirror, nothing written

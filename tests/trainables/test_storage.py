@@ -1,0 +1,83 @@
+"""trainables.storage against a real S3-compatible endpoint (moto's server on 127.0.0.1): each
+"node" is a mirror folder of its own, and the store is the only thing they share."""
+
+import pytest
+from cli_helpers import S3Server
+
+from trainables.cache import _Leases
+from trainables.storage import MIRROR_ENV, Place, is_uri, stored
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory):
+    server = S3Server(tmp_path_factory.mktemp("moto"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def node(s3, tmp_path, monkeypatch):
+    """This process as a node: the store's environment and a mirror of its own."""
+    for key, value in s3.env.items():
+        monkeypatch.setenv(key, value)
+
+    def switch(name: str) -> None:
+        monkeypatch.setenv(MIRROR_ENV, str(tmp_path / name))
+
+    switch("node-a")
+    return switch
+
+
+def test_a_folder_place_is_the_folder_and_syncs_nothing(tmp_path):
+    place = Place(str(tmp_path / "x")) / "y"
+    assert not place.remote and place.local == tmp_path / "x" / "y"
+    assert place.pull() is False and place.problem() is None
+    (tmp_path / "x" / "y").mkdir(parents=True)
+    assert place.pull() is True and stored(str(tmp_path / "x" / "y"))
+    assert not is_uri("file:///tmp/x") and is_uri("s3://b/x") and not is_uri("/tmp/a:b")
+
+
+def test_what_one_node_pushes_another_pulls_and_nothing_else(s3, node, tmp_path):
+    place = Place(f"s3://{s3.bucket}/study") / "trials"
+    a = place.local
+    assert str(a).startswith(str(tmp_path / "node-a"))
+    (a / "t1").mkdir(parents=True)
+    (a / "t1" / "final.json").write_text('{"fid": 1.5}')
+    (a / "t1" / "samples.png").write_bytes(b"\x89PNG" + bytes(300))
+    (a / "t2").mkdir()
+    (a / "t2" / "params.json").write_text("{}")
+    assert place.exists(a / "t1" / "final.json")  # its own copy, not yet in the store
+    (place / "t1").push()
+    assert s3.files("study") == ["study/trials/t1/final.json", "study/trials/t1/samples.png"]
+    node("node-b")  # another node: an empty mirror, the same store
+    b = Place(place.location)
+    assert b.local != a and not b.local.exists()
+    assert b.exists(b.local / "t1" / "final.json") and not b.exists(b.local / "t2")
+    assert stored(f"{place.location}/t1/final.json") and not stored(f"{place.location}/t2/x")
+    assert b.pull() is True
+    assert (b.local / "t1" / "final.json").read_text() == '{"fid": 1.5}'
+    assert (b.local / "t1" / "samples.png").read_bytes() == b"\x89PNG" + bytes(300)
+    assert not (b.local / "t2").exists()  # never pushed
+    assert b.pull(b.local / "t3") is False
+
+
+def test_a_store_that_cannot_be_written_is_named(s3, node):
+    assert Place(f"s3://{s3.bucket}/ok").problem() is None
+    assert s3.files("ok") == []  # the probe object is removed
+    problem = Place("s3://no-such-bucket/x").problem()
+    assert problem is not None and "no-such-bucket" in problem
+
+
+def test_the_lease_actor_elects_one_holder_and_replaces_a_silent_one():
+    leases = _Leases()  # the actor's class, called directly
+    assert leases.acquire("k", "a", stale_after=60)
+    assert not leases.acquire("k", "b", stale_after=60)  # held and alive
+    assert leases.acquire("k", "a", stale_after=60)  # the holder again
+    assert leases.acquire("other", "b", stale_after=60)  # another key
+    leases.release("k", "b")  # not b's: nothing changes
+    assert not leases.acquire("k", "b", stale_after=60)
+    assert leases.acquire("k", "b", stale_after=0)  # a's heartbeat is older than 0 s: taken over
+    leases.beat("k", "a")  # the old holder's late beat does not take it back
+    assert not leases.acquire("k", "a", stale_after=60)
+    leases.release("k", "b")
+    assert leases.acquire("k", "a", stale_after=60)
