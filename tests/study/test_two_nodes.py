@@ -1,7 +1,8 @@
 """A 2-node Ray cluster on 127.0.0.1, the second node in its own mount namespace (a private
 ~/.cache): a tiny-images study submitted with `ray job submit` (its driver on the head node), whose
 trials land on both nodes, measures with one evaluation classifier and one set of reference
-statistics, and every run finishes with its records."""
+statistics, and every run finishes with its records; then the same study with its storage and
+artifact store on an S3-compatible endpoint (moto's server on 127.0.0.1), on the same cluster."""
 
 import os
 import secrets
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from cli_helpers import TINY_IMAGES_FAST, cli_env, run_cli
+from cli_helpers import TINY_IMAGES_FAST, S3Server, cli_env, run_cli
 
 pytestmark = [
     pytest.mark.slow,
@@ -70,11 +71,19 @@ def _submit(jobs: str, job: Path) -> subprocess.CompletedProcess:
         time.sleep(5)
 
 
-@pytest.fixture
-def two_nodes(tmp_path):
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory):
+    server = S3Server(tmp_path_factory.mktemp("moto"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def two_nodes(s3):
+    """One cluster for the module's studies; every node has the S3 endpoint's environment."""
     port, dashboard = _free_port(), _free_port()
     address = f"127.0.0.1:{port}"
-    env = {**cli_env(), "RAY_USAGE_STATS_ENABLED": "0", **AUTH}
+    env = {**cli_env(), "RAY_USAGE_STATS_ENABLED": "0", **AUTH, **s3.env}
     head = subprocess.run(
         [RAY, "start", "--head", f"--port={port}", "--num-cpus=1",
          f"--dashboard-port={dashboard}"],
@@ -110,14 +119,10 @@ def two_nodes(tmp_path):
         subprocess.run([RAY, "stop", "--force"], env=env, capture_output=True, timeout=120)
 
 
-def test_a_tiny_images_study_on_two_nodes_has_one_yardstick_and_every_record(tmp_path, two_nodes):
-    from mlflow.tracking import MlflowClient
-
-    from analysis.runs import load_runs
-
-    shared = tmp_path / "shared"  # both nodes see /tmp; only ~/.cache is private to the second
-    spec = {
-        "name": "two-nodes",
+def _study(name: str, storage: str, artifact_store: str) -> dict:
+    """A tiny-images study of 3 search trials, 2 at a time (one per node)."""
+    return {
+        "name": name,
         "base_config": "tiny-images",
         "dataset": "tiny-images",
         "methods": ["CG-SC-all", "CFG-all"],
@@ -126,11 +131,16 @@ def test_a_tiny_images_study_on_two_nodes_has_one_yardstick_and_every_record(tmp
         "search": {"loss.lambda_sc": {"choices": [0.1, 1.0]}},
         "guidance": {"scales": [1, 2], "val_num_per_class": 4},
         "objectives": [{"metric": "intra_fid", "mode": "min"}],
-        "storage": str(shared / "studies"),
-        "artifact_store": str(shared / "artifacts"),
+        "storage": storage,
+        "artifact_store": artifact_store,
         "resources": {"cpus_per_trial": 1, "max_concurrent_trials": 2},
         "config": CONFIG,
     }
+
+
+def test_a_tiny_images_study_on_two_nodes_has_one_yardstick_and_every_record(tmp_path, two_nodes):
+    shared = tmp_path / "shared"  # both nodes see /tmp; only ~/.cache is private to the second
+    spec = _study("two-nodes", str(shared / "studies"), str(shared / "artifacts"))
     jobs, address = two_nodes
     # Storage the second node cannot see (under ~/.cache, private to it): refused before anything
     # runs, naming the node and the fix.
@@ -144,29 +154,65 @@ def test_a_tiny_images_study_on_two_nodes_has_one_yardstick_and_every_record(tmp
     job.mkdir()
     (job / "spec.yaml").write_text(yaml.safe_dump(spec))
     # The driver runs on the head node (the job sets RAY_ADDRESS, which the spec then uses).
+    study_dir = shared / "studies" / "two-nodes"
+    trial_ids = _run_and_check(jobs, job, study_dir)
+    for trial_id in trial_ids:
+        assert (study_dir / "trials" / trial_id / "final.json").exists()
+    # One yardstick for the whole study: one evaluation classifier, one set of reference
+    # statistics, both in the shared store (not in either node's ~/.cache).
+    evaluation = shared / "artifacts" / "evaluation"
+    assert len(list((evaluation / "eval-classifiers").glob("eval_classifier-*"))) == 1
+    assert len(list((evaluation / "fid-stats").glob("*.npz"))) == 1
+
+
+def test_the_same_study_with_its_storage_on_an_s3_endpoint(tmp_path, two_nodes, s3):
+    jobs, _ = two_nodes
+    storage = f"s3://{s3.bucket}/team"
+    spec = _study("two-nodes-s3", storage, f"s3://{s3.bucket}/artifacts")
+    job = tmp_path / "job"
+    job.mkdir()
+    (job / "spec.yaml").write_text(yaml.safe_dump(spec))
+    # The driver's files (MLflow, Optuna, tables) in the head node's mirror of the study; what the
+    # trials write, in the bucket (the second node's mirror is its private ~/.cache).
+    mirror = Path(os.environ.get("SC_GUIDANCE_MIRROR") or Path.home() / ".cache/sc-guidance/mirror")
+    trial_ids = _run_and_check(jobs, job, None, mirror)
+    files = s3.files()
+    for trial_id in trial_ids:
+        assert f"team/two-nodes-s3/trials/{trial_id}/final.json" in files
+    assert "team/two-nodes-s3/spec.yaml" in files
+    # One yardstick for the whole study, in the bucket.
+    classifiers = {f.split("/")[3] for f in files if "/eval-classifiers/" in f}
+    assert len(classifiers) == 1, classifiers
+    assert len([f for f in files if "/fid-stats/" in f and f.endswith(".npz")]) == 1
+
+
+def _run_and_check(jobs: str, job: Path, study_dir: Path | None, mirror: Path | None = None):
+    """Submit the study in job/, check its table, runs, samples and nodes; its search trial ids."""
+    from mlflow.tracking import MlflowClient
+
+    from analysis.runs import load_runs
+
     result = _submit(jobs, job)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "| CG-SC-all |" in result.stdout and "| CFG-all |" in result.stdout  # table complete
-    study_dir = shared / "studies" / "two-nodes"
+    name = yaml.safe_load((job / "spec.yaml").read_text())["name"]
+    if study_dir is None:
+        (study_dir,) = mirror.glob(f"s3-*/team/{name}")
     uri = f"sqlite:///{study_dir / 'mlflow.db'}"
-    runs = load_runs(uri, "two-nodes")
+    runs = load_runs(uri, name)
     assert (runs["status"] == "FINISHED").all()
     search = runs[runs["stage"] == "search"]
     assert len(search) == 3 and search["intra_fid"].notna().all()
     client = MlflowClient(uri)
-    nodes = set()
+    nodes, trial_ids = set(), []
     for run_id in runs["run_id"]:
         run = client.get_run(run_id)
         nodes.add(run.data.tags.get("ray_node_id"))
         if run.data.tags["stage"] == "search":
             samples = [a.path for a in client.list_artifacts(run_id, "samples")]
             assert samples == ["samples/samples.png"]
-            assert (study_dir / "trials" / run.data.tags["trial_id"] / "final.json").exists()
+            trial_ids.append(run.data.tags["trial_id"])
     assert len(nodes - {None}) == 2, nodes  # trials ran on both nodes
-    # One yardstick for the whole study: one evaluation classifier, one set of reference
-    # statistics, both in the shared store (not in either node's ~/.cache).
-    evaluation = shared / "artifacts" / "evaluation"
-    assert len(list((evaluation / "eval-classifiers").glob("eval_classifier-*"))) == 1
-    assert len(list((evaluation / "fid-stats").glob("*.npz"))) == 1
     tags = {client.get_run(r).data.tags.get("eval_classifier") for r in search["run_id"]}
     assert len(tags) == 1
+    return trial_ids
