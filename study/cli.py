@@ -89,6 +89,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from study.runner import (
         StudyError,
         StudyInterrupted,
+        back_up_to_store,
         check_trusted,
         load_study_spec,
         run_study,
@@ -131,6 +132,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     _, spec = load_study_spec(study_dir)
     print(f"\nfinished in {time.perf_counter() - start:.0f} s\n", flush=True)
     print(_table(study_dir, spec))
+    stored = back_up_to_store(spec, study_dir)
+    if stored is not None:
+        print(f"copied the study's databases and tables to {stored}")
     print(f"open the MLflow UI:  study ui {study_dir}")
     return 0
 

@@ -359,6 +359,19 @@ def _run_session(
     client.log_metric(parent, f"study/{stage}_wall_seconds", time.perf_counter() - start)
 
 
+def back_up_to_store(spec: StudySpec, study_dir: Path) -> str | None:
+    """With an object store: copy the driver's own files (spec, tables, the Optuna and the MLflow
+    SQLite databases, which the driver has closed) into the study's place in the store, so that
+    losing the driver machine loses no result; the URI written to, or None for a folder."""
+    place = spec.study_place(study_dir)
+    if not place.remote:
+        return None
+    for name in (SPEC_FILE, "tables", "optuna.db", "mlflow.db"):
+        if (study_dir / name).exists():
+            place.push(study_dir / name)
+    return place.location
+
+
 def run_study(
     spec: StudySpec, *, resume: bool = False, verbose: bool = True, add_trials: int = 0
 ) -> Path:
