@@ -60,7 +60,13 @@ def test_a_killed_train_worker_is_restarted_and_resumes_from_its_checkpoint(tmp_
         "config": {**SPEC["config"], "train.steps": 160, "train.steps_per_epoch": 20},
     }
     (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
-    env = {**cli_env(), "MLFLOW_DISABLE_TELEMETRY": "true"}
+    # Its own artifact store: a network another test left in the session's default store would be
+    # reused, and nothing would train.
+    env = {
+        **cli_env(),
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "SC_GUIDANCE_ARTIFACT_STORE": str(tmp_path / "artifact-store"),
+    }
     proc = subprocess.Popen(
         [sys.executable, "-m", "study", "run", "spec.yaml"],
         cwd=tmp_path,
@@ -82,7 +88,7 @@ def test_a_killed_train_worker_is_restarted_and_resumes_from_its_checkpoint(tmp_
             killed = int(out[0])
             os.kill(killed, signal.SIGKILL)
     assert proc.wait(timeout=120) == 0, "".join(lines[-40:])
-    assert killed is not None
+    assert killed is not None, "".join(lines[-40:])
     uri = f"sqlite:///{tmp_path / 'studies' / 'failover' / 'mlflow.db'}"
     runs = load_runs(uri, "failover")
     runs = runs[runs["stage"] == "search"]  # after the evaluation classifier's stage trial
