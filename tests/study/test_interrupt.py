@@ -31,7 +31,11 @@ def test_ctrl_c_exits_130_and_the_study_resumes(tmp_path):
         resources={"max_concurrent_trials": 1},
         config={**TOY_FAST, "train.steps": 200, "train.steps_per_epoch": 20},
     )
-    env = {**cli_env(), "MLFLOW_DISABLE_TELEMETRY": "true"}
+    env = {  # its own artifact store: networks other tests trained would not train again
+        **cli_env(),
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "SC_GUIDANCE_ARTIFACT_STORE": str(tmp_path / "artifact-store"),
+    }
     proc = subprocess.Popen(
         [sys.executable, "-m", "study", "run", str(spec)],
         cwd=tmp_path,
