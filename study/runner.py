@@ -107,6 +107,10 @@ def prepare(spec: StudySpec, *, resume: bool) -> tuple[Path, str]:
     # Local-mode trials (num_workers 0) start no TorchTrainer, the one user of the dashboard.
     init_ray(spec.address, dashboard=spec.resources.num_workers > 0)
     check_cluster(spec)
+    if place.remote or store_place.remote:
+        from trainables.cache import lease_actor
+
+        lease_actor()  # the networks' leases in an object store: made here, outside any trial
     # Every node that will run trials sees the study's folders and holds its data.
     preflight_nodes(spec, [place if place.remote else study_dir.parent, store_place])
     return study_dir, uri

@@ -225,40 +225,59 @@ class _Leases:
             del self.held[key]
 
 
+def lease_actor():
+    """The cluster's `_Leases` actor, created by the first process that asks. It is scheduled
+    outside the caller's placement group: Tune captures a trial's child actors in the trial's
+    group, and such an actor died with the first trial that ended (seen in a 2-node S3 study)."""
+    import ray
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    return (
+        ray.remote(_Leases)
+        .options(
+            name=ActorLease.ACTOR,
+            namespace=ActorLease.NAMESPACE,
+            lifetime="detached",
+            get_if_exists=True,
+            num_cpus=0,
+            scheduling_strategy=PlacementGroupSchedulingStrategy(placement_group=None),
+        )  # fmt: skip
+        .remote()
+    )
+
+
 class ActorLease:
     """KeyLease's contract for a store without create-if-absent: the lease of `key` is held in
     the cluster's `_Leases` actor (namespace "sc-guidance"), kept alive by a heartbeat thread; a
-    holder silent for `stale_after` seconds (a killed trial) is replaced."""
+    holder silent for `stale_after` seconds (a killed trial) is replaced. If the actor itself is
+    lost (its node died), a new one is made: the leases it held are forgotten, which costs at most
+    a duplicate training of the same deterministic network (model.pt is one atomic PUT)."""
 
     ACTOR, NAMESPACE = "sc-guidance-leases", "sc-guidance"
 
     def __init__(self, key: str, stale_after: float = 60.0, poll: float = 0.5):
-        import ray
-
         self.key, self.stale_after, self.poll = key, stale_after, poll
         self.token = f"{os.uname().nodename}:{os.getpid()}:{uuid.uuid4().hex}"
-        self.actor = (
-            ray.remote(_Leases)
-            .options(
-                name=self.ACTOR,
-                namespace=self.NAMESPACE,
-                lifetime="detached",
-                get_if_exists=True,
-                num_cpus=0,
-            )  # fmt: skip
-            .remote()
-        )
+        self.actor = lease_actor()
         self._stop = threading.Event()
         self._beat: threading.Thread | None = None
 
-    def acquire(self, done: Callable[[], bool]) -> bool:
-        """True when this process holds the lease (it trains), False once done() holds (reuse)."""
+    def _call(self, method: str, *args: object) -> object:
+        """actor.method(*args), on a new actor if the old one is gone."""
         import ray
 
+        try:
+            return ray.get(getattr(self.actor, method).remote(*args))
+        except ray.exceptions.RayActorError:
+            self.actor = lease_actor()
+            return ray.get(getattr(self.actor, method).remote(*args))
+
+    def acquire(self, done: Callable[[], bool]) -> bool:
+        """True when this process holds the lease (it trains), False once done() holds (reuse)."""
         while True:
             if done():
                 return False
-            if ray.get(self.actor.acquire.remote(self.key, self.token, self.stale_after)):
+            if self._call("acquire", self.key, self.token, self.stale_after):
                 self._beat = threading.Thread(target=self._heartbeat, daemon=True)
                 self._beat.start()
                 return True
@@ -266,15 +285,19 @@ class ActorLease:
 
     def _heartbeat(self) -> None:
         while not self._stop.wait(self.stale_after / 6):
-            self.actor.beat.remote(self.key, self.token)
+            try:
+                self._call("beat", self.key, self.token)
+            except Exception:  # noqa: BLE001 - a missed beat only risks a duplicate training
+                pass
 
     def release(self) -> None:
-        import ray
-
         self._stop.set()
         if self._beat is not None:
             self._beat.join()
-        ray.get(self.actor.release.remote(self.key, self.token))
+        try:
+            self._call("release", self.key, self.token)
+        except Exception:  # noqa: BLE001 - the trained network is stored; the lease is moot
+            pass
 
 
 class ArtifactCache:

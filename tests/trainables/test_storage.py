@@ -104,3 +104,34 @@ def test_a_network_already_in_an_object_store_is_no_stage(s3, node):
     stages, needs = plan_stages(points, spec.base_params(), spec.base_config, place)
     assert stages == [] and not any(needs)
     assert gate.next_stage("t") is None and key in gate.done  # the gate sees it too
+
+
+@pytest.mark.slow
+def test_the_lease_actor_outlives_the_trial_that_made_it():
+    # Tune runs a trial in a placement group that captures its child actors; a lease actor made
+    # there died with the first trial that ended, and the next trial's lease call failed.
+    import time
+
+    import ray
+    from ray.util.placement_group import placement_group, remove_placement_group
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    from trainables.cache import ActorLease, lease_actor
+
+    ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False)
+    try:
+        group = placement_group([{"CPU": 1}])
+        ray.get(group.ready())
+
+        @ray.remote(num_cpus=1)
+        def trial() -> bool:
+            return ray.get(lease_actor().acquire.remote("k", "a", 60.0))
+
+        inside = PlacementGroupSchedulingStrategy(group, placement_group_capture_child_tasks=True)
+        assert ray.get(trial.options(scheduling_strategy=inside).remote())
+        remove_placement_group(group)  # the trial ended
+        time.sleep(3)
+        actor = ray.get_actor(ActorLease.ACTOR, namespace=ActorLease.NAMESPACE)
+        assert not ray.get(actor.acquire.remote("k", "b", 60.0))  # alive, and a's lease held
+    finally:
+        ray.shutdown()
