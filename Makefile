@@ -11,10 +11,10 @@ $(VENV)/.installed: pyproject.toml
 .PHONY: install test test-fast demo lint
 install: $(VENV)/.installed
 
-# Serial: the Ray tests start and stop whole clusters (the 2-node test's teardown runs `ray stop
-# --force`), which killed a study of a test running beside it under pytest-xdist.
+# Two pytest-xdist workers, one test file each at a time: every Ray test starts and stops only its
+# own cluster (the 2-node test kills its own process trees, never `ray stop --force`).
 test: $(VENV)/.installed
-	$(PY) -m pytest -q -m "not gpu" --durations=15
+	$(PY) -m pytest -q -m "not gpu" -n 2 --dist loadfile --durations=15
 
 # Everything but the Ray studies (no cluster starts): the inner loop, about 3 minutes on 2 cores.
 test-fast: $(VENV)/.installed

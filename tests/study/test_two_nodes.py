@@ -78,45 +78,98 @@ def s3(tmp_path_factory):
     server.stop()
 
 
+def _descendants(roots: list[int]) -> set[int]:
+    """Every live process under `roots` (from /proc): the cluster's raylets, GCS, workers and the
+    job drivers, which Ray starts in sessions of their own."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(stat.parent.name))
+    found, todo = set(), list(roots)
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def _stop(nodes: list[subprocess.Popen]) -> None:
+    """Stop this test's cluster and nothing else: `ray stop --force` would kill every Ray on the
+    machine, including a study another pytest-xdist worker is running beside this test."""
+    tree = _descendants([node.pid for node in nodes])
+    for node in nodes:
+        if node.poll() is None:
+            os.killpg(node.pid, signal.SIGTERM)
+    for node in nodes:
+        try:
+            node.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(node.pid, signal.SIGKILL)
+    for pid in tree:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def _node(command: str, env: dict, log: Path) -> subprocess.Popen:
+    """A `ray start --block` in a session of its own, so that `_stop` can end it; its output goes
+    to `log` (a pipe nobody reads would fill up and block it)."""
+    with log.open("w") as out:
+        node = subprocess.Popen(
+            ["bash", "-c", command], env=env, stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+    node.log = log
+    return node
+
+
 @pytest.fixture(scope="module")
-def two_nodes(s3):
+def two_nodes(s3, tmp_path_factory):
     """One cluster for the module's studies; every node has the S3 endpoint's environment."""
-    port, dashboard = _free_port(), _free_port()
+    port, dashboard, client, agent = (_free_port() for _ in range(4))
     address = f"127.0.0.1:{port}"
     env = {**cli_env(), "RAY_USAGE_STATS_ENABLED": "0", **AUTH, **s3.env}
-    head = subprocess.run(
-        [RAY, "start", "--head", f"--port={port}", "--num-cpus=1",
-         f"--dashboard-port={dashboard}"],
-        env=env, capture_output=True, text=True, timeout=180,
-    )  # fmt: skip
-    assert head.returncode == 0, head.stdout[-2000:] + head.stderr[-2000:]
+    logs = tmp_path_factory.mktemp("nodes")
+    head = _node(
+        f"exec {RAY} start --head --port={port} --num-cpus=1 --dashboard-port={dashboard} "
+        f"--ray-client-server-port={client} --dashboard-agent-listen-port={agent} --block",
+        env,
+        logs / "head.log",
+    )
     # The second node: its own mount namespace, where ~/.cache is an empty private tmpfs, and so
     # is Ray's /tmp/ray: two nodes on one machine would otherwise share one runtime-env folder, and
     # a trial then found the job's unpacked working directory gone (os.getcwd: FileNotFoundError).
     cache = Path.home() / ".cache"
     cache.mkdir(parents=True, exist_ok=True)
-    worker = subprocess.Popen(
-        ["unshare", "--mount", "bash", "-c",
-         f"mount -t tmpfs tmpfs {cache} && mount -t tmpfs tmpfs /tmp/ray && "
-         f"exec {RAY} start --address={address} --num-cpus=1 --block"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        start_new_session=True,
-    )  # fmt: skip
+    nodes = [head]
     try:
-        deadline = time.monotonic() + 180
-        while _alive_nodes(address) < 2:
-            assert worker.poll() is None, worker.stdout.read()[-3000:]
-            assert time.monotonic() < deadline, "the second node did not join within 180 s"
-            time.sleep(2)
+        _wait_for(address, 1, head)
+        nodes.append(
+            _node(
+                f"exec unshare --mount bash -c 'mount -t tmpfs tmpfs {cache} && "
+                f"mount -t tmpfs tmpfs /tmp/ray && "
+                f"exec {RAY} start --address={address} --num-cpus=1 --block'",
+                env,
+                logs / "worker.log",
+            )
+        )
+        _wait_for(address, 2, nodes[-1])
         yield f"http://127.0.0.1:{dashboard}", address
     finally:
-        if worker.poll() is None:
-            os.killpg(worker.pid, signal.SIGTERM)
-            try:
-                worker.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(worker.pid, signal.SIGKILL)
-        subprocess.run([RAY, "stop", "--force"], env=env, capture_output=True, timeout=120)
+        _stop(nodes)
+
+
+def _wait_for(address: str, count: int, node: subprocess.Popen) -> None:
+    deadline = time.monotonic() + 180
+    while _alive_nodes(address) < count:
+        assert node.poll() is None, node.log.read_text()[-3000:]
+        assert time.monotonic() < deadline, f"node {count} did not join within 180 s"
+        time.sleep(2)
 
 
 def _study(name: str, storage: str, artifact_store: str) -> dict:
