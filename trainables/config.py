@@ -343,8 +343,9 @@ def from_flat(flat: dict[str, Any], base: str | None = None) -> TrialConfig:
 
 
 # model.classifier_head: networks/energy.py ("gaussian", "energy"); "scaled" divides the logits
-# by sigma (networks.SigmaScaledClassifier)
-CLASSIFIER_HEADS = ("plain", "gaussian", "energy", "scaled")
+# by sigma (networks.SigmaScaledClassifier); "denoiser": per-class denoiser energies as the logits
+# (networks.DenoiserClassifier)
+CLASSIFIER_HEADS = ("plain", "gaussian", "energy", "scaled", "denoiser")
 ENERGY_HEADS = ("gaussian", "energy")  # the heads model.energy_rank shapes
 GUIDANCE_PRECISIONS = ("fp32", "bf16")  # sample.guidance_precision; trainables.guidance
 
@@ -353,7 +354,7 @@ def _check_heads(config: TrialConfig) -> None:
     """The guidance classifier's head and the precision of its guidance gradient."""
     if config.model.classifier_head not in CLASSIFIER_HEADS:
         raise ValueError(
-            "model.classifier_head must be 'plain', 'gaussian', 'energy' or 'scaled', "
+            "model.classifier_head must be 'plain', 'gaussian', 'energy', 'scaled' or 'denoiser', "
             f"got {config.model.classifier_head!r}"
         )
     if config.model.energy_rank < 0:

@@ -101,7 +101,7 @@ BAD_INPUTS = [
     (
         "unknown classifier head",
         lambda p: _write(p, "config: {model.classifier_head: gauss}\n"),
-        "must be 'plain', 'gaussian', 'energy' or 'scaled', got 'gauss'",
+        "must be 'plain', 'gaussian', 'energy', 'scaled' or 'denoiser', got 'gauss'",
     ),
     (
         "negative guidance scale",

@@ -10,7 +10,7 @@ from trainables.evaluation.calibration import sc_ratios
 from trainables.evaluation.generation import eval_classifier_config
 from trainables.losses import classifier_score
 from trainables.methods import EVAL_CLASSIFIER, get_method
-from trainables.networks import EnergyClassifier, build_network
+from trainables.networks import SIGMA_DATA, DenoiserClassifier, EnergyClassifier, build_network
 from trainables.networks.energy import PARAM_SCALE, GaussianEnergy
 
 
@@ -63,6 +63,47 @@ def test_energy_head_set_to_the_data_gaussian_gives_the_exact_noisy_score():
         torch.testing.assert_close(score[b], exact, rtol=1e-6, atol=1e-8)
 
 
+class _PosteriorMeans(torch.nn.Module):
+    """F_y such that D_y(x~) = v_y / (v_y + sigma^2) x~: the posterior mean of class y's data
+    N(0, v_y I), written in the head's EDM preconditioning."""
+
+    def __init__(self, variances):
+        super().__init__()
+        self.v = variances
+
+    def forward(self, x, sigma):
+        s2 = sigma[:, None] ** 2
+        c_skip = SIGMA_DATA**2 / (s2 + SIGMA_DATA**2)
+        c_out = sigma[:, None] * SIGMA_DATA / (s2 + SIGMA_DATA**2).sqrt()
+        gain = (self.v[None, :] / (self.v[None, :] + s2) - c_skip) / c_out  # [B, K]
+        return (gain[:, :, None] * x[:, None, :]).flatten(1)
+
+
+def test_denoiser_head_with_the_posterior_means_is_the_exact_mixture_posterior_and_score():
+    """Classes y ~ uniform, x | y ~ N(0, v_y I): with D_y the exact posterior means and
+    b_y = -(D/2) log(v_y + sigma^2), the softmax is p(y | x~) and the LogSumExp gradient is the
+    noisy mixture's score."""
+    torch.manual_seed(2)
+    dim, sigma0 = 3, 0.3
+    v = torch.tensor([0.05, 0.5, 2.0]).double()
+    clf = DenoiserClassifier(_PosteriorMeans(v), num_classes=3).double()
+    with torch.no_grad():
+        clf.bias.copy_(-dim / 2 * torch.log(v + sigma0**2))
+    x = torch.randn(32, dim).double() * 1.2
+    sigma = torch.full((32,), sigma0).double()
+    log_joint = torch.stack(
+        [torch.distributions.MultivariateNormal(torch.zeros(dim).double(),
+         (vy + sigma0**2) * torch.eye(dim).double()).log_prob(x) for vy in v], 1
+    )  # fmt: skip
+    torch.testing.assert_close(F.softmax(clf(x, sigma), 1), F.softmax(log_joint, 1))
+    xr = x.clone().requires_grad_(True)
+    exact = torch.autograd.grad(torch.logsumexp(log_joint.new_zeros(1) + torch.stack(
+        [torch.distributions.MultivariateNormal(torch.zeros(dim).double(),
+         (vy + sigma0**2) * torch.eye(dim).double()).log_prob(xr) for vy in v], 1), 1).sum(), xr
+    )[0]  # fmt: skip
+    torch.testing.assert_close(classifier_score(clf, x, sigma, create_graph=False), exact)
+
+
 def test_the_shared_energy_head_never_moves_the_softmax():
     config = from_flat({"method": "CG-SC-all", "model.classifier_head": "energy"}, base="toy")
     torch.manual_seed(0)
@@ -90,54 +131,79 @@ def test_the_head_shapes_only_the_guidance_classifier():
     assert energy[1] != plain[1]
     assert keys(**{"model.energy_rank": 3}) == plain  # the rank means nothing to a plain head
     assert keys(**{"model.classifier_head": "energy", "model.energy_rank": 3})[1] != energy[1]
+    denoiser = keys(**{"model.classifier_head": "denoiser"})
+    assert denoiser[0] == plain[0] and denoiser[2] == plain[2]
+    assert denoiser[1] not in (plain[1], energy[1])
 
 
 def test_an_unknown_head_is_refused_with_the_choices():
     with pytest.raises(
-        ValueError, match="must be 'plain', 'gaussian', 'energy' or 'scaled', got 'gauss'"
+        ValueError,
+        match="must be 'plain', 'gaussian', 'energy', 'scaled' or 'denoiser', got 'gauss'",
     ):
         from_flat({"model.classifier_head": "gauss"}, base="toy")
     with pytest.raises(ValueError, match="model.energy_rank must be >= 0"):
         from_flat({"model.energy_rank": -1}, base="toy")
 
 
-@pytest.mark.slow
-def test_on_tiny_images_the_energy_head_lets_sc_learn_without_losing_the_classes():
-    """What the shared energy head achieves in 200 steps (docs/science.md has 600 and 1,500): its SC
-    term far below the class-independent radial baseline in band 2 and well below 1 in band 1,
-    clean accuracy within 5 points of a CE-only classifier trained alike. The band-0 target
-    (<= 0.8, issue 15) is not met by any variant; this pins what is."""
+def _on_tiny_images(method: str, head: str, steps: int = 200, **flat) -> tuple[dict, float]:
+    """A guidance classifier trained `steps` steps on tiny-images at 20 % labels: its SC ratios
+    (held-out, per band) and its clean accuracy (at sigma_min = 0.01)."""
     from trainables.data.images import make_images
     from trainables.fit import TrainingSet, train_artifact
 
     torch.set_num_threads(2)
-    results = {}
-    for method, head in (("CG", "plain"), ("CG-SC-all", "energy")):
-        flat = {
-            "method": method,
-            "model.classifier_head": head,
-            "data.label_percent": 20.0,
-            "train.steps": 200,
-            "train.steps_per_epoch": 200,
-        }
-        config = from_flat(flat, base="tiny-images")
-        data = make_images(config.data)
-        training = TrainingSet.split(data.x, data.y, data.num_classes, 20.0, 0)
-        clf = get_method(method).artifacts[1]
-        net = train_artifact(clf, config, training)
-        x, y = data.test_x[:128], data.test_y[:128]
-        gen = torch.Generator().manual_seed(0)
-        ratios = sc_ratios(net, x, config.eval.sc_bands, (0.01, 20.0), gen)
-        with torch.no_grad():
-            noisy = x + 0.01 * torch.randn(x.shape, generator=gen)
-            acc = (net(noisy, torch.full((len(x),), 0.01)).argmax(1) == y).float().mean().item()
-        results[head] = (ratios, acc)
-    plain, energy = results["plain"][0], results["energy"][0]
+    flat = {"method": method, "model.classifier_head": head, "data.label_percent": 20.0,
+            "train.steps": steps, "train.steps_per_epoch": steps, **flat}  # fmt: skip
+    config = from_flat(flat, base="tiny-images")
+    data = make_images(config.data)
+    training = TrainingSet.split(data.x, data.y, data.num_classes, 20.0, 0)
+    net = train_artifact(get_method(method).artifacts[1], config, training)
+    x, y = data.test_x[:128], data.test_y[:128]
+    gen = torch.Generator().manual_seed(0)
+    ratios = sc_ratios(net, x, config.eval.sc_bands, (0.01, 20.0), gen)
+    with torch.no_grad():
+        noisy = x + 0.01 * torch.randn(x.shape, generator=gen)
+        acc = (net(noisy, torch.full((len(x),), 0.01)).argmax(1) == y).float().mean().item()
+    return ratios, acc
+
+
+@pytest.fixture(scope="module")
+def ce_only_on_tiny_images():
+    return _on_tiny_images("CG", "plain")
+
+
+@pytest.mark.slow
+def test_on_tiny_images_the_energy_head_lets_sc_learn_without_losing_the_classes(
+    ce_only_on_tiny_images,
+):
+    """What the shared energy head achieves in 200 steps (docs/science.md has 600 and 1,500): its SC
+    term far below the class-independent radial baseline in band 2 and well below 1 in band 1,
+    clean accuracy within 5 points of a CE-only classifier trained alike."""
+    plain, plain_acc = ce_only_on_tiny_images
+    energy, acc = _on_tiny_images("CG-SC-all", "energy")
     assert plain["sc_ratio_band1"] > 0.95  # cross-entropy alone learns nothing of the score
     assert energy["sc_ratio_band2"] < energy["sc_ratio_radial_band2"] / 2
     assert energy["sc_ratio_band1"] < 0.8
     assert energy["sc_ratio"] < 0.6
-    assert results["energy"][1] >= results["plain"][1] - 0.05
+    assert acc >= plain_acc - 0.05
+
+
+@pytest.mark.slow
+def test_on_tiny_images_the_denoiser_head_learns_sc_in_the_lowest_band_and_keeps_its_classes(
+    ce_only_on_tiny_images,
+):
+    """Issue 15's target: the class-conditional denoiser energies, trained with CE and the summed
+    SC term, bring the SC term below the class-independent baseline in every band, to <= 0.8 in
+    the lowest (0.69 at 200 steps, 0.55 at 600; a DSM score network reaches 0.52), with clean
+    accuracy within 5 points of a CE-only classifier trained alike (docs/science.md)."""
+    plain, plain_acc = ce_only_on_tiny_images
+    ratios, acc = _on_tiny_images("CG-SC-all", "denoiser", **{"loss.sc_reduction": "sum"})
+    assert plain["sc_ratio_band0"] > 0.95
+    assert ratios["sc_ratio_band0"] <= 0.8
+    for band in range(4):
+        assert ratios[f"sc_ratio_band{band}"] < ratios[f"sc_ratio_radial_band{band}"], band
+    assert acc >= plain_acc - 0.05
 
 
 def test_scaled_head_divides_the_plain_logits_by_sigma_and_keys_only_the_guidance_classifier():

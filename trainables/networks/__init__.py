@@ -50,11 +50,62 @@ class SigmaScaledClassifier(nn.Module):
         return logits / sigma.reshape(-1, 1).to(logits.dtype)
 
 
+# EDM's data scale (Karras et al. 2022) for the 'denoiser' head's preconditioning.
+SIGMA_DATA = 0.5
+
+
+class DenoiserClassifier(nn.Module):
+    """A class-conditional denoiser energy as the logits (model.classifier_head 'denoiser'):
+
+        f_y(x~, sigma) = -<x~ - D_y(x~, sigma), x~> / (2 sigma^2) + b_y,
+        D_y = c_skip x~ + c_out F_y(x~, sigma),   (EDM: c_skip = s_d^2 / (sigma^2 + s_d^2),
+                                                   c_out = sigma s_d / sqrt(sigma^2 + s_d^2))
+
+    with F one network giving K outputs of the data's shape (an NCSN++ U-Net with K*C channels for
+    images, an MLP with K*dim outputs for the toy). For a linear D_y = A x~ the energy is the
+    quadratic -x~^T (I - A) x~ / (2 sigma^2), whose gradient -(I - A) x~ / sigma^2 is Tweedie's
+    score of a zero-mean Gaussian; a trained D_y is a denoiser per class. There are no separate
+    class logits: CE tells the classes apart through which class's denoiser explains x~, and SC
+    trains the same energies' LogSumExp (docs/science.md, the variants of issue 15)."""
+
+    def __init__(self, net: nn.Module, num_classes: int):
+        super().__init__()
+        self.net = net
+        self.num_classes = num_classes
+        self.bias = nn.Parameter(torch.zeros(num_classes))
+
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        out = self.net(x, sigma)
+        # The energy is a sum over the data's dimensions of products of O(1) terms divided by
+        # sigma^2: fp32 outside autocast.
+        dtype = torch.promote_types(out.dtype, torch.float32)
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            f = out.to(dtype).reshape(len(x), self.num_classes, -1)
+            xf = x.to(dtype).flatten(1)[:, None, :]
+            s2 = sigma.to(dtype).reshape(-1, 1, 1) ** 2
+            c_skip = SIGMA_DATA**2 / (s2 + SIGMA_DATA**2)
+            c_out = (s2 * SIGMA_DATA**2 / (s2 + SIGMA_DATA**2)).sqrt()
+            residual = (1 - c_skip) * xf - c_out * f  # x~ - D_y
+            energy = -(residual * xf).sum(2) / (2 * s2[:, :, 0])
+            logits = energy + self.bias.to(dtype)
+        return logits.to(out.dtype)
+
+
 def build_network(
     kind: str, *, dim: int | tuple[int, ...], num_classes: int, model_config: ModelConfig
 ) -> nn.Module:
     """A network of a registry kind: toy MLP for arch "mlp" (dim: int), NCSN++ for "ncsnpp" (dim: C,
     H, W); a classifier with model.classifier_head 'gaussian' gets the energy head."""
+    if kind == "classifier" and model_config.classifier_head == "denoiser":
+        if isinstance(dim, int):  # the toy's MLP classifier, with K * dim outputs
+            net = _build_network(
+                kind, dim=dim, num_classes=num_classes * dim, model_config=model_config
+            )
+        else:
+            net = _build_network(
+                "denoiser", dim=dim, num_classes=num_classes, model_config=model_config
+            )
+        return DenoiserClassifier(net, num_classes)
     net = _build_network(kind, dim=dim, num_classes=num_classes, model_config=model_config)
     if kind == "classifier" and model_config.classifier_head == "scaled":
         return SigmaScaledClassifier(net)
@@ -88,6 +139,7 @@ def _build_network(
 
 
 __all__ = [
+    "DenoiserClassifier",
     "EnergyClassifier",
     "SigmaScaledClassifier",
     "NoiseEmbedding",

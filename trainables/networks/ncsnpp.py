@@ -140,6 +140,7 @@ class NCSNpp(nn.Module):
         head_classes: int | None = None,
         label_classes: int | None = None,
         center_input: bool = True,
+        out_channels: int | None = None,
     ):
         super().__init__()
         channels, res, _ = image_shape
@@ -200,7 +201,7 @@ class NCSNpp(nn.Module):
                     self.up_kinds.append("upres")
                     res *= 2
             self.norm_out = nn.GroupNorm(_groups(cin), cin, eps=1e-6)
-            self.conv_out = _conv(cin, channels, init_scale=1e-5)
+            self.conv_out = _conv(cin, out_channels or channels, init_scale=1e-5)
         self.head: nn.Sequential | None = None
         if head_classes is not None:
             c = self.encoder_channels
@@ -287,6 +288,19 @@ class ImageScoreNet(NCSNpp):
         return self.score(x, sigma)
 
 
+class ImageDenoiserNet(NCSNpp):
+    """K images per input, F_y(x, sigma) (the decoder's output, not divided by sigma): the
+    per-class denoisers of the 'denoiser' classifier head (networks.DenoiserClassifier)."""
+
+    def __init__(self, num_classes: int, **kw):
+        super().__init__(decoder=True, out_channels=num_classes * kw["image_shape"][0], **kw)
+
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        temb = self.embed(sigma)
+        h, hs = self.encode(x, temb)
+        return self.decode(h, hs, temb)
+
+
 class ImageClassifier(NCSNpp):
     """Noise-conditional classifier: the encoder half and a pooled linear head."""
 
@@ -325,6 +339,7 @@ IMAGE_NETWORKS = {
     "classifier": ImageClassifier,
     "joint": ImageJointNet,
     "conditional": ImageConditionalScoreNet,
+    "denoiser": ImageDenoiserNet,
 }
 
 
