@@ -224,3 +224,17 @@ def test_scaled_head_divides_the_plain_logits_by_sigma_and_keys_only_the_guidanc
     assert artifact_key(artifact_identity(classifier, scaled)) != artifact_key(
         artifact_identity(classifier, plain)
     )
+
+
+def test_denoiser_head_builds_k_outputs_of_the_data_shape_for_toy_and_images():
+    toy = from_flat({"method": "CG-SC-all", "model.classifier_head": "denoiser"}, base="toy")
+    net = build_network("classifier", dim=2, num_classes=3, model_config=toy.model)
+    assert isinstance(net, DenoiserClassifier)
+    x, sigma = torch.randn(5, 2), torch.rand(5) + 0.1
+    assert net.net(x, sigma).shape == (5, 6) and net(x, sigma).shape == (5, 3)
+    images = from_flat(
+        {"method": "CG-SC-all", "model.classifier_head": "denoiser"}, base="tiny-images"
+    )
+    net = build_network("classifier", dim=(3, 8, 8), num_classes=4, model_config=images.model)
+    x, sigma = torch.rand(2, 3, 8, 8), torch.rand(2) + 0.1
+    assert net.net(x, sigma).shape == (2, 12, 8, 8) and net(x, sigma).shape == (2, 4)
