@@ -102,3 +102,17 @@ def test_a_spec_written_before_the_sweep_turns_its_scale_range_into_the_grid():
     assert "sample.guidance_scale" not in old.search
     picked = {"sample.guidance_scale": {"choices": [3, 1.5]}}
     assert validate({"methods": ["CG"], "search": picked}).guidance_scales == (1.5, 3.0)
+
+
+@pytest.mark.parametrize("name", preset_names())
+def test_every_preset_validates_or_only_misses_its_dataset(name):
+    """A preset's only allowed problems on a machine without CIFAR and Inception's weights are those
+    two missing files."""
+    try:
+        spec = load_spec(name)
+    except SpecError as err:
+        problems = [line for line in str(err).splitlines() if line.startswith("  - ")]
+        missing = ("  - dataset: cifar", "  - eval: Inception weights not found")
+        assert problems and all(p.startswith(missing) for p in problems), str(err)
+    else:
+        assert spec.name == name
