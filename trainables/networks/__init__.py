@@ -95,7 +95,8 @@ def build_network(
     kind: str, *, dim: int | tuple[int, ...], num_classes: int, model_config: ModelConfig
 ) -> nn.Module:
     """A network of a registry kind: toy MLP for arch "mlp" (dim: int), NCSN++ for "ncsnpp" (dim: C,
-    H, W); a classifier with model.classifier_head 'gaussian' gets the energy head."""
+    H, W); model.classifier_head shapes the classifier ("plain" as built, the others wrap it or, for
+    "denoiser", replace it)."""
     if kind == "classifier" and model_config.classifier_head == "denoiser":
         if isinstance(dim, int):  # the toy's MLP classifier, with K * dim outputs
             net = _build_network(
