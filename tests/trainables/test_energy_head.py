@@ -91,16 +91,17 @@ def test_denoiser_head_with_the_posterior_means_is_the_exact_mixture_posterior_a
         clf.bias.copy_(-dim / 2 * torch.log(v + sigma0**2))
     x = torch.randn(32, dim).double() * 1.2
     sigma = torch.full((32,), sigma0).double()
-    log_joint = torch.stack(
-        [torch.distributions.MultivariateNormal(torch.zeros(dim).double(),
-         (vy + sigma0**2) * torch.eye(dim).double()).log_prob(x) for vy in v], 1
-    )  # fmt: skip
-    torch.testing.assert_close(F.softmax(clf(x, sigma), 1), F.softmax(log_joint, 1))
+
+    def log_joint(points):  # log p(x~, y) up to the shared log K, per class: [B, K]
+        cov = [(vy + sigma0**2) * torch.eye(dim).double() for vy in v]
+        normals = [
+            torch.distributions.MultivariateNormal(torch.zeros(dim).double(), c) for c in cov
+        ]
+        return torch.stack([n.log_prob(points) for n in normals], 1)
+
+    torch.testing.assert_close(F.softmax(clf(x, sigma), 1), F.softmax(log_joint(x), 1))
     xr = x.clone().requires_grad_(True)
-    exact = torch.autograd.grad(torch.logsumexp(log_joint.new_zeros(1) + torch.stack(
-        [torch.distributions.MultivariateNormal(torch.zeros(dim).double(),
-         (vy + sigma0**2) * torch.eye(dim).double()).log_prob(xr) for vy in v], 1), 1).sum(), xr
-    )[0]  # fmt: skip
+    (exact,) = torch.autograd.grad(torch.logsumexp(log_joint(xr), 1).sum(), xr)
     torch.testing.assert_close(classifier_score(clf, x, sigma, create_graph=False), exact)
 
 
