@@ -2,10 +2,12 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
+# uv (from PyPI) resolves and installs the same packages as pip, in parallel: about 45 s here
+# against about 3 minutes for pip with a warm cache (torch's CUDA wheels are most of the 5.5 GB).
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q uv
+	$(VENV)/bin/uv pip install -q --python $(PY) -e '.[dev]'
 	touch $@
 
 .PHONY: install test test-fast demo lint

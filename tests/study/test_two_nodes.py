@@ -104,9 +104,9 @@ def _stop(nodes: list[subprocess.Popen]) -> None:
     for node in nodes:
         if node.poll() is None:
             os.killpg(node.pid, signal.SIGTERM)
-    for node in nodes:
+    for node in nodes:  # a few seconds to stop; the tree is killed below in any case
         try:
-            node.wait(timeout=60)
+            node.wait(timeout=5)
         except subprocess.TimeoutExpired:
             os.killpg(node.pid, signal.SIGKILL)
     for pid in tree:
