@@ -10,7 +10,7 @@ $(VENV)/.installed: pyproject.toml
 	$(VENV)/bin/uv pip install -q --python $(PY) -e '.[dev]'
 	touch $@
 
-.PHONY: install test test-fast demo lint
+.PHONY: install test test-fast test-gpu demo lint
 install: $(VENV)/.installed
 
 # Two pytest-xdist workers, one test file each at a time: every Ray test starts and stops only its
@@ -21,6 +21,10 @@ test: $(VENV)/.installed
 # Everything but the Ray studies (no cluster starts): the inner loop, about 3 minutes on 2 cores.
 test-fast: $(VENV)/.installed
 	$(PY) -m pytest -q -m "not slow and not gpu" -n 2 --dist loadfile
+
+# The CUDA paths (tests marked gpu; skipped without CUDA, deselected by `make test`).
+test-gpu: $(VENV)/.installed
+	$(PY) -m pytest -q -m gpu -rs
 
 demo: $(VENV)/.installed
 	$(VENV)/bin/study run

@@ -18,6 +18,7 @@ import argparse
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -55,6 +56,11 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument(
+        "--guidance-precision", nargs="+", default=["fp32"], choices=["fp32", "bf16"],
+        help="sample.guidance_precision of the classifier-guided rows",
+    )  # fmt: skip
+    p.add_argument("--compile", action="store_true", help="also time compiled networks")
+    p.add_argument(
         "--inception", default="", help="path of inception-2015-12-05.pt (skipped when missing)"
     )
     args = p.parse_args()
@@ -83,8 +89,8 @@ def main() -> None:
         f"# NCSN++ {args.size}, {args.image_size}x{args.image_size}, batch {args.batch}, "
         f"{device} ({torch.get_num_threads()} threads), torch {torch.__version__}"
     )
-    print("| what | s/batch | images/s |")
-    print("|---|---|---|")
+    print("| what | s/batch | images/s | over unguided |")
+    print("|---|---|---|---|")
     extractors = [
         (
             "features: eval classifier",
@@ -102,27 +108,38 @@ def main() -> None:
         print(f"(Inception weights not at {args.inception}: skipped)")
     for name, extractor in extractors:
         seconds = timed(lambda e=extractor: e.features(x), device, args.repeats)
-        print(f"| {name} | {seconds:.4f} | {args.batch / seconds:.1f} |", flush=True)
-    sigmas = torch.tensor(
-        [1.0, 0.5], dtype=torch.float64
-    )  # one PC step (predictor + corrector) + last
-    for method in ("CG-SC-all", "CFG-all", "Cond"):
-        fns = model_fns(
-            {k: nets[k] for k in ("score", "classifier")}
-            if method.startswith("CG")
-            else {"conditional": nets["conditional"]},
-            num_classes=args.classes,
-        )
-        score_fn = guided_score_fn(get_method(method), fns, y, 2.0)
-        seconds = (
-            timed(lambda s=score_fn: pc_sampler(s, x, sigmas, generator=None), device, args.repeats)
-            / 2
-        )  # two levels
-        print(
-            f"| guided PC step: {get_method(method).guidance} ({method}) | {seconds:.4f} | "
-            f"{args.batch / seconds:.1f} |",
-            flush=True,
-        )
+        print(f"| {name} | {seconds:.4f} | {args.batch / seconds:.1f} | |", flush=True)
+    sampler_rows(nets, x, y, args, device)
+
+
+def sampler_rows(nets: dict, x: torch.Tensor, y: torch.Tensor, args, device) -> None:
+    """One PC step per guidance kind, eager and (--compile) compiled; the unguided score model's
+    step first, and each classifier-guided step's time over it (target: at most 1.5x)."""
+    sigmas = torch.tensor([1.0, 0.5], dtype=torch.float64)  # two levels: two PC steps
+    modes = [False, True] if args.compile else [False]
+    for compiled in modes:
+        use = {k: torch.compile(n) if compiled else n for k, n in nets.items()}
+        mode = "compiled" if compiled else "eager"
+        rows = [("unguided: score model alone", use["score"])]
+        for precision in args.guidance_precision:
+            fns = model_fns({k: use[k] for k in ("score", "classifier")}, num_classes=args.classes)
+            fn = guided_score_fn(get_method("CG-SC-all"), fns, y, 2.0, precision)
+            rows.append((f"guided: classifier, gradient in {precision} (CG-SC-all)", fn))
+        for method in ("CFG-all", "Cond"):
+            fns = model_fns({"conditional": use["conditional"]}, num_classes=args.classes)
+            rows.append((f"guided: {get_method(method).guidance} ({method})",
+                         guided_score_fn(get_method(method), fns, y, 2.0)))  # fmt: skip
+        unguided = None
+        for name, fn in rows:
+            step = partial(pc_sampler, fn, x, sigmas, generator=None)
+            seconds = timed(step, device, args.repeats) / 2
+            unguided = unguided or seconds
+            ratio = f"{seconds / unguided:.2f}x"
+            print(
+                f"| PC step, {mode}: {name} | {seconds:.4f} | {args.batch / seconds:.1f} | "
+                f"{ratio} |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":
