@@ -44,7 +44,8 @@ def timed(fn: Callable[[], object], device: torch.device, repeats: int) -> float
     return (time.perf_counter() - start) / repeats
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
+    """The benchmark's options."""
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -63,10 +64,12 @@ def main() -> None:
     p.add_argument(
         "--inception", default="", help="path of inception-2015-12-05.pt (skipped when missing)"
     )
-    args = p.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
+    return p.parse_args()
+
+
+def build_networks(args: argparse.Namespace, device: torch.device) -> dict:
+    """Untrained score, classifier and conditional NCSN++ networks of the size, frozen, in eval
+    mode on the device (seeded)."""
     model = from_flat(
         {
             **{f"model.{k}": v for k, v in NCSNPP_SIZES[args.size].items()},
@@ -76,21 +79,18 @@ def main() -> None:
     ).model
     shape = (3, args.image_size, args.image_size)
     torch.manual_seed(0)
-    nets = {
+    return {
         k: build_network(k, dim=shape, num_classes=args.classes, model_config=model)
         .to(device)
         .eval()
         .requires_grad_(False)
         for k in ("score", "classifier", "conditional")
     }
-    x = torch.rand(args.batch, *shape, device=device)
-    y = torch.randint(0, args.classes, (args.batch,), device=device)
-    print(
-        f"# NCSN++ {args.size}, {args.image_size}x{args.image_size}, batch {args.batch}, "
-        f"{device} ({torch.get_num_threads()} threads), torch {torch.__version__}"
-    )
-    print("| what | s/batch | images/s | over unguided |")
-    print("|---|---|---|---|")
+
+
+def feature_rows(nets: dict, x: torch.Tensor, args: argparse.Namespace, device) -> None:
+    """Feature extraction: the evaluation-classifier extractor and, when its weights file exists,
+    clean-fid's Inception."""
     extractors = [
         (
             "features: eval classifier",
@@ -109,6 +109,23 @@ def main() -> None:
     for name, extractor in extractors:
         seconds = timed(lambda e=extractor: e.features(x), device, args.repeats)
         print(f"| {name} | {seconds:.4f} | {args.batch / seconds:.1f} | |", flush=True)
+
+
+def main() -> None:
+    args = parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    nets = build_networks(args, device)
+    x = torch.rand(args.batch, 3, args.image_size, args.image_size, device=device)
+    y = torch.randint(0, args.classes, (args.batch,), device=device)
+    print(
+        f"# NCSN++ {args.size}, {args.image_size}x{args.image_size}, batch {args.batch}, "
+        f"{device} ({torch.get_num_threads()} threads), torch {torch.__version__}"
+    )
+    print("| what | s/batch | images/s | over unguided |")
+    print("|---|---|---|---|")
+    feature_rows(nets, x, args, device)
     sampler_rows(nets, x, y, args, device)
 
 
@@ -121,8 +138,8 @@ def sampler_rows(nets: dict, x: torch.Tensor, y: torch.Tensor, args, device) -> 
         use = {k: torch.compile(n) if compiled else n for k, n in nets.items()}
         mode = "compiled" if compiled else "eager"
         rows = [("unguided: score model alone", use["score"])]
+        fns = model_fns({k: use[k] for k in ("score", "classifier")}, num_classes=args.classes)
         for precision in args.guidance_precision:
-            fns = model_fns({k: use[k] for k in ("score", "classifier")}, num_classes=args.classes)
             fn = guided_score_fn(get_method("CG-SC-all"), fns, y, 2.0, precision)
             rows.append((f"guided: classifier, gradient in {precision} (CG-SC-all)", fn))
         for method in ("CFG-all", "Cond"):

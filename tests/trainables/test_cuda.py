@@ -7,6 +7,8 @@ machine with CUDA (bench/gpu_session.sh does, with the benchmarks); docs/benchma
 they last ran there.
 """
 
+import copy
+
 import pytest
 import torch
 
@@ -109,7 +111,7 @@ def test_guided_samples_on_cuda_are_the_cpu_samples():
     config, split = _toy("CG")
     nets = _toy_networks(config, split, "cpu")
     on_cpu, y = sample_classes(config, nets, 2, 2)
-    gpu_nets = {name: net.to(CUDA) for name, net in _toy_networks(config, split, "cpu").items()}
+    gpu_nets = {name: copy.deepcopy(net).to(CUDA) for name, net in nets.items()}
     on_gpu, y_gpu = sample_classes(config, gpu_nets, 2, 2, device=CUDA)
     assert torch.equal(y_gpu.cpu(), y)
     torch.testing.assert_close(on_gpu.cpu(), on_cpu, rtol=1e-3, atol=1e-3)
