@@ -8,9 +8,11 @@ Shapes: x [B, ...], sigma [B], z like x, y [B] (long).
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import nullcontext
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 LogitsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -20,6 +22,15 @@ CondScoreFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 def _bcast(sigma: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """Reshape per-example sigma [B] to broadcast against like [B, ...]."""
     return sigma.reshape(-1, *([1] * (like.dim() - 1)))
+
+
+def double_differentiable():
+    """Attention on SDPA's math kernel, for a forward whose input gradient is differentiated again
+    (SC, DLSM, QC). The fused kernels (flash and memory-efficient on CUDA, flash on CPU, which a
+    channels-last network selects) have no double backward: "derivative for
+    aten::_scaled_dot_product_flash_attention_for_cpu_backward is not implemented"
+    (pytorch#116350)."""
+    return sdpa_kernel(SDPBackend.MATH)
 
 
 REDUCTIONS = ("sum", "mean")  # over data dimensions: score_sde's VE sum, or a per-dimension mean
@@ -81,7 +92,7 @@ def classifier_score(
 ) -> torch.Tensor:
     """Score of the classifier read as an EBM: grad_x LogSumExp_y f(x, sigma)[y] (paper 001 eq.
     2)."""
-    with torch.enable_grad():
+    with torch.enable_grad(), double_differentiable() if create_graph else nullcontext():
         x = x if x.requires_grad else x.detach().requires_grad_(True)
         lse = torch.logsumexp(logits_fn(x, sigma), dim=1)
         (grad,) = torch.autograd.grad(lse.sum(), x, create_graph=create_graph)
@@ -121,7 +132,8 @@ def ce_and_sc_losses(
     separate CE forward and backward (the SC step then costs about what SC alone costs).
     """
     x_noisy = (x + _bcast(sigma, x) * z).detach().requires_grad_(True)
-    logits = logits_fn(x_noisy, sigma)
+    with double_differentiable():
+        logits = logits_fn(x_noisy, sigma)
     (grad,) = torch.autograd.grad(torch.logsumexp(logits, dim=1).sum(), x_noisy, create_graph=True)
     labeled = y >= 0
     ce = F.cross_entropy(logits[labeled], y[labeled], reduction="none")
@@ -142,7 +154,8 @@ def dlsm_loss(
     """DLSM (paper 003): 0.5 sigma^(2w) ||grad_x log p(y|x) + s(x) + z / sigma||^2, s frozen (the
     reference code averages over dimensions: reduction "mean")."""
     x_noisy = (x + _bcast(sigma, x) * z).detach().requires_grad_(True)
-    log_post = F.log_softmax(logits_fn(x_noisy, sigma), dim=1).gather(1, y[:, None]).sum()
+    with double_differentiable():
+        log_post = F.log_softmax(logits_fn(x_noisy, sigma), dim=1).gather(1, y[:, None]).sum()
     (grad,) = torch.autograd.grad(log_post, x_noisy, create_graph=True)
     with torch.no_grad():
         score = frozen_score_fn(x_noisy.detach(), sigma)
@@ -194,7 +207,8 @@ def qc_loss(
     In expectation over Rademacher v this is sigma^2 ||J - J^T||_F^2 / 2; two backward passes.
     """
     x_noisy = (x + _bcast(sigma, x) * z).detach().requires_grad_(True)
-    score = score_fn(x_noisy, sigma)
+    with double_differentiable():
+        score = score_fn(x_noisy, sigma)
     (vj,) = torch.autograd.grad(score, x_noisy, grad_outputs=v, create_graph=True)  # v^T J
     (vjj,) = torch.autograd.grad(score, x_noisy, grad_outputs=vj, create_graph=True)  # v^T J J
     per_example = vj.flatten(1).pow(2).sum(1) - (vjj * v).flatten(1).sum(1)

@@ -193,3 +193,40 @@ def test_mean_reduction_is_the_sum_over_the_number_of_dimensions():
         torch.testing.assert_close(loss("mean"), loss("sum") / dim)
     with pytest.raises(ValueError, match="unknown reduction 'avg'"):
         dsm_loss(score_fn, x, sigma, z, reduction="avg")
+
+
+def _double_backward_terms():
+    """Every loss that differentiates an input gradient, on NCSN++ networks with attention."""
+    from trainables.config import from_flat
+    from trainables.networks import build_network
+
+    model = from_flat({"method": "CG"}, base="tiny-images").model
+    torch.manual_seed(0)
+    clf = build_network("classifier", dim=(3, 16, 16), num_classes=4, model_config=model)
+    score = build_network("score", dim=(3, 16, 16), num_classes=4, model_config=model)
+    x, z = torch.randn(4, 3, 16, 16), torch.randn(4, 3, 16, 16)
+    sigma, y = torch.tensor([0.05, 0.2, 1.0, 5.0]), torch.tensor([0, 1, 2, 3])
+    v = torch.randint(0, 2, x.shape).float() * 2 - 1
+    return {
+        "sc": (clf, lambda: losses.sc_loss(clf, x, sigma, z)),
+        "ce+sc": (clf, lambda: sum(t.sum() for t in losses.ce_and_sc_losses(clf, x, sigma, z, y))),
+        "dlsm": (clf, lambda: losses.dlsm_loss(clf, score, x, sigma, z, y)),
+        "qc": (score, lambda: losses.qc_loss(score, x, sigma, z, v)),
+    }
+
+
+@pytest.mark.parametrize("term", ["sc", "ce+sc", "dlsm", "qc"])
+def test_double_backward_losses_train_channels_last_attention_networks(term):
+    # A channels-last network makes SDPA pick its fused CPU kernel (on CUDA the fused kernels are
+    # the default), which has no double backward: each such loss runs its attention on the math
+    # kernel, and its parameter gradients equal the contiguous network's.
+    net, loss = _double_backward_terms()[term]
+    params = list(net.parameters())
+    expected = torch.autograd.grad(loss().sum(), params, allow_unused=True)
+    net.to(memory_format=torch.channels_last)
+    got = torch.autograd.grad(loss().sum(), params, allow_unused=True)
+    assert sum(g is not None for g in got) > len(params) // 2
+    for a, b in zip(got, expected):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
