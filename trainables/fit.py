@@ -128,7 +128,9 @@ class Distributed:
         flat /= self.world_size
         offset = 0
         for p, g in zip(params, grads):
-            p.grad = flat[offset : offset + g.numel()].view_as(g)
+            # Back into the gradient's own layout: fused Adam walks a weight and its gradient as
+            # flat memory, so a channels-last weight needs a channels-last gradient.
+            p.grad = g.copy_(flat[offset : offset + g.numel()].view(g.shape))
             offset += g.numel()
 
     def gather(self, obj: Any) -> list[Any]:

@@ -91,3 +91,47 @@ def test_shards_split_every_row_of_a_batch_once():
     idx = torch.arange(10)
     shards = [Distributed(r, 3).shard(idx) for r in range(3)]
     assert sorted(torch.cat(shards).tolist()) == list(range(10))
+
+
+def _conv_step(rows: slice, fused: bool) -> torch.nn.Module:
+    """One Adam step of a channels-last conv net on rows of a fixed batch; the gradients averaged
+    over the ranks when a process group is up."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.SiLU(), torch.nn.Conv2d(8, 4, 3))
+    net.to(memory_format=torch.channels_last)
+    x = torch.randn(8, 3, 8, 8).to(memory_format=torch.channels_last)
+    net(x[rows]).square().mean().backward()
+    Distributed.from_torch().average_gradients(list(net.parameters()))
+    torch.optim.Adam(net.parameters(), lr=0.1, fused=fused).step()
+    return net
+
+
+def _adam_rank(rank, port, out_dir):
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        net = _conv_step(slice(4 * rank, 4 * rank + 4), fused=True)
+        torch.save(net.state_dict(), os.path.join(out_dir, f"adam{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_averaged_gradients_keep_a_channels_last_layout_for_fused_adam(tmp_path):
+    # Fused Adam (the GPU's) walks a parameter and its gradient as flat memory: an averaged
+    # gradient in another layout than its channels-last weight pairs the wrong elements. Two gloo
+    # ranks, each on half the batch, must take the step one process takes on the whole batch.
+    single = _conv_step(slice(0, 8), fused=False).state_dict()
+    ctx = mp.get_context("fork")
+    port = free_port()
+    procs = [ctx.Process(target=_adam_rank, args=(r, port, str(tmp_path))) for r in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=120)
+    assert [p.exitcode for p in procs] == [0, 0]
+    for rank in range(2):
+        got = torch.load(tmp_path / f"adam{rank}.pt")
+        for name, value in single.items():
+            torch.testing.assert_close(got[name], value, rtol=1e-5, atol=1e-6)
