@@ -269,13 +269,26 @@ def _draw_batch(
         x = _random_flip(x, state.generator)
     noise = Noise.draw(x, sde, state.generator)
     mine = dist.shard(torch.arange(len(idx)))
+    host = Batch(x[mine], data.y[idx][mine], None if uniform is None else uniform[mine]).indexed()
     batch = Batch(
-        x[mine].to(device, memory_format=state.memory),
-        data.y[idx][mine].to(device),
-        None if uniform is None else uniform[mine].to(device),
+        _to_device(host.x, device, state.memory),
+        _to_device(host.y, device),
+        None if host.uniform is None else _to_device(host.uniform, device),
+        {subset: _to_device(rows, device) for subset, rows in host.subsets.items()},
     )
-    noise = Noise(*(t[mine].to(device) for t in (noise.sigma, noise.z, noise.u, noise.v)))
+    noise = Noise(*(_to_device(t[mine], device) for t in (noise.sigma, noise.z, noise.u, noise.v)))
     return batch, noise
+
+
+def _to_device(
+    t: torch.Tensor, device: torch.device, memory: torch.memory_format = torch.preserve_format
+) -> torch.Tensor:
+    """A CPU tensor on the device. To a GPU through pinned memory without blocking: a copy from
+    pageable memory waits for the GPU's queue, so the host could not draw the next batch while the
+    GPU runs this step."""
+    if device.type != "cuda":
+        return t.to(device, memory_format=memory)
+    return t.pin_memory().to(device, memory_format=memory, non_blocking=True)
 
 
 def _optimise(

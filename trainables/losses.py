@@ -81,8 +81,10 @@ def ce_loss(
     logits_fn: LogitsFn, x: torch.Tensor, sigma: torch.Tensor, z: torch.Tensor, y: torch.Tensor
 ) -> torch.Tensor:
     """Time-generalised cross-entropy of f(x + sigma z, sigma) against y (paper 001 Sec. 3.2)."""
-    if (y < 0).any():
-        raise ValueError("ce_loss got unlabeled rows (y < 0); pass labeled rows only")
+    # An assertion the device checks (on a GPU, without the host waiting for it every step).
+    torch._assert_async(
+        (y >= 0).all(), "ce_loss got unlabeled rows (y < 0); pass labeled rows only"
+    )
     x_noisy = x + _bcast(sigma, x) * z
     return F.cross_entropy(logits_fn(x_noisy, sigma), y, reduction="none")
 
@@ -124,18 +126,20 @@ def ce_and_sc_losses(
     *,
     weighting: str = "sigma2",
     reduction: str = "sum",
+    labeled: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """CE on the labeled rows and SC on every row from ONE classifier forward on the shared noisy
     input.
 
     Equal to ce_loss on the labeled rows and sc_loss on all rows with the same (sigma, z); saves the
-    separate CE forward and backward (the SC step then costs about what SC alone costs).
+    separate CE forward and backward (the SC step then costs about what SC alone costs). labeled:
+    the labeled rows' indices when the caller knows them (else found from y >= 0).
     """
     x_noisy = (x + _bcast(sigma, x) * z).detach().requires_grad_(True)
     with double_differentiable():
         logits = logits_fn(x_noisy, sigma)
     (grad,) = torch.autograd.grad(torch.logsumexp(logits, dim=1).sum(), x_noisy, create_graph=True)
-    labeled = y >= 0
+    labeled = y >= 0 if labeled is None else labeled
     ce = F.cross_entropy(logits[labeled], y[labeled], reduction="none")
     return ce, score_matching_residual(grad, sigma, z, weighting, reduction)
 

@@ -395,9 +395,16 @@ def artifact_loss(
             logits_fn = _need(fns.logits_fn, "classifier")
             weighting = loss_config.sc_weighting
             reduction = getattr(loss_config, SC_TERMS[sc_term.term])
-            ce, sc = losses.ce_and_sc_losses(
-                logits_fn, part.x, nz.sigma, nz.z, part.y, weighting=weighting, reduction=reduction
+            # CE's rows within SC's, by index (a mask on y would wait for a GPU)
+            labeled = (
+                batch.rows("labeled")
+                if sc_term.rows == "all"
+                else torch.arange(rows.numel(), device=rows.device)
             )
+            ce, sc = losses.ce_and_sc_losses(
+                logits_fn, part.x, nz.sigma, nz.z, part.y, weighting=weighting,
+                reduction=reduction, labeled=labeled,
+            )  # fmt: skip
             if ce.numel():
                 per_example["ce_labeled"] = ce
                 total = total + ce_term.weight(loss_config) * ce.mean()

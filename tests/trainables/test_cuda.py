@@ -157,3 +157,60 @@ def test_bf16_guidance_gradient_on_cuda_points_where_the_fp32_one_does():
         assert half.dtype == torch.float32 and not torch.equal(half, full)
         cosine = torch.nn.functional.cosine_similarity(half, full, dim=1)
         assert cosine.mean() > 0.99, (level, cosine.mean().item())
+
+
+def test_training_steps_on_cuda_never_wait_for_the_gpu():
+    """Item 1's pinned-memory data and "no host syncs in the step": after a first step, drawing a
+    batch (pinned, non-blocking copies) and a bf16 channels-last CE+SC step with fused Adam run
+    under torch.cuda.set_sync_debug_mode("error"), which raises on any synchronising call (a
+    blocking copy, .item(), torch.nonzero, a boolean mask)."""
+    from trainables import fit
+    from trainables.data.batches import BatchSampler
+    from trainables.methods import artifact_config
+    from trainables.sde import VESDE
+
+    flat = {"method": "CG-SC-all", "data.label_percent": 25, "train.precision": "bf16"}
+    config = from_flat({**flat, "train.channels_last": True}, base="tiny-images")
+    data = tiny_images(64, 32, 16, 0)
+    split = TrainingSet.split(data.x, data.y, 4, 25, 0)
+    artifact = get_method("CG-SC-all").artifacts[1]
+    config = artifact_config(artifact, config)
+    state = fit._setup(artifact, config, split, {}, CUDA)
+    sampler = BatchSampler(split.labeled_idx, len(split.x), 16, artifact.row_usage, 0)
+    sde, dist = VESDE.from_config(config.sde), fit.Distributed()
+
+    def step():
+        rows = sampler.batch(state.step)
+        uniform = sampler.uniform_mask(len(rows))
+        batch, noise = fit._draw_batch(state, config, split, rows, sde, dist, CUDA, uniform)
+        return fit._optimise(state, artifact, config, batch, noise, dist)
+
+    step()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        logged = [step() for _ in range(3)]
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert all(torch.isfinite(m["loss"]).item() for m in logged)
+    assert batch_on_cuda_is_the_cpu_batch(fit, state, config, split, sampler, sde)
+
+
+def batch_on_cuda_is_the_cpu_batch(fit, state, config, split, sampler, sde) -> bool:
+    """The same draw on the CPU and through pinned memory to the GPU: equal values, the batch's
+    layout, equal row subsets."""
+    rows = sampler.batch(0)
+    draws = []
+    for device in ("cpu", CUDA):
+        state.generator.manual_seed(7)
+        args = (state, config, split, rows, sde, fit.Distributed(), torch.device(device))
+        draws.append(fit._draw_batch(*args, sampler.uniform_mask(len(rows))))
+    (cpu, cpu_noise), (gpu, gpu_noise) = draws
+    assert gpu.x.is_contiguous(memory_format=state.memory)
+    assert set(gpu.subsets) == set(cpu.subsets)
+    same = [
+        torch.equal(a.cpu(), b)
+        for a, b in ((gpu.x, cpu.x), (gpu.y, cpu.y), (gpu_noise.z, cpu_noise.z))
+    ]
+    same += [torch.equal(gpu.subsets[k].cpu(), cpu.subsets[k]) for k in cpu.subsets]
+    return all(same)

@@ -176,3 +176,51 @@ def test_compiled_training_matches_eager_and_sc_stays_eager():
     with pytest.warns(UserWarning, match="classifier trains eagerly; its term.* sc"):
         kept = train_artifact(classifier, compiled_config, split)
     torch.testing.assert_close(_weights(kept), _weights(eager), rtol=0, atol=0)
+
+
+class _HostReads(torch.utils._python_dispatch.TorchDispatchMode):
+    """Records the ops whose CUDA kernels copy a device value to the host, so that the host waits
+    for the GPU: .item() / bool(), torch.nonzero, masked_select and boolean-mask indexing."""
+
+    SYNCING = {"aten::_local_scalar_dense", "aten::nonzero", "aten::masked_select"}
+
+    def __init__(self):
+        super().__init__()
+        self.seen: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func._schema.name
+        masks = name == "aten::index" and any(
+            t is not None and t.dtype == torch.bool for t in args[1]
+        )
+        if name in self.SYNCING or masks:
+            self.seen.append(name)
+        return func(*args, **(kwargs or {}))
+
+
+def test_a_training_step_reads_nothing_back_from_the_device():
+    # Item 1 of issue 13: no host sync in the step. The labeled / unlabeled / uniform rows are found
+    # where the batch is drawn (the host); on the device the loss and its backward index by them.
+    # Every family's artifacts, half-labeled batches included (CE on the labeled rows, SC on all).
+    from trainables import fit
+    from trainables.data.batches import BatchSampler
+    from trainables.methods import artifact_config, artifact_loss
+    from trainables.sde import VESDE
+
+    for method in ("CG-SC-all", "CG-SC-labeled", "CG-DLSM", "Joint-SC", "CFG-all", "Cond"):
+        _, method_config, split = _setup(method)
+        frozen = {}
+        for artifact in get_method(method).artifacts:
+            config = artifact_config(artifact, method_config)
+            state = fit._setup(artifact, config, split, frozen, torch.device("cpu"))
+            sampler = BatchSampler(split.labeled_idx, len(split.x), 32, artifact.row_usage, 0)
+            rows = sampler.batch(0)
+            batch, noise = fit._draw_batch(
+                state, config, split, rows, VESDE.from_config(config.sde), fit.Distributed(),
+                torch.device("cpu"), sampler.uniform_mask(len(rows)),
+            )  # fmt: skip
+            with _HostReads() as reads:
+                loss, _ = artifact_loss(artifact, state.fns, batch, noise, config.loss)
+                loss.backward()
+            assert reads.seen == [], (method, artifact.name, reads.seen)
+            frozen[artifact.network] = state.net

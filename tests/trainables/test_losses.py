@@ -73,7 +73,7 @@ def test_ce_rejects_unlabeled_rows(setting):
     dist, x, y, sigma, z = setting
     y = y.clone()
     y[0] = -1
-    with pytest.raises(ValueError, match="unlabeled"):
+    with pytest.raises(RuntimeError, match="unlabeled"):
         losses.ce_loss(dist.log_joint, x, sigma, z, y)
 
 

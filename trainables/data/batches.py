@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -12,6 +12,21 @@ from trainables.sde import VESDE
 UNLABELED = -1  # y of rows whose label is hidden
 
 
+SUBSETS = ("all", "labeled", "uniform", "unlabeled")
+
+
+def row_indices(y: torch.Tensor, uniform: torch.Tensor | None, subset: str) -> torch.Tensor:
+    """Indices of the labeled, unlabeled, all, or uniformly drawn rows (all rows unless uniform
+    marks some)."""
+    if subset not in SUBSETS:
+        raise ValueError(f"unknown row subset {subset!r}; valid: {sorted(SUBSETS)}")
+    if subset == "uniform" and uniform is not None:
+        return torch.nonzero(uniform).flatten()
+    if subset in ("all", "uniform"):
+        return torch.arange(len(y), device=y.device)
+    return torch.nonzero(y >= 0 if subset == "labeled" else y < 0).flatten()
+
+
 @dataclass
 class Batch:
     """Rows x with labels y; y == UNLABELED marks a row whose label is hidden."""
@@ -19,21 +34,19 @@ class Batch:
     x: torch.Tensor
     y: torch.Tensor
     uniform: torch.Tensor | None = None  # bool [B]: rows drawn uniformly from all data ("mixed")
+    # Every subset's row indices, found where the batch was drawn (the host): found from y on a
+    # GPU, torch.nonzero would wait for the GPU in every training step.
+    subsets: dict[str, torch.Tensor] | None = None
 
     def rows(self, subset: str) -> torch.Tensor:
-        """Indices of the labeled, unlabeled, all, or uniformly drawn rows (all rows unless the
-        batch marks some)."""
-        if subset == "uniform" and self.uniform is not None:
-            return torch.nonzero(self.uniform).flatten()
-        if subset in ("all", "uniform"):
-            return torch.arange(len(self.y), device=self.y.device)
-        if subset == "labeled":
-            return torch.nonzero(self.y >= 0).flatten()
-        if subset == "unlabeled":
-            return torch.nonzero(self.y < 0).flatten()
-        raise ValueError(
-            f"unknown row subset {subset!r}; valid: ['all', 'labeled', 'uniform', 'unlabeled']"
-        )
+        """Indices of the rows of a subset (row_indices)."""
+        if self.subsets is not None and subset in self.subsets:
+            return self.subsets[subset]
+        return row_indices(self.y, self.uniform, subset)
+
+    def indexed(self) -> Batch:
+        """This batch with every subset's row indices found now."""
+        return replace(self, subsets={s: row_indices(self.y, self.uniform, s) for s in SUBSETS})
 
     def take(self, idx: torch.Tensor) -> Batch:
         """The rows at idx."""
