@@ -21,6 +21,7 @@ from torch import nn
 
 from trainables.config import TrialConfig
 from trainables.data.batches import Batch, BatchSampler, Noise, hide_labels, labeled_subset
+from trainables.devices import to_device
 from trainables.flops import count_flops, peak_tflops, throughput_metrics
 from trainables.methods import (
     TERMS,
@@ -271,24 +272,13 @@ def _draw_batch(
     mine = dist.shard(torch.arange(len(idx)))
     host = Batch(x[mine], data.y[idx][mine], None if uniform is None else uniform[mine]).indexed()
     batch = Batch(
-        _to_device(host.x, device, state.memory),
-        _to_device(host.y, device),
-        None if host.uniform is None else _to_device(host.uniform, device),
-        {subset: _to_device(rows, device) for subset, rows in host.subsets.items()},
+        to_device(host.x, device, state.memory),
+        to_device(host.y, device),
+        None if host.uniform is None else to_device(host.uniform, device),
+        {subset: to_device(rows, device) for subset, rows in host.subsets.items()},
     )
-    noise = Noise(*(_to_device(t[mine], device) for t in (noise.sigma, noise.z, noise.u, noise.v)))
+    noise = Noise(*(to_device(t[mine], device) for t in (noise.sigma, noise.z, noise.u, noise.v)))
     return batch, noise
-
-
-def _to_device(
-    t: torch.Tensor, device: torch.device, memory: torch.memory_format = torch.preserve_format
-) -> torch.Tensor:
-    """A CPU tensor on the device. To a GPU through pinned memory without blocking: a copy from
-    pageable memory waits for the GPU's queue, so the host could not draw the next batch while the
-    GPU runs this step."""
-    if device.type != "cuda":
-        return t.to(device, memory_format=memory)
-    return t.pin_memory().to(device, memory_format=memory, non_blocking=True)
 
 
 def _optimise(

@@ -13,6 +13,7 @@ from collections.abc import Callable
 import torch
 
 from trainables.config import SampleConfig
+from trainables.devices import to_device
 from trainables.losses import ScoreFn
 
 Callback = Callable[[int, torch.Tensor], None]
@@ -26,7 +27,7 @@ def _sig(sigma: float, x: torch.Tensor) -> torch.Tensor:
 def _randn(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
     if generator is not None and generator.device != x.device:
         # A CPU generator for samples on a GPU: draw on the CPU (same numbers on every device).
-        return torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
+        return to_device(torch.randn(x.shape, generator=generator, dtype=x.dtype), x.device)
     return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
 
 

@@ -214,3 +214,27 @@ def batch_on_cuda_is_the_cpu_batch(fit, state, config, split, sampler, sde) -> b
     ]
     same += [torch.equal(gpu.subsets[k].cpu(), cpu.subsets[k]) for k in cpu.subsets]
     return all(same)
+
+
+def test_guided_sampler_steps_on_cuda_never_wait_for_the_gpu():
+    """Item 3: CG's guided PC steps (classifier gradient included) with the noise drawn on the CPU
+    and sent through pinned memory run under torch.cuda.set_sync_debug_mode("error")."""
+    from trainables.methods import guided_score_fn, model_fns
+    from trainables.samplers import pc_sampler
+    from trainables.sde import VESDE
+
+    config, split = _toy("CG")
+    fns = model_fns(_toy_networks(config, split, CUDA), num_classes=2)
+    y = torch.arange(2, device=CUDA).repeat_interleave(8)
+    score_fn = guided_score_fn(get_method("CG"), fns, y, 2.0)
+    sde = VESDE.from_config(config.sde)
+    x = sde.prior_sample((16, 2), generator=torch.Generator().manual_seed(0)).to(CUDA)
+    sigmas = sde.discretize(6)
+    pc_sampler(score_fn, x, sigmas, generator=torch.Generator().manual_seed(1))  # warm-up
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        out = pc_sampler(score_fn, x, sigmas, generator=torch.Generator().manual_seed(1))
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert out.device.type == "cuda" and torch.isfinite(out).all()
