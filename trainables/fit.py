@@ -362,8 +362,8 @@ class _EpochMeter:
 
     def close(self, artifact: Artifact, config: TrialConfig, done: int) -> dict:
         """The epoch's metrics (its one host sync); the next epoch starts now."""
+        means = {k: float(v) for k, v in self.sums.items()}  # waits for the epoch's last step
         seconds = time.perf_counter() - self.start
-        means = {k: float(v) for k, v in self.sums.items()}
         metrics = _epoch_metrics(artifact, config, means, done, seconds, (self.flops, self.peak))
         self.sums, self.start = {}, time.perf_counter()
         return metrics
