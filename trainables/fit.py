@@ -187,6 +187,14 @@ class _TrainState:
         raise error
 
 
+def memory_format(config: TrialConfig, device: torch.device, *, images: bool):
+    """The networks' and batches' layout on a device: channels-last for images on a GPU with
+    train.channels_last (on the CPU it does not pay: docs/benchmarks.md)."""
+    if images and config.train.channels_last and device.type == "cuda":
+        return torch.channels_last
+    return torch.contiguous_format
+
+
 def _setup(
     artifact: Artifact,
     config: TrialConfig,
@@ -195,10 +203,8 @@ def _setup(
     device: torch.device,
 ) -> _TrainState:
     """Build the network (seeded), its EMA copy, Adam and the loop's generator."""
-    images = data.x.dim() == 4
     net = build(artifact, config, data_dim(data.x), data.num_classes)
-    channels_last = images and config.train.channels_last and device.type == "cuda"
-    memory = torch.channels_last if channels_last else torch.contiguous_format
+    memory = memory_format(config, device, images=data.x.dim() == 4)
     net = net.to(device, memory_format=memory)
     ema = copy.deepcopy(net).requires_grad_(False)
     params = list(net.parameters())

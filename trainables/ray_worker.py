@@ -35,6 +35,7 @@ from trainables.fit import (
     Distributed,
     TrainingSet,
     data_dim,
+    memory_format,
     train_artifact,
     train_method,
 )
@@ -197,7 +198,9 @@ def _cached_provider(
         ledger.add(artifact, key, reused, config)
         # Time in the cache that was not training: waiting on another trial's lock, loading.
         ledger.metrics["cost/fetch_seconds"] += time.perf_counter() - fetched
-        done[artifact.network] = net.to(device)
+        # A network loaded from the cache samples in the layout a freshly trained one has.
+        layout = memory_format(config, device, images=data.x.dim() == 4)
+        done[artifact.network] = net.to(device, memory_format=layout)
         return done[artifact.network]
 
     return provide
