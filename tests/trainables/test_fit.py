@@ -224,3 +224,17 @@ def test_a_training_step_reads_nothing_back_from_the_device():
                 loss.backward()
             assert reads.seen == [], (method, artifact.name, reads.seen)
             frozen[artifact.network] = state.net
+
+
+def test_channels_last_is_the_gpu_layout_of_image_networks_only():
+    # Training and a network loaded from the cache for sampling share this decision: channels-last
+    # for images on a GPU when train.channels_last is set (it does not pay on the CPU).
+    from trainables.fit import memory_format
+
+    on = from_flat({"method": "CG", "train.channels_last": True}, base="tiny-images")
+    off = from_flat({"method": "CG", "train.channels_last": False}, base="tiny-images")
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert memory_format(on, cuda, images=True) is torch.channels_last
+    assert memory_format(on, cpu, images=True) is torch.contiguous_format
+    assert memory_format(on, cuda, images=False) is torch.contiguous_format
+    assert memory_format(off, cuda, images=True) is torch.contiguous_format
