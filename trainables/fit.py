@@ -187,7 +187,9 @@ class _TrainState:
         raise error
 
 
-def memory_format(config: TrialConfig, device: torch.device, *, images: bool):
+def memory_format(
+    config: TrialConfig, device: torch.device, *, images: bool
+) -> torch.memory_format:
     """The networks' and batches' layout on a device: channels-last for images on a GPU with
     train.channels_last (on the CPU it does not pay: docs/benchmarks.md)."""
     if images and config.train.channels_last and device.type == "cuda":

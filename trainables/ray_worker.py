@@ -160,6 +160,7 @@ def _cached_provider(
     )
     last = get_method(config.method).artifacts[-1]
     done: dict[str, nn.Module] = {}  # networks so far, by kind (the epoch evaluation needs them)
+    layout = memory_format(config, device, images=data.x.dim() == 4)  # as training leaves them
 
     def provide(artifact: Artifact, frozen: dict[str, nn.Module]) -> nn.Module:
         evaluate = None
@@ -198,8 +199,6 @@ def _cached_provider(
         ledger.add(artifact, key, reused, config)
         # Time in the cache that was not training: waiting on another trial's lock, loading.
         ledger.metrics["cost/fetch_seconds"] += time.perf_counter() - fetched
-        # A network loaded from the cache samples in the layout a freshly trained one has.
-        layout = memory_format(config, device, images=data.x.dim() == 4)
         done[artifact.network] = net.to(device, memory_format=layout)
         return done[artifact.network]
 

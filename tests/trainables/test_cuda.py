@@ -193,10 +193,10 @@ def test_training_steps_on_cuda_never_wait_for_the_gpu():
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert all(torch.isfinite(m["loss"]).item() for m in logged)
-    assert batch_on_cuda_is_the_cpu_batch(fit, state, config, split, sampler, sde)
+    _assert_the_cuda_batch_is_the_cpu_batch(fit, state, config, split, sampler, sde)
 
 
-def batch_on_cuda_is_the_cpu_batch(fit, state, config, split, sampler, sde) -> bool:
+def _assert_the_cuda_batch_is_the_cpu_batch(fit, state, config, split, sampler, sde) -> None:
     """The same draw on the CPU and through pinned memory to the GPU: equal values, the batch's
     layout, equal row subsets."""
     rows = sampler.batch(0)
@@ -213,7 +213,7 @@ def batch_on_cuda_is_the_cpu_batch(fit, state, config, split, sampler, sde) -> b
         for a, b in ((gpu.x, cpu.x), (gpu.y, cpu.y), (gpu_noise.z, cpu_noise.z))
     ]
     same += [torch.equal(gpu.subsets[k].cpu(), cpu.subsets[k]) for k in cpu.subsets]
-    return all(same)
+    assert all(same)
 
 
 def test_guided_sampler_steps_on_cuda_never_wait_for_the_gpu():
