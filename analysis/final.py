@@ -16,7 +16,7 @@ import pandas as pd
 from scipy import stats
 
 from analysis.tables import DEFAULT_METRICS, completed
-from trainables.names import METHODS
+from trainables.names import METHODS, cell_label
 
 SEED_KEY = "train.seed"  # the seed a final run was given (every seed key gets the same value)
 REFERENCE = "CG"  # the baseline every method is compared with, at the same label %
@@ -46,7 +46,7 @@ def _interval(values: pd.Series) -> tuple[float, float, float, float]:
 
 
 def seed_statistics(runs: pd.DataFrame, metrics: Sequence[str]) -> pd.DataFrame:
-    """Long table: method, label_percent, metric, n, mean, std, ci_low, ci_high, diff_vs_cg,
+    """Long table: cell, method, label_percent, metric, n, mean, std, ci_low, ci_high, diff_vs_cg,
     diff_ci_low, diff_ci_high, differs_from_cg (paired by seed; see the module docstring)."""
     final = final_runs(runs)
     rows = []
@@ -59,6 +59,7 @@ def seed_statistics(runs: pd.DataFrame, metrics: Sequence[str]) -> pd.DataFrame:
                 continue
             mean, std, low, high = _interval(values)
             row = {
+                "cell": cell_label(method, pct),
                 "method": method,
                 "label_percent": pct,
                 "metric": metric,

@@ -5,17 +5,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 import yaml
 
 from trainables.names import (
     CHOSEN_SCALE,
-    CURVE_METRICS,
     METHODS,
     TUNED_KEYS,
     VALIDATION_PREFIX,
+    cell_label,
     parse_curve_key,
 )
 
@@ -146,21 +145,29 @@ def to_markdown(table: pd.DataFrame, digits: int = 4, flags: pd.DataFrame | None
     return "\n".join(lines) + "\n"
 
 
+def table_columns(objectives: Sequence[tuple[str, str]]) -> list[str]:
+    """The comparison's columns: each objective (test and validation value), the papers' metrics,
+    the chosen knobs."""
+    objective_columns = [c for m, _ in objectives for c in (m, f"{VALIDATION_PREFIX}{m}")]
+    return list(dict.fromkeys(objective_columns + list(DEFAULT_METRICS) + list(KNOB_COLUMNS)))
+
+
 def write_tables(
     runs: pd.DataFrame, objectives: Sequence[tuple[str, str]], out_dir: Path
 ) -> pd.DataFrame:
-    """Write comparison.md / comparison.csv (and pareto.csv for several objectives); return the
+    """Write comparison.md, comparison.csv (wide: '<label %>%/<metric>' columns), the tidy
+    comparison_long.csv (long_table) and, for several objectives, pareto.{md,csv}; return the
     table."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    objective_columns = [c for m, _ in objectives for c in (m, f"{VALIDATION_PREFIX}{m}")]
-    shown = objective_columns + list(DEFAULT_METRICS) + list(KNOB_COLUMNS)
-    table = comparison_table(runs, objectives[0], list(dict.fromkeys(shown)))
+    shown = table_columns(objectives)
+    table = comparison_table(runs, objectives[0], shown)
     (out_dir / "comparison.md").write_text(
         to_markdown(table, flags=warning_flags(runs, objectives[0], table))
     )
     flat = table.copy()
     flat.columns = [f"{p:g}%/{m}" for p, m in table.columns]
     flat.to_csv(out_dir / "comparison.csv")
+    long_table(runs, objectives[0], shown).to_csv(out_dir / "comparison_long.csv", index=False)
     if len(objectives) > 1:
         write_pareto(runs, objectives, out_dir)
     return table
@@ -180,8 +187,8 @@ def pareto_fronts(runs: pd.DataFrame, objectives: Sequence[tuple[str, str]]) -> 
 def write_pareto(
     runs: pd.DataFrame, objectives: Sequence[tuple[str, str]], out_dir: Path
 ) -> list[Path]:
-    """pareto.{md,csv} (the front per label %) and pareto_<pct>.png (every finished trial, the
-    front joined); a front point is exported with `study export-best DIR --trial ID`."""
+    """pareto.{md,csv}: the front per label % (the figure is analysis.figures.pareto_figure); a
+    front point is exported with `study export-best DIR --trial ID`."""
     front = pareto_fronts(runs, objectives)
     if front.empty:
         return []
@@ -195,50 +202,7 @@ def write_pareto(
         cells = [f"{v:.4g}" if isinstance(v, float) else str(v) for v in row.to_numpy()]
         lines.append("| " + " | ".join("" if c == "nan" else c for c in cells) + " |")
     (out_dir / "pareto.md").write_text("\n".join(lines) + "\n")
-    return [
-        out_dir / "pareto.md",
-        out_dir / "pareto.csv",
-        *_pareto_plots(runs, objectives, out_dir),
-    ]
-
-
-def _pareto_plots(
-    runs: pd.DataFrame, objectives: Sequence[tuple[str, str]], out_dir: Path
-) -> list[Path]:
-    """One scatter per label % of the first two objectives' validation values."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    done = completed(runs)
-    (mx, _), (my, _) = objectives[0], objectives[1]
-    cx, cy = selection_column(done, mx), selection_column(done, my)
-    written = []
-    for pct, group in done.dropna(subset=[cx, cy]).groupby("label_percent"):
-        fig, ax = plt.subplots(figsize=(5.5, 4))
-        for method, trials in group.groupby("method", sort=False):
-            color = plt.get_cmap("tab10")(METHODS.index(method) % 10)
-            ax.scatter(trials[cx], trials[cy], color=color, label=method, s=25)
-        front = pareto_set(group, objectives).sort_values(cx)
-        ax.plot(front[cx], front[cy], "k--", lw=1, label="Pareto front")
-        ax.set_xlabel(cx)
-        ax.set_ylabel(cy)
-        ax.set_title(f"{pct:g}% labels: every finished trial")
-        written.append(_save_figure(fig, ax, out_dir / f"pareto_{pct:g}.png", dpi=110))
-    return written
-
-
-def _save_figure(fig: Any, ax: Any, path: Path, dpi: int, legend_columns: int = 1) -> Path:
-    """Grid, legend, tight layout; write the PNG and close the figure."""
-    import matplotlib.pyplot as plt
-
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=legend_columns)
-    fig.tight_layout()
-    fig.savefig(path, dpi=dpi)
-    plt.close(fig)
-    return path
+    return [out_dir / "pareto.md", out_dir / "pareto.csv"]
 
 
 def export_best(
@@ -276,7 +240,7 @@ def export_best(
             **({"guidance": guidance} if guidance else {}),
         }
         suffix = f"_{trial_id}" if trial_id is not None else ""
-        path = out_dir / f"{row['method']}_{row['label_percent']:g}{suffix}.yaml"
+        path = out_dir / f"{cell_label(row['method'], row['label_percent'])}{suffix}.yaml"
         path.write_text(yaml.safe_dump(final, sort_keys=False))
         written.append(path)
     return written
@@ -324,68 +288,31 @@ def curve_points(row: pd.Series, metric: str) -> list[tuple[float, float]]:
     return sorted(points)
 
 
-def guidance_curves(
-    runs: pd.DataFrame,
-    objective: tuple[str, str],
-    out_dir: Path,
-    metrics: Sequence[str] = CURVE_METRICS,
-) -> list[Path]:
-    """Validation metric vs guidance scale (paper 001 App. D) of every cell's best trial (its
-    lambdas fixed, one trained model swept at sampling time): one PNG per metric, a line per
-    (method, label %), the chosen scale marked."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def long_table(
+    runs: pd.DataFrame, objective: tuple[str, str], metrics: Sequence[str]
+) -> pd.DataFrame:
+    """The comparison as a tidy frame, one row per cell x metric: cell, method, label_percent,
+    metric, value, trial_id, run_id (pandas and plotting tools read it without parsing names)."""
     best = best_per_cell(runs, *objective)
-    written = []
-    for metric in metrics:
-        lines = [(row, curve_points(row, metric)) for _, row in best.iterrows()]
-        lines = [(row, pts) for row, pts in lines if len(pts) > 1]
-        if not lines:
-            continue
-        fig, ax = plt.subplots(figsize=(6, 4))
-        percents = sorted({row["label_percent"] for row, _ in lines})
-        for row, pts in lines:
-            scales, values = zip(*pts)
-            label = f"{row['method']} {row['label_percent']:g}%"
-            # Colour by method (registry order), line style by label %.
-            color = plt.get_cmap("tab10")(METHODS.index(row["method"]) % 10)
-            style = ("-", "--", ":", "-.")[percents.index(row["label_percent"]) % 4]
-            (line,) = ax.plot(scales, values, marker="o", color=color, ls=style, label=label)
-            chosen = row.get(CHOSEN_SCALE)
-            if pd.notna(chosen) and chosen in scales:
-                ax.plot(
-                    [chosen], [values[scales.index(chosen)]], "*", ms=12, color=line.get_color()
-                )
-        ax.set_xscale("log")
-        ax.set_xlabel("guidance scale gamma (lambda_CG; 1 + w for CFG)")
-        ax.set_ylabel(f"validation {metric}")
-        ax.set_title(f"{metric} vs guidance scale (star: chosen)")
-        path = out_dir / f"guidance_{metric}.png"
-        written.append(_save_figure(fig, ax, path, dpi=120, legend_columns=2))
-    return written
-
-
-def write_report(
-    runs: pd.DataFrame, objectives: Sequence[tuple[str, str]], out_dir: Path
-) -> tuple[pd.DataFrame, list[Path]]:
-    """Comparison table, per-class table and guidance curves in out_dir; returns (table, files)."""
-    table = write_tables(runs, objectives, out_dir)
-    files = [out_dir / "comparison.md", out_dir / "comparison.csv"]
-    per_class = per_class_table(runs, objectives[0])
-    if not per_class.empty:
-        (out_dir / "per_class.md").write_text(to_markdown(per_class))
-        flat = per_class.copy()
-        flat.columns = [f"{p:g}%/{m}" for p, m in per_class.columns]
-        flat.to_csv(out_dir / "per_class.csv")
-        files += [out_dir / "per_class.md", out_dir / "per_class.csv"]
-    if len(objectives) > 1:
-        files += [p for p in (out_dir / "pareto.md", out_dir / "pareto.csv") if p.exists()]
-        files += sorted(out_dir.glob("pareto_*.png"))
-    files += guidance_curves(runs, objectives[0], out_dir)
-    from analysis.final import write_final  # imports this module
-
-    files += write_final(runs, objectives, out_dir)
-    return table, files
+    rows = []
+    for _, row in best.iterrows():
+        for metric in metrics:
+            if metric not in row or pd.isna(row[metric]):
+                continue
+            if metric in KNOB_COLUMNS[1:] and metric not in TUNED_KEYS[row["method"]]:
+                continue
+            rows.append({
+                "cell": cell_label(row["method"], row["label_percent"]),
+                "method": row["method"],
+                "label_percent": float(row["label_percent"]),
+                "metric": metric,
+                "value": float(row[metric]),
+                "trial_id": row.get("trial_id"),
+                "run_id": row.get("run_id"),
+            })  # fmt: skip
+    columns = ["cell", "method", "label_percent", "metric", "value", "trial_id", "run_id"]
+    frame = pd.DataFrame(rows, columns=columns)
+    order = {m: i for i, m in enumerate(METHODS)}  # registry order, then label %
+    frame = frame.sort_values(["method", "label_percent"], key=lambda c: c.map(order)
+                              if c.name == "method" else c, kind="stable")  # fmt: skip
+    return frame.reset_index(drop=True)

@@ -20,29 +20,36 @@ USAGE_ERROR = 2
 
 
 def _table(study_dir: Path, spec: StudySpec) -> str:
+    """Write the tables and figures, log them to the study's parent run, return the console text:
+    the run counts, the compact comparison, the compute report and what was written."""
+    from analysis.console import console_table
+    from analysis.figures import write_figures
+    from analysis.report import write_report
     from analysis.runs import load_runs
-    from analysis.tables import to_markdown, warning_flags, write_report
     from study.tracking import log_report
 
     runs = load_runs(spec.tracking_uri, spec.name, spec.study_id)
     objectives = [(o.metric, o.mode) for o in spec.objectives]
-    table, files = write_report(runs, objectives, study_dir / "tables")
+    _, files = write_report(runs, objectives, study_dir / "tables")
     compute = _compute(study_dir, spec, runs)
     files += compute[1]
-    log_report(spec.tracking_uri, spec.name, files, spec.study_id)
-    metric, mode = objectives[0]
-    head = f"{run_counts(runs, metric)}; best per cell by {metric} ({mode})\n\n"
-    written = ", ".join(p.name for p in files[1:])
+    figures = write_figures(runs, objectives, study_dir)
+    log_report(spec.tracking_uri, spec.name, files + figures, spec.study_id)
+    metric, _ = objectives[0]
+    written = f"tables: {study_dir / 'tables'} ({', '.join(p.name for p in files)})"
+    if figures:
+        shown = sorted({p.stem for p in figures})
+        written += f"\nfigures: {study_dir / 'figures'} ({', '.join(shown)}; .pdf and .png)"
     return (
-        head
-        + to_markdown(table, flags=warning_flags(runs, objectives[0], table))
-        + f"\n{compute[0]}"
-        + f"\nwritten: {files[0]} and {written} (also logged to the study's parent run)\n"
+        f"{run_counts(runs, metric)}\n{compute[2]}{written}\n"
+        f"(also logged to the study's parent run)\nMLflow UI:  study ui {study_dir}\n\n"
+        + console_table(runs, objectives)
     )
 
 
-def _compute(study_dir: Path, spec: StudySpec, runs: pd.DataFrame) -> tuple[str, list[Path]]:
-    """The search's compute report (analysis.accounting) as text and tables/compute.md."""
+def _compute(study_dir: Path, spec: StudySpec, runs: pd.DataFrame) -> tuple[str, list[Path], str]:
+    """The search's compute report (analysis.accounting): its text, [tables/compute.md] and one
+    line for the console."""
     from analysis import accounting
     from study.tracking import parent_metrics
 
@@ -52,11 +59,18 @@ def _compute(study_dir: Path, spec: StudySpec, runs: pd.DataFrame) -> tuple[str,
     slots = spec.resources.max_concurrent_trials
     report = accounting.compute_report(runs, wall, slots)
     if not report:
-        return "", []
+        return "", [], ""
     text = accounting.to_markdown(report, slots)
     path = study_dir / "tables" / "compute.md"
     path.write_text(text)
-    return text, [path]
+    line = (
+        f"compute: {report['train_steps']:,.0f} training steps "
+        f"({report['train_steps_naive'] / max(report['train_steps'], 1):.1f}x fewer than "
+        f"retraining per trial), {report['device_seconds']:.0f} device-seconds"
+    )
+    if "useful_work_fraction" in report:
+        line += f", useful-work fraction {report['useful_work_fraction']:.0%}"
+    return text, [path], line + " (tables/compute.md)\n"
 
 
 def run_counts(runs: pd.DataFrame, metric: str) -> str:
@@ -112,17 +126,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     else:
         spec = load_spec(args.spec)
         study_dir = study_dir_for(spec)
-    print(
-        f"study {spec.name!r}: {len(spec.methods)} methods x {len(spec.label_percents)} label %, "
-        f"{spec.num_trials} trials -> {study_dir}",
-        flush=True,
-    )
+    print(f"{study_header(spec)} -> {study_dir}", flush=True)
+    quiet_libraries(args.verbose)
     start = time.perf_counter()
     try:
         run_study(
             spec,
             resume=args.resume_dir is not None,
-            verbose=not args.quiet,
+            verbose=verbosity(args),
             add_trials=args.add_trials or 0,
         )
     except KeyboardInterrupt as exc:
@@ -131,12 +142,48 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise StudyInterrupted(study_dir) from None
     _, spec = load_study_spec(study_dir)
     print(f"\nfinished in {time.perf_counter() - start:.0f} s\n", flush=True)
-    print(_table(study_dir, spec))
+    text = _table(study_dir, spec)
     stored = back_up_to_store(spec, study_dir)
     if stored is not None:
-        print(f"copied the study's databases and tables to {stored}")
-    print(f"open the MLflow UI:  study ui {study_dir}")
+        print(f"copied the study's databases, tables and figures to {stored}")
+    print(text, end="")
     return 0
+
+
+def study_header(spec: StudySpec) -> str:
+    """'study toy: 8 methods x 2 label % = 16 cells; 22 search trials + 2 stage trials'."""
+    from study.stages import plan_stages
+
+    cells = [{"method": m, "data.label_percent": p} for m, p in spec.cell_budgets()]
+    stages, _ = plan_stages(cells, spec.base_params(), spec.base_config, None)
+    head = (
+        f"study {spec.name!r}: {len(spec.methods)} methods x {len(spec.label_percents)} label % "
+        f"= {len(spec.cell_budgets())} cells; {spec.num_trials} search trials"
+    )
+    return head + (f" + {len(stages)} stage trial(s) of shared networks" if stages else "")
+
+
+def verbosity(args: argparse.Namespace) -> int:
+    """0 (--quiet: nothing live), 1 (trial ends, counts and the status table), 2 (--verbose: every
+    epoch and the libraries' own messages)."""
+    return 0 if args.quiet else 2 if args.verbose else 1
+
+
+def quiet_libraries(verbose: bool) -> None:
+    """Switch off the libraries' chatter unless --verbose: Optuna's study-created lines, MLflow's
+    database migrations, Tune's experiment box and TensorBoard hint (its old reporter prints
+    nothing at verbosity 0)."""
+    import logging
+
+    if verbose:
+        return
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read when mlflow is imported
+    for name in ("mlflow", "alembic", "optuna"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
 def _overrides(pairs: list[str]) -> dict[str, str]:
@@ -161,8 +208,9 @@ def cmd_final(args: argparse.Namespace) -> int:
     study_dir, spec = load_study_spec(args.study_dir)
     points = final_points(study_dir, spec, args.seeds, overrides)  # reads MLflow only
     check_trusted(study_dir)
+    quiet_libraries(args.verbose)
     start = time.perf_counter()
-    count = run_final(study_dir, spec, seeds=args.seeds, verbose=not args.quiet, points=points)
+    count = run_final(study_dir, spec, seeds=args.seeds, verbose=verbosity(args), points=points)
     print(f"\n{count} final runs in {time.perf_counter() - start:.0f} s\n", flush=True)
     print(_table(study_dir, spec))
     final = study_dir / "tables" / "final.md"
@@ -191,7 +239,7 @@ def cmd_table(args: argparse.Namespace) -> int:
 
 def cmd_export_best(args: argparse.Namespace) -> int:
     from analysis.runs import load_runs
-    from analysis.tables import export_best
+    from analysis.tables import completed, export_best
     from study.runner import StudyError, load_study_spec
 
     study_dir, spec = load_study_spec(args.study_dir)
@@ -205,6 +253,11 @@ def cmd_export_best(args: argparse.Namespace) -> int:
             f"--trial {args.trial}: no finished trial with that id in {study_dir}; "
             "the ids are in tables/pareto.md and the MLflow runs' trial_id tag"
         )
+    if completed(runs).empty:
+        raise StudyError(
+            f"no finished trials in {study_dir}: nothing to export; "
+            f"run or resume the study first (study resume {study_dir})"
+        )
     written = export_best(
         runs,
         {**spec.to_dict(), "storage": str(study_dir.parent / f"{spec.name}-final")},
@@ -212,34 +265,72 @@ def cmd_export_best(args: argparse.Namespace) -> int:
         study_dir / "best",
         trial_id=args.trial,
     )
-    if not written:
-        print(f"no finished trials in {study_dir}: nothing to export", file=sys.stderr)
-        return 1
     for path in written:
         print(f"{path}    (run it: study run {path})")
     return 0
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
+    """The MLflow UI on the study's store, opened at the study's experiment (its runs view)."""
     from study.runner import load_study_spec
 
     study_dir, spec = load_study_spec(args.study_dir)
-    cmd = [
-        sys.executable,
-        "-m",
-        "mlflow",
-        "server",
-        "--backend-store-uri",
-        spec.tracking_uri,
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(args.port),
-        "--workers",
-        "1",
-    ]
-    print(f"MLflow UI for {study_dir}: http://127.0.0.1:{args.port}  (Ctrl-C stops it)", flush=True)
+    _check_port("127.0.0.1", args.port)
+    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", spec.tracking_uri]
+    cmd += ["--host", "127.0.0.1", "--port", str(args.port), "--workers", "1"]
+    url = f"http://127.0.0.1:{args.port}/{experiment_path(spec)}"
+    print(f"MLflow UI for {study_dir}: {url}  (Ctrl-C stops it)", flush=True)
     return subprocess.call(cmd, env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})
+
+
+def experiment_path(spec: StudySpec) -> str:
+    """'#/experiments/<id>/runs': the study's runs view in the MLflow UI ('' if it has none)."""
+    from mlflow.tracking import MlflowClient
+
+    uri = spec.tracking_uri or ""
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
+        return ""  # no store yet: reading must not create one
+
+    experiment = MlflowClient(uri).get_experiment_by_name(spec.name)
+    return f"#/experiments/{experiment.experiment_id}/runs" if experiment else ""
+
+
+def _check_port(host: str, port: int) -> None:
+    """StudyError unless port is 1-65535 and free on host."""
+    import socket
+
+    from study.runner import StudyError
+
+    if not 1 <= port <= 65535:
+        raise StudyError(f"--port must be 1-65535, got {port}")
+    with socket.socket() as probe:
+        try:
+            probe.bind((host, port))
+        except OSError:
+            raise StudyError(
+                f"cannot listen on {host}:{port} (in use or not this machine's address); "
+                "choose another --port"
+            ) from None
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    """study plot DIR: the paper figures (analysis.figures) of a finished study."""
+    from analysis.figures import write_figures
+    from analysis.results import load_study
+
+    results = load_study(args.study_dir)
+    written = write_figures(results.runs, results.objectives, results.study_dir)
+    for stem in sorted({p.with_suffix("") for p in written}):
+        print(f"{stem}.pdf  {stem}.png")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """study status DIR: the live status of a study running elsewhere, from its stores."""
+    from study.status import status_text
+
+    print(status_text(args.study_dir), end="")
+    return 0
 
 
 SERVER_BACKENDS = ("sqlite", "postgresql", "mysql")
@@ -248,8 +339,6 @@ SERVER_BACKENDS = ("sqlite", "postgresql", "mysql")
 def _server_command(args: argparse.Namespace) -> tuple[list[str], Path]:
     """The `mlflow server` command line for `study server`, checked before anything starts:
     (command, store folder). StudyError for a bad backend, an unwritable store or a busy port."""
-    import socket
-
     from study.runner import StudyError, check_writable
 
     if not 1 <= args.port <= 65535 or args.workers < 1:
@@ -264,14 +353,7 @@ def _server_command(args: argparse.Namespace) -> tuple[list[str], Path]:
             f"--backend {backend!r}: use a SQL database URI ({', '.join(SERVER_BACKENDS)}), e.g. "
             "postgresql://user@host/mlflow (needs psycopg2) or leave it out for SQLite in --store"
         )
-    with socket.socket() as probe:
-        try:
-            probe.bind((args.host, args.port))
-        except OSError:
-            raise StudyError(
-                f"cannot listen on {args.host}:{args.port} (in use or not this machine's "
-                "address); choose another --port / --host"
-            ) from None
+    _check_port(args.host, args.port)
     cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend]
     cmd += ["--artifacts-destination", str(store / "artifacts"), "--serve-artifacts"]
     cmd += ["--host", args.host, "--port", str(args.port), "--workers", str(args.workers)]
@@ -290,17 +372,28 @@ def cmd_server(args: argparse.Namespace) -> int:
     return subprocess.call(cmd, env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})
 
 
+def _add_verbosity(command: Any) -> None:
+    """--quiet / --verbose."""
+    group = command.add_mutually_exclusive_group()
+    group.add_argument("--quiet", action="store_true", help="no live progress, only the table")
+    group.add_argument(
+        "--verbose",
+        action="store_true",
+        help="every epoch's loss and the libraries' own messages (Ray, Optuna, MLflow)",
+    )
+
+
 def _add_run_and_resume(sub: Any) -> None:
     """study run [SPEC]; study resume DIR [--trust] [--add-trials N]."""
     run = sub.add_parser(
         "run", help="run a study from a spec file or preset (default: the toy study)"
     )
     run.add_argument("spec", nargs="?", default=None, help="YAML spec file or preset name")
-    run.add_argument("--quiet", action="store_true", help="no per-epoch progress")
+    _add_verbosity(run)
     run.set_defaults(func=cmd_run, resume_dir=None, trust=False, add_trials=None)
     resume = sub.add_parser("resume", help="resume an interrupted study")
     resume.add_argument("resume_dir", metavar="DIR")
-    resume.add_argument("--quiet", action="store_true")
+    _add_verbosity(resume)
     resume.add_argument(
         "--trust",
         action="store_true",
@@ -337,7 +430,7 @@ def _add_plan_and_final(sub: Any) -> None:
         metavar="KEY=VALUE",
         help="trial config override for the final runs, e.g. sample.num_per_class=5000 (repeat)",
     )
-    final.add_argument("--quiet", action="store_true", help="no per-epoch progress")
+    _add_verbosity(final)
     final.set_defaults(func=cmd_final)
 
 
@@ -364,6 +457,14 @@ def parser() -> argparse.ArgumentParser:
         help="export this finished trial instead (e.g. a Pareto-front point)",
     )
     export.set_defaults(func=cmd_export_best)
+    plot = sub.add_parser("plot", help="write the paper figures (PDF and PNG) to DIR/figures")
+    plot.add_argument("study_dir", metavar="DIR")
+    plot.set_defaults(func=cmd_plot)
+    status = sub.add_parser(
+        "status", help="per-cell progress and time left of a study (running here or elsewhere)"
+    )
+    status.add_argument("study_dir", metavar="DIR")
+    status.set_defaults(func=cmd_status)
     ui = sub.add_parser("ui", help="start the MLflow UI for a study on 127.0.0.1")
     ui.add_argument("study_dir", metavar="DIR")
     ui.add_argument("--port", type=int, default=5000)
@@ -386,13 +487,14 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; errors in input print one line and exit 2."""
+    from analysis.results import StudyNotReady
     from study.runner import StudyError
     from study.spec import SpecError
 
     args = parser().parse_args(argv)
     try:
         return args.func(args)
-    except (SpecError, StudyError) as exc:
+    except (SpecError, StudyError, StudyNotReady) as exc:
         print(f"study: error: {exc}", file=sys.stderr)
         return USAGE_ERROR
     except KeyboardInterrupt as exc:

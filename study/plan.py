@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 from study.errors import StudyError
 from study.spec import StudySpec
+from trainables.names import cell_label
 
 
 def _num_classes(dataset: str, config: object) -> int:
@@ -49,6 +50,10 @@ class Plan:
     train_steps_naive: int = 0
     score_evals: float = 0.0
     score_evals_naive: float = 0.0
+    # Work units (study.progress.work_units) of one search trial per cell, and of each stage trial:
+    # what the progress's time-left estimate weighs the trials by.
+    work: dict[tuple[str, float], float] = field(default_factory=dict)
+    shared_work: list[float] = field(default_factory=list)
 
 
 def make_plan(spec: StudySpec) -> Plan:
@@ -65,15 +70,19 @@ def make_plan(spec: StudySpec) -> Plan:
     cells = [{"method": m, "data.label_percent": p} for m, p in budgets]
     stages, _ = plan_stages(cells, spec.base_params(), spec.base_config, None)
     staged = {s.key for s in stages}
+    from study.progress import work_units
+
     for (method, pct), budget in budgets.items():
         cell = {"trials": budget, "networks": Counter()}
+        work = 0.0
         for i in range(budget):
             knobs = {k: 1.0 + i * 1e-3 for k in TUNED_KEYS[method]}  # distinct per trial
             params = {**spec.base_params(), **knobs, "method": method, "data.label_percent": pct}
             config = from_flat(params, base=spec.base_config)
             scales = len(config.sample.guidance_grid) if method in GUIDED else 1
             for artifact, key in artifact_folders(config):
-                steps = artifact_config(artifact, config).train.steps
+                train = artifact_config(artifact, config).train
+                steps = train.steps
                 plan.train_steps_naive += steps * max(1, scales)
                 if key in seen:
                     continue
@@ -81,6 +90,11 @@ def make_plan(spec: StudySpec) -> Plan:
                 plan.train_steps += steps
                 shared = key in staged
                 (plan.shared if shared else cell["networks"])[artifact.name] += 1
+                units = work_units(steps, train.batch_size, 0.0)
+                if shared:
+                    plan.shared_work.append(units)
+                else:
+                    work += units
             per = SAMPLER_SCORE_EVALS[config.sample.sampler] * config.sample.num_steps * classes
             full = per * config.sample.num_per_class
             val_per_class = config.eval.val_num_per_class or max(
@@ -88,12 +102,17 @@ def make_plan(spec: StudySpec) -> Plan:
             )
             plan.score_evals += full + scales * per * val_per_class
             plan.score_evals_naive += scales * full
+            work += full + scales * per * val_per_class
         plan.cells[(method, pct)] = cell
+        plan.work[(method, pct)] = work / max(1, budget)
     config = from_flat(spec.base_params(), base=spec.base_config)
     if config.model.arch == "ncsnpp":  # images: the evaluation classifier, unless one is given
         if config.eval.fid and not config.eval.classifier_checkpoint:
             plan.shared[EVAL_CLASSIFIER.name] += 1  # a stage trial of its own (study.stages)
             plan.train_steps += config.eval.classifier_steps
+            plan.shared_work.append(
+                work_units(config.eval.classifier_steps, config.train.batch_size, 0.0)
+            )
             plan.train_steps_naive += config.eval.classifier_steps * spec.num_trials
     return plan
 
@@ -106,10 +125,14 @@ def to_text(spec: StudySpec, plan: Plan) -> str:
     lines.append("stage 2 (per cell: trials -> networks of its own):")
     for (method, pct), cell in plan.cells.items():
         own = ", ".join(f"{n} x{c}" for n, c in sorted(cell["networks"].items())) or "none"
-        lines.append(f"  {method} @ {pct:g}%: {cell['trials']} trial(s) -> {own}")
+        lines.append(f"  {cell_label(method, pct)}: {cell['trials']} trial(s) -> {own}")
 
     def ratio(naive: float, planned: float) -> str:
-        return f"{naive / planned:.1f}x less" if planned else "-"
+        if not planned or not naive:
+            return "-"
+        if naive >= planned:
+            return f"{naive / planned:.1f}x less"
+        return f"{planned / naive:.1f}x more"
 
     lines += [
         "",

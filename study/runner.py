@@ -12,6 +12,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections import Counter
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
@@ -21,7 +22,7 @@ import yaml
 
 from study.errors import StudyError
 from study.spec import SEED_KEYS, StudySpec, check_tracking_uri, validate
-from trainables.names import LABEL_PERCENT_KEY, SPEC_FILE
+from trainables.names import LABEL_PERCENT_KEY, SPEC_FILE, VALIDATION_PREFIX
 from trainables.storage import Place
 
 MAX_RERUNS = 3  # rounds of re-running lost configurations within one resume
@@ -302,9 +303,16 @@ def _save_spec(spec: StudySpec, study_dir: Path, uri: str) -> None:
 
 
 def _session(
-    spec: StudySpec, study_dir: Path, uri: str, verbose: bool, stage: str = "search"
+    spec: StudySpec,
+    study_dir: Path,
+    uri: str,
+    verbose: int,
+    stage: str = "search",
+    progress: Any = None,
 ) -> tuple[Any, str, str, Any, Any]:
-    """(MLflow client, experiment id, parent run id, Tune trainable, MLflow tracker)."""
+    """(MLflow client, experiment id, parent run id, Tune trainable, MLflow tracker). verbose: 0
+    nothing live, 1 trial ends and the status, 2 every epoch too; progress: the live status's
+    model (study.progress.Progress)."""
     from mlflow.tracking import MlflowClient
     from ray import tune
 
@@ -324,6 +332,7 @@ def _session(
         driver = {"cpu": 0.01}
     trainable = tune.with_resources(tune.with_parameters(trial_driver, study=study), driver)
     to_params = partial(full_params, base=study.trial.params, base_config=spec.base_config)
+    first = spec.objectives[0]
     tracker = MLflowTracker(
         uri,
         exp_id,
@@ -333,19 +342,29 @@ def _session(
         verbose,
         study_id=spec.study_id,
         stage=stage,
+        experiment_name=spec.name,
+        progress=progress,
+        selection=f"{VALIDATION_PREFIX}{first.metric}",
     )
     return client, exp_id, parent, trainable, tracker
 
 
 def _run_session(
-    spec: StudySpec, study_dir: Path, uri: str, verbose: bool, stage: str, fit: Any
+    spec: StudySpec,
+    study_dir: Path,
+    uri: str,
+    verbose: int,
+    stage: str,
+    fit: Any,
+    progress: Any = None,
 ) -> None:
     """Run fit(trainable, tracker) -> interrupted?, then reconcile MLflow with what Tune knows:
     exactly one run per trial, none left RUNNING; the parent run says how it ended."""
     from study.tracking import reconcile
 
     start = time.perf_counter()
-    client, exp_id, parent, trainable, tracker = _session(spec, study_dir, uri, verbose, stage)
+    session = _session(spec, study_dir, uri, verbose, stage, progress)
+    client, exp_id, parent, trainable, tracker = session
     outcome = "FAILED"  # the parent run's status unless the work completes or is interrupted
     try:
         if fit(trainable, tracker):
@@ -370,14 +389,14 @@ def back_up_to_store(spec: StudySpec, study_dir: Path) -> str | None:
     place = spec.study_place(study_dir)
     if not place.remote:
         return None
-    for name in (SPEC_FILE, "tables", "optuna.db", "mlflow.db"):
+    for name in (SPEC_FILE, "tables", "figures", "optuna.db", "mlflow.db"):
         if (study_dir / name).exists():
             place.push(study_dir / name)
     return place.location
 
 
 def run_study(
-    spec: StudySpec, *, resume: bool = False, verbose: bool = True, add_trials: int = 0
+    spec: StudySpec, *, resume: bool = False, verbose: int = 1, add_trials: int = 0
 ) -> Path:
     """Run (or resume) a study to completion; returns the study directory. add_trials (with
     resume) raises every cell's budget by that many trials and spends them in a new experiment."""
@@ -395,8 +414,27 @@ def run_study(
     def fit(trainable: Any, tracker: Any) -> bool:
         return _fit_all(spec, study_dir, trainable, tracker, resume, extend=add_trials > 0)
 
-    _run_session(spec, study_dir, uri, verbose, "search", fit)
+    _run_session(spec, study_dir, uri, verbose, "search", fit, study_progress(spec))
     return study_dir
+
+
+def study_progress(spec: StudySpec, seeds: int = 0) -> Any:
+    """The live status's model: the cells' budgets (or seeds final runs per cell) and the plan's
+    work per trial (study.plan, study.progress)."""
+    from study.plan import make_plan
+    from study.progress import Progress
+
+    plan = make_plan(spec)
+    budgets = spec.cell_budgets() if not seeds else dict.fromkeys(spec.cell_budgets(), seeds)
+    return Progress(
+        budgets=budgets,
+        work=plan.work,
+        shared_work=[] if seeds else plan.shared_work,
+        main_kind="final" if seeds else "search",
+        mode=spec.objectives[0].mode,
+        slots=spec.resources.max_concurrent_trials,
+        start=time.time(),
+    )
 
 
 def final_points(
@@ -445,7 +483,7 @@ def run_final(
     *,
     seeds: int,
     overrides: dict[str, Any] | None = None,
-    verbose: bool = True,
+    verbose: int = 1,
     points: list[dict[str, Any]] | None = None,
 ) -> int:
     """`study final`: each cell's chosen configuration over seeds, in the study directory (its
@@ -482,8 +520,16 @@ def run_final(
         tuner = tune.Tuner(trainable, tune_config=tune_config, run_config=run_config)
         return _fit_noting_interrupt(tuner)[1]
 
-    _run_session(spec, study_dir, uri, verbose, "final", fit)
+    progress = study_progress(spec, seeds=seeds)
+    progress.budgets = dict(Counter(_cell(p) for p in points))
+    _run_session(spec, study_dir, uri, verbose, "final", fit, progress)
     return len(points)
+
+
+def _cell(point: dict[str, Any]) -> tuple[str, float]:
+    from trainables.names import METHOD_KEY
+
+    return str(point[METHOD_KEY]), float(point[LABEL_PERCENT_KEY])
 
 
 class StudyInterrupted(KeyboardInterrupt):

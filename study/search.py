@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import math
 import pickle
+import warnings
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +24,12 @@ from trainables.names import (
     LABEL_PERCENT_KEY,
     METHOD_KEY,
     PARAMS_RECORD,
+    RUN_RECORD,
     STAGE_KEY,
     TUNED_KEYS,
     VALIDATION_PREFIX,
+    cell_label,
+    parse_cell_label,
 )
 from trainables.storage import Place
 
@@ -55,9 +60,11 @@ def optuna_storage(study_dir: Path) -> optuna.storages.RDBStorage:
 Cell = tuple[str, float]  # (method, label %)
 
 
-def cell_study_name(study: str, cell: Cell) -> str:
-    """The Optuna study of one table cell, e.g. 'toy/CG-SC-all@5' (optuna-dashboard lists them)."""
-    return f"{study}/{cell[0]}@{cell[1]:g}"
+def cell_study_name(study: str, cell: Cell, existing: Collection[str] = ()) -> str:
+    """The Optuna study of one table cell, e.g. 'toy/CG-SC-all@5%' (optuna-dashboard lists them);
+    a study that began under the older name 'toy/CG-SC-all@5' (in existing) keeps it."""
+    old = f"{study}/{cell[0]}@{cell[1]:g}"
+    return old if old in existing else f"{study}/{cell_label(*cell)}"
 
 
 class CellSearcher(Searcher):
@@ -203,8 +210,9 @@ class CellSearcher(Searcher):
                 sampler = optuna.samplers.TPESampler(seed=self.seed + index, multivariate=True)
             else:
                 sampler = optuna.samplers.NSGAIISampler(seed=self.seed + index)
-            name = cell_study_name(self.study_name, cell)
-            fresh = name not in optuna.get_all_study_names(self.storage_url)
+            existing = optuna.get_all_study_names(self.storage_url)
+            name = cell_study_name(self.study_name, cell, existing)
+            fresh = name not in existing
             study = optuna.create_study(
                 storage=self.storage_url,
                 study_name=name,
@@ -212,6 +220,12 @@ class CellSearcher(Searcher):
                 directions=directions,
                 load_if_exists=True,
             )
+            if fresh:
+                # optuna-dashboard names the objectives (not "Objective 0") and the cell.
+                with warnings.catch_warnings():  # experimental since Optuna 3.2, stable in use
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    study.set_metric_names([metric for metric, _ in self.objectives])
+                study.set_user_attr("cell", cell_label(*cell))
             if fresh and self.points is None:
                 default = cell_points([cell[0]], [cell[1]], self.ranges)[0]
                 study.enqueue_trial({k: default[k] for k in TUNED_KEYS[cell[0]]})
@@ -264,6 +278,9 @@ class CellSearcher(Searcher):
                 self.requeued.discard((cell, _key(knobs)))
                 self.asked[cell] += 1
                 self.live[trial_id] = (cell, trial.number)
+                # Links for optuna-dashboard: the Tune trial, its cell (the MLflow run follows).
+                trial.set_user_attr("tune_trial_id", trial_id)
+                trial.set_user_attr("cell", cell_label(*cell))
                 return {METHOD_KEY: cell[0], LABEL_PERCENT_KEY: cell[1], **knobs}
             trial.set_user_attr("repeat", True)
             study.tell(trial, state=optuna.trial.TrialState.PRUNED)  # a repeat: never run twice
@@ -302,12 +319,28 @@ class CellSearcher(Searcher):
             state, told = optuna.trial.TrialState.FAIL, None
         else:
             state, told = None, [float(v) for v in values]
+        self._link_run(trial_id, cell, number)
         try:
             self.study(cell).tell(
                 number, told if len(values) > 1 or told is None else told[0], state=state
             )
         except (optuna.exceptions.UpdateFinishedTrialError, ValueError, RuntimeError):
             pass  # replayed after a restore: Optuna already holds its result
+
+    def _link_run(self, trial_id: str, cell: Cell, number: int) -> None:
+        """The Optuna trial's user attribute mlflow_run_id, from the run record the tracker wrote
+        at the trial's start (set before tell: a finished Optuna trial is read-only)."""
+        place = Place(self.record_root) / trial_id
+        if not place.pull(place.local / RUN_RECORD):
+            return
+        study = self.study(cell)
+        storage = study._storage  # Optuna's storage API sets attributes by internal trial id
+        internal = storage.get_trial_id_from_study_id_trial_number(study._study_id, number)
+        try:
+            run_id = (place.local / RUN_RECORD).read_text().strip()
+            storage.set_trial_user_attr(internal, "mlflow_run_id", run_id)
+        except (optuna.exceptions.UpdateFinishedTrialError, RuntimeError, OSError):
+            pass  # replayed after a restore: the trial is finished and already linked
 
     @property
     def total(self) -> int:
@@ -395,8 +428,8 @@ def fail_orphaned_trials(spec: StudySpec, study_dir: Path) -> list[dict]:
         study = optuna.load_study(study_name=name, storage=storage)
         cell = {}
         if name != spec.name:  # a cell study: its trials hold the knobs only
-            method, _, pct = name.removeprefix(f"{spec.name}/").rpartition("@")
-            cell = {METHOD_KEY: method, LABEL_PERCENT_KEY: float(pct)}
+            method, pct = parse_cell_label(name.removeprefix(f"{spec.name}/"))
+            cell = {METHOD_KEY: method, LABEL_PERCENT_KEY: pct}
         for trial in study.get_trials(deepcopy=False, states=[optuna.trial.TrialState.RUNNING]):
             study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
             orphans.append({**cell, **trial.params})

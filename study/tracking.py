@@ -26,14 +26,21 @@ from trainables.names import (
     FINAL_RECORD,
     LABEL_PERCENT_KEY,
     METHOD_KEY,
+    RUN_RECORD,
     SHARED_STAGE,
     STAGE_KEY,
     TAGS_RECORD,
+    VALIDATION_PREFIX,
+    cell_label,
+    knob_text,
     parse_curve_key,
 )
 from trainables.storage import Place
 
 TERMINAL = {"FINISHED", "FAILED", "KILLED"}
+STATUS_EVERY = 15.0  # seconds between the live per-cell status tables
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"  # MLflow 3's model-training experiment view
 STEP_METRIC = "tracker/step"  # the run's own result counter, continued across restores
 
 
@@ -114,6 +121,9 @@ def ensure_parent_run(
         if exp
         else client.create_experiment(experiment_name, artifact_location=location)
     )
+    # MLflow 3 opens an experiment without this tag on its GenAI traces view; this selects the
+    # model-training runs view (older studies get it when they are resumed or tabled).
+    client.set_experiment_tag(exp_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
     existing = client.search_runs([exp_id], runs_filter("study", study_id), max_results=1)
     if existing:
         run_id = existing[0].info.run_id
@@ -147,8 +157,12 @@ class MLflowTracker(tune.Callback):
         verbose: bool = True,
         study_id: str | None = None,
         stage: str = "search",
+        experiment_name: str | None = None,
+        progress: Any = None,
+        selection: str | None = None,
     ) -> None:
         self.study_id = study_id
+        self.experiment_name = experiment_name
         self.stage = stage  # search (the cells' searches) | final (study final: seeds)
         self.tracking_uri = tracking_uri
         self.experiment_id = experiment_id
@@ -161,27 +175,64 @@ class MLflowTracker(tune.Callback):
         self._runs: dict[str, str] = {}
         self._offsets: dict[str, int] = {}
         self._done = 0
+        self.progress = progress  # study.progress.Progress, or None (no live status)
+        self._selection = selection  # the first objective's validation key, e.g. val/fid
+        self._shown = time.time()
 
     def __getstate__(self) -> dict:
         """Pickle without the client (Tune saves callbacks with the experiment)."""
         return {**self.__dict__, "_client": None, "_runs": {}, "_offsets": {}}
 
+    def __setstate__(self, state: dict) -> None:
+        """Unpickle, also a tracker saved before the live status existed (its defaults)."""
+        defaults = {"progress": None, "_selection": None, "_shown": 0.0, "experiment_name": None}
+        self.__dict__.update({**defaults, **state})
+
     def on_event(self, event: str, trial: Trial, result: dict | None) -> None:
-        """Progress on the driver's terminal."""
+        """Progress on the driver's terminal: each trial's end with its count and the time left
+        (verbose 1), every epoch too (verbose 2); the per-cell status every STATUS_EVERY s."""
+        params = trial.config
+        cell = (str(params.get(METHOD_KEY)), float(params.get(LABEL_PERCENT_KEY, "nan")))
+        kind = "shared" if params.get(STAGE_KEY) else self.stage
+        progress, now = self.progress, time.time()
+        if progress is not None and event == "start":
+            progress.started(trial.trial_id, cell, kind, now)
+        elif progress is not None and event in ("FINISHED", "FAILED"):
+            value = (trial.last_result or {}).get(self._selection) if self._selection else None
+            status = (
+                event if event == "FAILED" or (trial.last_result or {}).get("final") else ("KILLED")
+            )
+            progress.ended(trial.trial_id, status, now, value)
         if not self.verbose:
             return
-        label = f"{trial.config.get(METHOD_KEY)} @ {trial.config.get(LABEL_PERCENT_KEY):g}%"
-        if trial.config.get(STAGE_KEY):
-            label = f"shared stage: {trial.config[STAGE_KEY]} (for {label})"
-        if event == "result" and result is not None and "epoch" in result:
+        label = cell_label(*cell)
+        if params.get(STAGE_KEY):
+            label = f"stage trial: shared {params[STAGE_KEY]} network (for {label})"
+        if event == "result" and result is not None and "epoch" in result and self.verbose > 1:
             loss = next((f"{k} {v:.4g}" for k, v in result.items() if k.endswith("/loss")), "")
             print(f"  [{trial.trial_id}] {label}: epoch {int(result['epoch'])} {loss}", flush=True)
         elif event in ("FINISHED", "FAILED"):
             self._done += 1
             early = event == "FINISHED" and not (trial.last_result or {}).get("final")
             epoch = int((trial.last_result or {}).get("eval_epoch", 0))
-            what = f"stopped early by ASHA at epoch {epoch}" if early else event
-            print(f"  [{trial.trial_id}] {label}: {what} ({self._done} trials ended)", flush=True)
+            what = f"stopped early by ASHA at epoch {epoch}" if early else event.lower()
+            value = (trial.last_result or {}).get(self._selection) if self._selection else None
+            if isinstance(value, (int, float)) and event == "FINISHED" and not early:
+                what += f", {self._selection} {value:.4g}"
+            count = f" | {progress.summary(now)}" if progress is not None else ""
+            print(f"  [{trial.trial_id}] {label}: {what}{count}", flush=True)
+
+    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        """Every STATUS_EVERY seconds while trials run: the per-cell status table."""
+        progress = self.progress
+        now = time.time()
+        if not self.verbose or progress is None or now - self._shown < STATUS_EVERY:
+            return
+        if not any(t.status == "RUNNING" for t in progress.trials.values()):
+            return
+        self._shown = now
+        metric = self._selection.removeprefix(VALIDATION_PREFIX) if self._selection else ""
+        print(f"status: {progress.summary(now)}\n{progress.table(metric)}", flush=True)
 
     @property
     def client(self) -> MlflowClient:
@@ -208,33 +259,54 @@ class MLflowTracker(tune.Callback):
             self.client.update_run(run_id, status="RUNNING")
         else:
             params = trial.config
-            tags = {
-                "mlflow.parentRunId": self.parent_run_id,
-                "trial_id": trial.trial_id,
-                "role": "trial",
-                **({"study_id": self.study_id} if self.study_id else {}),
-                "method": str(params.get(METHOD_KEY)),
-                "label_percent": str(params.get(LABEL_PERCENT_KEY)),
-                "stage": SHARED_STAGE if params.get(STAGE_KEY) else self.stage,
-                **environment_tags(),
-            }
-            cell = f"{params.get(METHOD_KEY)}@{params.get(LABEL_PERCENT_KEY)}%"
-            if params.get(STAGE_KEY):
-                tags["shared_artifact"] = str(params[STAGE_KEY])
-                cell = f"shared-{params[STAGE_KEY]}"
-            name = f"{cell}-{trial.trial_id}"
-            run = self.client.create_run(self.experiment_id, run_name=name, tags=tags)
+            flat = self.full_params(params)
+            run = self.client.create_run(
+                self.experiment_id, run_name=run_name(params, flat, self.stage),
+                tags=self._tags(trial),
+            )  # fmt: skip
             run_id = run.info.run_id
-            self.client.log_batch(
-                run_id,
-                params=[Param(k, str(v)) for k, v in sorted(self.full_params(params).items())],
-            )
+            # The registry imports torch, which `study table` (a reader of this module) needs not.
+            from trainables.methods import shaping_keys
+
+            shaping = shaping_keys(str(params.get(METHOD_KEY)), flat)
+            self.client.log_batch(run_id, params=[Param(k, str(flat[k])) for k in sorted(shaping)])
         self._runs[trial.trial_id] = run_id
+        self._record_run(trial.trial_id, run_id)
         return run_id
+
+    def _record_run(self, trial_id: str, run_id: str) -> None:
+        """trials/<id>/mlflow_run_id.txt: the searcher links the cell's Optuna trial to the run."""
+        folder = self.record_root / trial_id
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / RUN_RECORD).write_text(run_id)
+        (self.records / trial_id).push(folder / RUN_RECORD)
+
+    def _tags(self, trial: Trial) -> dict[str, str]:
+        """A trial run's tags. Runs are flat, not nested under the study's run: MLflow's runs
+        view collapses children under their parent (every trial hidden behind one row) and its
+        charts plot only the parent; study_run_id links them instead."""
+        params = trial.config
+        method, pct = str(params.get(METHOD_KEY)), params.get(LABEL_PERCENT_KEY)
+        tags = {
+            "study": self.experiment_name or "",
+            "study_run_id": self.parent_run_id,
+            "trial_id": trial.trial_id,
+            "role": "trial",
+            **({"study_id": self.study_id} if self.study_id else {}),
+            "method": method,
+            "label_percent": str(pct),
+            "cell": cell_label(method, float(pct)),
+            "stage": SHARED_STAGE if params.get(STAGE_KEY) else self.stage,
+            **environment_tags(),
+        }
+        if params.get(STAGE_KEY):
+            tags["shared_artifact"] = str(params[STAGE_KEY])
+        return tags
 
     def on_trial_start(self, iteration: int, trials: list, trial: Trial, **info: Any) -> None:
         """Create (or find) the trial's run."""
         self.run_for(trial)
+        self.on_event("start", trial, None)
 
     def on_trial_result(
         self, iteration: int, trials: list, trial: Trial, result: dict, **info: Any
@@ -307,6 +379,19 @@ class MLflowTracker(tune.Callback):
     def on_trial_error(self, iteration: int, trials: list, trial: Trial, **info: Any) -> None:
         """End the run FAILED."""
         self._end(trial, "FAILED")
+
+
+def run_name(params: dict, flat: dict, stage: str) -> str:
+    """A trial run's name as it reads in the UI: 'CG-SC-all@5% · lambda_SC=0.1' (a final run adds
+    its seed; a stage trial names the network it trains)."""
+    method, pct = str(params.get(METHOD_KEY)), float(params.get(LABEL_PERCENT_KEY))
+    cell = cell_label(method, pct)
+    if params.get(STAGE_KEY):
+        return f"shared {params[STAGE_KEY]} network (for {cell})"
+    parts = [cell, knob_text(method, flat)]
+    if stage == "final":
+        parts.append(f"seed {flat.get('train.seed')}")
+    return " · ".join(p for p in parts if p)
 
 
 def _failure_tags(record: Path, trial: Trial) -> dict[str, str]:

@@ -440,3 +440,43 @@ def guided_score_fn(
     cond_score_fn = _need(fns.cond_score_fn, "conditional score model")
     w = scale - 1.0 if method.guidance == "cfg" else 0.0
     return guidance.classifier_free_guidance(cond_score_fn, y, fns.num_classes, w)
+
+
+# ---- which flat keys shape a trial --------------------------------------------------------------
+_LOSS_SECTION = "loss."
+# Keys of one data kind only: toy runs (model.arch mlp) never read the image keys, nor images the
+# toy keys.
+_IMAGE_ONLY = (
+    "model.nf", "model.ch_mult", "model.num_res_blocks", "model.attn_resolutions",
+    "model.dropout", "model.center_input", "data.root", "data.download", "data.image_size",
+    "data.flip", "train.channels_last", "train.peak_tflops", "eval.fid", "eval.feature_extractor",
+    "eval.inception_weights", "eval.cache_dir", "eval.num_reference", "eval.feature_batch_size",
+    "eval.classifier_checkpoint", "eval.classifier_steps", "eval.classifier_sigma_max",
+)  # fmt: skip
+_TOY_ONLY = ("model.hidden", "model.depth", "model.embed_dim", "eval.sigmas")
+_CLASSIFIER_ONLY = (
+    "model.classifier_head", "model.energy_rank", "eval.sc_bands", "train.classifier_steps",
+    "train.classifier_batch_size", "sample.guidance_precision",
+)  # fmt: skip
+_GUIDED_ONLY = ("sample.guidance_scale", "sample.guidance_grid", "eval.val_num_per_class")
+
+
+def shaping_keys(method_name: str, flat: dict[str, Any]) -> list[str]:
+    """The flat keys of a trial config that shape a trial of this method: its own loss knobs (from
+    the registry's terms), the keys of its data kind (toy or images), classifier and guidance keys
+    only where it has them. What MLflow logs as the trial's params."""
+    method = get_method(method_name)
+    loss_keys = {k for a in method.artifacts for t in a.terms for k in t.knobs()}
+    images = flat.get("model.arch") == "ncsnpp"
+    dropped = set(_TOY_ONLY if images else _IMAGE_ONLY)
+    if not any(a.network in ("classifier", "joint") for a in method.artifacts):
+        dropped |= set(_CLASSIFIER_ONLY)
+    if method.guidance == "none":
+        dropped |= set(_GUIDED_ONLY)
+    if flat.get("model.classifier_head") not in ENERGY_HEADS:
+        dropped.add("model.energy_rank")
+    return [
+        key
+        for key in flat
+        if key not in dropped and (not key.startswith(_LOSS_SECTION) or key in loss_keys)
+    ]

@@ -161,5 +161,33 @@ ARTIFACTS_RECORD = "artifacts.json"  # artifact name -> its folder in the artifa
 SAMPLES_IMAGE = "samples.png"  # grid of guided samples (images)
 CURVE_IMAGE = "guidance_curve.png"  # the trial's validation guidance curve
 ERROR_RECORD = "error.json"  # why a trial failed: exception type, message, step
+RUN_RECORD = "mlflow_run_id.txt"  # the trial's MLflow run id, written by the driver at its start
 PARAMS_RECORD = "params.json"  # the trial's sampled params (method, label %, knobs), at its start
 SPEC_FILE = "spec.yaml"  # a study directory's validated spec
+
+
+# ---- how a table cell is spelled wherever a user sees it ---------------------------------------
+# MLflow run names and tags, Optuna study names, the console, exported specs and the tidy CSV all
+# spell a (method, label %) cell the same way: "CG-SC-all@5%" (no spaces: it is also a file name).
+KNOB_LABELS = {LAMBDA_SC_KEY: "lambda_SC", LAMBDA_JOINT_KEY: "lambda_joint"}
+
+
+def cell_label(method: str, label_percent: float) -> str:
+    """The one spelling of a cell, e.g. 'CG-SC-all@5%'."""
+    return f"{method}@{float(label_percent):g}%"
+
+
+def parse_cell_label(label: str) -> tuple[str, float]:
+    """(method, label %) of a cell_label (also reads the older 'CG@5' spelling)."""
+    method, _, pct = label.rpartition("@")
+    return method, float(pct.removesuffix("%"))
+
+
+def knob_text(method: str, values: dict) -> str:
+    """The cell's tuned knobs as 'lambda_SC=0.1' ('' for a method without knobs)."""
+    shown = [
+        f"{KNOB_LABELS.get(k, k)}={float(values[k]):.3g}"
+        for k in TUNED_KEYS.get(method, ())
+        if k in values and values[k] is not None
+    ]
+    return ", ".join(shown)

@@ -15,7 +15,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import ray.train
@@ -30,6 +30,7 @@ from trainables.context import TrialContext
 from trainables.data.images import IMAGE_DATASETS, ImageData, make_images
 from trainables.data.toy import ToyData, make_toy
 from trainables.evaluation import Sweep, TrialEvaluator
+from trainables.evaluation.toy import plot_toy_samples
 from trainables.fit import (
     CHECKPOINT_FILE,
     Distributed,
@@ -419,6 +420,10 @@ def _run_trial(context: TrialContext) -> None:
     if len(sweep.curve) > 1:
         record.local.mkdir(parents=True, exist_ok=True)
         _plot_curve(sweep, context.objectives, record.local / names.CURVE_IMAGE)
+    if not evaluator.images:  # the toy's picture: its guided samples beside the exact mixture
+        record.local.mkdir(parents=True, exist_ok=True)
+        at_scale = replace(config, sample=replace(config.sample, guidance_scale=sweep.scale))
+        plot_toy_samples(at_scale, networks, data, record.local / names.SAMPLES_IMAGE)
     _write_records(
         record, ledger, context.cache_dir, evaluator, samples, final, config.sample.num_per_class
     )

@@ -17,8 +17,9 @@ from analysis.tables import (
     per_class_table,
     to_markdown,
     warning_flags,
-    write_report,
 )
+from analysis.figures import write_figures
+from analysis.report import write_report
 
 OBJ = ("gen_accuracy", "max")
 
@@ -149,9 +150,11 @@ def test_write_report_plots_the_best_trials_validation_guidance_curve(tmp_path):
          "guidance_scale": 2.0, "curve/gen_accuracy/g1": 0.5, "curve/gen_accuracy/g2": 0.6},
     )  # fmt: skip
     table, files = write_report(runs, [OBJ], tmp_path)
-    names = {p.name for p in files}
-    assert {"comparison.md", "comparison.csv", "guidance_gen_accuracy.png"} <= names
-    assert all(p.exists() for p in files)
+    figures = write_figures(runs, [OBJ], tmp_path)
+    names = {p.name for p in files + figures}
+    assert {"comparison.md", "comparison.csv", "comparison_long.csv"} <= names
+    assert {"guidance_gen_accuracy.png", "guidance_gen_accuracy.pdf"} <= names
+    assert all(p.exists() for p in files + figures)
     assert not math.isnan(table.loc["CG", (5.0, "gen_accuracy")])
     assert curve_points(runs.iloc[0], "gen_accuracy") == [(1.0, 0.5), (2.0, 0.6)]
 
@@ -192,8 +195,8 @@ def test_pareto_fronts_per_label_percent_by_validation_values_and_a_point_export
     table, files = write_report(runs, two, tmp_path)
     front = pd.read_csv(tmp_path / "pareto.csv")
     assert sorted(front["trial_id"]) == ["a", "b", "d"]  # c dominated; 100 % has its own front
-    names = {p.name for p in files}
-    assert {"pareto.md", "pareto.csv", "pareto_5.png", "pareto_100.png"} <= names
+    names = {p.name for p in files + write_figures(runs, two, tmp_path)}
+    assert {"pareto.md", "pareto.csv", "pareto.pdf", "pareto.png"} <= names
     spec = {"name": "s", "methods": ["CG", "Cond"], "label_percents": [5, 100]}
     (path,) = export_best(runs, spec, two[0], tmp_path / "best", trial_id="b")
-    assert path.name == "Cond_5_b.yaml" and yaml.safe_load(path.read_text())["methods"] == ["Cond"]
+    assert path.name == "Cond@5%_b.yaml" and yaml.safe_load(path.read_text())["methods"] == ["Cond"]

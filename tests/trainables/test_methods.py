@@ -209,3 +209,24 @@ def test_guidance_scale_one_is_the_plain_conditional_for_every_family():
         # gamma = 2 is (1 + w) s(y) - w s(null) with w = 1: classifier guidance at scale 2.
         twice = guided_score_fn(get_method("CFG-all"), fns, y, 2.0)(x, sigma)
         torch.testing.assert_close(twice, 2 * conditional - unconditional)
+
+
+def test_a_trials_logged_params_are_the_keys_that_shape_it():
+    from trainables.config import from_flat, to_flat
+    from trainables.methods import shaping_keys
+
+    toy = to_flat(from_flat({"method": "CG-SC-all"}, base="toy"))
+    keys = set(shaping_keys("CG-SC-all", toy))
+    assert {"loss.lambda_sc", "loss.sc_weighting", "model.hidden", "sample.guidance_grid"} <= keys
+    assert not keys & {"loss.lambda_joint", "loss.p_uncond", "loss.lambda_ce", "model.nf",
+                       "eval.feature_extractor", "data.image_size", "model.energy_rank"}  # fmt: skip
+    cond = set(shaping_keys("Cond", to_flat(from_flat({"method": "Cond"}, base="toy"))))
+    assert not cond & {"loss.lambda_sc", "loss.lambda_qc", "model.classifier_head",
+                       "sample.guidance_scale", "sample.guidance_grid"}  # fmt: skip
+    assert "loss.p_uncond" in shaping_keys("CFG-all", toy) and "loss.lambda_ce" in shaping_keys(
+        "CG-DLSM", toy
+    )
+    images = to_flat(from_flat({"method": "Joint-SC"}, base="tiny-images"))
+    image_keys = set(shaping_keys("Joint-SC", images))
+    assert {"model.nf", "eval.feature_extractor", "loss.lambda_joint"} <= image_keys
+    assert not image_keys & {"model.hidden", "eval.sigmas", "loss.lambda_sc"}

@@ -1,0 +1,236 @@
+"""Figures for a paper (`study plot DIR`, and the end of `study run` / `study final`), each as PDF
+and PNG in DIR/figures:
+
+- label_percent_<metric>: the papers' main figure, each metric against the label % per method; with
+  `study final` runs, the seed mean and its 95 % t interval (analysis.final), else each cell's
+  chosen trial;
+- guidance_<metric>: validation metric against the guidance scale of every cell's chosen trial, one
+  panel per label %, the chosen scale starred;
+- pareto: with several objectives, every finished trial's validation values per label %, the front
+  joined.
+
+Methods keep their registry order and their colour (analysis.style) in every figure; legends sit
+outside the data; log-scale axes are ticked at the values swept, in plain numbers.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from analysis import style
+from analysis.console import HEADLINE
+from analysis.final import seed_statistics
+from analysis.tables import (
+    best_per_cell,
+    completed,
+    curve_points,
+    pareto_set,
+    selection_column,
+)
+from trainables.names import CHOSEN_SCALE, CURVE_METRICS
+
+FIGURES_DIR = "figures"
+FORMATS = ("pdf", "png")
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plt.rcParams.update({"font.size": 9, "axes.spines.top": False, "axes.spines.right": False})
+    return plt
+
+
+def _save(fig: Any, out_dir: Path, stem: str) -> list[Path]:
+    """Write stem.pdf and stem.png (300 dpi) and close the figure."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    paths = [out_dir / f"{stem}.{fmt}" for fmt in FORMATS]
+    for path in paths:
+        fig.savefig(path, dpi=300, bbox_inches="tight")
+    _pyplot().close(fig)
+    return paths
+
+
+def _plain_ticks(ax: Any, axis: str, values: Sequence[float]) -> None:
+    """Ticks at exactly the given values, labelled as plain numbers (0.5, 1, 2, not 2x10^0)."""
+    from matplotlib.ticker import FixedLocator, NullLocator
+
+    ticks = sorted(set(float(v) for v in values))
+    target = ax.xaxis if axis == "x" else ax.yaxis
+    target.set_major_locator(FixedLocator(ticks))
+    target.set_minor_locator(NullLocator())
+    target.set_major_formatter(_plain_formatter())
+
+
+def _plain_formatter() -> Any:
+    from matplotlib.ticker import FuncFormatter
+
+    return FuncFormatter(lambda v, _: f"{v:g}")
+
+
+def _legend_outside(fig: Any, axes: Sequence[Any]) -> None:
+    """One legend for the figure, right of the panels, methods in registry order."""
+    handles, labels = {}, []
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            if label not in handles:
+                handles[label] = handle
+                labels.append(label)
+    ordered = style.method_order([lab for lab in labels if lab in style.METHOD_COLORS])
+    ordered += [lab for lab in labels if lab not in ordered]
+    if ordered:
+        fig.legend([handles[lab] for lab in ordered], ordered, loc="center left",
+                   bbox_to_anchor=(1.0, 0.5), frameon=False)  # fmt: skip
+
+
+def label_percent_points(
+    runs: pd.DataFrame, objective: tuple[str, str], metric: str
+) -> dict[str, list[tuple[float, float, float, float]]]:
+    """Per method, (label %, value, low, high) sorted by label %: the final runs' seed mean and its
+    interval where the study has final runs, else the cell's chosen trial (no interval)."""
+    statistics = seed_statistics(runs, [metric])
+    out: dict[str, list[tuple[float, float, float, float]]] = {}
+    if not statistics.empty:
+        for _, row in statistics.iterrows():
+            out.setdefault(row["method"], []).append(
+                (float(row["label_percent"]), row["mean"], row["ci_low"], row["ci_high"])
+            )
+    else:
+        best = best_per_cell(runs, *objective)
+        if metric in best.columns:
+            for _, row in best.dropna(subset=[metric]).iterrows():
+                value = float(row[metric])
+                out.setdefault(row["method"], []).append(
+                    (float(row["label_percent"]), value, math.nan, math.nan)
+                )
+    return {m: sorted(out[m]) for m in style.method_order(out)}
+
+
+def label_percent_figure(
+    runs: pd.DataFrame, objectives: Sequence[tuple[str, str]], out_dir: Path
+) -> list[Path]:
+    """label_percent_<metric>.{pdf,png} for the objectives and the headline metrics present (the
+    console table's: analysis.console.HEADLINE)."""
+    plt = _pyplot()
+    metrics = list(dict.fromkeys([m for m, _ in objectives] + list(HEADLINE)))
+    written = []
+    for metric in metrics:
+        lines = label_percent_points(runs, objectives[0], metric)
+        if not any(len(points) > 0 for points in lines.values()):
+            continue
+        fig, ax = plt.subplots(figsize=(4.2, 3.0))
+        percents = sorted({p for points in lines.values() for p, *_ in points})
+        for method, points in lines.items():
+            x, y, low, high = (list(v) for v in zip(*points))
+            ax.plot(x, y, marker=style.marker(method), color=style.color(method), label=method,
+                    lw=1.4, ms=4)  # fmt: skip
+            if any(math.isfinite(v) for v in low):
+                ax.fill_between(x, low, high, color=style.color(method), alpha=0.15, lw=0)
+        if len(percents) > 1 and min(percents) > 0:
+            ax.set_xscale("log")
+        _plain_ticks(ax, "x", percents)
+        ax.set_xlabel("labeled data (%)")
+        ax.set_ylabel(metric)
+        ax.grid(alpha=0.3)
+        _legend_outside(fig, [ax])
+        written += _save(fig, out_dir, f"label_percent_{metric}")
+    return written
+
+
+def guidance_figure(
+    runs: pd.DataFrame,
+    objective: tuple[str, str],
+    out_dir: Path,
+    metrics: Sequence[str] = CURVE_METRICS,
+) -> list[Path]:
+    """guidance_<metric>.{pdf,png}: one panel per label %, a line per method (its chosen trial's
+    validation sweep), the chosen scale starred."""
+    plt = _pyplot()
+    best = best_per_cell(runs, *objective)
+    written = []
+    for metric in metrics:
+        rows = [(row, curve_points(row, metric)) for _, row in best.iterrows()]
+        rows = [(row, pts) for row, pts in rows if len(pts) > 1]
+        if not rows:
+            continue
+        percents = sorted({float(row["label_percent"]) for row, _ in rows})
+        fig, axes = plt.subplots(1, len(percents), figsize=(3.4 * len(percents), 2.9),
+                                 sharey=True, squeeze=False)  # fmt: skip
+        for ax, pct in zip(axes[0], percents):
+            mine = [(r, p) for r, p in rows if float(r["label_percent"]) == pct]
+            order = style.method_order(r["method"] for r, _ in mine)
+            mine.sort(key=lambda item: order.index(item[0]["method"]))
+            scales: set[float] = set()
+            for row, pts in mine:
+                x, y = zip(*pts)
+                scales |= set(x)
+                method = row["method"]
+                ax.plot(x, y, marker=style.marker(method), color=style.color(method),
+                        label=method, lw=1.3, ms=3.5)  # fmt: skip
+                chosen = row.get(CHOSEN_SCALE)
+                if pd.notna(chosen) and float(chosen) in x:
+                    ax.plot([chosen], [y[x.index(float(chosen))]], "*", ms=11,
+                            color=style.color(method), mec="white", mew=0.6)  # fmt: skip
+            ax.set_xscale("log")
+            _plain_ticks(ax, "x", scales)
+            ax.set_title(f"{pct:g}% labels")
+            ax.set_xlabel("guidance scale")
+            ax.grid(alpha=0.3)
+        axes[0][0].set_ylabel(f"validation {metric}")
+        _legend_outside(fig, axes[0])
+        fig.suptitle("star: the scale each trial chose on validation", fontsize=8, y=1.02)
+        written += _save(fig, out_dir, f"guidance_{metric}")
+    return written
+
+
+def pareto_figure(
+    runs: pd.DataFrame, objectives: Sequence[tuple[str, str]], out_dir: Path
+) -> list[Path]:
+    """pareto.{pdf,png}: with two or more objectives, the first two's validation values of every
+    finished trial, one panel per label %, the front joined; [] with one objective."""
+    if len(objectives) < 2:
+        return []
+    plt = _pyplot()
+    done = completed(runs)
+    (mx, _), (my, _) = objectives[0], objectives[1]
+    cx, cy = selection_column(done, mx), selection_column(done, my)
+    if done.empty or cx not in done or cy not in done:
+        return []
+    done = done.dropna(subset=[cx, cy])
+    percents = sorted(set(done["label_percent"]))
+    if not percents:
+        return []
+    fig, axes = plt.subplots(1, len(percents), figsize=(3.6 * len(percents), 3.0), squeeze=False)
+    for ax, pct in zip(axes[0], percents):
+        group = done[done["label_percent"] == pct]
+        for method in style.method_order(group["method"]):
+            trials = group[group["method"] == method]
+            ax.scatter(trials[cx], trials[cy], color=style.color(method),
+                       marker=style.marker(method), label=method, s=18)  # fmt: skip
+        front = pareto_set(group, objectives).sort_values(cx)
+        ax.plot(front[cx], front[cy], "k--", lw=1, label="Pareto front")
+        ax.set_title(f"{pct:g}% labels")
+        ax.set_xlabel(cx)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel(cy)
+    _legend_outside(fig, axes[0])
+    return _save(fig, out_dir, "pareto")
+
+
+def write_figures(
+    runs: pd.DataFrame, objectives: Sequence[tuple[str, str]], study_dir: Path
+) -> list[Path]:
+    """Every figure of the study into study_dir/figures; the paths written."""
+    out = Path(study_dir) / FIGURES_DIR
+    written = label_percent_figure(runs, objectives, out)
+    written += guidance_figure(runs, objectives[0], out)
+    written += pareto_figure(runs, objectives, out)
+    return written

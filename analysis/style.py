@@ -1,0 +1,64 @@
+"""How methods and metrics look wherever the analysis shows them: the order (the registry's, the
+papers' table order), one fixed colour and marker per method, short metric names for the console.
+Every table and figure reads this module, so a method keeps its colour from figure to figure."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from trainables.names import METHODS
+
+# Colour-blind-safe (Okabe-Ito, plus black and two greys), one per method in registry order: the
+# CG family in blues / greens, the conditional models in warm colours.
+_PALETTE = (
+    "#000000",  # CG
+    "#0072B2",  # CG-SC-labeled
+    "#56B4E9",  # CG-SC-all
+    "#009E73",  # CG-DLSM
+    "#CC79A7",  # Joint-SC
+    "#D55E00",  # Cond
+    "#E69F00",  # CFG-labeled
+    "#8C6D31",  # CFG-all
+)
+METHOD_COLORS = dict(zip(METHODS, _PALETTE))
+METHOD_MARKERS = dict(zip(METHODS, ("o", "s", "D", "^", "v", "P", "X", "*")))
+
+# Console names of the metrics (the files keep the full names).
+SHORT_NAMES = {
+    "guided_score_cos": "score cos",
+    "gen_accuracy": "gen acc",
+    "gen_accuracy_exact": "gen acc (exact)",
+    "energy_distance": "energy dist",
+    "inception_score": "IS",
+    "intra_fid": "intra-FID",
+    "fid": "FID",
+    "clf_accuracy": "clf acc",
+    "clf_ece": "clf ECE",
+    "grad_cos": "grad cos",
+    "grad_mse": "grad MSE",
+    "guided_dsm": "guided DSM",
+    "score_dsm": "score DSM",
+    "sc_ratio": "SC ratio",
+}
+
+
+def method_order(methods: Iterable[str]) -> list[str]:
+    """The given methods in registry order (unknown names last, in their order)."""
+    present = list(dict.fromkeys(methods))
+    known = [m for m in METHODS if m in present]
+    return known + [m for m in present if m not in METHODS]
+
+
+def color(method: str) -> str:
+    """The method's fixed colour (grey for a name outside the registry)."""
+    return METHOD_COLORS.get(method, "#999999")
+
+
+def marker(method: str) -> str:
+    """The method's fixed marker."""
+    return METHOD_MARKERS.get(method, "o")
+
+
+def short(metric: str) -> str:
+    """The console name of a metric."""
+    return SHORT_NAMES.get(metric, metric)

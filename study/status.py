@@ -1,0 +1,72 @@
+"""`study status DIR`: the live status (study.progress) of a study running anywhere (another
+terminal, a Ray job), read from its stores: the saved spec, the plan, and the MLflow runs with their
+start and end times."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from analysis.results import StudyNotReady, objectives_of, read_spec, tracking_uri
+from analysis.runs import load_runs
+from study.progress import Progress, from_records
+from trainables.names import SHARED_STAGE, VALIDATION_PREFIX
+
+
+def records(runs: pd.DataFrame, selection: str) -> list[dict]:
+    """The runs as progress records (times in seconds; the validation objective when finished)."""
+    out = []
+    for _, run in runs.iterrows():
+        value = run.get(selection)
+        end = run.get("end_time")
+        stage = run.get("stage") or "search"
+        out.append({
+            "trial_id": run["trial_id"],
+            "cell": (str(run["method"]), float(run["label_percent"])),
+            "kind": "shared" if stage == SHARED_STAGE else stage,
+            "status": run["status"],
+            "start": float(run["start_time"]) / 1000,
+            "end": None if end is None or pd.isna(end) else float(end) / 1000,
+            "value": None if value is None or pd.isna(value) else float(value),
+        })  # fmt: skip
+    return out
+
+
+def load_progress(study_dir: str | Path, now: float | None = None) -> tuple[Progress, str]:
+    """(the study's progress from its stores, the first objective's metric). StudyNotReady when
+    the folder is not a study or no trial has started."""
+    from study.runner import load_study_spec, study_progress
+
+    folder, raw = read_spec(study_dir)
+    runs = load_runs(tracking_uri(folder, raw), raw["name"], raw.get("study_id"))
+    if runs.empty:
+        raise StudyNotReady(
+            f"{folder}: no trial has started yet (or its tracking store is missing); "
+            f"start it with 'study resume {folder}'"
+        )
+    _, spec = load_study_spec(folder)
+    metric, _ = objectives_of(raw)[0]
+    progress = study_progress(spec)
+    final = runs[runs["stage"] == "final"]
+    if len(final) and not (runs["stage"] == "search").any():
+        progress.main_kind = "final"
+    from_records(progress, records(runs, f"{VALIDATION_PREFIX}{metric}"))
+    return progress, metric
+
+
+def status_text(study_dir: str | Path, now: float | None = None) -> str:
+    """The status block `study run` prints, for a study read from its stores."""
+    progress, metric = load_progress(study_dir)
+    now = time.time() if now is None else now
+    running = [t for t in progress.trials.values() if t.status == "RUNNING"]
+    if not running:
+        ends = [t.end for t in progress.trials.values() if t.end is not None]
+        now = max(ends) if ends else now  # a study that is not running: its span, no clock
+    summary = progress.summary(now)
+    if not running:
+        summary += "; not running now" + (
+            "" if not progress.pending() else f" (resume it: study resume {study_dir})"
+        )
+    return f"{summary}\n{progress.table(metric)}\n"

@@ -1,0 +1,122 @@
+"""The console table, the tidy CSV and the paper figures on hand-built run frames."""
+
+import math
+
+import pandas as pd
+import pytest
+from scipy import stats
+
+from analysis.console import console_table
+from analysis.figures import label_percent_figure, label_percent_points, write_figures
+from analysis.runs import BASE_COLUMNS
+from analysis.tables import long_table
+from trainables.names import METHODS
+
+OBJ = ("gen_accuracy", "max")
+
+
+def _runs(rows):
+    base = {"run_id": "r", "trial_id": "t", "status": "FINISHED", "early_stopped": False,
+            "stage": "search"}  # fmt: skip
+    frame = pd.DataFrame([{**base, **row} for row in rows])
+    return frame[BASE_COLUMNS + [c for c in frame.columns if c not in BASE_COLUMNS]]
+
+
+def _study(percents=(5.0, 100.0), final_seeds=0):
+    rows = []
+    for i, method in enumerate(METHODS):
+        for pct in percents:
+            rows.append({
+                "trial_id": f"{method}{pct}", "method": method, "label_percent": pct,
+                "gen_accuracy": 0.5 + 0.01 * i, "val/gen_accuracy": 0.5 + 0.01 * i,
+                "fid": 30.0 - i, "intra_fid": 40.0 - i, "inception_score": 5.0 + i,
+                "gen_accuracy_exact": 0.8975, "guidance_scale": 2.0 if method != "Cond" else None,
+                "loss.lambda_sc": 0.1, "loss.lambda_joint": 1.0,
+                "curve/gen_accuracy/g1": 0.4, "curve/gen_accuracy/g2": 0.5 + 0.01 * i,
+            })  # fmt: skip
+            for seed in range(final_seeds):
+                rows.append({
+                    "trial_id": f"{method}{pct}s{seed}", "method": method, "label_percent": pct,
+                    "stage": "final", "train.seed": seed,
+                    "gen_accuracy": 0.5 + 0.01 * i + 0.02 * seed, "fid": 30.0 - i + seed,
+                })  # fmt: skip
+    return _runs(rows)
+
+
+def test_the_console_table_is_the_papers_layout_within_120_columns():
+    text = console_table(_study(), [OBJ])
+    lines = text.splitlines()
+    assert max(len(line) for line in lines) <= 120
+    assert "5% labels" in lines[0] and "100% labels" in lines[0]  # one row of column groups
+    rows = [line.split()[0] for line in lines[3:11]]
+    assert rows == list(METHODS)  # methods as rows, registry order
+    header = lines[1]
+    columns = [c.strip() for c in header.split("  ") if c.strip()]
+    assert columns.count("gen acc") == 2 and columns.count("FID") == 2  # objective + headline
+    assert len(columns) == 1 + 2 * 5  # method; per label %: objective, 3 headline, chosen
+    assert header.count("chosen") == 2 and "γ=2 λSC=0.1" in text  # knobs, only the method's own
+    assert "λJ" not in lines[4]  # CG-SC-labeled does not tune lambda_joint
+    # The constant toy ceiling is a footnote, not a column.
+    assert "gen acc (exact) = 0.8975 in every cell" in text and "exact" not in header
+
+
+def test_label_percent_groups_that_do_not_fit_go_to_further_blocks():
+    text = console_table(_study(percents=(5.0, 10.0, 20.0, 50.0, 100.0)), [OBJ])
+    lines = text.splitlines()
+    assert max(len(line) for line in lines) <= 120
+    groups = [g for g in ("5% labels", "10% labels", "20% labels", "50% labels", "100% labels")]
+    assert all(g in text for g in groups) and sum("labels" in line for line in lines) >= 2
+
+
+def test_final_runs_show_mean_and_std():
+    text = console_table(_study(final_seeds=3), [OBJ])
+    # CG: gen_accuracy over seeds 0.50, 0.52, 0.54 -> 0.52 +- 0.02
+    cg = next(line for line in text.splitlines() if line.startswith("CG "))
+    assert "0.52 ± 0.02" in cg
+    assert "mean ± std over the seeds" in text
+
+
+def test_the_long_table_has_one_row_per_cell_and_metric_with_one_spelling():
+    long = long_table(_study(), OBJ, ["gen_accuracy", "fid", "loss.lambda_sc"])
+    assert set(long.columns) >= {"cell", "method", "label_percent", "metric", "value"}
+    row = long[(long["cell"] == "CG-SC-all@5%") & (long["metric"] == "fid")]
+    assert len(row) == 1 and row["value"].iloc[0] == 28.0
+    assert long[long["metric"] == "loss.lambda_sc"]["method"].tolist() == [
+        "CG-SC-labeled", "CG-SC-labeled", "CG-SC-all", "CG-SC-all"
+    ]  # a knob only where the method tunes it
+
+
+def test_the_label_percent_figure_draws_each_method_with_its_seed_interval(tmp_path):
+    runs = _study(final_seeds=3)
+    points = label_percent_points(runs, OBJ, "gen_accuracy")
+    assert list(points) == list(METHODS)
+    pct, mean, low, high = points["CG"][0]
+    half = stats.t.ppf(0.975, 2) * 0.02 / math.sqrt(3)
+    assert (pct, mean) == (5.0, pytest.approx(0.52))
+    assert (low, high) == (pytest.approx(0.52 - half), pytest.approx(0.52 + half))
+    import matplotlib.pyplot as plt
+
+    drawn = {}
+    original = plt.Figure.savefig
+
+    def spy(fig, path, **kw):
+        ax = fig.axes[0]
+        drawn[str(path)] = ([line.get_label() for line in ax.get_lines()], len(ax.collections))
+        return original(fig, path, **kw)
+
+    plt.Figure.savefig = spy
+    try:
+        paths = label_percent_figure(runs, [OBJ], tmp_path)
+    finally:
+        plt.Figure.savefig = original
+    labels, bands = drawn[str(tmp_path / "label_percent_gen_accuracy.png")]
+    assert labels == list(METHODS) and bands == len(METHODS)  # a line and a band per method
+    assert {p.name for p in paths} >= {"label_percent_gen_accuracy.pdf", "label_percent_fid.png"}
+
+
+def test_write_figures_writes_all_three_kinds(tmp_path):
+    runs = _study()
+    runs["val/fid"] = runs["fid"]
+    written = {p.name for p in write_figures(runs, [OBJ, ("fid", "min")], tmp_path)}
+    assert {"label_percent_gen_accuracy.pdf", "guidance_gen_accuracy.png", "pareto.pdf"} <= written
+    assert all((tmp_path / "figures" / name).stat().st_size > 0 for name in written)
