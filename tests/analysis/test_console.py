@@ -82,7 +82,10 @@ def test_the_long_table_has_one_row_per_cell_and_metric_with_one_spelling():
     row = long[(long["cell"] == "CG-SC-all@5%") & (long["metric"] == "fid")]
     assert len(row) == 1 and row["value"].iloc[0] == 28.0
     assert long[long["metric"] == "loss.lambda_sc"]["method"].tolist() == [
-        "CG-SC-labeled", "CG-SC-labeled", "CG-SC-all", "CG-SC-all"
+        "CG-SC-labeled",
+        "CG-SC-labeled",
+        "CG-SC-all",
+        "CG-SC-all",
     ]  # a knob only where the method tunes it
 
 

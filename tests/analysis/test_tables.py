@@ -6,6 +6,8 @@ import pandas as pd
 import pytest
 import yaml
 
+from analysis.figures import write_figures
+from analysis.report import write_report
 from analysis.runs import BASE_COLUMNS, _cast
 from analysis.tables import (
     KNOB_COLUMNS,
@@ -18,8 +20,6 @@ from analysis.tables import (
     to_markdown,
     warning_flags,
 )
-from analysis.figures import write_figures
-from analysis.report import write_report
 
 OBJ = ("gen_accuracy", "max")
 
