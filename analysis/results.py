@@ -143,6 +143,11 @@ def read_spec(location: str | Path) -> tuple[Path, dict[str, Any]]:
         spec = None
     if not isinstance(spec, dict) or "name" not in spec:
         raise StudyNotReady(f"{spec_file} is not a study's saved spec; is {location} a study?")
+    if not ({"study_id", "tracking_uri"} & set(spec)):  # what `study run` pins when it saves one
+        raise StudyNotReady(
+            f"{location} is not a study folder: its {SPEC_FILE} is a spec no study was run from; "
+            f"run it with 'study run {spec_file}'"
+        )
     return folder, spec
 
 

@@ -205,6 +205,14 @@ def write_pareto(
     return [out_dir / "pareto.md", out_dir / "pareto.csv"]
 
 
+EXPORT_HEADER = (
+    "# Exported by `study export-best`: run it with `study run <this file>`.\n"
+    "# artifact_store and config.eval.cache_dir are the source study's, so this run reuses its\n"
+    "# trained networks and measures with its evaluation classifier; they override\n"
+    "# $SC_GUIDANCE_ARTIFACT_STORE. Delete both lines to train and measure afresh.\n"
+)
+
+
 def export_best(
     runs: pd.DataFrame,
     spec: dict,
@@ -241,7 +249,7 @@ def export_best(
         }
         suffix = f"_{trial_id}" if trial_id is not None else ""
         path = out_dir / f"{cell_label(row['method'], row['label_percent'])}{suffix}.yaml"
-        path.write_text(yaml.safe_dump(final, sort_keys=False))
+        path.write_text(EXPORT_HEADER + yaml.safe_dump(final, sort_keys=False))
         written.append(path)
     return written
 

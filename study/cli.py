@@ -36,10 +36,10 @@ def _table(study_dir: Path, spec: StudySpec) -> str:
     figures = write_figures(runs, objectives, study_dir)
     log_report(spec.tracking_uri, spec.name, files + figures, spec.study_id)
     metric, _ = objectives[0]
-    written = f"tables: {study_dir / 'tables'} ({', '.join(p.name for p in files)})"
+    written = f"tables: {study_dir / 'tables'} ({len(files)} files: comparison.md, ...)"
     if figures:
-        shown = sorted({p.stem for p in figures})
-        written += f"\nfigures: {study_dir / 'figures'} ({', '.join(shown)}; .pdf and .png)"
+        count = len({p.stem for p in figures})
+        written += f"\nfigures: {study_dir / 'figures'} ({count} figures, .pdf and .png)"
     return (
         f"{run_counts(runs, metric)}\n{compute[2]}{written}\n"
         f"(also logged to the study's parent run)\nMLflow UI:  study ui {study_dir}\n\n"
@@ -66,10 +66,10 @@ def _compute(study_dir: Path, spec: StudySpec, runs: pd.DataFrame) -> tuple[str,
     line = (
         f"compute: {report['train_steps']:,.0f} training steps "
         f"({report['train_steps_naive'] / max(report['train_steps'], 1):.1f}x fewer than "
-        f"retraining per trial), {report['device_seconds']:.0f} device-seconds"
+        f"retraining), {report['device_seconds']:.0f} device-seconds"
     )
     if "useful_work_fraction" in report:
-        line += f", useful-work fraction {report['useful_work_fraction']:.0%}"
+        line += f", {report['useful_work_fraction']:.0%} useful work"
     return text, [path], line + " (tables/compute.md)\n"
 
 
@@ -126,7 +126,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     else:
         spec = load_spec(args.spec)
         study_dir = study_dir_for(spec)
-    print(f"{study_header(spec)} -> {study_dir}", flush=True)
+    print(f"{study_header(spec)}\nstudy folder: {study_dir}", flush=True)
     quiet_libraries(args.verbose)
     start = time.perf_counter()
     try:

@@ -19,6 +19,7 @@ from trainables.names import cell_label
 
 KINDS = ("search", "shared", "final")  # search trials, stage trials (shared networks), final runs
 KIND_NAMES = {"search": "search trials", "shared": "stage trials", "final": "final runs"}
+SHORT_KINDS = {"search": "search", "shared": "stage", "final": "final"}
 
 
 @dataclass
@@ -172,6 +173,18 @@ class Progress:
         left = self.remaining_seconds(now)
         eta = "time left: estimating" if left is None else f"about {format_seconds(left)} left"
         return f"{text}; {format_seconds(now - self.start)} elapsed, {eta}"
+
+    def brief(self, now: float) -> str:
+        """'search 3/22, stage 2/2 ended, about 28 s left', for one-line updates."""
+        parts = []
+        for kind in KINDS:
+            planned = self.planned(kind)
+            if planned or self.of_kind(kind):
+                ended = len([t for t in self.of_kind(kind) if t.status != "RUNNING"])
+                parts.append(f"{SHORT_KINDS[kind]} {ended}" + (f"/{planned}" if planned else ""))
+        left = self.remaining_seconds(now)
+        eta = "time left: estimating" if left is None else f"about {format_seconds(left)} left"
+        return f"{', '.join(parts)} ended, {eta}"
 
     def table(self, metric: str) -> str:
         """Per cell: state, trials ended / budget, best validation value (compact, < 80 cols)."""

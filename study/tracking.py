@@ -207,7 +207,7 @@ class MLflowTracker(tune.Callback):
             return
         label = cell_label(*cell)
         if params.get(STAGE_KEY):
-            label = f"stage trial: shared {params[STAGE_KEY]} network (for {label})"
+            label = f"stage trial: shared {params[STAGE_KEY]} network"
         if event == "result" and result is not None and "epoch" in result and self.verbose > 1:
             loss = next((f"{k} {v:.4g}" for k, v in result.items() if k.endswith("/loss")), "")
             print(f"  [{trial.trial_id}] {label}: epoch {int(result['epoch'])} {loss}", flush=True)
@@ -219,8 +219,8 @@ class MLflowTracker(tune.Callback):
             value = (trial.last_result or {}).get(self._selection) if self._selection else None
             if isinstance(value, (int, float)) and event == "FINISHED" and not early:
                 what += f", {self._selection} {value:.4g}"
-            count = f" | {progress.summary(now)}" if progress is not None else ""
-            print(f"  [{trial.trial_id}] {label}: {what}{count}", flush=True)
+            count = f" · {progress.brief(now)}" if progress is not None else ""
+            print(f"  [{trial.trial_id}] {label} {what}{count}", flush=True)
 
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
         """Every STATUS_EVERY seconds while trials run: the per-cell status table."""

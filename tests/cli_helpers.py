@@ -168,3 +168,15 @@ class S3Server:
         os.killpg(self.proc.pid, signal.SIGTERM)
         self.proc.wait(timeout=30)
         self.log.close()
+
+
+def table_methods(stdout: str) -> list[str]:
+    """The methods of the compact console table `study run` / `table` / `resume` end with (its rows
+    start with the method's name, followed by the values)."""
+    from trainables.names import METHODS
+
+    return [
+        line.split()[0]
+        for line in stdout.splitlines()
+        if len(line.split()) > 1 and line.split()[0] in METHODS and "@" not in line
+    ]

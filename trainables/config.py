@@ -13,8 +13,8 @@ from trainables.names import check_method
 class SDEConfig:
     """VE-SDE (Song et al. 2021); docs/methods.md section 1."""
 
-    sigma_min: float = 0.01
-    sigma_max: float = 50.0
+    sigma_min: float = 0.01  # smallest noise level sigma(t) of the VE-SDE
+    sigma_max: float = 50.0  # largest noise level (the prior's standard deviation)
     num_scales: int = 1000  # N, discretisation steps of the papers' PC sampler
     eps: float = 1e-5  # training t ~ U(eps, 1)
 
@@ -26,14 +26,16 @@ class DataConfig:
     name: str = (
         "gmm2"  # toy: gmm2, gmm3, overlap2, moons; images: cifar10, cifar100, tiny-images, folder
     )
-    num_train: int = 4000  # toy sets and tiny-images: examples drawn for training (0 = all, images)
+    # toy sets and tiny-images: examples drawn for training (folder: every image but a held-out
+    # tenth of each class)
+    num_train: int = 4000
     num_test: int = 2000  # toy sets and tiny-images: held-out examples for metrics
     label_percent: float = 100.0  # in (0, 100]
     seed: int = 0  # toy sets: draws of the training and test points
     split_seed: int = 0  # the labeled subset depends on this seed only
     root: str = ""  # images: dataset root (CIFAR) or the class-per-folder directory ("folder")
     download: bool = False  # CIFAR: download into root when missing (off: a clear error instead)
-    image_size: int = 16  # tiny-images and folder: side length in pixels
+    image_size: int = 16  # tiny-images: side length in pixels (folder images keep their size)
     flip: bool = True  # images: random horizontal flips (as the papers)
 
 
@@ -42,10 +44,10 @@ class ModelConfig:
     """Network sizes: toy MLPs (arch mlp) or NCSN++ image networks (arch ncsnpp)."""
 
     arch: str = "mlp"  # mlp (2-D toy data) | ncsnpp (images)
-    hidden: int = 128
+    hidden: int = 128  # mlp: width of each hidden layer
     depth: int = 3  # hidden layers; every one sees the noise embedding
     embed_dim: int = 32  # Gaussian Fourier features of log sigma
-    fourier_scale: float = 16.0
+    fourier_scale: float = 16.0  # scale of the Fourier features' random frequencies
     nf: int = 128  # ncsnpp: base channels
     ch_mult: tuple[int, ...] = (1, 2, 2, 2)  # ncsnpp: channel multiplier per resolution
     num_res_blocks: int = 4  # ncsnpp: residual blocks per resolution (deep: 8)
@@ -54,7 +56,8 @@ class ModelConfig:
     center_input: bool = True  # ncsnpp: maps [0, 1] images to [-1, 1] inside, as score_sde
     # Guidance classifier's output: "plain" (the papers' encoder + linear head), "gaussian" (plus a
     # class-conditional Gaussian energy whose LogSumExp can carry a score; networks/energy.py),
-    # "energy" (one Gaussian shared by every class) or "scaled" (the logits divided by sigma).
+    # "energy" (one Gaussian shared by every class), "scaled" (the logits divided by sigma) or
+    # "denoiser" (per-class denoiser energies from one network with K outputs; networks/).
     classifier_head: str = "plain"
     energy_rank: int = 16  # gaussian / energy heads: rank of the shared covariance's low-rank part
 
@@ -83,18 +86,18 @@ class LossConfig:
 class TrainConfig:
     """Optimisation of one artifact."""
 
-    steps: int = 2000
+    steps: int = 2000  # optimiser steps per network
     steps_per_epoch: int = 250  # metrics are reported once per epoch
-    batch_size: int = 256
+    batch_size: int = 256  # examples per step
     # The CG family's guidance classifier trains on its own schedule when these are set (the
     # papers: 60k iterations at batch 150 against the score model's 1.3 M at 128); 0 = as above.
     classifier_steps: int = 0
-    classifier_batch_size: int = 0
-    lr: float = 2e-3
-    warmup: int = 100
-    grad_clip: float = 1.0
-    ema_decay: float = 0.99
-    seed: int = 0
+    classifier_batch_size: int = 0  # the guidance classifier's batch; 0 = train.batch_size
+    lr: float = 2e-3  # Adam learning rate
+    warmup: int = 100  # steps of linear learning-rate warm-up
+    grad_clip: float = 1.0  # gradient-norm clipping
+    ema_decay: float = 0.99  # decay of the weights' exponential moving average (evaluated)
+    seed: int = 0  # initialisation and batch order
     precision: str = "fp32"  # fp32 | bf16 (autocast; meant for GPUs)
     channels_last: bool = False  # images on GPU: channels-last memory format
     # Dense peak TFLOP/s the per-epoch MFU is measured against; 0 = the device's listed peak
@@ -113,7 +116,7 @@ class SampleConfig:
     """Sampling and guidance."""
 
     sampler: str = "pc"  # pc, em, ode
-    num_steps: int = 200
+    num_steps: int = 200  # sampler steps from the prior to sigma_min
     snr: float = 0.16  # Langevin corrector signal-to-noise ratio
     guidance_scale: float = 1.0  # gamma: lambda_CG for CG, 1 + w for CFG; 1 = plain conditional
     # Scales swept at sampling time inside a trial, scored on the validation split; the best one
@@ -125,8 +128,8 @@ class SampleConfig:
     # torch.compile the networks the sampler calls (the score model's forward, the classifier's
     # forward and input gradient): one compile per network and process, then every step reuses it
     compile: bool = False
-    num_per_class: int = 500
-    seed: int = 0
+    num_per_class: int = 500  # samples per class of the test evaluation
+    seed: int = 0  # the prior draws and the sampler's noise
     batch_size: int = 1000  # samples drawn together (classes mixed); chunks are seeded from seed
 
 
@@ -134,9 +137,9 @@ class SampleConfig:
 class EvalConfig:
     """Toy metrics: noise levels and points (paper 001 App. C)."""
 
-    sigmas: tuple[float, ...] = (0.05, 0.1, 0.2, 0.5, 1.0)
+    sigmas: tuple[float, ...] = (0.05, 0.1, 0.2, 0.5, 1.0)  # toy: noise levels of the metrics
     num_points: int = 1000  # toy: points per noise level; images: held-out images
-    seed: int = 1234
+    seed: int = 1234  # the evaluation points and noise draws
     # Validation split (selection of the guidance scale and of the lambdas; never the reported
     # numbers): samples per class per swept scale, 0 = a quarter of sample.num_per_class (>= 8).
     val_num_per_class: int = 0

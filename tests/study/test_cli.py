@@ -2,6 +2,8 @@
 trip."""
 
 import os
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -38,16 +40,28 @@ def finished_study(tmp_path_factory):
     return root, root / "studies" / "e2e", result
 
 
-def test_run_prints_table_and_ui_command(finished_study):
+def _table_rows(stdout):
+    """The methods of the compact console table (its rows start with the method)."""
+    return [line.split()[0] for line in stdout.splitlines() if line.split()[:1] and
+            line.split()[0] in ("CG", "CG-SC-all", "CFG-all")]  # fmt: skip
+
+
+def test_run_prints_progress_and_ends_with_the_compact_table(finished_study):
     _, study_dir, result = finished_study
-    assert (
-        "| CG |" in result.stdout
-        and "| CG-SC-all |" in result.stdout
-        and "| CFG-all |" in result.stdout
-    )
+    lines = result.stdout.rstrip().splitlines()
+    assert _table_rows(result.stdout) == ["CG", "CG-SC-all", "CFG-all"]
+    assert "20% labels" in result.stdout
+    assert max(len(line) for line in lines if str(study_dir.parent) not in line) <= 120
+    # The output ends with the table and its footnotes, after the UI command.
+    note = next(i for i, line in enumerate(lines) if line.startswith("best trial per cell by"))
+    assert all("in every cell" in line for line in lines[note + 1 :])  # only footnotes after it
+    assert _table_rows("\n".join(lines[note - 4 : note])) == ["CG", "CG-SC-all", "CFG-all"]
     assert f"study ui {study_dir}" in result.stdout
-    assert "useful-work fraction:" in result.stdout  # the compute report (tables/compute.md)
-    assert (study_dir / "tables" / "compute.md").exists()
+    assert "compute: " in result.stdout and (study_dir / "tables" / "compute.md").exists()
+    # One count per kind, "k of N", and the time left; no library chatter.
+    assert "search 4/4, stage 1/1 ended" in result.stdout
+    assert "left" in result.stdout and "A new study created" not in result.stdout + result.stderr
+    assert "TensorBoard" not in result.stdout and "Creating initial MLflow" not in result.stderr
     assert (study_dir / "tables" / "comparison.md").exists() and (
         study_dir / "tables" / "comparison.csv"
     ).exists()
@@ -72,7 +86,19 @@ assert (stage["status"] == "FINISHED").all() and (stage["metrics.cost/steps_trai
 cg = children[children["tags.method"].isin(["CG", "CG-SC-all"])]
 assert len(cg) == 3 and (cg["start_time"] >= stage["end_time"].iloc[0]).all()
 assert (children["status"] == "FINISHED").all(), children["status"].tolist()
-assert (children["tags.mlflow.parentRunId"] == parent["run_id"].iloc[0]).all()
+# Flat runs (every trial visible in the runs view), linked to the study's run by a tag.
+assert "tags.mlflow.parentRunId" not in runs.columns
+assert (children["tags.study_run_id"] == parent["run_id"].iloc[0]).all()
+assert (children["tags.study"] == "e2e").all() and children["tags.cell"].str.endswith("@20%").all()
+names = set(children["tags.mlflow.runName"])
+assert set(["CG@20%", "CFG-all@20%"]) <= names, names
+assert sum(n.startswith("CG-SC-all@20% · lambda_SC=") for n in names) == 2, names
+assert mlflow.get_experiment_by_name("e2e").tags["mlflow.experimentKind"] == (
+    "custom_model_development")  # the model-training view, not the GenAI one
+# A toy trial logs its samples' picture.
+client = mlflow.MlflowClient()
+for run_id in children["run_id"]:
+    assert "samples/samples.png" in [a.path for a in client.list_artifacts(run_id, "samples")]
 assert children["metrics.guided_score_cos"].notna().all()
 assert children["params.train.steps"].eq("40").all()
 assert children["tags.artifact.score"].dropna().str.startswith("{study_dir.parent.parent}").all()
@@ -80,6 +106,29 @@ print("ok")
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
+def test_a_trials_mlflow_params_are_the_keys_that_shape_it(finished_study):
+    from mlflow.tracking import MlflowClient
+
+    from study.runner import full_params, load_study_spec
+    from trainables.methods import shaping_keys
+
+    _, study_dir, _ = finished_study
+    _, spec = load_study_spec(study_dir)
+    client = MlflowClient(spec.tracking_uri)
+    experiment = client.get_experiment_by_name("e2e")
+    runs = client.search_runs([experiment.experiment_id], "tags.stage = 'search'")
+    assert len(runs) == 4
+    for run in runs:
+        params = dict(run.data.params)
+        method = params["method"]
+        knobs = {k: float(v) for k, v in params.items() if k == "loss.lambda_sc"}
+        point = {"method": method, "data.label_percent": 20.0, **knobs}
+        flat = full_params(point, base=spec.base_params(), base_config=spec.base_config)
+        assert set(params) == set(shaping_keys(method, flat)), method
+        assert ("loss.lambda_sc" in params) == (method == "CG-SC-all")
+        assert "model.nf" not in params and "eval.feature_extractor" not in params
 
 
 def test_score_model_trained_once_and_reused(finished_study):
@@ -102,7 +151,8 @@ def test_score_model_trained_once_and_reused(finished_study):
 def test_table_command_rebuilds_the_table(finished_study):
     root, study_dir, _ = finished_study
     result = _cli("table", str(study_dir), cwd=root, timeout=120)
-    assert result.returncode == 0 and "| CG-SC-all |" in result.stdout
+    assert result.returncode == 0 and "CG-SC-all" in _table_rows(result.stdout)
+    assert "| CG-SC-all |" in (study_dir / "tables" / "comparison.md").read_text()
 
 
 def test_export_best_round_trip(finished_study):
@@ -110,13 +160,13 @@ def test_export_best_round_trip(finished_study):
     result = _cli("export-best", str(study_dir), cwd=root, timeout=120)
     assert result.returncode == 0, result.stderr
     exported = sorted((study_dir / "best").glob("*.yaml"))
-    assert {p.name for p in exported} == {"CG_20.yaml", "CG-SC-all_20.yaml", "CFG-all_20.yaml"}
-    spec = yaml.safe_load((study_dir / "best" / "CG-SC-all_20.yaml").read_text())
+    assert {p.name for p in exported} == {"CG@20%.yaml", "CG-SC-all@20%.yaml", "CFG-all@20%.yaml"}
+    spec = yaml.safe_load((study_dir / "best" / "CG-SC-all@20%.yaml").read_text())
     assert spec["methods"] == ["CG-SC-all"] and spec["num_trials"] == 1
     assert len(spec["search"]["loss.lambda_sc"]["choices"]) == 1
-    rerun = _cli("run", str(study_dir / "best" / "CG-SC-all_20.yaml"), "--quiet", cwd=root)
+    rerun = _cli("run", str(study_dir / "best" / "CG-SC-all@20%.yaml"), "--quiet", cwd=root)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
-    assert "| CG-SC-all |" in rerun.stdout
+    assert _table_rows(rerun.stdout) == ["CG-SC-all"]
 
 
 def test_rerun_into_existing_study_is_refused_and_changes_nothing(finished_study):
@@ -168,10 +218,96 @@ def test_ui_serves_the_study_store_on_localhost(finished_study):
         assert body is not None and '"name": "e2e"' in body.replace('":"', '": "'), (
             root / "ui.log"
         ).read_text()[-3000:]
+        # It printed the study's experiment URL; a real browser renders its runs view there.
+        url = re.search(r"http://127\.0\.0\.1:\d+/#/experiments/\d+/runs", log_text(root))
+        assert url is not None, log_text(root)
+        if shutil.which("chromium") is None:
+            pytest.skip("Debian's chromium is not installed (.ci/run installs it)")
+        dom = _render(url.group(0), root / "chromium")
+        text = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", dom))
+        assert "Training runs" in text and "Run Name" in text, text[:3000]
+        shown = set(re.findall(r"(?:CG|CG-SC-all|CFG-all)@20% · lambda_SC=[0-9.e-]+|"
+                               r"(?:CG|CFG-all)@20%", text))  # fmt: skip
+        assert len(shown) >= 3 and any("lambda_SC=" in s for s in shown), shown
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
         log.close()
+
+
+def log_text(root):
+    return (root / "ui.log").read_text()
+
+
+def _render(url, profile):
+    """The DOM headless Chromium renders at url (the flags the machine's closed network needs)."""
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={profile}", "--virtual-time-budget=30000",
+             "--window-size=1500,900", "--dump-dom"]  # fmt: skip
+    out = subprocess.run(["chromium", *flags, url], capture_output=True, text=True, timeout=180)
+    return out.stdout
+
+
+def test_load_study_gives_the_frames_the_tables_are_built_from(finished_study):
+    import pandas as pd
+
+    from analysis import load_study
+
+    _, study_dir, _ = finished_study
+    s = load_study(study_dir)
+    assert len(s.trials) == 4 and len(s.stage_runs) == 1 and s.final_runs.empty
+    assert set(s.trials["cell"]) == {"CG@20%", "CG-SC-all@20%", "CFG-all@20%"}
+    written = pd.read_csv(study_dir / "tables" / "comparison_long.csv")
+    pd.testing.assert_frame_equal(
+        s.comparison_long.drop(columns=["trial_id", "run_id"]),
+        written.drop(columns=["trial_id", "run_id"]),
+        check_dtype=False,
+    )
+    wide = pd.read_csv(study_dir / "tables" / "comparison.csv", index_col=0)
+    assert wide.loc["CG-SC-all", "20%/guided_score_cos"] == pytest.approx(
+        s.comparison.loc["CG-SC-all", (20.0, "guided_score_cos")]
+    )
+    assert set(s.best_configs) == {"CG@20%", "CG-SC-all@20%", "CFG-all@20%"}
+    assert "loss.lambda_sc" in s.best_configs["CG-SC-all@20%"]
+    assert set(s.curves["scale"]) >= {1.0} and s.table().startswith(" ")
+
+
+def test_optuna_names_its_objective_and_links_trials_to_their_runs(finished_study):
+    import optuna
+
+    _, study_dir, _ = finished_study
+    storage = f"sqlite:///{study_dir / 'optuna.db'}"
+    study = optuna.load_study(study_name="e2e/CG-SC-all@20%", storage=storage)
+    assert study.metric_names == ["val/guided_score_cos"]
+    from analysis import load_study
+
+    runs = load_study(study_dir).trials.set_index("trial_id")
+    for trial in study.get_trials(states=[optuna.trial.TrialState.COMPLETE]):
+        attrs = trial.user_attrs
+        assert attrs["cell"] == "CG-SC-all@20%"
+        assert runs.loc[attrs["tune_trial_id"], "run_id"] == attrs["mlflow_run_id"]
+
+
+def test_status_and_plot_read_a_finished_study(finished_study):
+    root, study_dir, _ = finished_study
+    status = _cli("status", str(study_dir), cwd=root, timeout=120)
+    assert status.returncode == 0, status.stderr[-2000:]
+    assert status.stdout.startswith("search trials 4/4, stage trials 1/1; 0 running, 0 pending")
+    assert "CG-SC-all@20%" in status.stdout and "done" in status.stdout
+    plot = _cli("plot", str(study_dir), cwd=root, timeout=120)
+    assert plot.returncode == 0, plot.stderr[-2000:]
+    figures = {p.name for p in (study_dir / "figures").iterdir()}
+    assert {"label_percent_guided_score_cos.pdf", "guidance_guided_score_cos.png"} <= figures
+    # Not a study / nothing finished: one line, exit 2, nothing written.
+    for command in ("status", "plot"):
+        bad = _cli(command, str(root), cwd=root, timeout=120)
+        assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
+        assert "is not a study folder" in bad.stderr
+    empty = root / "empty-folder"
+    empty.mkdir(exist_ok=True)
+    bad = _cli("plot", str(empty), cwd=root, timeout=120)
+    assert bad.returncode == 2 and "no spec.yaml" in bad.stderr and not list(empty.iterdir())
 
 
 def test_plan_predicts_what_the_search_spent_and_runs_nothing(finished_study):
@@ -256,6 +392,18 @@ def test_final_runs_each_cells_choice_over_seeds_reusing_what_is_trained(finishe
     # The comparison table still holds the search's trials only.
     assert (study_dir / "tables" / "comparison.md").read_text() == table_before
     assert "6 final runs" in result.stdout
+    # The results API after study final: the final runs apart, the seed statistics the table has.
+    import pandas as pd
+
+    from analysis import load_study
+
+    s = load_study(study_dir)
+    assert len(s.final_runs) == 6 and len(s.trials) == 4
+    written = pd.read_csv(study_dir / "tables" / "final.csv")
+    pd.testing.assert_frame_equal(s.final.reset_index(drop=True), written, check_dtype=False)
+    # The console shows the seed means, and the label-% figure is redrawn with them.
+    assert "± " in result.stdout and "mean ± std over the seeds" in result.stdout
+    assert (study_dir / "figures" / "label_percent_guided_score_cos.pdf").exists()
 
 
 def test_a_second_study_with_another_lambda_range_trains_no_score_model(finished_study):

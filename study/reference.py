@@ -1,0 +1,139 @@
+"""The spec reference (docs/spec.md): every key a spec may hold, its type, default and meaning.
+
+The study keys are declared here beside the validator's key sets (study.spec: a test fails when
+the two disagree); the trial config keys (`config:` in a spec) are read from the trial config's
+dataclasses (trainables.config), their defaults and the comment on or above each field. Write it
+with `python -m study.reference > docs/spec.md`; a test fails when the file is stale.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import inspect
+import io
+import sys
+import tokenize
+
+from trainables import config as trial_config
+
+# (key, type, default, meaning) of the study keys, in the order a spec is usually written.
+STUDY_KEYS: tuple[tuple[str, str, str, str], ...] = (
+    ("name", "str", "toy", "the study's name: its folder under storage and its MLflow experiment"),
+    ("dataset", "str", "the base config's", "the trials' data.name: gmm2, gmm3, overlap2, moons, "
+     "tiny-images, folder, cifar10, cifar100"),
+    ("base_config", "str", "toy", "the trial config the trials start from: toy, tiny-images, "
+     "cifar10, cifar10-small, cifar100 (trainables.config.BASE_CONFIGS)"),
+    ("methods", "list of str", "every method", "the table's rows: CG, CG-SC-labeled, CG-SC-all, "
+     "CG-DLSM, Joint-SC, Cond, CFG-labeled, CFG-all"),
+    ("label_percents", "list of numbers in (0, 100]", "[100]", "the table's column groups: "
+     "data.label_percent of each cell"),
+    ("trials_per_cell", "int >= 1", "-", "each cell's search budget (a cell with no knob runs "
+     "once)"),
+    ("num_trials", "int >= 1", "one per cell", "a total budget dealt round robin over the cells "
+     "(instead of trials_per_cell)"),
+    ("objectives", "list of {metric, mode}", "[{metric: guided_score_cos, mode: max}]",
+     "what the search optimises, on the validation split; mode min or max"),
+    ("search", "{key: {low, high, log} or {choices}}", "the papers' grids",
+     "the range of each tuned knob: loss.lambda_sc, loss.lambda_joint"),
+    ("search.<key>.low / high", "number", "-", "a continuous range (log: true for a log scale)"),
+    ("search.<key>.choices", "list of numbers", "-", "a finite set instead of a range"),
+    ("guidance.scales", "list of numbers > 0", "[0.5, 1, 2, 4]", "guidance scales swept inside "
+     "every guided trial; the best on validation is evaluated in full"),
+    ("guidance.val_num_per_class", "int >= 1", "a quarter of sample.num_per_class (>= 8)",
+     "validation samples per class at each swept scale"),
+    ("scheduler", "fifo or {type: asha, ...}", "fifo", "fifo, or ASHA early stopping"),
+    ("scheduler.metric", "str", "the first objective", "asha: the objective it compares"),
+    ("scheduler.grace_period", "int >= 1", "1", "asha: epochs before a trial can be stopped"),
+    ("scheduler.reduction_factor", "number > 1", "2", "asha: keep 1 in this many per rung"),
+    ("resources.cpus_per_trial", "number > 0", "1", "CPUs of a trial (or of each Train worker); "
+     "also torch's thread count"),
+    ("resources.gpus_per_trial", "number >= 0", "0", "GPUs of a trial (or of each Train worker)"),
+    ("resources.num_workers", "int >= 0", "0", "Ray Train workers per trial (data parallel); 0 = "
+     "Train's local mode in the trial's process"),
+    ("resources.max_concurrent_trials", "int >= 1", "2", "trials run at once"),
+    ("resources.max_failures", "int >= 0", "2", "restarts of a trial's worker group from its "
+     "checkpoint"),
+    ("seed", "int", "0", "every seed key (train, data, split, sample) unless config sets one"),
+    ("config", "{trial config key: value}", "{}", "overrides of the trial config (the keys below)"),
+    ("storage", "folder or object-store URI", "./studies", "the study folder's parent"),
+    ("artifact_store", "folder, URI or 'study'", "~/.cache/sc-guidance/artifacts",
+     "trained networks shared by every study pointing here ($SC_GUIDANCE_ARTIFACT_STORE)"),
+    ("tracking_uri", "MLflow URI", "SQLite in the study folder", "the MLflow store "
+     "($MLFLOW_TRACKING_URI); an http URI for `study server`"),
+    ("address", "Ray address", "a local Ray", "a Ray cluster to run on ($RAY_ADDRESS)"),
+)  # fmt: skip
+# Kept for folders saved by older versions (read, never needed in a new spec).
+LEGACY_KEYS = {"preset": "the former name of base_config", "study_id": "set by `study run`"}
+
+
+def field_comments(cls: type) -> dict[str, str]:
+    """A dataclass's field -> its comment (on the field's line, else the lines just above)."""
+    source = inspect.getsource(cls)
+    comments: dict[int, str] = {}
+    alone: set[int] = set()  # lines holding only a comment
+    for token in tokenize.generate_tokens(io.StringIO(source).readline):
+        if token.type == tokenize.COMMENT:
+            comments[token.start[0]] = token.string.lstrip("#").strip()
+            if token.line.strip().startswith("#"):
+                alone.add(token.start[0])
+    out = {}
+    for node in ast.parse(source).body[0].body:
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            lines = range(node.lineno, (node.end_lineno or node.lineno) + 1)
+            text = " ".join(comments[i] for i in lines if i in comments)
+            above, i = [], node.lineno - 1
+            while not text and i in alone:
+                above.insert(0, comments[i])
+                i -= 1
+            out[node.target.id] = text or " ".join(above)
+    return out
+
+
+def config_keys() -> list[tuple[str, str, str, str]]:
+    """(key, type, default, meaning) of every trial config key, section by section."""
+    rows = [("method", "str", "CG", "set by the study for each cell")]
+    for section in dataclasses.fields(trial_config.TrialConfig):
+        if section.name == "method":
+            continue
+        cls = type(getattr(trial_config.TrialConfig(), section.name))
+        comments = field_comments(cls)
+        for f in dataclasses.fields(cls):
+            default = getattr(cls(), f.name)
+            kind = str(f.type).replace("tuple[float, ...]", "list of numbers")
+            kind = kind.replace("tuple[int, ...]", "list of ints")
+            rows.append((f"{section.name}.{f.name}", kind, repr(default), comments.get(f.name, "")))
+    return rows
+
+
+def render() -> str:
+    """docs/spec.md."""
+    out = [
+        "# Spec reference",
+        "",
+        "Generated by `python -m study.reference > docs/spec.md` from the validator's key sets and "
+        "the trial config's dataclasses; do not edit by hand. A spec is YAML; `study plan SPEC` "
+        "validates it and prints the compute without running anything.",
+        "",
+        "## Study keys",
+        "",
+        "| key | type | default | meaning |",
+        "|---|---|---|---|",
+    ]
+    out += [f"| `{k}` | {t} | {d} | {m} |" for k, t, d, m in STUDY_KEYS]
+    out += [
+        "",
+        "## Trial config keys (`config:`)",
+        "",
+        "Defaults are the trial config's; each `base_config` overrides some of them "
+        "(trainables.config.BASE_CONFIGS) and `config:` overrides those.",
+        "",
+        "| key | type | default | meaning |",
+        "|---|---|---|---|",
+    ]
+    out += [f"| `{k}` | {t} | `{d}` | {m.replace('|', '/')} |" for k, t, d, m in config_keys()]
+    return "\n".join(out) + "\n"
+
+
+if __name__ == "__main__":
+    sys.stdout.write(render())
