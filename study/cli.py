@@ -283,8 +283,15 @@ def cmd_ui(args: argparse.Namespace) -> int:
     return subprocess.call(cmd, env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})
 
 
+# MLflow 3.17's UI picks its GenAI or model-training layout from this query parameter (else from
+# the browser's last choice, GenAI by default), not from the experiment's kind tag: measured with
+# headless Chromium, the bare experiment URL opens the GenAI traces overview, tag or not.
+MODEL_TRAINING_VIEW = "?workflowType=machine_learning"
+
+
 def experiment_path(spec: StudySpec) -> str:
-    """'#/experiments/<id>/runs': the study's runs view in the MLflow UI ('' if it has none)."""
+    """'#/experiments/<id>/runs?workflowType=machine_learning': the study's runs in the MLflow UI's
+    model-training layout ('' if the store has no such experiment)."""
     from mlflow.tracking import MlflowClient
 
     uri = spec.tracking_uri or ""
@@ -292,7 +299,9 @@ def experiment_path(spec: StudySpec) -> str:
         return ""  # no store yet: reading must not create one
 
     experiment = MlflowClient(uri).get_experiment_by_name(spec.name)
-    return f"#/experiments/{experiment.experiment_id}/runs" if experiment else ""
+    if experiment is None:
+        return ""
+    return f"#/experiments/{experiment.experiment_id}/runs{MODEL_TRAINING_VIEW}"
 
 
 def _check_port(host: str, port: int) -> None:

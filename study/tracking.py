@@ -121,8 +121,8 @@ def ensure_parent_run(
         if exp
         else client.create_experiment(experiment_name, artifact_location=location)
     )
-    # MLflow 3 opens an experiment without this tag on its GenAI traces view; this selects the
-    # model-training runs view (older studies get it when they are resumed or tabled).
+    # The experiment's kind in MLflow 3's own terms ("Machine learning" in its kind selector). The
+    # 3.17 UI chooses its layout from a URL parameter instead, which `study ui` prints (study.cli).
     client.set_experiment_tag(exp_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
     existing = client.search_runs([exp_id], runs_filter("study", study_id), max_results=1)
     if existing:
