@@ -61,7 +61,7 @@ def make_plan(spec: StudySpec) -> Plan:
     from study.stages import artifact_folders, plan_stages
     from trainables.config import from_flat
     from trainables.evaluation import SAMPLER_SCORE_EVALS
-    from trainables.methods import EVAL_CLASSIFIER, artifact_config
+    from trainables.methods import EVAL_CLASSIFIER, TERMS, artifact_config, get_method
     from trainables.names import GUIDED, TUNED_KEYS
 
     plan, seen = Plan(), set()
@@ -90,7 +90,11 @@ def make_plan(spec: StudySpec) -> Plan:
                 plan.train_steps += steps
                 shared = key in staged
                 (plan.shared if shared else cell["networks"])[artifact.name] += 1
-                units = work_units(steps, train.batch_size, 0.0)
+                double = any(
+                    TERMS[t.term].double_backward and t.weight(config.loss) != 0
+                    for t in artifact.terms
+                )
+                units = work_units(steps, train.batch_size, 0.0, double_backward=double)
                 if shared:
                     plan.shared_work.append(units)
                 else:
@@ -102,7 +106,8 @@ def make_plan(spec: StudySpec) -> Plan:
             )
             plan.score_evals += full + scales * per * val_per_class
             plan.score_evals_naive += scales * full
-            work += full + scales * per * val_per_class
+            guidance = get_method(method).guidance
+            work += work_units(0, 0, full + scales * per * val_per_class, guidance=guidance)
         plan.cells[(method, pct)] = cell
         plan.work[(method, pct)] = work / max(1, budget)
     config = from_flat(spec.base_params(), base=spec.base_config)

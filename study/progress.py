@@ -108,8 +108,10 @@ class Progress:
         return self.work.get(trial.cell, 0.0)
 
     def seconds_per_unit(self) -> tuple[dict[str, float], float | None]:
-        """Measured throughput: (per method, overall) seconds per planned work unit of the trials
-        that finished; overall None before the first."""
+        """Measured throughput: (per method and per family, overall) seconds per planned work
+        unit of the trials that finished; overall None before the first. A family (FAMILY: the
+        classifier-guided, the classifier-free, the plain conditional) prices a method that has
+        not finished a trial yet by its relatives."""
         done = [
             t for t in self.trials.values()
             if t.status == "FINISHED" and t.end is not None and self._units(t) > 0
@@ -121,12 +123,16 @@ class Progress:
         for t in done:
             if t.kind == "shared":
                 continue
-            seconds, units = per_method.get(t.cell[0], (0.0, 0.0))
-            per_method[t.cell[0]] = (seconds + t.end - t.start, units + self._units(t))
+            for key in (t.cell[0], family(t.cell[0]), "trials"):
+                seconds, units = per_method.get(key, (0.0, 0.0))
+                per_method[key] = (seconds + t.end - t.start, units + self._units(t))
         return {m: s / u for m, (s, u) in per_method.items()}, overall
 
     def _estimate(self, trial: TrialState, rates: dict[str, float], overall: float) -> float:
-        rate = overall if trial.kind == "shared" else rates.get(trial.cell[0], overall)
+        if trial.kind == "shared":
+            return self._units(trial) * overall
+        method = trial.cell[0]
+        rate = rates.get(method, rates.get(family(method), rates.get("trials", overall)))
         return self._units(trial) * rate
 
     def pending(self) -> list[TrialState]:
@@ -200,6 +206,12 @@ class Progress:
         return "\n".join(lines)
 
 
+def family(method: str) -> str:
+    """'family:cg' (classifier-guided), 'family:cfg' or 'family:none' (Cond)."""
+    kind = "cfg" if method.startswith("CFG") else "none" if method == "Cond" else "cg"
+    return f"family:{kind}"
+
+
 def format_seconds(seconds: float) -> str:
     """'42 s', '3 min 05 s', '1 h 02 min'."""
     seconds = max(0.0, seconds)
@@ -210,11 +222,27 @@ def format_seconds(seconds: float) -> str:
     return f"{int(seconds // 3600)} h {int(seconds % 3600 // 60):02d} min"
 
 
-def work_units(steps: int, batch_size: int, score_evals: float) -> float:
+# Relative costs the plan's counts do not carry, measured on the tiny NCSN++ on 2 CPU cores
+# (docs/benchmarks.md): a training step whose loss has a double backward (SC, DLSM, QC, Joint's SC)
+# costs 2.16x a CE step; a guided PC step costs 2.27x (classifier guidance) and 2.61x (CFG) a
+# plain conditional one (0.2743 and 0.3155 s against 0.1207 s).
+DOUBLE_BACKWARD_COST = 2.16
+GUIDED_STEP_COST = {"cg": 2.27, "cfg": 2.61, "none": 1.0}
+
+
+def work_units(
+    steps: int,
+    batch_size: int,
+    score_evals: float,
+    double_backward: bool = False,
+    guidance: str = "none",
+) -> float:
     """Planned work of a trial in score-network evaluations: a training step is a forward and a
-    backward (about three evaluations) of each example in its batch, plus the sampling
-    evaluations."""
-    return 3.0 * steps * batch_size + score_evals
+    backward (about three evaluations) of each example in its batch (DOUBLE_BACKWARD_COST times
+    that with a double backward), plus the sampling evaluations (GUIDED_STEP_COST times as dear
+    when guided)."""
+    train = 3.0 * steps * batch_size * (DOUBLE_BACKWARD_COST if double_backward else 1.0)
+    return train + score_evals * GUIDED_STEP_COST.get(guidance, 1.0)
 
 
 def from_records(progress: Progress, records: Iterable[dict], now: float | None = None) -> Progress:

@@ -38,7 +38,10 @@ from trainables.names import (
 from trainables.storage import Place
 
 TERMINAL = {"FINISHED", "FAILED", "KILLED"}
-STATUS_EVERY = 15.0  # seconds between the live per-cell status tables
+STATUS_EVERY = (
+    15.0  # seconds between the live per-cell status tables, when a trial started or ended
+)
+STATUS_QUIET = 120.0  # seconds between them when nothing changed
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"  # MLflow 3's model-training experiment view
 STEP_METRIC = "tracker/step"  # the run's own result counter, continued across restores
@@ -223,14 +226,18 @@ class MLflowTracker(tune.Callback):
             print(f"  [{trial.trial_id}] {label} {what}{count}", flush=True)
 
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
-        """Every STATUS_EVERY seconds while trials run: the per-cell status table."""
+        """While trials run, the per-cell status table: every STATUS_EVERY seconds when a trial
+        started or ended since the last one, else every STATUS_QUIET seconds."""
         progress = self.progress
         now = time.time()
         if not self.verbose or progress is None or now - self._shown < STATUS_EVERY:
             return
         if not any(t.status == "RUNNING" for t in progress.trials.values()):
             return
-        self._shown = now
+        state = tuple(sorted((t.trial_id, t.status) for t in progress.trials.values()))
+        if state == getattr(self, "_shown_state", None) and now - self._shown < STATUS_QUIET:
+            return
+        self._shown, self._shown_state = now, state
         metric = self._selection.removeprefix(VALIDATION_PREFIX) if self._selection else ""
         print(f"status: {progress.summary(now)}\n{progress.table(metric)}", flush=True)
 

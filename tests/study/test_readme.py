@@ -27,7 +27,7 @@ def draw_folder(root: Path, per_class: int = 24) -> Path:
     data = tiny_images(per_class * 4, 4, 16, seed=3)
     for k in range(4):
         (root / f"class{k}").mkdir(parents=True)
-    for i, (x, y) in enumerate(zip(data.train_x, data.train_y)):
+    for i, (x, y) in enumerate(zip(data.x, data.y)):
         pixels = (x.permute(1, 2, 0).numpy() * 255).round().clip(0, 255).astype("uint8")
         Image.fromarray(pixels).save(root / f"class{int(y)}" / f"{i}.png")
     return root
