@@ -57,7 +57,7 @@ def test_one_run_per_trial_with_params_metrics_records_and_status(store):
     (run,) = _runs(store)
     assert run.info.status == "FINISHED"
     assert run.data.params["train.steps"] == "10" and run.data.params["method"] == "CG"
-    assert run.data.tags["trial_id"] == "t1" and run.data.tags["mlflow.parentRunId"] == store.parent
+    assert run.data.tags["trial_id"] == "t1" and run.data.tags["study_run_id"] == store.parent
     assert (
         run.data.tags["artifact.score"] == "/cache/score-abc"
         and run.data.tags["eval_classifier"] == "eval-1"
@@ -153,7 +153,7 @@ def test_a_trial_that_finished_just_before_the_kill_is_finished_not_orphaned(sto
     tracker = _tracker(store)
     tracker.run_for(_trial("done"))  # Tune's last checkpoint never saw it; the worker finished it
     record = store.root / "trials" / "done"
-    record.mkdir(parents=True)
+    record.mkdir(parents=True, exist_ok=True)  # the tracker wrote the run id there
     (record / FINAL_RECORD).write_text(json.dumps({"gen_accuracy": 0.7, "final": 1.0}))
     reconcile(store.uri, store.exp_id, known_trials=set(), record_root=store.root / "trials")
     (run,) = _runs(store)
