@@ -18,6 +18,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from study.errors import StudyError
+from study.progress import work_units
 from study.spec import StudySpec
 from trainables.names import cell_label
 
@@ -56,12 +57,23 @@ class Plan:
     shared_work: list[float] = field(default_factory=list)
 
 
+def _training_work(artifact: object, config: object, train: object) -> float:
+    """Work units of training one network (study.progress.work_units): its steps and batch, a
+    double backward where a weighted term has one."""
+    from trainables.methods import TERMS
+
+    double = any(
+        TERMS[t.term].double_backward and t.weight(config.loss) != 0 for t in artifact.terms
+    )
+    return work_units(train.steps, train.batch_size, 0.0, double_backward=double)
+
+
 def make_plan(spec: StudySpec) -> Plan:
     """The plan of a validated spec (its first seed)."""
     from study.stages import artifact_folders, plan_stages
     from trainables.config import from_flat
     from trainables.evaluation import SAMPLER_SCORE_EVALS
-    from trainables.methods import EVAL_CLASSIFIER, TERMS, artifact_config, get_method
+    from trainables.methods import EVAL_CLASSIFIER, artifact_config, get_method
     from trainables.names import GUIDED, TUNED_KEYS
 
     plan, seen = Plan(), set()
@@ -70,8 +82,6 @@ def make_plan(spec: StudySpec) -> Plan:
     cells = [{"method": m, "data.label_percent": p} for m, p in budgets]
     stages, _ = plan_stages(cells, spec.base_params(), spec.base_config, None)
     staged = {s.key for s in stages}
-    from study.progress import work_units
-
     for (method, pct), budget in budgets.items():
         cell = {"trials": budget, "networks": Counter()}
         work = 0.0
@@ -90,11 +100,7 @@ def make_plan(spec: StudySpec) -> Plan:
                 plan.train_steps += steps
                 shared = key in staged
                 (plan.shared if shared else cell["networks"])[artifact.name] += 1
-                double = any(
-                    TERMS[t.term].double_backward and t.weight(config.loss) != 0
-                    for t in artifact.terms
-                )
-                units = work_units(steps, train.batch_size, 0.0, double_backward=double)
+                units = _training_work(artifact, config, train)
                 if shared:
                     plan.shared_work.append(units)
                 else:

@@ -162,13 +162,7 @@ class Progress:
     # Text.
     def summary(self, now: float) -> str:
         """One line: counts per kind, running, pending, elapsed and the time left."""
-        parts = []
-        for kind in KINDS:
-            planned = self.planned(kind)
-            if planned or self.of_kind(kind):
-                ended = len([t for t in self.of_kind(kind) if t.status != "RUNNING"])
-                of = f"/{planned}" if planned else ""
-                parts.append(f"{KIND_NAMES[kind]} {ended}{of}")
+        parts = self._counts(KIND_NAMES)
         running = len([t for t in self.trials.values() if t.status == "RUNNING"])
         failed = len([t for t in self.trials.values() if t.status == "FAILED"])
         pending = len(self.pending())
@@ -176,21 +170,25 @@ class Progress:
         text += f", {failed} failed" if failed else ""
         if not running and not pending:
             return f"{text}; all ended, {format_seconds(now - self.start)} in all"
-        left = self.remaining_seconds(now)
-        eta = "time left: estimating" if left is None else f"about {format_seconds(left)} left"
-        return f"{text}; {format_seconds(now - self.start)} elapsed, {eta}"
+        return f"{text}; {format_seconds(now - self.start)} elapsed, {self._eta(now)}"
 
     def brief(self, now: float) -> str:
         """'search 3/22, stage 2/2 ended, about 28 s left', for one-line updates."""
+        return f"{', '.join(self._counts(SHORT_KINDS))} ended, {self._eta(now)}"
+
+    def _counts(self, names: dict[str, str]) -> list[str]:
+        """'<name> ended/planned' per kind the study plans or has seen."""
         parts = []
         for kind in KINDS:
             planned = self.planned(kind)
             if planned or self.of_kind(kind):
                 ended = len([t for t in self.of_kind(kind) if t.status != "RUNNING"])
-                parts.append(f"{SHORT_KINDS[kind]} {ended}" + (f"/{planned}" if planned else ""))
+                parts.append(f"{names[kind]} {ended}" + (f"/{planned}" if planned else ""))
+        return parts
+
+    def _eta(self, now: float) -> str:
         left = self.remaining_seconds(now)
-        eta = "time left: estimating" if left is None else f"about {format_seconds(left)} left"
-        return f"{', '.join(parts)} ended, {eta}"
+        return "time left: estimating" if left is None else f"about {format_seconds(left)} left"
 
     def table(self, metric: str) -> str:
         """Per cell: state, trials ended / budget, best validation value (compact, < 80 cols)."""

@@ -34,7 +34,7 @@ def records(runs: pd.DataFrame, selection: str) -> list[dict]:
     return out
 
 
-def load_progress(study_dir: str | Path, now: float | None = None) -> tuple[Progress, str]:
+def load_progress(study_dir: str | Path) -> tuple[Progress, str]:
     """(the study's progress from its stores, the first objective's metric). StudyNotReady when
     the folder is not a study or no trial has started."""
     from study.runner import load_study_spec, study_progress

@@ -296,6 +296,24 @@ def _plot_curve(sweep: Sweep, objectives: tuple[tuple[str, str], ...], path: Pat
     plt.close(fig)
 
 
+def _draw_pictures(
+    folder: Path,
+    sweep: Sweep,
+    objectives: tuple[tuple[str, str], ...],
+    evaluator: TrialEvaluator,
+    networks: dict[str, nn.Module],
+) -> None:
+    """The trial's validation guidance curve and, for a toy trial, its guided samples at the
+    chosen scale beside the exact mixture (an image trial's sample grid comes with its records)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    if len(sweep.curve) > 1:
+        _plot_curve(sweep, objectives, folder / names.CURVE_IMAGE)
+    if not evaluator.images:
+        config = evaluator.config
+        at_scale = replace(config, sample=replace(config.sample, guidance_scale=sweep.scale))
+        plot_toy_samples(at_scale, networks, evaluator.data, folder / names.SAMPLES_IMAGE)
+
+
 def _write_error(place: Place, error: BaseException) -> None:
     """The reason a trial failed, for its MLflow run (the driver reads it when the trial ends)."""
     place.local.mkdir(parents=True, exist_ok=True)
@@ -417,13 +435,7 @@ def _run_trial(context: TrialContext) -> None:
     final = {k: float(v) for k, v in final.items()}
     _check_objectives(final, context.objectives)
     record = Place(context.record_dir)
-    if len(sweep.curve) > 1:
-        record.local.mkdir(parents=True, exist_ok=True)
-        _plot_curve(sweep, context.objectives, record.local / names.CURVE_IMAGE)
-    if not evaluator.images:  # the toy's picture: its guided samples beside the exact mixture
-        record.local.mkdir(parents=True, exist_ok=True)
-        at_scale = replace(config, sample=replace(config.sample, guidance_scale=sweep.scale))
-        plot_toy_samples(at_scale, networks, data, record.local / names.SAMPLES_IMAGE)
+    _draw_pictures(record.local, sweep, context.objectives, evaluator, networks)
     _write_records(
         record, ledger, context.cache_dir, evaluator, samples, final, config.sample.num_per_class
     )
