@@ -2,8 +2,9 @@
 
 The study keys are declared here beside the validator's key sets (study.spec: a test fails when
 the two disagree); the trial config keys (`config:` in a spec) are read from the trial config's
-dataclasses (trainables.config), their defaults and the comment on or above each field. Write it
-with `python -m study.reference > docs/spec.md`; a test fails when the file is stale.
+dataclasses (trainables.config): their types and ranges from its schema, their defaults and the
+comment on or above each field. Write it with `python -m study.reference > docs/spec.md`; a
+test fails when the file is stale.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import inspect
 import io
 import sys
 import tokenize
+
+import pydantic
 
 from trainables import config as trial_config
 
@@ -90,6 +93,24 @@ def field_comments(cls: type) -> dict[str, str]:
     return out
 
 
+def schema_type(prop: dict) -> str:
+    """A JSON-schema property of the trial config as 'int in [1, 65536]', 'number > 0',
+    'pc, em or ode', 'list of (number > 0)'."""
+    if "enum" in prop:
+        return " / ".join(str(v) for v in prop["enum"])
+    if prop.get("type") == "array":
+        return f"list of ({schema_type(prop.get('items', {}))})"
+    kind = {"integer": "int", "number": "number", "boolean": "bool", "string": "str"}.get(
+        prop.get("type", ""), prop.get("type", "any")
+    )
+    bound = {"minimum": ">=", "ge": ">=", "exclusiveMinimum": ">", "gt": ">"}
+    bound |= {"maximum": "<=", "le": "<=", "exclusiveMaximum": "<", "lt": "<"}
+    parts = [f"{sign} {prop[key]:g}" for key, sign in bound.items() if key in prop]
+    bounds = ", ".join(parts)
+    even = 2 in (prop.get("multipleOf"), prop.get("multiple_of"))
+    return f"{kind} {bounds}".strip() + (", even" if even else "")
+
+
 def config_keys() -> list[tuple[str, str, str, str]]:
     """(key, type, default, meaning) of every trial config key, section by section."""
     rows = [("method", "str", "CG", "set by the study for each cell")]
@@ -97,11 +118,11 @@ def config_keys() -> list[tuple[str, str, str, str]]:
         if section.name == "method":
             continue
         cls = type(getattr(trial_config.TrialConfig(), section.name))
+        schemas = {section.name: pydantic.TypeAdapter(cls).json_schema()}
         comments = field_comments(cls)
         for f in dataclasses.fields(cls):
             default = getattr(cls(), f.name)
-            kind = str(f.type).replace("tuple[float, ...]", "list of numbers")
-            kind = kind.replace("tuple[int, ...]", "list of ints")
+            kind = schema_type(schemas[section.name]["properties"][f.name])
             rows.append((f"{section.name}.{f.name}", kind, repr(default), comments.get(f.name, "")))
     return rows
 

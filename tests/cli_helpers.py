@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +11,9 @@ from pathlib import Path
 import yaml
 
 # A toy trial that trains and evaluates in about a second.
+# The driver's line for a trial's end: "  [1a2b3c4d] CG@20% finished, val/... · search 3/8 ...".
+TRIAL_END = re.compile(r"^\s*\[\w+\] .* (finished|failed|stopped early)")
+
 TOY_FAST = {
     "data.num_train": 300,
     "data.num_test": 200,

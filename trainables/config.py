@@ -1,22 +1,69 @@
-"""Frozen config dataclasses with one flat dotted key space ("loss.lambda_sc") and named presets."""
+"""Frozen config dataclasses with one flat dotted key space ("loss.lambda_sc") and named presets.
+
+The dataclasses are the schema: each field's type carries its range (the aliases below), pydantic
+checks and casts every value against it (`check_sections`), and docs/spec.md is generated from it.
+"""
 
 from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass, field, fields, replace
-from typing import Any
+from typing import Annotated, Any, Literal, get_args
+
+from pydantic import BeforeValidator, Field, TypeAdapter, ValidationError
 
 from trainables.names import check_method
+
+
+def _not_a_boolean(value: Any) -> Any:
+    """YAML's true is not a number (Python says it is 1)."""
+    if isinstance(value, bool):
+        raise ValueError("must be a number, not a boolean")
+    return value
+
+
+def _split(value: Any) -> Any:
+    """'0.1,0.5' or '(0.1, 0.5)' (a command-line override) as a list."""
+    if isinstance(value, str):
+        return [v for v in value.strip("()[] ").split(",") if v.strip()]
+    return value
+
+
+_NUMBER = BeforeValidator(_not_a_boolean)
+MAX_COUNT = 10**9  # steps, examples: beyond it a value is a typo (or an allocation that fails)
+MAX_PER_CLASS = 100_000  # samples per class (CIFAR-10's 50k FID samples are 5,000 per class)
+Count = Annotated[int, _NUMBER, Field(ge=1, le=MAX_COUNT)]  # >= 1
+OptionalCount = Annotated[int, _NUMBER, Field(ge=0, le=MAX_COUNT)]  # >= 0 (0 = a default)
+Size = Annotated[int, _NUMBER, Field(ge=1, le=65_536)]  # widths, resolutions, sampler steps
+EvenSize = Annotated[int, _NUMBER, Field(ge=2, le=65_536, multiple_of=2)]
+Points = Annotated[int, _NUMBER, Field(ge=2, le=MAX_COUNT)]  # a metric of one point is none
+PerClass = Annotated[int, _NUMBER, Field(ge=1, le=MAX_PER_CLASS)]
+Seed = Annotated[int, _NUMBER, Field(ge=0, le=2**32 - 1)]
+Real = Annotated[float, _NUMBER, Field(allow_inf_nan=False)]  # finite
+Positive = Annotated[float, _NUMBER, Field(gt=0, allow_inf_nan=False)]
+NonNegative = Annotated[float, _NUMBER, Field(ge=0, allow_inf_nan=False)]
+Probability = Annotated[float, _NUMBER, Field(ge=0, lt=1, allow_inf_nan=False)]  # [0, 1)
+Percent = Annotated[float, _NUMBER, Field(gt=0, le=100, allow_inf_nan=False)]  # (0, 100]
+Positives = Annotated[tuple[Positive, ...], BeforeValidator(_split)]
+NonNegatives = Annotated[tuple[NonNegative, ...], BeforeValidator(_split)]
+Sizes = Annotated[tuple[Size, ...], BeforeValidator(_split)]
+Reduction = Literal["sum", "mean"]
+Precision = Literal["fp32", "bf16"]
+# model.classifier_head: networks/energy.py ("gaussian", "energy"); "scaled" divides the logits
+# by sigma (networks.SigmaScaledClassifier); "denoiser": per-class denoiser energies as the logits
+# (networks.DenoiserClassifier)
+ClassifierHead = Literal["plain", "gaussian", "energy", "scaled", "denoiser"]
+Sampler = Literal["pc", "em", "ode"]  # trainables.samplers.SAMPLERS (a test keeps them equal)
 
 
 @dataclass(frozen=True)
 class SDEConfig:
     """VE-SDE (Song et al. 2021); docs/methods.md section 1."""
 
-    sigma_min: float = 0.01  # smallest noise level sigma(t) of the VE-SDE
-    sigma_max: float = 50.0  # largest noise level (the prior's standard deviation)
-    num_scales: int = 1000  # N, discretisation steps of the papers' PC sampler
-    eps: float = 1e-5  # training t ~ U(eps, 1)
+    sigma_min: Positive = 0.01  # smallest noise level sigma(t) of the VE-SDE
+    sigma_max: Positive = 50.0  # largest noise level (the prior's standard deviation)
+    num_scales: Size = 1000  # N, discretisation steps of the papers' PC sampler
+    eps: Probability = 1e-5  # training t ~ U(eps, 1)
 
 
 @dataclass(frozen=True)
@@ -28,14 +75,14 @@ class DataConfig:
     )
     # toy sets and tiny-images: examples drawn for training (folder: every image but a held-out
     # tenth of each class)
-    num_train: int = 4000
-    num_test: int = 2000  # toy sets and tiny-images: held-out examples for metrics
-    label_percent: float = 100.0  # in (0, 100]
-    seed: int = 0  # toy sets: draws of the training and test points
-    split_seed: int = 0  # the labeled subset depends on this seed only
+    num_train: Count = 4000
+    num_test: Count = 2000  # toy sets and tiny-images: held-out examples for metrics
+    label_percent: Percent = 100.0  # in (0, 100]
+    seed: Seed = 0  # toy sets: draws of the training and test points
+    split_seed: Seed = 0  # the labeled subset depends on this seed only
     root: str = ""  # images: dataset root (CIFAR) or the class-per-folder directory ("folder")
     download: bool = False  # CIFAR: download into root when missing (off: a clear error instead)
-    image_size: int = 16  # tiny-images: side length in pixels (folder images keep their size)
+    image_size: Size = 16  # tiny-images: side length in pixels (folder images keep their size)
     flip: bool = True  # images: random horizontal flips (as the papers)
 
 
@@ -43,70 +90,72 @@ class DataConfig:
 class ModelConfig:
     """Network sizes: toy MLPs (arch mlp) or NCSN++ image networks (arch ncsnpp)."""
 
-    arch: str = "mlp"  # mlp (2-D toy data) | ncsnpp (images)
-    hidden: int = 128  # mlp: width of each hidden layer
-    depth: int = 3  # hidden layers; every one sees the noise embedding
-    embed_dim: int = 32  # Gaussian Fourier features of log sigma
-    fourier_scale: float = 16.0  # scale of the Fourier features' random frequencies
-    nf: int = 128  # ncsnpp: base channels
-    ch_mult: tuple[int, ...] = (1, 2, 2, 2)  # ncsnpp: channel multiplier per resolution
-    num_res_blocks: int = 4  # ncsnpp: residual blocks per resolution (deep: 8)
-    attn_resolutions: tuple[int, ...] = (16,)  # ncsnpp: self-attention at these resolutions
-    dropout: float = 0.1  # ncsnpp
+    arch: Literal["mlp", "ncsnpp"] = "mlp"  # mlp (2-D toy data) | ncsnpp (images)
+    hidden: Size = 128  # mlp: width of each hidden layer
+    depth: Size = 3  # hidden layers; every one sees the noise embedding
+    embed_dim: EvenSize = 32  # Gaussian Fourier features of log sigma
+    fourier_scale: Positive = 16.0  # scale of the Fourier features' random frequencies
+    nf: Size = 128  # ncsnpp: base channels
+    ch_mult: Sizes = (1, 2, 2, 2)  # ncsnpp: channel multiplier per resolution
+    num_res_blocks: Size = 4  # ncsnpp: residual blocks per resolution (deep: 8)
+    attn_resolutions: Sizes = (16,)  # ncsnpp: self-attention at these resolutions
+    dropout: Probability = 0.1  # ncsnpp
     center_input: bool = True  # ncsnpp: maps [0, 1] images to [-1, 1] inside, as score_sde
     # Guidance classifier's output: "plain" (the papers' encoder + linear head), "gaussian" (plus a
     # class-conditional Gaussian energy whose LogSumExp can carry a score; networks/energy.py),
     # "energy" (one Gaussian shared by every class), "scaled" (the logits divided by sigma) or
     # "denoiser" (per-class denoiser energies from one network with K outputs; networks/).
-    classifier_head: str = "plain"
-    energy_rank: int = 16  # gaussian / energy heads: rank of the shared covariance's low-rank part
+    classifier_head: ClassifierHead = "plain"
+    # gaussian / energy heads: rank of the shared covariance's low-rank part
+    energy_rank: OptionalCount = 16
 
 
 @dataclass(frozen=True)
 class LossConfig:
     """Loss weights and knobs; docs/methods.md section 2."""
 
-    lambda_sc: float = 1.0  # weight of L_SC in L_CE + lambda_sc L_SC
-    lambda_joint: float = 1.0  # L_DSM + lambda_joint (L_CE + L_SC)
-    lambda_ce: float = 1.0  # DLSM: L_DLSM + lambda_ce L_CE
-    lambda_qc: float = 0.0  # quasi-conservative regulariser; 0 disables it
-    sc_weighting: str = "sigma2"  # "sigma2" (lambda(t) = sigma^2) or "none"
-    dlsm_power: float = 0.0  # w in sigma^(2w); 0 on CIFAR, 1 in the toy / tiny-images bases
-    p_uncond: float = 0.1  # CFG label dropout probability
+    lambda_sc: NonNegative = 1.0  # weight of L_SC in L_CE + lambda_sc L_SC
+    lambda_joint: NonNegative = 1.0  # L_DSM + lambda_joint (L_CE + L_SC)
+    lambda_ce: NonNegative = 1.0  # DLSM: L_DLSM + lambda_ce L_CE
+    lambda_qc: NonNegative = 0.0  # quasi-conservative regulariser; 0 disables it
+    sc_weighting: Literal["sigma2", "none"] = "sigma2"  # "sigma2" (lambda(t) = sigma^2) or "none"
+    dlsm_power: Real = 0.0  # w in sigma^(2w); 0 on CIFAR, 1 in the toy / tiny-images bases
+    p_uncond: Probability = 0.1  # CFG label dropout probability
     # Reduction over data dimensions, per loss family: "sum" (score_sde's VE losses) or "mean".
     # The classifier-side terms default to the mean, so lambda_SC, lambda_joint and lambda_CE weigh
     # terms of order one, as the papers' grid {0.01, 0.1, 1, 10} assumes.
-    dsm_reduction: str = "sum"  # score models: DSM, Cond, CFG
-    sc_reduction: str = "mean"  # the SC term of CG-SC classifiers
-    dlsm_reduction: str = "mean"  # DLSM (the reference code averages)
-    joint_reduction: str = "mean"  # Joint-SC's DSM and SC terms
+    dsm_reduction: Reduction = "sum"  # score models: DSM, Cond, CFG
+    sc_reduction: Reduction = "mean"  # the SC term of CG-SC classifiers
+    dlsm_reduction: Reduction = "mean"  # DLSM (the reference code averages)
+    joint_reduction: Reduction = "mean"  # Joint-SC's DSM and SC terms
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """Optimisation of one artifact."""
 
-    steps: int = 2000  # optimiser steps per network
-    steps_per_epoch: int = 250  # metrics are reported once per epoch
-    batch_size: int = 256  # examples per step
+    steps: Count = 2000  # optimiser steps per network
+    steps_per_epoch: Count = 250  # metrics are reported once per epoch
+    batch_size: Count = 256  # examples per step
     # The CG family's guidance classifier trains on its own schedule when these are set (the
     # papers: 60k iterations at batch 150 against the score model's 1.3 M at 128); 0 = as above.
-    classifier_steps: int = 0
-    classifier_batch_size: int = 0  # the guidance classifier's batch; 0 = train.batch_size
-    lr: float = 2e-3  # Adam learning rate
-    warmup: int = 100  # steps of linear learning-rate warm-up
-    grad_clip: float = 1.0  # gradient-norm clipping
-    ema_decay: float = 0.99  # decay of the weights' exponential moving average (evaluated)
-    seed: int = 0  # initialisation and batch order
-    precision: str = "fp32"  # fp32 | bf16 (autocast; meant for GPUs)
+    classifier_steps: OptionalCount = 0
+    # the guidance classifier's batch; 0 = train.batch_size
+    classifier_batch_size: OptionalCount = 0
+    lr: Positive = 2e-3  # Adam learning rate
+    warmup: OptionalCount = 100  # steps of linear learning-rate warm-up
+    grad_clip: Positive = 1.0  # gradient-norm clipping
+    ema_decay: Probability = 0.99  # decay of the weights' exponential moving average (evaluated)
+    seed: Seed = 0  # initialisation and batch order
+    precision: Precision = "fp32"  # fp32 | bf16 (autocast; meant for GPUs)
     channels_last: bool = False  # images on GPU: channels-last memory format
     # Dense peak TFLOP/s the per-epoch MFU is measured against; 0 = the device's listed peak
     # (trainables.flops.GPU_PEAK_TFLOPS), no MFU on CPUs and unlisted GPUs.
-    peak_tflops: float = 0.0
+    peak_tflops: NonNegative = 0.0
     # torch.compile the network for its loss (not for an artifact whose loss differentiates an
     # input gradient: SC, QC, DLSM, Joint-SC; compiled graphs have no double backward).
     compile: bool = False
-    checkpoint_every: int = (
+    checkpoint_every: OptionalCount = (
         0  # steps between checkpoints besides every epoch end; 0 = epoch ends only
     )
 
@@ -115,57 +164,58 @@ class TrainConfig:
 class SampleConfig:
     """Sampling and guidance."""
 
-    sampler: str = "pc"  # pc, em, ode
-    num_steps: int = 200  # sampler steps from the prior to sigma_min
-    snr: float = 0.16  # Langevin corrector signal-to-noise ratio
-    guidance_scale: float = 1.0  # gamma: lambda_CG for CG, 1 + w for CFG; 1 = plain conditional
+    sampler: Sampler = "pc"  # pc, em, ode
+    num_steps: Size = 200  # sampler steps from the prior to sigma_min
+    snr: Positive = 0.16  # Langevin corrector signal-to-noise ratio
+    # gamma: lambda_CG for CG, 1 + w for CFG; 1 = plain conditional
+    guidance_scale: NonNegative = 1.0
     # Scales swept at sampling time inside a trial, scored on the validation split; the best one
     # (by the first objective) is evaluated in full. Empty: guidance_scale only.
-    guidance_grid: tuple[float, ...] = ()
+    guidance_grid: NonNegatives = ()
     # CG's classifier gradient: "fp32", or "bf16" (autocast; on GPUs, about half the classifier's
     # cost; its error on the toy's exact scores is in docs/benchmarks.md)
-    guidance_precision: str = "fp32"
+    guidance_precision: Precision = "fp32"
     # torch.compile the networks the sampler calls (the score model's forward, the classifier's
     # forward and input gradient): one compile per network and process, then every step reuses it
     compile: bool = False
-    num_per_class: int = 500  # samples per class of the test evaluation
-    seed: int = 0  # the prior draws and the sampler's noise
-    batch_size: int = 1000  # samples drawn together (classes mixed); chunks are seeded from seed
+    num_per_class: PerClass = 500  # samples per class of the test evaluation
+    seed: Seed = 0  # the prior draws and the sampler's noise
+    batch_size: Count = 1000  # samples drawn together (classes mixed); chunks are seeded from seed
 
 
 @dataclass(frozen=True)
 class EvalConfig:
     """Toy metrics: noise levels and points (paper 001 App. C)."""
 
-    sigmas: tuple[float, ...] = (0.05, 0.1, 0.2, 0.5, 1.0)  # toy: noise levels of the metrics
-    num_points: int = 1000  # toy: points per noise level; images: held-out images
-    seed: int = 1234  # the evaluation points and noise draws
+    sigmas: Positives = (0.05, 0.1, 0.2, 0.5, 1.0)  # toy: noise levels of the metrics
+    num_points: Points = 1000  # toy: points per noise level; images: held-out images
+    seed: Seed = 1234  # the evaluation points and noise draws
     # Validation split (selection of the guidance scale and of the lambdas; never the reported
     # numbers): samples per class per swept scale, 0 = a quarter of sample.num_per_class (>= 8).
-    val_num_per_class: int = 0
+    val_num_per_class: Annotated[int, _NUMBER, Field(ge=0, le=MAX_PER_CLASS)] = 0
     # Noise bands of the SC diagnostics (sc_ratio_band<i>: sigma in [edge_i, edge_i+1)), clipped to
     # [sde.sigma_min, sde.sigma_max].
-    sc_bands: tuple[float, ...] = (0.01, 0.1, 1.0, 5.0, 20.0)
+    sc_bands: Positives = (0.01, 0.1, 1.0, 5.0, 20.0)
     # Images (docs/methods.md section 5): FID / IS / intra-FID / generation accuracy of
     # sample.num_per_class
     # samples per class against cached training-set statistics.
     fid: bool = True
-    feature_extractor: str = (
+    feature_extractor: Literal["inception", "eval_classifier"] = (
         "inception"  # inception (clean-fid) | eval_classifier (CPU / tiny images)
     )
     inception_weights: str = ""  # a local inception-2015-12-05.pt; default clean-fid's /tmp copy
     cache_dir: str = (
         ""  # shared across studies (reference stats, eval classifiers); ~/.cache/sc-guidance
     )
-    num_reference: int = 0  # training images for the reference statistics; 0 = all
+    num_reference: OptionalCount = 0  # training images for the reference statistics; 0 = all
     # Images per feature-extractor call, halved on out-of-device-memory until a batch fits; 0 = 256
     # on a CPU, 1024 on a GPU.
-    feature_batch_size: int = 0
+    feature_batch_size: OptionalCount = 0
     classifier_checkpoint: str = (
         ""  # state dict of an evaluation classifier (same model config); else trained
     )
-    classifier_steps: int = 2000  # training steps of the platform's evaluation classifier
-    classifier_sigma_max: float = (
+    classifier_steps: Count = 2000  # training steps of the platform's evaluation classifier
+    classifier_sigma_max: Positive = (
         0.5  # its training noise range is [sde.sigma_min, this]: near-clean images
     )
 
@@ -287,30 +337,43 @@ def to_flat(config: TrialConfig) -> dict[str, Any]:
     return out
 
 
-def _coerce(value: Any, current: Any, key: str) -> Any:
-    """Cast an override to the type of the current value."""
-    if isinstance(current, bool):
-        if isinstance(value, str):
-            if value.lower() in ("true", "1", "yes"):
-                return True
-            if value.lower() in ("false", "0", "no"):
-                return False
-            raise ValueError(f"{key}: expected a boolean, got {value!r}")
-        return bool(value)
-    if isinstance(current, tuple):
-        if isinstance(value, str):
-            value = [v for v in value.strip("()[] ").split(",") if v.strip()]
-        return tuple(_coerce(v, current[0] if current else 0.0, key) for v in value)
-    try:
-        if isinstance(current, int):
-            if isinstance(value, float) and not value.is_integer():
-                raise ValueError
-            return int(value)
-        if isinstance(current, float):
-            return float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{key}: expected {type(current).__name__}, got {value!r}") from None
-    return str(value) if isinstance(current, str) else value
+_SECTION_TYPES = {
+    "sde": SDEConfig, "data": DataConfig, "model": ModelConfig, "loss": LossConfig,
+    "train": TrainConfig, "sample": SampleConfig, "eval": EvalConfig,
+}  # fmt: skip
+_ADAPTERS = {name: TypeAdapter(cls) for name, cls in _SECTION_TYPES.items()}
+
+
+def shown(value: Any, limit: int = 60) -> str:
+    """repr(value), at most `limit` characters (a 50 MB value is not echoed whole)."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 5]}...{text[-2:]}"
+
+
+def _problem(section: str, error: dict) -> str:
+    """One pydantic error as 'train.lr must be greater than 0, got -1'."""
+    loc = [str(part) for part in error["loc"]]
+    key = f"{section}.{loc[0]}" + "".join(f"[{i}]" for i in loc[1:])
+    text = error["msg"].removeprefix("Value error, ").replace("Input should be", "must be")
+    return f"{key} {text}, got {shown(error.get('input'))}"
+
+
+def check_sections(config: TrialConfig, updates: dict[str, dict[str, Any]] | None = None):
+    """The config with every section checked against its schema and cast to its types (and
+    `updates` {section: {field: value}} applied first); ValueError naming every bad value."""
+    problems: list[str] = []
+    checked: dict[str, Any] = {}
+    for name, adapter in _ADAPTERS.items():
+        current = getattr(config, name)
+        data = {f.name: getattr(current, f.name) for f in fields(current)}
+        data.update((updates or {}).get(name, {}))
+        try:
+            checked[name] = adapter.validate_python(data)
+        except ValidationError as exc:
+            problems += [_problem(name, e) for e in exc.errors(include_url=False)]
+    if problems:
+        raise ValueError("; ".join(problems))
+    return replace(config, **checked)
 
 
 def override(config: TrialConfig, updates: dict[str, Any]) -> TrialConfig:
@@ -329,10 +392,8 @@ def override(config: TrialConfig, updates: dict[str, Any]) -> TrialConfig:
             method = str(value)
             continue
         section, name = key.split(".", 1)
-        current = getattr(getattr(config, section), name)
-        sections.setdefault(section, {})[name] = _coerce(value, current, key)
-    new = {s: replace(getattr(config, s), **kw) for s, kw in sections.items()}
-    return validate(replace(config, method=method, **new))
+        sections.setdefault(section, {})[name] = value
+    return validate(replace(config, method=method), sections)
 
 
 def from_flat(flat: dict[str, Any], base: str | None = None) -> TrialConfig:
@@ -345,105 +406,26 @@ def from_flat(flat: dict[str, Any], base: str | None = None) -> TrialConfig:
     return override(config, flat)
 
 
-# model.classifier_head: networks/energy.py ("gaussian", "energy"); "scaled" divides the logits
-# by sigma (networks.SigmaScaledClassifier); "denoiser": per-class denoiser energies as the logits
-# (networks.DenoiserClassifier)
-CLASSIFIER_HEADS = ("plain", "gaussian", "energy", "scaled", "denoiser")
 ENERGY_HEADS = ("gaussian", "energy")  # the heads model.energy_rank shapes
-GUIDANCE_PRECISIONS = ("fp32", "bf16")  # sample.guidance_precision; trainables.guidance
+GUIDANCE_PRECISIONS = get_args(Precision)  # sample.guidance_precision; trainables.guidance
 
 
-def _check_heads(config: TrialConfig) -> None:
-    """The guidance classifier's head and the precision of its guidance gradient."""
-    if config.model.classifier_head not in CLASSIFIER_HEADS:
-        raise ValueError(
-            "model.classifier_head must be 'plain', 'gaussian', 'energy', 'scaled' or 'denoiser', "
-            f"got {config.model.classifier_head!r}"
-        )
-    if config.model.energy_rank < 0:
-        raise ValueError(f"model.energy_rank must be >= 0, got {config.model.energy_rank}")
-    if config.sample.guidance_precision not in GUIDANCE_PRECISIONS:
-        raise ValueError(
-            "sample.guidance_precision must be 'fp32' or 'bf16', "
-            f"got {config.sample.guidance_precision!r}"
-        )
-
-
-def validate(config: TrialConfig) -> TrialConfig:
-    """Check values the math needs; raise ValueError naming the bad value."""
+def validate(config: TrialConfig, updates: dict[str, dict[str, Any]] | None = None) -> TrialConfig:
+    """Check every value (after `updates`, {section: {field: value}}) against the schema and the
+    relations between values; ValueError naming the bad value. Returns the config cast to the
+    schema's types."""
     check_method(config.method)
-    if not 0.0 < config.data.label_percent <= 100.0:
-        raise ValueError(f"data.label_percent must be in (0, 100], got {config.data.label_percent}")
-    for name in ("lambda_sc", "lambda_joint", "lambda_ce", "lambda_qc"):
-        value = getattr(config.loss, name)
-        if value < 0:
-            raise ValueError(f"loss.{name} must be >= 0, got {value}")
-    for name in ("dsm_reduction", "sc_reduction", "dlsm_reduction", "joint_reduction"):
-        if getattr(config.loss, name) not in ("sum", "mean"):
-            raise ValueError(
-                f"loss.{name} must be 'sum' or 'mean', got {getattr(config.loss, name)!r}"
-            )
-    _check_heads(config)
-    if config.loss.sc_weighting not in ("sigma2", "none"):
+    config = check_sections(config, updates)
+    if config.sde.sigma_min >= config.sde.sigma_max:
         raise ValueError(
-            f"loss.sc_weighting must be 'sigma2' or 'none', got {config.loss.sc_weighting!r}"
-        )
-    if not 0.0 <= config.loss.p_uncond < 1.0:
-        raise ValueError(f"loss.p_uncond must be in [0, 1), got {config.loss.p_uncond}")
-    if not 0 < config.sde.sigma_min < config.sde.sigma_max:
-        raise ValueError(
-            "need 0 < sde.sigma_min < sde.sigma_max, "
+            "need sde.sigma_min < sde.sigma_max, "
             f"got {config.sde.sigma_min}, {config.sde.sigma_max}"
         )
-    if config.sample.guidance_scale < 0:
-        raise ValueError(f"sample.guidance_scale must be >= 0, got {config.sample.guidance_scale}")
-    if any(s < 0 for s in config.sample.guidance_grid):
+    if not config.model.ch_mult:
+        raise ValueError("model.ch_mult needs at least one resolution, got ()")
+    if len(config.eval.sigmas) == 0 or len(config.eval.sc_bands) < 2:
         raise ValueError(
-            f"sample.guidance_grid scales must be >= 0, got {list(config.sample.guidance_grid)}"
+            "eval.sigmas needs a noise level and eval.sc_bands two edges, "
+            f"got {config.eval.sigmas}, {config.eval.sc_bands}"
         )
-    if config.eval.val_num_per_class < 0:
-        raise ValueError(
-            f"eval.val_num_per_class must be >= 0, got {config.eval.val_num_per_class}"
-        )
-    from trainables.samplers import SAMPLERS
-
-    if config.sample.sampler not in SAMPLERS:
-        raise ValueError(f"unknown sampler {config.sample.sampler!r}; valid: {sorted(SAMPLERS)}")
-    if config.model.arch not in ("mlp", "ncsnpp"):
-        raise ValueError(f"model.arch must be 'mlp' or 'ncsnpp', got {config.model.arch!r}")
-    if config.eval.feature_extractor not in ("inception", "eval_classifier"):
-        raise ValueError(
-            "eval.feature_extractor must be 'inception' or 'eval_classifier', "
-            f"got {config.eval.feature_extractor!r}"
-        )
-    if config.sample.batch_size <= 0 or config.sample.num_per_class <= 0:
-        raise ValueError("sample.batch_size and sample.num_per_class must be > 0")
-    if config.eval.feature_batch_size < 0:
-        raise ValueError(
-            "eval.feature_batch_size must be >= 0 (0 = 256 on a CPU, 1024 on a GPU), "
-            f"got {config.eval.feature_batch_size}"
-        )
-    _check_train(config.train)
     return config
-
-
-def _check_train(train: TrainConfig) -> None:
-    """The training schedule's values; ValueError naming the bad one."""
-    if train.precision not in ("fp32", "bf16"):
-        raise ValueError(f"train.precision must be 'fp32' or 'bf16', got {train.precision!r}")
-    if train.peak_tflops < 0:
-        raise ValueError(
-            "train.peak_tflops must be >= 0 (0 = the device's listed peak), "
-            f"got {train.peak_tflops}"
-        )
-    if train.checkpoint_every < 0:
-        raise ValueError(f"train.checkpoint_every must be >= 0, got {train.checkpoint_every}")
-    for name in ("steps", "steps_per_epoch", "batch_size"):
-        if getattr(train, name) <= 0:
-            raise ValueError(f"train.{name} must be > 0, got {getattr(train, name)}")
-    for name in ("classifier_steps", "classifier_batch_size"):
-        if getattr(train, name) < 0:
-            raise ValueError(
-                f"train.{name} must be >= 0 (0 = as train.{name.split('_', 1)[1]}), "
-                f"got {getattr(train, name)}"
-            )

@@ -37,7 +37,7 @@ def test_ctrl_c_exits_130_and_the_study_resumes(tmp_path):
         "SC_GUIDANCE_ARTIFACT_STORE": str(tmp_path / "artifact-store"),
     }
     proc = subprocess.Popen(
-        [sys.executable, "-m", "study", "run", str(spec)],
+        [sys.executable, "-m", "study", "run", str(spec), "--verbose"],
         cwd=tmp_path,
         env=env,
         stdout=subprocess.PIPE,

@@ -9,7 +9,7 @@ import time
 
 import pytest
 import yaml
-from cli_helpers import TOY_FAST, cli_env, table_methods
+from cli_helpers import TOY_FAST, TRIAL_END, cli_env, table_methods
 
 pytestmark = pytest.mark.slow
 
@@ -47,7 +47,7 @@ def test_kill_then_resume_keeps_one_run_per_trial(tmp_path):
     (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
     study_dir = tmp_path / "studies" / "killed"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "study", "run", "spec.yaml"],
+        [sys.executable, "-m", "study", "run", "spec.yaml", "--verbose"],  # every epoch's line
         cwd=tmp_path,
         env=_env(),
         stdout=subprocess.PIPE,
@@ -61,7 +61,7 @@ def test_kill_then_resume_keeps_one_run_per_trial(tmp_path):
         # Kill the driver once one trial has ended and another has reported an epoch since.
         for line in proc.stdout:
             assert time.monotonic() < deadline, "study did not progress"
-            if "trials ended" in line:
+            if TRIAL_END.search(line):
                 seen_end = True
             elif seen_end and "epoch" in line:
                 break
@@ -148,7 +148,7 @@ def test_a_killed_driver_resumes_to_every_cell_with_nothing_left_running(tmp_pat
     )
     study_dir = tmp_path / "studies" / "killed3"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "study", "run", "spec.yaml"],
+        [sys.executable, "-m", "study", "run", "spec.yaml", "--verbose"],  # every epoch's line
         cwd=tmp_path,
         env=_env(),
         stdout=subprocess.PIPE,
@@ -156,9 +156,11 @@ def test_a_killed_driver_resumes_to_every_cell_with_nothing_left_running(tmp_pat
         text=True,
         start_new_session=True,
     )
+    ended = 0
     try:
         for line in proc.stdout:
-            if (kill_after == "first epoch" and ": epoch " in line) or f"({kill_after})" in line:
+            ended += bool(TRIAL_END.search(line))
+            if (kill_after == "first epoch" and ": epoch " in line) or ended == kill_after:
                 break
         os.kill(proc.pid, signal.SIGKILL)  # the driver only, mid-study
         proc.wait(timeout=60)

@@ -68,7 +68,7 @@ def test_a_killed_train_worker_is_restarted_and_resumes_from_its_checkpoint(tmp_
         "SC_GUIDANCE_ARTIFACT_STORE": str(tmp_path / "artifact-store"),
     }
     proc = subprocess.Popen(
-        [sys.executable, "-m", "study", "run", "spec.yaml"],
+        [sys.executable, "-m", "study", "run", "spec.yaml", "--verbose"],
         cwd=tmp_path,
         env=env,
         stdout=subprocess.PIPE,

@@ -143,7 +143,7 @@ def test_an_unknown_head_is_refused_with_the_choices():
         match="must be 'plain', 'gaussian', 'energy', 'scaled' or 'denoiser', got 'gauss'",
     ):
         from_flat({"model.classifier_head": "gauss"}, base="toy")
-    with pytest.raises(ValueError, match="model.energy_rank must be >= 0"):
+    with pytest.raises(ValueError, match="model.energy_rank must be greater than or equal to 0"):
         from_flat({"model.energy_rank": -1}, base="toy")
 
 

@@ -150,7 +150,7 @@ def test_mfu_is_measured_against_the_configured_peak_and_a_negative_peak_is_refu
     train_artifact(get_method("CG").artifacts[0], config, split, callback=seen.append)
     for m in seen:
         assert m["score/mfu"] == pytest.approx(m["score/tflops"] / 0.5)
-    with pytest.raises(ValueError, match="train.peak_tflops must be >= 0"):
+    with pytest.raises(ValueError, match="train.peak_tflops must be greater than or equal to 0"):
         from_flat({"method": "CG", "train.peak_tflops": -1.0}, base="toy")
 
 
