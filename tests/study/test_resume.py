@@ -137,8 +137,9 @@ def _optuna_states(study_dir):
     "kill_after",
     [
         "first epoch",  # the first trials are training; nothing has ended
-        "3 trials ended",  # (test_kill_then_resume_keeps_one_run_per_trial kills after 1)
+        3,  # trials ended (test_kill_then_resume_keeps_one_run_per_trial kills after 1)
     ],
+    ids=["first epoch", "3 trials ended"],
 )
 def test_a_killed_driver_resumes_to_every_cell_with_nothing_left_running(tmp_path, kill_after):
     from mlflow.tracking import MlflowClient
