@@ -16,8 +16,6 @@ import io
 import sys
 import tokenize
 
-import pydantic
-
 from trainables import config as trial_config
 
 # (key, type, default, meaning) of the study keys, in the order a spec is usually written.
@@ -94,8 +92,8 @@ def field_comments(cls: type) -> dict[str, str]:
 
 
 def schema_type(prop: dict) -> str:
-    """A JSON-schema property of the trial config as 'int in [1, 65536]', 'number > 0',
-    'pc, em or ode', 'list of (number > 0)'."""
+    """A JSON-schema property of the trial config as 'int >= 1, <= 65536', 'number > 0',
+    'pc / em / ode', 'list of (number > 0)'."""
     if "enum" in prop:
         return " / ".join(str(v) for v in prop["enum"])
     if prop.get("type") == "array":
@@ -118,11 +116,11 @@ def config_keys() -> list[tuple[str, str, str, str]]:
         if section.name == "method":
             continue
         cls = type(getattr(trial_config.TrialConfig(), section.name))
-        schemas = {section.name: pydantic.TypeAdapter(cls).json_schema()}
+        schema = trial_config.SECTION_ADAPTERS[section.name].json_schema()["properties"]
         comments = field_comments(cls)
         for f in dataclasses.fields(cls):
             default = getattr(cls(), f.name)
-            kind = schema_type(schemas[section.name]["properties"][f.name])
+            kind = schema_type(schema[f.name])
             rows.append((f"{section.name}.{f.name}", kind, repr(default), comments.get(f.name, "")))
     return rows
 

@@ -47,6 +47,9 @@ Percent = Annotated[float, _NUMBER, Field(gt=0, le=100, allow_inf_nan=False)]  #
 Positives = Annotated[tuple[Positive, ...], BeforeValidator(_split)]
 NonNegatives = Annotated[tuple[NonNegative, ...], BeforeValidator(_split)]
 Sizes = Annotated[tuple[Size, ...], BeforeValidator(_split)]
+SomePositives = Annotated[Positives, Field(min_length=1)]  # at least one
+SomeSizes = Annotated[Sizes, Field(min_length=1)]
+Edges = Annotated[Positives, Field(min_length=2)]  # band edges: at least one band
 Reduction = Literal["sum", "mean"]
 Precision = Literal["fp32", "bf16"]
 # model.classifier_head: networks/energy.py ("gaussian", "energy"); "scaled" divides the logits
@@ -96,7 +99,7 @@ class ModelConfig:
     embed_dim: EvenSize = 32  # Gaussian Fourier features of log sigma
     fourier_scale: Positive = 16.0  # scale of the Fourier features' random frequencies
     nf: Size = 128  # ncsnpp: base channels
-    ch_mult: Sizes = (1, 2, 2, 2)  # ncsnpp: channel multiplier per resolution
+    ch_mult: SomeSizes = (1, 2, 2, 2)  # ncsnpp: channel multiplier per resolution
     num_res_blocks: Size = 4  # ncsnpp: residual blocks per resolution (deep: 8)
     attn_resolutions: Sizes = (16,)  # ncsnpp: self-attention at these resolutions
     dropout: Probability = 0.1  # ncsnpp
@@ -187,7 +190,7 @@ class SampleConfig:
 class EvalConfig:
     """Toy metrics: noise levels and points (paper 001 App. C)."""
 
-    sigmas: Positives = (0.05, 0.1, 0.2, 0.5, 1.0)  # toy: noise levels of the metrics
+    sigmas: SomePositives = (0.05, 0.1, 0.2, 0.5, 1.0)  # toy: noise levels of the metrics
     num_points: Points = 1000  # toy: points per noise level; images: held-out images
     seed: Seed = 1234  # the evaluation points and noise draws
     # Validation split (selection of the guidance scale and of the lambdas; never the reported
@@ -195,7 +198,7 @@ class EvalConfig:
     val_num_per_class: Annotated[int, _NUMBER, Field(ge=0, le=MAX_PER_CLASS)] = 0
     # Noise bands of the SC diagnostics (sc_ratio_band<i>: sigma in [edge_i, edge_i+1)), clipped to
     # [sde.sigma_min, sde.sigma_max].
-    sc_bands: Positives = (0.01, 0.1, 1.0, 5.0, 20.0)
+    sc_bands: Edges = (0.01, 0.1, 1.0, 5.0, 20.0)
     # Images (docs/methods.md section 5): FID / IS / intra-FID / generation accuracy of
     # sample.num_per_class
     # samples per class against cached training-set statistics.
@@ -337,11 +340,8 @@ def to_flat(config: TrialConfig) -> dict[str, Any]:
     return out
 
 
-_SECTION_TYPES = {
-    "sde": SDEConfig, "data": DataConfig, "model": ModelConfig, "loss": LossConfig,
-    "train": TrainConfig, "sample": SampleConfig, "eval": EvalConfig,
-}  # fmt: skip
-_ADAPTERS = {name: TypeAdapter(cls) for name, cls in _SECTION_TYPES.items()}
+# Each section's validator (and JSON schema, for docs/spec.md), from its dataclass.
+SECTION_ADAPTERS = {s: TypeAdapter(type(getattr(TrialConfig(), s))) for s in SECTIONS}
 
 
 def shown(value: Any, limit: int = 60) -> str:
@@ -355,6 +355,7 @@ def _problem(section: str, error: dict) -> str:
     loc = [str(part) for part in error["loc"]]
     key = f"{section}.{loc[0]}" + "".join(f"[{i}]" for i in loc[1:])
     text = error["msg"].removeprefix("Value error, ").replace("Input should be", "must be")
+    text = text.replace("Value should", "must").replace(" after validation", "")
     return f"{key} {text}, got {shown(error.get('input'))}"
 
 
@@ -363,7 +364,7 @@ def check_sections(config: TrialConfig, updates: dict[str, dict[str, Any]] | Non
     `updates` {section: {field: value}} applied first); ValueError naming every bad value."""
     problems: list[str] = []
     checked: dict[str, Any] = {}
-    for name, adapter in _ADAPTERS.items():
+    for name, adapter in SECTION_ADAPTERS.items():
         current = getattr(config, name)
         data = {f.name: getattr(current, f.name) for f in fields(current)}
         data.update((updates or {}).get(name, {}))
@@ -420,12 +421,5 @@ def validate(config: TrialConfig, updates: dict[str, dict[str, Any]] | None = No
         raise ValueError(
             "need sde.sigma_min < sde.sigma_max, "
             f"got {config.sde.sigma_min}, {config.sde.sigma_max}"
-        )
-    if not config.model.ch_mult:
-        raise ValueError("model.ch_mult needs at least one resolution, got ()")
-    if len(config.eval.sigmas) == 0 or len(config.eval.sc_bands) < 2:
-        raise ValueError(
-            "eval.sigmas needs a noise level and eval.sc_bands two edges, "
-            f"got {config.eval.sigmas}, {config.eval.sc_bands}"
         )
     return config
