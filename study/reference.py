@@ -18,54 +18,96 @@ import tokenize
 
 from trainables import config as trial_config
 
-# (key, type, default, meaning) of the study keys, in the order a spec is usually written.
-STUDY_KEYS: tuple[tuple[str, str, str, str], ...] = (
-    ("name", "str", "toy", "the study's name: its folder under storage and its MLflow experiment"),
-    ("dataset", "str", "the base config's", "the trials' data.name: gmm2, gmm3, overlap2, moons, "
-     "tiny-images, folder, cifar10, cifar100"),
-    ("base_config", "str", "toy", "the trial config the trials start from: toy, tiny-images, "
-     "cifar10, cifar10-small, cifar100 (trainables.config.BASE_CONFIGS)"),
-    ("methods", "list of str", "every method", "the table's rows: CG, CG-SC-labeled, CG-SC-all, "
+# (key, default, meaning) of the study keys, in the order a spec is usually written; the types
+# and ranges come from the spec's schema (study.schema), and a test keeps the keys equal to it.
+STUDY_KEYS: tuple[tuple[str, str, str], ...] = (
+    ("name", "study", "the study's name: its folder under storage and its MLflow experiment"),
+    ("dataset", "overlap2", "the trials' data.name: gmm2, gmm3, overlap2, moons, tiny-images, "
+     "folder, cifar10, cifar100"),
+    ("base_config", "toy", "the trial config the trials start from: toy, tiny-images, cifar10, "
+     "cifar10-small, cifar100 (trainables.config.BASE_CONFIGS)"),
+    ("methods", "every method", "the table's rows, each once: CG, CG-SC-labeled, CG-SC-all, "
      "CG-DLSM, Joint-SC, Cond, CFG-labeled, CFG-all"),
-    ("label_percents", "list of numbers in (0, 100]", "[100]", "the table's column groups: "
-     "data.label_percent of each cell"),
-    ("trials_per_cell", "int >= 1", "-", "each cell's search budget (a cell with no knob runs "
-     "once)"),
-    ("num_trials", "int >= 1", "one per cell", "a total budget dealt round robin over the cells "
-     "(instead of trials_per_cell)"),
-    ("objectives", "list of {metric, mode}", "[{metric: guided_score_cos, mode: max}]",
-     "what the search optimises, on the validation split; mode min or max"),
-    ("search", "{key: {low, high, log} or {choices}}", "the papers' grids",
-     "the range of each tuned knob: loss.lambda_sc, loss.lambda_joint"),
-    ("search.<key>.low / high", "number", "-", "a continuous range (log: true for a log scale)"),
-    ("search.<key>.choices", "list of numbers", "-", "a finite set instead of a range"),
-    ("guidance.scales", "list of numbers > 0", "[0.5, 1, 2, 4]", "guidance scales swept inside "
-     "every guided trial; the best on validation is evaluated in full"),
-    ("guidance.val_num_per_class", "int >= 1", "a quarter of sample.num_per_class (>= 8)",
+    ("label_percents", "[100]", "the table's column groups, each once: data.label_percent of "
+     "each cell"),
+    ("trials_per_cell", "-", "each cell's search budget (a cell with no knob runs once)"),
+    ("num_trials", "16", "a total budget dealt round robin over the cells (instead of "
+     "trials_per_cell)"),
+    ("objectives", "[{metric: guided_score_cos, mode: max}]", "what the search optimises, on the "
+     "validation split; one entry per metric"),
+    ("objectives[].metric", "-", "a metric every method's trials report"),
+    ("objectives[].mode", "-", "min or max"),
+    ("search", "the papers' grids", "the range of each tuned knob: loss.lambda_sc, "
+     "loss.lambda_joint; a range, choices, or `paper` (0.01, 0.1, 1, 10)"),
+    ("search.<key>.low", "-", "a continuous range's lower end"),
+    ("search.<key>.high", "-", "its upper end (low < high)"),
+    ("search.<key>.log", "true", "a log-uniform range (needs low > 0)"),
+    ("search.<key>.choices", "-", "a finite set instead of a range, each value once"),
+    ("guidance.scales", "[0.5, 1, 2, 4]", "guidance scales swept inside every guided trial, each "
+     "once; the best on validation is evaluated in full"),
+    ("guidance.val_num_per_class", "a quarter of sample.num_per_class (>= 8)",
      "validation samples per class at each swept scale"),
-    ("scheduler", "fifo or {type: asha, ...}", "fifo", "fifo, or ASHA early stopping"),
-    ("scheduler.metric", "str", "the first objective", "asha: the objective it compares"),
-    ("scheduler.grace_period", "int >= 1", "1", "asha: epochs before a trial can be stopped"),
-    ("scheduler.reduction_factor", "number > 1", "2", "asha: keep 1 in this many per rung"),
-    ("resources.cpus_per_trial", "number > 0", "1", "CPUs of a trial (or of each Train worker); "
-     "also torch's thread count"),
-    ("resources.gpus_per_trial", "number >= 0", "0", "GPUs of a trial (or of each Train worker)"),
-    ("resources.num_workers", "int >= 0", "0", "Ray Train workers per trial (data parallel); 0 = "
-     "Train's local mode in the trial's process"),
-    ("resources.max_concurrent_trials", "int >= 1", "2", "trials run at once"),
-    ("resources.max_failures", "int >= 0", "2", "restarts of a trial's worker group from its "
-     "checkpoint"),
-    ("seed", "int", "0", "every seed key (train, data, split, sample) unless config sets one"),
-    ("config", "{trial config key: value}", "{}", "overrides of the trial config (the keys below)"),
-    ("storage", "folder or object-store URI", "./studies", "the study folder's parent"),
-    ("artifact_store", "folder, URI or 'study'", "~/.cache/sc-guidance/artifacts",
-     "trained networks shared by every study pointing here ($SC_GUIDANCE_ARTIFACT_STORE)"),
-    ("tracking_uri", "MLflow URI", "SQLite in the study folder", "the MLflow store "
-     "($MLFLOW_TRACKING_URI); an http URI for `study server`"),
-    ("address", "Ray address", "a local Ray", "a Ray cluster to run on ($RAY_ADDRESS)"),
+    ("guidance", "-", "the in-trial sweep of the guidance scale"),
+    ("resources", "-", "what each trial holds"),
+    ("scheduler", "fifo", "fifo, asha, or {type: asha, ...}: ASHA early stopping"),
+    ("scheduler.type", "fifo", "fifo or asha"),
+    ("scheduler.metric", "the first objective", "asha: the objective it compares"),
+    ("scheduler.grace_period", "1", "asha: epochs before a trial can be stopped"),
+    ("scheduler.reduction_factor", "2", "asha: keep 1 in this many per rung"),
+    ("resources.cpus_per_trial", "1", "CPUs of a trial (or of each Train worker); also torch's "
+     "thread count"),
+    ("resources.gpus_per_trial", "0", "GPUs of a trial (or of each Train worker)"),
+    ("resources.num_workers", "0", "Ray Train workers per trial (data parallel); 0 = Train's "
+     "local mode in the trial's process"),
+    ("resources.max_concurrent_trials", "2", "trials run at once"),
+    ("resources.max_failures", "2", "restarts of a trial's worker group from its checkpoint"),
+    ("seed", "0", "every seed key (train, data, split, sample) unless config sets one"),
+    ("config", "{}", "overrides of the trial config (the keys below)"),
+    ("storage", "./studies", "the study folder's parent: a folder or an object-store URI"),
+    ("artifact_store", "~/.cache/sc-guidance/artifacts", "trained networks shared by every "
+     "study pointing here: a folder, a URI or `study` ($SC_GUIDANCE_ARTIFACT_STORE)"),
+    ("tracking_uri", "SQLite in the study folder", "the MLflow store ($MLFLOW_TRACKING_URI); an "
+     "http URI for `study server`; a relative sqlite path is saved absolute"),
+    ("address", "a local Ray", "a Ray cluster to run on ($RAY_ADDRESS)"),
 )  # fmt: skip
 # Kept for folders saved by older versions (read, never needed in a new spec).
 LEGACY_KEYS = {"preset": "the former name of base_config", "study_id": "set by `study run`"}
+
+
+def spec_types() -> dict[str, str]:
+    """Every study key (sections' keys dotted) -> its type and range, from study.schema."""
+    from study import schema
+
+    js = schema.SpecModel.model_json_schema()
+    defs = js.get("$defs", {})
+    out: dict[str, str] = {}
+
+    def resolve(prop: dict) -> dict:
+        """A property with its $ref and 'X or null' unwrapped."""
+        options = [p for p in prop.get("anyOf", [prop]) if p.get("type") != "null"]
+        prop = options[0] if len(options) == 1 else prop
+        return defs[prop["$ref"].split("/")[-1]] if "$ref" in prop else prop
+
+    def walk(prefix: str, model: dict) -> None:
+        for name, prop in model["properties"].items():
+            key, target = f"{prefix}{name}", resolve(prop)
+            if target.get("type") == "array" and "$ref" in target.get("items", {}):
+                out[key] = "list of {" + ", ".join(resolve(target["items"])["properties"]) + "}"
+                walk(f"{key}[].", resolve(target["items"]))
+            elif target.get("type") == "object" and "properties" in target:
+                out[key] = "{" + ", ".join(target["properties"]) + "}"
+                walk(f"{key}.", target)
+            elif target.get("type") == "object" and "$ref" in str(
+                target.get("additionalProperties")
+            ):
+                inner = resolve(target["additionalProperties"])
+                out[key] = "{key: {" + ", ".join(inner["properties"]) + "}}"
+                walk(f"{key}.<key>.", inner)
+            else:
+                out[key] = schema_type(target)
+
+    walk("", js)
+    return {k: v for k, v in out.items() if k.split(".")[0].split("[")[0] not in LEGACY_KEYS}
 
 
 def field_comments(cls: type) -> dict[str, str]:
@@ -94,8 +136,8 @@ def field_comments(cls: type) -> dict[str, str]:
 def schema_type(prop: dict) -> str:
     """A JSON-schema property of the trial config as 'int >= 1, <= 65536', 'number > 0',
     'pc / em / ode', 'list of (number > 0)'."""
-    if "enum" in prop:
-        return " / ".join(str(v) for v in prop["enum"])
+    if "enum" in prop or "const" in prop:
+        return " / ".join(str(v) for v in prop.get("enum", [prop.get("const")]))
     if prop.get("type") == "array":
         return f"list of ({schema_type(prop.get('items', {}))})"
     kind = {"integer": "int", "number": "number", "boolean": "bool", "string": "str"}.get(
@@ -103,10 +145,15 @@ def schema_type(prop: dict) -> str:
     )
     bound = {"minimum": ">=", "ge": ">=", "exclusiveMinimum": ">", "gt": ">"}
     bound |= {"maximum": "<=", "le": "<=", "exclusiveMaximum": "<", "lt": "<"}
-    parts = [f"{sign} {prop[key]:g}" for key, sign in bound.items() if key in prop]
+    parts = [f"{sign} {_number(prop[key])}" for key, sign in bound.items() if key in prop]
     bounds = ", ".join(parts)
     even = 2 in (prop.get("multipleOf"), prop.get("multiple_of"))
     return f"{kind} {bounds}".strip() + (", even" if even else "")
+
+
+def _number(value: float) -> str:
+    """A bound as written: 2147483648 (not 2.14748e+09), 0.5, 1e-05."""
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
 
 
 def config_keys() -> list[tuple[str, str, str, str]]:
@@ -130,16 +177,17 @@ def render() -> str:
     out = [
         "# Spec reference",
         "",
-        "Generated by `python -m study.reference > docs/spec.md` from the validator's key sets and "
-        "the trial config's dataclasses; do not edit by hand. A spec is YAML; `study plan SPEC` "
-        "validates it and prints the compute without running anything.",
+        "Generated by `python -m study.reference > docs/spec.md` from the spec's schema "
+        "(study.schema) and the trial config's (trainables.config); do not edit by hand. A spec "
+        "is YAML; `study plan SPEC` validates it and prints the compute without running anything.",
         "",
         "## Study keys",
         "",
         "| key | type | default | meaning |",
         "|---|---|---|---|",
     ]
-    out += [f"| `{k}` | {t} | {d} | {m} |" for k, t, d, m in STUDY_KEYS]
+    types = spec_types()
+    out += [f"| `{k}` | {types[k]} | {d} | {m} |" for k, d, m in STUDY_KEYS]
     out += [
         "",
         "## Trial config keys (`config:`)",

@@ -18,7 +18,7 @@ def _spec(tmp_path, **fields):
 def test_unknown_method_exits_2_before_anything_is_written(tmp_path):
     result = _cli("run", str(_spec(tmp_path, methods=["CG", "CG-XL"])), cwd=tmp_path)
     assert result.returncode == 2
-    assert "unknown method 'CG-XL'" in result.stderr
+    assert "methods[1]: unknown method 'CG-XL'" in result.stderr
     assert not (tmp_path / "studies").exists()
 
 
@@ -106,9 +106,13 @@ BAD_INPUTS = [
     (
         "negative guidance scale",
         lambda p: _write(p, "guidance: {scales: [1, -2]}\n"),
-        "guidance.scales: guidance scales must be finite and >= 0",
+        "guidance.scales[1]: must be greater than or equal to 0, got -2",
     ),
-    ("empty guidance grid", lambda p: _write(p, "guidance: {scales: []}\n"), "non-empty list"),
+    (
+        "empty guidance grid",
+        lambda p: _write(p, "guidance: {scales: []}\n"),
+        "guidance.scales: must have at least 1 item",
+    ),
     ("trials_per_cell 0", lambda p: _write(p, "trials_per_cell: 0\n"), "trials_per_cell"),
     (
         "storage URI no object store",
@@ -128,6 +132,83 @@ BAD_INPUTS = [
 ]
 
 
+def _config(key, value):
+    return lambda p: _write(p, f"methods: [CG, CG-SC-all]\nconfig: {{{key}: {value}}}\n")
+
+
+# Values that once reached the trials unchecked or were silently changed into something else.
+BAD_INPUTS += [
+    ("negative sampler steps", _config("sample.num_steps", -5), "sample.num_steps must be"),
+    ("zero sampler steps", _config("sample.num_steps", 0), "sample.num_steps must be"),
+    ("zero eval points", _config("eval.num_points", 0), "eval.num_points must be"),
+    ("one eval point", _config("eval.num_points", 1), "eval.num_points must be"),
+    ("no training data", _config("data.num_train", 0), "data.num_train must be"),
+    ("negative lr", _config("train.lr", -1), "train.lr must be greater than 0"),
+    ("nan lr", _config("train.lr", ".nan"), "train.lr must be"),
+    ("boolean steps", _config("train.steps", "true"), "train.steps must be a number"),
+    ("zero width", _config("model.hidden", 0), "model.hidden must be"),
+    (
+        "16 TB of validation samples",
+        lambda p: _write(p, "guidance: {val_num_per_class: 1000000000000}\n"),
+        "guidance.val_num_per_class: must be less than or equal to 100000",
+    ),
+    (
+        "nan choice",
+        lambda p: _write(p, "search: {loss.lambda_sc: {choices: [.nan, 1]}}\n"),
+        "search.loss.lambda_sc.choices[0]",
+    ),
+    (
+        "infinite choice",
+        lambda p: _write(p, "search: {loss.lambda_sc: {choices: [.inf]}}\n"),
+        "search.loss.lambda_sc.choices[0]: must be a finite number",
+    ),
+    (
+        "infinite range",
+        lambda p: _write(p, "search: {loss.lambda_sc: {low: 0.1, high: .inf}}\n"),
+        "search.loss.lambda_sc.high: must be a finite number",
+    ),
+    (
+        "nan reduction factor",
+        lambda p: _write(p, "scheduler: {type: asha, reduction_factor: .nan}\n"),
+        "scheduler.reduction_factor: must be a finite number",
+    ),
+    (
+        "tracking store under /proc",
+        lambda p: _write(p, "tracking_uri: sqlite:////proc/x/mlflow.db\n"),
+        "cannot create the SQLite store '/proc/x/mlflow.db'",
+    ),
+    (
+        "log as a string",
+        lambda p: _write(p, "search: {loss.lambda_sc: {low: 0.1, high: 1, log: 'false'}}\n"),
+        "search.loss.lambda_sc.log: must be a valid boolean",
+    ),
+    ("duplicate key", lambda p: _write(p, "seed: 1\nseed: 2\n"), "duplicate key 'seed' at line 2"),
+    ("repeated label %", lambda p: _write(p, "label_percents: [5, 5]\n"), "lists 5.0 twice"),
+    ("repeated method", lambda p: _write(p, "methods: [CG, CG]\n"), "lists 'CG' twice"),
+    (
+        "one metric, two objectives",
+        lambda p: _write(
+            p, "objectives: [{metric: gen_accuracy, mode: max}, {metric: gen_accuracy, mode: min}]\n"
+        ),
+        "objectives: lists 'gen_accuracy' twice",
+    ),
+    ("empty storage", lambda p: _write(p, "storage: ''\n"), "storage: must have at least 1"),
+    (
+        "alias bomb",
+        lambda p: _write(
+            p,
+            "a: &a [x, x, x, x, x, x, x, x, x, x]\n"
+            + "".join(
+                f"{c}: &{c} [{', '.join(['*' + chr(ord(c) - 1)] * 10)}]\n" for c in "bcdefgh"
+            ),
+        ),
+        "expands to more than 100,000 YAML nodes",
+    ),
+    ("50 MB name", lambda p: _write(p, "name: " + "x" * 50_000_000 + "\n"), "at most 1 MB"),
+    ("long name", lambda p: _write(p, "name: " + "x" * 100_000 + "\n"), "is not a study name"),
+]
+
+
 @pytest.mark.parametrize("what, make, needle", BAD_INPUTS, ids=[b[0] for b in BAD_INPUTS])
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, what, make, needle):
     spec = make(tmp_path)
@@ -136,6 +217,7 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, what, make
     assert result.returncode == 2, (what, result.stderr[-2000:])
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0], (what, result.stderr)
+    assert len(lines[0]) <= 300, lines[0]
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written
 
 

@@ -1,19 +1,20 @@
-"""docs/spec.md: every key a spec may hold, generated from the validator's key sets and the trial
-config's dataclasses."""
+"""docs/spec.md: every key a spec may hold, generated from the spec's schema and the trial
+config's."""
 
 from pathlib import Path
 
-from study.reference import LEGACY_KEYS, STUDY_KEYS, config_keys, render
-from study.spec import GUIDANCE_KEYS, RESOURCE_KEYS, SCHEDULER_KEYS, TOP_KEYS
+from study.reference import STUDY_KEYS, config_keys, render, spec_types
 from trainables.config import from_flat, to_flat
 
 
-def test_every_key_the_validator_accepts_is_documented_and_nothing_else():
-    documented = {key for key, *_ in STUDY_KEYS}
-    assert {k.split(".")[0] for k in documented} == TOP_KEYS - set(LEGACY_KEYS)
-    for section, keys in (("resources", RESOURCE_KEYS), ("scheduler", SCHEDULER_KEYS - {"type"}),
-                          ("guidance", GUIDANCE_KEYS)):  # fmt: skip
-        assert {k.split(".", 1)[1] for k in documented if k.startswith(f"{section}.")} == keys
+def test_every_key_the_schema_accepts_is_documented_and_nothing_else():
+    documented = [key for key, *_ in STUDY_KEYS]
+    assert len(documented) == len(set(documented))
+    assert set(documented) == set(spec_types())
+    types = spec_types()
+    assert types["label_percents"] == "list of (number > 0, <= 100)"
+    assert types["scheduler.reduction_factor"] == "number > 1, <= 1000"
+    assert types["search.<key>.low"].startswith("number >= 0")
 
 
 def test_every_trial_config_key_has_its_default_and_a_meaning():

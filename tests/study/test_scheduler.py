@@ -81,9 +81,10 @@ def test_asha_spec_defaults_to_the_first_objective_and_the_epoch_count():
     [
         ({"type": "asha", "metric": "fid"}, "not one of the objectives"),
         ({"type": "asha", "grace_period": 0}, "grace_period"),
-        ({"type": "asha", "reduction_factor": 1}, "reduction_factor: must be > 1"),
-        ({"type": "asha", "rungs": 3}, "scheduler: 'fifo', 'asha'"),
-        ("pbt", "unknown scheduler 'pbt'"),
+        ({"type": "asha", "reduction_factor": 1}, "reduction_factor: must be greater than 1"),
+        ({"type": "asha", "reduction_factor": float("nan")}, "must be a finite number"),
+        ({"type": "asha", "rungs": 3}, "scheduler.rungs: unknown key"),
+        ("pbt", "scheduler.type: must be 'fifo' or 'asha', got 'pbt'"),
     ],
 )
 def test_bad_scheduler_specs_are_refused(scheduler, needle):

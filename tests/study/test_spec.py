@@ -33,14 +33,14 @@ def test_all_errors_reported_at_once(tmp_path):
         load_spec(_write(tmp_path, bad))
     msg = str(err.value)
     for needle in [
-        "unknown method 'CG-SC'",
-        "0 is outside (0, 100]",
-        "120 is outside",
-        "empty range",
-        "must be >= 0",
-        "unknown scheduler 'hyperband'",
-        "mode: min|max",
-        "unknown spec key 'colour'",
+        "methods[1]: unknown method 'CG-SC'",
+        "label_percents[0]: must be greater than 0, got 0",
+        "label_percents[2]: must be less than or equal to 100, got 120",
+        "search.loss.lambda_sc: empty range",
+        "search.sample.guidance_scale.low: must be greater than or equal to 0",
+        "scheduler.type: must be 'fifo' or 'asha', got 'hyperband'",
+        "objectives[0].mode: must be 'min' or 'max'",
+        "colour: unknown key",
     ]:
         assert needle in msg, needle
 
@@ -87,9 +87,11 @@ def test_guidance_scales_default_to_a_grid_holding_the_plain_conditional_and_rea
     assert 1.0 in spec.guidance_scales and spec.val_num_per_class is None
     assert spec.base_params()["sample.guidance_grid"] == spec.guidance_scales
     custom = validate(
-        {"methods": ["CG"], "guidance": {"scales": [2, 1, 2], "val_num_per_class": 9}}
+        {"methods": ["CG"], "guidance": {"scales": [2, 1], "val_num_per_class": 9}}
     )
-    assert custom.guidance_scales == (2.0, 1.0)  # repeats dropped, order kept
+    assert custom.guidance_scales == (2.0, 1.0)  # order kept
+    with pytest.raises(SpecError, match=r"guidance.scales: lists 2.0 twice"):
+        validate({"methods": ["CG"], "guidance": {"scales": [2, 1, 2]}})
     assert custom.base_params()["eval.val_num_per_class"] == 9
     assert validate(custom.to_dict()) == custom  # spec.yaml round trip
 
