@@ -188,7 +188,9 @@ BAD_INPUTS += [
     (
         "one metric, two objectives",
         lambda p: _write(
-            p, "objectives: [{metric: gen_accuracy, mode: max}, {metric: gen_accuracy, mode: min}]\n"
+            p,
+            "objectives: [{metric: gen_accuracy, mode: max},\n"
+            "             {metric: gen_accuracy, mode: min}]\n",
         ),
         "objectives: lists 'gen_accuracy' twice",
     ),
