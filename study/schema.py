@@ -72,6 +72,8 @@ Unique = AfterValidator(_unique)
 Int = Annotated[int, Field(strict=True)]  # YAML's true is not 1, 2.0 is not 2
 Trials = Annotated[Int, Field(ge=1, le=MAX_TRIALS)]
 Text = Annotated[str, Field(strict=True, min_length=1, max_length=4096)]
+
+
 def _known_method(value: str) -> str:
     """A method the papers name (trainables.names.METHODS), spelled as they spell it."""
     if value not in METHODS:
