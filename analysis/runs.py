@@ -23,6 +23,14 @@ def _cast(value: Any) -> Any:
     return {"True": True, "False": False}.get(value, value)
 
 
+def _error_of(tags: dict) -> str | None:
+    """'FloatingPointError: loss is nan at step 3' from a failed run's tags (None if none)."""
+    if "error_type" not in tags:
+        return None
+    message = (tags.get("error_message") or "").strip().splitlines()
+    return f"{tags['error_type']}: {message[0] if message else ''}".strip()[:200]
+
+
 def load_runs(tracking_uri: str, experiment_name: str, study_id: str | None = None) -> pd.DataFrame:
     """One row per trial run of the study: run_id, trial_id, status, early_stopped, method,
     label_percent, params, metrics."""
@@ -54,6 +62,7 @@ def load_runs(tracking_uri: str, experiment_name: str, study_id: str | None = No
             "stage": run.data.tags.get("stage", "search"),
             "start_time": run.info.start_time,  # ms since the epoch (MLflow's)
             "end_time": run.info.end_time,
+            "error": _error_of(run.data.tags),  # a failed run's first line of why
             **{k: _cast(v) for k, v in run.data.params.items()},
             **run.data.metrics,
         }

@@ -99,6 +99,49 @@ def run_counts(runs: pd.DataFrame, metric: str) -> str:
     return counts + (f"; {final} final runs (tables/final.md)" if final else "")
 
 
+STUDY_FAILED = 1  # exit status of a study some cell of which has no finished trial
+
+
+def failed_cells(runs: pd.DataFrame, spec: StudySpec) -> list[str]:
+    """One line per table cell with no finished search trial reporting the objective: the cell
+    and the first error of its trials (the earliest failed run's)."""
+    from trainables.names import cell_label
+
+    metric = spec.objectives[0].metric
+    search = runs[runs["stage"] == "search"] if len(runs) else runs
+    lines = []
+    for method in spec.methods:
+        for percent in spec.label_percents:
+            mine = search[(search["method"] == method) & (search["label_percent"] == percent)]
+            done = mine[mine["status"] == "FINISHED"]
+            if metric in done and done[metric].notna().any():
+                continue
+            failed = mine[mine["status"] == "FAILED"].sort_values("start_time")
+            errors = failed["error"].dropna() if "error" in failed else []
+            why = (
+                f"first error: {errors.iloc[0]}"
+                if len(errors)
+                else (f"{len(failed)} failed" if len(failed) else f"no trial reported {metric}")
+            )
+            lines.append(f"{cell_label(method, percent)}: no finished trial; {why}")
+    return lines
+
+
+def _report_failures(study_dir: Path, spec: StudySpec) -> int:
+    """Print the failed cells (stderr, one line each) and return the exit status."""
+    from analysis.runs import load_runs
+
+    lines = failed_cells(load_runs(spec.tracking_uri, spec.name, spec.study_id), spec)
+    if not lines:
+        return 0
+    cells = len(spec.methods) * len(spec.label_percents)
+    print(f"study: {len(lines)} of {cells} cells have no finished trial:", file=sys.stderr)
+    for line in lines:
+        print(f"  {line}", file=sys.stderr)
+    print(f"study: fix the cause, then: study resume {study_dir}", file=sys.stderr)
+    return STUDY_FAILED
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from study.runner import (
         StudyError,
@@ -146,8 +189,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     stored = back_up_to_store(spec, study_dir)
     if stored is not None:
         print(f"copied the study's databases, tables and figures to {stored}")
-    print(text, end="")
-    return 0
+    print(text, end="", flush=True)
+    return _report_failures(study_dir, spec)
 
 
 def study_header(spec: StudySpec) -> str:
@@ -172,7 +215,7 @@ def verbosity(args: argparse.Namespace) -> int:
 def quiet_libraries(verbose: bool) -> None:
     """Switch off the libraries' chatter unless --verbose: Optuna's study-created lines, MLflow's
     database migrations, Tune's experiment box and TensorBoard hint (its old reporter prints
-    nothing at verbosity 0)."""
+    nothing at verbosity 0), Tune's tracebacks of failed trials."""
     import logging
 
     if verbose:
@@ -181,6 +224,14 @@ def quiet_libraries(verbose: bool) -> None:
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read when mlflow is imported
     for name in ("mlflow", "alembic", "optuna"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    # A failed trial's traceback and Tune's "Trials did not complete": the study says which cells
+    # failed and why in one line each (failed_cells), MLflow holds the error on the run.
+    for name in ("ray.tune.execution.tune_controller", "ray.tune.tune"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+    # Ray's note that token authentication is on (it is, and stays on).
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(
+        logging.ERROR
+    )
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)

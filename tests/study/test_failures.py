@@ -18,10 +18,15 @@ def test_a_diverging_trial_run_holds_the_exception_and_the_step(tmp_path):
         config={**TOY_FAST, "train.lr": 1e30, "train.warmup": 1},
     )
     result = run_cli("run", str(spec), cwd=tmp_path, timeout=400)
-    assert result.returncode == 0, result.stderr[-3000:]  # a failed trial is not a failed study
+    # A study with a cell that has no finished trial fails, one line per such cell, no traceback.
+    assert result.returncode == 1, result.stderr[-3000:]
     assert (
         "1 failed" in result.stdout and "0 with guided_score_cos reach the table" in result.stdout
     )
+    errors = result.stderr.strip().splitlines()
+    assert errors[0] == "study: 1 of 1 cells have no finished trial:", result.stderr[-3000:]
+    assert errors[1].startswith("  Cond@50%: no finished trial; first error: FloatingPointError")
+    assert "Traceback" not in result.stderr and len(errors) == 3
 
     from mlflow.tracking import MlflowClient
 
