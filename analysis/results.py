@@ -158,6 +158,11 @@ def tracking_uri(folder: Path, spec: dict[str, Any]) -> str:
         uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists()
     ):
         return uri
+    if not (folder / "mlflow.db").exists():
+        raise StudyNotReady(
+            f"the study's MLflow store {uri or folder / 'mlflow.db'} is missing; restore it (a "
+            "backup, or the study's object-store copy)"
+        )
     return f"sqlite:///{folder / 'mlflow.db'}"
 
 

@@ -30,6 +30,7 @@ def _table(study_dir: Path, spec: StudySpec) -> str:
 
     runs = load_runs(spec.tracking_uri, spec.name, spec.study_id)
     objectives = [(o.metric, o.mode) for o in spec.objectives]
+    keep_written_tables(runs, study_dir, spec.tracking_uri)
     _, files = write_report(runs, objectives, study_dir / "tables")
     compute = _compute(study_dir, spec, runs)
     files += compute[1]
@@ -44,6 +45,21 @@ def _table(study_dir: Path, spec: StudySpec) -> str:
         f"{run_counts(runs, metric)}\n{compute[2]}{written}\n"
         f"(also logged to the study's parent run)\nMLflow UI:  study ui {study_dir}\n\n"
         + console_table(runs, objectives)
+    )
+
+
+def keep_written_tables(runs: pd.DataFrame, study_dir: Path, uri: str | None) -> None:
+    """Refuse to rebuild tables from a store holding none of the study's trial runs when tables
+    were written before: an emptied or replaced store must not empty them."""
+    from study.runner import StudyError
+
+    written = study_dir / "tables" / "comparison.md"
+    if len(runs) or not written.exists() or "(no finished trials)" in written.read_text():
+        return
+    raise StudyError(
+        f"the study's MLflow store {uri} holds none of its "
+        f"trial runs, but {written} was written from them; restore the store (a backup, or the "
+        "study's object-store copy); the tables were kept"
     )
 
 

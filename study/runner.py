@@ -313,13 +313,12 @@ def _session(
     """(MLflow client, experiment id, parent run id, Tune trainable, MLflow tracker). verbose: 0
     nothing live, 1 trial ends and the status, 2 every epoch too; progress: the live status's
     model (study.progress.Progress)."""
-    from mlflow.tracking import MlflowClient
     from ray import tune
 
-    from study.tracking import MLflowTracker, ensure_parent_run
+    from study.tracking import MLflowTracker, ensure_parent_run, open_tracking_store
     from study.trial import trial_driver
 
-    client = MlflowClient(uri)
+    client = open_tracking_store(uri)
     exp_id, parent = ensure_parent_run(
         client, spec.name, spec.to_dict(), study_dir, study_id=spec.study_id
     )
@@ -400,7 +399,10 @@ def run_study(
 ) -> Path:
     """Run (or resume) a study to completion; returns the study directory. add_trials (with
     resume) raises every cell's budget by that many trials and spends them in a new experiment."""
+    from study.tracking import open_tracking_store
+
     study_dir, uri = prepare(spec, resume=resume)
+    open_tracking_store(uri)  # before the spec is saved: a store that cannot open leaves nothing
     if not resume:
         spec = replace(spec, study_id=uuid.uuid4().hex[:16])
         spec = with_evaluation_cache(spec, study_dir)
@@ -576,4 +578,23 @@ def load_study_spec(study_dir: str | Path) -> tuple[Path, StudySpec]:
     if isinstance(raw, dict) and EVALUATION_CACHE_KEY not in (raw.get("config") or {}):
         # Saved before studies pinned their evaluation cache: keep measuring with the one it used.
         raw["config"] = {**(raw.get("config") or {}), EVALUATION_CACHE_KEY: OLD_EVALUATION_CACHE}
-    return path, validate(raw)
+    spec = validate(raw)
+    check_tracking_store(spec, path)
+    return path, spec
+
+
+def check_tracking_store(spec: StudySpec, study_dir: Path) -> None:
+    """Refuse a study whose SQLite tracking store is gone: reading it would create an empty one
+    and every table rebuilt from it would be empty (the trial records alone do not hold the
+    runs' per-epoch history, params and pictures, so the store is not rebuilt from them)."""
+    from study.spec import sqlite_path
+
+    uri = spec.tracking_uri or ""
+    path = sqlite_path(uri) if uri.startswith("sqlite") else None
+    if path is None or path.exists() or spec.study_place(study_dir).remote:
+        return
+    raise StudyError(
+        f"the study's MLflow store {path} is missing; restore it (a backup, or the study's "
+        f"object-store copy) or set tracking_uri in {study_dir / SPEC_FILE} to where it is now; "
+        "nothing was changed"
+    )

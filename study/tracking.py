@@ -53,8 +53,28 @@ def default_tracking_uri(study_dir: Path) -> str:
 
 
 def resolve_tracking_uri(spec_uri: str | None, study_dir: Path) -> str:
-    """The spec's URI, else MLFLOW_TRACKING_URI, else the study's own SQLite store."""
-    return spec_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(study_dir)
+    """The spec's URI, else MLFLOW_TRACKING_URI, else the study's own SQLite store; a relative
+    SQLite path made absolute (the saved spec must open the same file from any folder)."""
+    from study.spec import absolute_tracking_uri
+
+    uri = spec_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(study_dir)
+    return absolute_tracking_uri(uri)
+
+
+def open_tracking_store(uri: str) -> MlflowClient:
+    """A client of the store with its tables made: a new SQLite store's migrations run under a
+    file lock beside it (<db>.lock), so studies starting together on one new store create its
+    tables once (without it the second failed: "table ... already exists")."""
+    if not uri.startswith("sqlite:///"):
+        return MlflowClient(uri)
+    from filelock import FileLock
+
+    db = Path(uri.removeprefix("sqlite:///"))
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(f"{db}.lock", timeout=600):
+        client = MlflowClient(uri)
+        client.search_experiments(max_results=1)  # creates and migrates the tables
+    return client
 
 
 def environment_tags() -> dict[str, str]:

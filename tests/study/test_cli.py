@@ -181,6 +181,43 @@ def test_rerun_into_existing_study_is_refused_and_changes_nothing(finished_study
     ) == before
 
 
+def _copy_study(study_dir, to):
+    """A copy of the study folder whose saved spec opens the copy's own MLflow store."""
+    shutil.copytree(study_dir, to)
+    spec = yaml.safe_load((to / "spec.yaml").read_text())
+    spec["tracking_uri"] = f"sqlite:///{to / 'mlflow.db'}"
+    (to / "spec.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    return to
+
+
+def _snapshot(folder):
+    return {p: p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_missing_or_emptied_tracking_store_never_empties_the_tables(finished_study, tmp_path):
+    root, study_dir, _ = finished_study
+    # The store deleted: every command that reads it refuses, with the fix; nothing changes.
+    gone = _copy_study(study_dir, tmp_path / "gone")
+    (gone / "mlflow.db").unlink()
+    before = _snapshot(gone)
+    for command in ("table", "export-best", "resume", "plot", "status"):
+        result = _cli(command, str(gone), cwd=tmp_path, timeout=120)
+        assert result.returncode == 2, (command, result.stderr[-2000:])
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and "MLflow store" in lines[0] and "is missing" in lines[0], lines
+    assert _snapshot(gone) == before and not (gone / "mlflow.db").exists()
+    # The store replaced by an empty one: `study table` keeps the tables written from the runs.
+    emptied = _copy_study(study_dir, tmp_path / "emptied")
+    (emptied / "mlflow.db").unlink()
+    from study.tracking import open_tracking_store
+
+    open_tracking_store(f"sqlite:///{emptied / 'mlflow.db'}")
+    tables = _snapshot(emptied / "tables")
+    result = _cli("table", str(emptied), cwd=tmp_path, timeout=120)
+    assert result.returncode == 2 and "holds none of its trial runs" in result.stderr
+    assert _snapshot(emptied / "tables") == tables
+
+
 def test_ui_serves_the_study_store_on_localhost(finished_study):
     import signal
     import socket
