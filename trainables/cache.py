@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import threading
 import time
 import uuid
@@ -300,6 +301,56 @@ class ActorLease:
             pass
 
 
+def checksum_file(model: Path) -> Path:
+    """Where a stored network's sha256 lives: model.pt -> model.pt.sha256."""
+    return model.with_name(f"{model.name}.sha256")
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_checksum(model: Path) -> None:
+    """Write model.pt.sha256 beside a network just saved (atomically, like the network)."""
+    tmp = checksum_file(model).with_name(f"{model.name}.sha256.{os.getpid()}.tmp")
+    tmp.write_text(file_sha256(model) + "\n")
+    os.replace(tmp, checksum_file(model))
+
+
+def verify(model: Path) -> str | None:
+    """Why a stored network cannot be used (None when it can): its sha256 differs from the one
+    written with it; a network stored before checksums must at least load."""
+    record = checksum_file(model)
+    if record.exists():
+        expected = record.read_text().strip()
+        actual = file_sha256(model)
+        return None if actual == expected else f"sha256 {actual[:12]} != stored {expected[:12]}"
+    try:
+        torch.load(model, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is a corrupt one
+        return f"cannot be loaded ({type(exc).__name__})"
+    return None
+
+
+def quarantine(model: Path, why: str) -> Path | None:
+    """Move a corrupt network aside (model.pt.corrupt-<time>, kept for inspection) and say so on
+    stderr; None if another process moved it first."""
+    aside = model.with_name(f"{model.name}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}")
+    try:
+        os.rename(model, aside)
+    except FileNotFoundError:
+        return None
+    checksum_file(model).unlink(missing_ok=True)
+    print(f"artifact cache: {model} is corrupt ({why}); moved to {aside.name}, training it again",
+          file=sys.stderr, flush=True)  # fmt: skip
+    return aside
+
+
 class ArtifactCache:
     """Trained artifacts under root/<name>-<key>/ (model.pt, identity.json, training checkpoint).
     root: a folder, or an object-store URI whose node-local mirror holds the files (only
@@ -342,9 +393,9 @@ class ArtifactCache:
                     lease = ActorLease(str(self.place / key), self.stale_after)
                 else:
                     lease = KeyLease(folder, self.stale_after)
-                if not lease.acquire(lambda: self.place.exists(model)):
+                if not lease.acquire(lambda: self.intact(model)):
                     lease = None
-            reused = self.place.exists(model) if rank == 0 else None
+            reused = self.intact(model) if rank == 0 else None
             if distributed is not None:
                 reused = distributed.broadcast(reused)
             if reused:
@@ -360,9 +411,24 @@ class ArtifactCache:
                 net = train_fn(folder)
                 if rank == 0:
                     save_checkpoint(model, net.state_dict())
+                    write_checksum(model)
                     self.place.push(folder / "identity.json")
+                    self.place.push(checksum_file(model))
                     self.place.push(model)  # last: a stored model.pt means a finished network
         finally:
             if lease is not None:
                 lease.release()
         return net, key, reused
+
+    def intact(self, model: Path) -> bool:
+        """Whether a finished, uncorrupted network is stored at model (the store's copy pulled
+        into the mirror first); a corrupt one is moved aside, so its key is trained again."""
+        if not self.place.exists(model):
+            return False
+        self.place.pull(checksum_file(model))
+        self.place.pull(model)
+        why = verify(model)
+        if why is None:
+            return True
+        quarantine(model, why)
+        return False

@@ -260,3 +260,48 @@ def test_a_lease_whose_holder_died_on_this_node_is_taken_over_at_once(tmp_path):
     worker.join(timeout=10)
     assert not worker.is_alive(), "waited on a holder that is gone"
     assert result["reused"] is False and time.monotonic() - start < 5
+
+
+# ---- a corrupt stored network is detected, kept aside and trained again ---------------------
+
+
+def test_a_truncated_network_is_moved_aside_and_trained_again(tmp_path, capsys):
+    get, make = _lease_setup(tmp_path / "store")
+    trained = []
+
+    def train(folder):
+        trained.append(folder)
+        return make()
+
+    first, key, reused = get(train)
+    model = tmp_path / "store" / key / "model.pt"
+    assert not reused and (model.parent / "model.pt.sha256").exists()
+    whole = model.read_bytes()
+    model.write_bytes(whole[: len(whole) // 2])  # truncated to half, as a failed copy leaves it
+    second, _, reused = get(train)
+    assert not reused and len(trained) == 2  # detected and trained again, not loaded
+    (aside,) = model.parent.glob("model.pt.corrupt-*")  # kept for inspection
+    assert aside.read_bytes() == whole[: len(whole) // 2]
+    assert "is corrupt (sha256" in capsys.readouterr().err
+    assert model.read_bytes() == whole  # the same deterministic network, intact again
+    _, _, reused = get(train)  # a later study reuses it
+    assert reused and len(trained) == 2
+
+
+def test_a_corrupt_network_stored_before_checksums_is_trained_again(tmp_path):
+    get, make = _lease_setup(tmp_path / "store")
+    trained = []
+
+    def train(folder):
+        trained.append(folder)
+        return make()
+
+    _, key, _ = get(train)
+    model = tmp_path / "store" / key / "model.pt"
+    (model.parent / "model.pt.sha256").unlink()  # as written by an older version
+    _, _, reused = get(train)
+    assert reused and len(trained) == 1  # an old network that loads is used
+    (model.parent / "model.pt.sha256").unlink(missing_ok=True)
+    model.write_bytes(model.read_bytes()[:100])
+    _, _, reused = get(train)
+    assert not reused and len(trained) == 2 and len(list(model.parent.glob("*.corrupt-*"))) == 1
