@@ -20,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from study import signing
 from study.errors import StudyError
 from study.spec import SEED_KEYS, StudySpec, check_tracking_uri, validate
 from trainables.names import LABEL_PERCENT_KEY, SPEC_FILE, VALIDATION_PREFIX
@@ -158,6 +159,7 @@ def _tuner(
     from ray import tune
 
     from study.search import make_scheduler, make_searcher
+    from study.tracking import StateSigner
 
     count = len(_experiments(study_dir, spec))
     name = spec.name
@@ -167,7 +169,10 @@ def _tuner(
         name = f"{spec.name}-more{count}"
     experiment = str(spec.study_place(study_dir) / "tune" / name)  # a folder or a URI
     if resume and rerun is None and not extend and tune.Tuner.can_restore(experiment):
-        return tune.Tuner.restore(experiment, trainable, resume_errored=True)
+        check_signed(study_dir)  # again, just before Tune unpickles (resume checked it first)
+        tuner = tune.Tuner.restore(experiment, trainable, resume_errored=True)
+        signing.sign(study_dir / "tune", name)  # tuner.pkl as the restore rewrote it
+        return tuner
     searcher = make_searcher(spec, study_dir, points=rerun)
     samples = searcher.total
     if extend:
@@ -183,10 +188,12 @@ def _tuner(
     run_config = tune.RunConfig(
         name=name,
         storage_path=str(spec.study_place(study_dir) / "tune"),
-        callbacks=[tracker],
+        callbacks=[tracker, StateSigner(str(study_dir / "tune"), name)],
         verbose=0,
     )
-    return tune.Tuner(trainable, tune_config=tune_config, run_config=run_config)
+    tuner = tune.Tuner(trainable, tune_config=tune_config, run_config=run_config)
+    signing.sign(study_dir / "tune", name)  # tuner.pkl, written by the Tuner just made
+    return tuner
 
 
 def _experiments(study_dir: Path, spec: StudySpec) -> list[Path]:
@@ -246,7 +253,9 @@ def _spec_digest(study_dir: Path) -> str:
 
 
 def trust_study(study_dir: Path) -> None:
-    """Record the study directory and its spec as this user's (study run, or resume --trust)."""
+    """Record the study directory and its spec as this user's, and sign its Tune state as it is
+    (study run, or resume --trust)."""
+    signing.sign_all(study_dir / "tune")
     path = _registry()
     path.parent.mkdir(parents=True, exist_ok=True)
     known = json.loads(path.read_text()) if path.exists() else {}
@@ -257,8 +266,9 @@ def trust_study(study_dir: Path) -> None:
 
 
 def check_trusted(study_dir: Path) -> None:
-    """Refuse to resume a folder this user's `study run` did not create, or whose spec changed:
-    resuming unpickles Tune's saved state, which runs code."""
+    """Refuse to resume a folder this user's `study run` did not create, whose spec changed, or
+    whose Tune state is not the one this user's driver signed: resuming unpickles it, which runs
+    code."""
     path = _registry()
     known = json.loads(path.read_text()) if path.exists() else {}
     if known.get(str(study_dir)) != _spec_digest(study_dir):
@@ -266,6 +276,19 @@ def check_trusted(study_dir: Path) -> None:
             f"{study_dir} was not created by 'study run' as this user, or its {SPEC_FILE} changed "
             "since; resuming loads its pickled Tune state, which can run code. If you trust the "
             f"folder: study resume {study_dir} --trust"
+        )
+    check_signed(study_dir)
+
+
+def check_signed(study_dir: Path) -> None:
+    """Refuse Tune state files this user's driver did not sign (study.signing)."""
+    bad = signing.unsigned(study_dir / "tune")
+    if bad:
+        more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
+        raise StudyError(
+            f"{study_dir / 'tune' / bad[0]}{more} is not the Tune state this user's 'study' "
+            "saved (changed, or never signed); resuming would unpickle it, which can run code. "
+            f"If you trust the folder: study resume {study_dir} --trust"
         )
 
 

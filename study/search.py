@@ -17,6 +17,7 @@ from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from search_spaces import DEFAULT_RANGES, Range, cell_points
+from study.signing import note_staging
 from study.spec import StudySpec
 from study.stages import StageGate, plan_stages
 from trainables.names import (
@@ -122,8 +123,9 @@ class CellSearcher(Searcher):
         return {**self.__dict__, "_studies": {}}
 
     def save(self, checkpoint_path: str) -> None:
-        """Tune's searcher checkpoint."""
+        """Tune's searcher checkpoint (and the note that Tune is saving: study.signing)."""
         Path(checkpoint_path).write_bytes(pickle.dumps(self.__getstate__()))
+        note_staging(Path(checkpoint_path).parent)
 
     def restore(self, checkpoint_path: str) -> None:
         """Back to the state save wrote; then every configuration handed out after that save (its
@@ -396,6 +398,7 @@ class PointSearcher(Searcher):
         """Tune's searcher checkpoint: the configurations and stages not yet handed out."""
         state = {"points": self.points, "gate": self.gate, "needs": self.needs}
         Path(checkpoint_path).write_bytes(pickle.dumps(state))
+        note_staging(Path(checkpoint_path).parent)
 
     def restore(self, checkpoint_path: str) -> None:
         """Back to the state save wrote (stage trials then in flight are Tune's to run again)."""

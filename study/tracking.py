@@ -408,6 +408,22 @@ class MLflowTracker(tune.Callback):
         self._end(trial, "FAILED")
 
 
+class StateSigner(tune.Callback):
+    """Signs the state Tune just saved (study.signing): Tune asks every callback for its state
+    last in each experiment save, after the experiment state and the searcher's checkpoint."""
+
+    def __init__(self, tune_dir: str, experiment: str) -> None:
+        self.tune_dir, self.experiment = tune_dir, experiment
+
+    def get_state(self) -> dict | None:
+        from study import signing
+
+        folder = signing.staging_folder(self.experiment)
+        if folder is not None:
+            signing.sign(Path(self.tune_dir), self.experiment, folder)
+        return None  # nothing of its own to save
+
+
 def run_name(params: dict, flat: dict, stage: str) -> str:
     """A trial run's name as it reads in the UI: 'CG-SC-all@5% · lambda_SC=0.1' (a final run adds
     its seed; a stage trial names the network it trains)."""

@@ -218,6 +218,34 @@ def test_a_missing_or_emptied_tracking_store_never_empties_the_tables(finished_s
     assert _snapshot(emptied / "tables") == tables
 
 
+def test_resume_refuses_a_tampered_tune_state_before_unpickling_it(finished_study, tmp_path):
+    import pickle
+
+    root, study_dir, _ = finished_study
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    (tuner,) = (study_dir / "tune").glob("*/tuner.pkl")
+    (searcher,) = (study_dir / "tune").glob("*/searcher-state-*.pkl")
+    originals = {p: p.read_bytes() for p in (tuner, searcher)}
+    try:
+        for target in (tuner, searcher):
+            target.write_bytes(pickle.dumps(Payload()))
+            result = _cli("resume", str(study_dir), cwd=root, timeout=120)
+            assert result.returncode == 2, result.stderr[-2000:]
+            lines = result.stderr.strip().splitlines()
+            assert len(lines) == 1 and "is not the Tune state this user's 'study' saved" in lines[0]
+            assert target.name in lines[0] and "--trust" in lines[0]
+            assert not marker.exists()  # refused before anything was unpickled
+            target.write_bytes(originals[target])
+    finally:
+        for path, data in originals.items():
+            path.write_bytes(data)
+
+
 def test_ui_serves_the_study_store_on_localhost(finished_study):
     import signal
     import socket
