@@ -561,6 +561,14 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _stop_local_ray() -> None:
+    """Shut down the Ray session this command started, so that none of its processes outlives
+    the command (a cluster given by address is only disconnected from)."""
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        ray.shutdown()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point; errors in input print one line and exit 2."""
     from analysis.results import StudyNotReady
@@ -577,6 +585,8 @@ def main(argv: list[str] | None = None) -> int:
         where = getattr(exc, "study_dir", None) or getattr(args, "resume_dir", None) or "DIR"
         print(f"\nstudy: interrupted; resume with: study resume {where}", file=sys.stderr)
         return 130
+    finally:
+        _stop_local_ray()
 
 
 if __name__ == "__main__":

@@ -368,7 +368,7 @@ def _check_trials(
     """Build one trial config per method: flat overrides against the schema, the network for the
     data, the data and evaluation pre-flight, the objectives against what trials report."""
     from trainables.config import from_flat
-    from trainables.data.images import IMAGE_DATASETS
+    from trainables.names import IMAGE_DATASETS
 
     images = dataset in IMAGE_DATASETS
     trials: dict[str, Any] = {}
@@ -421,8 +421,7 @@ def _check_locations(spec: schema.SpecModel, errors: list[str]) -> None:
 def _check_names(spec: schema.SpecModel, search: dict, errors: list[str]) -> None:
     """The dataset, base config and searched keys are ones the platform knows."""
     from trainables.config import BASE_CONFIGS
-    from trainables.data.images import IMAGE_DATASETS
-    from trainables.data.toy import TOY_DATASETS
+    from trainables.names import IMAGE_DATASETS, TOY_DATASETS
 
     if spec.dataset not in TOY_DATASETS and spec.dataset not in IMAGE_DATASETS:
         valid = list(TOY_DATASETS) + list(IMAGE_DATASETS)

@@ -153,6 +153,11 @@ def parse_curve_key(key: str) -> tuple[str, float] | None:
         return None
 
 
+# ---- dataset names (the loaders in trainables.data check that they draw exactly these) ----------
+TOY_DATASETS = ("gmm2", "gmm3", "overlap2", "moons")  # trainables.data.toy
+IMAGE_DATASETS = ("cifar10", "cifar100", "tiny-images", "folder")  # trainables.data.images
+
+
 # ---- trial records: what the worker writes for the driver, under <study>/trials/<trial id>/
 # -------
 FINAL_RECORD = "final.json"  # the final result, replayed (not retrained) after a restore

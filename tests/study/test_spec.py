@@ -116,3 +116,17 @@ def test_every_preset_validates_or_only_misses_its_dataset(name):
         assert problems and all(p.startswith(missing) for p in problems), str(err)
     else:
         assert spec.name == name
+
+
+def test_validating_a_spec_imports_neither_torch_nor_ray():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from study.spec import load_spec\n"
+        "load_spec('toy'); load_spec('tiny-images', check_data=False)\n"
+        "print(sorted(m for m in ('torch', 'ray') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr[-2000:]

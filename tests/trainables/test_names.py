@@ -80,3 +80,12 @@ def test_names_search_spaces_and_analysis_import_neither_torch_nor_ray():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-500:]
+
+
+def test_the_dataset_names_are_the_sets_the_loaders_draw():
+    from trainables.data.images import IMAGE_DATASETS
+    from trainables.data.toy import TOY_MIXTURES
+    from trainables.names import TOY_DATASETS
+
+    assert TOY_DATASETS == (*TOY_MIXTURES, "moons")
+    assert "tiny-images" in IMAGE_DATASETS and "folder" in IMAGE_DATASETS

@@ -11,9 +11,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from trainables import names
 from trainables.config import DataConfig
 
-IMAGE_DATASETS = ("cifar10", "cifar100", "tiny-images", "folder")
+IMAGE_DATASETS = names.IMAGE_DATASETS  # one list, read by spec validation without torch
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".ppm", ".gif", ".tif", ".tiff"}
 
 

@@ -15,6 +15,8 @@ from typing import Any
 
 import torch
 
+from trainables import names
+
 ArrayLike = Any  # nested lists, numpy arrays or tensors (torch.as_tensor takes them)
 
 
@@ -228,7 +230,7 @@ class ToyData:
 
 
 TOY_MIXTURES = {"gmm2": gmm2, "gmm3": gmm3, "overlap2": overlap2}
-TOY_DATASETS = (*TOY_MIXTURES, "moons")
+TOY_DATASETS = names.TOY_DATASETS  # the mixtures and moons (a test keeps them equal)
 
 
 def make_toy(name: str, num_train: int, num_test: int, seed: int = 0) -> ToyData:
