@@ -518,6 +518,7 @@ def run_final(
 
     from study.search import PointSearcher
     from study.stages import StageGate, plan_stages
+    from study.tracking import StateSigner
 
     if points is None:
         points = final_points(study_dir, spec, seeds, dict(overrides or {}))
@@ -539,10 +540,11 @@ def run_final(
         run_config = tune.RunConfig(
             name=name,
             storage_path=str(spec.study_place(study_dir) / "tune"),
-            callbacks=[tracker],
+            callbacks=[tracker, StateSigner(str(study_dir / "tune"), name)],
             verbose=0,
         )
         tuner = tune.Tuner(trainable, tune_config=tune_config, run_config=run_config)
+        signing.sign(study_dir / "tune", name)
         return _fit_noting_interrupt(tuner)[1]
 
     progress = study_progress(spec, seeds=seeds)

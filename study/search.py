@@ -97,6 +97,8 @@ class CellSearcher(Searcher):
         self.budget = spec.cell_budgets()
         self.asked: dict[Cell, int] = dict.fromkeys(self.cells, 0)
         self.live: dict[str, tuple[Cell, int]] = {}  # Tune trial id -> (cell, Optuna number)
+        # Tune trials that failed (Optuna told FAIL): a resume may run them again to the end.
+        self.failed: dict[str, tuple[Cell, int]] = {}
         self.requeued: set[tuple[Cell, tuple]] = set()  # lost configurations to run once more
         self.lost: set[tuple[Cell, int]] = set()  # their Optuna trials (FAIL, not spent)
         self._studies: dict[Cell, optuna.Study] = {}
@@ -307,9 +309,22 @@ class CellSearcher(Searcher):
         """Tell the cell's study the final objective(s); FAIL for an error or a non-finite
         value, PRUNED for a trial stopped before its final evaluation (ASHA). A stage trial's
         end lets the configurations that need its network start."""
-        if self.gate.complete(trial_id) or trial_id not in self.live:
+        if self.gate.complete(trial_id):
             return
-        cell, number = self.live.pop(trial_id)
+        failed = getattr(self, "failed", {})  # a searcher pickled before it was kept
+        if trial_id in failed and not error:
+            # A failed trial that a resume ran again to its end: Optuna's record says what
+            # MLflow's run and the summary say (one trial, finished), not FAIL.
+            cell, number = failed.pop(trial_id)
+            reopen_failed_trial(self.study(cell), number)
+            self._studies.pop(cell)  # its cache still holds the trial as FAIL
+        elif trial_id in self.live:
+            cell, number = self.live.pop(trial_id)
+        else:
+            return
+        if error:
+            failed[trial_id] = (cell, number)
+            self.failed = failed
         values = [(result or {}).get(metric) for metric, _ in self.objectives]
         if not (result or {}).get("final"):  # stopped before its final evaluation
             values = [None]
@@ -349,6 +364,27 @@ class CellSearcher(Searcher):
         """The study's trial budget (Tune's num_samples)."""
         planned = len(self.points) if self.points is not None else sum(self.budget.values())
         return planned + self.gate.count
+
+
+def reopen_failed_trial(study: optuna.Study, number: int) -> None:
+    """Set a FAIL trial of the study back to RUNNING, so that it can be told its real end (a
+    resume ran it again). Optuna's API never changes a finished trial; its RDB schema (table
+    trials: state, datetime_complete; stable since Optuna 2) is updated directly."""
+    import sqlalchemy
+
+    storage = study._storage
+    internal = storage.get_trial_id_from_study_id_trial_number(study._study_id, number)
+    if storage.get_trial(internal).state != optuna.trial.TrialState.FAIL:
+        return
+    engine = getattr(storage, "engine", None) or storage._backend.engine  # cached or plain RDB
+    with engine.begin() as connection:
+        connection.execute(
+            sqlalchemy.text(
+                "UPDATE trials SET state = 'RUNNING', datetime_complete = NULL "
+                "WHERE trial_id = :id AND state = 'FAIL'"
+            ),
+            {"id": internal},
+        )
 
 
 def _first_ready(gate: StageGate, needs: list[frozenset[str]], count: int) -> int | None:

@@ -145,3 +145,23 @@ def test_a_lost_trial_that_finished_before_the_kill_is_told_its_result_not_run_a
         storage=f"sqlite:///{tmp_path / 'optuna.db'}",
     )
     assert [t.value for t in study.get_trials() if t.number == 1] == [0.42]
+
+
+def test_a_failed_trial_that_a_resume_finishes_is_recorded_finished_once(tmp_path):
+    import optuna
+
+    spec = validate({"methods": ["CG-SC-all"], "label_percents": [20], "trials_per_cell": 2})
+    searcher = CellSearcher(spec, tmp_path)
+    config = searcher.suggest("t0")
+    searcher.on_trial_complete("t0", error=True)  # e.g. trials/ was read-only
+    study = searcher.study(("CG-SC-all", 20.0))
+    assert [t.state.name for t in study.get_trials()] == ["FAIL"]
+    # The resume runs the same Tune trial again, to its end.
+    searcher.on_trial_complete("t0", _result(0.25))
+    fresh = optuna.load_study(
+        study_name=study.study_name, storage=f"sqlite:///{tmp_path / 'optuna.db'}"
+    )
+    (trial,) = fresh.get_trials()
+    assert trial.state.name == "COMPLETE" and trial.value == 0.25
+    assert trial.params["loss.lambda_sc"] == config["loss.lambda_sc"]
+    assert searcher.failed == {}

@@ -427,9 +427,13 @@ def test_final_bad_input_exits_2_and_writes_nothing(finished_study, tmp_path):
     spec = yaml.safe_load((study_dir / "spec.yaml").read_text())
     spec.update(name="empty", tracking_uri=f"sqlite:///{empty / 'mlflow.db'}")
     (empty / "spec.yaml").write_text(yaml.safe_dump(spec))
+    from study.tracking import open_tracking_store
+
+    open_tracking_store(spec["tracking_uri"])  # a store that holds no run of it
+    listing = sorted(p.name for p in empty.iterdir())
     result = _cli("final", str(empty), cwd=root, timeout=120)
     assert result.returncode == 2 and "no finished trial" in result.stderr
-    assert sorted(p.name for p in empty.iterdir()) == ["spec.yaml"]
+    assert sorted(p.name for p in empty.iterdir()) == listing
 
 
 def test_final_runs_each_cells_choice_over_seeds_reusing_what_is_trained(finished_study):

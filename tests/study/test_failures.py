@@ -38,3 +38,50 @@ def test_a_diverging_trial_run_holds_the_exception_and_the_step(tmp_path):
     assert run.data.tags["error_type"] == "FloatingPointError"
     assert "loss is" in run.data.tags["error_message"]
     assert int(run.data.tags["failed_at_step"]) >= 1
+
+
+def _immutable(folder, on):
+    import subprocess
+
+    return subprocess.run(["chattr", "+i" if on else "-i", str(folder)], capture_output=True)
+
+
+def test_trials_that_failed_on_a_read_only_folder_finish_on_resume_and_every_store_agrees(
+    tmp_path,
+):
+    import optuna
+
+    from analysis import load_study
+
+    study_dir = tmp_path / "studies" / "readonly"
+    (study_dir / "trials").mkdir(parents=True)
+    if _immutable(study_dir / "trials", True).returncode != 0:
+        pytest.skip("chattr +i is not available here (needs root on ext4 / xfs)")
+    spec = write_spec(
+        tmp_path,
+        name="readonly",
+        dataset="gmm2",
+        methods=["CG", "CG-SC-all"],
+        label_percents=[20],
+        trials_per_cell=2,
+        resources={"max_failures": 0},
+        config=TOY_FAST,
+    )
+    try:
+        first = run_cli("run", str(spec), cwd=tmp_path, timeout=400)
+    finally:
+        _immutable(study_dir / "trials", False)
+    assert first.returncode == 1, first.stderr[-3000:]
+    assert "2 of 2 cells have no finished trial" in first.stderr
+    assert "PermissionError" in first.stderr and "Traceback" not in first.stderr
+    again = run_cli("resume", str(study_dir), cwd=tmp_path, timeout=400)
+    assert again.returncode == 0, again.stderr[-3000:]
+    trials = load_study(study_dir).trials
+    assert len(trials) == 3 and (trials["status"] == "FINISHED").all()  # CG once, CG-SC-all twice
+    storage = f"sqlite:///{study_dir / 'optuna.db'}"
+    states = [
+        t.state.name
+        for name in ("readonly/CG@20%", "readonly/CG-SC-all@20%")
+        for t in optuna.load_study(study_name=name, storage=storage).get_trials()
+    ]
+    assert states == ["COMPLETE"] * 3, states
