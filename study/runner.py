@@ -206,14 +206,15 @@ def _experiments(study_dir: Path, spec: StudySpec) -> list[Path]:
     return main + [p for pattern in others for p in sorted(tune_dir.glob(pattern))]
 
 
-def _known_trials(study_dir: Path, spec: StudySpec) -> set[str]:
-    """Trial ids in the saved state of every Tune experiment of the study."""
+def _known_trials(study_dir: Path, spec: StudySpec) -> dict[str, str]:
+    """Trial id -> Tune's status of it, from the saved state of every Tune experiment of the
+    study."""
     from ray import tune
 
-    known: set[str] = set()
+    known: dict[str, str] = {}
     for experiment in _experiments(study_dir, spec):
         try:
-            known |= {t.trial_id for t in tune.ExperimentAnalysis(str(experiment)).trials}
+            known |= {t.trial_id: t.status for t in tune.ExperimentAnalysis(str(experiment)).trials}
         except (ValueError, FileNotFoundError, RuntimeError):
             pass  # killed before its first experiment checkpoint: no trial of it is known
     return known
@@ -382,6 +383,7 @@ def _run_session(
 ) -> None:
     """Run fit(trainable, tracker) -> interrupted?, then reconcile MLflow with what Tune knows:
     exactly one run per trial, none left RUNNING; the parent run says how it ended."""
+    from study.search import heal_failed_trials
     from study.tracking import reconcile
 
     start = time.perf_counter()
@@ -399,7 +401,9 @@ def _run_session(
         known = _known_trials(study_dir, spec)
         records = study_dir / "trials"
         (spec.study_place(study_dir) / "trials").pull()  # an object store's records, mirrored
-        reconcile(uri, exp_id, known_trials=known, study_id=spec.study_id, record_root=records)
+        reconcile(uri, exp_id, known_trials=set(known), study_id=spec.study_id, record_root=records)
+        if stage == "search":  # failed trials a resume ran to their end: finished in Optuna too
+            heal_failed_trials(spec, study_dir, {t for t, s in known.items() if s == "TERMINATED"})
         client.set_terminated(parent, outcome)
     client.log_metric(parent, f"study/{stage}_wall_seconds", time.perf_counter() - start)
 

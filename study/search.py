@@ -97,8 +97,6 @@ class CellSearcher(Searcher):
         self.budget = spec.cell_budgets()
         self.asked: dict[Cell, int] = dict.fromkeys(self.cells, 0)
         self.live: dict[str, tuple[Cell, int]] = {}  # Tune trial id -> (cell, Optuna number)
-        # Tune trials that failed (Optuna told FAIL): a resume may run them again to the end.
-        self.failed: dict[str, tuple[Cell, int]] = {}
         self.requeued: set[tuple[Cell, tuple]] = set()  # lost configurations to run once more
         self.lost: set[tuple[Cell, int]] = set()  # their Optuna trials (FAIL, not spent)
         self._studies: dict[Cell, optuna.Study] = {}
@@ -309,22 +307,9 @@ class CellSearcher(Searcher):
         """Tell the cell's study the final objective(s); FAIL for an error or a non-finite
         value, PRUNED for a trial stopped before its final evaluation (ASHA). A stage trial's
         end lets the configurations that need its network start."""
-        if self.gate.complete(trial_id):
+        if self.gate.complete(trial_id) or trial_id not in self.live:
             return
-        failed = getattr(self, "failed", {})  # a searcher pickled before it was kept
-        if trial_id in failed and not error:
-            # A failed trial that a resume ran again to its end: Optuna's record says what
-            # MLflow's run and the summary say (one trial, finished), not FAIL.
-            cell, number = failed.pop(trial_id)
-            reopen_failed_trial(self.study(cell), number)
-            self._studies.pop(cell)  # its cache still holds the trial as FAIL
-        elif trial_id in self.live:
-            cell, number = self.live.pop(trial_id)
-        else:
-            return
-        if error:
-            failed[trial_id] = (cell, number)
-            self.failed = failed
+        cell, number = self.live.pop(trial_id)
         values = [(result or {}).get(metric) for metric, _ in self.objectives]
         if not (result or {}).get("final"):  # stopped before its final evaluation
             values = [None]
@@ -364,6 +349,34 @@ class CellSearcher(Searcher):
         """The study's trial budget (Tune's num_samples)."""
         planned = len(self.points) if self.points is not None else sum(self.budget.values())
         return planned + self.gate.count
+
+
+def heal_failed_trials(spec: StudySpec, study_dir: Path, finished: set[str]) -> int:
+    """Optuna trials told FAIL whose Tune trial a resume then ran to its end (finished: the Tune
+    trial ids Tune holds TERMINATED; the searcher is not told again, Tune's concurrency limiter
+    forgot the trial when it failed): told the values of the trial's final record instead, so
+    that Optuna, MLflow and the summary count it once, finished. Returns how many."""
+    objectives = [(selection_metric(o.metric), o.mode) for o in spec.objectives]
+    storage = optuna_storage(study_dir)
+    healed = 0
+    for name in optuna.get_all_study_names(storage):
+        if not name.startswith(f"{spec.name}/"):
+            continue
+        study = optuna.load_study(study_name=name, storage=storage)
+        for trial in study.get_trials(deepcopy=False, states=[optuna.trial.TrialState.FAIL]):
+            tune_id = trial.user_attrs.get("tune_trial_id")
+            record = spec.study_place(study_dir) / "trials" / str(tune_id) / FINAL_RECORD
+            if tune_id not in finished or not record.exists(record.local):
+                continue
+            record.pull(record.local)
+            values = _values(json.loads(record.local.read_text()), objectives)
+            if values is None:
+                continue
+            reopen_failed_trial(study, trial.number)
+            fresh = optuna.load_study(study_name=name, storage=optuna_storage(study_dir))
+            fresh.tell(trial.number, values if len(values) > 1 else values[0])
+            healed += 1
+    return healed
 
 
 def reopen_failed_trial(study: optuna.Study, number: int) -> None:

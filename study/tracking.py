@@ -302,11 +302,16 @@ class MLflowTracker(tune.Callback):
         return run_id
 
     def _record_run(self, trial_id: str, run_id: str) -> None:
-        """trials/<id>/mlflow_run_id.txt: the searcher links the cell's Optuna trial to the run."""
+        """trials/<id>/mlflow_run_id.txt: the searcher links the cell's Optuna trial to the run.
+        A folder that cannot be written fails the trial (its worker writes there too), never the
+        driver: the run is tagged with why."""
         folder = self.record_root / trial_id
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / RUN_RECORD).write_text(run_id)
-        (self.records / trial_id).push(folder / RUN_RECORD)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / RUN_RECORD).write_text(run_id)
+            (self.records / trial_id).push(folder / RUN_RECORD)
+        except OSError as exc:
+            self.client.set_tag(run_id, "record_error", f"{type(exc).__name__}: {exc}"[:5000])
 
     def _tags(self, trial: Trial) -> dict[str, str]:
         """A trial run's tags. Runs are flat, not nested under the study's run: MLflow's runs

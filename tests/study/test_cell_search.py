@@ -148,20 +148,28 @@ def test_a_lost_trial_that_finished_before_the_kill_is_told_its_result_not_run_a
 
 
 def test_a_failed_trial_that_a_resume_finishes_is_recorded_finished_once(tmp_path):
+    import json
+
     import optuna
+
+    from study.search import heal_failed_trials
 
     spec = validate({"methods": ["CG-SC-all"], "label_percents": [20], "trials_per_cell": 2})
     searcher = CellSearcher(spec, tmp_path)
     config = searcher.suggest("t0")
+    searcher.suggest("t1")
     searcher.on_trial_complete("t0", error=True)  # e.g. trials/ was read-only
-    study = searcher.study(("CG-SC-all", 20.0))
-    assert [t.state.name for t in study.get_trials()] == ["FAIL"]
-    # The resume runs the same Tune trial again, to its end.
-    searcher.on_trial_complete("t0", _result(0.25))
-    fresh = optuna.load_study(
-        study_name=study.study_name, storage=f"sqlite:///{tmp_path / 'optuna.db'}"
+    searcher.on_trial_complete("t1", error=True)
+    # A resume ran t0 again to its end (Tune holds it TERMINATED, its final record is written);
+    # t1 failed again and has no final record.
+    (tmp_path / "trials" / "t0").mkdir(parents=True)
+    (tmp_path / "trials" / "t0" / "final.json").write_text(json.dumps(_result(0.25)))
+    assert heal_failed_trials(spec, tmp_path, {"t0"}) == 1
+    study = optuna.load_study(
+        study_name="study/CG-SC-all@20%", storage=f"sqlite:///{tmp_path / 'optuna.db'}"
     )
-    (trial,) = fresh.get_trials()
-    assert trial.state.name == "COMPLETE" and trial.value == 0.25
-    assert trial.params["loss.lambda_sc"] == config["loss.lambda_sc"]
-    assert searcher.failed == {}
+    first, second = study.get_trials()
+    assert first.state.name == "COMPLETE" and first.value == 0.25
+    assert first.params["loss.lambda_sc"] == config["loss.lambda_sc"]
+    assert second.state.name == "FAIL"
+    assert heal_failed_trials(spec, tmp_path, {"t0"}) == 0  # told once
