@@ -214,7 +214,7 @@ def study_header(spec: StudySpec) -> str:
     from study.stages import plan_stages
 
     cells = [{"method": m, "data.label_percent": p} for m, p in spec.cell_budgets()]
-    stages, _ = plan_stages(cells, spec.base_params(), spec.base_config, None)
+    stages, _ = plan_stages(cells, spec.trial_config, None)
     head = (
         f"study {spec.name!r}: {len(spec.methods)} methods x {len(spec.label_percents)} label % "
         f"= {len(spec.cell_budgets())} cells; {spec.num_trials} search trials"

@@ -7,6 +7,7 @@ import socket
 
 from study.errors import StudyError
 from study.spec import StudySpec
+from trainables.config import TrialConfig
 
 
 def _check_reachable(address: str) -> None:
@@ -99,7 +100,7 @@ def check_nodes(spec: StudySpec, nodes: list[dict[str, float]]) -> None:
 
 
 def _probe(
-    config: dict, base_config: str, dataset_images: bool, markers: list[str], stores: list[str]
+    config: TrialConfig, dataset_images: bool, markers: list[str], stores: list[str]
 ) -> list[str]:
     """On one node: the study's folders visible (their marker files exist), its object stores
     writable and, for images, the dataset and the Inception weights present (the spec's own
@@ -122,9 +123,8 @@ def _probe(
             )
     if dataset_images:
         from study.spec import _check_images
-        from trainables.config import from_flat
 
-        _check_images(from_flat(config, base=base_config), problems)
+        _check_images(config, problems)
     return problems
 
 
@@ -155,13 +155,13 @@ def preflight_nodes(spec: StudySpec, folders: list, timeout: float = 120.0) -> N
         marker = Path(folder) / f".study-probe-{uuid.uuid4().hex[:8]}"
         marker.write_text("visible?")
         markers.append(str(marker))
-    config = {**spec.base_params(), "method": spec.methods[0]}
+    config = spec.trial_config({"method": spec.methods[0]})  # resolved here, checked there
     probe = ray.remote(num_cpus=0)(_probe)
     try:
         refs = {
             n["NodeManagerAddress"] + " " + n["NodeID"][:8]: probe.options(
                 scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)
-            ).remote(config, spec.base_config, spec.dataset in IMAGE_DATASETS, markers, stores)
+            ).remote(config, spec.dataset in IMAGE_DATASETS, markers, stores)
             for n in nodes
         }
         for node, ref in refs.items():

@@ -70,53 +70,54 @@ def _training_work(artifact: object, config: object, train: object) -> float:
 
 def make_plan(spec: StudySpec) -> Plan:
     """The plan of a validated spec (its first seed)."""
-    from study.stages import artifact_folders, plan_stages
-    from trainables.config import from_flat
+    from search_spaces import cell_points
+    from study.stages import artifact_folders, knob_dependent, plan_stages
     from trainables.evaluation import SAMPLER_SCORE_EVALS
     from trainables.methods import EVAL_CLASSIFIER, artifact_config, get_method
-    from trainables.names import GUIDED, TUNED_KEYS
+    from trainables.names import GUIDED
 
     plan, seen = Plan(), set()
-    classes = _num_classes(spec.dataset, from_flat(spec.base_params(), base=spec.base_config))
+    base = spec.trial_config({"method": spec.methods[0]})
+    classes = _num_classes(spec.dataset, base)
     budgets = spec.cell_budgets()
     cells = [{"method": m, "data.label_percent": p} for m, p in budgets]
-    stages, _ = plan_stages(cells, spec.base_params(), spec.base_config, None)
+    stages, _ = plan_stages(cells, spec.trial_config, None)
     staged = {s.key for s in stages}
     for (method, pct), budget in budgets.items():
         cell = {"trials": budget, "networks": Counter()}
         work = 0.0
-        for i in range(budget):
-            knobs = {k: 1.0 + i * 1e-3 for k in TUNED_KEYS[method]}  # distinct per trial
-            params = {**spec.base_params(), **knobs, "method": method, "data.label_percent": pct}
-            config = from_flat(params, base=spec.base_config)
-            scales = len(config.sample.guidance_grid) if method in GUIDED else 1
-            for artifact, key in artifact_folders(config):
-                train = artifact_config(artifact, config).train
-                steps = train.steps
-                plan.train_steps_naive += steps * max(1, scales)
-                if key in seen:
-                    continue
-                seen.add(key)
-                plan.train_steps += steps
-                shared = key in staged
-                (plan.shared if shared else cell["networks"])[artifact.name] += 1
-                units = _training_work(artifact, config, train)
-                if shared:
-                    plan.shared_work.append(units)
-                else:
-                    work += units
-            per = SAMPLER_SCORE_EVALS[config.sample.sampler] * config.sample.num_steps * classes
-            full = per * config.sample.num_per_class
-            val_per_class = config.eval.val_num_per_class or max(
-                8, config.sample.num_per_class // 4
-            )
-            plan.score_evals += full + scales * per * val_per_class
-            plan.score_evals_naive += scales * full
-            guidance = get_method(method).guidance
-            work += work_units(0, 0, full + scales * per * val_per_class, guidance=guidance)
+        # A cell's first trial is its default point (the paper's knobs), as the searcher asks.
+        config = spec.trial_config(cell_points([method], [pct], spec.search)[0])
+        scales = len(config.sample.guidance_grid) if method in GUIDED else 1
+        moves = knob_dependent(config)
+        for artifact, key in artifact_folders(config):
+            train = artifact_config(artifact, config).train
+            # A network is trained once for the study, at the first configuration that needs it;
+            # one the knobs shape also by each further trial of the cell (no configuration of a
+            # cell runs twice, and the cells' searches draw their knobs apart).
+            count = int(key not in seen) + (budget - 1 if moves[artifact.name] else 0)
+            plan.train_steps_naive += train.steps * max(1, scales) * budget
+            seen.add(key)
+            if not count:
+                continue
+            plan.train_steps += train.steps * count
+            shared = key in staged
+            (plan.shared if shared else cell["networks"])[artifact.name] += count
+            units = _training_work(artifact, config, train)
+            if shared:
+                plan.shared_work.append(units)
+            else:
+                work += units * count
+        per = SAMPLER_SCORE_EVALS[config.sample.sampler] * config.sample.num_steps * classes
+        full = per * config.sample.num_per_class
+        val_per_class = config.eval.val_num_per_class or max(8, config.sample.num_per_class // 4)
+        plan.score_evals += budget * (full + scales * per * val_per_class)
+        plan.score_evals_naive += budget * scales * full
+        guidance = get_method(method).guidance
+        work += budget * work_units(0, 0, full + scales * per * val_per_class, guidance=guidance)
         plan.cells[(method, pct)] = cell
         plan.work[(method, pct)] = work / max(1, budget)
-    config = from_flat(spec.base_params(), base=spec.base_config)
+    config = base
     if config.model.arch == "ncsnpp":  # images: the evaluation classifier, unless one is given
         if config.eval.fid and not config.eval.classifier_checkpoint:
             plan.shared[EVAL_CLASSIFIER.name] += 1  # a stage trial of its own (study.stages)

@@ -47,13 +47,25 @@ def check_store(place: Place, what: str) -> None:
         )
 
 
-def full_params(params: dict, *, base: dict, base_config: str) -> dict[str, Any]:
-    """Every flat param of a trial (its sampled params over the study's base)."""
-    from trainables.config import from_flat, to_flat
+def full_params(
+    params: dict,
+    *,
+    spec: StudySpec | None = None,
+    base: dict | None = None,
+    base_config: str | None = None,
+) -> dict[str, Any]:
+    """Every flat param of a trial: its resolved config (spec.trial_config) as flat keys. base and
+    base_config: what trackers pickled by older versions pass instead of the spec."""
+    from study.spec import resolve
+    from trainables.config import to_flat
     from trainables.names import STAGE_KEY
 
     params = {k: v for k, v in params.items() if k != STAGE_KEY}
-    flat = to_flat(from_flat({**base, **params}, base=base_config))
+    if spec is not None:
+        config = spec.trial_config(params)
+    else:
+        config = resolve({**(base or {}), **params}, base_config or "toy")
+    flat = to_flat(config)
     return {k: (",".join(map(str, v)) if isinstance(v, tuple) else v) for k, v in flat.items()}
 
 
@@ -125,8 +137,7 @@ def _study_context(spec: StudySpec, study_dir: Path) -> Any:
 
     resources = spec.resources
     trial = TrialContext(
-        params=spec.base_params(),
-        base_config=spec.base_config,
+        config=spec.trial_config({"method": spec.methods[0]}),  # each trial's replaces it
         cache_dir=str(spec.artifact_place(spec.study_place(study_dir))),
         record_dir=str(spec.study_place(study_dir) / "trials"),
         threads=max(1, int(resources.cpus_per_trial)),  # per process: the trial's or a worker's
@@ -135,6 +146,7 @@ def _study_context(spec: StudySpec, study_dir: Path) -> Any:
         objectives=tuple((o.metric, o.mode) for o in spec.objectives),
     )
     return StudyContext(
+        spec=spec,
         trial=trial,
         train_dir=str(spec.study_place(study_dir) / "train"),
         num_workers=resources.num_workers,
@@ -354,7 +366,7 @@ def _session(
     else:
         driver = {"cpu": 0.01}
     trainable = tune.with_resources(tune.with_parameters(trial_driver, study=study), driver)
-    to_params = partial(full_params, base=study.trial.params, base_config=spec.base_config)
+    to_params = partial(full_params, spec=spec)
     first = spec.objectives[0]
     tracker = MLflowTracker(
         uri,
@@ -474,7 +486,6 @@ def final_points(
     StudyError when seeds < 1, the study has no finished trial or an override is invalid."""
     from analysis.runs import load_runs
     from analysis.tables import best_per_cell
-    from trainables.config import from_flat
     from trainables.names import CHOSEN_SCALE, GUIDANCE_SCALE_KEY, METHOD_KEY, TUNED_KEYS
 
     if seeds < 1:
@@ -500,7 +511,7 @@ def final_points(
             points.append(point)
     try:
         for point in points[: len(best)]:
-            from_flat({**spec.base_params(), **point}, base=spec.base_config)
+            spec.trial_config(point)
     except ValueError as exc:
         raise StudyError(f"--set: {exc}") from None
     return points
@@ -532,7 +543,7 @@ def run_final(
     ]
     name = f"{spec.name}-final{len(final_runs)}"
     store = spec.artifact_place(spec.study_place(study_dir))
-    stages, needs = plan_stages(points, spec.base_params(), spec.base_config, store)
+    stages, needs = plan_stages(points, spec.trial_config, store)
 
     def fit(trainable: Any, tracker: Any) -> bool:
         tune_config = tune.TuneConfig(

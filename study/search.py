@@ -107,7 +107,7 @@ class CellSearcher(Searcher):
         else:
             stage_points = [self._default_point(cell) for cell in self.cells]
         store = spec.artifact_place(spec.study_place(study_dir))
-        stages, needs = plan_stages(stage_points, spec.base_params(), spec.base_config, store)
+        stages, needs = plan_stages(stage_points, spec.trial_config, store)
         self.gate = StageGate(stages)
         self.point_needs = list(needs) if self.points is not None else []
         self.cell_needs = dict(zip(self.cells, needs)) if self.points is None else {}

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import os
 import socket
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from search_spaces import DEFAULT_GUIDANCE_SCALES, DEFAULT_RANGES, Range
 from study import schema
 from study.errors import SpecError
 from trainables import names
-from trainables.config import shown
+from trainables.config import TrialConfig, from_flat, shown
 from trainables.storage import Place, is_uri
 
 __all__ = ["SpecError", "StudySpec", "load_raw", "load_spec", "preset_names", "validate"]
@@ -114,12 +115,16 @@ class StudySpec:
             "data.name": self.dataset,
         }
 
+    def trial_config(self, point: Mapping[str, Any] | None = None) -> TrialConfig:
+        """The one resolver: a trial's complete, typed config from a point of a cell (method,
+        label %, tuned knobs, overrides; a stage trial's STAGE_KEY is not a config key) over the
+        study's base params and base config. ValueError names a bad value."""
+        point = {k: v for k, v in (point or {}).items() if k != names.STAGE_KEY}
+        return resolve({**self.base_params(), **point}, self.base_config)
+
     def epochs_per_trial(self) -> int:
         """Epochs of one artifact's training (ASHA's time axis)."""
-        from trainables.config import from_flat
-
-        params = {**self.base_params(), "method": self.methods[0]}
-        train = from_flat(params, base=self.base_config).train
+        train = self.trial_config({"method": self.methods[0]}).train
         steps = max(train.steps, train.classifier_steps)  # the longest artifact's
         return math.ceil(steps / train.steps_per_epoch)
 
@@ -151,6 +156,12 @@ class StudySpec:
             },
             **{k: getattr(self, k) for k in optional if getattr(self, k) is not None},
         }
+
+
+def resolve(params: Mapping[str, Any], base_config: str) -> TrialConfig:
+    """Flat params over a base config as a checked TrialConfig (StudySpec.trial_config; also
+    what trackers pickled by older versions call, through study.runner.full_params)."""
+    return from_flat(dict(params), base=base_config)
 
 
 def preset_names() -> list[str]:
@@ -356,25 +367,16 @@ def _check_objectives(
             )
 
 
-def _check_trials(
-    dataset: str,
-    methods: list[str],
-    config: dict,
-    base: str,
-    objectives: list[schema.Objective],
-    errors: list[str],
-    check_data: bool = True,
-) -> None:
-    """Build one trial config per method: flat overrides against the schema, the network for the
+def _check_trials(spec: StudySpec, errors: list[str], check_data: bool = True) -> None:
+    """Resolve one trial config per method: values against the schema, the network for the
     data, the data and evaluation pre-flight, the objectives against what trials report."""
-    from trainables.config import from_flat
     from trainables.names import IMAGE_DATASETS
 
-    images = dataset in IMAGE_DATASETS
+    images = spec.dataset in IMAGE_DATASETS
     trials: dict[str, Any] = {}
-    for i, method in enumerate(methods):
+    for i, method in enumerate(spec.methods):
         try:
-            trial = from_flat({**config, "method": method, "data.name": dataset}, base=base)
+            trial = spec.trial_config({"method": method})
         except ValueError as exc:
             errors.append(f"config: {exc}")
             return
@@ -382,14 +384,14 @@ def _check_trials(
             fix = "an image base_config (tiny-images, cifar10, cifar100, cifar10-small)"
             fix = fix if images else "the toy base_config"
             errors.append(
-                f"dataset {dataset!r} needs model.arch {'ncsnpp' if images else 'mlp'}, "
+                f"dataset {spec.dataset!r} needs model.arch {'ncsnpp' if images else 'mlp'}, "
                 f"got {trial.model.arch!r}; use {fix}"
             )
             return
         if images and i == 0 and check_data:
             _check_images(trial, errors)
         trials[method] = trial
-    _check_objectives(trials, objectives, errors)
+    _check_objectives(trials, list(spec.objectives), errors)
 
 
 OBJECT_STORES = ("s3", "gs", "abfs", "hdfs")  # pyarrow.fs.FileSystem.from_uri's schemes
@@ -490,16 +492,6 @@ def validate(raw: dict, check_data: bool = True) -> StudySpec:
     _check_locations(checked, errors)
     base = checked.base_config or checked.preset or "toy"
     config = dict(checked.config or {})
-    if not errors:
-        _check_trials(
-            checked.dataset,
-            checked.methods,
-            config,
-            base,
-            list(checked.objectives),
-            errors,
-            check_data=check_data,
-        )
     if errors:
         _fail(errors)
     guidance = checked.guidance or schema.Guidance()
@@ -528,6 +520,9 @@ def validate(raw: dict, check_data: bool = True) -> StudySpec:
         val_num_per_class=guidance.val_num_per_class,
         artifact_store=checked.artifact_store,
     )
+    _check_trials(spec, errors, check_data=check_data)
+    if errors:
+        _fail(errors)
     if checked.trials_per_cell is not None:  # the total follows from the cells' budgets
         spec = replace(spec, num_trials=sum(spec.cell_budgets().values()))
     return spec

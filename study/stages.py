@@ -15,11 +15,12 @@ skipped; a failed stage releases its trials, which then train the network themse
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from trainables.names import EVALUATION_STAGE, METHOD_KEY, STAGE_KEY, TUNED_KEYS
+from trainables.names import EVALUATION_STAGE, STAGE_KEY, TUNED_KEYS
 from trainables.storage import Place, stored
 
 
@@ -47,55 +48,56 @@ def artifact_folders(config: Any) -> list[tuple[Any, str]]:
     return folders
 
 
-def _artifact_keys(params: dict, base_config: str) -> list[tuple[str, str]]:
-    """(artifact name, cache folder name) of every artifact the configuration's method trains."""
-    from trainables.config import from_flat
+def knob_dependent(config: Any) -> dict[str, bool]:
+    """Artifact name -> whether its network moves with the method's tuned knobs: one of its loss
+    terms is weighted by a knob or reads one (the registry's LossTerm.knobs), or an artifact it
+    needs does. Such a network is trained per trial; the others can be shared."""
+    from trainables.methods import artifact_config, get_method
 
-    config = from_flat(params, base=base_config)
-    return [(artifact.name, folder) for artifact, folder in artifact_folders(config)]
+    tuned = set(TUNED_KEYS.get(config.method, ()))
+    out: dict[str, bool] = {}
+    for artifact in get_method(config.method).artifacts:
+        loss = artifact_config(artifact, config).loss
+        own = any(
+            term.tuned or (term.weight(loss) != 0 and tuned & set(term.knobs()))
+            for term in artifact.terms
+        )
+        out[artifact.name] = own or any(out.get(need, False) for need in artifact.needs)
+    return out
 
 
-def _moved(params: dict) -> dict:
-    """The configuration with every tuned knob moved off its value (what a knob-dependent key
-    follows)."""
-    knobs = TUNED_KEYS.get(params.get(METHOD_KEY), ())
-    return {**params, **{k: float(params.get(k, 1.0)) * 1.37 + 0.011 for k in knobs}}
-
-
-def _evaluation_stage(params: dict, base_config: str) -> Stage | None:
+def _evaluation_stage(config: Any, point: dict) -> Stage | None:
     """The image evaluator's stage (evaluation classifier + reference statistics) when its
     classifier is neither given nor cached yet; None for the toy or without FID."""
     from trainables.cache import artifact_identity, artifact_key
-    from trainables.config import from_flat
     from trainables.evaluation.generation import cache_root, eval_classifier_config
     from trainables.methods import EVAL_CLASSIFIER
 
-    config = from_flat(params, base=base_config)
     if config.model.arch != "ncsnpp" or not config.eval.fid or config.eval.classifier_checkpoint:
         return None
     identity = artifact_identity(EVAL_CLASSIFIER, eval_classifier_config(config))
     key = f"{EVAL_CLASSIFIER.name}-{artifact_key(identity)}"
     model = cache_root(config) / "eval-classifiers" / key / "model.pt"
-    return Stage(key, {**params, STAGE_KEY: EVALUATION_STAGE}, model.location)
+    return Stage(key, {**point, STAGE_KEY: EVALUATION_STAGE}, model.location)
 
 
 def plan_stages(
-    points: list[dict], base: dict, base_config: str, store: Path | None
+    points: list[dict], resolve: Callable[[dict], Any], store: Path | None
 ) -> tuple[list[Stage], list[frozenset[str]]]:
-    """(the stages, the stage keys each point needs) for the configurations points (trial params
-    over base). Networks already in the store are no stage (store None: every shared network is,
-    as `study plan` draws the graph)."""
+    """(the stages, the stage keys each point needs) for the configurations points, each resolved
+    to its trial config by resolve (StudySpec.trial_config). Networks already in the store are no
+    stage (store None: every shared network is, as `study plan` draws the graph)."""
     trained = (lambda model: False) if store is None else stored
     store = Place(str(store or "artifact-store"))
     users: dict[str, list[int]] = {}
     first: dict[str, tuple[dict, str]] = {}
-    for i, point in enumerate(points):
-        params = {**base, **point}
-        moved = set(_artifact_keys(_moved(params), base_config))
-        for name, key in _artifact_keys(params, base_config):
-            if (name, key) in moved:  # the cell's knobs do not shape it: it can be shared
+    configs = [resolve(point) for point in points]
+    for i, (point, config) in enumerate(zip(points, configs)):
+        moves = knob_dependent(config)
+        for artifact, key in artifact_folders(config):
+            if not moves[artifact.name]:  # the cell's knobs do not shape it: it can be shared
                 users.setdefault(key, []).append(i)
-                first.setdefault(key, (point, name))
+                first.setdefault(key, (point, artifact.name))
     stages = [
         Stage(key, {**first[key][0], STAGE_KEY: first[key][1]}, (store / key / "model.pt").location)
         for key, used in users.items()
@@ -106,7 +108,7 @@ def plan_stages(
         for i in users[stage.key]:
             needs[i].add(stage.key)
     if points:
-        evaluation = _evaluation_stage({**base, **points[0]}, base_config)
+        evaluation = _evaluation_stage(configs[0], points[0])
         if evaluation is not None and not trained(evaluation.model):
             stages.insert(0, evaluation)
             for n in needs:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from study.cluster import worker_resources
+from study.spec import StudySpec
 from trainables.context import TrialContext
 from trainables.names import FINAL_RECORD, PARAMS_RECORD, STAGE_KEY
 from trainables.storage import Place
@@ -17,7 +18,8 @@ from trainables.storage import Place
 class StudyContext:
     """What every Tune trial of a study shares (picklable: Tune ships it to each trial)."""
 
-    trial: TrialContext  # params = the study's base params; record_dir = the records' root
+    spec: StudySpec  # the resolver of every trial's config (StudySpec.trial_config)
+    trial: TrialContext  # what every trial shares; record_dir = the records' root
     train_dir: str  # Ray Train's storage_path
     num_workers: int  # Ray Train workers per trial (0 = local mode)
     cpus: float  # per worker (per trial in local mode)
@@ -46,10 +48,9 @@ def trial_driver(params: dict[str, Any], *, study: StudyContext) -> None:
     # Which configuration this trial is: a restored searcher matches it to a lost Optuna trial.
     (record_dir / PARAMS_RECORD).write_text(json.dumps(params, default=str))
     place.push(record_dir / PARAMS_RECORD)
-    trial_params = {k: v for k, v in params.items() if k != STAGE_KEY}
     context = replace(
         study.trial,
-        params={**study.trial.params, **trial_params},
+        config=study.spec.trial_config(params),  # resolved once, shipped typed to the workers
         record_dir=str(place),
         stage=str(params.get(STAGE_KEY, "")),  # a stage trial (study.stages) trains, then stops
     )

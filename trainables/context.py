@@ -4,15 +4,15 @@ free)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+
+from trainables.config import TrialConfig
 
 
 @dataclass(frozen=True)
 class TrialContext:
     """A trial's flat params plus where it reads and writes, built by the study's Tune driver."""
 
-    params: dict[str, Any]  # flat trial config: the study's base params and the sampled ones
-    base_config: str  # trainables.config.BASE_CONFIGS entry the params override
+    config: TrialConfig  # the trial's resolved config (study.spec.StudySpec.trial_config)
     cache_dir: str  # the artifact cache (absolute)
     record_dir: str  # where the worker writes the trial's records (trainables.names)
     threads: int = 1  # torch threads per process: resources.cpus_per_trial

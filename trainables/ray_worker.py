@@ -25,7 +25,7 @@ from torch import nn
 
 from trainables import names
 from trainables.cache import ArtifactCache
-from trainables.config import TrialConfig, from_flat
+from trainables.config import TrialConfig
 from trainables.context import TrialContext
 from trainables.data.images import IMAGE_DATASETS, ImageData, make_images
 from trainables.data.toy import ToyData, make_toy
@@ -386,7 +386,7 @@ def _draw_share(
 def _run_trial(context: TrialContext) -> None:
     """Train (or reuse) every artifact the trial's method needs, report per epoch, then evaluate."""
     torch.set_num_threads(context.threads)
-    config = from_flat(context.params, base=context.base_config)
+    config = context.config
     data = load_data(config)
     dist = Distributed() if context.local_mode else Distributed.from_torch()
     device = _device(context.local_mode)

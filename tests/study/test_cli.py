@@ -112,6 +112,7 @@ def test_a_trials_mlflow_params_are_the_keys_that_shape_it(finished_study):
     from mlflow.tracking import MlflowClient
 
     from study.runner import full_params, load_study_spec
+    from trainables.config import to_flat
     from trainables.methods import shaping_keys
 
     _, study_dir, _ = finished_study
@@ -125,8 +126,13 @@ def test_a_trials_mlflow_params_are_the_keys_that_shape_it(finished_study):
         method = params["method"]
         knobs = {k: float(v) for k, v in params.items() if k == "loss.lambda_sc"}
         point = {"method": method, "data.label_percent": 20.0, **knobs}
-        flat = full_params(point, base=spec.base_params(), base_config=spec.base_config)
+        flat = full_params(point, spec=spec)  # the resolved config, flat (what the tracker logs)
+        assert flat == {
+            k: (",".join(map(str, v)) if isinstance(v, tuple) else v)
+            for k, v in to_flat(spec.trial_config(point)).items()
+        }
         assert set(params) == set(shaping_keys(method, flat)), method
+        assert all(params[k] == str(flat[k]) for k in params), method  # keys and values
         assert ("loss.lambda_sc" in params) == (method == "CG-SC-all")
         assert "model.nf" not in params and "eval.feature_extractor" not in params
 

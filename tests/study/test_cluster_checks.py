@@ -53,12 +53,14 @@ def test_a_study_saved_before_keeps_the_evaluation_cache_it_measured_with(tmp_pa
 
 def test_the_node_probe_names_a_folder_the_node_cannot_see_and_missing_data(tmp_path, monkeypatch):
     from study.cluster import _probe
+    from trainables.config import from_flat
 
     seen = tmp_path / "shared" / ".study-probe-1"
     seen.parent.mkdir()
     seen.write_text("visible?")
     unseen = tmp_path / "elsewhere" / ".study-probe-2"
-    problems = _probe({}, "toy", False, [str(seen), str(unseen)], [])
+    toy = from_flat({}, base="toy")
+    problems = _probe(toy, False, [str(seen), str(unseen)], [])
     assert problems == [
         f"{unseen.parent} is not visible there; mount it at the same path on every node"
     ]
@@ -67,12 +69,12 @@ def test_the_node_probe_names_a_folder_the_node_cannot_see_and_missing_data(tmp_
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    problems = _probe({}, "toy", False, [str(seen)], ["s3://bucket/studies"])
+    problems = _probe(toy, False, [str(seen)], ["s3://bucket/studies"])
     assert len(problems) == 1 and problems[0].startswith(
         "cannot write to s3://bucket/studies there"
     )
     config = {"data.name": "cifar10", "data.root": str(tmp_path / "no-cifar"), "method": "CG"}
-    problems = _probe(config, "cifar10", True, [str(seen)], [])
+    problems = _probe(from_flat(config, base="cifar10"), True, [str(seen)], [])
     # The dataset and (cifar10's default extractor) the Inception weights, as the spec checks them.
     assert "dataset: cifar10 not found" in problems[0] and "no-cifar" in problems[0]
     assert any("eval.inception_weights" in p for p in problems)

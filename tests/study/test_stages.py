@@ -43,11 +43,11 @@ def test_a_network_already_in_the_store_is_no_stage(tmp_path):
     spec = _spec(tmp_path, methods=["CG", "CG-SC-all"], label_percents=[5, 100])
     store = spec.artifact_dir(tmp_path)
     points = [{"method": m, "data.label_percent": p} for m in spec.methods for p in (5.0, 100.0)]
-    stages, needs = plan_stages(points, spec.base_params(), spec.base_config, store)
+    stages, needs = plan_stages(points, spec.trial_config, store)
     assert [s.params["stage"] for s in stages] == ["score"] and all(needs)
     Path(stages[0].model).parent.mkdir(parents=True)
     Path(stages[0].model).write_bytes(b"trained")
-    stages, needs = plan_stages(points, spec.base_params(), spec.base_config, store)
+    stages, needs = plan_stages(points, spec.trial_config, store)
     assert stages == [] and not any(needs)
 
 
@@ -92,7 +92,7 @@ def test_final_runs_stage_one_score_model_per_seed(tmp_path):
         for m in spec.methods
         for p in (5.0, 100.0)
     ]
-    stages, needs = plan_stages(points, spec.base_params(), spec.base_config, tmp_path)
+    stages, needs = plan_stages(points, spec.trial_config, tmp_path)
     assert len(stages) == 2 and {s.params["train.seed"] for s in stages} == {0, 1}
     searcher = PointSearcher(points, StageGate(stages), needs)
     handed = [searcher.suggest(t) for t in ("s0", "s1")]

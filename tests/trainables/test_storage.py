@@ -92,7 +92,7 @@ def test_a_network_already_in_an_object_store_is_no_stage(s3, node):
                      "artifact_store": store})  # fmt: skip
     place = spec.artifact_place(spec.study_place())
     points = [{"method": m, "data.label_percent": p} for m in spec.methods for p in (5.0, 100.0)]
-    stages, needs = plan_stages(points, spec.base_params(), spec.base_config, place)
+    stages, needs = plan_stages(points, spec.trial_config, place)
     assert [s.params["stage"] for s in stages] == ["score"] and all(needs)
     assert stages[0].model.startswith(f"{store}/score-") and stages[0].model.endswith("/model.pt")
     gate = StageGate(list(stages))
@@ -101,7 +101,7 @@ def test_a_network_already_in_an_object_store_is_no_stage(s3, node):
     with s3.filesystem().open_output_stream(f"{s3.bucket}/networks/{key}/model.pt") as out:
         out.write(b"trained")
     assert not (place.local / key / "model.pt").exists()
-    stages, needs = plan_stages(points, spec.base_params(), spec.base_config, place)
+    stages, needs = plan_stages(points, spec.trial_config, place)
     assert stages == [] and not any(needs)
     assert gate.next_stage("t") is None and key in gate.done  # the gate sees it too
 

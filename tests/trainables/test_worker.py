@@ -6,6 +6,7 @@ import pytest
 import ray.tune
 
 from trainables import names
+from trainables.config import from_flat
 from trainables.context import TrialContext
 from trainables.ray_worker import ObjectiveError, train_fn_per_worker
 
@@ -30,8 +31,7 @@ def _run(tmp_path, monkeypatch, objectives=(("gen_accuracy", "max"),), stage="",
     reports = []
     monkeypatch.setattr(ray.tune, "report", lambda metrics, **kw: reports.append(metrics))
     context = TrialContext(
-        params={**TOY, **params},
-        base_config="toy",
+        config=from_flat({**TOY, **params}, base="toy"),
         cache_dir=str(tmp_path / "artifacts"),
         record_dir=str(tmp_path / "trial"),
         objectives=objectives,
