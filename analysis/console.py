@@ -51,7 +51,18 @@ def _knobs(row: pd.Series) -> str:
         value = row.get(key)
         if value is not None and pd.notna(value):
             parts.append(f"{KNOB_SYMBOLS.get(key, key)}={float(value):.3g}")
+            if key == CHOSEN_SCALE and at_cap(row):
+                parts[-1] += "(cap)"
     return " ".join(parts)
+
+
+def at_cap(row: pd.Series) -> bool:
+    """Whether the trial chose the largest scale its sweep could reach (sample.guidance_cap):
+    its optimum may lie beyond; raise guidance.max_scale."""
+    cap, chosen = row.get("sample.guidance_cap"), row.get(CHOSEN_SCALE)
+    if cap is None or chosen is None or pd.isna(cap) or pd.isna(chosen) or float(cap) <= 0:
+        return False
+    return float(chosen) >= float(cap)
 
 
 def _value(row: pd.Series, metric: str, statistics: pd.DataFrame) -> str:
@@ -116,6 +127,10 @@ def console_table(
     out.append(f"best trial per cell by validation {metric} ({mode}){seeds}; full table: "
                "tables/comparison.md")  # fmt: skip
     out += [f"{style.short(m)} = {v:.4g} in every cell ({m})" for m, v in constant.items()]
+    if any(at_cap(row) for _, row in best.iterrows()):
+        out.append(
+            "(cap): chosen at the sweep's cap, guidance.max_scale; the optimum may lie beyond"
+        )
     return "\n".join(out) + "\n"
 
 

@@ -49,6 +49,10 @@ STUDY_KEYS: tuple[tuple[str, str, str], ...] = (
      "validation samples per class at each swept scale"),
     ("guidance", "-", "the in-trial sweep of the guidance scale"),
     ("resources", "-", "what each trial holds"),
+    ("guidance.max_scale", "4 x the largest scale", "when the validation optimum is the grid's "
+     "largest scale, the sweep goes on geometrically up to this cap until the curve turns (and "
+     "down, halving, at most 3 times, from an optimum at its smallest); equal to the largest "
+     "scale: the grid only"),
     ("scheduler", "fifo", "fifo, asha, or {type: asha, ...}: ASHA early stopping"),
     ("scheduler.type", "fifo", "fifo or asha"),
     ("scheduler.metric", "the first objective", "asha: the objective it compares"),

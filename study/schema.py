@@ -137,6 +137,19 @@ class Guidance(_Section):
     # validation samples per class at each swept scale (default: a quarter of
     # sample.num_per_class, at least 8)
     val_num_per_class: Annotated[Int, Field(ge=1, le=MAX_PER_CLASS)] | None = None
+    # the sweep goes on past an optimum at the grid's largest scale up to this cap (default: 4 x
+    # the largest scale; equal to it: the grid only)
+    max_scale: Annotated[NonNegative, Field(le=1e6)] | None = None
+
+    @model_validator(mode="after")
+    def _cap_above_grid(self) -> Guidance:
+        """A cap below the grid's largest scale would cut the grid itself."""
+        if self.max_scale is not None and self.max_scale < max(self.scales):
+            raise ValueError(
+                f"max_scale {self.max_scale:g} is below the largest scale {max(self.scales):g}; "
+                f"give max_scale >= {max(self.scales):g} (equal: the grid only)"
+            )
+        return self
 
 
 class Scheduler(_Section):

@@ -62,6 +62,7 @@ class StudySpec:
     # Swept inside every guided trial on the validation split (sample.guidance_grid).
     guidance_scales: tuple[float, ...] = DEFAULT_GUIDANCE_SCALES
     val_num_per_class: int | None = None  # eval.val_num_per_class (None: the config's)
+    guidance_cap: float | None = None  # sample.guidance_cap (None: 4 x the largest scale)
     # Trained networks, content-addressed and shared by every study that points here (None: the
     # user-level default, $SC_GUIDANCE_ARTIFACT_STORE or ~/.cache/sc-guidance/artifacts; "study":
     # the study directory's own artifacts/). The saved spec pins the resolved folder.
@@ -105,7 +106,11 @@ class StudySpec:
     def base_params(self) -> dict[str, Any]:
         """Flat params shared by every trial: the spec's seed for every seed key (train, data,
         split, sample) unless `config` sets one itself, then `config`, then the dataset."""
-        guidance: dict[str, Any] = {"sample.guidance_grid": tuple(self.guidance_scales)}
+        cap = self.guidance_cap if self.guidance_cap is not None else 4 * max(self.guidance_scales)
+        guidance: dict[str, Any] = {
+            "sample.guidance_grid": tuple(self.guidance_scales),
+            "sample.guidance_cap": cap,
+        }
         if self.val_num_per_class is not None:
             guidance["eval.val_num_per_class"] = self.val_num_per_class
         return {
@@ -153,6 +158,7 @@ class StudySpec:
                     if self.val_num_per_class is not None
                     else {}
                 ),
+                **({"max_scale": self.guidance_cap} if self.guidance_cap is not None else {}),
             },
             **{k: getattr(self, k) for k in optional if getattr(self, k) is not None},
         }
@@ -518,6 +524,7 @@ def validate(raw: dict, check_data: bool = True) -> StudySpec:
         trials_per_cell=checked.trials_per_cell,
         guidance_scales=tuple(float(v) for v in guidance.scales),
         val_num_per_class=guidance.val_num_per_class,
+        guidance_cap=guidance.max_scale,
         artifact_store=checked.artifact_store,
     )
     _check_trials(spec, errors, check_data=check_data)

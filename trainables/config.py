@@ -175,6 +175,10 @@ class SampleConfig:
     # Scales swept at sampling time inside a trial, scored on the validation split; the best one
     # (by the first objective) is evaluated in full. Empty: guidance_scale only.
     guidance_grid: NonNegatives = ()
+    # When the validation optimum is the grid's largest scale, the sweep goes on geometrically
+    # (x the grid's last ratio, at least 2) up to this cap, until the curve turns; likewise down
+    # (halving, at most 3 times) from its smallest scale above 0. 0: the grid only.
+    guidance_cap: NonNegative = 0.0
     # CG's classifier gradient: "fp32", or "bf16" (autocast; on GPUs, about half the classifier's
     # cost; its error on the toy's exact scores is in docs/benchmarks.md)
     guidance_precision: Precision = "fp32"

@@ -458,7 +458,9 @@ _CLASSIFIER_ONLY = (
     "model.classifier_head", "model.energy_rank", "eval.sc_bands", "train.classifier_steps",
     "train.classifier_batch_size", "sample.guidance_precision",
 )  # fmt: skip
-_GUIDED_ONLY = ("sample.guidance_scale", "sample.guidance_grid", "eval.val_num_per_class")
+_GUIDED_ONLY = (
+    "sample.guidance_scale", "sample.guidance_grid", "sample.guidance_cap", "eval.val_num_per_class"
+)  # fmt: skip
 
 
 def shaping_keys(method_name: str, flat: dict[str, Any]) -> list[str]:

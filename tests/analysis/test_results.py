@@ -39,7 +39,7 @@ def _study(tmp_path, status=None):
 
 @pytest.mark.parametrize(
     ("status", "needle"),
-    [(None, "no finished trial yet"), ("FAILED", "no finished trial yet"),
+    [(None, "MLflow store"), ("FAILED", "no finished trial yet"),
      ("RUNNING", "is still running (1 trial runs RUNNING)")],
 )  # fmt: skip
 def test_load_study_refuses_with_one_line_and_writes_nothing(tmp_path, status, needle):
@@ -47,7 +47,11 @@ def test_load_study_refuses_with_one_line_and_writes_nothing(tmp_path, status, n
     before = _files(folder)
     with pytest.raises(StudyNotReady, match=re.escape(needle)) as info:
         load_study(folder)
-    assert "\n" not in str(info.value) and f"study resume {folder}" in str(info.value)
+    assert "\n" not in str(info.value)
+    if status is None:  # no store at all: restore it, nothing to resume from
+        assert "is missing; restore it" in str(info.value)
+    else:
+        assert f"study resume {folder}" in str(info.value)
     assert _files(folder) == before
 
 

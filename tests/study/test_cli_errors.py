@@ -206,6 +206,11 @@ BAD_INPUTS += [
         ),
         "expands to more than 100,000 YAML nodes",
     ),
+    (
+        "scale cap below the grid",
+        lambda p: _write(p, "guidance: {scales: [1, 2, 4], max_scale: 3}\n"),
+        "max_scale 3 is below the largest scale 4; give max_scale >= 4",
+    ),
     ("50 MB name", lambda p: _write(p, "name: " + "x" * 50_000_000 + "\n"), "at most 1 MB"),
     ("long name", lambda p: _write(p, "name: " + "x" * 100_000 + "\n"), "is not a study name"),
 ]

@@ -154,3 +154,50 @@ def test_cond_does_not_sweep_and_reports_no_chosen_scale(tmp_path, monkeypatch):
     final = _run(tmp_path, monkeypatch, method="Cond", **{"sample.guidance_grid": "0.5,2"})[-1]
     assert "guidance_scale" not in final and "val/gen_accuracy" in final
     assert not any(k.startswith("curve/") and "/g2" in k for k in final)
+
+
+def _rigged_validation(monkeypatch, value_at):
+    # The validation curve is value_at(scale); the test split's is irrelevant here.
+    import trainables.evaluation as evaluation
+
+    real = evaluation.evaluate_toy
+
+    def rigged(config, networks, data, **kw):
+        metrics = real(config, networks, data, **kw)
+        if kw.get("scaled", True):
+            metrics["gen_accuracy"] = value_at(config.sample.guidance_scale)
+        return metrics
+
+    monkeypatch.setattr(evaluation, "evaluate_toy", rigged)
+
+
+def _curve(final):
+    prefix = "curve/gen_accuracy/g"
+    return sorted(float(k.removeprefix(prefix)) for k in final if k.startswith(prefix))
+
+
+def test_an_optimum_at_the_grids_edge_extends_the_sweep_until_the_curve_turns(
+    tmp_path, monkeypatch
+):
+    import math
+
+    _rigged_validation(monkeypatch, lambda s: -abs(math.log2(s / 8.0)))  # peak at 8
+    grid = {"sample.guidance_grid": "0.5,1,2,4", "sample.guidance_cap": 64.0}
+    final = _run(tmp_path, monkeypatch, **grid)[-1]
+    assert final["guidance_scale"] == 8.0  # found past the grid's edge
+    assert _curve(final) == [0.5, 1.0, 2.0, 4.0, 8.0, 16.0]  # 16 turned the curve: no 32
+
+
+def test_the_extension_stops_at_the_cap_and_goes_down_at_most_three_halvings(tmp_path, monkeypatch):
+    _rigged_validation(monkeypatch, lambda s: s)  # rises for ever
+    final = _run(tmp_path, monkeypatch, **{"sample.guidance_grid": "1,2,4",
+                                           "sample.guidance_cap": 10.0})[-1]  # fmt: skip
+    assert final["guidance_scale"] == 10.0 and _curve(final) == [1.0, 2.0, 4.0, 8.0, 10.0]
+    _rigged_validation(monkeypatch, lambda s: -s)  # falls for ever: best at the smallest
+    final = _run(tmp_path / "down", monkeypatch, **{"sample.guidance_grid": "1,2,4",
+                                                    "sample.guidance_cap": 16.0})[-1]  # fmt: skip
+    assert final["guidance_scale"] == 0.125 and _curve(final) == [0.125, 0.25, 0.5, 1, 2, 4]
+    # Without a cap (0) the grid alone is swept.
+    _rigged_validation(monkeypatch, lambda s: s)
+    final = _run(tmp_path / "grid", monkeypatch, **{"sample.guidance_grid": "1,2,4"})[-1]
+    assert final["guidance_scale"] == 4.0 and _curve(final) == [1.0, 2.0, 4.0]

@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import torch
 from torch import nn
@@ -54,6 +55,27 @@ def choose_scale(curve: dict[float, dict[str, float]], metric: str, mode: str) -
         return None
     best = min if mode == "min" else max
     return best(finite, key=lambda item: item[1])[0]
+
+
+MAX_HALVINGS = 3  # how far below the grid's smallest positive scale the sweep may go
+
+
+def next_scale(
+    curve: dict[float, Any], chosen: float | None, cap: float, lowest: float
+) -> float | None:
+    """The scale to measure next when the chosen one is at an edge of the measured scales: above
+    the largest, the grid's last ratio (at least 2) times it, bounded by cap; below the smallest
+    (above 0), half of it, at most MAX_HALVINGS times below the grid's lowest scale. None when
+    the optimum is inside the curve, at the cap, or there is no cap (0)."""
+    scales = sorted(curve)
+    if chosen is None or cap <= 0 or len(scales) < 2 or chosen <= 0:
+        return None
+    if chosen == scales[-1]:
+        ratio = scales[-1] / scales[-2] if scales[-2] > 0 else 2.0
+        return min(cap, chosen * max(2.0, ratio)) if chosen < cap else None
+    if chosen == scales[0] and chosen > lowest / 2**MAX_HALVINGS:
+        return chosen / 2
+    return None
 
 
 def _leads(distributed: Distributed | None) -> bool:
@@ -114,13 +136,23 @@ class TrialEvaluator:
         if _leads(distributed) or not self.images:
             fixed = self._evaluate(config, networks, fixed=True, scaled=False)
         curve = {}
-        for scale in dict.fromkeys(float(s) for s in scales):
+
+        def measure(scale: float) -> None:
             curve[scale] = self._evaluate(
                 self._at(config, scale), networks, fixed=False, distributed=distributed
             )
             self.val_sampling_score_evals += self.sampling_score_evals(config)
+
+        for scale in dict.fromkeys(float(s) for s in scales):
+            measure(scale)
         metric, mode = objectives[0] if objectives else ("", "max")
         chosen = choose_scale(curve, metric, mode)
+        while True:  # an optimum at an edge: go on past it until the curve turns (or the cap)
+            beyond = next_scale(curve, chosen, self.config.sample.guidance_cap, min(scales))
+            if beyond is None:
+                break
+            measure(beyond)
+            chosen = choose_scale(curve, metric, mode)
         if chosen is None:  # nothing to choose on: the plain conditional if swept, else the first
             chosen = 1.0 if 1.0 in curve else next(iter(curve))
         if distributed is not None:
