@@ -29,6 +29,8 @@ def _num_classes(dataset: str, config: object) -> int:
     fixed = {"cifar10": 10, "cifar100": 100, "tiny-images": 4}
     if dataset in fixed:
         return fixed[dataset]
+    if dataset == "shapes":
+        return config.data.num_classes
     if dataset == "folder":
         from trainables.data.images import DatasetError, scan_folder
 

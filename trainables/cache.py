@@ -57,6 +57,8 @@ DATA_KEYS = (
     "data.root",
     "data.image_size",
     "data.flip",
+    "data.difficulty",
+    "data.num_classes",
 )
 # Settings that change how fast or how often, never what is trained.
 NEUTRAL = (

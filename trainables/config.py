@@ -85,7 +85,10 @@ class DataConfig:
     split_seed: Seed = 0  # the labeled subset depends on this seed only
     root: str = ""  # images: dataset root (CIFAR) or the class-per-folder directory ("folder")
     download: bool = False  # CIFAR: download into root when missing (off: a clear error instead)
-    image_size: Size = 16  # tiny-images: side length in pixels (folder images keep their size)
+    image_size: Size = 16  # tiny-images, shapes: side length in pixels (folder images keep theirs)
+    # shapes: within-class variation, distractors, clutter and noise, 0 (clean) to 1
+    difficulty: Annotated[float, _NUMBER, Field(ge=0, le=1, allow_inf_nan=False)] = 0.5
+    num_classes: Annotated[int, _NUMBER, Field(ge=2, le=10)] = 10  # shapes: the first N classes
     flip: bool = True  # images: random horizontal flips (as the papers)
 
 

@@ -155,7 +155,13 @@ def parse_curve_key(key: str) -> tuple[str, float] | None:
 
 # ---- dataset names (the loaders in trainables.data check that they draw exactly these) ----------
 TOY_DATASETS = ("gmm2", "gmm3", "overlap2", "moons")  # trainables.data.toy
-IMAGE_DATASETS = ("cifar10", "cifar100", "tiny-images", "folder")  # trainables.data.images
+IMAGE_DATASETS = (
+    "cifar10",
+    "cifar100",
+    "tiny-images",
+    "shapes",
+    "folder",
+)  # trainables.data.images
 
 
 # ---- trial records: what the worker writes for the driver, under <study>/trials/<trial id>/

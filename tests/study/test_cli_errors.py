@@ -207,6 +207,13 @@ BAD_INPUTS += [
         "expands to more than 100,000 YAML nodes",
     ),
     (
+        "difficulty outside [0, 1]",
+        lambda p: _write(
+            p, "dataset: shapes\nbase_config: tiny-images\nconfig: {data.difficulty: 1.5}\n"
+        ),
+        "data.difficulty must be less than or equal to 1, got 1.5",
+    ),
+    (
         "scale cap below the grid",
         lambda p: _write(p, "guidance: {scales: [1, 2, 4], max_scale: 3}\n"),
         "max_scale 3 is below the largest scale 4; give max_scale >= 4",

@@ -213,3 +213,39 @@ def test_class_conditional_sampling_is_batched_across_classes_and_deterministic(
         base="tiny-images",
     )
     assert not torch.equal(sample_classes(other, nets, 4, (3, 16, 16))[0], a)
+
+
+# ---- shapes: a harder built-in set with a difficulty knob -----------------------------------
+
+
+def _linear_probe_accuracy(difficulty, num_classes=10):
+    # The same classifier each time (logistic regression on the pixels, 60 images per class):
+    # its held-out accuracy is what the difficulty should move.
+    from sklearn.linear_model import LogisticRegression
+
+    from trainables.data.images import shapes
+
+    data = shapes(60 * num_classes, 300, 16, seed=3, difficulty=difficulty, num_classes=num_classes)
+    probe = LogisticRegression(max_iter=300, C=0.5)
+    probe.fit(data.x.flatten(1).numpy(), data.y.numpy())
+    return probe.score(data.test_x.flatten(1).numpy(), data.test_y.numpy())
+
+
+def test_a_classifier_trained_the_same_way_is_less_accurate_at_a_higher_difficulty():
+    easy, middle, hard = (_linear_probe_accuracy(d) for d in (0.0, 0.5, 1.0))
+    assert easy > middle + 0.05 and middle > hard + 0.05, (easy, middle, hard)
+    assert hard > 0.1 + 0.03  # still above chance (10 classes): harder, not noise
+
+
+def test_shapes_classes_share_their_cues_and_the_draw_is_deterministic():
+    import torch
+
+    from trainables.data.images import SHAPE_CLASSES, shapes
+
+    colours = [c[1] for c in SHAPE_CLASSES]
+    kinds = [c[2] for c in SHAPE_CLASSES]
+    assert all(colours.count(c) >= 2 for c in colours)  # no colour names a class alone
+    assert all(kinds.count(k) >= 2 for k in kinds)  # nor does a shape
+    a, b = shapes(40, 10, 16, seed=5, num_classes=4), shapes(40, 10, 16, seed=5, num_classes=4)
+    assert torch.equal(a.x, b.x) and a.num_classes == 4 and set(a.y.tolist()) == {0, 1, 2, 3}
+    assert a.x.shape == (40, 3, 16, 16) and 0.0 <= a.x.min() and a.x.max() <= 1.0

@@ -93,6 +93,105 @@ def tiny_images(num_train: int, num_test: int, size: int = 16, seed: int = 0) ->
     return ImageData(x, y, tx, ty, k, tuple(c[0] for c in TINY_CLASSES))
 
 
+# ---- shapes: up to 10 classes that share colours, shapes and textures, with a difficulty knob
+# ----------
+# Every class shares its colour with two others and its shape with one: no single cue separates
+# them, so a classifier must combine colour, shape and texture. data.difficulty in [0, 1] adds
+# within-class variation (colour jitter, size and brightness), a distractor shape, background
+# clutter and pixel noise; 0 is clean.
+SHAPE_COLOURS = {
+    "red": (0.9, 0.15, 0.15), "green": (0.15, 0.8, 0.2), "blue": (0.2, 0.3, 0.95),
+    "yellow": (0.95, 0.85, 0.1),
+}  # fmt: skip
+SHAPE_CLASSES = (
+    ("red square", "red", "square", "solid"),
+    ("red disc", "red", "disc", "solid"),
+    ("green square", "green", "square", "striped"),
+    ("green disc", "green", "disc", "solid"),
+    ("blue bar", "blue", "hbar", "solid"),
+    ("blue cross", "blue", "cross", "striped"),
+    ("yellow bar", "yellow", "hbar", "striped"),
+    ("yellow triangle", "yellow", "triangle", "solid"),
+    ("red triangle", "red", "triangle", "striped"),
+    ("green cross", "green", "cross", "solid"),
+)
+SHAPE_KINDS = ("square", "disc", "hbar", "cross", "triangle")
+
+
+def _shape_mask(kind: str, size: int, half: float, rng: np.random.Generator) -> np.ndarray:
+    """A boolean [size, size] mask of one shape of half-width half at a random place."""
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    cy, cx = rng.uniform(half, size - half, size=2)
+    if kind == "square":
+        return (np.abs(yy - cy) <= half) & (np.abs(xx - cx) <= half)
+    if kind == "disc":
+        return (yy - cy) ** 2 + (xx - cx) ** 2 <= half**2
+    if kind == "hbar":
+        return (np.abs(yy - cy) <= half / 2.5) & (np.abs(xx - cx) <= half * 1.4)
+    if kind == "cross":
+        arm = half / 3
+        return ((np.abs(yy - cy) <= arm) & (np.abs(xx - cx) <= half)) | (
+            (np.abs(xx - cx) <= arm) & (np.abs(yy - cy) <= half)
+        )
+    top = cy - half  # triangle: apex up, base at cy + half
+    return (yy >= top) & (yy <= cy + half) & (np.abs(xx - cx) <= (yy - top) / 2)
+
+
+def _shape_image(
+    spec: tuple[str, str, str, str], size: int, difficulty: float, rng: np.random.Generator
+) -> np.ndarray:
+    """One image [3, size, size] of a class at a difficulty (see SHAPE_CLASSES)."""
+    _, colour_name, kind, texture = spec
+    d = difficulty
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    level = rng.uniform(0.05, 0.05 + 0.3 * d)  # background brightness and a soft gradient
+    slope = rng.normal(0.0, 0.15 * d, size=2) / size
+    background = level + slope[0] * (yy - size / 2) + slope[1] * (xx - size / 2)
+    img = np.repeat(background[None], 3, axis=0).astype(np.float32)
+    if rng.random() < d:  # a distractor: another shape in another colour, smaller and dimmer
+        other = _shape_mask(str(rng.choice(SHAPE_KINDS)), size, rng.uniform(0.1, 0.16) * size, rng)
+        tint = np.array(SHAPE_COLOURS[str(rng.choice(list(SHAPE_COLOURS)))]) * 0.6
+        img = np.where(other[None], tint[:, None, None], img).astype(np.float32)
+    mask = _shape_mask(kind, size, rng.uniform(0.2 - 0.05 * d, 0.3) * size, rng)
+    colour = np.array(SHAPE_COLOURS[colour_name]) + rng.normal(0.0, 0.22 * d, size=3)
+    colour = np.clip(colour * rng.uniform(1.0 - 0.35 * d, 1.0), 0.0, 1.0)
+    shade = np.ones((size, size), dtype=np.float32)
+    if texture == "striped":
+        phase = rng.integers(0, 4)
+        shade = np.where(((xx + yy + phase) // 2) % 2 == 0, 1.0, 0.45).astype(np.float32)
+    img = np.where(mask[None], colour[:, None, None] * shade[None], img).astype(np.float32)
+    img += rng.normal(0.0, 0.03 + 0.12 * d, size=img.shape).astype(np.float32)
+    return np.clip(img, 0.0, 1.0)
+
+
+def shapes(
+    num_train: int,
+    num_test: int,
+    size: int = 16,
+    seed: int = 0,
+    difficulty: float = 0.5,
+    num_classes: int = 10,
+) -> ImageData:
+    """Synthetic images of the first num_classes SHAPE_CLASSES (balanced; deterministic for the
+    seed) at a difficulty in [0, 1]."""
+    if size < 12:
+        raise DatasetError(f"shapes needs data.image_size >= 12, got {size}")
+    if not 2 <= num_classes <= len(SHAPE_CLASSES):
+        raise DatasetError(f"shapes has 2 to {len(SHAPE_CLASSES)} classes, got {num_classes}")
+    rng = np.random.default_rng(seed)
+    classes = SHAPE_CLASSES[:num_classes]
+
+    def draw(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        y = np.arange(n) % num_classes
+        rng.shuffle(y)
+        x = np.stack([_shape_image(classes[c], size, difficulty, rng) for c in y])
+        return torch.from_numpy(x), torch.from_numpy(y).long()
+
+    x, y = draw(num_train)
+    tx, ty = draw(num_test)
+    return ImageData(x, y, tx, ty, num_classes, tuple(c[0] for c in classes))
+
+
 # ---- CIFAR
 # ----------------------------------------------------------------------------------------
 CIFAR_FOLDERS = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}
@@ -212,6 +311,8 @@ def check_images(data_config: DataConfig) -> None:
             raise DatasetError(
                 f"tiny-images needs data.image_size >= 8, got {data_config.image_size}"
             )
+    elif data_config.name == "shapes" and data_config.image_size < 12:
+        raise DatasetError(f"shapes needs data.image_size >= 12, got {data_config.image_size}")
 
 
 def make_images(data_config: DataConfig) -> ImageData:
@@ -220,6 +321,15 @@ def make_images(data_config: DataConfig) -> ImageData:
     if name == "tiny-images":
         return tiny_images(
             data_config.num_train, data_config.num_test, data_config.image_size, data_config.seed
+        )
+    if name == "shapes":
+        return shapes(
+            data_config.num_train,
+            data_config.num_test,
+            data_config.image_size,
+            data_config.seed,
+            data_config.difficulty,
+            data_config.num_classes,
         )
     if name in CIFAR_FOLDERS:
         return cifar(name, data_config.root, data_config.download)

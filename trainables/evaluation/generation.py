@@ -149,6 +149,8 @@ def build_evaluator(
     identity = {
         k: getattr(config.data, k) for k in ("name", "root", "num_train", "seed", "image_size")
     } | {"num_reference": n}
+    if config.data.name == "shapes":  # what draws its images (older statistics keep their keys)
+        identity |= {"difficulty": config.data.difficulty, "num_classes": config.data.num_classes}
     place = cache_root(config) / "fid-stats"
     place.pull()  # an object store's statistics into this node's mirror (a folder: nothing)
     reference, cached = reference_stats(
