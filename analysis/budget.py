@@ -38,6 +38,42 @@ def expected_best_curve(values: Sequence[float], mode: str = "max") -> list[floa
     return [expected_best(values, k, mode) for k in range(1, n + 1)]
 
 
+def search_budget(runs: pd.DataFrame, objective: tuple[str, str]) -> pd.DataFrame:
+    """budget_table over a study's finished search trials by the objective's validation value
+    (what each cell's search compared)."""
+    from analysis.tables import completed, selection_column
+
+    done = completed(runs)
+    if done.empty:
+        return pd.DataFrame()
+    return budget_table(done, selection_column(done, objective[0]), objective[1])
+
+
+def write_budget(runs: pd.DataFrame, objective: tuple[str, str], out_dir) -> list:
+    """tables/budget.{md,csv}: each cell's trials, expected best and its last trial's gain."""
+    table = search_budget(runs, objective)
+    if table.empty:
+        return []
+    out_dir.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out_dir / "budget.csv", index=False)
+    lines = [
+        f"Expected best validation {objective[0]} ({objective[1]}) after k trials of each cell's "
+        "search (Dodge et al. 2019); the gain of its last trial says whether one more would still "
+        "change the table (`study resume DIR --add-trials N`).",
+        "",
+        "| method | label % | trials | expected best | gain of the last trial |",
+        "|---|---|---|---|---|",
+    ]
+    for _, row in table.iterrows():
+        gain = "" if pd.isna(row["last_trial_gain"]) else f"{row['last_trial_gain']:+.4g}"
+        lines.append(
+            f"| {row['method']} | {row['label_percent']:g} | {row['trials']} | "
+            f"{row['expected_best']:.4g} | {gain} |"
+        )
+    (out_dir / "budget.md").write_text("\n".join(lines) + "\n")
+    return [out_dir / "budget.md", out_dir / "budget.csv"]
+
+
 def budget_table(trials: pd.DataFrame, column: str, mode: str = "max") -> pd.DataFrame:
     """Per cell (method, label %): its trials, E[best of n], and the gain of its last trial
     E[best of n] - E[best of n - 1] (NaN with a single trial, or for a cell with nothing to

@@ -7,7 +7,8 @@ and PNG in DIR/figures:
 - guidance_<metric>: validation metric against the guidance scale of every cell's chosen trial, one
   panel per label %, the chosen scale starred;
 - pareto: with several objectives, every finished trial's validation values per label %, the front
-  joined.
+  joined;
+- budget: each cell's expected best validation value after k trials (analysis.budget).
 
 Methods keep their registry order and their colour (analysis.style) in every figure; legends sit
 outside the data; log-scale axes are ticked at the values swept, in plain numbers.
@@ -225,6 +226,41 @@ def pareto_figure(
     return _save(fig, out_dir, "pareto")
 
 
+def budget_figure(runs: pd.DataFrame, objective: tuple[str, str], out_dir: Path) -> list[Path]:
+    """budget.{pdf,png}: each cell's expected best validation value after k trials (Dodge et al.
+    2019), one panel per label %, a line per method with more than one trial."""
+    from analysis.budget import expected_best_curve
+
+    done = completed(runs)
+    if done.empty:
+        return []
+    column = selection_column(done, objective[0])
+    cells = [
+        (method, float(pct), expected_best_curve(group[column].dropna().tolist(), objective[1]))
+        for (method, pct), group in done.groupby(["method", "label_percent"])
+    ]
+    cells = [c for c in cells if len(c[2]) > 1]
+    if not cells:
+        return []
+    plt = _pyplot()
+    percents = sorted({pct for _, pct, _ in cells})
+    fig, axes = plt.subplots(1, len(percents), figsize=(3.4 * len(percents), 2.9),
+                             sharey=True, squeeze=False)  # fmt: skip
+    for ax, pct in zip(axes[0], percents):
+        mine = [c for c in cells if c[1] == pct]
+        order = style.method_order(m for m, _, _ in mine)
+        for method, _, curve in sorted(mine, key=lambda c: order.index(c[0])):
+            ax.plot(range(1, len(curve) + 1), curve, marker=style.marker(method),
+                    color=style.color(method), label=method, lw=1.3, ms=3.5)  # fmt: skip
+        ax.set_title(f"{pct:g}% labels")
+        ax.set_xlabel("trials k")
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel(f"expected best val {objective[0]}")
+    _legend_outside(fig, axes[0])
+    return _save(fig, out_dir, "budget")
+
+
 def write_figures(
     runs: pd.DataFrame, objectives: Sequence[tuple[str, str]], study_dir: Path
 ) -> list[Path]:
@@ -233,4 +269,5 @@ def write_figures(
     written = label_percent_figure(runs, objectives, out)
     written += guidance_figure(runs, objectives[0], out)
     written += pareto_figure(runs, objectives, out)
+    written += budget_figure(runs, objectives[0], out)
     return written

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from analysis.budget import write_budget
 from analysis.final import write_final
 from analysis.tables import per_class_table, to_markdown, write_tables
 
@@ -28,4 +29,5 @@ def write_report(
     if len(objectives) > 1:
         files += [p for p in (out_dir / "pareto.md", out_dir / "pareto.csv") if p.exists()]
     files += write_final(runs, objectives, out_dir)
+    files += write_budget(runs, objectives[0], out_dir)
     return table, files

@@ -37,7 +37,8 @@ def _table(study_dir: Path, spec: StudySpec) -> str:
     figures = write_figures(runs, objectives, study_dir)
     log_report(spec.tracking_uri, spec.name, files + figures, spec.study_id)
     metric, _ = objectives[0]
-    written = f"tables: {study_dir / 'tables'} ({len(files)} files: comparison.md, ...)"
+    written = budget_line(runs, objectives[0], study_dir)
+    written += f"tables: {study_dir / 'tables'} ({len(files)} files: comparison.md, ...)"
     if figures:
         count = len({p.stem for p in figures})
         written += f"\nfigures: {study_dir / 'figures'} ({count} figures, .pdf and .png)"
@@ -45,6 +46,25 @@ def _table(study_dir: Path, spec: StudySpec) -> str:
         f"{run_counts(runs, metric)}\n{compute[2]}{written}\n"
         f"(also logged to the study's parent run)\nMLflow UI:  study ui {study_dir}\n\n"
         + console_table(runs, objectives)
+    )
+
+
+def budget_line(runs: pd.DataFrame, objective: tuple[str, str], study_dir: Path) -> str:
+    """'search budget: ...' when some cell's last trial still raised its expected best
+    validation value (analysis.budget), with the remedy; '' otherwise."""
+    from analysis.budget import search_budget
+
+    table = search_budget(runs, objective)
+    if table.empty:
+        return ""
+    searched = table[table["trials"] > 1]
+    rising = searched[searched["last_trial_gain"].abs() > 0]
+    if rising.empty:
+        return ""
+    return (
+        f"search budget: the last trial still moved the expected best in {len(rising)} of "
+        f"{len(searched)} searched cells (tables/budget.md); more: study resume {study_dir} "
+        "--add-trials N\n"
     )
 
 

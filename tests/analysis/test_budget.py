@@ -50,3 +50,24 @@ def test_budget_table_gives_each_cells_last_trial_gain():
     gain = expected_best([1, 2, 3], 3) - expected_best([1, 2, 3], 2)
     assert table.loc["CG-SC-all", "last_trial_gain"] == pytest.approx(gain)
     assert np.isnan(table.loc["Cond", "last_trial_gain"])  # one trial: no gain to measure
+
+
+def test_the_report_writes_each_cells_budget_and_the_figure_its_curves(tmp_path):
+    from analysis.budget import write_budget
+    from analysis.figures import budget_figure
+
+    rows = [
+        {"run_id": f"r{i}", "trial_id": f"t{i}", "status": "FINISHED", "early_stopped": False,
+         "stage": "search", "method": "CG-SC-all", "label_percent": 5.0, "val/x": v, "x": v}
+        for i, v in enumerate([0.2, 0.6, 0.4])
+    ] + [{"run_id": "c", "trial_id": "c", "status": "FINISHED", "early_stopped": False,
+          "stage": "search", "method": "Cond", "label_percent": 5.0, "val/x": 0.5, "x": 0.5}]  # fmt: skip
+    runs = pd.DataFrame(rows)
+    written = write_budget(runs, ("x", "max"), tmp_path / "tables")
+    assert [p.name for p in written] == ["budget.md", "budget.csv"]
+    text = (tmp_path / "tables" / "budget.md").read_text()
+    gain = expected_best([0.2, 0.6, 0.4], 3) - expected_best([0.2, 0.6, 0.4], 2)
+    assert f"| CG-SC-all | 5 | 3 | {expected_best([0.2, 0.6, 0.4], 3):.4g} | {gain:+.4g} |" in text
+    assert "| Cond | 5 | 1 | 0.5 |  |" in text  # one trial: no gain to report
+    figures = budget_figure(runs, ("x", "max"), tmp_path / "figures")
+    assert {p.name for p in figures} == {"budget.pdf", "budget.png"}
