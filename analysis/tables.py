@@ -25,6 +25,10 @@ DEFAULT_METRICS = (
     "inception_score",
     "intra_fid",
     "gen_accuracy",
+    "precision",  # fidelity and diversity apart (Naeem et al. 2020), from the FID features
+    "recall",
+    "density",
+    "coverage",
     "gen_accuracy_exact",  # toy: exact conditional samples, the ceiling of gen_accuracy
     "clf_ece",
     "sc_ratio",  # 1.0 = the SC term learned nothing (trainables.evaluation.calibration)
@@ -257,10 +261,10 @@ def export_best(
 def per_class_table(
     runs: pd.DataFrame,
     objective: tuple[str, str],
-    metrics: Sequence[str] = ("intra_fid", "gen_accuracy"),
+    metrics: Sequence[str] = ("intra_fid", "gen_accuracy", "precision", "recall"),
 ) -> pd.DataFrame:
     """Paper 001 App. A layout: rows = (method, class), column groups = label %, columns = per-class
-    intra-FID and generation accuracy of the cell's best trial."""
+    intra-FID, generation accuracy, precision and recall of the cell's best trial."""
     best = best_per_cell(runs, *objective)
     present = [m for m in metrics if any(c.startswith(f"{m}_class") for c in best.columns)]
     if best.empty or not present:

@@ -101,6 +101,15 @@ GENERATION_METRICS = frozenset(
         "fid_warning",
         "eval_classifier_test_accuracy",
         "reference_stats_reused",
+        # precision / recall / density / coverage (eval.prdc_k), overall and their class means
+        "precision",
+        "recall",
+        "density",
+        "coverage",
+        "intra_precision",
+        "intra_recall",
+        "intra_density",
+        "intra_coverage",
     }
 )
 

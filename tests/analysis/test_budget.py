@@ -56,12 +56,12 @@ def test_the_report_writes_each_cells_budget_and_the_figure_its_curves(tmp_path)
     from analysis.budget import write_budget
     from analysis.figures import budget_figure
 
+    base = {"status": "FINISHED", "early_stopped": False, "stage": "search", "label_percent": 5.0}
+    values = [("CG-SC-all", 0.2), ("CG-SC-all", 0.6), ("CG-SC-all", 0.4), ("Cond", 0.5)]
     rows = [
-        {"run_id": f"r{i}", "trial_id": f"t{i}", "status": "FINISHED", "early_stopped": False,
-         "stage": "search", "method": "CG-SC-all", "label_percent": 5.0, "val/x": v, "x": v}
-        for i, v in enumerate([0.2, 0.6, 0.4])
-    ] + [{"run_id": "c", "trial_id": "c", "status": "FINISHED", "early_stopped": False,
-          "stage": "search", "method": "Cond", "label_percent": 5.0, "val/x": 0.5, "x": 0.5}]  # fmt: skip
+        {**base, "run_id": f"r{i}", "trial_id": f"t{i}", "method": m, "val/x": v, "x": v}
+        for i, (m, v) in enumerate(values)
+    ]
     runs = pd.DataFrame(rows)
     written = write_budget(runs, ("x", "max"), tmp_path / "tables")
     assert [p.name for p in written] == ["budget.md", "budget.csv"]

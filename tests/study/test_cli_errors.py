@@ -214,6 +214,15 @@ BAD_INPUTS += [
         "data.difficulty must be less than or equal to 1, got 1.5",
     ),
     (
+        "prdc neighbours above the samples",
+        lambda p: _write(
+            p,
+            "dataset: tiny-images\nbase_config: tiny-images\n"
+            "config: {sample.num_per_class: 4, eval.prdc_k: 5}\n",
+        ),
+        "eval.prdc_k must be below sample.num_per_class (4",
+    ),
+    (
         "scale cap below the grid",
         lambda p: _write(p, "guidance: {scales: [1, 2, 4], max_scale: 3}\n"),
         "max_scale 3 is below the largest scale 4; give max_scale >= 4",

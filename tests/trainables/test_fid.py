@@ -244,3 +244,46 @@ def test_feature_batches_halve_on_out_of_memory_until_one_fits():
 
     with pytest.raises(torch.OutOfMemoryError):
         batched(never, images, 4)
+
+
+# ---- precision, recall, density, coverage (Naeem et al. 2020, the prdc package) ---------------
+
+
+def test_prdc_of_identical_and_of_disjoint_feature_sets():
+    import numpy as np
+
+    from trainables.evaluation.fid import prdc
+
+    rng = np.random.default_rng(0)
+    real = rng.normal(size=(200, 8)).astype(np.float32)
+    same = prdc(real, real.copy(), nearest_k=5)
+    assert same["precision"] == 1.0 and same["recall"] == 1.0 and same["coverage"] == 1.0
+    far = prdc(real, real + 100.0, nearest_k=5)  # the same shape, far away: nothing overlaps
+    assert far == {"precision": 0.0, "recall": 0.0, "density": 0.0, "coverage": 0.0}
+    assert prdc(real, real[:5], nearest_k=5) is None  # k neighbours need more than k points
+
+
+def test_generation_metrics_report_prdc_overall_and_per_class():
+    import numpy as np
+    import torch
+
+    from trainables.evaluation.fid import Measured, class_stats, generation_metrics
+
+    rng = np.random.default_rng(1)
+    labels = np.repeat([0, 1], 60)
+    feats = rng.normal(size=(120, 4)).astype(np.float32) + labels[:, None] * 10.0
+    reference = class_stats(feats, labels, 2)
+    # Samples: class 0 drawn where class 0 lives; "class 1" samples drawn where class 0 lives too.
+    fake = rng.normal(size=(120, 4)).astype(np.float32)
+    measured = Measured(fake, None, labels.copy())
+    metrics, _ = generation_metrics(
+        torch.zeros(120, 1), torch.as_tensor(labels), 2, None, reference, None, measured,
+        nearest_k=5,
+    )  # fmt: skip
+    assert metrics["precision_class1"] == 0.0 and metrics["precision_class0"] > 0.8
+    assert metrics["recall_class1"] == 0.0 and 0.8 < metrics["precision"]  # all near real data
+    assert metrics["coverage"] < 0.6  # but half the reference (class 1) is never covered
+    assert (
+        metrics["intra_precision"]
+        == (metrics["precision_class0"] + metrics["precision_class1"]) / 2
+    )

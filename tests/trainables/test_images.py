@@ -137,7 +137,9 @@ def test_every_family_trains_and_evaluates_on_images(method):
     from trainables.fit import train_method
 
     config, data, split = _image_setup(method)
-    config = override(config, {"sample.num_steps": 4, "sample.num_per_class": 2})  # fast sampling
+    config = override(
+        config, {"sample.num_steps": 4, "sample.num_per_class": 2, "eval.prdc_k": 1}
+    )  # fast sampling
     nets = train_method(config, split)
     metrics, samples = evaluate_images(config, nets, data)
     assert samples.shape == (4 * config.sample.num_per_class, 3, 16, 16)
@@ -192,6 +194,7 @@ def test_class_conditional_sampling_is_batched_across_classes_and_deterministic(
         {
             "method": "Cond",
             "sample.num_per_class": 3,
+            "eval.prdc_k": 0,
             "sample.num_steps": 4,
             "sample.batch_size": 5,
         },
@@ -206,6 +209,7 @@ def test_class_conditional_sampling_is_batched_across_classes_and_deterministic(
         {
             "method": "Cond",
             "sample.num_per_class": 3,
+            "eval.prdc_k": 0,
             "sample.num_steps": 4,
             "sample.batch_size": 5,
             "sample.seed": 1,

@@ -66,6 +66,7 @@ def test_image_trials_report_the_named_held_out_metrics():
             "data.image_size": 8,
             "sample.num_steps": 2,
             "sample.num_per_class": 1,
+            "eval.prdc_k": 0,
         }
         config = from_flat(flat, base="tiny-images")
         metrics, _ = evaluate_images(config, _untrained(method, (3, 8, 8), config), data)

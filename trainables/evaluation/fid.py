@@ -16,7 +16,7 @@ import json
 import os
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -181,6 +181,9 @@ class Stats:
     mu: np.ndarray
     sigma: np.ndarray
     count: int
+    # A class's reference features themselves (at most PRDC_REFERENCE_PER_CLASS rows): precision,
+    # recall, density and coverage compare sample and reference features point by point.
+    feats: np.ndarray | None = None
 
     @classmethod
     def of(cls, feats: np.ndarray) -> Stats:
@@ -210,12 +213,37 @@ def inception_score(probs: np.ndarray, splits: int = 10) -> tuple[float, float]:
     return float(np.mean(scores)), float(np.std(scores))
 
 
+PRDC_REFERENCE_PER_CLASS = 1000  # reference features kept per class (CIFAR-10 Inception: 80 MB)
+PRDC_METRICS = ("precision", "recall", "density", "coverage")
+
+
 def class_stats(feats: np.ndarray, labels: np.ndarray, num_classes: int) -> dict[str, Stats]:
-    """Overall statistics and per-class statistics ("all", "0", "1", ...)."""
+    """Overall statistics and per-class statistics ("all", "0", "1", ...); each class keeps its
+    first PRDC_REFERENCE_PER_CLASS features."""
     out = {"all": Stats.of(feats)}
     for k in range(num_classes):
-        out[str(k)] = Stats.of(feats[labels == k])
+        mine = feats[labels == k]
+        out[str(k)] = replace(Stats.of(mine), feats=mine[:PRDC_REFERENCE_PER_CLASS].copy())
     return out
+
+
+def prdc(real: np.ndarray, fake: np.ndarray, nearest_k: int) -> dict[str, float] | None:
+    """Precision, recall, density and coverage of fake against real features (Naeem et al. 2020,
+    the `prdc` package, k nearest neighbours); None when either set has k points or fewer."""
+    import contextlib
+    import io
+
+    from prdc import compute_prdc
+
+    if nearest_k < 1 or min(len(real), len(fake)) <= nearest_k:
+        return None
+    with contextlib.redirect_stdout(io.StringIO()):  # it prints the set sizes
+        values = compute_prdc(
+            real_features=real.astype(np.float32),
+            fake_features=fake.astype(np.float32),
+            nearest_k=nearest_k,
+        )
+    return {name: float(values[name]) for name in PRDC_METRICS}
 
 
 # ---- cached reference statistics
@@ -239,14 +267,23 @@ def reference_stats(
     if file.exists():
         with np.load(file) as z:
             names = json.loads(str(z["names"]))
-            return {
-                n: Stats(z[f"{n}_mu"], z[f"{n}_sigma"], int(z[f"{n}_count"])) for n in names
-            }, True
+            if all(f"{n}_feats" in z for n in names if n != "all"):  # else: written before PRDC
+                return {
+                    n: Stats(
+                        z[f"{n}_mu"],
+                        z[f"{n}_sigma"],
+                        int(z[f"{n}_count"]),
+                        z[f"{n}_feats"] if f"{n}_feats" in z else None,
+                    )
+                    for n in names
+                }, True
     stats = class_stats(extractor.features(images), labels.numpy(), num_classes)
     folder.mkdir(parents=True, exist_ok=True)
     arrays = {"names": json.dumps(list(stats))}
     for n, s in stats.items():
         arrays.update({f"{n}_mu": s.mu, f"{n}_sigma": s.sigma, f"{n}_count": np.array(s.count)})
+        if s.feats is not None:
+            arrays[f"{n}_feats"] = s.feats
     # Trials that start together compute the same statistics: each writes its own temporary file
     # and renames it into place (same content; the last rename wins, none fails).
     tmp = folder / f"{key}.{os.getpid()}-{uuid.uuid4().hex}.tmp.npz"
@@ -299,10 +336,12 @@ def generation_metrics(
     reference: dict[str, Stats],
     classify: Callable[[torch.Tensor], np.ndarray],
     measured: Measured | None = None,
+    nearest_k: int = 0,
 ) -> tuple[dict[str, float], list[str]]:
-    """FID, IS, intra-FID (mean of per-class FIDs), generation accuracy; per-class values;
-    warnings. measured: the samples' features, probabilities and predictions when already read
-    (by the ranks of a sharded evaluation); else read here."""
+    """FID, IS, intra-FID (mean of per-class FIDs), generation accuracy, and with nearest_k
+    precision / recall / density / coverage (overall, per class, and their class means as
+    intra_*); per-class values; warnings. measured: the samples' features, probabilities and
+    predictions when already read (by the ranks of a sharded evaluation); else read here."""
     measured = measured or Measured.of(samples, extractor, classify)
     feats = measured.feats
     y = labels.cpu().numpy()
@@ -334,5 +373,35 @@ def generation_metrics(
     metrics["gen_accuracy"] = float((predicted == y).mean())
     for k in range(num_classes):
         metrics[f"gen_accuracy_class{k}"] = float((predicted[y == k] == k).mean())
+    if nearest_k and reference["0"].feats is not None:
+        metrics.update(_prdc_metrics(feats, y, num_classes, reference, nearest_k))
     metrics["fid_warning"] = float(bool(warnings))
     return metrics, warnings
+
+
+def _prdc_metrics(
+    feats: np.ndarray,
+    y: np.ndarray,
+    num_classes: int,
+    reference: dict[str, Stats],
+    nearest_k: int,
+) -> dict[str, float]:
+    """PRDC overall (every class's reference features against every sample) and per class; a
+    set of nearest_k points or fewer (e.g. the validation split's few samples per class) has no
+    value (not a FID warning: FID does not depend on it)."""
+    out: dict[str, float] = {}
+    real = np.concatenate([reference[str(k)].feats for k in range(num_classes)])
+    overall = prdc(real, feats, nearest_k)
+    if overall is None:
+        return out
+    out.update(overall)
+    per_class = [
+        prdc(reference[str(k)].feats, feats[y == k], nearest_k) for k in range(num_classes)
+    ]
+    if any(values is None for values in per_class):
+        return out
+    for k, values in enumerate(per_class):
+        out.update({f"{name}_class{k}": v for name, v in values.items()})
+    for name in PRDC_METRICS:
+        out[f"intra_{name}"] = float(np.mean([values[name] for values in per_class]))
+    return out

@@ -87,6 +87,7 @@ class Evaluator:
     reference_cached: bool
     sigma: float
     samples_read: int = 0  # samples whose features, probabilities and labels this process read
+    nearest_k: int = 5  # eval.prdc_k: neighbours of precision / recall / density / coverage
 
     def classify(self, images: torch.Tensor, batch_size: int = 256) -> np.ndarray:
         """The evaluation classifier's labels at sigma_min, in batches (fid.batched)."""
@@ -159,6 +160,7 @@ def build_evaluator(
     if not cached:
         place.push()
     evaluator = Evaluator(net, key, float("nan"), extractor, reference, cached, sigma)
+    evaluator.nearest_k = config.eval.prdc_k
     predicted = evaluator.classify(data.test_x)
     evaluator.classifier_test_accuracy = float((predicted == data.test_y.numpy()).mean())
     return evaluator
@@ -197,6 +199,7 @@ def evaluate_generation(
         evaluator.reference,
         evaluator.classify,
         measured,
+        nearest_k=evaluator.nearest_k,
     )
     metrics["eval_classifier_test_accuracy"] = evaluator.classifier_test_accuracy
     metrics["reference_stats_reused"] = float(evaluator.reference_cached)
