@@ -104,7 +104,7 @@ DDP_SPEC = {
         "train.batch_size": 16,
         "sample.num_steps": 6,
         "sample.num_per_class": 2,
-        "eval.prdc_k": 1,
+        "eval.prdc_k": 0,
         "sample.batch_size": 4,  # 2 chunks of samples: one per Train worker (sharded evaluation)
         "eval.num_points": 32,
         "eval.sigmas": [0.2],

@@ -226,7 +226,7 @@ class EvalConfig:
     )
     classifier_steps: Count = 2000  # training steps of the platform's evaluation classifier
     # precision / recall / density / coverage (Naeem et al. 2020) from the FID features: the
-    # nearest neighbours k (the paper's 5), below sample.num_per_class; 0: not measured
+    # nearest neighbours k (the paper's 5), at most sample.num_per_class - 2; 0: not measured
     prdc_k: Annotated[int, _NUMBER, Field(ge=0, le=1000)] = 5
     classifier_sigma_max: Positive = (
         0.5  # its training noise range is [sde.sigma_min, this]: near-clean images
@@ -428,11 +428,11 @@ def validate(config: TrialConfig, updates: dict[str, dict[str, Any]] | None = No
     check_method(config.method)
     config = check_sections(config, updates)
     images = config.model.arch == "ncsnpp" and config.eval.fid  # where PRDC is measured
-    if images and config.eval.prdc_k >= config.sample.num_per_class:
+    if images and config.eval.prdc_k > config.sample.num_per_class - 2:
         raise ValueError(
-            f"eval.prdc_k must be below sample.num_per_class ({config.sample.num_per_class}: "
-            f"the samples of a class it compares), got {config.eval.prdc_k}; lower it, or 0 for "
-            "no precision / recall"
+            f"eval.prdc_k must be at most sample.num_per_class - 2 "
+            f"({config.sample.num_per_class - 2}: a class's samples are its neighbourhoods), got "
+            f"{config.eval.prdc_k}; lower it, or 0 for no precision / recall"
         )
     if config.sde.sigma_min >= config.sde.sigma_max:
         raise ValueError(

@@ -220,7 +220,7 @@ BAD_INPUTS += [
             "dataset: tiny-images\nbase_config: tiny-images\n"
             "config: {sample.num_per_class: 4, eval.prdc_k: 5}\n",
         ),
-        "eval.prdc_k must be below sample.num_per_class (4",
+        "eval.prdc_k must be at most sample.num_per_class - 2 (2",
     ),
     (
         "scale cap below the grid",

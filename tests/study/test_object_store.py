@@ -51,7 +51,8 @@ def test_a_study_on_an_object_store_keeps_everything_in_the_bucket(s3, tmp_path)
     # Every trial's records, the networks, Tune's experiment state: in the bucket.
     finals = [f for f in files if f.startswith("team/s3toy/trials/") and f.endswith("final.json")]
     assert len(finals) == 4  # 3 search trials and the score model's stage trial
-    assert len([f for f in files if f.startswith("artifacts/score-")]) == 2  # model, identity
+    # model, identity and checksum
+    assert len([f for f in files if f.startswith("artifacts/score-")]) == 3
     assert any(f.startswith("team/s3toy/tune/s3toy/experiment_state") for f in files)
     # The driver's own files (MLflow, Optuna, the tables) in this machine's mirror of the study.
     mirrors = list((tmp_path / "machine-a").glob("s3-studies-*/team/s3toy"))
@@ -83,7 +84,7 @@ def test_a_study_on_an_object_store_keeps_everything_in_the_bucket(s3, tmp_path)
     mirror = next((tmp_path / "machine-b").glob("s3-studies-*/team/s3more"))
     runs = load_runs(f"sqlite:///{mirror / 'mlflow.db'}", "s3more")
     assert len(runs) == 1 and (runs["artifact_reused/score"] == 1).all()
-    assert len([f for f in s3.files() if f.startswith("artifacts/score-")]) == 2
+    assert len([f for f in s3.files() if f.startswith("artifacts/score-")]) == 3
 
 
 def test_an_object_store_that_does_not_answer_exits_2_and_writes_nothing(s3, tmp_path):

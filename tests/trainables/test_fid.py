@@ -260,7 +260,8 @@ def test_prdc_of_identical_and_of_disjoint_feature_sets():
     assert same["precision"] == 1.0 and same["recall"] == 1.0 and same["coverage"] == 1.0
     far = prdc(real, real + 100.0, nearest_k=5)  # the same shape, far away: nothing overlaps
     assert far == {"precision": 0.0, "recall": 0.0, "density": 0.0, "coverage": 0.0}
-    assert prdc(real, real[:5], nearest_k=5) is None  # k neighbours need more than k points
+    assert prdc(real, real[:6], nearest_k=5) is None  # a k-th neighbour needs k + 2 points
+    assert prdc(real, real[:7], nearest_k=5) is not None
 
 
 def test_generation_metrics_report_prdc_overall_and_per_class():

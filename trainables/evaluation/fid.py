@@ -229,13 +229,15 @@ def class_stats(feats: np.ndarray, labels: np.ndarray, num_classes: int) -> dict
 
 def prdc(real: np.ndarray, fake: np.ndarray, nearest_k: int) -> dict[str, float] | None:
     """Precision, recall, density and coverage of fake against real features (Naeem et al. 2020,
-    the `prdc` package, k nearest neighbours); None when either set has k points or fewer."""
+    the `prdc` package, k nearest neighbours); None when either set has k + 1 points or fewer
+    (the k-th neighbour's radius needs k others besides the point, and prdc's partition one
+    more)."""
     import contextlib
     import io
 
     from prdc import compute_prdc
 
-    if nearest_k < 1 or min(len(real), len(fake)) <= nearest_k:
+    if nearest_k < 1 or min(len(real), len(fake)) < nearest_k + 2:
         return None
     with contextlib.redirect_stdout(io.StringIO()):  # it prints the set sizes
         values = compute_prdc(
