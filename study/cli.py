@@ -200,8 +200,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.resume_dir is not None:
         study_dir, spec = load_study_spec(args.resume_dir)
         if args.trust:
-            trust_study(study_dir)
-        check_trusted(study_dir)
+            trust_study(study_dir, spec)
+        check_trusted(study_dir, spec)
     else:
         spec = load_spec(args.spec)
         study_dir = study_dir_for(spec)
@@ -294,7 +294,7 @@ def cmd_final(args: argparse.Namespace) -> int:
     overrides = _overrides(args.set)
     study_dir, spec = load_study_spec(args.study_dir)
     points = final_points(study_dir, spec, args.seeds, overrides)  # reads MLflow only
-    check_trusted(study_dir)
+    check_trusted(study_dir, spec)
     quiet_libraries(args.verbose)
     start = time.perf_counter()
     count = run_final(study_dir, spec, seeds=args.seeds, verbose=verbosity(args), points=points)

@@ -181,9 +181,9 @@ def _tuner(
         name = f"{spec.name}-more{count}"
     experiment = str(spec.study_place(study_dir) / "tune" / name)  # a folder or a URI
     if resume and rerun is None and not extend and tune.Tuner.can_restore(experiment):
-        check_signed(study_dir)  # again, just before Tune unpickles (resume checked it first)
+        check_signed(study_dir, spec)  # again, just before Tune unpickles (resume checked it)
         tuner = tune.Tuner.restore(experiment, trainable, resume_errored=True)
-        signing.sign(study_dir / "tune", name)  # tuner.pkl as the restore rewrote it
+        _sign(spec, study_dir, name)  # tuner.pkl as the restore rewrote it
         return tuner
     searcher = make_searcher(spec, study_dir, points=rerun)
     samples = searcher.total
@@ -204,8 +204,26 @@ def _tuner(
         verbose=0,
     )
     tuner = tune.Tuner(trainable, tune_config=tune_config, run_config=run_config)
-    signing.sign(study_dir / "tune", name)  # tuner.pkl, written by the Tuner just made
+    _sign(spec, study_dir, name)  # tuner.pkl, written by the Tuner just made
     return tuner
+
+
+def _pull_state(spec: StudySpec, study_dir: Path, experiment: str | None = None) -> None:
+    """In an object store, fetch Tune's state files (of one experiment, or all) afresh into this
+    machine's mirror, so that what is signed and checked are the bytes Tune unpickles."""
+    place = spec.study_place(study_dir) / "tune"
+    if not place.remote:
+        return
+    place.pull(place.local / experiment if experiment else None)
+    for folder in [place.local / experiment] if experiment else place.local.glob("*"):
+        for path in signing.state_files(folder) if folder.is_dir() else []:
+            place.pull(path, fresh=True)
+
+
+def _sign(spec: StudySpec, study_dir: Path, experiment: str) -> None:
+    """Sign one experiment's Tune state as it is in the study's storage."""
+    _pull_state(spec, study_dir, experiment)
+    signing.sign(study_dir / "tune", experiment)
 
 
 def _experiments(study_dir: Path, spec: StudySpec) -> list[Path]:
@@ -265,9 +283,11 @@ def _spec_digest(study_dir: Path) -> str:
     return hashlib.sha256((study_dir / SPEC_FILE).read_bytes()).hexdigest()
 
 
-def trust_study(study_dir: Path) -> None:
+def trust_study(study_dir: Path, spec: StudySpec | None = None) -> None:
     """Record the study directory and its spec as this user's, and sign its Tune state as it is
-    (study run, or resume --trust)."""
+    (study run, or resume --trust; given the spec, as it is in its storage)."""
+    if spec is not None:
+        _pull_state(spec, study_dir)
     signing.sign_all(study_dir / "tune")
     path = _registry()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -278,7 +298,7 @@ def trust_study(study_dir: Path) -> None:
     os.replace(tmp, path)
 
 
-def check_trusted(study_dir: Path) -> None:
+def check_trusted(study_dir: Path, spec: StudySpec | None = None) -> None:
     """Refuse to resume a folder this user's `study run` did not create, whose spec changed, or
     whose Tune state is not the one this user's driver signed: resuming unpickles it, which runs
     code."""
@@ -290,11 +310,14 @@ def check_trusted(study_dir: Path) -> None:
             "since; resuming loads its pickled Tune state, which can run code. If you trust the "
             f"folder: study resume {study_dir} --trust"
         )
-    check_signed(study_dir)
+    check_signed(study_dir, spec)
 
 
-def check_signed(study_dir: Path) -> None:
-    """Refuse Tune state files this user's driver did not sign (study.signing)."""
+def check_signed(study_dir: Path, spec: StudySpec | None = None) -> None:
+    """Refuse Tune state files this user's driver did not sign (study.signing); given the spec,
+    as they are in its storage (an object store's, fetched first)."""
+    if spec is not None:
+        _pull_state(spec, study_dir)
     bad = signing.unsigned(study_dir / "tune")
     if bad:
         more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
@@ -335,7 +358,7 @@ def _save_spec(spec: StudySpec, study_dir: Path, uri: str) -> None:
     tmp.write_text(yaml.safe_dump(saved, sort_keys=False))
     os.replace(tmp, study_dir / SPEC_FILE)
     place.push(study_dir / SPEC_FILE)
-    trust_study(study_dir)
+    trust_study(study_dir, spec)
 
 
 def _session(
@@ -559,7 +582,7 @@ def run_final(
             verbose=0,
         )
         tuner = tune.Tuner(trainable, tune_config=tune_config, run_config=run_config)
-        signing.sign(study_dir / "tune", name)
+        _sign(spec, study_dir, name)
         return _fit_noting_interrupt(tuner)[1]
 
     progress = study_progress(spec, seeds=seeds)

@@ -36,5 +36,9 @@ def _clean_environment(tmp_path_factory):
             os.environ[k] = v
 
 
-# Helpers shared by the tests (tests/cli_helpers.py) import as top-level modules.
+# Helpers shared by the tests (tests/cli_helpers.py) import as top-level modules. tests/ has
+# folders named as the packages (tests/search_spaces, ...): import the packages first, or a test
+# that is the first to import one would get the test folder as a namespace package.
+import analysis, search_spaces, study, trainables  # noqa: E401, E402, F401, I001
+
 sys.path.insert(0, str(Path(__file__).parent))

@@ -180,7 +180,8 @@ class SampleConfig:
     guidance_grid: NonNegatives = ()
     # When the validation optimum is the grid's largest scale, the sweep goes on geometrically
     # (x the grid's last ratio, at least 2) up to this cap, until the curve turns; likewise down
-    # (halving, at most 3 times) from its smallest scale above 0. 0: the grid only.
+    # (halving, at most 3 times) from its smallest scale above 0. 0 or the grid's largest scale:
+    # the grid only.
     guidance_cap: NonNegative = 0.0
     # CG's classifier gradient: "fp32", or "bf16" (autocast; on GPUs, about half the classifier's
     # cost; its error on the toy's exact scores is in docs/benchmarks.md)
@@ -428,7 +429,7 @@ def validate(config: TrialConfig, updates: dict[str, dict[str, Any]] | None = No
     check_method(config.method)
     config = check_sections(config, updates)
     images = config.model.arch == "ncsnpp" and config.eval.fid  # where PRDC is measured
-    if images and config.eval.prdc_k > config.sample.num_per_class - 2:
+    if images and config.eval.prdc_k and config.eval.prdc_k > config.sample.num_per_class - 2:
         raise ValueError(
             f"eval.prdc_k must be at most sample.num_per_class - 2 "
             f"({config.sample.num_per_class - 2}: a class's samples are its neighbourhoods), got "

@@ -77,9 +77,10 @@ class Place:
         fs, remote = self._remote_of(path)
         return fs.get_file_info(remote).type != pyarrow.fs.FileType.NotFound
 
-    def pull(self, path: Path | None = None) -> bool:
+    def pull(self, path: Path | None = None, fresh: bool = False) -> bool:
         """Copy a file or folder under `local` (default all of it) from the store into the
-        mirror; False when the store has none. A mirrored file of the stored size is kept."""
+        mirror; False when the store has none. A mirrored file of the stored size is kept, unless
+        fresh (a file that may change in place: Tune's state)."""
         path = Path(path or self.local)
         if not self.remote:
             return path.exists()
@@ -96,7 +97,7 @@ class Place:
             if file.type != pyarrow.fs.FileType.File:
                 continue
             target = path / file.path[len(remote) + 1 :] if file.path != remote else path
-            if target.is_file() and target.stat().st_size == file.size:
+            if not fresh and target.is_file() and target.stat().st_size == file.size:
                 continue
             target.parent.mkdir(parents=True, exist_ok=True)
             tmp = target.with_name(f".{target.name}.{os.getpid()}.part")

@@ -71,6 +71,18 @@ def test_a_study_on_an_object_store_keeps_everything_in_the_bucket(s3, tmp_path)
                       env=_machine(s3, tmp_path, "machine-a"))  # fmt: skip
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert len(load_runs(f"sqlite:///{mirrors[0] / 'mlflow.db'}", "s3toy")) == 4
+    # Tune's state changed in the bucket (same size, so a mirror that kept files by size would
+    # not notice) is refused before anything is unpickled.
+    fs, pkl = s3.filesystem(), f"{s3.bucket}/team/s3toy/tune/s3toy/tuner.pkl"
+    with fs.open_input_stream(pkl) as f:
+        data = f.read()
+    with fs.open_output_stream(pkl) as f:
+        f.write(data[:-1] + bytes([data[-1] ^ 1]))
+    tampered = run_cli("resume", str(mirrors[0]), "--quiet", cwd=tmp_path,
+                       env=_machine(s3, tmp_path, "machine-a"))  # fmt: skip
+    assert tampered.returncode == 2 and "tuner.pkl is not the Tune state" in tampered.stderr
+    with fs.open_output_stream(pkl) as f:
+        f.write(data)
 
     # Another machine (an empty mirror) sees the study in the bucket: the same name is refused.
     other = _machine(s3, tmp_path, "machine-b")

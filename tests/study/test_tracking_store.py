@@ -6,6 +6,9 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+from cli_helpers import write_spec
+
 from study.spec import validate
 
 OPEN_AND_WRITE = """
@@ -48,3 +51,43 @@ def test_a_relative_sqlite_uri_is_saved_absolute(tmp_path, monkeypatch):
     assert validate(spec.to_dict()).tracking_uri == spec.tracking_uri
     absolute = f"sqlite:///{tmp_path / 'abs.db'}"
     assert validate({"methods": ["CG"], "tracking_uri": absolute}).tracking_uri == absolute
+
+
+@pytest.mark.slow
+def test_two_studies_created_at_the_same_moment_on_a_new_store_both_complete(tmp_path):
+    # Before the lock, the second crashed with MLflow's "table ... already exists" after writing
+    # its spec.yaml, and a re-run was then refused as "already holds a study".
+    from cli_helpers import TOY_FAST, cli_env
+
+    from analysis import load_study
+
+    store = tmp_path / "shared" / "mlflow.db"
+    procs = []
+    for name in ("first", "second"):
+        spec = write_spec(
+            tmp_path,
+            filename=name,
+            name=name,
+            dataset="gmm2",
+            methods=["Cond"],
+            label_percents=[50],
+            num_trials=1,
+            tracking_uri=f"sqlite:///{store}",
+            config=TOY_FAST,
+        )
+        env = {**cli_env(), "SC_GUIDANCE_ARTIFACT_STORE": str(tmp_path / f"store-{name}")}
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "study", "run", str(spec), "--quiet"],
+                cwd=tmp_path,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
+    results = [(p.wait(timeout=400), p.stderr.read()) for p in procs]
+    assert [code for code, _ in results] == [0, 0], [err[-1500:] for _, err in results]
+    for name in ("first", "second"):
+        trials = load_study(tmp_path / "studies" / name).trials
+        assert len(trials) == 1 and (trials["status"] == "FINISHED").all()

@@ -197,7 +197,11 @@ def test_the_extension_stops_at_the_cap_and_goes_down_at_most_three_halvings(tmp
     final = _run(tmp_path / "down", monkeypatch, **{"sample.guidance_grid": "1,2,4",
                                                     "sample.guidance_cap": 16.0})[-1]  # fmt: skip
     assert final["guidance_scale"] == 0.125 and _curve(final) == [0.125, 0.25, 0.5, 1, 2, 4]
-    # Without a cap (0) the grid alone is swept.
-    _rigged_validation(monkeypatch, lambda s: s)
-    final = _run(tmp_path / "grid", monkeypatch, **{"sample.guidance_grid": "1,2,4"})[-1]
-    assert final["guidance_scale"] == 4.0 and _curve(final) == [1.0, 2.0, 4.0]
+    # Without a cap (0), or with the grid's largest scale as the cap, the grid alone is swept,
+    # at either edge.
+    for cap, rigged in ((0.0, lambda s: s), (4.0, lambda s: s), (4.0, lambda s: -s)):
+        _rigged_validation(monkeypatch, rigged)
+        grid = {"sample.guidance_grid": "1,2,4", "sample.guidance_cap": cap}
+        final = _run(tmp_path / f"grid{cap}{rigged(2)}", monkeypatch, **grid)[-1]
+        assert final["guidance_scale"] == (4.0 if rigged(2) > 0 else 1.0)
+        assert _curve(final) == [1.0, 2.0, 4.0]

@@ -61,19 +61,20 @@ MAX_HALVINGS = 3  # how far below the grid's smallest positive scale the sweep m
 
 
 def next_scale(
-    curve: dict[float, Any], chosen: float | None, cap: float, lowest: float
+    curve: dict[float, Any], chosen: float | None, cap: float, grid: tuple[float, ...]
 ) -> float | None:
     """The scale to measure next when the chosen one is at an edge of the measured scales: above
     the largest, the grid's last ratio (at least 2) times it, bounded by cap; below the smallest
     (above 0), half of it, at most MAX_HALVINGS times below the grid's lowest scale. None when
-    the optimum is inside the curve, at the cap, or there is no cap (0)."""
+    the optimum is inside the curve, at the cap, or the cap is 0 or the grid's largest scale (the
+    grid only)."""
     scales = sorted(curve)
-    if chosen is None or cap <= 0 or len(scales) < 2 or chosen <= 0:
+    if chosen is None or cap <= max(grid) or len(scales) < 2 or chosen <= 0:
         return None
     if chosen == scales[-1]:
         ratio = scales[-1] / scales[-2] if scales[-2] > 0 else 2.0
         return min(cap, chosen * max(2.0, ratio)) if chosen < cap else None
-    if chosen == scales[0] and chosen > lowest / 2**MAX_HALVINGS:
+    if chosen == scales[0] and chosen > min(grid) / 2**MAX_HALVINGS:
         return chosen / 2
     return None
 
@@ -148,7 +149,7 @@ class TrialEvaluator:
         metric, mode = objectives[0] if objectives else ("", "max")
         chosen = choose_scale(curve, metric, mode)
         while True:  # an optimum at an edge: go on past it until the curve turns (or the cap)
-            beyond = next_scale(curve, chosen, self.config.sample.guidance_cap, min(scales))
+            beyond = next_scale(curve, chosen, self.config.sample.guidance_cap, tuple(scales))
             if beyond is None:
                 break
             measure(beyond)
