@@ -25,7 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from trainables.config import NCSNPP_SIZES, from_flat  # noqa: E402
+from trainables.config import NCSNPP_SIZES, ModelConfig  # noqa: E402
 from trainables.evaluation.fid import classifier_extractor, inception_extractor  # noqa: E402
 from trainables.methods import get_method, guided_score_fn, model_fns  # noqa: E402
 from trainables.networks import build_network  # noqa: E402
@@ -70,13 +70,7 @@ def parse_args() -> argparse.Namespace:
 def build_networks(args: argparse.Namespace, device: torch.device) -> dict:
     """Untrained score, classifier and conditional NCSN++ networks of the size, frozen, in eval
     mode on the device (seeded)."""
-    model = from_flat(
-        {
-            **{f"model.{k}": v for k, v in NCSNPP_SIZES[args.size].items()},
-            "model.arch": "ncsnpp",
-            "model.dropout": 0.0,
-        }
-    ).model
+    model = ModelConfig(**NCSNPP_SIZES[args.size], arch="ncsnpp", dropout=0.0)
     shape = (3, args.image_size, args.image_size)
     torch.manual_seed(0)
     return {

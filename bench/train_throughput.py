@@ -28,7 +28,6 @@ from trainables.config import (  # noqa: E402
     NCSNPP_SIZES,
     LossConfig,  # noqa: E402
     ModelConfig,
-    from_flat,
 )
 from trainables.data.batches import Batch, Noise  # noqa: E402
 from trainables.flops import peak_tflops as device_peak  # noqa: E402
@@ -186,13 +185,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    config = from_flat(
-        {
-            **{f"model.{k}": v for k, v in NCSNPP_SIZES[args.size].items()},
-            "model.arch": "ncsnpp",
-            "model.dropout": 0.0,
-        }
-    ).model
+    config = ModelConfig(**NCSNPP_SIZES[args.size], arch="ncsnpp", dropout=0.0)
     shape = (3, args.image_size, args.image_size)
     memory = torch.channels_last if args.channels_last else torch.contiguous_format
     x = torch.rand(args.batch, *shape, device=device).contiguous(memory_format=memory)

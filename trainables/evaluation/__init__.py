@@ -150,6 +150,8 @@ class TrialEvaluator:
         chosen = choose_scale(curve, metric, mode)
         while True:  # an optimum at an edge: go on past it until the curve turns (or the cap)
             beyond = next_scale(curve, chosen, self.config.sample.guidance_cap, tuple(scales))
+            if distributed is not None:  # rank 0 measured the curve: every rank follows it
+                beyond = distributed.broadcast(beyond)
             if beyond is None:
                 break
             measure(beyond)
