@@ -17,10 +17,13 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
+from search_spaces import cell_points
 from study.errors import StudyError
 from study.progress import work_units
 from study.spec import StudySpec
-from trainables.names import cell_label
+from study.stages import artifact_folders, knob_dependent, plan_stages
+from trainables.names import GUIDED, SAMPLER_SCORE_EVALS, TOY_CLASSES, cell_label
+from trainables.registry import EVAL_CLASSIFIER, TERMS, artifact_config, get_method
 
 
 def _num_classes(dataset: str, config: object) -> int:
@@ -38,9 +41,7 @@ def _num_classes(dataset: str, config: object) -> int:
             return len(scan_folder(config.data.root)[0])
         except DatasetError as exc:
             raise StudyError(f"study plan counts the folder's classes: {exc}") from None
-    from trainables.data.toy import make_toy
-
-    return make_toy(dataset, 4, 4, 0).num_classes
+    return TOY_CLASSES[dataset]
 
 
 @dataclass
@@ -62,8 +63,6 @@ class Plan:
 def _training_work(artifact: object, config: object, train: object) -> float:
     """Work units of training one network (study.progress.work_units): its steps and batch, a
     double backward where a weighted term has one."""
-    from trainables.methods import TERMS
-
     double = any(
         TERMS[t.term].double_backward and t.weight(config.loss) != 0 for t in artifact.terms
     )
@@ -72,12 +71,6 @@ def _training_work(artifact: object, config: object, train: object) -> float:
 
 def make_plan(spec: StudySpec) -> Plan:
     """The plan of a validated spec (its first seed)."""
-    from search_spaces import cell_points
-    from study.stages import artifact_folders, knob_dependent, plan_stages
-    from trainables.evaluation import SAMPLER_SCORE_EVALS
-    from trainables.methods import EVAL_CLASSIFIER, artifact_config, get_method
-    from trainables.names import GUIDED
-
     plan, seen = Plan(), set()
     base = spec.trial_config({"method": spec.methods[0]})
     classes = _num_classes(spec.dataset, base)

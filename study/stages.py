@@ -20,7 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from trainables.identity import artifact_identity, artifact_key, cache_root, eval_classifier_config
 from trainables.names import EVALUATION_STAGE, STAGE_KEY, TUNED_KEYS
+from trainables.registry import EVAL_CLASSIFIER, artifact_config, get_method
 from trainables.storage import Place, stored
 
 
@@ -37,9 +39,6 @@ class Stage:
 def artifact_folders(config: Any) -> list[tuple[Any, str]]:
     """(artifact, cache folder name <name>-<key>) of every artifact the config's method trains,
     in order, each key over the keys of the artifacts it needs (as the trial's cache computes)."""
-    from trainables.cache import artifact_identity, artifact_key
-    from trainables.methods import get_method
-
     folders, needs = [], {}
     for artifact in get_method(config.method).artifacts:
         key = artifact_key(artifact_identity(artifact, config, needs))
@@ -52,8 +51,6 @@ def knob_dependent(config: Any) -> dict[str, bool]:
     """Artifact name -> whether its network moves with the method's tuned knobs: one of its loss
     terms is weighted by a knob or reads one (the registry's LossTerm.knobs), or an artifact it
     needs does. Such a network is trained per trial; the others can be shared."""
-    from trainables.methods import artifact_config, get_method
-
     tuned = set(TUNED_KEYS.get(config.method, ()))
     out: dict[str, bool] = {}
     for artifact in get_method(config.method).artifacts:
@@ -69,10 +66,6 @@ def knob_dependent(config: Any) -> dict[str, bool]:
 def _evaluation_stage(config: Any, point: dict) -> Stage | None:
     """The image evaluator's stage (evaluation classifier + reference statistics) when its
     classifier is neither given nor cached yet; None for the toy or without FID."""
-    from trainables.cache import artifact_identity, artifact_key
-    from trainables.evaluation.generation import cache_root, eval_classifier_config
-    from trainables.methods import EVAL_CLASSIFIER
-
     if config.model.arch != "ncsnpp" or not config.eval.fid or config.eval.classifier_checkpoint:
         return None
     identity = artifact_identity(EVAL_CLASSIFIER, eval_classifier_config(config))

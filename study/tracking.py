@@ -293,7 +293,7 @@ class MLflowTracker(tune.Callback):
             )  # fmt: skip
             run_id = run.info.run_id
             # The registry imports torch, which `study table` (a reader of this module) needs not.
-            from trainables.methods import shaping_keys
+            from trainables.registry import shaping_keys
 
             shaping = shaping_keys(str(params.get(METHOD_KEY)), flat)
             self.client.log_batch(run_id, params=[Param(k, str(flat[k])) for k in sorted(shaping)])

@@ -96,6 +96,9 @@ DDP_SPEC = {
     "num_trials": 3,
     "objectives": [{"metric": "guided_dsm", "mode": "min"}],
     "resources": {"cpus_per_trial": 0.95, "num_workers": 2, "max_concurrent_trials": 1},
+    # Two scales and a cap of twice the largest: the sweep goes on past an edge optimum (rank 0
+    # decides, every worker follows) at little cost.
+    "guidance": {"scales": [1, 4], "max_scale": 8},
     "config": {
         "data.num_train": 128,
         "data.num_test": 64,

@@ -74,3 +74,25 @@ def test_no_import_cycles_among_the_packages():
 
 def test_the_cycle_finder_finds_a_cycle():
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def _long_functions(limit: int = 60) -> list[str]:
+    """'path:line name (n lines)' of every function longer than limit lines (its docstring
+    included), outside the network constructors (trainables/networks, which spell out a paper's
+    layers in order)."""
+    found = []
+    for package in PACKAGES:
+        for path in (ROOT / package).rglob("*.py"):
+            if "networks" in path.relative_to(ROOT).parts:
+                continue
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                    size = node.end_lineno - node.lineno + 1
+                    if size > limit:
+                        found.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({size})")
+    return found
+
+
+def test_no_function_is_longer_than_60_lines():
+    assert _long_functions() == []
+    assert _long_functions(limit=40)  # the measure sees the longer ones (it is not vacuous)

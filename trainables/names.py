@@ -1,9 +1,10 @@
 """Names every package shares, torch-free: methods, the keys each tunes, metrics, trial record
 files.
 
-search_spaces, analysis and the spec validator read this module instead of the method registry
-(trainables.methods, which imports torch). tests/trainables/test_names.py fails when the registry or
-the evaluation code stops agreeing with what is written here.
+search_spaces, analysis and the spec validator read the names here; the records behind them (terms,
+artifacts, methods) are the registry's (trainables.registry, which is built on these names).
+tests/trainables/test_names.py fails when the registry, the loaders or the evaluation code stop
+agreeing with what is written here.
 """
 
 from __future__ import annotations
@@ -164,6 +165,7 @@ def parse_curve_key(key: str) -> tuple[str, float] | None:
 
 # ---- dataset names (the loaders in trainables.data check that they draw exactly these) ----------
 TOY_DATASETS = ("gmm2", "gmm3", "overlap2", "moons")  # trainables.data.toy
+TOY_CLASSES = {"gmm2": 2, "gmm3": 3, "overlap2": 2, "moons": 2}  # each toy set's class count
 IMAGE_DATASETS = (
     "cifar10",
     "cifar100",
@@ -211,3 +213,11 @@ def knob_text(method: str, values: dict) -> str:
         if k in values and values[k] is not None
     ]
     return ", ".join(shown)
+
+
+# ---- sampling cost -------------------------------------------------------------------------------
+SAMPLER_SCORE_EVALS = {
+    "pc": 2,
+    "em": 1,
+    "ode": 2,
+}  # score evaluations per step (trainables.samplers)

@@ -32,6 +32,11 @@ def test_each_family_trains_on_two_train_workers(tmp_path):
     assert len(runs) == 3 and (runs["status"] == "FINISHED").all()
     assert set(runs["method"]) == {"CG-SC-all", "Joint-SC", "CFG-all"}
     assert runs["guided_dsm"].notna().all()
+    # The guided trials' sweeps went on past the grid {1, 4} on both Train workers (the next
+    # scale is rank 0's: a worker deciding alone hung the trial).
+    curves = [c for c in runs.columns if c.startswith("curve/guided_dsm/g")]
+    swept = {float(c.rsplit("/g", 1)[1]) for c in curves if runs[c].notna().any()}
+    assert {1.0, 4.0} < swept, swept
     client = MlflowClient(uri)
     for run_id in runs["run_id"]:
         assert [a.path for a in client.list_artifacts(run_id, "samples")] == ["samples/samples.png"]

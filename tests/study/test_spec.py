@@ -118,14 +118,16 @@ def test_every_preset_validates_or_only_misses_its_dataset(name):
         assert spec.name == name
 
 
-def test_validating_a_spec_imports_neither_torch_nor_ray():
+def test_validating_a_spec_and_planning_a_toy_study_import_neither_torch_nor_ray():
     import subprocess
     import sys
 
     code = (
         "import sys\n"
+        "from study.plan import make_plan, to_text\n"
         "from study.spec import load_spec\n"
-        "load_spec('toy'); load_spec('tiny-images', check_data=False)\n"
+        "load_spec('tiny-images', check_data=False)\n"
+        "spec = load_spec('toy'); assert 'stage 1' in to_text(spec, make_plan(spec))\n"
         "print(sorted(m for m in ('torch', 'ray') if m in sys.modules))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

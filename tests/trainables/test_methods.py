@@ -88,7 +88,7 @@ UNREACHED = {
 def test_gradients_reach_exactly_the_trained_network(name):
     from dataclasses import replace
 
-    from trainables.methods import TERMS
+    from trainables.methods import TERM_FNS
 
     batch, noise = _batch()
     loss_config = replace(CONFIG.loss, lambda_qc=1.0)  # QC active too
@@ -100,7 +100,7 @@ def test_gradients_reach_exactly_the_trained_network(name):
             # the frozen ones (their weights must not move, nor cost a backward).
             net.zero_grad(set_to_none=True)
             rows = batch.rows(term.rows)
-            values = TERMS[term.term].fn(fns, batch.take(rows), noise.take(rows), loss_config)
+            values = TERM_FNS[term.term](fns, batch.take(rows), noise.take(rows), loss_config)
             values.mean().backward()
             unreached = UNREACHED.get((artifact.network, term.term), ())
             missing = [

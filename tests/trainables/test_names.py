@@ -90,3 +90,15 @@ def test_the_dataset_names_are_the_sets_the_loaders_draw():
 
     assert TOY_DATASETS == (*TOY_MIXTURES, "moons")
     assert "tiny-images" in IMAGE_DATASETS and "folder" in IMAGE_DATASETS
+
+
+def test_the_torch_free_tables_are_the_code_they_describe():
+    """The counts `study plan` reads without torch equal what the code draws and runs."""
+    from trainables.data.toy import make_toy
+    from trainables.methods import TERM_FNS
+    from trainables.registry import TERMS
+    from trainables.samplers import SAMPLERS
+
+    assert names.TOY_CLASSES == {d: make_toy(d, 4, 4, 0).num_classes for d in names.TOY_DATASETS}
+    assert set(TERM_FNS) == set(TERMS)  # every term of the registry has its function
+    assert set(names.SAMPLER_SCORE_EVALS) == set(SAMPLERS)

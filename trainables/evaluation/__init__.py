@@ -31,8 +31,8 @@ from trainables.evaluation.generation import (
 from trainables.evaluation.images import evaluate_images
 from trainables.evaluation.toy import evaluate_toy
 from trainables.fit import Distributed
+from trainables.names import SAMPLER_SCORE_EVALS
 
-SAMPLER_SCORE_EVALS = {"pc": 2, "em": 1, "ode": 2}  # score evaluations per sampler step
 VAL_SEED_OFFSET = 7919  # validation draws (samples, evaluation points) use their own seeds
 Objectives = Sequence[tuple[str, str]]  # (metric, "min" | "max"), the first one selects
 

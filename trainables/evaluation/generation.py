@@ -8,7 +8,6 @@ studies under eval.cache_dir, or loaded from eval.classifier_checkpoint.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +17,7 @@ import torch
 from torch import nn
 
 from trainables.cache import ArtifactCache
-from trainables.config import ModelConfig, TrialConfig
+from trainables.config import TrialConfig
 from trainables.data.images import ImageData
 from trainables.evaluation.fid import (
     EvalError,
@@ -33,30 +32,8 @@ from trainables.evaluation.fid import (
     reference_stats,
 )
 from trainables.fit import Distributed, TrainingSet, build, data_dim, train_artifact
+from trainables.identity import cache_root, eval_classifier_config
 from trainables.methods import EVAL_CLASSIFIER
-from trainables.storage import Place
-
-
-def cache_root(config: TrialConfig) -> Place:
-    """eval.cache_dir (a folder or an object-store URI), else ~/.cache/sc-guidance."""
-    return Place(config.eval.cache_dir or "~/.cache/sc-guidance")
-
-
-def eval_classifier_config(config: TrialConfig) -> TrialConfig:
-    """The trial config with the evaluation classifier's own data, noise range and steps."""
-    return dataclasses.replace(
-        config,
-        data=dataclasses.replace(config.data, label_percent=100.0),
-        model=dataclasses.replace(
-            config.model, classifier_head="plain", energy_rank=ModelConfig.energy_rank
-        ),
-        sde=dataclasses.replace(
-            config.sde, sigma_max=max(config.eval.classifier_sigma_max, config.sde.sigma_min * 2)
-        ),
-        train=dataclasses.replace(
-            config.train, steps=config.eval.classifier_steps, precision="fp32"
-        ),
-    )
 
 
 def preflight(config: TrialConfig) -> None:

@@ -119,14 +119,8 @@ def evaluate_images(
     trial's data-parallel group; the samples are drawn in shares by every rank (sample_classes),
     the other metrics by rank 0 alone (the other ranks return none).
     """
-    if distributed is not None and distributed.rank != 0:
-        if not scaled:
-            return {}, None
-        shape = tuple(data.test_x.shape[1:])
-        samples, _ = sample_classes(
-            config, networks, data.num_classes, shape, device, distributed=distributed
-        )
-        return {}, samples.detach().cpu().clamp(0, 1)
+    if distributed is not None and distributed.rank != 0:  # a share of the samples, no metric
+        return {}, _samples(config, networks, data, device, distributed)[0] if scaled else None
     fns = model_fns(networks, num_classes=data.num_classes)
     rows = held_out_rows(data, config.eval.num_points, split)
     x_all, y_all = data.test_x[rows], data.test_y[rows]
@@ -139,23 +133,45 @@ def evaluate_images(
         if fixed and "score_dsm" in dsm:
             metrics["score_dsm"] = dsm["score_dsm"]
     if fns.logits_fn is not None and fixed:
-        gen = torch.Generator().manual_seed(config.eval.seed + 2)
-        metrics.update(
-            _classifier_metrics(config, fns.logits_fn, x_all, y_all, gen, device, batch_size)
-        )
-        sigma_range = (config.sde.sigma_min, config.sde.sigma_max)
-        sc_gen = torch.Generator().manual_seed(config.eval.seed + 1)
-        held_out = x_all.to(device)
-        metrics.update(
-            sc_ratios(fns.logits_fn, held_out, config.eval.sc_bands, sigma_range, sc_gen)
-        )
+        metrics.update(_classifier_block(config, fns.logits_fn, x_all, y_all, device, batch_size))
     if not scaled:
         return metrics, None
+    samples, metrics["sample_finite_fraction"] = _samples(
+        config, networks, data, device, distributed
+    )
+    return metrics, samples
+
+
+def _classifier_block(
+    config: TrialConfig,
+    logits_fn: LogitsFn,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    device: torch.device | str,
+    batch_size: int,
+) -> dict[str, float]:
+    """The classifier's held-out accuracy, ECE and per-sigma accuracy, and its SC ratios."""
+    gen = torch.Generator().manual_seed(config.eval.seed + 2)
+    metrics = _classifier_metrics(config, logits_fn, x, y, gen, device, batch_size)
+    sigma_range = (config.sde.sigma_min, config.sde.sigma_max)
+    sc_gen = torch.Generator().manual_seed(config.eval.seed + 1)
+    metrics.update(sc_ratios(logits_fn, x.to(device), config.eval.sc_bands, sigma_range, sc_gen))
+    return metrics
+
+
+def _samples(
+    config: TrialConfig,
+    networks: dict[str, nn.Module],
+    data: ImageData,
+    device: torch.device | str,
+    distributed: Distributed | None,
+) -> tuple[torch.Tensor, float]:
+    """The guided samples of every class in [0, 1] (under data parallelism, what sample_classes
+    returns to this rank), and the fraction of them that was finite before clamping."""
     shape = tuple(data.test_x.shape[1:])
     samples, _ = sample_classes(
         config, networks, data.num_classes, shape, device, distributed=distributed
     )
     samples = samples.detach().cpu()
-    finite = torch.isfinite(samples.flatten(1)).all(1)
-    metrics["sample_finite_fraction"] = finite.double().mean().item()
-    return metrics, samples.clamp(0, 1)
+    finite = torch.isfinite(samples.flatten(1)).all(1).double().mean().item()
+    return samples.clamp(0, 1), finite

@@ -1,0 +1,109 @@
+"""What a trained network is keyed by: the exact config it depends on and the code that trains
+it (an artifact's identity, whose hash names its folder in the artifact store), and where the
+evaluator's own networks and statistics live. No torch: `study plan` and the stage scheduler
+compute the keys without it; trainables.cache trains and loads by them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+
+from trainables.config import ModelConfig, TrialConfig, to_flat
+from trainables.registry import Artifact, artifact_config
+from trainables.storage import Place
+
+ALWAYS = ("sde.", "model.", "train.")
+# The code that shapes a trained network: its source enters every key, so a changed loss, network,
+# training loop or data pipeline never reuses a network trained by older code (the store is shared
+# across studies and platform versions).
+SHAPING_CODE = (
+    "fit.py", "losses.py", "methods.py", "registry.py", "sde.py", "cache.py", "identity.py",
+    "networks", "data",
+)  # fmt: skip
+
+
+def code_version() -> str:
+    """sha256 (16 hex digits) of the source of every module in SHAPING_CODE, in a fixed order."""
+    root = Path(__file__).parent
+    digest = hashlib.sha256()
+    for name in SHAPING_CODE:
+        path = root / name
+        for file in sorted(path.rglob("*.py")) if path.is_dir() else [path]:
+            digest.update(file.relative_to(root).as_posix().encode())
+            digest.update(file.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+CODE_VERSION = code_version()
+DATA_KEYS = (
+    "data.name",
+    "data.num_train",
+    "data.seed",
+    "data.root",
+    "data.image_size",
+    "data.flip",
+    "data.difficulty",
+    "data.num_classes",
+)
+# Settings that change how fast or how often, never what is trained.
+NEUTRAL = (
+    "train.channels_last", "train.checkpoint_every", "train.peak_tflops", "train.compile",
+)  # fmt: skip
+
+
+def artifact_identity(
+    artifact: Artifact, config: TrialConfig, needs: dict[str, str] | None = None
+) -> dict:
+    """The exact config an artifact depends on (never the guidance scale or sampler settings)."""
+    config = artifact_config(artifact, config)
+    flat = to_flat(config)
+    active = [t for t in artifact.terms if t.weight(config.loss) != 0]
+    keys = [k for k in flat if k.startswith(ALWAYS) and k not in NEUTRAL] + list(DATA_KEYS)
+    if artifact.uses_labels:
+        keys += ["data.label_percent", "data.split_seed"]
+    for term in active:
+        keys += term.knobs()
+    # With every row labeled, "labeled" rows are all rows and every batch mixing draws uniformly
+    # from all of them: the "labeled" and "all" variants (CG-SC-labeled / CG-SC-all, CFG-labeled /
+    # CFG-all) train the same network, so they share one key (tests/trainables/test_cache.py
+    # trains both and compares the weights).
+    full = config.data.label_percent >= 100.0
+    return {
+        "artifact": artifact.name,
+        "network": artifact.network,
+        "terms": [[t.term, "all" if full and t.rows == "labeled" else t.rows] for t in active],
+        "batches": "all" if full else artifact.row_usage,  # how batches mix labeled and uniform
+        "code": CODE_VERSION,
+        "config": {k: flat[k] for k in sorted(set(keys))},
+        "needs": dict(sorted((needs or {}).items())),
+    }
+
+
+def artifact_key(identity: dict) -> str:
+    """sha256 of the identity's canonical JSON (first 16 hex digits)."""
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def cache_root(config: TrialConfig) -> Place:
+    """eval.cache_dir (a folder or an object-store URI), else ~/.cache/sc-guidance."""
+    return Place(config.eval.cache_dir or "~/.cache/sc-guidance")
+
+
+def eval_classifier_config(config: TrialConfig) -> TrialConfig:
+    """The trial config with the evaluation classifier's own data, noise range and steps."""
+    return dataclasses.replace(
+        config,
+        data=dataclasses.replace(config.data, label_percent=100.0),
+        model=dataclasses.replace(
+            config.model, classifier_head="plain", energy_rank=ModelConfig.energy_rank
+        ),
+        sde=dataclasses.replace(
+            config.sde, sigma_max=max(config.eval.classifier_sigma_max, config.sde.sigma_min * 2)
+        ),
+        train=dataclasses.replace(
+            config.train, steps=config.eval.classifier_steps, precision="fp32"
+        ),
+    )
