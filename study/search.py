@@ -3,7 +3,6 @@ equal budget per cell, and ASHA that keeps every cell's first trial."""
 
 from __future__ import annotations
 
-import json
 import math
 import pickle
 import warnings
@@ -21,17 +20,15 @@ from study.signing import note_staging
 from study.spec import StudySpec
 from study.stages import StageGate, plan_stages
 from trainables.names import (
-    FINAL_RECORD,
     LABEL_PERCENT_KEY,
     METHOD_KEY,
-    PARAMS_RECORD,
-    RUN_RECORD,
     STAGE_KEY,
     TUNED_KEYS,
     VALIDATION_PREFIX,
     cell_label,
     parse_cell_label,
 )
+from trainables.records import EVAL_EPOCH_KEY, TrialRecords, is_final
 from trainables.storage import Place
 
 
@@ -173,16 +170,16 @@ class CellSearcher(Searcher):
         root = Place(location).local
         out = {}
         for folder in root.iterdir() if root.is_dir() else []:
-            final, params = folder / FINAL_RECORD, folder / PARAMS_RECORD
-            if not (final.exists() and params.exists()):
+            records = TrialRecords.of(root, folder.name)  # pulled above: read from the mirror
+            p, final = records.params(), records.final()
+            if p is None or final is None:
                 continue
-            p = json.loads(params.read_text())
             if p.get(STAGE_KEY):
                 continue  # a stage trial: it trained a shared network, it holds no result
             cell = (p.get(METHOD_KEY), float(p.get(LABEL_PERCENT_KEY, "nan")))
             if cell in self.asked:
                 knobs = {k: p[k] for k in TUNED_KEYS[cell[0]] if k in p}
-                out[(cell, _key(knobs))] = json.loads(final.read_text())
+                out[(cell, _key(knobs))] = final
         return out
 
     def recount(self) -> None:
@@ -311,7 +308,7 @@ class CellSearcher(Searcher):
             return
         cell, number = self.live.pop(trial_id)
         values = [(result or {}).get(metric) for metric, _ in self.objectives]
-        if not (result or {}).get("final"):  # stopped before its final evaluation
+        if not is_final(result):  # stopped before its final evaluation
             values = [None]
         if error:
             state, told = optuna.trial.TrialState.FAIL, None
@@ -332,14 +329,13 @@ class CellSearcher(Searcher):
     def _link_run(self, trial_id: str, cell: Cell, number: int) -> None:
         """The Optuna trial's user attribute mlflow_run_id, from the run record the tracker wrote
         at the trial's start (set before tell: a finished Optuna trial is read-only)."""
-        place = Place(self.record_root) / trial_id
-        if not place.pull(place.local / RUN_RECORD):
+        run_id = TrialRecords.of(self.record_root, trial_id).run_id()
+        if run_id is None:
             return
         study = self.study(cell)
         storage = study._storage  # Optuna's storage API sets attributes by internal trial id
         internal = storage.get_trial_id_from_study_id_trial_number(study._study_id, number)
         try:
-            run_id = (place.local / RUN_RECORD).read_text().strip()
             storage.set_trial_user_attr(internal, "mlflow_run_id", run_id)
         except (optuna.exceptions.UpdateFinishedTrialError, RuntimeError, OSError):
             pass  # replayed after a restore: the trial is finished and already linked
@@ -365,11 +361,10 @@ def heal_failed_trials(spec: StudySpec, study_dir: Path, finished: set[str]) -> 
         study = optuna.load_study(study_name=name, storage=storage)
         for trial in study.get_trials(deepcopy=False, states=[optuna.trial.TrialState.FAIL]):
             tune_id = trial.user_attrs.get("tune_trial_id")
-            record = spec.study_place(study_dir) / "trials" / str(tune_id) / FINAL_RECORD
-            if tune_id not in finished or not record.exists(record.local):
+            if tune_id not in finished:
                 continue
-            record.pull(record.local)
-            values = _values(json.loads(record.local.read_text()), objectives)
+            final = TrialRecords.of(spec.study_place(study_dir) / "trials", str(tune_id)).final()
+            values = _values(final, objectives) if final is not None else None
             if values is None:
                 continue
             reopen_failed_trial(study, trial.number)
@@ -543,7 +538,7 @@ def make_scheduler(spec: StudySpec) -> CellAwareASHA | None:
         return None
     mode = next(o.mode for o in spec.objectives if o.metric == spec.scheduler.metric)
     return CellAwareASHA(
-        time_attr="eval_epoch",
+        time_attr=EVAL_EPOCH_KEY,
         metric=selection_metric(spec.scheduler.metric),
         mode=mode,
         max_t=spec.epochs_per_trial(),

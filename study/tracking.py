@@ -3,7 +3,6 @@ owns it)."""
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import subprocess
@@ -20,21 +19,17 @@ from ray.tune.experiment import Trial
 
 from study.errors import StudyError
 from trainables.names import (
-    ARTIFACTS_RECORD,
     CURVE_IMAGE,
-    ERROR_RECORD,
-    FINAL_RECORD,
     LABEL_PERCENT_KEY,
     METHOD_KEY,
-    RUN_RECORD,
     SHARED_STAGE,
     STAGE_KEY,
-    TAGS_RECORD,
     VALIDATION_PREFIX,
     cell_label,
     knob_text,
     parse_curve_key,
 )
+from trainables.records import FINAL_KEY, TrialRecords, evaluated_epochs, is_final
 from trainables.storage import Place
 
 TERMINAL = {"FINISHED", "FAILED", "KILLED"}
@@ -222,9 +217,7 @@ class MLflowTracker(tune.Callback):
             progress.started(trial.trial_id, cell, kind, now)
         elif progress is not None and event in ("FINISHED", "FAILED"):
             value = (trial.last_result or {}).get(self._selection) if self._selection else None
-            status = (
-                event if event == "FAILED" or (trial.last_result or {}).get("final") else ("KILLED")
-            )
+            status = event if event == "FAILED" or is_final(trial.last_result) else ("KILLED")
             progress.ended(trial.trial_id, status, now, value)
         if not self.verbose:
             return
@@ -236,8 +229,8 @@ class MLflowTracker(tune.Callback):
             print(f"  [{trial.trial_id}] {label}: epoch {int(result['epoch'])} {loss}", flush=True)
         elif event in ("FINISHED", "FAILED"):
             self._done += 1
-            early = event == "FINISHED" and not (trial.last_result or {}).get("final")
-            epoch = int((trial.last_result or {}).get("eval_epoch", 0))
+            early = event == "FINISHED" and not is_final(trial.last_result)
+            epoch = evaluated_epochs(trial.last_result)
             what = f"stopped early by ASHA at epoch {epoch}" if early else event.lower()
             value = (trial.last_result or {}).get(self._selection) if self._selection else None
             if isinstance(value, (int, float)) and event == "FINISHED" and not early:
@@ -305,11 +298,8 @@ class MLflowTracker(tune.Callback):
         """trials/<id>/mlflow_run_id.txt: the searcher links the cell's Optuna trial to the run.
         A folder that cannot be written fails the trial (its worker writes there too), never the
         driver: the run is tagged with why."""
-        folder = self.record_root / trial_id
         try:
-            folder.mkdir(parents=True, exist_ok=True)
-            (folder / RUN_RECORD).write_text(run_id)
-            (self.records / trial_id).push(folder / RUN_RECORD)
+            TrialRecords.of(self.records, trial_id).write_run_id(run_id)
         except OSError as exc:
             self.client.set_tag(run_id, "record_error", f"{type(exc).__name__}: {exc}"[:5000])
 
@@ -366,7 +356,7 @@ class MLflowTracker(tune.Callback):
             and math.isfinite(float(v))
         ]
         metrics.append(Metric(STEP_METRIC, float(step), now, step))
-        if result.get("final"):
+        if is_final(result):
             # The validation guidance curve as a metric history the MLflow UI charts:
             # guidance_curve/<metric> at step = round(100 x scale).
             for key, value in result.items():
@@ -380,27 +370,25 @@ class MLflowTracker(tune.Callback):
     def _end(self, trial: Trial, status: str) -> None:
         """Tag the run with the trial's records, log its samples, and end it."""
         run_id = self.run_for(trial)
-        (self.records / trial.trial_id).pull()  # an object store's records into the mirror
-        record = self.record_root / trial.trial_id / ARTIFACTS_RECORD
-        if record.exists():
-            for name, path in json.loads(record.read_text()).items():
-                self.client.set_tag(run_id, f"artifact.{name}", path)
-        tags_file = self.record_root / trial.trial_id / TAGS_RECORD
-        if tags_file.exists():
-            for name, value in json.loads(tags_file.read_text()).items():
-                self.client.set_tag(run_id, name, str(value)[:5000])
+        records = TrialRecords.of(self.records, trial.trial_id)
+        records.place.pull()  # an object store's records into the mirror
+        for name, path in records.artifacts().items():
+            self.client.set_tag(run_id, f"artifact.{name}", path)
+        for name, value in records.tags().items():
+            self.client.set_tag(run_id, name, str(value)[:5000])
         if status == "FAILED":
             # Why it failed, where users look: tags on the run.
-            for name, value in _failure_tags(self.record_root / trial.trial_id, trial).items():
+            for name, value in _failure_tags(records, trial).items():
                 self.client.set_tag(run_id, name, value)
-        for picture in sorted((self.record_root / trial.trial_id).glob("*.png")):
+        for picture in sorted(records.folder.glob("*.png")):
             folder = "plots" if picture.name == CURVE_IMAGE else "samples"
             self.client.log_artifact(run_id, str(picture), folder)
-        if status == "FINISHED" and not (trial.last_result or {}).get("final"):
+        if status == "FINISHED" and not is_final(trial.last_result):
             # Stopped by the scheduler (ASHA) before its final evaluation.
             self.client.set_tag(run_id, "early_stopped", "true")
-            epoch = int((trial.last_result or {}).get("eval_epoch", 0))
-            self.client.set_tag(run_id, "stopped_at_epoch", str(epoch))
+            self.client.set_tag(
+                run_id, "stopped_at_epoch", str(evaluated_epochs(trial.last_result))
+            )
         self.client.set_terminated(run_id, status)
         self.on_event(status, trial, None)
 
@@ -442,12 +430,11 @@ def run_name(params: dict, flat: dict, stage: str) -> str:
     return " · ".join(p for p in parts if p)
 
 
-def _failure_tags(record: Path, trial: Trial) -> dict[str, str]:
+def _failure_tags(records: TrialRecords, trial: Trial) -> dict[str, str]:
     """error_type, error_message and failed_at_step from the worker's error record, else the last
     line of Tune's error file (an error outside the worker)."""
-    file = record / ERROR_RECORD
-    if file.exists():
-        reason = json.loads(file.read_text())
+    reason = records.error()
+    if reason is not None:
         tags = {"error_type": reason["type"], "error_message": reason["message"][:5000]}
         if reason.get("step") is not None:
             tags["failed_at_step"] = str(reason["step"])
@@ -460,14 +447,13 @@ def _failure_tags(record: Path, trial: Trial) -> dict[str, str]:
     return {"error_type": "unknown", "error_message": "the trial failed without an error record"}
 
 
-def _finish_from_record(client: MlflowClient, run: Any, record: Path) -> int:
+def _finish_from_record(client: MlflowClient, run: Any, final: dict) -> int:
     """A trial that finished (its final record written) just before the driver was killed, after
     Tune's last checkpoint: end its run FINISHED, logging the final result if the driver never did.
     Returns 1 if the run changed."""
     if run.info.status in TERMINAL:
         return 0
-    if "final" not in run.data.metrics:
-        final = json.loads(record.read_text())
+    if FINAL_KEY not in run.data.metrics:
         step = int(run.data.metrics.get(STEP_METRIC, 0)) + 1
         now = int(time.time() * 1000)
         values = [Metric(k.replace("@", "_"), v, now, step) for k, v in final.items()]
@@ -522,9 +508,9 @@ def reconcile(
             continue
         seen[trial_id] = run.info.run_id
         unknown = known_trials is not None and trial_id not in known_trials
-        record = record_root / str(trial_id) / FINAL_RECORD if record_root is not None else None
-        if unknown and record is not None and record.exists():
-            fixed += _finish_from_record(client, run, record)
+        final = TrialRecords.of(record_root, trial_id).final() if record_root and unknown else None
+        if unknown and final is not None:
+            fixed += _finish_from_record(client, run, final)
             continue
         if unknown and run.data.tags.get("orphaned") != "true":
             _mark_orphaned(client, run)

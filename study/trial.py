@@ -3,15 +3,14 @@ the function itself in local mode (num_workers 0)."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, replace
 from typing import Any
 
 from study.cluster import worker_resources
 from study.spec import StudySpec
 from trainables.context import TrialContext
-from trainables.names import FINAL_RECORD, PARAMS_RECORD, STAGE_KEY
-from trainables.storage import Place
+from trainables.names import STAGE_KEY
+from trainables.records import REPLAYED_KEY, TrialRecords
 
 
 @dataclass(frozen=True)
@@ -37,17 +36,16 @@ def trial_driver(params: dict[str, Any], *, study: StudyContext) -> None:
     from trainables.ray_worker import train_fn_per_worker
 
     trial_id = tune.get_context().get_trial_id()
-    place = Place(study.trial.record_dir) / trial_id  # a folder, or an object store's mirror
-    record_dir = place.local
-    if place.pull(record_dir / FINAL_RECORD):
+    records = TrialRecords.of(study.trial.record_dir, trial_id)  # a folder, or a store's mirror
+    place = records.place
+    final = records.final()
+    if final is not None:
         # A restored study re-runs trials that ended after its last experiment checkpoint: report
         # the stored final result instead of training again.
-        tune.report({**json.loads((record_dir / FINAL_RECORD).read_text()), "replayed": 1.0})
+        tune.report({**final, REPLAYED_KEY: 1.0})
         return
-    record_dir.mkdir(parents=True, exist_ok=True)
     # Which configuration this trial is: a restored searcher matches it to a lost Optuna trial.
-    (record_dir / PARAMS_RECORD).write_text(json.dumps(params, default=str))
-    place.push(record_dir / PARAMS_RECORD)
+    records.write_params(params)
     context = replace(
         study.trial,
         config=study.spec.trial_config(params),  # resolved once, shipped typed to the workers

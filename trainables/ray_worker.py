@@ -9,9 +9,7 @@ latest checkpoint.
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import shutil
 import time
 from collections.abc import Callable
@@ -41,6 +39,7 @@ from trainables.fit import (
     train_method,
 )
 from trainables.methods import Artifact, artifact_config, get_method
+from trainables.records import EVAL_EPOCH_KEY, FINAL_KEY, TrialRecords
 from trainables.storage import Place
 
 Report = Callable[[dict], None]
@@ -139,7 +138,7 @@ def _epoch_validation(
     def evaluate(ema: nn.Module, epoch: int) -> dict:
         networks = {**done, artifact.network: ema}
         sweep = evaluator.validate(networks, [config.sample.guidance_scale], objectives)
-        return {**validation_metrics(sweep.metrics), "eval_epoch": epoch}
+        return {**validation_metrics(sweep.metrics), EVAL_EPOCH_KEY: epoch}
 
     return evaluate
 
@@ -215,26 +214,17 @@ def _write_records(
     final: dict[str, float],
     num_per_class: int,
 ) -> None:
-    """The trial's records for the driver: artifacts' folders, tags, samples, then the final result
-    (written last and atomically: its presence means the trial finished), in the record folder or
-    its node-local mirror and the object store."""
-    record = place.local
-    record.mkdir(parents=True, exist_ok=True)
+    """The trial's records for the driver (trainables.records): artifacts' folders, tags, samples,
+    then the final result (last, atomically: its presence means the trial finished)."""
+    records = TrialRecords(place)
     folders = {name: str(Place(cache_dir) / key) for name, key in ledger.keys.items()}
-    (record / names.ARTIFACTS_RECORD).write_text(json.dumps(folders))
-    (record / names.TAGS_RECORD).write_text(json.dumps(evaluator.tags))
+    records.write_outputs(folders, evaluator.tags)
     if samples is not None:
         from torchvision.utils import save_image
 
-        save_image(samples, record / names.SAMPLES_IMAGE, nrow=num_per_class)
-    tmp = record / f"{names.FINAL_RECORD}.tmp"
-    tmp.write_text(json.dumps(final))
-    os.replace(tmp, record / names.FINAL_RECORD)
-    if place.remote:
-        for file in sorted(record.iterdir()):
-            if file.is_file() and file.name != names.FINAL_RECORD and not file.name.endswith("tmp"):
-                place.push(file)
-        place.push(record / names.FINAL_RECORD)
+        save_image(samples, records.path(names.SAMPLES_IMAGE), nrow=num_per_class)
+        place.push(records.path(names.SAMPLES_IMAGE))
+    records.write_final(final)
 
 
 class ObjectiveError(ValueError):
@@ -314,15 +304,6 @@ def _draw_pictures(
         plot_toy_samples(at_scale, networks, evaluator.data, folder / names.SAMPLES_IMAGE)
 
 
-def _write_error(place: Place, error: BaseException) -> None:
-    """The reason a trial failed, for its MLflow run (the driver reads it when the trial ends)."""
-    place.local.mkdir(parents=True, exist_ok=True)
-    step = getattr(error, "step", None)
-    reason = {"type": type(error).__name__, "message": str(error)[:2000], "step": step}
-    (place.local / names.ERROR_RECORD).write_text(json.dumps(reason))
-    place.push(place.local / names.ERROR_RECORD)
-
-
 def train_fn_per_worker(loop_config: dict) -> None:
     """Run the trial; on failure, record why (rank 0) before Ray sees the exception."""
     context: TrialContext = loop_config["context"]
@@ -330,7 +311,7 @@ def train_fn_per_worker(loop_config: dict) -> None:
         _run_trial(context)
     except Exception as error:
         if context.local_mode or Distributed.from_torch().rank == 0:
-            _write_error(Place(context.record_dir), error)
+            TrialRecords(Place(context.record_dir)).write_error(error)  # for its MLflow run
         raise
 
 
@@ -360,10 +341,10 @@ def _run_stage(
     else:
         train_method(config, provider=provider, upto=context.stage)
     if dist.rank != 0:
-        report({"final": 1.0})
+        report({FINAL_KEY: 1.0})
         return
     _finish_costs(ledger)
-    final = {**ledger.metrics, names.STAGE_METRIC: 1.0, "final": 1.0}
+    final = {**ledger.metrics, names.STAGE_METRIC: 1.0, FINAL_KEY: 1.0}
     final = {k: float(v) for k, v in final.items()}
     _write_records(Place(context.record_dir), ledger, context.cache_dir, evaluator, None, final, 1)
     report(final)
@@ -407,7 +388,7 @@ def _run_trial(context: TrialContext) -> None:
     shared = dist if dist.world_size > 1 and evaluator.images else None
     if dist.rank != 0:
         _draw_share(evaluator, networks, config, shared)
-        report({"final": 1.0})  # ray.train.report is a barrier: every rank reports as often
+        report({FINAL_KEY: 1.0})  # ray.train.report is a barrier: every rank reports as often
         return
     # On rank 0: sweep the guidance grid on the validation split, choose the scale, evaluate the
     # test split at it, write the trial's records, report the final result.
@@ -427,8 +408,8 @@ def _run_trial(context: TrialContext) -> None:
         **validation_metrics(sweep.metrics),
         **_curve_metrics(sweep, context.objectives),
         **ledger.metrics,
-        "eval_epoch": epochs,
-        "final": 1.0,
+        EVAL_EPOCH_KEY: epochs,
+        FINAL_KEY: 1.0,
     }
     if get_method(config.method).guidance != "none":
         final[names.CHOSEN_SCALE] = sweep.scale

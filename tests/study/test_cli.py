@@ -6,6 +6,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -38,9 +39,33 @@ def finished_study(tmp_path_factory):
         "config": FAST_CONFIG,
     }
     (root / "spec.yaml").write_text(yaml.safe_dump(spec))
-    result = _cli("run", "spec.yaml", cwd=root)
+    # The run's Ray session in a folder of its own (short: Ray's socket paths are bounded), so
+    # that its processes can be told from other tests' clusters.
+    ray_tmp = tempfile.mkdtemp(prefix="ray", dir="/tmp")
+    result = run_cli("run", "spec.yaml", cwd=root, timeout=400, env={"RAY_TMPDIR": ray_tmp})
     assert result.returncode == 0, result.stderr[-3000:]
+    _RAY_LEFT[:] = _processes_under(ray_tmp, wait=3.0)
     return root, root / "studies" / "e2e", result
+
+
+_RAY_LEFT: list[str] = []  # processes of the run's Ray session alive 3 s after the CLI returned
+
+
+def _processes_under(folder: str, wait: float) -> list[str]:
+    """Command lines naming folder that are still running after up to `wait` seconds."""
+    import time
+
+    deadline = time.monotonic() + wait
+    while True:
+        found = subprocess.run(["pgrep", "-af", folder], capture_output=True, text=True).stdout
+        left = [line for line in found.splitlines() if "pgrep" not in line]
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.2)
+
+
+def test_no_process_of_the_runs_ray_session_outlives_the_command(finished_study):
+    assert _RAY_LEFT == []
 
 
 def _table_rows(stdout):

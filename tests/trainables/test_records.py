@@ -1,0 +1,52 @@
+"""A trial's records: each writer's output is what its reader returns; an absent record reads as
+none; the final record appears whole or not at all; no torch is needed to read them."""
+
+import subprocess
+import sys
+
+from trainables.records import TrialRecords, evaluated_epochs, is_final
+
+
+def test_every_record_reads_back_what_was_written(tmp_path):
+    records = TrialRecords.of(tmp_path / "trials", "abc123")
+    assert records.final() is None and records.params() is None and records.run_id() is None
+    assert records.artifacts() == {} and records.tags() == {} and records.error() is None
+    records.write_params({"method": "CG-SC-all", "data.label_percent": 5.0, "x": (1, 2)})
+    records.write_run_id("0123abcd")
+    records.write_outputs({"score": "/store/score-1"}, {"feature_extractor": "inception"})
+    records.write_final({"gen_accuracy": 0.75, "final": 1.0})
+    try:
+        raise ValueError("lr must be > 0")
+    except ValueError as exc:
+        exc.step = 17
+        records.write_error(exc)
+    again = TrialRecords.of(str(tmp_path / "trials"), "abc123")  # another process's view
+    assert again.params() == {"method": "CG-SC-all", "data.label_percent": 5.0, "x": [1, 2]}
+    assert again.run_id() == "0123abcd"
+    assert again.artifacts() == {"score": "/store/score-1"}
+    assert again.tags() == {"feature_extractor": "inception"}
+    assert again.final() == {"gen_accuracy": 0.75, "final": 1.0}
+    assert again.error() == {"type": "ValueError", "message": "lr must be > 0", "step": 17}
+    # Written through a temporary file and a rename: nothing else is left in the folder.
+    assert sorted(p.name for p in again.folder.iterdir()) == [
+        "artifacts.json", "error.json", "final.json", "mlflow_run_id.txt", "params.json",
+        "tags.json",
+    ]  # fmt: skip
+
+
+def test_a_result_is_final_only_with_the_final_key():
+    assert is_final({"final": 1.0, "eval_epoch": 3}) and not is_final({"eval_epoch": 3})
+    assert not is_final(None) and evaluated_epochs({"eval_epoch": 3.0}) == 3
+    assert evaluated_epochs(None) == 0
+
+
+def test_reading_records_imports_neither_torch_nor_ray(tmp_path):
+    TrialRecords.of(tmp_path, "t").write_final({"fid": 1.0})
+    code = (
+        "import sys\n"
+        "from trainables.records import TrialRecords\n"
+        f"assert TrialRecords.of({str(tmp_path)!r}, 't').final() == {{'fid': 1.0}}\n"
+        "print(sorted(m for m in ('torch', 'ray') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stderr[-2000:]

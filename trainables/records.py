@@ -1,0 +1,132 @@
+"""What a trial reports, declared once: the keys of the results it hands Tune, and the record
+files its worker and the driver write for each other under <study>/trials/<trial id>/ (in a
+folder, or an object store's mirror of it: trainables.storage), each with one writer and one
+reader here. No torch: the worker, the trial driver, the tracker, the searcher and the analysis
+all read and write through this module.
+
+Results (Tune's channel, per report): the per-epoch metrics (their names: trainables.names), then
+one final result carrying FINAL_KEY; cost counters under COST_PREFIX.
+
+Records (files, per trial):
+- params.json (the trial driver, at the start): the trial's sampled params;
+- mlflow_run_id.txt (the tracker, at the start): the trial's MLflow run;
+- artifacts.json, tags.json, samples.png (the worker, at the end): the cache folders of its
+  networks, MLflow tags, its sample grid;
+- final.json (the worker, last and atomically: its presence means the trial finished): the final
+  result, replayed rather than retrained after a restore;
+- error.json (the worker, when it fails): exception type, message and step.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from trainables.names import (
+    ARTIFACTS_RECORD,
+    ERROR_RECORD,
+    FINAL_RECORD,
+    PARAMS_RECORD,
+    RUN_RECORD,
+    TAGS_RECORD,
+)
+from trainables.storage import Place
+
+# ---- the keys of the results a trial reports to Tune ----------------------------------------
+FINAL_KEY = "final"  # 1.0 in a final result (absent: stopped before its final evaluation)
+EVAL_EPOCH_KEY = "eval_epoch"  # the epochs evaluated so far (the scheduler's time attribute)
+REPLAYED_KEY = "replayed"  # 1.0 when the final result was read back from final.json
+COST_PREFIX = "cost/"  # device-seconds, steps, score evaluations (analysis.accounting)
+
+
+def is_final(result: dict | None) -> bool:
+    """Whether a Tune result is a trial's final one."""
+    return bool((result or {}).get(FINAL_KEY))
+
+
+def evaluated_epochs(result: dict | None) -> int:
+    """The epochs a trial had evaluated when it reported result."""
+    return int((result or {}).get(EVAL_EPOCH_KEY, 0))
+
+
+# ---- the record files ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TrialRecords:
+    """One trial's record folder: `place` is <record root>/<trial id>."""
+
+    place: Place
+
+    @classmethod
+    def of(cls, root: str | Place, trial_id: str) -> TrialRecords:
+        """The records of trial_id under a record root (a folder or an object-store URI)."""
+        return cls((root if isinstance(root, Place) else Place(str(root))) / str(trial_id))
+
+    @property
+    def folder(self) -> Path:
+        """This machine's folder of the records (an object store's mirror)."""
+        return self.place.local
+
+    def path(self, name: str) -> Path:
+        return self.folder / name
+
+    def write(self, name: str, value: Any) -> None:
+        """One record, atomically (a temporary file, then a rename), then into the store: JSON,
+        or the text itself for a string."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        text = value if isinstance(value, str) else json.dumps(value, default=str)
+        tmp = self.folder / f".{name}.{os.getpid()}.tmp"
+        tmp.write_text(text)
+        os.replace(tmp, self.folder / name)
+        self.place.push(self.folder / name)
+
+    def read(self, name: str) -> Any | None:
+        """A record (fetched from the store first), None when there is none."""
+        path = self.folder / name
+        if not self.place.pull(path):
+            return None
+        text = path.read_text()
+        return text.strip() if name == RUN_RECORD else json.loads(text)
+
+    # -- each record: its writer, then its reader -------------------------------------------------
+    def write_params(self, params: dict[str, Any]) -> None:
+        self.write(PARAMS_RECORD, params)
+
+    def params(self) -> dict | None:
+        return self.read(PARAMS_RECORD)
+
+    def write_run_id(self, run_id: str) -> None:
+        self.write(RUN_RECORD, run_id)
+
+    def run_id(self) -> str | None:
+        return self.read(RUN_RECORD)
+
+    def write_outputs(self, artifacts: dict[str, str], tags: dict[str, Any]) -> None:
+        """The cache folders of the trial's networks and its MLflow tags."""
+        self.write(ARTIFACTS_RECORD, artifacts)
+        self.write(TAGS_RECORD, tags)
+
+    def artifacts(self) -> dict[str, str]:
+        return self.read(ARTIFACTS_RECORD) or {}
+
+    def tags(self) -> dict[str, Any]:
+        return self.read(TAGS_RECORD) or {}
+
+    def write_final(self, final: dict[str, float]) -> None:
+        """The final result: written last (its presence means the trial finished)."""
+        self.write(FINAL_RECORD, final)
+
+    def final(self) -> dict | None:
+        return self.read(FINAL_RECORD)
+
+    def write_error(self, error: BaseException) -> None:
+        """Why the trial failed: the exception's type, message (2,000 characters at most) and the
+        training step it failed at, where known."""
+        step = getattr(error, "step", None)
+        reason = {"type": type(error).__name__, "message": str(error)[:2000], "step": step}
+        self.write(ERROR_RECORD, reason)
+
+    def error(self) -> dict | None:
+        return self.read(ERROR_RECORD)
