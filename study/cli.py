@@ -183,13 +183,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         StudyError,
         StudyInterrupted,
         back_up_to_store,
-        check_trusted,
         load_study_spec,
         run_study,
         study_dir_for,
-        trust_study,
     )
     from study.spec import load_spec
+    from study.trust import check_trusted, trust_study
     from trainables.names import SPEC_FILE
 
     if args.add_trials is not None and args.add_trials < 1:
@@ -289,7 +288,8 @@ def _overrides(pairs: list[str]) -> dict[str, str]:
 
 
 def cmd_final(args: argparse.Namespace) -> int:
-    from study.runner import check_trusted, final_points, load_study_spec, run_final
+    from study.runner import final_points, load_study_spec, run_final
+    from study.trust import check_trusted
 
     overrides = _overrides(args.set)
     study_dir, spec = load_study_spec(args.study_dir)

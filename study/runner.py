@@ -3,8 +3,6 @@ MLflow."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import os
 import signal
@@ -20,15 +18,18 @@ from typing import Any
 
 import yaml
 
-from study import signing
 from study.errors import StudyError
 from study.spec import SEED_KEYS, StudySpec, check_tracking_uri, validate
+from study.trust import check_signed, check_trusted, sign_experiment, trust_study
 from trainables.names import LABEL_PERCENT_KEY, SPEC_FILE, VALIDATION_PREFIX
 from trainables.storage import Place
 
 MAX_RERUNS = 3  # rounds of re-running lost configurations within one resume
 
-__all__ = ["StudyError", "StudyInterrupted", "load_study_spec", "run_study", "study_dir_for"]
+__all__ = [
+    "StudyError", "StudyInterrupted", "check_trusted", "load_study_spec", "run_study",
+    "study_dir_for", "trust_study",
+]  # fmt: skip
 
 
 def study_dir_for(spec: StudySpec) -> Path:
@@ -171,7 +172,6 @@ def _tuner(
     from ray import tune
 
     from study.search import make_scheduler, make_searcher
-    from study.tracking import StateSigner
 
     count = len(_experiments(study_dir, spec))
     name = spec.name
@@ -183,16 +183,37 @@ def _tuner(
     if resume and rerun is None and not extend and tune.Tuner.can_restore(experiment):
         check_signed(study_dir, spec)  # again, just before Tune unpickles (resume checked it)
         tuner = tune.Tuner.restore(experiment, trainable, resume_errored=True)
-        _sign(spec, study_dir, name)  # tuner.pkl as the restore rewrote it
+        sign_experiment(spec, study_dir, name)  # tuner.pkl as the restore rewrote it
         return tuner
     searcher = make_searcher(spec, study_dir, points=rerun)
     samples = searcher.total
     if extend:
         searcher.recount()  # what every cell has spent so far, from optuna.db
         samples = max(1, searcher.remaining + searcher.gate.count)
+    return new_tuner(
+        spec, study_dir, name, trainable, tracker, searcher, samples, make_scheduler(spec)
+    )
+
+
+def new_tuner(
+    spec: StudySpec,
+    study_dir: Path,
+    name: str,
+    trainable: Any,
+    tracker: Any,
+    searcher: Any,
+    samples: int,
+    scheduler: Any = None,
+) -> Any:
+    """A new Tune experiment `name` in the study's storage (the one place a Tuner is built): the
+    searcher and scheduler, the MLflow tracker, the signer of its state; its tuner.pkl signed."""
+    from ray import tune
+
+    from study.tracking import StateSigner
+
     tune_config = tune.TuneConfig(
         search_alg=searcher,
-        scheduler=make_scheduler(spec),
+        scheduler=scheduler,
         num_samples=samples,
         max_concurrent_trials=spec.resources.max_concurrent_trials,
         reuse_actors=True,
@@ -204,26 +225,8 @@ def _tuner(
         verbose=0,
     )
     tuner = tune.Tuner(trainable, tune_config=tune_config, run_config=run_config)
-    _sign(spec, study_dir, name)  # tuner.pkl, written by the Tuner just made
+    sign_experiment(spec, study_dir, name)  # tuner.pkl, written by the Tuner just made
     return tuner
-
-
-def _pull_state(spec: StudySpec, study_dir: Path, experiment: str | None = None) -> None:
-    """In an object store, fetch Tune's state files (of one experiment, or all) afresh into this
-    machine's mirror, so that what is signed and checked are the bytes Tune unpickles."""
-    place = spec.study_place(study_dir) / "tune"
-    if not place.remote:
-        return
-    place.pull(place.local / experiment if experiment else None)
-    for folder in [place.local / experiment] if experiment else place.local.glob("*"):
-        for path in signing.state_files(folder) if folder.is_dir() else []:
-            place.pull(path, fresh=True)
-
-
-def _sign(spec: StudySpec, study_dir: Path, experiment: str) -> None:
-    """Sign one experiment's Tune state as it is in the study's storage."""
-    _pull_state(spec, study_dir, experiment)
-    signing.sign(study_dir / "tune", experiment)
 
 
 def _experiments(study_dir: Path, spec: StudySpec) -> list[Path]:
@@ -272,60 +275,6 @@ def _fit_all(
         rerun = _tuner(spec, study_dir, trainable, tracker, resume=False, rerun=orphans)
         _, interrupted = _fit_noting_interrupt(rerun)
     return interrupted
-
-
-def _registry() -> Path:
-    """This user's record of the studies it created: study directory -> sha256 of its spec.yaml."""
-    return Path("~/.cache/sc-guidance/studies.json").expanduser()
-
-
-def _spec_digest(study_dir: Path) -> str:
-    return hashlib.sha256((study_dir / SPEC_FILE).read_bytes()).hexdigest()
-
-
-def trust_study(study_dir: Path, spec: StudySpec | None = None) -> None:
-    """Record the study directory and its spec as this user's, and sign its Tune state as it is
-    (study run, or resume --trust; given the spec, as it is in its storage)."""
-    if spec is not None:
-        _pull_state(spec, study_dir)
-    signing.sign_all(study_dir / "tune")
-    path = _registry()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    known = json.loads(path.read_text()) if path.exists() else {}
-    known[str(study_dir)] = _spec_digest(study_dir)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(known, indent=1, sort_keys=True))
-    os.replace(tmp, path)
-
-
-def check_trusted(study_dir: Path, spec: StudySpec | None = None) -> None:
-    """Refuse to resume a folder this user's `study run` did not create, whose spec changed, or
-    whose Tune state is not the one this user's driver signed: resuming unpickles it, which runs
-    code."""
-    path = _registry()
-    known = json.loads(path.read_text()) if path.exists() else {}
-    if known.get(str(study_dir)) != _spec_digest(study_dir):
-        raise StudyError(
-            f"{study_dir} was not created by 'study run' as this user, or its {SPEC_FILE} changed "
-            "since; resuming loads its pickled Tune state, which can run code. If you trust the "
-            f"folder: study resume {study_dir} --trust"
-        )
-    check_signed(study_dir, spec)
-
-
-def check_signed(study_dir: Path, spec: StudySpec | None = None) -> None:
-    """Refuse Tune state files this user's driver did not sign (study.signing); given the spec,
-    as they are in its storage (an object store's, fetched first)."""
-    if spec is not None:
-        _pull_state(spec, study_dir)
-    bad = signing.unsigned(study_dir / "tune")
-    if bad:
-        more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
-        raise StudyError(
-            f"{study_dir / 'tune' / bad[0]}{more} is not the Tune state this user's 'study' "
-            "saved (changed, or never signed); resuming would unpickle it, which can run code. "
-            f"If you trust the folder: study resume {study_dir} --trust"
-        )
 
 
 EVALUATION_CACHE_KEY = "eval.cache_dir"
@@ -552,11 +501,9 @@ def run_final(
     """`study final`: each cell's chosen configuration over seeds, in the study directory (its
     artifact cache: nothing already trained for a seed is trained again); returns the number of
     runs."""
-    from ray import tune
 
     from study.search import PointSearcher
     from study.stages import StageGate, plan_stages
-    from study.tracking import StateSigner
 
     if points is None:
         points = final_points(study_dir, spec, seeds, dict(overrides or {}))
@@ -569,20 +516,9 @@ def run_final(
     stages, needs = plan_stages(points, spec.trial_config, store)
 
     def fit(trainable: Any, tracker: Any) -> bool:
-        tune_config = tune.TuneConfig(
-            search_alg=PointSearcher(points, StageGate(stages), needs),
-            num_samples=len(points) + len(stages),
-            max_concurrent_trials=spec.resources.max_concurrent_trials,
-            reuse_actors=True,
-        )
-        run_config = tune.RunConfig(
-            name=name,
-            storage_path=str(spec.study_place(study_dir) / "tune"),
-            callbacks=[tracker, StateSigner(str(study_dir / "tune"), name)],
-            verbose=0,
-        )
-        tuner = tune.Tuner(trainable, tune_config=tune_config, run_config=run_config)
-        _sign(spec, study_dir, name)
+        searcher = PointSearcher(points, StageGate(stages), needs)
+        samples = len(points) + len(stages)
+        tuner = new_tuner(spec, study_dir, name, trainable, tracker, searcher, samples)
         return _fit_noting_interrupt(tuner)[1]
 
     progress = study_progress(spec, seeds=seeds)
