@@ -1,4 +1,4 @@
-"""Optuna define-by-run search spaces, one per method family; imports neither torch nor ray."""
+"""The knobs each cell searches, their ranges and the cells' starting points; no torch, no Ray."""
 
 from search_spaces.spaces import (
     DEFAULT_GUIDANCE_SCALES,
@@ -6,8 +6,7 @@ from search_spaces.spaces import (
     PAPER_GRID,
     Range,
     cell_points,
-    define_space,
-    make_space,
+    suggest_knobs,
 )
 
 __all__ = [
@@ -16,6 +15,5 @@ __all__ = [
     "PAPER_GRID",
     "Range",
     "cell_points",
-    "define_space",
-    "make_space",
+    "suggest_knobs",
 ]

@@ -1,15 +1,16 @@
-"""Define-by-run spaces: method and label percentage are categorical; weights are conditional.
+"""The knobs a cell searches: each method's tuned weights, drawn by the cell's own Optuna study.
 
-loss.lambda_sc only for CG-SC-labeled / CG-SC-all, loss.lambda_joint only for Joint-SC (paper 000
-ties its SC term to lambda_joint). The guidance scale is not searched: every trial sweeps a grid of
-scales at sampling time (DEFAULT_GUIDANCE_SCALES) and chooses on the validation split.
+Method and label % are the table's grid, not searched: every (method, label %) cell is a study of
+its own (study.search). loss.lambda_sc only for CG-SC-labeled / CG-SC-all, loss.lambda_joint only
+for Joint-SC (paper 000 ties its SC term to lambda_joint); the other methods search nothing. The
+guidance scale is not searched: every trial sweeps a grid of scales at sampling time
+(DEFAULT_GUIDANCE_SCALES) and chooses on the validation split.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import partial
 from typing import Any
 
 from trainables.names import LABEL_PERCENT_KEY, METHOD_KEY, TUNED_KEYS
@@ -79,28 +80,12 @@ DEFAULT_GUIDANCE_SCALES = (0.5, 1.0, 2.0, 4.0)
 PRESET_RANGES: dict[str, Range] = {"paper": Range(choices=PAPER_GRID)}
 
 
-def define_space(
-    trial: Any, methods: Sequence[str], label_percents: Sequence[float], ranges: dict[str, Range]
-) -> dict[str, Any]:
-    """Suggest one trial's flat params (trial: an optuna.Trial); only its method's keys."""
-    method = trial.suggest_categorical(METHOD_KEY, list(methods))
-    trial.suggest_categorical(LABEL_PERCENT_KEY, list(label_percents))
-    for key in TUNED_KEYS[method]:
-        ranges.get(key, DEFAULT_RANGES[key]).suggest(trial, key)
-    return {}
-
-
-def make_space(
-    methods: Sequence[str], label_percents: Sequence[float], ranges: dict[str, Range] | None = None
-) -> Callable[[Any], dict]:
-    """The define-by-run function OptunaSearch takes (a partial, so Tune can pickle the
-    searcher)."""
-    return partial(
-        define_space,
-        methods=tuple(methods),
-        label_percents=tuple(label_percents),
-        ranges=dict(ranges or {}),
-    )
+def suggest_knobs(trial: Any, method: str, ranges: dict[str, Range]) -> dict[str, Any]:
+    """One trial's tuned knobs for a cell of `method` (trial: an optuna.Trial of the cell's study):
+    each key the method tunes, from the spec's range or the default one."""
+    return {
+        key: ranges.get(key, DEFAULT_RANGES[key]).suggest(trial, key) for key in TUNED_KEYS[method]
+    }
 
 
 def cell_points(

@@ -15,7 +15,7 @@ from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
-from search_spaces import DEFAULT_RANGES, Range, cell_points
+from search_spaces import cell_points, suggest_knobs
 from study.signing import note_staging
 from study.spec import StudySpec
 from study.stages import StageGate, plan_stages
@@ -271,7 +271,7 @@ class CellSearcher(Searcher):
             return None  # nothing to tune and already run: the cell is done
         for _ in range(self.MAX_REPEATS):
             trial = study.ask()
-            knobs = {k: self._range(k).suggest(trial, k) for k in TUNED_KEYS[cell[0]]}
+            knobs = suggest_knobs(trial, cell[0], self.ranges)
             again = (cell, _key(knobs)) in self.requeued
             if self.points is not None or again or _key(knobs) not in ran:
                 self.requeued.discard((cell, _key(knobs)))
@@ -284,9 +284,6 @@ class CellSearcher(Searcher):
             trial.set_user_attr("repeat", True)
             study.tell(trial, state=optuna.trial.TrialState.PRUNED)  # a repeat: never run twice
         return None
-
-    def _range(self, key: str) -> Range:
-        return self.ranges.get(key, DEFAULT_RANGES[key])
 
     def _ran(self, cell: Cell) -> set[tuple]:
         """Configurations the cell has run, is running or saw fail."""

@@ -1,9 +1,10 @@
-"""The per-worker function Ray Train's TorchTrainer runs; the only trainables module importing ray.
+"""The per-worker function Ray Train's TorchTrainer runs (besides it, only the artifact cache's
+lease in an object store, a named Ray actor, touches Ray in trainables).
 
 Toy trials run in Train's local mode (one process); image trials run on N workers, data parallel:
 every worker trains on its shard of each global batch and gradients are averaged (trainables.fit).
 Rank 0 writes checkpoints into the artifact cache, reports them to Ray Train, evaluates, and writes
-the trial's records (trainables.names); a restarted worker group (FailureConfig) resumes from the
+the trial's records (trainables.records); a restarted worker group (FailureConfig) resumes from the
 latest checkpoint.
 """
 

@@ -59,13 +59,6 @@ class VESDE:
         """x_T ~ N(0, sigma_max^2 I)."""
         return self.sigma_max * torch.randn(shape, generator=generator, device=device)
 
-    def prior_logp(self, z: torch.Tensor) -> torch.Tensor:
-        """Log density of the prior, per example."""
-        d = z[0].numel()
-        return -d / 2 * math.log(2 * math.pi * self.sigma_max**2) - z.flatten(1).pow(2).sum(1) / (
-            2 * self.sigma_max**2
-        )
-
     def discretize(self, num_steps: int | None = None) -> torch.Tensor:
         """Sampling noise levels sigma(t_i), t_i = linspace(1, eps, N): decreasing, float64 on
         CPU."""

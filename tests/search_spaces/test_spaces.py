@@ -1,7 +1,7 @@
 import optuna
 import pytest
 
-from search_spaces import PAPER_GRID, Range, define_space, make_space
+from search_spaces import PAPER_GRID, Range, suggest_knobs
 from trainables.names import TUNED_KEYS
 
 
@@ -10,73 +10,51 @@ def _fixed(params):
 
 
 def test_sc_methods_search_lambda_sc_only():
-    trial = _fixed({"method": "CG-SC-all", "data.label_percent": 5, "loss.lambda_sc": 0.3})
-    define_space(trial, ["CG-SC-all"], [5], {})
-    # The guidance scale is swept inside every trial at sampling time, never searched.
-    assert set(trial.params) == {"method", "data.label_percent", "loss.lambda_sc"}
+    trial = _fixed({"loss.lambda_sc": 0.3})
+    # The guidance scale is swept inside every trial at sampling time, never searched; method and
+    # label % are the cell's, never suggested.
+    assert suggest_knobs(trial, "CG-SC-all", {}) == {"loss.lambda_sc": 0.3}
+    assert set(trial.params) == {"loss.lambda_sc"}
 
 
 def test_joint_searches_lambda_joint_not_lambda_sc():
-    trial = _fixed(
-        {
-            "method": "Joint-SC",
-            "data.label_percent": 100,
-            "loss.lambda_joint": 1.0,
-            "sample.guidance_scale": 1.0,
-        }
-    )
-    define_space(trial, ["Joint-SC"], [100], {})
-    assert "loss.lambda_joint" in trial.params and "loss.lambda_sc" not in trial.params
+    trial = _fixed({"loss.lambda_joint": 1.0, "loss.lambda_sc": 0.5})
+    assert suggest_knobs(trial, "Joint-SC", {}) == {"loss.lambda_joint": 1.0}
 
 
-@pytest.mark.parametrize("method", ["CG", "CG-DLSM", "CFG-labeled", "CFG-all"])
-def test_guided_methods_without_weights_search_nothing(method):
-    trial = _fixed({"method": method, "data.label_percent": 20})
-    define_space(trial, [method], [20], {})
-    assert set(trial.params) == {"method", "data.label_percent"}
-
-
-def test_cond_searches_no_weight_and_no_scale():
-    trial = _fixed({"method": "Cond", "data.label_percent": 20})
-    define_space(trial, ["Cond"], [20], {})
-    assert set(trial.params) == {"method", "data.label_percent"}
+@pytest.mark.parametrize("method", ["CG", "CG-DLSM", "CFG-labeled", "CFG-all", "Cond"])
+def test_methods_without_tuned_weights_search_nothing(method):
+    trial = _fixed({})
+    assert suggest_knobs(trial, method, {}) == {} and trial.params == {}
 
 
 def test_value_outside_range_is_flagged_by_fixed_trial():
-    trial = _fixed(
-        {
-            "method": "CG-SC-labeled",
-            "data.label_percent": 5,
-            "loss.lambda_sc": 50.0,
-            "sample.guidance_scale": 1.0,
-        }
-    )
+    trial = _fixed({"loss.lambda_sc": 50.0})
     # lambda_SC is searched in [0.01, 10]; optuna flags 50 as out of range.
     with pytest.warns(UserWarning, match="out of the range"):
-        define_space(trial, ["CG-SC-labeled"], [5], {})
+        suggest_knobs(trial, "CG-SC-labeled", {})
 
 
 def test_paper_grid_preset_is_categorical():
-    trial = _fixed(
-        {
-            "method": "CG-SC-all",
-            "data.label_percent": 5,
-            "loss.lambda_sc": 0.1,
-            "sample.guidance_scale": 1.0,
-        }
-    )
-    define_space(trial, ["CG-SC-all"], [5], {"loss.lambda_sc": Range(choices=PAPER_GRID)})
-    assert trial.params["loss.lambda_sc"] == 0.1
+    trial = _fixed({"loss.lambda_sc": 0.1})
+    assert suggest_knobs(trial, "CG-SC-all", {"loss.lambda_sc": Range(choices=PAPER_GRID)}) == {
+        "loss.lambda_sc": 0.1
+    }
+    with pytest.raises(ValueError):  # 0.3 is not one of the grid's choices
+        suggest_knobs(_fixed({"loss.lambda_sc": 0.3}), "CG-SC-all",
+                      {"loss.lambda_sc": Range(choices=PAPER_GRID)})  # fmt: skip
 
 
-def test_space_samples_in_a_real_study_within_ranges():
-    space = make_space(list(TUNED_KEYS), [5, 100], {"loss.lambda_joint": Range(1.0, 2.0)})
+def test_knobs_sampled_in_a_real_study_stay_within_their_ranges():
+    ranges = {"loss.lambda_joint": Range(1.0, 2.0)}
     study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=0))
-    for _ in range(30):
+    for i in range(30):
         trial = study.ask()
-        space(trial)
-        assert 1.0 <= trial.params.get("loss.lambda_joint", 1.5) <= 2.0
-        assert 0.01 <= trial.params.get("loss.lambda_sc", 1.0) <= 10
+        method = list(TUNED_KEYS)[i % len(TUNED_KEYS)]
+        knobs = suggest_knobs(trial, method, ranges)
+        assert set(knobs) == set(TUNED_KEYS[method])
+        assert 1.0 <= knobs.get("loss.lambda_joint", 1.5) <= 2.0
+        assert 0.01 <= knobs.get("loss.lambda_sc", 1.0) <= 10
         study.tell(trial, 0.0)
 
 
