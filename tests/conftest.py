@@ -14,7 +14,8 @@ torch.set_num_threads(1)
 
 @pytest.fixture(autouse=True, scope="session")
 def _clean_environment(tmp_path_factory):
-    """Point HOME/TMPDIR at a temporary folder and switch off telemetry (PLATFORM.md)."""
+    """Point HOME/TMPDIR at a temporary folder and switch off telemetry (MLflow and Ray send
+    usage data by default)."""
     home = tmp_path_factory.mktemp("home")
     saved = {
         k: os.environ.get(k)
