@@ -19,7 +19,8 @@ from typing import Any
 import yaml
 
 from study.errors import StudyError
-from study.spec import SEED_KEYS, StudySpec, check_tracking_uri, validate
+from study.locations import check_tracking_uri
+from study.spec import SEED_KEYS, StudySpec, validate
 from study.trust import check_signed, check_trusted, sign_experiment, trust_study
 from trainables.names import LABEL_PERCENT_KEY, SPEC_FILE, VALIDATION_PREFIX
 from trainables.storage import Place
@@ -586,7 +587,7 @@ def check_tracking_store(spec: StudySpec, study_dir: Path) -> None:
     """Refuse a study whose SQLite tracking store is gone: reading it would create an empty one
     and every table rebuilt from it would be empty (the trial records alone do not hold the
     runs' per-epoch history, params and pictures, so the store is not rebuilt from them)."""
-    from study.spec import sqlite_path
+    from study.locations import sqlite_path
 
     uri = spec.tracking_uri or ""
     path = sqlite_path(uri) if uri.startswith("sqlite") else None

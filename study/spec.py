@@ -10,32 +10,25 @@ from __future__ import annotations
 
 import math
 import os
-import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
-
-import yaml
 
 from search_spaces import DEFAULT_GUIDANCE_SCALES, DEFAULT_RANGES, Range
 from study import schema
 from study.errors import SpecError
+from study.loading import load_raw, preset_names
+from study.locations import absolute_tracking_uri, check_locations
 from trainables import names
 from trainables.config import TrialConfig, from_flat, shown
 from trainables.storage import Place, is_uri
 
 __all__ = ["SpecError", "StudySpec", "load_raw", "load_spec", "preset_names", "validate"]
 
-PRESET_DIR = Path(__file__).parent / "presets"
-DEFAULT_PRESET = "toy"
 SEED_KEYS = ("train.seed", "data.seed", "data.split_seed", "sample.seed")  # the spec's seed sets
 STORE_ENV = "SC_GUIDANCE_ARTIFACT_STORE"  # overrides the user-level default artifact store
-TRACKING_SCHEMES = {"sqlite", "postgresql", "mysql", "mssql", "http", "https"}
 LEGACY_SCALE_KEY = "sample.guidance_scale"  # search key of specs written before the sweep
-MAX_SPEC_BYTES = 1_000_000  # a spec is a page of YAML; beyond this it is not one
-MAX_YAML_NODES = 100_000  # nodes after expanding aliases (an alias bomb is refused)
 
 
 @dataclass(frozen=True)
@@ -171,172 +164,6 @@ def resolve(params: Mapping[str, Any], base_config: str | None = None) -> TrialC
     return from_flat(dict(params), base=base_config)
 
 
-def preset_names() -> list[str]:
-    """Built-in study presets."""
-    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
-
-
-class _SpecLoader(yaml.SafeLoader):
-    """PyYAML's safe loader, refusing a key given twice (PyYAML keeps the last silently)."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
-        seen: set = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=True)
-            if isinstance(key, (str, int, float, bool)) and key in seen:
-                mark = key_node.start_mark
-                raise SpecError(
-                    f"duplicate key {shown(key)} at line {mark.line + 1}; give each key once"
-                )
-            seen.add(key)
-        return super().construct_mapping(node, deep=deep)
-
-
-def _expanded_size(node: yaml.Node, sizes: dict[int, int]) -> int:
-    """Nodes of the document with every alias expanded (memoised: an alias bomb is counted
-    without being built)."""
-    if id(node) in sizes:
-        return sizes[id(node)]
-    sizes[id(node)] = 1  # a recursive alias counts once
-    if isinstance(node, yaml.MappingNode):
-        children = [n for pair in node.value for n in pair]
-    elif isinstance(node, yaml.SequenceNode):
-        children = node.value
-    else:
-        children = []
-    total = 1 + sum(_expanded_size(child, sizes) for child in children)
-    sizes[id(node)] = min(total, MAX_YAML_NODES + 1)
-    return sizes[id(node)]
-
-
-def parse_yaml(text: str, where: str) -> Any:
-    """YAML text as data: duplicate keys and alias bombs refused with one line."""
-    try:
-        loader = _SpecLoader(text)
-        try:
-            node = loader.get_single_node()
-            if node is not None and _expanded_size(node, {}) > MAX_YAML_NODES:
-                raise SpecError(
-                    f"{where}: expands to more than {MAX_YAML_NODES:,} YAML nodes (aliases); "
-                    "write the values out"
-                )
-            return None if node is None else loader.construct_document(node)
-        finally:
-            loader.dispose()
-    except yaml.YAMLError as exc:
-        raise SpecError(f"{where}: malformed YAML{_where(exc)}: {_problem(exc)}") from None
-    except SpecError as exc:
-        raise SpecError(str(exc) if str(exc).startswith(where) else f"{where}: {exc}") from None
-
-
-def load_raw(source: str | None) -> dict:
-    """Read a spec file or a preset name (None = the default preset) into a dict."""
-    if source is None:
-        source = DEFAULT_PRESET
-    path = Path(source)
-    if not path.exists():
-        if source not in preset_names():
-            raise SpecError(
-                f"no spec file or preset named {shown(source)}; presets: {preset_names()}"
-            )
-        path = PRESET_DIR / f"{source}.yaml"
-    if not path.is_file():
-        raise SpecError(f"{path} is not a file; give a YAML spec file or a preset name")
-    if path.stat().st_size > MAX_SPEC_BYTES:
-        raise SpecError(f"{path}: {path.stat().st_size:,} bytes is not a spec (at most 1 MB)")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (UnicodeDecodeError, OSError) as exc:
-        raise SpecError(
-            f"{path}: cannot be read as a text YAML file ({type(exc).__name__})"
-        ) from None
-    raw = parse_yaml(text, str(path))
-    if not isinstance(raw, dict):
-        raise SpecError(f"{path}: a spec is a YAML mapping, got {type(raw).__name__}")
-    return raw
-
-
-def _where(exc: yaml.YAMLError) -> str:
-    """' at line L, column C' of a YAML error (1-based), when PyYAML knows it."""
-    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
-    return f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-
-
-def _problem(exc: yaml.YAMLError) -> str:
-    """What PyYAML says is wrong, on one line."""
-    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-    context = getattr(exc, "context", None)
-    return shown(f"{context}: {problem}" if context else str(problem), 200).strip("'\"")
-
-
-def check_tracking_uri(uri: Any, errors: list[str]) -> None:
-    """A tracking URI MLflow can open: sqlite at an absolute path whose folder exists or can be
-    made, a SQL database, or an http(s) server that answers."""
-    if uri is None:
-        return
-    if not isinstance(uri, str):
-        errors.append(f"tracking_uri: expected a URI string, got {shown(uri)}")
-        return
-    parsed = urlparse(uri)
-    scheme = parsed.scheme.split("+")[0]
-    if scheme not in TRACKING_SCHEMES:
-        errors.append(
-            f"tracking_uri: unsupported scheme in {shown(uri)}; use one of "
-            f"{sorted(TRACKING_SCHEMES)} (e.g. sqlite:////abs/path/mlflow.db or http://host:5000)"
-        )
-    elif scheme == "sqlite":
-        path = sqlite_path(uri)
-        if path is not None and not _can_create(path.parent):
-            errors.append(
-                f"tracking_uri: cannot create the SQLite store {shown(str(path))} (its folder "
-                "cannot be made or written); give a writable path"
-            )
-    elif scheme in ("http", "https"):
-        port = parsed.port or (443 if scheme == "https" else 80)
-        try:
-            socket.create_connection((parsed.hostname or "127.0.0.1", port), timeout=5).close()
-        except OSError:
-            errors.append(
-                f"tracking_uri: no MLflow server answers at {shown(uri)}; start it "
-                "(study server, or mlflow server --host 127.0.0.1 --port 5000) or fix the URI"
-            )
-
-
-def sqlite_path(uri: str) -> Path | None:
-    """The file of a sqlite:/// URI (relative paths against the working folder), None for an
-    in-memory database."""
-    rest = uri.split("://", 1)[1] if "://" in uri else ""
-    if not rest.startswith("/") or rest in ("/", "/:memory:"):
-        return None
-    return Path(rest[1:]).expanduser().absolute()
-
-
-def absolute_tracking_uri(uri: str | None) -> str | None:
-    """A sqlite URI with a relative path made absolute (a study found from another folder must
-    open the same file); other URIs unchanged."""
-    if uri is None or not uri.startswith("sqlite"):
-        return uri
-    path = sqlite_path(uri)
-    return uri if path is None else f"{uri.split('://', 1)[0]}:///{path}"
-
-
-def _can_create(folder: Path) -> bool:
-    """Whether a file could be created in folder: its nearest existing ancestor is a folder this
-    user can write in (probed with a temporary file, which is removed)."""
-    import tempfile
-
-    ancestor = folder
-    while not ancestor.exists() and ancestor != ancestor.parent:
-        ancestor = ancestor.parent
-    if not ancestor.is_dir():
-        return False
-    try:
-        with tempfile.TemporaryFile(dir=ancestor):
-            return True
-    except OSError:
-        return False
-
-
 def _check_images(trial: Any, errors: list[str]) -> None:
     """The image set is where the spec says, and the evaluation can run (weights, checkpoint)."""
     from trainables.data.images import DatasetError, check_images
@@ -399,32 +226,6 @@ def _check_trials(spec: StudySpec, errors: list[str], check_data: bool = True) -
             _check_images(trial, errors)
         trials[method] = trial
     _check_objectives(trials, list(spec.objectives), errors)
-
-
-OBJECT_STORES = ("s3", "gs", "abfs", "hdfs")  # pyarrow.fs.FileSystem.from_uri's schemes
-
-
-def _check_locations(spec: schema.SpecModel, errors: list[str]) -> None:
-    """storage, artifact_store, address and tracking_uri: places a study can use."""
-    for key in ("storage", "artifact_store"):
-        value = getattr(spec, key)
-        scheme = value.partition("://")[0] if value is not None and is_uri(value) else None
-        if scheme is not None and (scheme not in OBJECT_STORES or not value.partition("://")[2]):
-            errors.append(
-                f"{key}: {shown(value)} is not an object-store URI pyarrow opens; use "
-                f"{' or '.join(f'{s}://BUCKET/PREFIX' for s in OBJECT_STORES)}, or a folder "
-                "mounted at the same path on every node"
-            )
-        elif value is not None and not value.strip():
-            errors.append(f"{key}: {shown(value)} is blank; give a folder, or leave the key out")
-    address = spec.address or os.environ.get("RAY_ADDRESS") or ""
-    if address.startswith("ray://"):
-        errors.append(
-            f"address: {shown(address)} is a Ray Client address, whose Tune driver would run on "
-            "the head node with this machine's paths; submit the study as a job instead: ray job "
-            "submit --address http://HEAD:8265 --working-dir . -- study run SPEC"
-        )
-    check_tracking_uri(spec.tracking_uri, errors)
 
 
 def _check_names(spec: schema.SpecModel, search: dict, errors: list[str]) -> None:
@@ -496,7 +297,7 @@ def validate(raw: dict, check_data: bool = True) -> StudySpec:
         _fail(errors)
     search = checked.search or {}
     _check_names(checked, search, errors)
-    _check_locations(checked, errors)
+    check_locations(checked, errors)
     base = checked.base_config or checked.preset or "toy"
     config = dict(checked.config or {})
     if errors:

@@ -50,7 +50,7 @@ def default_tracking_uri(study_dir: Path) -> str:
 def resolve_tracking_uri(spec_uri: str | None, study_dir: Path) -> str:
     """The spec's URI, else MLFLOW_TRACKING_URI, else the study's own SQLite store; a relative
     SQLite path made absolute (the saved spec must open the same file from any folder)."""
-    from study.spec import absolute_tracking_uri
+    from study.locations import absolute_tracking_uri
 
     uri = spec_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(study_dir)
     return absolute_tracking_uri(uri)
