@@ -63,8 +63,8 @@ def budget_line(runs: pd.DataFrame, objective: tuple[str, str], study_dir: Path)
         return ""
     return (
         f"search budget: the last trial still moved the expected best in {len(rising)} of "
-        f"{len(searched)} searched cells (tables/budget.md); more: study resume {study_dir} "
-        "--add-trials N\n"
+        f"{len(searched)} searched cells (tables/budget.md);\n"
+        f"  more trials per cell: study resume {study_dir} --add-trials N\n"
     )
 
 

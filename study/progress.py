@@ -173,8 +173,10 @@ class Progress:
         return f"{text}; {format_seconds(now - self.start)} elapsed, {self._eta(now)}"
 
     def brief(self, now: float) -> str:
-        """'search 3/22, stage 2/2 ended, about 28 s left', for one-line updates."""
-        return f"{', '.join(self._counts(SHORT_KINDS))} ended, {self._eta(now)}"
+        """'search 3/22, stage 2/2 ended, ~28 s left', for one-line updates (a trial's end line
+        stays within 120 columns)."""
+        eta = self._eta(now).replace("about ", "~")
+        return f"{', '.join(self._counts(SHORT_KINDS))} ended, {eta}"
 
     def _counts(self, names: dict[str, str]) -> list[str]:
         """'<name> ended/planned' per kind the study plans or has seen."""

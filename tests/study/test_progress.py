@@ -67,7 +67,7 @@ def test_counts_states_and_best_values_per_cell():
     summary = progress.summary(10.0)
     assert summary.startswith("search trials 3/5, stage trials 1/1; 1 running, 1 pending")
     assert "1 failed" in summary and "10 s elapsed" in summary and "left" in summary
-    assert progress.brief(10.0).startswith("search 3/5, stage 1/1 ended, about ")
+    assert progress.brief(10.0).startswith("search 3/5, stage 1/1 ended, ~")
     table = progress.table("gen_accuracy")
     assert "CG@5%" in table and "0.8" in table and "running" in table
 
