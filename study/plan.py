@@ -1,7 +1,7 @@
 """`study plan SPEC`: the study's stage graph and its compute, planned vs naive, without running.
 
 Planned: every distinct network the trials need, found with the artifact cache's own keys
-(trainables.cache.artifact_identity; a searched cell's trials get distinct knob values, so each
+(trainables.identity.artifact_identity; a searched cell's trials get distinct knob values, so each
 trains its own classifier), trained once: shared ones (study.stages: the score model, networks the
 "labeled" and "all" variants share at 100 % labels, the image evaluation classifier) as the first
 stage, by stage trials the scheduler runs before the trials that need them, then each cell's own.

@@ -21,16 +21,13 @@ import yaml
 from study.errors import StudyError
 from study.locations import check_tracking_uri
 from study.spec import SEED_KEYS, StudySpec, validate
-from study.trust import check_signed, check_trusted, sign_experiment, trust_study
+from study.trust import check_signed, sign_experiment, trust_study
 from trainables.names import LABEL_PERCENT_KEY, SPEC_FILE, VALIDATION_PREFIX
 from trainables.storage import Place
 
 MAX_RERUNS = 3  # rounds of re-running lost configurations within one resume
 
-__all__ = [
-    "StudyError", "StudyInterrupted", "check_trusted", "load_study_spec", "run_study",
-    "study_dir_for", "trust_study",
-]  # fmt: skip
+__all__ = ["StudyError", "StudyInterrupted", "load_study_spec", "run_study", "study_dir_for"]
 
 
 def study_dir_for(spec: StudySpec) -> Path:
@@ -502,7 +499,6 @@ def run_final(
     """`study final`: each cell's chosen configuration over seeds, in the study directory (its
     artifact cache: nothing already trained for a seed is trained again); returns the number of
     runs."""
-
     from study.search import PointSearcher
     from study.stages import StageGate, plan_stages
 

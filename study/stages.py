@@ -1,7 +1,7 @@
 """Scheduling by stage: networks several trials share are trained once, by a trial of their own,
 before the trials that need them start.
 
-A shared network is an artifact whose cache key (trainables.cache.artifact_identity) is the same
+A shared network is an artifact whose cache key (trainables.identity.artifact_identity) is the same
 for two or more of the study's configurations and does not move with the cell's tuned knobs: the
 unconditional score model of the CG family (one per seed), the "labeled" / "all" variants at 100 %
 labels at the paper's knob, and, for image studies, the evaluation classifier and its reference

@@ -30,6 +30,7 @@ from trainables.names import (
     parse_curve_key,
 )
 from trainables.records import FINAL_KEY, TrialRecords, evaluated_epochs, is_final
+from trainables.registry import shaping_keys
 from trainables.storage import Place
 
 TERMINAL = {"FINISHED", "FAILED", "KILLED"}
@@ -285,9 +286,6 @@ class MLflowTracker(tune.Callback):
                 tags=self._tags(trial),
             )  # fmt: skip
             run_id = run.info.run_id
-            # The registry imports torch, which `study table` (a reader of this module) needs not.
-            from trainables.registry import shaping_keys
-
             shaping = shaping_keys(str(params.get(METHOD_KEY)), flat)
             self.client.log_batch(run_id, params=[Param(k, str(flat[k])) for k in sorted(shaping)])
         self._runs[trial.trial_id] = run_id

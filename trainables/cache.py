@@ -25,15 +25,7 @@ from torch import nn
 
 from trainables.config import TrialConfig
 from trainables.fit import Distributed, build, save_checkpoint
-from trainables.identity import (  # noqa: F401 - the keys, as the cache's users import them
-    CODE_VERSION,
-    DATA_KEYS,
-    NEUTRAL,
-    SHAPING_CODE,
-    artifact_identity,
-    artifact_key,
-    code_version,
-)
+from trainables.identity import artifact_identity, artifact_key
 from trainables.registry import Artifact
 from trainables.storage import Place
 

@@ -215,8 +215,9 @@ def _write_records(
     final: dict[str, float],
     num_per_class: int,
 ) -> None:
-    """The trial's records for the driver (trainables.records): artifacts' folders, tags, samples,
-    then the final result (last, atomically: its presence means the trial finished)."""
+    """The trial's records for the driver (trainables.records): artifacts' folders, tags, the
+    pictures (an image trial's sample grid, and those _draw_pictures left in the folder), then the
+    final result (last, atomically: its presence means the trial finished)."""
     records = TrialRecords(place)
     folders = {name: str(Place(cache_dir) / key) for name, key in ledger.keys.items()}
     records.write_outputs(folders, evaluator.tags)
@@ -224,7 +225,8 @@ def _write_records(
         from torchvision.utils import save_image
 
         save_image(samples, records.path(names.SAMPLES_IMAGE), nrow=num_per_class)
-        place.push(records.path(names.SAMPLES_IMAGE))
+    for picture in sorted(records.folder.glob("*.png")):  # into the object store, if any
+        place.push(picture)
     records.write_final(final)
 
 

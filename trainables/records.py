@@ -5,7 +5,8 @@ reader here. No torch: the worker, the trial driver, the tracker, the searcher a
 all read and write through this module.
 
 Results (Tune's channel, per report): the per-epoch metrics (their names: trainables.names), then
-one final result carrying FINAL_KEY; cost counters under COST_PREFIX.
+one final result carrying FINAL_KEY. Not declared here yet: the `cost/*` counters, which the
+worker's ledger (trainables.ray_worker) names and analysis.accounting reads.
 
 Records (files, per trial):
 - params.json (the trial driver, at the start): the trial's sampled params;
@@ -39,7 +40,6 @@ from trainables.storage import Place
 FINAL_KEY = "final"  # 1.0 in a final result (absent: stopped before its final evaluation)
 EVAL_EPOCH_KEY = "eval_epoch"  # the epochs evaluated so far (the scheduler's time attribute)
 REPLAYED_KEY = "replayed"  # 1.0 when the final result was read back from final.json
-COST_PREFIX = "cost/"  # device-seconds, steps, score evaluations (analysis.accounting)
 
 
 def is_final(result: dict | None) -> bool:

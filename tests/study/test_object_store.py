@@ -51,6 +51,9 @@ def test_a_study_on_an_object_store_keeps_everything_in_the_bucket(s3, tmp_path)
     # Every trial's records, the networks, Tune's experiment state: in the bucket.
     finals = [f for f in files if f.startswith("team/s3toy/trials/") and f.endswith("final.json")]
     assert len(finals) == 4  # 3 search trials and the score model's stage trial
+    # Each search trial's picture of its samples too (a driver on another node logs it).
+    pictures = [f for f in files if f.startswith("team/s3toy/trials/") and f.endswith(".png")]
+    assert len([f for f in pictures if f.endswith("/samples.png")]) == 3, pictures
     # model, identity and checksum
     assert len([f for f in files if f.startswith("artifacts/score-")]) == 3
     assert any(f.startswith("team/s3toy/tune/s3toy/experiment_state") for f in files)

@@ -86,7 +86,8 @@ def test_two_studies_created_at_the_same_moment_on_a_new_store_both_complete(tmp
                 text=True,
             )
         )
-    results = [(p.wait(timeout=400), p.stderr.read()) for p in procs]
+    # communicate, not wait: a child that fills its pipe would otherwise never end
+    results = [(p.communicate(timeout=400)[1], p.returncode)[::-1] for p in procs]
     assert [code for code, _ in results] == [0, 0], [err[-1500:] for _, err in results]
     for name in ("first", "second"):
         trials = load_study(tmp_path / "studies" / name).trials

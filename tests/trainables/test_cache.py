@@ -1,7 +1,7 @@
 import torch
 
-from trainables.cache import artifact_identity, artifact_key
 from trainables.config import from_flat
+from trainables.identity import artifact_identity, artifact_key
 from trainables.methods import get_method
 
 

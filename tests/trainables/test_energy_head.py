@@ -4,10 +4,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from trainables.cache import artifact_identity, artifact_key
 from trainables.config import from_flat
 from trainables.evaluation.calibration import sc_ratios
 from trainables.evaluation.generation import eval_classifier_config
+from trainables.identity import artifact_identity, artifact_key
 from trainables.losses import classifier_score
 from trainables.methods import EVAL_CLASSIFIER, get_method
 from trainables.networks import SIGMA_DATA, DenoiserClassifier, EnergyClassifier, build_network
