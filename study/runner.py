@@ -261,7 +261,7 @@ def _fit_all(
 ) -> bool:
     """Run (or restore, or extend) the study's experiment, then run again every configuration
     handed out to a trial that a killed driver never recorded; True if a Ctrl-C stopped it."""
-    from study.search import fail_orphaned_trials
+    from study.cell_studies import fail_orphaned_trials
 
     tuner = _tuner(spec, study_dir, trainable, tracker, resume, extend=extend)
     _, interrupted = _fit_noting_interrupt(tuner)
@@ -365,7 +365,7 @@ def _run_session(
 ) -> None:
     """Run fit(trainable, tracker) -> interrupted?, then reconcile MLflow with what Tune knows:
     exactly one run per trial, none left RUNNING; the parent run says how it ended."""
-    from study.search import heal_failed_trials
+    from study.cell_studies import heal_failed_trials
     from study.tracking import reconcile
 
     start = time.perf_counter()

@@ -2,7 +2,8 @@
 
 import math
 
-from study.search import CellSearcher, cell_study_name, fail_orphaned_trials
+from study.cell_studies import cell_study_name, fail_orphaned_trials
+from study.search import CellSearcher
 from study.spec import load_spec, validate
 from trainables.names import TUNED_KEYS
 
@@ -152,7 +153,7 @@ def test_a_failed_trial_that_a_resume_finishes_is_recorded_finished_once(tmp_pat
 
     import optuna
 
-    from study.search import heal_failed_trials
+    from study.cell_studies import heal_failed_trials
 
     spec = validate({"methods": ["CG-SC-all"], "label_percents": [20], "trials_per_cell": 2})
     searcher = CellSearcher(spec, tmp_path)
@@ -173,3 +174,68 @@ def test_a_failed_trial_that_a_resume_finishes_is_recorded_finished_once(tmp_pat
     assert first.params["loss.lambda_sc"] == config["loss.lambda_sc"]
     assert second.state.name == "FAIL"
     assert heal_failed_trials(spec, tmp_path, {"t0"}) == 0  # told once
+
+
+def _older_layout(searcher):
+    # The state the searcher pickled before its budgets and Optuna side were objects of their own.
+    state = {k: v for k, v in searcher.__dict__.items() if k not in ("budgets", "optuna")}
+    studies = searcher.optuna
+    state.update(
+        budget=dict(searcher.budgets.budget),
+        asked=dict(searcher.budgets.asked),
+        storage_url=studies.storage_url,
+        study_name=studies.study_name,
+        seed=studies.seed,
+        ranges=studies.ranges,
+        points=None,
+        point_needs=[],
+        _studies={},
+    )
+    return state
+
+
+def test_a_searcher_saved_in_the_older_layout_restores_and_spends_the_rest_of_its_budget(
+    tmp_path,
+):
+    import pickle
+
+    spec = validate(
+        {"methods": ["CG-SC-all", "Joint-SC"], "label_percents": [20], "trials_per_cell": 3}
+    )
+    first = CellSearcher(spec, tmp_path)
+    done = _drive(first, 2)
+    (tmp_path / "searcher.pkl").write_bytes(pickle.dumps(_older_layout(first)))
+    # Tune unpickles the searcher of its experiment state (tuner.pkl), then restores its
+    # checkpoint: both in the older layout.
+    older = CellSearcher.__new__(CellSearcher)
+    older.__dict__.update(_older_layout(first))
+    second = pickle.loads(pickle.dumps(older))
+    second.restore(str(tmp_path / "searcher.pkl"))
+    assert second.budgets.asked == first.budgets.asked and second.remaining == 4
+    rest = _drive(second, 10)
+    assert second.suggest("more") == "FINISHED" and len(done) + len(rest) == 6
+    knobs = [tuple(sorted(c.items())) for c in done + rest]
+    assert len(set(knobs)) == 6  # no configuration twice across the restore
+
+
+def test_configurations_lost_with_the_driver_run_again_as_trials_of_their_cells(tmp_path):
+    import optuna
+
+    from study.search import make_searcher
+
+    spec = validate({"methods": ["CG-SC-all"], "label_percents": [20], "trials_per_cell": 2})
+    first = CellSearcher(spec, tmp_path)
+    _drive(first, 1)
+    lost = first.suggest("lost")  # the driver is killed: Tune never records this trial
+    orphans = fail_orphaned_trials(spec, tmp_path)
+    assert orphans == [lost]
+    rerun = make_searcher(spec, tmp_path, points=orphans)
+    assert rerun.total == 1 + rerun.gate.count
+    assert _drive(rerun, 5) == [lost] and rerun.suggest("more") == "FINISHED"
+    study = optuna.load_study(
+        study_name=cell_study_name(spec.name, ("CG-SC-all", 20.0)),
+        storage=f"sqlite:///{tmp_path / 'optuna.db'}",
+    )
+    trials = study.get_trials()
+    assert [t.state.name for t in trials] == ["COMPLETE", "FAIL", "COMPLETE"]
+    assert trials[2].value == _objective(lost) and trials[2].params == trials[1].params
