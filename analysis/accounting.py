@@ -17,6 +17,7 @@ import pandas as pd
 
 from analysis.tables import completed
 from trainables.names import SHARED_STAGE, parse_curve_key
+from trainables.records import COST
 
 
 def _scales(row: pd.Series) -> int:
@@ -40,23 +41,23 @@ def compute_report(runs: pd.DataFrame, wall_seconds: float | None, slots: int) -
     if done.empty:
         return {}
     scales = done.apply(_scales, axis=1) if len(done.columns) else pd.Series(dtype=float)
-    trained, reused = _cost(done, "cost/steps_trained"), _cost(done, "cost/steps_reused")
+    trained, reused = _cost(done, COST.STEPS_TRAINED), _cost(done, COST.STEPS_REUSED)
     full, val = (
-        _cost(done, "cost/sampling_score_evals"),
-        _cost(done, "cost/val_sampling_score_evals"),
+        _cost(done, COST.SAMPLING_SCORE_EVALS),
+        _cost(done, COST.VAL_SAMPLING_SCORE_EVALS),
     )
-    seconds = _cost(done, "cost/train_seconds") + _cost(done, "cost/eval_seconds")
+    seconds = _cost(done, COST.TRAIN_SECONDS) + _cost(done, COST.EVAL_SECONDS)
     shared = completed(runs, stage=SHARED_STAGE)
     report = {
         "trials": float(len(done)),
         "stage_trials": float(len(shared)),
-        "train_steps": float(trained.sum() + _cost(shared, "cost/steps_trained").sum()),
+        "train_steps": float(trained.sum() + _cost(shared, COST.STEPS_TRAINED).sum()),
         "train_steps_naive": float(((trained + reused) * scales).sum()),
         "score_evals": float((full + val).sum()),
         "score_evals_naive": float((full * scales).sum()),
-        "device_seconds": float(seconds.sum() + _cost(shared, "cost/train_seconds").sum()),
+        "device_seconds": float(seconds.sum() + _cost(shared, COST.TRAIN_SECONDS).sum()),
         "wait_seconds": float(
-            _cost(done, "cost/wait_seconds").sum() + _cost(shared, "cost/wait_seconds").sum()
+            _cost(done, COST.WAIT_SECONDS).sum() + _cost(shared, COST.WAIT_SECONDS).sum()
         ),
     }
     if wall_seconds:

@@ -40,7 +40,7 @@ from trainables.fit import (
     train_method,
 )
 from trainables.methods import Artifact, artifact_config, get_method
-from trainables.records import EVAL_EPOCH_KEY, FINAL_KEY, TrialRecords
+from trainables.records import COST, EVAL_EPOCH_KEY, FINAL_KEY, TrialRecords
 from trainables.storage import Place
 
 Report = Callable[[dict], None]
@@ -108,11 +108,11 @@ class _Ledger:
     keys: dict[str, str] = field(default_factory=dict)
     metrics: dict[str, float] = field(
         default_factory=lambda: {
-            "cost/steps_trained": 0.0,
-            "cost/steps_reused": 0.0,
-            "cost/examples_trained": 0.0,
-            "cost/train_seconds": 0.0,  # training this trial's missing artifacts
-            "cost/fetch_seconds": 0.0,  # in the cache in all (training, waiting, loading)
+            COST.STEPS_TRAINED: 0.0,
+            COST.STEPS_REUSED: 0.0,
+            COST.EXAMPLES_TRAINED: 0.0,
+            COST.TRAIN_SECONDS: 0.0,  # training this trial's missing artifacts
+            COST.FETCH_SECONDS: 0.0,  # in the cache in all (training, waiting, loading)
         }
     )
 
@@ -121,9 +121,9 @@ class _Ledger:
         self.keys[artifact.name] = key
         self.metrics[f"artifact_reused/{artifact.name}"] = float(reused)
         config = artifact_config(artifact, config)
-        self.metrics["cost/steps_reused" if reused else "cost/steps_trained"] += config.train.steps
+        self.metrics[COST.STEPS_REUSED if reused else COST.STEPS_TRAINED] += config.train.steps
         if not reused:
-            self.metrics["cost/examples_trained"] += config.train.steps * config.train.batch_size
+            self.metrics[COST.EXAMPLES_TRAINED] += config.train.steps * config.train.batch_size
 
 
 def _epoch_validation(
@@ -183,7 +183,7 @@ def _cached_provider(
                 device=device,
                 distributed=dist,
             )
-            ledger.metrics["cost/train_seconds"] += time.perf_counter() - started
+            ledger.metrics[COST.TRAIN_SECONDS] += time.perf_counter() - started
             return net
 
         needs = {n: ledger.keys[n] for n in artifact.needs}
@@ -199,7 +199,7 @@ def _cached_provider(
         )
         ledger.add(artifact, key, reused, config)
         # Time in the cache that was not training: waiting on another trial's lock, loading.
-        ledger.metrics["cost/fetch_seconds"] += time.perf_counter() - fetched
+        ledger.metrics[COST.FETCH_SECONDS] += time.perf_counter() - fetched
         done[artifact.network] = net.to(device, memory_format=layout)
         return done[artifact.network]
 
@@ -320,8 +320,8 @@ def train_fn_per_worker(loop_config: dict) -> None:
 
 def _finish_costs(ledger: _Ledger) -> None:
     """Time in the cache that was not training (another trial's lock, loading) as wait_seconds."""
-    ledger.metrics["cost/wait_seconds"] = max(
-        0.0, ledger.metrics.pop("cost/fetch_seconds") - ledger.metrics["cost/train_seconds"]
+    ledger.metrics[COST.WAIT_SECONDS] = max(
+        0.0, ledger.metrics.pop(COST.FETCH_SECONDS) - ledger.metrics[COST.TRAIN_SECONDS]
     )
 
 
@@ -340,7 +340,7 @@ def _run_stage(
         if dist.rank == 0:
             started = time.perf_counter()
             evaluator.prepare()
-            ledger.metrics["cost/train_seconds"] += time.perf_counter() - started
+            ledger.metrics[COST.TRAIN_SECONDS] += time.perf_counter() - started
     else:
         train_method(config, provider=provider, upto=context.stage)
     if dist.rank != 0:
@@ -400,9 +400,9 @@ def _run_trial(context: TrialContext) -> None:
         networks, guidance_grid(config), context.objectives, distributed=shared
     )
     metrics, samples = evaluator(networks, scale=sweep.scale, distributed=shared)
-    ledger.metrics["cost/sampling_score_evals"] = evaluator.sampling_score_evals()
-    ledger.metrics["cost/val_sampling_score_evals"] = evaluator.val_sampling_score_evals
-    ledger.metrics["cost/eval_seconds"] = time.perf_counter() - start
+    ledger.metrics[COST.SAMPLING_SCORE_EVALS] = evaluator.sampling_score_evals()
+    ledger.metrics[COST.VAL_SAMPLING_SCORE_EVALS] = evaluator.val_sampling_score_evals
+    ledger.metrics[COST.EVAL_SECONDS] = time.perf_counter() - start
     _finish_costs(ledger)
     train = artifact_config(get_method(config.method).artifacts[-1], config).train
     epochs = math.ceil(train.steps / train.steps_per_epoch)

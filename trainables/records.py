@@ -5,8 +5,8 @@ reader here. No torch: the worker, the trial driver, the tracker, the searcher a
 all read and write through this module.
 
 Results (Tune's channel, per report): the per-epoch metrics (their names: trainables.names), then
-one final result carrying FINAL_KEY. Not declared here yet: the `cost/*` counters, which the
-worker's ledger (trainables.ray_worker) names and analysis.accounting reads.
+one final result carrying FINAL_KEY and the cost counters (COST: the worker's ledger in
+trainables.ray_worker fills them, analysis.accounting sums them).
 
 Records (files, per trial):
 - params.json (the trial driver, at the start): the trial's sampled params;
@@ -40,6 +40,20 @@ from trainables.storage import Place
 FINAL_KEY = "final"  # 1.0 in a final result (absent: stopped before its final evaluation)
 EVAL_EPOCH_KEY = "eval_epoch"  # the epochs evaluated so far (the scheduler's time attribute)
 REPLAYED_KEY = "replayed"  # 1.0 when the final result was read back from final.json
+
+
+class COST:
+    """The cost counters of a trial's final result (`cost/<name>`; MLflow metrics of its run)."""
+
+    STEPS_TRAINED = "cost/steps_trained"  # optimiser steps run for networks not in the cache
+    STEPS_REUSED = "cost/steps_reused"  # steps of networks taken from the cache
+    EXAMPLES_TRAINED = "cost/examples_trained"  # steps x batch size of the trained networks
+    TRAIN_SECONDS = "cost/train_seconds"  # training this trial's missing networks
+    FETCH_SECONDS = "cost/fetch_seconds"  # in the cache in all (the worker's, not reported)
+    WAIT_SECONDS = "cost/wait_seconds"  # in the cache but not training (a lock, loading)
+    SAMPLING_SCORE_EVALS = "cost/sampling_score_evals"  # score evaluations of the test samples
+    VAL_SAMPLING_SCORE_EVALS = "cost/val_sampling_score_evals"  # of the validation sweep
+    EVAL_SECONDS = "cost/eval_seconds"  # validation sweep and test evaluation
 
 
 def is_final(result: dict | None) -> bool:
