@@ -18,6 +18,8 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
+from analysis.tables import completed, selection_column
+
 
 def expected_best(values: Sequence[float], k: int, mode: str = "max") -> float:
     """Expected best of k trials drawn with replacement from values (Dodge et al. 2019)."""
@@ -41,7 +43,6 @@ def expected_best_curve(values: Sequence[float], mode: str = "max") -> list[floa
 def search_budget(runs: pd.DataFrame, objective: tuple[str, str]) -> pd.DataFrame:
     """budget_table over a study's finished search trials by the objective's validation value
     (what each cell's search compared)."""
-    from analysis.tables import completed, selection_column
 
     done = completed(runs)
     if done.empty:

@@ -24,6 +24,7 @@ from typing import Any
 import pandas as pd
 
 from analysis import style
+from analysis.budget import expected_best_curve
 from analysis.console import HEADLINE
 from analysis.final import seed_statistics
 from analysis.tables import (
@@ -229,7 +230,6 @@ def pareto_figure(
 def budget_figure(runs: pd.DataFrame, objective: tuple[str, str], out_dir: Path) -> list[Path]:
     """budget.{pdf,png}: each cell's expected best validation value after k trials (Dodge et al.
     2019), one panel per label %, a line per method with more than one trial."""
-    from analysis.budget import expected_best_curve
 
     done = completed(runs)
     if done.empty:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -34,7 +35,6 @@ def _error_of(tags: dict) -> str | None:
 def load_runs(tracking_uri: str, experiment_name: str, study_id: str | None = None) -> pd.DataFrame:
     """One row per trial run of the study: run_id, trial_id, status, early_stopped, method,
     label_percent, params, metrics."""
-    from pathlib import Path
 
     from mlflow.tracking import MlflowClient
 

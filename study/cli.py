@@ -4,12 +4,31 @@ work."""
 from __future__ import annotations
 
 import argparse
+import logging
 import os
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from study.plan import make_plan, to_text
+from study.runner import (
+    StudyError,
+    StudyInterrupted,
+    back_up_to_store,
+    check_writable,
+    final_points,
+    load_study_spec,
+    run_final,
+    run_study,
+    study_dir_for,
+)
+from study.spec import SpecError, load_spec
+from study.stages import plan_stages
+from study.trust import check_trusted, trust_study
+from trainables.names import SHARED_STAGE, SPEC_FILE, cell_label
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -71,7 +90,6 @@ def budget_line(runs: pd.DataFrame, objective: tuple[str, str], study_dir: Path)
 def keep_written_tables(runs: pd.DataFrame, study_dir: Path, uri: str | None) -> None:
     """Refuse to rebuild tables from a store holding none of the study's trial runs when tables
     were written before: an emptied or replaced store must not empty them."""
-    from study.runner import StudyError
 
     written = study_dir / "tables" / "comparison.md"
     if len(runs) or not written.exists() or "(no finished trials)" in written.read_text():
@@ -113,8 +131,6 @@ def run_counts(runs: pd.DataFrame, metric: str) -> str:
     """'N trial runs (F finished, ...)': every status, early stops, and how many reach the table."""
     import pandas as pd
 
-    from trainables.names import SHARED_STAGE
-
     stages = runs["stage"] if "stage" in runs and len(runs) else pd.Series(dtype=object)
     final = int((stages == "final").sum())
     shared = int((stages == SHARED_STAGE).sum())
@@ -141,7 +157,6 @@ STUDY_FAILED = 1  # exit status of a study some cell of which has no finished tr
 def failed_cells(runs: pd.DataFrame, spec: StudySpec) -> list[str]:
     """One line per table cell with no finished search trial reporting the objective: the cell
     and the first error of its trials (the earliest failed run's)."""
-    from trainables.names import cell_label
 
     metric = spec.objectives[0].metric
     search = runs[runs["stage"] == "search"] if len(runs) else runs
@@ -179,17 +194,6 @@ def _report_failures(study_dir: Path, spec: StudySpec) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from study.runner import (
-        StudyError,
-        StudyInterrupted,
-        back_up_to_store,
-        load_study_spec,
-        run_study,
-        study_dir_for,
-    )
-    from study.spec import load_spec
-    from study.trust import check_trusted, trust_study
-    from trainables.names import SPEC_FILE
 
     if args.add_trials is not None and args.add_trials < 1:
         raise StudyError(
@@ -230,7 +234,6 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def study_header(spec: StudySpec) -> str:
     """'study toy: 8 methods x 2 label % = 16 cells; 22 search trials + 2 stage trials'."""
-    from study.stages import plan_stages
 
     cells = [{"method": m, "data.label_percent": p} for m, p in spec.cell_budgets()]
     stages, _ = plan_stages(cells, spec.trial_config, None)
@@ -251,7 +254,6 @@ def quiet_libraries(verbose: bool) -> None:
     """Switch off the libraries' chatter unless --verbose: Optuna's study-created lines, MLflow's
     database migrations, Tune's experiment box and TensorBoard hint (its old reporter prints
     nothing at verbosity 0), Tune's tracebacks of failed trials."""
-    import logging
 
     if verbose:
         return
@@ -274,7 +276,6 @@ def quiet_libraries(verbose: bool) -> None:
 
 def _overrides(pairs: list[str]) -> dict[str, str]:
     """--set key=value pairs (values are cast by the trial config schema)."""
-    from study.runner import StudyError
 
     out = {}
     for pair in pairs:
@@ -288,8 +289,6 @@ def _overrides(pairs: list[str]) -> dict[str, str]:
 
 
 def cmd_final(args: argparse.Namespace) -> int:
-    from study.runner import final_points, load_study_spec, run_final
-    from study.trust import check_trusted
 
     overrides = _overrides(args.set)
     study_dir, spec = load_study_spec(args.study_dir)
@@ -308,8 +307,6 @@ def cmd_final(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from study.plan import make_plan, to_text
-    from study.spec import load_spec
 
     spec = load_spec(args.spec, check_data=False)  # plans need no data
     print(to_text(spec, make_plan(spec)))
@@ -317,7 +314,6 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_table(args: argparse.Namespace) -> int:
-    from study.runner import load_study_spec
 
     study_dir, spec = load_study_spec(args.study_dir)
     print(_table(study_dir, spec))
@@ -327,7 +323,6 @@ def cmd_table(args: argparse.Namespace) -> int:
 def cmd_export_best(args: argparse.Namespace) -> int:
     from analysis.runs import load_runs
     from analysis.tables import completed, export_best
-    from study.runner import StudyError, load_study_spec
 
     study_dir, spec = load_study_spec(args.study_dir)
     runs = load_runs(spec.tracking_uri, spec.name, spec.study_id)
@@ -359,7 +354,6 @@ def cmd_export_best(args: argparse.Namespace) -> int:
 
 def cmd_ui(args: argparse.Namespace) -> int:
     """The MLflow UI on the study's store, opened at the study's experiment (its runs view)."""
-    from study.runner import load_study_spec
 
     study_dir, spec = load_study_spec(args.study_dir)
     _check_port("127.0.0.1", args.port)
@@ -393,9 +387,6 @@ def experiment_path(spec: StudySpec) -> str:
 
 def _check_port(host: str, port: int) -> None:
     """StudyError unless port is 1-65535 and free on host."""
-    import socket
-
-    from study.runner import StudyError
 
     if not 1 <= port <= 65535:
         raise StudyError(f"--port must be 1-65535, got {port}")
@@ -435,7 +426,6 @@ SERVER_BACKENDS = ("sqlite", "postgresql", "mysql")
 def _server_command(args: argparse.Namespace) -> tuple[list[str], Path]:
     """The `mlflow server` command line for `study server`, checked before anything starts:
     (command, store folder). StudyError for a bad backend, an unwritable store or a busy port."""
-    from study.runner import StudyError, check_writable
 
     if not 1 <= args.port <= 65535 or args.workers < 1:
         raise StudyError(
@@ -592,8 +582,6 @@ def _stop_local_ray() -> None:
 def main(argv: list[str] | None = None) -> int:
     """Entry point; errors in input print one line and exit 2."""
     from analysis.results import StudyNotReady
-    from study.runner import StudyError
-    from study.spec import SpecError
 
     args = parser().parse_args(argv)
     try:

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import os
 import socket
+import uuid
+from pathlib import Path
 
 from study.errors import StudyError
-from study.spec import StudySpec
+from study.spec import StudySpec, _check_images
 from trainables.config import TrialConfig
+from trainables.storage import Place
 
 
 def _check_reachable(address: str) -> None:
@@ -105,9 +108,6 @@ def _probe(
     """On one node: the study's folders visible (their marker files exist), its object stores
     writable and, for images, the dataset and the Inception weights present (the spec's own
     checks)."""
-    from pathlib import Path
-
-    from trainables.storage import Place
 
     problems = [
         f"{Path(m).parent} is not visible there; mount it at the same path on every node"
@@ -122,8 +122,6 @@ def _probe(
                 "credentials and endpoint (AWS_ACCESS_KEY_ID, AWS_ENDPOINT_URL, ...)"
             )
     if dataset_images:
-        from study.spec import _check_images
-
         _check_images(config, problems)
     return problems
 
@@ -134,8 +132,6 @@ def preflight_nodes(spec: StudySpec, folders: list, timeout: float = 120.0) -> N
     object stores (trainables.storage.Place; a folder is given as a path or a Place) and holds the
     dataset and Inception weights the spec needs. A local Ray started by the study is this machine
     (already checked): nothing to do."""
-    import uuid
-    from pathlib import Path
 
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import socket
+import tempfile
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -95,7 +96,6 @@ def absolute_tracking_uri(uri: str | None) -> str | None:
 def _can_create(folder: Path) -> bool:
     """Whether a file could be created in folder: its nearest existing ancestor is a folder this
     user can write in (probed with a temporary file, which is removed)."""
-    import tempfile
 
     ancestor = folder
     while not ancestor.exists() and ancestor != ancestor.parent:

@@ -16,6 +16,7 @@ import io
 import sys
 import tokenize
 
+from study import schema
 from trainables import config as trial_config
 
 # (key, default, meaning) of the study keys, in the order a spec is usually written; the types
@@ -80,7 +81,6 @@ LEGACY_KEYS = {"preset": "the former name of base_config", "study_id": "set by `
 
 def spec_types() -> dict[str, str]:
     """Every study key (sections' keys dotted) -> its type and range, from study.schema."""
-    from study import schema
 
     js = schema.SpecModel.model_json_schema()
     defs = js.get("$defs", {})

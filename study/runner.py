@@ -18,11 +18,27 @@ from typing import Any
 
 import yaml
 
+from study.cluster import check_cluster, init_ray, preflight_nodes
 from study.errors import StudyError
-from study.locations import check_tracking_uri
-from study.spec import SEED_KEYS, StudySpec, validate
+from study.locations import check_tracking_uri, sqlite_path
+from study.plan import make_plan
+from study.progress import Progress
+from study.spec import SEED_KEYS, StudySpec, resolve, validate
+from study.stages import StageGate, plan_stages
+from study.trial import StudyContext, trial_driver
 from study.trust import check_signed, sign_experiment, trust_study
-from trainables.names import LABEL_PERCENT_KEY, SPEC_FILE, VALIDATION_PREFIX
+from trainables.config import to_flat
+from trainables.context import TrialContext
+from trainables.names import (
+    CHOSEN_SCALE,
+    GUIDANCE_SCALE_KEY,
+    LABEL_PERCENT_KEY,
+    METHOD_KEY,
+    SPEC_FILE,
+    STAGE_KEY,
+    TUNED_KEYS,
+    VALIDATION_PREFIX,
+)
 from trainables.storage import Place
 
 MAX_RERUNS = 3  # rounds of re-running lost configurations within one resume
@@ -55,9 +71,6 @@ def full_params(
 ) -> dict[str, Any]:
     """Every flat param of a trial: its resolved config (spec.trial_config) as flat keys. base and
     base_config: what trackers pickled by older versions pass instead of the spec."""
-    from study.spec import resolve
-    from trainables.config import to_flat
-    from trainables.names import STAGE_KEY
 
     params = {k: v for k, v in params.items() if k != STAGE_KEY}
     if spec is not None:
@@ -91,7 +104,6 @@ def check_writable(study_dir: Path, message: str | None = None) -> None:
 def prepare(spec: StudySpec, *, resume: bool) -> tuple[Path, str]:
     """Pre-flight before anything is written: directory state, writability, Ray. Returns (dir,
     uri)."""
-    from study.cluster import check_cluster, init_ray, preflight_nodes
     from study.tracking import check_study_identity, resolve_tracking_uri
 
     study_dir = study_dir_for(spec)
@@ -131,8 +143,6 @@ def prepare(spec: StudySpec, *, resume: bool) -> tuple[Path, str]:
 
 def _study_context(spec: StudySpec, study_dir: Path) -> Any:
     """What every trial of the study shares."""
-    from study.trial import StudyContext
-    from trainables.context import TrialContext
 
     resources = spec.resources
     trial = TrialContext(
@@ -322,7 +332,6 @@ def _session(
     from ray import tune
 
     from study.tracking import MLflowTracker, ensure_parent_run, open_tracking_store
-    from study.trial import trial_driver
 
     client = open_tracking_store(uri)
     exp_id, parent = ensure_parent_run(
@@ -432,8 +441,6 @@ def run_study(
 def study_progress(spec: StudySpec, seeds: int = 0) -> Any:
     """The live status's model: the cells' budgets (or seeds final runs per cell) and the plan's
     work per trial (study.plan, study.progress)."""
-    from study.plan import make_plan
-    from study.progress import Progress
 
     plan = make_plan(spec)
     budgets = spec.cell_budgets() if not seeds else dict.fromkeys(spec.cell_budgets(), seeds)
@@ -456,7 +463,6 @@ def final_points(
     StudyError when seeds < 1, the study has no finished trial or an override is invalid."""
     from analysis.runs import load_runs
     from analysis.tables import best_per_cell
-    from trainables.names import CHOSEN_SCALE, GUIDANCE_SCALE_KEY, METHOD_KEY, TUNED_KEYS
 
     if seeds < 1:
         raise StudyError(f"--seeds must be an integer >= 1 (seeds per cell), got {seeds}")
@@ -500,7 +506,6 @@ def run_final(
     artifact cache: nothing already trained for a seed is trained again); returns the number of
     runs."""
     from study.search import PointSearcher
-    from study.stages import StageGate, plan_stages
 
     if points is None:
         points = final_points(study_dir, spec, seeds, dict(overrides or {}))
@@ -525,7 +530,6 @@ def run_final(
 
 
 def _cell(point: dict[str, Any]) -> tuple[str, float]:
-    from trainables.names import METHOD_KEY
 
     return str(point[METHOD_KEY]), float(point[LABEL_PERCENT_KEY])
 
@@ -583,7 +587,6 @@ def check_tracking_store(spec: StudySpec, study_dir: Path) -> None:
     """Refuse a study whose SQLite tracking store is gone: reading it would create an empty one
     and every table rebuilt from it would be empty (the trial records alone do not hold the
     runs' per-epoch history, params and pictures, so the store is not rebuilt from them)."""
-    from study.locations import sqlite_path
 
     uri = spec.tracking_uri or ""
     path = sqlite_path(uri) if uri.startswith("sqlite") else None

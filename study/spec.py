@@ -21,7 +21,8 @@ from study.errors import SpecError
 from study.loading import load_raw, preset_names
 from study.locations import absolute_tracking_uri, check_locations
 from trainables import names
-from trainables.config import TrialConfig, from_flat, shown
+from trainables.config import BASE_CONFIGS, TrialConfig, from_flat, shown
+from trainables.names import IMAGE_DATASETS, TOY_DATASETS
 from trainables.storage import Place, is_uri
 
 __all__ = ["SpecError", "StudySpec", "load_raw", "load_spec", "preset_names", "validate"]
@@ -204,7 +205,6 @@ def _check_objectives(
 def _check_trials(spec: StudySpec, errors: list[str], check_data: bool = True) -> None:
     """Resolve one trial config per method: values against the schema, the network for the
     data, the data and evaluation pre-flight, the objectives against what trials report."""
-    from trainables.names import IMAGE_DATASETS
 
     images = spec.dataset in IMAGE_DATASETS
     trials: dict[str, Any] = {}
@@ -230,8 +230,6 @@ def _check_trials(spec: StudySpec, errors: list[str], check_data: bool = True) -
 
 def _check_names(spec: schema.SpecModel, search: dict, errors: list[str]) -> None:
     """The dataset, base config and searched keys are ones the platform knows."""
-    from trainables.config import BASE_CONFIGS
-    from trainables.names import IMAGE_DATASETS, TOY_DATASETS
 
     if spec.dataset not in TOY_DATASETS and spec.dataset not in IMAGE_DATASETS:
         valid = list(TOY_DATASETS) + list(IMAGE_DATASETS)

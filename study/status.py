@@ -12,6 +12,7 @@ import pandas as pd
 from analysis.results import StudyNotReady, objectives_of, read_spec, tracking_uri
 from analysis.runs import load_runs
 from study.progress import Progress, from_records
+from study.runner import load_study_spec, study_progress
 from trainables.names import SHARED_STAGE, VALIDATION_PREFIX
 
 
@@ -37,7 +38,6 @@ def records(runs: pd.DataFrame, selection: str) -> list[dict]:
 def load_progress(study_dir: str | Path) -> tuple[Progress, str]:
     """(the study's progress from its stores, the first objective's metric). StudyNotReady when
     the folder is not a study or no trial has started."""
-    from study.runner import load_study_spec, study_progress
 
     folder, raw = read_spec(study_dir)
     runs = load_runs(tracking_uri(folder, raw), raw["name"], raw.get("study_id"))

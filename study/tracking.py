@@ -12,12 +12,15 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from filelock import FileLock
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 from ray import tune
 from ray.tune.experiment import Trial
 
+from study import signing
 from study.errors import StudyError
+from study.locations import absolute_tracking_uri
 from trainables.names import (
     CURVE_IMAGE,
     LABEL_PERCENT_KEY,
@@ -51,7 +54,6 @@ def default_tracking_uri(study_dir: Path) -> str:
 def resolve_tracking_uri(spec_uri: str | None, study_dir: Path) -> str:
     """The spec's URI, else MLFLOW_TRACKING_URI, else the study's own SQLite store; a relative
     SQLite path made absolute (the saved spec must open the same file from any folder)."""
-    from study.locations import absolute_tracking_uri
 
     uri = spec_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(study_dir)
     return absolute_tracking_uri(uri)
@@ -63,7 +65,6 @@ def open_tracking_store(uri: str) -> MlflowClient:
     tables once (without it the second failed: "table ... already exists")."""
     if not uri.startswith("sqlite:///"):
         return MlflowClient(uri)
-    from filelock import FileLock
 
     db = Path(uri.removeprefix("sqlite:///"))
     db.parent.mkdir(parents=True, exist_ok=True)
@@ -407,7 +408,6 @@ class StateSigner(tune.Callback):
         self.tune_dir, self.experiment = tune_dir, experiment
 
     def get_state(self) -> dict | None:
-        from study import signing
 
         folder = signing.staging_folder(self.experiment)
         if folder is not None:

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from trainables.config import TrialConfig
@@ -108,7 +109,6 @@ class Distributed:
 
     @classmethod
     def from_torch(cls) -> Distributed:
-        import torch.distributed as dist
 
         if dist.is_available() and dist.is_initialized():
             return cls(dist.get_rank(), dist.get_world_size())
@@ -121,7 +121,6 @@ class Distributed:
     def average_gradients(self, params: list[nn.Parameter]) -> None:
         if self.world_size == 1:
             return
-        import torch.distributed as dist
 
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
         flat = torch.cat([g.reshape(-1) for g in grads])
@@ -138,7 +137,6 @@ class Distributed:
         """Every rank's obj, in rank order, on every rank."""
         if self.world_size == 1:
             return [obj]
-        import torch.distributed as dist
 
         out: list[Any] = [None] * self.world_size
         dist.all_gather_object(out, obj)
@@ -148,7 +146,6 @@ class Distributed:
         """rank 0's obj on every rank."""
         if self.world_size == 1:
             return obj
-        import torch.distributed as dist
 
         box = [obj]
         dist.broadcast_object_list(box, src=0)

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import ray.train
+import ray.train.torch
 import ray.tune
 import torch
 from torch import nn
@@ -57,8 +58,6 @@ def load_data(config: TrialConfig) -> ToyData | ImageData:
 def _device(local: bool) -> torch.device:
     """Ray Train's device for this worker; in local mode CUDA if present, else the CPU."""
     if not local:
-        import ray.train.torch
-
         return ray.train.torch.get_device()
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 

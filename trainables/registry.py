@@ -17,6 +17,7 @@ this registry).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -129,7 +130,6 @@ def artifact_config(artifact: Artifact, config: Any) -> Any:
     train.classifier_steps / classifier_batch_size where they are set, and model.classifier_head /
     energy_rank shape only it; every other artifact's config holds their defaults (the schedule
     knobs as 0), so they shape (and key) only that classifier."""
-    import dataclasses
 
     train, model = config.train, config.model
     if artifact.name == "classifier":

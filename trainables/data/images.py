@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 
 from trainables import names
 from trainables.config import DataConfig
@@ -240,7 +241,6 @@ def cifar(name: str, root: str, download: bool, limit: int = 0) -> ImageData:
 # ------------------------------------------------------------------
 def scan_folder(root: str) -> tuple[list[str], list[tuple[Path, int]], tuple[int, int]]:
     """Classes, (file, label) pairs and the common image size; DatasetError on anything unusable."""
-    from PIL import Image
 
     base = Path(root).expanduser()
     if not root or not base.is_dir():
@@ -279,7 +279,6 @@ def scan_folder(root: str) -> tuple[list[str], list[tuple[Path, int]], tuple[int
 
 def image_folder(root: str, seed: int = 0, test_fraction: float = 0.1) -> ImageData:
     """A class-per-folder image set as RGB; a stratified, seeded 10 % of each class is held out."""
-    from PIL import Image
 
     classes, files, _ = scan_folder(root)
     x = torch.stack(

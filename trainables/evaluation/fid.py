@@ -11,7 +11,9 @@ identity of the data and of the extractor, so a second study reuses them.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
 import os
 import uuid
@@ -232,8 +234,6 @@ def prdc(real: np.ndarray, fake: np.ndarray, nearest_k: int) -> dict[str, float]
     the `prdc` package, k nearest neighbours); None when either set has k + 1 points or fewer
     (the k-th neighbour's radius needs k others besides the point, and prdc's partition one
     more)."""
-    import contextlib
-    import io
 
     from prdc import compute_prdc
 

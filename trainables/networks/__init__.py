@@ -9,6 +9,7 @@ from torch import nn
 
 from trainables.config import ModelConfig
 from trainables.networks.energy import GaussianEnergy
+from trainables.networks.ncsnpp import build_image_network
 from trainables.networks.toy import (
     NoiseEmbedding,
     ToyClassifier,
@@ -122,8 +123,6 @@ def _build_network(
     kind: str, *, dim: int | tuple[int, ...], num_classes: int, model_config: ModelConfig
 ) -> nn.Module:
     if model_config.arch == "ncsnpp":
-        from trainables.networks.ncsnpp import build_image_network
-
         if isinstance(dim, int):
             raise ValueError(
                 "model.arch 'ncsnpp' needs image data (C, H, W); use 'mlp' for 2-D toy sets"
