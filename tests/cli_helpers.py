@@ -32,7 +32,12 @@ TOY_FAST = {
 def cli_env() -> dict[str, str]:
     """The environment for a `study` process: the platform's own Ray defaults (token auth for a
     local cluster), not whatever the developer's shell sets."""
-    return {k: v for k, v in os.environ.items() if k not in ("RAY_AUTH_MODE", "RAY_ADDRESS")}
+    return cli_env_of(os.environ)
+
+
+def cli_env_of(environ: dict[str, str]) -> dict[str, str]:
+    """environ without the developer's Ray settings (RAY_AUTH_MODE, RAY_ADDRESS)."""
+    return {k: v for k, v in environ.items() if k not in ("RAY_AUTH_MODE", "RAY_ADDRESS")}
 
 
 # A tiny-images study in about a minute on 2 cores (the image e2e tests).
@@ -68,6 +73,36 @@ def run_cli(
         text=True,
         timeout=timeout,
     )
+
+
+def run_main(*args: str, cwd: Path | str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """study.cli.main(ARGS) in this process, as run_cli runs it in a new one (cwd, the per-test
+    artifact store, stdout and stderr captured): for input refused before any work starts, where
+    a new interpreter only adds its start (about 3 s). A command that started Ray stops it again
+    (main's own clean-up)."""
+    import contextlib
+    import io
+
+    from study.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    saved_env, saved_cwd = dict(os.environ), os.getcwd()
+    os.environ.clear()
+    os.environ.update({**cli_env_of(saved_env), **(env or {})})
+    os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
+    os.environ["SC_GUIDANCE_ARTIFACT_STORE"] = str(Path(cwd) / "artifact-store")
+    os.chdir(cwd)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main(list(args))
+            except SystemExit as stop:  # argparse's own errors and --help
+                code = stop.code if isinstance(stop.code, int) else 1
+    finally:
+        os.chdir(saved_cwd)
+        os.environ.clear()
+        os.environ.update(saved_env)
+    return subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue())
 
 
 def write_spec(folder: Path, filename: str = "spec", **fields: object) -> Path:

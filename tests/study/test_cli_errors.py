@@ -2,7 +2,7 @@
 
 import pytest
 import yaml
-from cli_helpers import run_cli
+from cli_helpers import run_cli, run_main
 
 
 def _cli(*args, cwd, timeout=120):
@@ -236,7 +236,8 @@ BAD_INPUTS += [
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, what, make, needle):
     spec = make(tmp_path)
     before = sorted(p.name for p in tmp_path.iterdir())
-    result = _cli("run", spec, cwd=tmp_path)
+    # In this process (the entry point `python -m study` is the other tests' and test_cli's).
+    result = run_main("run", spec, cwd=tmp_path)
     assert result.returncode == 2, (what, result.stderr[-2000:])
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0], (what, result.stderr)
