@@ -189,7 +189,8 @@ def test_a_killed_driver_resumes_to_every_cell_with_nothing_left_running(tmp_pat
     finished = [r for r in runs if r.info.status == "FINISHED"]
     # The shared score model's stage trial (the first to start) finished once the study resumed.
     stages = [r for r in finished if r.data.tags.get("stage") == "shared"]
-    assert [r.data.tags["shared_artifact"] for r in stages] in (["score"], [])  # [] if orphaned
+    # (finished before the kill, resumed by Tune, or lost after the last save and handed out again)
+    assert [r.data.tags["shared_artifact"] for r in stages] == ["score"]
     assert len(list((tmp_path / "artifact-store").glob("score-*"))) == 1  # trained once
     finished = [r for r in finished if r.data.tags.get("stage") == "search"]
     assert len(finished) == FIFO_SPEC["num_trials"]  # the budget, lost configurations included
