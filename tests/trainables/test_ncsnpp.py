@@ -45,15 +45,26 @@ def _tiny(kind, k=4):
     return build_network(kind, dim=(3, 16, 16), num_classes=k, model_config=cfg)
 
 
-def test_every_kind_runs_forward_and_backward_at_tiny_size():
+def test_every_kind_has_its_shapes_and_every_parameter_learns_at_tiny_size():
     x, sigma, y = torch.rand(3, 3, 16, 16), torch.tensor([0.05, 1.0, 10.0]), torch.tensor([0, 1, 4])
-    score = _tiny("score")(x, sigma)
-    logits = _tiny("classifier")(x, sigma)
-    joint_score, joint_logits = _tiny("joint")(x, sigma)
-    cond = _tiny("conditional")(x, sigma, y)  # label 4 = K is the null label
+    nets = {kind: _tiny(kind) for kind in ("score", "classifier", "joint", "conditional")}
+    score = nets["score"](x, sigma)
+    logits = nets["classifier"](x, sigma)
+    joint_score, joint_logits = nets["joint"](x, sigma)
+    cond = nets["conditional"](x, sigma, y)  # label 4 = K is the null label
     assert score.shape == joint_score.shape == cond.shape == x.shape
     assert logits.shape == joint_logits.shape == (3, 4)
-    (score.sum() + logits.sum() + joint_score.sum() + joint_logits.sum() + cond.sum()).backward()
+    # Squared outputs: a plain sum would leave the last layer's bias without a gradient signal.
+    outputs = (score, logits, joint_score, joint_logits, cond)
+    sum(o.square().sum() for o in outputs).backward()
+    # Every parameter is on the path from input to output (no layer built and left unused).
+    dead = [
+        f"{kind}.{name}"
+        for kind, net in nets.items()
+        for name, p in net.named_parameters()
+        if p.requires_grad and (p.grad is None or not p.grad.abs().sum() > 0)
+    ]
+    assert dead == []
 
 
 def test_score_is_divided_by_sigma():
