@@ -19,7 +19,7 @@ install: $(VENV)/.installed
 test: $(VENV)/.installed
 	$(PY) -m pytest -q -m "not gpu" -n 2 --dist loadfile --durations=15
 
-# Everything but the Ray studies (no cluster starts): the inner loop, about 3 minutes on 2 cores.
+# Everything but the Ray studies (no cluster starts): the inner loop, about 2.5 minutes on 2 cores.
 test-fast: $(VENV)/.installed
 	$(PY) -m pytest -q -m "not slow and not gpu" -n 2 --dist loadfile
 
