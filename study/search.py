@@ -31,6 +31,19 @@ class _TellsOptuna:
     (cell, Optuna number)): a trial's end is told to its cell's study, linked to its MLflow run;
     a stage trial's end lets the configurations that need its network start."""
 
+    def _open_cell_studies(self, spec: StudySpec, study_dir: Path, searches: bool) -> None:
+        """The objectives (validation values: selection never reads the reported ones), the
+        trials' record root (a folder or an object-store URI), the cells' Optuna studies and the
+        live trials."""
+        self.objectives = [(selection_metric(o.metric), o.mode) for o in spec.objectives]
+        self.record_root = str(spec.study_place(study_dir) / "trials")
+        self.cells: list[Cell] = [(m, float(p)) for m in spec.methods for p in spec.label_percents]
+        url = f"sqlite:///{study_dir / 'optuna.db'}"
+        self.optuna = CellStudies(
+            url, spec.name, spec.seed, self.objectives, dict(spec.search), self.cells, searches
+        )
+        self.live: dict[str, tuple[Cell, int]] = {}  # Tune trial id -> (cell, Optuna number)
+
     def on_trial_complete(
         self, trial_id: str, result: dict | None = None, error: bool = False
     ) -> None:
@@ -55,23 +68,15 @@ class CellSearcher(_TellsOptuna, Searcher):
     """
 
     def __init__(self, spec: StudySpec, study_dir: Path) -> None:
-        # Selection reads the validation split's values (val/<metric>), never the reported ones.
-        self.objectives = [(selection_metric(o.metric), o.mode) for o in spec.objectives]
+        self._open_cell_studies(spec, study_dir, searches=True)
         super().__init__(metric=self.objectives[0][0], mode=self.objectives[0][1])
-        # The trials' records (trainables.records): a folder or an object-store URI.
-        self.record_root = str(spec.study_place(study_dir) / "trials")
-        self.cells: list[Cell] = [(m, float(p)) for m in spec.methods for p in spec.label_percents]
         self.budgets = CellBudgets(self.cells, spec.cell_budgets())
-        url = f"sqlite:///{study_dir / 'optuna.db'}"
-        ranges = dict(spec.search)
-        self.optuna = CellStudies(url, spec.name, spec.seed, self.objectives, ranges, self.cells)
-        self.live: dict[str, tuple[Cell, int]] = {}  # Tune trial id -> (cell, Optuna number)
         self.requeued: set[tuple[Cell, tuple]] = set()  # lost configurations to run once more
         self.lost: set[tuple[Cell, int]] = set()  # their Optuna trials (FAIL, not spent)
         # Shared networks as their own stage (study.stages): handed out first; a cell waits for
         # the stages its first configuration needs, the other slots run cells that need none.
         points = [
-            {METHOD_KEY: c[0], LABEL_PERCENT_KEY: c[1], **default_knobs(c, ranges)}
+            {METHOD_KEY: c[0], LABEL_PERCENT_KEY: c[1], **default_knobs(c, self.optuna.ranges)}
             for c in self.cells
         ]
         store = spec.artifact_place(spec.study_place(study_dir))
@@ -224,14 +229,7 @@ class RerunSearcher(_TellsOptuna, PointSearcher):
         store = spec.artifact_place(spec.study_place(study_dir))
         stages, needs = plan_stages(points, spec.trial_config, store)
         super().__init__(points, StageGate(stages), needs)
-        self.objectives = [(selection_metric(o.metric), o.mode) for o in spec.objectives]
-        self.record_root = str(spec.study_place(study_dir) / "trials")
-        cells = [(m, float(p)) for m in spec.methods for p in spec.label_percents]
-        url = f"sqlite:///{study_dir / 'optuna.db'}"
-        self.optuna = CellStudies(
-            url, spec.name, spec.seed, self.objectives, dict(spec.search), cells, searches=False
-        )
-        self.live: dict[str, tuple[Cell, int]] = {}
+        self._open_cell_studies(spec, study_dir, searches=False)
 
     def _hand_out(self, trial_id: str, point: dict) -> dict:
         """The point as a new Optuna trial of its cell (enqueued, then asked)."""
