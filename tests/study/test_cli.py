@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from cli_helpers import TOY_FAST, run_cli
+from cli_helpers import TOY_FAST, run_cli, run_main
 
 pytestmark = pytest.mark.slow
 
@@ -20,6 +20,12 @@ FAST_CONFIG = TOY_FAST
 
 def _cli(*args, cwd, timeout=400):
     return run_cli(*args, cwd=cwd, timeout=timeout)
+
+
+def _cmd(*args, cwd):
+    """A command that starts no Ray session (reads, refusals) through study.cli.main in this
+    process: the same code path as `study ARGS` without a new interpreter's start."""
+    return run_main(*args, cwd=cwd)
 
 
 @pytest.fixture(scope="module")
@@ -185,14 +191,14 @@ def test_score_model_trained_once_and_reused(finished_study):
 
 def test_table_command_rebuilds_the_table(finished_study):
     root, study_dir, _ = finished_study
-    result = _cli("table", str(study_dir), cwd=root, timeout=120)
+    result = _cmd("table", str(study_dir), cwd=root)
     assert result.returncode == 0 and "CG-SC-all" in _table_rows(result.stdout)
     assert "| CG-SC-all |" in (study_dir / "tables" / "comparison.md").read_text()
 
 
 def test_export_best_round_trip(finished_study):
     root, study_dir, _ = finished_study
-    result = _cli("export-best", str(study_dir), cwd=root, timeout=120)
+    result = _cmd("export-best", str(study_dir), cwd=root)
     assert result.returncode == 0, result.stderr
     exported = sorted((study_dir / "best").glob("*.yaml"))
     assert {p.name for p in exported} == {"CG@20%.yaml", "CG-SC-all@20%.yaml", "CFG-all@20%.yaml"}
@@ -207,7 +213,7 @@ def test_export_best_round_trip(finished_study):
 def test_rerun_into_existing_study_is_refused_and_changes_nothing(finished_study):
     root, study_dir, _ = finished_study
     before = (study_dir / "mlflow.db").stat().st_mtime_ns, (study_dir / "spec.yaml").read_text()
-    result = _cli("run", "spec.yaml", cwd=root, timeout=120)
+    result = _cmd("run", "spec.yaml", cwd=root)
     assert result.returncode == 2
     assert "already holds a study; use 'study resume" in result.stderr
     assert (
@@ -236,7 +242,7 @@ def test_a_missing_or_emptied_tracking_store_never_empties_the_tables(finished_s
     (gone / "mlflow.db").unlink()
     before = _snapshot(gone)
     for command in ("table", "export-best", "resume", "plot", "status"):
-        result = _cli(command, str(gone), cwd=tmp_path, timeout=120)
+        result = _cmd(command, str(gone), cwd=tmp_path)
         assert result.returncode == 2, (command, result.stderr[-2000:])
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and "MLflow store" in lines[0] and "is missing" in lines[0], lines
@@ -248,7 +254,7 @@ def test_a_missing_or_emptied_tracking_store_never_empties_the_tables(finished_s
 
     open_tracking_store(f"sqlite:///{emptied / 'mlflow.db'}")
     tables = _snapshot(emptied / "tables")
-    result = _cli("table", str(emptied), cwd=tmp_path, timeout=120)
+    result = _cmd("table", str(emptied), cwd=tmp_path)
     assert result.returncode == 2 and "holds none of its trial runs" in result.stderr
     assert _snapshot(emptied / "tables") == tables
 
@@ -269,7 +275,7 @@ def test_resume_refuses_a_tampered_tune_state_before_unpickling_it(finished_stud
     try:
         for target in (tuner, searcher):
             target.write_bytes(pickle.dumps(Payload()))
-            result = _cli("resume", str(study_dir), cwd=root, timeout=120)
+            result = _cmd("resume", str(study_dir), cwd=root)
             assert result.returncode == 2, result.stderr[-2000:]
             lines = result.stderr.strip().splitlines()
             assert len(lines) == 1 and "is not the Tune state this user's 'study' saved" in lines[0]
@@ -394,22 +400,22 @@ def test_optuna_names_its_objective_and_links_trials_to_their_runs(finished_stud
 
 def test_status_and_plot_read_a_finished_study(finished_study):
     root, study_dir, _ = finished_study
-    status = _cli("status", str(study_dir), cwd=root, timeout=120)
+    status = _cmd("status", str(study_dir), cwd=root)
     assert status.returncode == 0, status.stderr[-2000:]
     assert status.stdout.startswith("search trials 4/4, stage trials 1/1; 0 running, 0 pending")
     assert "CG-SC-all@20%" in status.stdout and "done" in status.stdout
-    plot = _cli("plot", str(study_dir), cwd=root, timeout=120)
+    plot = _cmd("plot", str(study_dir), cwd=root)
     assert plot.returncode == 0, plot.stderr[-2000:]
     figures = {p.name for p in (study_dir / "figures").iterdir()}
     assert {"label_percent_guided_score_cos.pdf", "guidance_guided_score_cos.png"} <= figures
     # Not a study / nothing finished: one line, exit 2, nothing written.
     for command in ("status", "plot"):
-        bad = _cli(command, str(root), cwd=root, timeout=120)
+        bad = _cmd(command, str(root), cwd=root)
         assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
         assert "is not a study folder" in bad.stderr
     empty = root / "empty-folder"
     empty.mkdir(exist_ok=True)
-    bad = _cli("plot", str(empty), cwd=root, timeout=120)
+    bad = _cmd("plot", str(empty), cwd=root)
     assert bad.returncode == 2 and "no spec.yaml" in bad.stderr and not list(empty.iterdir())
 
 
@@ -424,7 +430,7 @@ def test_plan_predicts_what_the_search_spent_and_runs_nothing(finished_study):
         return sorted((p, p.stat().st_mtime_ns) for p in found if p.is_file())
 
     before = files()
-    result = _cli("plan", "spec.yaml", cwd=root, timeout=120)
+    result = _cmd("plan", "spec.yaml", cwd=root)
     assert result.returncode == 0, result.stderr
     planned = re.search(r"\| training steps \| ([\d,]+) \| ([\d,]+) \|", result.stdout)
     measured = re.search(r"\| training steps \| (\d+) \| (\d+) \|", spent)
@@ -451,7 +457,7 @@ def test_final_bad_input_exits_2_and_writes_nothing(finished_study, tmp_path):
         (["--set", "sample.num_per_clas=5"], "--set: "),
         (["--set", "novalue"], "expected key=value"),
     ):
-        result = _cli("final", str(study_dir), *args, cwd=root, timeout=120)
+        result = _cmd("final", str(study_dir), *args, cwd=root)
         assert result.returncode == 2, (args, result.stderr[-2000:])
         assert needle in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert (study_dir / "mlflow.db").stat().st_mtime_ns == before
@@ -466,7 +472,7 @@ def test_final_bad_input_exits_2_and_writes_nothing(finished_study, tmp_path):
 
     open_tracking_store(spec["tracking_uri"])  # a store that holds no run of it
     listing = sorted(p.name for p in empty.iterdir())
-    result = _cli("final", str(empty), cwd=root, timeout=120)
+    result = _cmd("final", str(empty), cwd=root)
     assert result.returncode == 2 and "no finished trial" in result.stderr
     assert sorted(p.name for p in empty.iterdir()) == listing
 
@@ -533,7 +539,7 @@ def test_a_second_study_with_another_lambda_range_trains_no_score_model(finished
 
 def test_resume_add_trials_extends_every_cell_with_a_knob_and_repeats_nothing(finished_study):
     root, study_dir, _ = finished_study
-    bad = _cli("resume", str(study_dir), "--add-trials", "0", cwd=root, timeout=120)
+    bad = _cmd("resume", str(study_dir), "--add-trials", "0", cwd=root)
     assert bad.returncode == 2 and "--add-trials must be an integer >= 1" in bad.stderr
     result = _cli("resume", str(study_dir), "--add-trials", "1", "--quiet", cwd=root)
     assert result.returncode == 0, result.stderr[-3000:]
