@@ -1,7 +1,7 @@
 """Two studies with one name on one tracking store: the second is refused, the first intact."""
 
 import pytest
-from cli_helpers import TOY_FAST, run_cli, write_spec
+from cli_helpers import TOY_FAST, run_cli, run_main, write_spec
 
 pytestmark = pytest.mark.slow
 
@@ -33,12 +33,13 @@ def test_a_second_study_with_a_name_in_use_on_the_store_is_refused(tmp_path):
     table = (tmp_path / "a" / "studies" / "same" / "tables" / "comparison.md").read_text()
 
     (tmp_path / "b").mkdir()
-    second = run_cli("run", str(write_spec(tmp_path / "b", **fields)), cwd=tmp_path)
+    # Refused before any work: study.cli.main in this process (no new interpreter to start).
+    second = run_main("run", str(write_spec(tmp_path / "b", **fields)), cwd=tmp_path)
     assert second.returncode == 2
     assert "already holds a study named 'same'" in second.stderr
     assert not (tmp_path / "b" / "studies").exists()  # nothing written for the refused study
     after = {(r.info.run_id, r.info.status, r.data.tags.get("study_id")) for r in _trial_runs(uri)}
     assert after == before
-    again = run_cli("table", str(tmp_path / "a" / "studies" / "same"), cwd=tmp_path)
+    again = run_main("table", str(tmp_path / "a" / "studies" / "same"), cwd=tmp_path)
     assert again.returncode == 0
     assert (tmp_path / "a" / "studies" / "same" / "tables" / "comparison.md").read_text() == table
