@@ -15,7 +15,7 @@ def _files(folder):
 
 def _study(tmp_path, status=None):
     """A study folder whose MLflow store holds one trial run with the given status (or none)."""
-    from mlflow.tracking import MlflowClient
+    from study.tracking import open_tracking_store
 
     folder = tmp_path / "studies" / "s"
     folder.mkdir(parents=True)
@@ -24,7 +24,7 @@ def _study(tmp_path, status=None):
             "objectives": [{"metric": "gen_accuracy", "mode": "max"}]}  # fmt: skip
     (folder / "spec.yaml").write_text(yaml.safe_dump(spec))
     if status is not None:
-        client = MlflowClient(uri)
+        client = open_tracking_store(uri)  # as a study opens its store
         exp = client.create_experiment("s", artifact_location=(folder / "art").as_uri())
         tags = {"role": "trial", "study_id": spec["study_id"], "trial_id": "t1", "stage": "search",
                 "method": "CG", "label_percent": "5.0"}  # fmt: skip

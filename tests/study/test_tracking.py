@@ -4,16 +4,21 @@ import json
 from types import SimpleNamespace
 
 import pytest
-from mlflow.tracking import MlflowClient
 
-from study.tracking import STEP_METRIC, MLflowTracker, ensure_parent_run, reconcile
+from study.tracking import (
+    STEP_METRIC,
+    MLflowTracker,
+    ensure_parent_run,
+    open_tracking_store,
+    reconcile,
+)
 from trainables.names import ARTIFACTS_RECORD, ERROR_RECORD, FINAL_RECORD, TAGS_RECORD
 
 
 @pytest.fixture
 def store(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    client = MlflowClient(uri)
+    client = open_tracking_store(uri)  # as a study opens its store
     exp_id, parent = ensure_parent_run(client, "s", {"name": "s"}, tmp_path)
     return SimpleNamespace(uri=uri, client=client, exp_id=exp_id, parent=parent, root=tmp_path)
 

@@ -21,6 +21,7 @@ open_tracking_store(uri).create_experiment(name)
 """
 
 
+@pytest.mark.slow  # over 10 s: `make test` only
 def test_studies_starting_together_on_a_new_sqlite_store_all_open_it(tmp_path):
     # Without the lock, 3 of 4 processes failed ("table ... already exists", alembic errors).
     uri = f"sqlite:///{tmp_path / 'shared' / 'mlflow.db'}"
@@ -92,3 +93,29 @@ def test_two_studies_created_at_the_same_moment_on_a_new_store_both_complete(tmp
     for name in ("first", "second"):
         trials = load_study(tmp_path / "studies" / name).trials
         assert len(trials) == 1 and (trials["status"] == "FINISHED").all()
+
+
+def test_a_new_sqlite_store_is_a_copy_of_the_empty_one_the_first_left(tmp_path, monkeypatch):
+    import sqlite3
+
+    import mlflow.store.db.utils as db_utils
+
+    from study.tracking import open_tracking_store, store_template
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    open_tracking_store(f"sqlite:///{tmp_path / 'first' / 'mlflow.db'}").create_experiment("a")
+    template = store_template()
+    with sqlite3.connect(template) as conn:  # migrated, and no experiment of the first store's
+        assert conn.execute("SELECT count(*) FROM experiments").fetchone() == (0,)
+
+    def no_migrations(engine):
+        raise AssertionError("a new store ran MLflow's migrations instead of copying the template")
+
+    monkeypatch.setattr(db_utils, "_initialize_tables", no_migrations)
+    client = open_tracking_store(f"sqlite:///{tmp_path / 'second' / 'mlflow.db'}")
+    # MLflow's own Default experiment, located as in a store it made here; the study's is 1.
+    (default,) = client.search_experiments()
+    assert default.name == "Default" and default.artifact_location == str(tmp_path / "mlruns" / "0")
+    assert client.create_experiment("b") == "1"
+    assert [p.name for p in (tmp_path / "second").iterdir() if "partial" in p.name] == []

@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from trainables.config import from_flat
@@ -153,6 +154,7 @@ def test_mfu_is_measured_against_the_configured_peak_and_a_negative_peak_is_refu
         from_flat({"method": "CG", "train.peak_tflops": -1.0}, base="toy")
 
 
+@pytest.mark.slow  # over 10 s: `make test` only
 def test_compiled_training_matches_eager_and_sc_stays_eager():
     """train.compile: a DSM score model trains compiled to the eager weights (float rounding
     apart); a CE+SC classifier, whose SC has a double backward, trains eagerly, bit for bit, and

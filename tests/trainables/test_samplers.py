@@ -56,6 +56,7 @@ def test_unknown_sampler_names_choices():
         get_sampler("ddim")
 
 
+@pytest.mark.slow  # over 10 s: `make test` only
 def test_compiled_guided_sampling_matches_eager():
     """sample.compile: CG's guided sampler through the compiled score model and the compiled
     classifier's input gradient gives the eager samples (float rounding apart)."""

@@ -5,6 +5,7 @@ same metrics."""
 import multiprocessing as mp
 import os
 
+import pytest
 import torch
 from cli_helpers import free_port
 
@@ -69,6 +70,7 @@ def _rank(rank, port, cache_dir, out_dir):
         dist.destroy_process_group()
 
 
+@pytest.mark.slow  # over 10 s: `make test` only
 def test_two_ranks_draw_the_samples_and_measure_the_metrics_of_one_process(tmp_path):
     cache_dir = str(tmp_path / "evaluation")
     threads = torch.get_num_threads()
