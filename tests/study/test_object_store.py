@@ -5,7 +5,7 @@ in the bucket alone."""
 
 import pytest
 import yaml
-from cli_helpers import TOY_FAST, S3Server, run_cli, table_methods
+from cli_helpers import TOY_FAST, S3Server, run_cli, run_main, table_methods
 
 from analysis.runs import load_runs
 
@@ -81,15 +81,16 @@ def test_a_study_on_an_object_store_keeps_everything_in_the_bucket(s3, tmp_path)
         data = f.read()
     with fs.open_output_stream(pkl) as f:
         f.write(data[:-1] + bytes([data[-1] ^ 1]))
-    tampered = run_cli("resume", str(mirrors[0]), "--quiet", cwd=tmp_path,
-                       env=_machine(s3, tmp_path, "machine-a"))  # fmt: skip
+    # (Refusals run study.cli.main in this process: no new interpreter to start.)
+    tampered = run_main("resume", str(mirrors[0]), "--quiet", cwd=tmp_path,
+                        env=_machine(s3, tmp_path, "machine-a"))  # fmt: skip
     assert tampered.returncode == 2 and "tuner.pkl is not the Tune state" in tampered.stderr
     with fs.open_output_stream(pkl) as f:
         f.write(data)
 
     # Another machine (an empty mirror) sees the study in the bucket: the same name is refused.
     other = _machine(s3, tmp_path, "machine-b")
-    again = run_cli("run", "spec.yaml", cwd=tmp_path, env=other)
+    again = run_main("run", "spec.yaml", cwd=tmp_path, env=other)
     assert again.returncode == 2 and "already holds a study" in again.stderr, again.stderr
     # ... and a new study there reuses the score model from the bucket: none is trained.
     name = _spec(tmp_path, s3, name="s3more", methods=["CG-SC-all"], num_trials=1,
@@ -106,7 +107,7 @@ def test_an_object_store_that_does_not_answer_exits_2_and_writes_nothing(s3, tmp
     env = {**_machine(s3, tmp_path, "machine-c"), "AWS_ENDPOINT_URL": "http://127.0.0.1:1"}
     spec = _spec(tmp_path, s3, name="unreachable")
     before = sorted(p.name for p in tmp_path.iterdir())
-    result = run_cli("run", spec, cwd=tmp_path, env=env)
+    result = run_main("run", spec, cwd=tmp_path, env=env)
     assert result.returncode == 2, result.stderr[-2000:]
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
