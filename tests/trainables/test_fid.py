@@ -164,9 +164,12 @@ def test_missing_inception_weights_name_the_fix(tmp_path):
 
 
 def test_inception_path_resizes_to_299_and_uses_the_detector(tmp_path):
-    # A stand-in TorchScript detector with the StyleGAN2 interface (layers -> 2048 features; forward
-    # ->
-    # probabilities): the real weights cannot be downloaded here.
+    """clean-fid's preparation before the detector: pixels quantised to 0..255 and resized cleanly
+    to 299; (x - 128) / 128 into its layers for the features, the pixels into the detector for the
+    IS probabilities, without the output bias. The stand-in TorchScript detector (the StyleGAN2
+    interface; the real weights cannot be downloaded here) answers each channel's mean, so a
+    constant-colour image has known features and probabilities."""
+
     class Layers(torch.nn.Module):
         def forward(self, x):
             assert x.shape[-2:] == (299, 299)
@@ -178,15 +181,23 @@ def test_inception_path_resizes_to_299_and_uses_the_detector(tmp_path):
             self.layers = Layers()
 
         def forward(self, x, no_output_bias: bool = False):
-            return torch.softmax(x.mean((2, 3)), 1)
+            logits = x.mean((2, 3)) / 100.0  # it takes pixels in 0..255
+            if not no_output_bias:  # a bias the IS mode leaves out
+                logits = logits + torch.tensor([5.0, 0.0, 0.0])
+            return torch.softmax(logits, 1)
 
     path = tmp_path / "inception-2015-12-05.pt"
     torch.jit.script(Detector()).save(str(path))
     extractor = inception_extractor(str(path))
-    images = torch.rand(3, 3, 16, 16)
+    colour = torch.tensor([0.2, 0.6, 0.8])  # 51, 153, 204 of 255
+    images = colour[None, :, None, None].expand(3, 3, 16, 16)
+    expected = (torch.tensor([51.0, 153.0, 204.0]) - 128) / 128
     feats = extractor.features(images)
     assert feats.shape == (3, 2048) and extractor.identity.startswith("inception-")
-    assert extractor.probs(images).shape == (3, 3)
+    np.testing.assert_allclose(feats, expected.repeat(683)[:2048].expand(3, 2048), atol=1e-5)
+    probs = extractor.probs(images)
+    pixels = torch.tensor([51.0, 153.0, 204.0])  # the detector's IS mode reads them unnormalised
+    np.testing.assert_allclose(probs, torch.softmax(pixels / 100, 0).expand(3, 3), atol=1e-5)
 
 
 def test_eval_classifier_accuracy_on_real_held_out_images_equals_its_test_accuracy(tmp_path):
