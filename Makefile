@@ -15,9 +15,11 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 # Two pytest-xdist workers, one test file each at a time: every Ray test starts and stops only its
-# own cluster (the 2-node test kills its own process trees, never `ray stop --force`).
+# own cluster (the 2-node test kills its own process trees, never `ray stop --force`). Files go out
+# longest first (tests/conftest.py); xdist's own reorder (most tests first) sent the long studies,
+# files of one or two tests, last.
 test: $(VENV)/.installed
-	$(PY) -m pytest -q -m "not gpu" -n 2 --dist loadfile --durations=15
+	$(PY) -m pytest -q -m "not gpu" -n 2 --dist loadfile --no-loadscope-reorder --durations=15
 
 # Everything but the tests marked slow (the Ray studies, torch.compile equivalence, trainings and
 # process groups over 10 s): the inner loop. No cluster starts and no module fixture is costly, so

@@ -133,17 +133,22 @@ def test_checkpoint_every_k_steps(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("method", ["CG-SC-all", "Joint-SC", "CFG-all", "CG-DLSM"])
-def test_every_family_trains_and_evaluates_on_images(method):
+def test_every_family_learns_on_images(method):
+    """Each family's networks, trained 8 steps on images, guide better than after 1 step: a lower
+    held-out guided DSM (the metric image studies select on; the true conditional score minimises
+    it), and finite samples of every class."""
     from trainables.fit import train_method
 
     config, data, split = _image_setup(method)
-    config = override(
-        config, {"sample.num_steps": 4, "sample.num_per_class": 2, "eval.prdc_k": 0}
-    )  # fast sampling
-    nets = train_method(config, split)
-    metrics, samples = evaluate_images(config, nets, data)
+    # No warm-up and no weight averaging, so that 8 steps move the weights evaluated; fast sampling.
+    config = override(config, {"train.warmup": 0, "train.ema_decay": 0.0, "sample.num_steps": 4,
+                               "sample.num_per_class": 2, "eval.prdc_k": 0})  # fmt: skip
+    metrics, samples = evaluate_images(config, train_method(config, split), data)
+    one_step = override(config, {"train.steps": 1, "train.steps_per_epoch": 1})
+    before, _ = evaluate_images(one_step, train_method(one_step, split), data)
+    assert metrics["guided_dsm"] < 0.95 * before["guided_dsm"], (metrics, before)
     assert samples.shape == (4 * config.sample.num_per_class, 3, 16, 16)
-    assert np.isfinite(metrics["guided_dsm"]) and metrics["sample_finite_fraction"] == 1.0
+    assert metrics["sample_finite_fraction"] == 1.0
     if method != "CFG-all":
         assert 0 <= metrics["clf_accuracy"] <= 1 and "clf_accuracy_sigma1" in metrics
 
