@@ -74,6 +74,8 @@ def pytest_collection_modifyitems(config, items):
     tests = Path(__file__).parent
 
     def cost(item) -> float:
-        return -LONGEST_FILES.get(Path(item.fspath).relative_to(tests).as_posix(), 0)
+        if not item.path.is_relative_to(tests):
+            return 0
+        return -LONGEST_FILES.get(item.path.relative_to(tests).as_posix(), 0)
 
     items.sort(key=cost)  # stable: a file's tests stay together and in order
