@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -67,14 +69,34 @@ def run_cli(
         "MLFLOW_DISABLE_TELEMETRY": "true",
         "SC_GUIDANCE_ARTIFACT_STORE": str(Path(cwd) / "artifact-store"),
     }
-    return subprocess.run(
-        [sys.executable, "-m", "study", *args],
-        cwd=cwd,
-        env={**base, **(env or {})},
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    # A session of its own: a study that overruns is stopped with everything it started (a cluster
+    # left behind would slow every later test), and the test fails showing where the study was.
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "study", *args], cwd=cwd, env={**base, **(env or {})},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )  # fmt: skip
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        stdout, stderr = _stop_group(proc)
+        raise AssertionError(
+            f"`study {' '.join(args)}` did not end within {timeout:.0f} s; the end of its output:\n"
+            f"{stdout[-4000:]}\n--- stderr ---\n{stderr[-3000:]}"
+        ) from None
+    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+
+
+def _stop_group(proc: subprocess.Popen) -> tuple[str, str]:
+    """Ctrl-C to the study's process group (it stops its trials and Ray), then SIGKILL after 30 s;
+    what it printed."""
+    with contextlib.suppress(ProcessLookupError):  # (it may have ended meanwhile)
+        os.killpg(proc.pid, signal.SIGINT)
+    try:
+        return proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        return proc.communicate()
 
 
 def run_main(*args: str, cwd: Path | str, env: dict | None = None) -> subprocess.CompletedProcess:

@@ -5,6 +5,7 @@ statistics, and every run finishes with its records; then the same study with it
 artifact store on an S3-compatible endpoint (moto's server on 127.0.0.1), on the same cluster."""
 
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -42,7 +43,7 @@ def _free_port() -> int:
 def _alive_nodes(address: str) -> int:
     code = (
         f"import ray; ray.init(address={address!r}, log_to_driver=False); "
-        "print(sum(n['Alive'] for n in ray.nodes()))"
+        "print('alive nodes:', sum(n['Alive'] for n in ray.nodes()))"
     )
     out = subprocess.run(
         [sys.executable, "-c", code],
@@ -51,7 +52,9 @@ def _alive_nodes(address: str) -> int:
         text=True,
         timeout=120,
     )
-    return int(out.stdout.strip().splitlines()[-1]) if out.returncode == 0 else 0
+    # Ray may print its own log lines (the raylet's, say) to the same stdout: read only ours.
+    counts = re.findall(r"^alive nodes: (\d+)$", out.stdout, flags=re.MULTILINE)
+    return int(counts[-1]) if out.returncode == 0 and counts else 0
 
 
 def _submit(jobs: str, job: Path) -> subprocess.CompletedProcess:
