@@ -13,7 +13,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
-from scipy import stats
 
 from analysis.tables import DEFAULT_METRICS, completed
 from trainables.names import METHODS, cell_label
@@ -41,6 +40,8 @@ def _interval(values: pd.Series) -> tuple[float, float, float, float]:
     if n < 2:
         return mean, math.nan, math.nan, math.nan
     std = float(values.std(ddof=1))
+    from scipy import stats  # 1.7 s to import; only final runs' seed intervals need it
+
     half = float(stats.t.ppf(0.5 + LEVEL / 2, n - 1)) * std / math.sqrt(n)
     return mean, std, mean - half, mean + half
 

@@ -133,13 +133,13 @@ def preflight_nodes(spec: StudySpec, folders: list, timeout: float = 120.0) -> N
     dataset and Inception weights the spec needs. A local Ray started by the study is this machine
     (already checked): nothing to do."""
 
+    if not spec.address:
+        return
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    from trainables.data.images import IMAGE_DATASETS
+    from trainables.data.images import IMAGE_DATASETS  # (imports torch: only for a cluster)
 
-    if not spec.address:
-        return
     nodes = [n for n in ray.nodes() if n.get("Alive") and n["Resources"].get("CPU", 0) > 0]
     markers = []
     stores = [f.location for f in folders if getattr(f, "remote", False)]

@@ -216,9 +216,14 @@ def new_tuner(
     """A new Tune experiment `name` in the study's storage (the one place a Tuner is built): the
     searcher and scheduler, the MLflow tracker, the signer of its state; its tuner.pkl signed."""
     from ray import tune
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
     from study.tracking import StateSigner
 
+    # Tune's own per-trial logs stay (progress.csv, result.json), but not its TensorBoard files:
+    # MLflow holds every metric, and tensorboardX imports torch into the driver (4 s a study).
+    os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
+    loggers = [CSVLoggerCallback(), JsonLoggerCallback()]
     tune_config = tune.TuneConfig(
         search_alg=searcher,
         scheduler=scheduler,
@@ -229,7 +234,7 @@ def new_tuner(
     run_config = tune.RunConfig(
         name=name,
         storage_path=str(spec.study_place(study_dir) / "tune"),
-        callbacks=[tracker, StateSigner(str(study_dir / "tune"), name)],
+        callbacks=[tracker, StateSigner(str(study_dir / "tune"), name), *loggers],
         verbose=0,
     )
     tuner = tune.Tuner(trainable, tune_config=tune_config, run_config=run_config)

@@ -74,6 +74,17 @@ def test_no_process_of_the_runs_ray_session_outlives_the_command(finished_study)
     assert _RAY_LEFT == []
 
 
+def test_tune_keeps_its_per_trial_logs_but_writes_no_tensorboard_files(finished_study):
+    # MLflow holds every metric; tensorboardX would import torch into the driver (4 s a study).
+    _, study_dir, _ = finished_study
+    trials = [p for p in (study_dir / "tune" / "e2e").iterdir() if p.is_dir()]
+    assert len(trials) >= 4  # the 4 search trials and any stage trial
+    for trial in trials:
+        assert (trial / "progress.csv").stat().st_size > 0
+        assert (trial / "result.json").stat().st_size > 0
+    assert not list((study_dir / "tune").rglob("events.out.tfevents*"))
+
+
 def _table_rows(stdout):
     """The methods of the compact console table (its rows start with the method)."""
     return [line.split()[0] for line in stdout.splitlines() if line.split()[:1] and
