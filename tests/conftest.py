@@ -62,7 +62,6 @@ LONGEST_FILES = {
     "study/test_object_store.py": 140,
     "study/test_server.py": 130,
     "trainables/test_direction.py": 120,
-    "study/test_identity.py": 100,
     "study/test_tracking_store.py": 100,
     "study/test_interrupt.py": 100,
     "trainables/test_fit.py": 60,

@@ -233,6 +233,36 @@ def test_rerun_into_existing_study_is_refused_and_changes_nothing(finished_study
     ) == before
 
 
+def _trial_runs(uri, name):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(name)
+    runs = client.search_runs([exp.experiment_id], "tags.role = 'trial'")
+    return {(r.info.run_id, r.info.status, r.data.tags.get("study_id")) for r in runs}
+
+
+def test_a_second_study_with_a_name_in_use_on_the_store_is_refused(finished_study, tmp_path):
+    # Another folder, the same name, the first study's tracking store: refused before any work
+    # (it once took over the first's parent run and marked its runs KILLED).
+    root, study_dir, _ = finished_study
+    uri = f"sqlite:///{study_dir / 'mlflow.db'}"
+    before = _trial_runs(uri, "e2e")
+    assert len(before) >= 4 and {status for _, status, _ in before} == {"FINISHED"}
+    table = (study_dir / "tables" / "comparison.md").read_text()
+    spec = yaml.safe_load((root / "spec.yaml").read_text())
+    spec.update(storage=str(tmp_path / "studies"), tracking_uri=uri)
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
+    second = _cmd("run", "spec.yaml", cwd=tmp_path)
+    assert second.returncode == 2
+    assert "already holds a study named 'e2e'" in second.stderr
+    assert not (tmp_path / "studies").exists()  # nothing written for the refused study
+    assert _trial_runs(uri, "e2e") == before
+    again = _cmd("table", str(study_dir), cwd=root)
+    assert again.returncode == 0
+    assert (study_dir / "tables" / "comparison.md").read_text() == table
+
+
 def _copy_study(study_dir, to):
     """A copy of the study folder whose saved spec opens the copy's own MLflow store."""
     shutil.copytree(study_dir, to)
