@@ -220,9 +220,8 @@ def new_tuner(
 
     from study.tracking import StateSigner
 
-    # Tune's own per-trial logs stay (progress.csv, result.json), but not its TensorBoard files:
-    # MLflow holds every metric, and tensorboardX imports torch into the driver (4 s a study).
-    os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
+    # Tune's own per-trial logs stay (progress.csv, result.json); its TensorBoard logger is off
+    # (study.cluster.init_ray).
     loggers = [CSVLoggerCallback(), JsonLoggerCallback()]
     tune_config = tune.TuneConfig(
         search_alg=searcher,
