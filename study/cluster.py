@@ -6,6 +6,7 @@ import os
 import socket
 import uuid
 from pathlib import Path
+from typing import Any
 
 from study.errors import StudyError
 from study.spec import StudySpec, _check_images
@@ -49,9 +50,9 @@ def init_ray(address: str | None, dashboard: bool = True) -> None:
             ray.init(
                 address="local",  # a new local Ray, even beside a cluster `ray start` left running
                 num_cpus=os.cpu_count(),
-                include_dashboard=dashboard,
                 log_to_driver=False,
                 configure_logging=False,
+                **_own_dashboard(dashboard),
             )
     except (ConnectionError, RuntimeError, ValueError) as exc:
         reason = str(exc).splitlines()[0][:120]
@@ -59,6 +60,25 @@ def init_ray(address: str | None, dashboard: bool = True) -> None:
             f"cannot reach the Ray cluster at {address!r} ({reason}); start it with "
             "'ray start --head' or fix 'address' / RAY_ADDRESS"
         ) from None
+
+
+def _own_dashboard(dashboard: bool) -> dict[str, Any]:
+    """ray.init's dashboard arguments for a new local Ray, and its processes pointed at that
+    dashboard's state API.
+
+    Ray Train's placement-group cleaner asks the state API whether the trial's controller is alive,
+    and the state API, given no address, takes the cluster named in /tmp/ray/ray_current_cluster
+    (written by `ray start`, left behind when that cluster died) or any other running Ray: a dead
+    address cost every Train trial 12 s (the cleaner's stop timeout; the query waits 40 s), a live
+    other cluster answers that the controller is gone. RAY_API_SERVER_ADDRESS, set before the
+    raylet starts, is inherited by every worker and overrides both."""
+    if not dashboard:
+        return {"include_dashboard": False}
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
+    return {"include_dashboard": True, "dashboard_host": "127.0.0.1", "dashboard_port": port}
 
 
 def worker_resources(cpus: float, gpus: float) -> dict[str, float]:

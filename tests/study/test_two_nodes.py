@@ -165,6 +165,17 @@ def two_nodes(s3, tmp_path_factory):
         yield f"http://127.0.0.1:{dashboard}", address
     finally:
         _stop(nodes)
+        _forget_cluster(port)
+
+
+def _forget_cluster(port: int) -> None:
+    """Remove the cluster file `ray start --head` wrote, if it still names this (now stopped)
+    cluster: Ray's address look-ups would keep trying the dead address."""
+    from ray._common.utils import get_ray_address_file
+
+    current = Path(get_ray_address_file(None))
+    if current.exists() and current.read_text().strip().endswith(f":{port}"):
+        current.unlink()
 
 
 def _wait_for(address: str, count: int, node: subprocess.Popen) -> None:
