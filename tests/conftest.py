@@ -45,26 +45,27 @@ import analysis, search_spaces, study, trainables  # noqa: E401, E402, F401, I00
 sys.path.insert(0, str(Path(__file__).parent))
 
 
-# The files that take longest (seconds on 2 busy cores, from `--durations=0`), run first: with
-# `--dist loadfile --no-loadscope-reorder` (make test) pytest-xdist hands out files in this order,
-# so the two workers end together instead of one finishing a long study alone. A missing or stale
-# entry changes only the order; the tests inside a file keep theirs (test_cli.py relies on it).
+# The files that take longest (seconds on 2 busy cores, `--durations=0` of 2026-12-05), run first:
+# with `--dist loadfile --no-loadscope-reorder` (make test) pytest-xdist hands out files in this
+# order, so the two workers end together instead of one finishing a long study alone. A missing or
+# stale entry changes only the order; a file's tests keep theirs (test_cli.py relies on it).
 LONGEST_FILES = {
-    "study/test_cli.py": 400,
-    "study/test_two_nodes.py": 400,
-    "study/test_images_e2e.py": 390,
-    "study/test_resume.py": 340,
-    "trainables/test_energy_head.py": 320,
-    "study/test_image_eval_e2e.py": 220,
-    "study/test_train_worker_restart.py": 215,
-    "study/test_readme.py": 175,
-    "study/test_failures.py": 160,
-    "study/test_object_store.py": 140,
-    "study/test_server.py": 130,
-    "trainables/test_direction.py": 120,
-    "study/test_tracking_store.py": 100,
-    "study/test_interrupt.py": 100,
-    "trainables/test_fit.py": 60,
+    "study/test_resume.py": 220,
+    "study/test_cli.py": 160,
+    "study/test_two_nodes.py": 155,
+    "study/test_images_e2e.py": 130,
+    "study/test_image_eval_e2e.py": 90,
+    "trainables/test_energy_head.py": 90,
+    "study/test_train_worker_restart.py": 90,
+    "study/test_object_store.py": 80,
+    "study/test_failures.py": 70,
+    "study/test_server.py": 50,
+    "study/test_readme.py": 50,
+    "study/test_interrupt.py": 45,
+    "study/test_tracking_store.py": 40,
+    "trainables/test_direction.py": 40,
+    "trainables/test_images.py": 20,
+    "trainables/test_fit.py": 15,
 }
 
 
