@@ -153,7 +153,9 @@ def _on_tiny_images(method: str, head: str, steps: int = 200, **flat) -> tuple[d
     from trainables.data.images import make_images
     from trainables.fit import TrainingSet, train_artifact
 
-    torch.set_num_threads(2)
+    # One thread (conftest's): two made it 1.4x faster alone, but up to 4x slower beside the other
+    # pytest-xdist worker's Ray study on 2 cores (190 s instead of 43 s in CI), and stayed set for
+    # every later test of the worker.
     flat = {"method": method, "model.classifier_head": head, "data.label_percent": 20.0,
             "train.steps": steps, "train.steps_per_epoch": steps, **flat}  # fmt: skip
     config = from_flat(flat, base="tiny-images")
