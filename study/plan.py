@@ -28,8 +28,10 @@ from trainables.registry import EVAL_CLASSIFIER, TERMS, artifact_config, get_met
 
 def _num_classes(dataset: str, config: object) -> int:
     """Classes of the study's dataset without loading its images (a folder set: its class
-    folders, which must exist; the CIFAR sets: known)."""
+    folders, which must exist; the CIFAR sets: known; the twin: its source's)."""
     fixed = {"cifar10": 10, "cifar100": 100, "tiny-images": 4}
+    if dataset == "twin":
+        dataset = config.data.twin_source
     if dataset in fixed:
         return fixed[dataset]
     if dataset == "shapes":

@@ -90,6 +90,16 @@ class DataConfig:
     difficulty: Annotated[float, _NUMBER, Field(ge=0, le=1, allow_inf_nan=False)] = 0.5
     num_classes: Annotated[int, _NUMBER, Field(ge=2, le=10)] = 10  # shapes: the first N classes
     flip: bool = True  # images: random horizontal flips (as the papers)
+    # twin (trainables.data.twin): the image set its Gaussian mixture is fitted to (shapes and
+    # tiny-images with the keys above; folder: data.root), and how many of its images
+    twin_source: Literal["shapes", "tiny-images", "folder"] = "shapes"
+    twin_source_images: Count = 5000  # shapes, tiny-images: images drawn for the fit
+    # PPCA components per class (and as many common to all classes), and their rank
+    twin_components: Annotated[int, _NUMBER, Field(ge=1, le=64)] = 4
+    twin_rank: OptionalCount = 16
+    # the share of each class's mass on the common components: the classes' overlap (Bayes
+    # accuracy about 1 - share (1 - 1/K)); 0.15: 0.87 on shapes' 10 classes (docs/science.md)
+    twin_shared: Probability = 0.15
 
 
 @dataclass(frozen=True)
@@ -325,6 +335,14 @@ BASE_CONFIGS: dict[str, dict[str, Any]] = {
         "sample.num_per_class": 32,
     },
 }
+# The image twin (trainables.data.twin) of shapes at 16x16, with the tiny-images networks: no
+# flips (a flipped sample is not one of the mixture), and the twin's images are not in [0, 1].
+BASE_CONFIGS["twin"] = {
+    **BASE_CONFIGS["tiny-images"],
+    "data.name": "twin",
+    "data.flip": False,
+    "data.num_classes": 10,
+}
 BASE_CONFIGS["cifar100"] = {**BASE_CONFIGS["cifar10"], "data.name": "cifar100"}
 BASE_CONFIGS["cifar10-small"] = {
     **BASE_CONFIGS["cifar10"],
@@ -434,6 +452,11 @@ def validate(config: TrialConfig, updates: dict[str, dict[str, Any]] | None = No
             f"eval.prdc_k must be at most sample.num_per_class - 2 "
             f"({config.sample.num_per_class - 2}: a class's samples are its neighbourhoods), got "
             f"{config.eval.prdc_k}; lower it, or 0 for no precision / recall"
+        )
+    if config.data.name == "twin" and config.data.flip:
+        raise ValueError(
+            "data.flip must be false for the twin (a flipped sample is not one of its mixture); "
+            "set data.flip: false or use base_config: twin"
         )
     if config.sde.sigma_min >= config.sde.sigma_max:
         raise ValueError(

@@ -47,6 +47,11 @@ DATA_KEYS = (
     "data.flip",
     "data.difficulty",
     "data.num_classes",
+    "data.twin_source",
+    "data.twin_source_images",
+    "data.twin_components",
+    "data.twin_rank",
+    "data.twin_shared",
 )
 # Settings that change how fast or how often, never what is trained.
 NEUTRAL = (

@@ -89,6 +89,19 @@ TOY_SCORE_METRICS = frozenset({"score_cos"})
 IMAGE_METRICS = frozenset({"guided_dsm", "sample_finite_fraction"})
 IMAGE_CLASSIFIER_METRICS = frozenset({"clf_accuracy", "clf_ece", "sc_ratio"})  # + per sigma / band
 IMAGE_SCORE_METRICS = frozenset({"score_dsm"})
+# The image twin's exact metrics (trainables.evaluation.twin; + <metric>_band<i> per noise band).
+TWIN_METRICS = frozenset(
+    {
+        "guided_score_cos",
+        "bayes_gen_accuracy",  # the exact posterior's accuracy on the samples
+        "gen_accuracy_exact",  # exact samples of the twin: the ceiling (its Bayes accuracy)
+        "cond_log_likelihood",
+        "cond_log_likelihood_exact",
+        "sample_var_ratio",
+    }
+)
+TWIN_CLASSIFIER_METRICS = frozenset({"grad_cos", "grad_mse"})
+TWIN_SCORE_METRICS = frozenset({"score_cos"})
 GENERATION_METRICS = frozenset(
     {
         "fid",
@@ -115,9 +128,11 @@ GENERATION_METRICS = frozenset(
 )
 
 
-def reported_metrics(method: str, *, images: bool, generation: bool = True) -> frozenset[str]:
+def reported_metrics(
+    method: str, *, images: bool, generation: bool = True, exact: bool = False
+) -> frozenset[str]:
     """The scalar metrics a finished trial of this method reports (images: with FID etc. if
-    generation)."""
+    generation, and the exact metrics on the twin if exact)."""
     check_method(method)
     if not images:
         out = set(TOY_METRICS)
@@ -127,6 +142,10 @@ def reported_metrics(method: str, *, images: bool, generation: bool = True) -> f
     out = set(IMAGE_METRICS) | (GENERATION_METRICS if generation else set())
     out |= IMAGE_CLASSIFIER_METRICS if method in WITH_CLASSIFIER else set()
     out |= IMAGE_SCORE_METRICS if method in WITH_SCORE else set()
+    if exact:
+        out |= TWIN_METRICS
+        out |= TWIN_CLASSIFIER_METRICS if method in WITH_CLASSIFIER else set()
+        out |= TWIN_SCORE_METRICS if method in WITH_SCORE else set()
     return frozenset(out)
 
 
@@ -139,6 +158,7 @@ CURVE_METRICS = (
     "intra_fid",
     "inception_score",
     "gen_accuracy",
+    "bayes_gen_accuracy",
     "guided_dsm",
     "guided_score_cos",
     "energy_distance",
@@ -172,6 +192,7 @@ IMAGE_DATASETS = (
     "tiny-images",
     "shapes",
     "folder",
+    "twin",  # the Gaussian-mixture twin of an image set, exact scores (trainables.data.twin)
 )  # trainables.data.images
 
 

@@ -50,7 +50,7 @@ Report = Callable[[dict], None]
 def load_data(config: TrialConfig) -> ToyData | ImageData:
     """The trial's dataset: a toy mixture (exact scores) or an image set."""
     if config.data.name in IMAGE_DATASETS:
-        return make_images(config.data)
+        return make_images(config.data, config.eval.cache_dir)
     data = config.data
     return make_toy(data.name, data.num_train, data.num_test, data.seed)
 

@@ -34,6 +34,8 @@ class ImageData:
     test_y: torch.Tensor
     num_classes: int
     class_names: tuple[str, ...]
+    # The exact distribution the images are drawn from (the twin: trainables.data.twin), or None
+    dist: Any = None
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -312,11 +314,20 @@ def check_images(data_config: DataConfig) -> None:
             )
     elif data_config.name == "shapes" and data_config.image_size < 12:
         raise DatasetError(f"shapes needs data.image_size >= 12, got {data_config.image_size}")
+    elif data_config.name == "twin":
+        from trainables.data.twin_images import check_twin
+
+        check_twin(data_config)
 
 
-def make_images(data_config: DataConfig) -> ImageData:
-    """Load the image dataset a DataConfig names."""
+def make_images(data_config: DataConfig, cache_dir: str = "") -> ImageData:
+    """Load the image dataset a DataConfig names (cache_dir: where the twin's fit is stored,
+    eval.cache_dir)."""
     name = data_config.name
+    if name == "twin":
+        from trainables.data.twin_images import twin_images
+
+        return twin_images(data_config, cache_dir)
     if name == "tiny-images":
         return tiny_images(
             data_config.num_train, data_config.num_test, data_config.image_size, data_config.seed

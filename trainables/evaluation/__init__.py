@@ -4,6 +4,7 @@
 - images.py: held-out image metrics (guided DSM, classifier accuracy per noise level) and samples.
 - generation.py + fid.py: FID, IS, intra-FID and generation accuracy of image samples, with the
   evaluation classifier (an artifact like any other) and cached reference statistics.
+- twin.py: exact metrics per noise band on the image twin (data.name twin), beside the proxies.
 - sampling.py: class-conditional sampling with a method's guided score; calibration.py: accuracy,
 ECE.
 
@@ -30,6 +31,7 @@ from trainables.evaluation.generation import (
 )
 from trainables.evaluation.images import evaluate_images
 from trainables.evaluation.toy import evaluate_toy
+from trainables.evaluation.twin import evaluate_twin
 from trainables.fit import Distributed
 from trainables.names import SAMPLER_SCORE_EVALS
 
@@ -97,6 +99,7 @@ class TrialEvaluator:
     ) -> None:
         self.config, self.data, self.device = config, data, device
         self.images = data.x.dim() == 4
+        self.exact = self.images and getattr(data, "dist", None) is not None  # the image twin
         self.tags: dict[str, str] = {}  # feature extractor, evaluation classifier, warnings
         self._evaluator: Evaluator | None = None  # built on first use (it may train a classifier)
         self._val_rows: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -121,6 +124,8 @@ class TrialEvaluator:
             metrics.update(
                 self._generation(samples, config.sample.num_per_class, distributed, tag=True)
             )
+        if self.exact and _leads(distributed):
+            metrics.update(evaluate_twin(config, networks, self.data, samples, device=self.device))
         return metrics, samples
 
     def validate(
@@ -201,6 +206,11 @@ class TrialEvaluator:
         )  # fmt: skip
         if samples is not None and config.eval.fid:
             metrics.update(self._generation(samples, config.sample.num_per_class, distributed))
+        if self.exact and _leads(distributed):
+            metrics.update(
+                evaluate_twin(config, networks, self.data, samples, fixed=fixed, scaled=scaled,
+                              device=self.device)
+            )  # fmt: skip
         return metrics
 
     def prepare(self) -> None:

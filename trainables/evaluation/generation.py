@@ -129,6 +129,12 @@ def build_evaluator(
     } | {"num_reference": n}
     if config.data.name == "shapes":  # what draws its images (older statistics keep their keys)
         identity |= {"difficulty": config.data.difficulty, "num_classes": config.data.num_classes}
+    if config.data.name == "twin":  # the fitted mixture its images are drawn from
+        identity |= {
+            k: getattr(config.data, k)
+            for k in ("difficulty", "num_classes", "twin_source", "twin_source_images",
+                      "twin_components", "twin_rank", "twin_shared")
+        }  # fmt: skip
     place = cache_root(config) / "fid-stats"
     place.pull()  # an object store's statistics into this node's mirror (a folder: nothing)
     reference, cached = reference_stats(

@@ -167,11 +167,12 @@ def _samples(
     distributed: Distributed | None,
 ) -> tuple[torch.Tensor, float]:
     """The guided samples of every class in [0, 1] (under data parallelism, what sample_classes
-    returns to this rank), and the fraction of them that was finite before clamping."""
+    returns to this rank), and the fraction of them that was finite before clamping. The twin's
+    samples are not clamped: its images are the mixture's own, unbounded."""
     shape = tuple(data.test_x.shape[1:])
     samples, _ = sample_classes(
         config, networks, data.num_classes, shape, device, distributed=distributed
     )
     samples = samples.detach().cpu()
     finite = torch.isfinite(samples.flatten(1)).all(1).double().mean().item()
-    return samples.clamp(0, 1), finite
+    return (samples if data.dist is not None else samples.clamp(0, 1)), finite

@@ -24,23 +24,31 @@ def evaluation_points(
     return [(float(s), *dist.sample_perturbed(num_points, float(s), generator=gen)) for s in sigmas]
 
 
+Points = list[tuple[float | torch.Tensor, torch.Tensor, torch.Tensor]]  # (sigma, x, y) blocks
+
+
+def _sigmas(sigma: float | torch.Tensor, n: int) -> torch.Tensor:
+    """A block's noise levels [n]: one sigma for every point, or one per point."""
+    return sigma if torch.is_tensor(sigma) else torch.full((n,), float(sigma))
+
+
 def _cosine(estimate: torch.Tensor, exact: torch.Tensor) -> torch.Tensor:
-    """Per-point cosine; points whose exact vector vanishes (norm < 1e-8, cosine undefined) are
-    dropped."""
-    keep = exact.double().norm(dim=1) >= 1e-8
-    return torch.nn.functional.cosine_similarity(
-        estimate[keep].double(), exact[keep].double(), dim=1, eps=1e-30
-    )
+    """Per-point cosine of flattened vectors; points whose exact vector vanishes (norm < 1e-8,
+    cosine undefined) are dropped."""
+    estimate, exact = estimate.flatten(1).double(), exact.flatten(1).double()
+    keep = exact.norm(dim=1) >= 1e-8
+    return torch.nn.functional.cosine_similarity(estimate[keep], exact[keep], dim=1, eps=1e-30)
 
 
 def gradient_metrics(
     logits_fn: LogitsFn,
     dist: GaussianMixture,
-    points: list[tuple[float, torch.Tensor, torch.Tensor]],
+    points: Points,
     *,
     scale: float = 1.0,
     score_fn: ScoreFn | None = None,
     precision: str = "fp32",
+    device: torch.device | str = "cpu",
 ) -> dict[str, float]:
     """Classifier-gradient MSE / cosine vs grad log p_sigma(y|x), and guided conditional-score
     cosine.
@@ -49,15 +57,18 @@ def gradient_metrics(
     grad_cos: mean cosine of g_phi and g (over points where g does not vanish). cond_score_cos: mean
     cosine of s + scale g_phi and the exact
     grad log p_sigma(x|y), where s is the exact unconditional score (as in App. C) unless score_fn
-    is given.
+    is given. dist: any mixture with exact scores (the 2-D toys', or an image twin's on image-shaped
+    points); device: where the networks run (the exact side stays on the CPU).
     """
     mse, cos, cond_cos = [], [], []
     for sigma, x, y in points:
-        s = torch.full((len(x),), sigma)
-        g_hat = scale * classifier_log_posterior_grad(logits_fn, x, s, y, precision).double()
+        s = _sigmas(sigma, len(x))
+        xd, sd, yd = x.to(device), s.to(device), y.to(device)
+        g_hat = scale * classifier_log_posterior_grad(logits_fn, xd, sd, yd, precision).cpu()
+        g_hat = g_hat.double()
         g = dist.posterior_score(x, s, y)
-        uncond = dist.score(x, s) if score_fn is None else score_fn(x, s).detach().double()
-        mse.append((g_hat - g).pow(2).sum(1))
+        uncond = dist.score(x, s) if score_fn is None else score_fn(xd, sd).detach().cpu().double()
+        mse.append((g_hat - g).flatten(1).pow(2).sum(1))
         cos.append(_cosine(g_hat, g))
         cond_cos.append(_cosine(uncond + g_hat, dist.cond_score(x, s, y)))
     return {
@@ -70,20 +81,41 @@ def gradient_metrics(
 def score_metrics(
     score_fn: ScoreFn,
     dist: GaussianMixture,
-    points: list[tuple[float, torch.Tensor, torch.Tensor]],
+    points: Points,
     *,
     y_given: bool = False,
+    device: torch.device | str = "cpu",
 ) -> dict[str, float]:
     """Cosine of a (possibly conditional) score estimate against the exact one; y_given selects
     conditional."""
     cos = []
     for sigma, x, y in points:
-        s = torch.full((len(x),), sigma)
+        s = _sigmas(sigma, len(x))
+        xd, sd, yd = x.to(device), s.to(device), y.to(device)
         with torch.no_grad():
-            est = score_fn(x, s, y) if y_given else score_fn(x, s)
+            est = (score_fn(xd, sd, yd) if y_given else score_fn(xd, sd)).cpu()
         exact = dist.cond_score(x, s, y) if y_given else dist.score(x, s)
         cos.append(_cosine(est, exact))
     return {"cond_score_cos" if y_given else "score_cos": torch.cat(cos).mean().item()}
+
+
+def guided_score_cos(
+    method: Method,
+    fns: ModelFns,
+    dist: GaussianMixture,
+    points: Points,
+    scale: float,
+    precision: str = "fp32",
+    device: torch.device | str = "cpu",
+) -> float:
+    """Mean cosine of the method's guided score at scale with the exact conditional score."""
+    cos = []
+    for sigma, x, y in points:
+        s = _sigmas(sigma, len(x))
+        guided = guided_score_fn(method, fns, y.to(device), scale, precision)
+        est = guided(x.to(device), s.to(device)).detach().cpu().double()
+        cos.append(_cosine(est, dist.cond_score(x, s, y)))
+    return torch.cat(cos).mean().item()
 
 
 def generation_accuracy(
@@ -175,13 +207,9 @@ def _scaled_metrics(
             fns.logits_fn, dist, points, scale=scale, precision=config.sample.guidance_precision
         )["cond_score_cos"]
     # The method's own guided score vs the exact conditional score.
-    cos = []
-    for sigma, x, y in points:
-        s = torch.full((len(x),), sigma)
-        guided = guided_score_fn(method, fns, y, scale, config.sample.guidance_precision)
-        est = guided(x, s).detach().double()
-        cos.append(torch.nn.functional.cosine_similarity(est, dist.cond_score(x, s, y), dim=1))
-    metrics["guided_score_cos"] = torch.cat(cos).mean().item()
+    metrics["guided_score_cos"] = guided_score_cos(
+        method, fns, dist, points, scale, config.sample.guidance_precision
+    )
     # Guided samples: accuracy under the exact Bayes posterior, per-class energy distance to the
     # held-out points.
     samples, y = sample_classes(config, networks, data.num_classes, data.dim)
