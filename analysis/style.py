@@ -39,6 +39,10 @@ SHORT_NAMES = {
     "guided_dsm": "guided DSM",
     "score_dsm": "score DSM",
     "sc_ratio": "SC ratio",
+    "bayes_gen_accuracy": "Bayes gen acc",
+    "sample_var_ratio": "var ratio",
+    "cond_log_likelihood": "log-lik/dim",
+    "score_cos": "uncond cos",
 }
 
 

@@ -30,6 +30,11 @@ DEFAULT_METRICS = (
     "density",
     "coverage",
     "gen_accuracy_exact",  # toy: exact conditional samples, the ceiling of gen_accuracy
+    # the image twin's exact metrics (trainables.evaluation.twin)
+    "bayes_gen_accuracy",
+    "sample_var_ratio",
+    "cond_log_likelihood",
+    "score_cos",
     "clf_ece",
     "sc_ratio",  # 1.0 = the SC term learned nothing (trainables.evaluation.calibration)
     "guided_score_cos",

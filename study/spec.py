@@ -167,7 +167,8 @@ def resolve(params: Mapping[str, Any], base_config: str | None = None) -> TrialC
 
 def _check_images(trial: Any, errors: list[str]) -> None:
     """The image set is where the spec says, and the evaluation can run (weights, checkpoint)."""
-    from trainables.data.images import DatasetError, check_images
+    from trainables.data.images import DatasetError
+    from trainables.data.sets import check_images
     from trainables.evaluation.fid import EvalError
     from trainables.evaluation.generation import preflight
 

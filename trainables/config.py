@@ -94,9 +94,9 @@ class DataConfig:
     # tiny-images with the keys above; folder: data.root), and how many of its images
     twin_source: Literal["shapes", "tiny-images", "folder"] = "shapes"
     twin_source_images: Count = 5000  # shapes, tiny-images: images drawn for the fit
-    # PPCA components per class (and as many common to all classes), and their rank
+    # PPCA components per class (and as many common to all classes)
     twin_components: Annotated[int, _NUMBER, Field(ge=1, le=64)] = 4
-    twin_rank: OptionalCount = 16
+    twin_rank: OptionalCount = 16  # rank of each component's covariance beyond its noise floor
     # the share of each class's mass on the common components: the classes' overlap (Bayes
     # accuracy about 1 - share (1 - 1/K)); 0.15: 0.87 on shapes' 10 classes (docs/science.md)
     twin_shared: Probability = 0.15

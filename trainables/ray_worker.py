@@ -27,7 +27,8 @@ from trainables import names
 from trainables.cache import ArtifactCache
 from trainables.config import TrialConfig
 from trainables.context import TrialContext
-from trainables.data.images import IMAGE_DATASETS, ImageData, make_images
+from trainables.data.images import IMAGE_DATASETS, ImageData
+from trainables.data.sets import make_images
 from trainables.data.toy import ToyData, make_toy
 from trainables.evaluation import Sweep, TrialEvaluator
 from trainables.evaluation.toy import plot_toy_samples

@@ -136,6 +136,13 @@ def _config(key, value):
     return lambda p: _write(p, f"methods: [CG, CG-SC-all]\nconfig: {{{key}: {value}}}\n")
 
 
+def _twin(key, value):
+    """A spec on the image twin with one bad key."""
+    text = "dataset: twin\nbase_config: twin\nmethods: [CG]\n"
+    return lambda p: _write(p, f"{text}objectives: [{{metric: guided_score_cos, mode: max}}]\n"
+                               f"config: {{{key}: {value}}}\n")  # fmt: skip
+
+
 # Values that once reached the trials unchecked or were silently changed into something else.
 BAD_INPUTS += [
     ("negative sampler steps", _config("sample.num_steps", -5), "sample.num_steps must be"),
@@ -183,6 +190,22 @@ BAD_INPUTS += [
         "search.loss.lambda_sc.log: must be a valid boolean",
     ),
     ("duplicate key", lambda p: _write(p, "seed: 1\nseed: 2\n"), "duplicate key 'seed' at line 2"),
+    (
+        "twin class too small",
+        _twin("data.twin_source_images", 40),
+        "twin: class 'red square' has 4 fitting images, fewer than data.twin_components x "
+        "data.twin_rank = 64",
+    ),
+    (
+        "twin rank at the dimension",
+        _twin("data.twin_rank", 768),
+        "data.twin_rank must be below the images' dimension 768",
+    ),
+    (
+        "twin without components",
+        _twin("data.twin_components", 0),
+        "data.twin_components must be greater than or equal to 1, got 0",
+    ),
     ("repeated label %", lambda p: _write(p, "label_percents: [5, 5]\n"), "lists 5.0 twice"),
     ("repeated method", lambda p: _write(p, "methods: [CG, CG]\n"), "lists 'CG' twice"),
     (

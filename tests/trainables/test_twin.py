@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 from trainables.config import DataConfig, from_flat
-from trainables.data.images import DatasetError, ImageData, check_images
+from trainables.data.images import DatasetError, ImageData
+from trainables.data.sets import check_images
 from trainables.data.toy import GaussianMixture, overlap2
 from trainables.data.twin import LowRankMixture, TwinSpec, fit_twin, load_or_fit, ppca
 from trainables.data.twin_images import twin_images, twin_of

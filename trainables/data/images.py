@@ -314,20 +314,11 @@ def check_images(data_config: DataConfig) -> None:
             )
     elif data_config.name == "shapes" and data_config.image_size < 12:
         raise DatasetError(f"shapes needs data.image_size >= 12, got {data_config.image_size}")
-    elif data_config.name == "twin":
-        from trainables.data.twin_images import check_twin
-
-        check_twin(data_config)
 
 
-def make_images(data_config: DataConfig, cache_dir: str = "") -> ImageData:
-    """Load the image dataset a DataConfig names (cache_dir: where the twin's fit is stored,
-    eval.cache_dir)."""
+def make_images(data_config: DataConfig) -> ImageData:
+    """Load the image dataset a DataConfig names (the twin: trainables.data.sets)."""
     name = data_config.name
-    if name == "twin":
-        from trainables.data.twin_images import twin_images
-
-        return twin_images(data_config, cache_dir)
     if name == "tiny-images":
         return tiny_images(
             data_config.num_train, data_config.num_test, data_config.image_size, data_config.seed

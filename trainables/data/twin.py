@@ -58,9 +58,7 @@ class LowRankMixture:
         self.lam, self.psi, self.weights = lam.to(f64), psi.to(f64), weights.to(f64)
         k, c, d = self.means.shape
         self.rank = self.basis.shape[-1]
-        self.priors = (
-            torch.full((k,), 1.0 / k, dtype=f64) if priors is None else priors.to(f64)
-        )
+        self.priors = torch.full((k,), 1.0 / k, dtype=f64) if priors is None else priors.to(f64)
         if self.basis.shape != (k, c, d, self.rank) or self.lam.shape != (k, c, self.rank):
             raise ValueError(
                 f"basis {tuple(self.basis.shape)} / lam {tuple(self.lam.shape)} do not match "
@@ -273,7 +271,9 @@ def ppca(x: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor, torch.
     basis[:, : len(top)] = vh[: len(top)].t()
     lam[: len(top)] = (top - psi).clamp_min(0)
     if len(top) < rank:  # fewer points than directions: complete the basis (lam 0 there)
-        q, _ = torch.linalg.qr(torch.cat([basis[:, : len(top)], torch.eye(d, rank, dtype=x.dtype)], 1))
+        q, _ = torch.linalg.qr(
+            torch.cat([basis[:, : len(top)], torch.eye(d, rank, dtype=x.dtype)], 1)
+        )
         basis[:, len(top) :] = q[:, len(top) : rank]
     return mean, basis, lam, psi
 
@@ -346,9 +346,7 @@ class TwinSpec:
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def load_or_fit(
-    spec: TwinSpec, folder, fit, log=lambda _: None
-) -> tuple[LowRankMixture, bool]:
+def load_or_fit(spec: TwinSpec, folder, fit, log=lambda _: None) -> tuple[LowRankMixture, bool]:
     """The stored fit of spec under folder (a trainables.storage.Place), else fit() stored there
     (atomically; concurrent fitters write the same content); (mixture, reused?)."""
     file = folder.local / f"{spec.key()}.pt"

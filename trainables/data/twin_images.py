@@ -4,11 +4,14 @@ once and stored by content, and its training and test images drawn from the fitt
 from __future__ import annotations
 
 import hashlib
+
 import numpy as np
 import torch
 
 from trainables.config import DataConfig
 from trainables.data.images import (
+    SHAPE_CLASSES,
+    TINY_CLASSES,
     DatasetError,
     ImageData,
     image_folder,
@@ -32,14 +35,10 @@ def _source_shape_and_counts(data: DataConfig) -> tuple[tuple[int, int, int], di
         return (3, h, w), {c: n - held_out[c] for c, n in counts.items()}
     size = data.image_size
     if data.twin_source == "tiny-images":
-        from trainables.data.images import TINY_CLASSES
-
         if size < 8:
             raise DatasetError(f"twin of tiny-images needs data.image_size >= 8, got {size}")
         names = [c[0] for c in TINY_CLASSES]
     else:
-        from trainables.data.images import SHAPE_CLASSES
-
         if size < 12:
             raise DatasetError(f"twin of shapes needs data.image_size >= 12, got {size}")
         names = [c[0] for c in SHAPE_CLASSES[: data.num_classes]]
@@ -90,8 +89,9 @@ def _source(data: DataConfig) -> tuple[ImageData, dict]:
     return shapes(n, 2, data.image_size, data.seed, data.difficulty, data.num_classes), ident
 
 
-def twin_of(data: DataConfig, cache_dir: str = "", log=lambda _: None) -> tuple[LowRankMixture,
-                                                                               tuple[str, ...]]:
+def twin_of(
+    data: DataConfig, cache_dir: str = "", log=lambda _: None
+) -> tuple[LowRankMixture, tuple[str, ...]]:
     """The fitted twin a DataConfig names (from the store, or fitted into it) and its classes."""
     check_twin(data)
     source, ident = _source(data)
@@ -124,4 +124,3 @@ def twin_images(data: DataConfig, cache_dir: str = "") -> ImageData:
     x, y = _draw(mixture, data.num_train, gen)
     tx, ty = _draw(mixture, data.num_test, gen)
     return ImageData(x, y, tx, ty, mixture.num_classes, class_names, dist=mixture)
-

@@ -74,9 +74,7 @@ def _per_band(values: list[dict[str, float]], names: tuple[str, ...]) -> dict[st
     return out
 
 
-def sample_metrics(
-    samples: torch.Tensor, y: torch.Tensor, dist, sigma: float
-) -> dict[str, float]:
+def sample_metrics(samples: torch.Tensor, y: torch.Tensor, dist, sigma: float) -> dict[str, float]:
     """bayes_gen_accuracy, cond_log_likelihood and sample_var_ratio of samples of classes y."""
     finite = torch.isfinite(samples.flatten(1)).all(1)
     samples, y = samples[finite], y[finite]
@@ -128,7 +126,9 @@ def evaluate_twin(
             metrics.update(_per_band(values, ("score_cos",)))
         per_class = config.sample.num_per_class
         y = torch.arange(data.num_classes).repeat_interleave(per_class)
-        exact, _ = dist.sample(len(y), y=y, generator=torch.Generator().manual_seed(config.eval.seed))
+        exact, _ = dist.sample(
+            len(y), y=y, generator=torch.Generator().manual_seed(config.eval.seed)
+        )
         ceiling = sample_metrics(exact, y, dist, config.sde.sigma_min)
         metrics["gen_accuracy_exact"] = ceiling["bayes_gen_accuracy"]
         metrics["cond_log_likelihood_exact"] = ceiling["cond_log_likelihood"]
