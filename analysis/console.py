@@ -14,7 +14,13 @@ import pandas as pd
 from analysis import style
 from analysis.final import seed_statistics
 from analysis.tables import DEFAULT_METRICS, best_per_cell
-from trainables.names import CHOSEN_SCALE, LAMBDA_JOINT_KEY, LAMBDA_SC_KEY, TUNED_KEYS
+from trainables.names import (
+    CHOSEN_SCALE,
+    LAMBDA_JOINT_KEY,
+    LAMBDA_SC_KEY,
+    TUNED_KEYS,
+    cell_label,
+)
 
 # The headline metrics, by preference: the twin's exact accuracy, images (the papers' table), then
 # the toy's.
@@ -132,7 +138,16 @@ def console_table(
     out = []
     for block in blocks:
         out += _block_text(best, methods, block, metrics, header, statistics) + [""]
-    seeds = "" if statistics.empty else "; mean ± std over the seeds of `study final`"
+    seeds = ""
+    if not statistics.empty:  # the claim only for the cells that have final runs
+        finals = set(zip(statistics["method"], statistics["label_percent"]))
+        search_only = [
+            cell_label(m, p) for m, p in zip(best["method"], best["label_percent"])
+            if (m, p) not in finals
+        ]  # fmt: skip
+        seeds = "; mean ± std over the seeds of `study final`"
+        if search_only:
+            seeds += f" (search trial only, no final runs: {', '.join(search_only)})"
     out.append(f"best trial per cell by validation {metric} ({mode}){seeds}; full table: "
                "tables/comparison.md")  # fmt: skip
     out += [f"{style.short(m)} = {v:.4g} in every cell ({m})" for m, v in constant.items()]

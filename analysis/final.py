@@ -101,8 +101,14 @@ def _cell(row: pd.Series, digits: int) -> str:
     return text
 
 
-def final_markdown(statistics: pd.DataFrame, metrics: Sequence[str], digits: int = 3) -> str:
-    """One Markdown table per metric: rows = methods (registry order), columns = label %."""
+def final_markdown(
+    statistics: pd.DataFrame,
+    metrics: Sequence[str],
+    digits: int = 3,
+    left_out: Sequence[str] = (),
+) -> str:
+    """One Markdown table per metric: rows = methods (registry order), columns = label %; a
+    footnote names the study's cells left_out (no final runs)."""
     if statistics.empty:
         return "(no finished final runs)\n"
     out = []
@@ -124,19 +130,30 @@ def final_markdown(statistics: pd.DataFrame, metrics: Sequence[str], digits: int
         f"{REFERENCE} at the same label % beyond the seed spread (the {LEVEL:.0%} t interval of "
         "the seed-paired difference excludes 0)."
     )
+    if left_out:
+        out.append(
+            f"\nLeft out (no final runs: `study final --allow-missing` ran without them, as they "
+            f"had no finished search trial): {', '.join(left_out)}."
+        )
     return "\n".join(out) + "\n"
 
 
 def write_final(
-    runs: pd.DataFrame, objectives: Sequence[tuple[str, str]], out_dir: Path
+    runs: pd.DataFrame,
+    objectives: Sequence[tuple[str, str]],
+    out_dir: Path,
+    cells: Sequence[str] | None = None,
 ) -> list[Path]:
-    """tables/final.md and final.csv from the study's final runs; [] when it has none."""
+    """tables/final.md and final.csv from the study's final runs; [] when it has none. cells: the
+    study's cells; those without final runs are named under the table."""
     metrics = list(dict.fromkeys([m for m, _ in objectives] + list(DEFAULT_METRICS)))
     statistics = seed_statistics(runs, metrics)
     if statistics.empty:
         return []
     out_dir.mkdir(parents=True, exist_ok=True)
     md, csv = out_dir / "final.md", out_dir / "final.csv"
-    md.write_text(final_markdown(statistics, metrics))
+    present = set(statistics["cell"])
+    left_out = [c for c in (cells or []) if c not in present]
+    md.write_text(final_markdown(statistics, metrics, left_out=left_out))
     statistics.to_csv(csv, index=False)
     return [md, csv]

@@ -245,7 +245,10 @@ def export_best(
         }
         guidance = dict(spec.get("guidance") or {})
         if pd.notna(row.get(CHOSEN_SCALE, float("nan"))):
-            guidance["scales"] = [float(row[CHOSEN_SCALE])]  # the scale the trial chose
+            # the scale the trial chose, and only it: the cap at that scale stops the sweep's
+            # extension past an edge (a re-run measures exactly the chosen configuration)
+            guidance["scales"] = [float(row[CHOSEN_SCALE])]
+            guidance["max_scale"] = float(row[CHOSEN_SCALE])
         final = {
             **{k: v for k, v in spec.items() if k not in ("storage", "tracking_uri", "study_id")},
             "name": f"{spec['name']}-best-{row['method']}-{row['label_percent']:g}",

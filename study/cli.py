@@ -50,7 +50,8 @@ def _table(study_dir: Path, spec: StudySpec) -> str:
     runs = load_runs(spec.tracking_uri, spec.name, spec.study_id)
     objectives = [(o.metric, o.mode) for o in spec.objectives]
     keep_written_tables(runs, study_dir, spec.tracking_uri)
-    _, files = write_report(runs, objectives, study_dir / "tables")
+    cells = [cell_label(m, p) for m, p in spec.cell_budgets()]
+    _, files = write_report(runs, objectives, study_dir / "tables", cells)
     compute = _compute(study_dir, spec, runs)
     files += compute[1]
     figures = write_figures(runs, objectives, study_dir)
@@ -292,7 +293,9 @@ def cmd_final(args: argparse.Namespace) -> int:
 
     overrides = _overrides(args.set)
     study_dir, spec = load_study_spec(args.study_dir)
-    points = final_points(study_dir, spec, args.seeds, overrides)  # reads MLflow only
+    points = final_points(  # reads MLflow only
+        study_dir, spec, args.seeds, overrides, allow_missing=args.allow_missing
+    )
     check_trusted(study_dir, spec)
     quiet_libraries(args.verbose)
     start = time.perf_counter()
@@ -515,6 +518,12 @@ def _add_plan_and_final(sub: Any) -> None:
         default=[],
         metavar="KEY=VALUE",
         help="trial config override for the final runs, e.g. sample.num_per_class=5000 (repeat)",
+    )
+    final.add_argument(
+        "--allow-missing",
+        action="store_true",
+        help="run the cells that have a finished search trial and list the others in final.md "
+        "(default: refuse while any cell has none)",
     )
     _add_verbosity(final)
     final.set_defaults(func=cmd_final)

@@ -60,6 +60,7 @@ class Plan:
     # what the progress's time-left estimate weighs the trials by.
     work: dict[tuple[str, float], float] = field(default_factory=dict)
     shared_work: list[float] = field(default_factory=list)
+    stored: int = 0  # networks the artifact store holds already (reused, not trained again)
 
 
 def _training_work(artifact: object, config: object, train: object) -> float:
@@ -80,6 +81,12 @@ def make_plan(spec: StudySpec) -> Plan:
     cells = [{"method": m, "data.label_percent": p} for m, p in budgets]
     stages, _ = plan_stages(cells, spec.trial_config, None)
     staged = {s.key for s in stages}
+    store = spec.artifact_place(spec.study_place())
+
+    def in_store(folder: str) -> bool:
+        """Whether the artifact store holds this network already (the trial will reuse it)."""
+        return store.exists(store.local / folder / "model.pt")
+
     for (method, pct), budget in budgets.items():
         cell = {"trials": budget, "networks": Counter()}
         work = 0.0
@@ -94,6 +101,9 @@ def make_plan(spec: StudySpec) -> Plan:
             # cell runs twice, and the cells' searches draw their knobs apart).
             count = int(key not in seen) + (budget - 1 if moves[artifact.name] else 0)
             plan.train_steps_naive += train.steps * max(1, scales) * budget
+            if key not in seen and in_store(key):  # trained before: every later one is new
+                count -= 1
+                plan.stored += 1
             seen.add(key)
             if not count:
                 continue
@@ -153,6 +163,14 @@ def to_text(spec: StudySpec, plan: Plan) -> str:
         f"{ratio(plan.score_evals_naive, plan.score_evals)} |",
         "",
         "naive: every trial retrains every network it uses; every guidance scale is its own trial.",
+        *(
+            [
+                f"planned counts no step for the {plan.stored} network(s) the artifact store holds "
+                "already (they are reused)."
+            ]
+            if plan.stored
+            else []
+        ),  # fmt: skip
         "stage 1 runs as stage trials before the trials that need them (study.stages); "
         "the other slots meanwhile run trials that need none.",
     ]

@@ -38,6 +38,7 @@ from trainables.names import (
     STAGE_KEY,
     TUNED_KEYS,
     VALIDATION_PREFIX,
+    cell_label,
 )
 from trainables.storage import Place
 
@@ -460,11 +461,16 @@ def study_progress(spec: StudySpec, seeds: int = 0) -> Any:
 
 
 def final_points(
-    study_dir: Path, spec: StudySpec, seeds: int, overrides: dict[str, Any]
+    study_dir: Path,
+    spec: StudySpec,
+    seeds: int,
+    overrides: dict[str, Any],
+    allow_missing: bool = False,
 ) -> list[dict[str, Any]]:
     """Every cell's chosen configuration (its best search trial by the first objective's
     validation value: knobs and chosen guidance scale) once per seed spec.seed, spec.seed + 1, ...;
-    StudyError when seeds < 1, the study has no finished trial or an override is invalid."""
+    StudyError when seeds < 1, the study has no finished trial, an override is invalid, or (unless
+    allow_missing) some cell of the spec has no finished search trial to take a choice from."""
     from analysis.runs import load_runs
     from analysis.tables import best_per_cell
 
@@ -476,6 +482,13 @@ def final_points(
         raise StudyError(
             f"no finished trial in {study_dir} to take configurations from; "
             f"run or resume the study first (study resume {study_dir})"
+        )
+    chosen = {(str(m), float(p)) for m, p in zip(best["method"], best["label_percent"])}
+    missing = [cell_label(*c) for c in spec.cell_budgets() if c not in chosen]
+    if missing and not allow_missing:
+        raise StudyError(
+            f"cells without a finished search trial: {', '.join(missing)}; finish them first "
+            f"(study resume {study_dir}) or pass --allow-missing to leave them out of final.md"
         )
     seed_keys = [k for k in SEED_KEYS if k not in spec.config]
     points = []

@@ -136,3 +136,12 @@ def test_a_cell_whose_chosen_scale_is_the_sweeps_cap_is_marked():
     assert "chosen at the sweep's cap, guidance.max_scale" in text
     runs["sample.guidance_cap"] = 0.0  # no extension: nothing is "at the cap"
     assert "(cap)" not in console_table(runs, [OBJ])
+
+
+def test_the_seed_claim_names_the_cells_that_have_no_final_runs():
+    runs = _study(final_seeds=3)
+    holed = runs[~((runs["stage"] == "final") & (runs["method"] == "Cond"))]
+    text = console_table(holed, [OBJ])
+    footer = next(line for line in text.splitlines() if "mean ± std over the seeds" in line)
+    assert "search trial only, no final runs: Cond@5%, Cond@100%" in footer
+    assert "search trial only" not in console_table(runs, [OBJ])

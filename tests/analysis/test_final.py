@@ -59,3 +59,12 @@ def test_a_repeated_seed_keeps_the_latest_run_and_search_runs_are_ignored(tmp_pa
     assert [p.name for p in files] == ["final.md", "final.csv"]
     assert "n=1" in (tmp_path / "final.md").read_text()
     assert write_final(runs[runs["stage"] == "search"], [("gen_accuracy", "max")], tmp_path) == []
+
+
+def test_final_md_names_the_cells_left_out(tmp_path):
+    runs = pd.DataFrame([_final("CG", 0, 0.1), _final("CG", 1, 0.3)])
+    write_final(runs, [("gen_accuracy", "max")], tmp_path, cells=["CG@5%", "CG-SC-all@5%"])
+    text = (tmp_path / "final.md").read_text()
+    assert "Left out" in text and "CG-SC-all@5%" in text.split("Left out")[1]
+    write_final(runs, [("gen_accuracy", "max")], tmp_path, cells=["CG@5%"])
+    assert "Left out" not in (tmp_path / "final.md").read_text()

@@ -126,7 +126,8 @@ def test_export_best_writes_a_runnable_spec_with_the_winning_knobs_and_chosen_sc
     (path,) = export_best(runs, spec, OBJ, tmp_path)
     written = yaml.safe_load(path.read_text())
     assert written["search"] == {"loss.lambda_sc": {"choices": [3.0]}}
-    assert written["guidance"] == {"scales": [1.5], "val_num_per_class": 7}
+    # the chosen scale only: the cap at it stops any extension past the edge
+    assert written["guidance"] == {"scales": [1.5], "val_num_per_class": 7, "max_scale": 1.5}
     assert written["num_trials"] == 1 and written["trials_per_cell"] == 1
     assert written["methods"] == ["CG-SC-all"]
     from study.spec import validate

@@ -216,9 +216,26 @@ def test_export_best_round_trip(finished_study):
     spec = yaml.safe_load((study_dir / "best" / "CG-SC-all@20%.yaml").read_text())
     assert spec["methods"] == ["CG-SC-all"] and spec["num_trials"] == 1
     assert len(spec["search"]["loss.lambda_sc"]["choices"]) == 1
+    # The chosen scale only: the cap at it stops the sweep going on past an edge.
+    assert spec["guidance"]["scales"] == [spec["guidance"]["max_scale"]]
     rerun = _cli("run", str(study_dir / "best" / "CG-SC-all@20%.yaml"), "--quiet", cwd=root)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert _table_rows(rerun.stdout) == ["CG-SC-all"]
+    # The re-run is the chosen configuration: its scale, lambda and metrics, on reused networks.
+    from analysis.runs import load_runs
+    from analysis.tables import best_per_cell
+
+    searched = load_runs(f"sqlite:///{study_dir / 'mlflow.db'}", "e2e")
+    original = best_per_cell(searched, "guided_score_cos", "max").set_index("method")
+    original = original.loc["CG-SC-all"]
+    name = spec["name"]
+    again = load_runs(f"sqlite:///{study_dir.parent / 'e2e-final' / name / 'mlflow.db'}", name)
+    again = again[again["stage"] == "search"].iloc[0]
+    assert again["guidance_scale"] == original["guidance_scale"]
+    assert again["loss.lambda_sc"] == original["loss.lambda_sc"]
+    assert again["cost/steps_trained"] == 0
+    for metric in ("guided_score_cos", "gen_accuracy", "grad_cos"):
+        assert again[metric] == pytest.approx(original[metric], rel=1e-6), metric
 
 
 def test_rerun_into_existing_study_is_refused_and_changes_nothing(finished_study):
@@ -516,6 +533,30 @@ def test_final_bad_input_exits_2_and_writes_nothing(finished_study, tmp_path):
     result = _cmd("final", str(empty), cwd=root)
     assert result.returncode == 2 and "no finished trial" in result.stderr
     assert sorted(p.name for p in empty.iterdir()) == listing
+
+
+def test_final_refuses_a_study_with_an_unfinished_cell_unless_allowed(finished_study, tmp_path):
+    from study.runner import final_points
+    from study.spec import load_spec
+
+    root, study_dir, _ = finished_study
+    # The same study's runs, with a fourth cell that has no finished trial.
+    holed = tmp_path / "studies" / "e2e"
+    holed.mkdir(parents=True)
+    spec = yaml.safe_load((study_dir / "spec.yaml").read_text())
+    spec["methods"] = [*spec["methods"], "Cond"]
+    (holed / "spec.yaml").write_text(yaml.safe_dump(spec))
+    before = (study_dir / "mlflow.db").stat().st_mtime_ns
+    result = _cmd("final", str(holed), "--seeds", "1", cwd=root)
+    assert result.returncode == 2, result.stderr[-2000:]
+    line = result.stderr.strip()
+    assert "cells without a finished search trial: Cond@20%" in line and "study resume" in line
+    assert "--allow-missing" in line and len(line.splitlines()) == 1
+    assert sorted(p.name for p in holed.iterdir()) == ["spec.yaml"]
+    assert (study_dir / "mlflow.db").stat().st_mtime_ns == before
+    # --allow-missing: the three finished cells' choices, the hole left out
+    points = final_points(holed, load_spec(str(holed / "spec.yaml")), 1, {}, allow_missing=True)
+    assert sorted(p["method"] for p in points) == ["CFG-all", "CG", "CG-SC-all"]
 
 
 def test_final_runs_each_cells_choice_over_seeds_reusing_what_is_trained(finished_study):

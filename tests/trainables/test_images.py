@@ -58,13 +58,29 @@ def test_image_folder_loads_classes_and_holds_out_a_stratified_tenth(tmp_path):
     "layout, needle",
     [
         ({}, "0 class folders"),
-        ({"cats": [8], "dogs": [8, 16]}, "mixes image sizes: 8x8"),
+        ({"cats": [8] * 10, "dogs": [8] * 9 + [16]}, "mixes image sizes: 8x8"),
         ({"cats": [8], "dogs": []}, "class folders without images: \\['dogs'\\]"),
+        ({"cats": [8] * 10, "dogs": [8]}, "class 'dogs' has 1 images, fewer than the 10"),
     ],
 )
 def test_bad_image_folders_are_refused_with_the_fix(tmp_path, layout, needle):
     _write_folder(tmp_path, layout)
     with pytest.raises(DatasetError, match=needle):
+        scan_folder(str(tmp_path))
+
+
+@pytest.mark.parametrize("keep", [0.8, 0.05])  # PIL fails on the pixels, or on the header
+def test_a_truncated_image_is_named_before_any_work(tmp_path, keep):
+    rng = np.random.default_rng(0)
+    for cls in ("cats", "dogs"):
+        (tmp_path / cls).mkdir()
+        for i in range(10):  # noise: the pixel data is most of the file
+            pixels = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(tmp_path / cls / f"{i}.png")
+    broken = tmp_path / "dogs" / "3.png"
+    data = broken.read_bytes()
+    broken.write_bytes(data[: int(len(data) * keep)])
+    with pytest.raises(DatasetError, match=f"{broken} cannot be read .*; replace or remove it"):
         scan_folder(str(tmp_path))
 
 

@@ -16,6 +16,7 @@ from trainables import names
 from trainables.config import DataConfig
 
 IMAGE_DATASETS = names.IMAGE_DATASETS  # one list, read by spec validation without torch
+MIN_PER_CLASS = 10  # images a class of a folder set needs (scan_folder)
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".ppm", ".gif", ".tif", ".tiff"}
 
 
@@ -267,10 +268,26 @@ def scan_folder(root: str) -> tuple[list[str], list[tuple[Path, int]], tuple[int
         raise DatasetError(
             f"image folder {base}: class folders without images: {empty}; remove them or add images"
         )
+    counts = {c: sum(1 for _, label in files if label == k) for k, c in enumerate(classes)}
+    few = {c: n for c, n in counts.items() if n < MIN_PER_CLASS}
+    if few:
+        name, n = next(iter(few.items()))
+        raise DatasetError(
+            f"image folder {base}: class {name!r} has {n} images, fewer than the {MIN_PER_CLASS} "
+            "a class needs (a held-out tenth for the test and validation splits, and at least two "
+            "training images for its reference statistics); add images or remove the class"
+        )
     sizes: dict[tuple[int, int], Path] = {}
     for f, _ in files:
-        with Image.open(f) as im:
-            sizes.setdefault(im.size, f)
+        try:
+            with Image.open(f) as im:
+                sizes.setdefault(im.size, f)
+                im.verify()  # the whole file: a truncated image fails here, not in a trial
+        except (OSError, SyntaxError, ValueError) as exc:  # PIL's errors for unreadable files
+            raise DatasetError(
+                f"image folder {base}: {f} cannot be read ({type(exc).__name__}: "
+                f"{str(exc).splitlines()[0] if str(exc) else 'unreadable'}); replace or remove it"
+            ) from None
     if len(sizes) > 1:
         shown = ", ".join(f"{w}x{h} ({p.name})" for (w, h), p in list(sizes.items())[:3])
         raise DatasetError(
