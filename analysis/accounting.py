@@ -70,6 +70,29 @@ def compute_report(runs: pd.DataFrame, wall_seconds: float | None, slots: int) -
     return report
 
 
+def study_wall(
+    starts: dict[int, float], walls: dict[int, float], runs: pd.DataFrame
+) -> float | None:
+    """Wall-clock seconds of every session of a study (run, each resume): the walls the sessions
+    logged, keyed by session; a session that logged its start but not its wall (killed) counts
+    from its start to the last end of a run that started within it (0 when none did). None when
+    no session logged anything."""
+    if not starts and not walls:
+        return None
+    total = sum(walls.values())
+    order = sorted(starts.items(), key=lambda item: item[1])
+    ends = runs["end_time"] if "end_time" in runs.columns else pd.Series(dtype=float)
+    began = runs["start_time"] if "start_time" in runs.columns else pd.Series(dtype=float)
+    for i, (step, start) in enumerate(order):
+        if step in walls:
+            continue
+        until = order[i + 1][1] if i + 1 < len(order) else float("inf")
+        inside = (began / 1000.0 >= start) & (began / 1000.0 < until)
+        last = ends[inside].dropna()
+        total += max(0.0, float(last.max()) / 1000.0 - start) if len(last) else 0.0
+    return total
+
+
 def _trial_span(runs: pd.DataFrame) -> float | None:
     """Seconds from the first trial's start to the last trial's end (the time trial slots were
     in use; the study's wall adds MLflow and Tune set-up and the closing bookkeeping). Over

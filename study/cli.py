@@ -106,10 +106,14 @@ def _compute(study_dir: Path, spec: StudySpec, runs: pd.DataFrame) -> tuple[str,
     """The search's compute report (analysis.accounting): its text, [tables/compute.md] and one
     line for the console."""
     from analysis import accounting
-    from study.tracking import parent_metrics
+    from study.tracking import parent_metric_history
 
-    wall = parent_metrics(spec.tracking_uri, spec.name, spec.study_id).get(
-        "study/search_wall_seconds"
+    def history(key: str) -> dict[int, float]:
+        return parent_metric_history(spec.tracking_uri, spec.name, key, spec.study_id)
+
+    search = runs[runs["stage"].isin(["search", SHARED_STAGE])] if "stage" in runs else runs
+    wall = accounting.study_wall(
+        history("study/search_session_start"), history("study/search_wall_seconds"), search
     )
     slots = spec.resources.max_concurrent_trials
     report = accounting.compute_report(runs, wall, slots)
@@ -118,10 +122,14 @@ def _compute(study_dir: Path, spec: StudySpec, runs: pd.DataFrame) -> tuple[str,
     text = accounting.to_markdown(report, slots)
     path = study_dir / "tables" / "compute.md"
     path.write_text(text)
+    saved = (
+        f"{report['train_steps_naive'] / report['train_steps']:.1f}x fewer than retraining"
+        if report["train_steps"]
+        else "every network came from the artifact store"
+    )
     line = (
-        f"compute: {report['train_steps']:,.0f} training steps "
-        f"({report['train_steps_naive'] / max(report['train_steps'], 1):.1f}x fewer than "
-        f"retraining), {report['device_seconds']:.0f} device-seconds"
+        f"compute: {report['train_steps']:,.0f} training steps ({saved}), "
+        f"{report['device_seconds']:.0f} device-seconds"
     )
     if "useful_work_fraction" in report:
         line += f", {report['useful_work_fraction']:.0%} useful work"

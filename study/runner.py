@@ -385,6 +385,12 @@ def _run_session(
     start = time.perf_counter()
     session = _session(spec, study_dir, uri, verbose, stage, progress)
     client, exp_id, parent, trainable, tracker = session
+    # Each session's start and wall under its own step, so the accounting sums the study's whole
+    # life; a session killed before it logs its wall is bounded by its trials' ends
+    # (analysis.accounting.study_wall).
+    begun = time.time()
+    step = int(begun * 1000)
+    client.log_metric(parent, f"study/{stage}_session_start", begun, step=step)
     outcome = "FAILED"  # the parent run's status unless the work completes or is interrupted
     try:
         if fit(trainable, tracker):
@@ -401,7 +407,7 @@ def _run_session(
         if stage == "search":  # failed trials a resume ran to their end: finished in Optuna too
             heal_failed_trials(spec, study_dir, {t for t, s in known.items() if s == "TERMINATED"})
         client.set_terminated(parent, outcome)
-    client.log_metric(parent, f"study/{stage}_wall_seconds", time.perf_counter() - start)
+    client.log_metric(parent, f"study/{stage}_wall_seconds", time.perf_counter() - start, step=step)
 
 
 def back_up_to_store(spec: StudySpec, study_dir: Path) -> str | None:

@@ -582,6 +582,22 @@ def log_report(
             client.log_artifact(parents[0].info.run_id, str(path), "report")
 
 
+def parent_metric_history(
+    tracking_uri: str, experiment_name: str, key: str, study_id: str | None = None
+) -> dict[int, float]:
+    """Every value the study's parent run logged under key, by step (the latest per step)."""
+    client = MlflowClient(tracking_uri)
+    exp = client.get_experiment_by_name(experiment_name)
+    if exp is None:
+        return {}
+    parents = client.search_runs([exp.experiment_id], runs_filter("study", study_id), max_results=1)
+    if not parents:
+        return {}
+    history = sorted(client.get_metric_history(parents[0].info.run_id, key),
+                     key=lambda m: m.timestamp)  # fmt: skip
+    return {m.step: m.value for m in history}
+
+
 def parent_metrics(
     tracking_uri: str, experiment_name: str, study_id: str | None = None
 ) -> dict[str, float]:

@@ -59,3 +59,26 @@ def test_stage_trials_count_as_spent_and_the_trial_span_is_first_start_to_last_e
     assert report["trial_span_seconds"] == 7.5
     assert report["useful_work_fraction_trials"] == 10.0 / 15.0
     assert "useful-work fraction of the trial slots: 67%" in to_markdown(report, 2)
+
+
+def test_the_study_wall_sums_every_session_and_bounds_a_killed_one_by_its_trials():
+    from analysis.accounting import study_wall
+
+    # Session 1 (t = 100 s) logged its wall (30 s); session 2 (t = 1,000 s) was killed before
+    # logging it: its trials (started inside it) ended at most at t = 1,045 s; session 3 (t =
+    # 2,000 s) had nothing to do and logged 2 s.
+    starts = {100_000: 100.0, 1_000_000: 1000.0, 2_000_000: 2000.0}
+    walls = {100_000: 30.0, 2_000_000: 2.0}
+    runs = pd.DataFrame(
+        [
+            _run(start_time=101_000, end_time=125_000),
+            _run(start_time=1_001_000, end_time=1_030_000),
+            _run(start_time=1_010_000, end_time=1_045_000),
+        ]
+    )
+    assert study_wall(starts, walls, runs) == 30.0 + 45.0 + 2.0
+    assert study_wall({}, {}, runs) is None
+    # Device-seconds of those trials never exceed wall x slots: useful work stays <= 100 %.
+    runs["cost/train_seconds"] = [24.0, 29.0, 35.0]
+    report = compute_report(runs, study_wall(starts, walls, runs), slots=2)
+    assert report["useful_work_fraction"] <= 1.0
