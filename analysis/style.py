@@ -40,6 +40,7 @@ SHORT_NAMES = {
     "score_dsm": "score DSM",
     "sc_ratio": "SC ratio",
     "bayes_gen_accuracy": "Bayes gen acc",
+    "bayes_gen_accuracy_matched": "Bayes acc (matched)",
     "sample_var_ratio": "var ratio",
     "cond_log_likelihood": "log-lik/dim",
     "score_cos": "uncond cos",

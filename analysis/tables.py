@@ -31,6 +31,7 @@ DEFAULT_METRICS = (
     "coverage",
     "gen_accuracy_exact",  # toy: exact conditional samples, the ceiling of gen_accuracy
     # the image twin's exact metrics (trainables.evaluation.twin)
+    "bayes_gen_accuracy_matched",
     "bayes_gen_accuracy",
     "sample_var_ratio",
     "cond_log_likelihood",

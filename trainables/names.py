@@ -94,6 +94,9 @@ TWIN_METRICS = frozenset(
     {
         "guided_score_cos",
         "bayes_gen_accuracy",  # the exact posterior's accuracy on the samples
+        "bayes_gen_accuracy_matched",  # the same at the samples' own noise level
+        "gen_accuracy_exact_matched",  # its ceiling
+        "matched_sigma",
         "gen_accuracy_exact",  # exact samples of the twin: the ceiling (its Bayes accuracy)
         "cond_log_likelihood",
         "cond_log_likelihood_exact",
@@ -159,6 +162,7 @@ CURVE_METRICS = (
     "inception_score",
     "gen_accuracy",
     "bayes_gen_accuracy",
+    "bayes_gen_accuracy_matched",
     "guided_dsm",
     "guided_score_cos",
     "energy_distance",

@@ -232,3 +232,29 @@ def test_twin_needs_no_flips_and_at_least_one_component():
         from_flat({"data.name": "twin"}, base="tiny-images")
     with pytest.raises(ValueError, match="data.twin_components must be greater than or equal to 1"):
         from_flat({"data.twin_components": 0}, base="twin")
+
+
+def test_the_matched_accuracy_reads_noisy_samples_at_their_own_noise_level():
+    """Exact samples with excess isotropic noise v: the matched sigma recovers sqrt(sigma^2 + v)
+    and the matched accuracy the Bayes accuracy at that noise, where the strict one (at sigma_min)
+    falls far below it."""
+    from trainables.evaluation.twin import sample_metrics
+
+    gen = torch.Generator().manual_seed(0)
+    k, d = 4, 256
+    means = 0.05 * torch.randn(k, 1, d, generator=gen, dtype=torch.float64)
+    basis = torch.linalg.qr(torch.randn(k, 1, d, 3, generator=gen, dtype=torch.float64))[0]
+    psi = torch.tensor([[0.002], [0.004], [0.008], [0.016]], dtype=torch.float64)
+    twin = LowRankMixture(means, basis, torch.ones(k, 1, 3, dtype=torch.float64), psi,
+                          torch.ones(k, 1, dtype=torch.float64))  # fmt: skip
+    y = torch.arange(k).repeat_interleave(500)
+    exact, _ = twin.sample(len(y), y=y, generator=gen)
+    noise = 0.1
+    noisy = exact + noise * torch.randn(exact.shape, generator=gen)
+    got = sample_metrics(noisy, y, twin, 0.01)
+    assert got["matched_sigma"] == pytest.approx(math.sqrt(0.01**2 + noise**2), rel=0.1)
+    ceiling = twin.bayes_accuracy(2000, noise, generator=gen)
+    assert got["bayes_gen_accuracy_matched"] == pytest.approx(ceiling, abs=0.05)
+    assert got["bayes_gen_accuracy"] < ceiling - 0.2  # the strict posterior sees the noise floor
+    clean = sample_metrics(exact, y, twin, 0.01)
+    assert clean["matched_sigma"] < 0.03  # (the spread estimated from 500 samples per class)
