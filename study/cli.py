@@ -211,6 +211,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         )
     if args.resume_dir is not None:
         study_dir, spec = load_study_spec(args.resume_dir)
+        check_ledger(study_dir, spec)
         if args.trust:
             trust_study(study_dir, spec)
         check_trusted(study_dir, spec)
@@ -239,6 +240,34 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"copied the study's databases, tables and figures to {stored}")
     print(text, end="", flush=True)
     return _report_failures(study_dir, spec)
+
+
+def check_ledger(study_dir: Path, spec: StudySpec) -> None:
+    """Refuse to resume a folder study whose Optuna database (each cell's trials, parameters and
+    values) is unreadable, or gone while trials have run: resuming would search as if nothing
+    had (StudyError naming the file; nothing is written)."""
+    import sqlite3
+
+    if spec.study_place(study_dir).remote:
+        return
+    ledger = study_dir / "optuna.db"
+    if not ledger.exists():
+        records = study_dir / "trials"
+        if records.is_dir() and any(records.iterdir()):
+            raise StudyError(
+                f"{ledger} is missing but the study has run trials; restore it from a backup "
+                "(its cells' searches are kept there) before resuming"
+            )
+        return
+    try:
+        with sqlite3.connect(f"file:{ledger}?mode=ro", uri=True) as db:
+            if db.execute("PRAGMA quick_check").fetchone()[0] != "ok":
+                raise sqlite3.DatabaseError("quick_check failed")
+            db.execute("SELECT count(*) FROM studies").fetchone()
+    except sqlite3.Error as exc:
+        raise StudyError(
+            f"{ledger} cannot be read ({exc}); restore it from a backup before resuming"
+        ) from None
 
 
 def study_header(spec: StudySpec) -> str:
@@ -320,7 +349,7 @@ def cmd_final(args: argparse.Namespace) -> int:
 def cmd_plan(args: argparse.Namespace) -> int:
 
     spec = load_spec(args.spec, check_data=False)  # plans need no data
-    print(to_text(spec, make_plan(spec)))
+    print(to_text(spec, make_plan(spec, check_store=True)))
     return 0
 
 

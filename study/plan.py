@@ -72,8 +72,10 @@ def _training_work(artifact: object, config: object, train: object) -> float:
     return work_units(train.steps, train.batch_size, 0.0, double_backward=double)
 
 
-def make_plan(spec: StudySpec) -> Plan:
-    """The plan of a validated spec (its first seed)."""
+def make_plan(spec: StudySpec, check_store: bool = False) -> Plan:
+    """The plan of a validated spec (its first seed). check_store (`study plan`): a network the
+    artifact store holds already is reused, not trained (the live status and `study status` plan
+    the whole study, what its own trials trained included)."""
     plan, seen = Plan(), set()
     base = spec.trial_config({"method": spec.methods[0]})
     classes = _num_classes(spec.dataset, base)
@@ -85,7 +87,7 @@ def make_plan(spec: StudySpec) -> Plan:
 
     def in_store(folder: str) -> bool:
         """Whether the artifact store holds this network already (the trial will reuse it)."""
-        return store.exists(store.local / folder / "model.pt")
+        return check_store and store.exists(store.local / folder / "model.pt")
 
     for (method, pct), budget in budgets.items():
         cell = {"trials": budget, "networks": Counter()}

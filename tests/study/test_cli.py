@@ -229,8 +229,8 @@ def test_export_best_round_trip(finished_study):
     original = best_per_cell(searched, "guided_score_cos", "max").set_index("method")
     original = original.loc["CG-SC-all"]
     name = spec["name"]
-    again = load_runs(f"sqlite:///{study_dir.parent / 'e2e-final' / name / 'mlflow.db'}", name)
-    again = again[again["stage"] == "search"].iloc[0]
+    again = load_runs(f"sqlite:///{root / 'studies' / name / 'mlflow.db'}", name)
+    again = again[again["stage"].fillna("search") == "search"].iloc[0]
     assert again["guidance_scale"] == original["guidance_scale"]
     assert again["loss.lambda_sc"] == original["loss.lambda_sc"]
     assert again["cost/steps_trained"] == 0
@@ -477,7 +477,7 @@ def test_status_and_plot_read_a_finished_study(finished_study):
     assert bad.returncode == 2 and "no spec.yaml" in bad.stderr and not list(empty.iterdir())
 
 
-def test_plan_predicts_what_the_search_spent_and_runs_nothing(finished_study):
+def test_plan_predicts_what_the_search_spent_and_runs_nothing(finished_study, tmp_path):
     import re
 
     root, study_dir, _ = finished_study
@@ -488,12 +488,20 @@ def test_plan_predicts_what_the_search_spent_and_runs_nothing(finished_study):
         return sorted((p, p.stat().st_mtime_ns) for p in found if p.is_file())
 
     before = files()
-    result = _cmd("plan", "spec.yaml", cwd=root)
+    # Against the study's artifact store the networks its first trials trained are there: only
+    # a further lambda's classifier (CG-SC-all's second trial) is left to train.
+    again = _cmd("plan", "spec.yaml", cwd=root)
+    assert again.returncode == 0, again.stderr
+    assert "the artifact store holds already (they are reused)" in again.stdout
+    left = re.search(r"\| training steps \| ([\d,]+) \|", again.stdout).group(1)
+    # Against an empty store (run_main: <cwd>/artifact-store) the plan is the search's own.
+    result = _cmd("plan", str(root / "spec.yaml"), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     planned = re.search(r"\| training steps \| ([\d,]+) \| ([\d,]+) \|", result.stdout)
     measured = re.search(r"\| training steps \| (\d+) \| (\d+) \|", spent)
     as_int = [int(g.replace(",", "")) for g in planned.groups()]
     assert as_int == [int(g) for g in measured.groups()]  # planned = spent, naive = naive
+    assert 0 < int(left.replace(",", "")) < as_int[0]
     assert "stage 1 (shared" in result.stdout and "score x1" in result.stdout
     # It ran nothing: no study file or trained network was created or touched.
     assert files() == before
@@ -533,6 +541,27 @@ def test_final_bad_input_exits_2_and_writes_nothing(finished_study, tmp_path):
     result = _cmd("final", str(empty), cwd=root)
     assert result.returncode == 2 and "no finished trial" in result.stderr
     assert sorted(p.name for p in empty.iterdir()) == listing
+
+
+def test_resume_refuses_a_missing_or_truncated_ledger_and_writes_nothing(finished_study, tmp_path):
+    import shutil
+
+    root, study_dir, _ = finished_study
+    copy = tmp_path / "studies" / "e2e"
+    shutil.copytree(study_dir, copy)
+    before = (study_dir / "mlflow.db").stat().st_mtime_ns
+    ledger = copy / "optuna.db"
+    ledger.write_bytes(ledger.read_bytes()[:3000])  # truncated mid-file
+    listing = sorted(p.name for p in copy.rglob("*"))
+    result = _cmd("resume", str(copy), cwd=root)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert f"{ledger} cannot be read" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    ledger.unlink()
+    result = _cmd("resume", str(copy), cwd=root)
+    assert result.returncode == 2 and f"{ledger} is missing" in result.stderr
+    assert sorted(p.name for p in copy.rglob("*")) == [n for n in listing if n != "optuna.db"]
+    assert (study_dir / "mlflow.db").stat().st_mtime_ns == before
 
 
 def test_final_refuses_a_study_with_an_unfinished_cell_unless_allowed(finished_study, tmp_path):
