@@ -7,6 +7,7 @@ import argparse
 import logging
 import os
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -246,8 +247,6 @@ def check_ledger(study_dir: Path, spec: StudySpec) -> None:
     """Refuse to resume a folder study whose Optuna database (each cell's trials, parameters and
     values) is unreadable, or gone while trials have run: resuming would search as if nothing
     had (StudyError naming the file; nothing is written)."""
-    import sqlite3
-
     if spec.study_place(study_dir).remote:
         return
     ledger = study_dir / "optuna.db"

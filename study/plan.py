@@ -72,6 +72,12 @@ def _training_work(artifact: object, config: object, train: object) -> float:
     return work_units(train.steps, train.batch_size, 0.0, double_backward=double)
 
 
+def _store_check(spec: StudySpec):
+    """folder -> whether the study's artifact store holds that network already (reused)."""
+    store = spec.artifact_place(spec.study_place())
+    return lambda folder: store.exists(store.local / folder / "model.pt")
+
+
 def make_plan(spec: StudySpec, check_store: bool = False) -> Plan:
     """The plan of a validated spec (its first seed). check_store (`study plan`): a network the
     artifact store holds already is reused, not trained (the live status and `study status` plan
@@ -83,12 +89,7 @@ def make_plan(spec: StudySpec, check_store: bool = False) -> Plan:
     cells = [{"method": m, "data.label_percent": p} for m, p in budgets]
     stages, _ = plan_stages(cells, spec.trial_config, None)
     staged = {s.key for s in stages}
-    store = spec.artifact_place(spec.study_place())
-
-    def in_store(folder: str) -> bool:
-        """Whether the artifact store holds this network already (the trial will reuse it)."""
-        return check_store and store.exists(store.local / folder / "model.pt")
-
+    in_store = _store_check(spec) if check_store else lambda _: False
     for (method, pct), budget in budgets.items():
         cell = {"trials": budget, "networks": Counter()}
         work = 0.0
