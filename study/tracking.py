@@ -585,7 +585,8 @@ def log_report(
 def parent_metric_history(
     tracking_uri: str, experiment_name: str, key: str, study_id: str | None = None
 ) -> dict[int, float]:
-    """Every value the study's parent run logged under key, by step (the latest per step)."""
+    """Every value the study's parent run logged under key (e.g. study/search_wall_seconds, one
+    per session), by step (the latest per step); {} without a parent run."""
     client = MlflowClient(tracking_uri)
     exp = client.get_experiment_by_name(experiment_name)
     if exp is None:
@@ -596,15 +597,3 @@ def parent_metric_history(
     history = sorted(client.get_metric_history(parents[0].info.run_id, key),
                      key=lambda m: m.timestamp)  # fmt: skip
     return {m.step: m.value for m in history}
-
-
-def parent_metrics(
-    tracking_uri: str, experiment_name: str, study_id: str | None = None
-) -> dict[str, float]:
-    """The study's parent run's latest metrics (e.g. study/search_wall_seconds); {} if none."""
-    client = MlflowClient(tracking_uri)
-    exp = client.get_experiment_by_name(experiment_name)
-    if exp is None:
-        return {}
-    parents = client.search_runs([exp.experiment_id], runs_filter("study", study_id), max_results=1)
-    return dict(parents[0].data.metrics) if parents else {}
