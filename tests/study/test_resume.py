@@ -2,6 +2,7 @@
 lost."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -200,3 +201,7 @@ def test_a_killed_driver_resumes_to_every_cell_with_nothing_left_running(tmp_pat
     for method in ("CG-SC-all", "Cond"):
         assert method in table_methods(resumed.stdout)
     assert "RUNNING" not in _optuna_states(study_dir)
+    # The compute accounting spans both sessions, the killed one bounded by its trials' ends:
+    # useful work stays within the slots' time.
+    useful = re.search(r"(\d+)% useful work", resumed.stdout)
+    assert useful is not None and 0 < int(useful.group(1)) <= 100, resumed.stdout[-1500:]
