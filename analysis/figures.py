@@ -120,7 +120,10 @@ def label_percent_figure(
     runs: pd.DataFrame, objectives: Sequence[tuple[str, str]], out_dir: Path
 ) -> list[Path]:
     """label_percent_<metric>.{pdf,png} for the objectives and the headline metrics present (the
-    console table's: analysis.console.HEADLINE)."""
+    console table's: analysis.console.HEADLINE). Each method is nudged sideways by a few percent
+    of the log axis, so methods whose values coincide (CFG-labeled and CFG-all at 100 %) all show;
+    a metric's exact ceiling (style.CEILINGS) is a dashed line; with one label % the methods are
+    dots side by side."""
     plt = _pyplot()
     metrics = list(dict.fromkeys([m for m, _ in objectives] + list(HEADLINE)))
     written = []
@@ -130,21 +133,66 @@ def label_percent_figure(
             continue
         fig, ax = plt.subplots(figsize=(4.2, 3.0))
         percents = sorted({p for points in lines.values() for p, *_ in points})
-        for method, points in lines.items():
-            x, y, low, high = (list(v) for v in zip(*points))
-            ax.plot(x, y, marker=style.marker(method), color=style.color(method), label=method,
-                    lw=1.4, ms=4)  # fmt: skip
-            if any(math.isfinite(v) for v in low):
-                ax.fill_between(x, low, high, color=style.color(method), alpha=0.15, lw=0)
-        if len(percents) > 1 and min(percents) > 0:
-            ax.set_xscale("log")
-        _plain_ticks(ax, "x", percents)
-        ax.set_xlabel("labeled data (%)")
-        ax.set_ylabel(metric)
+        if len(percents) == 1:
+            _dots(ax, lines)
+            ax.set_xlabel(f"method ({percents[0]:g} % labeled data)")
+        else:
+            _lines(ax, lines, percents)
+            ax.set_xlabel("labeled data (%)")
+        _ceiling(ax, runs, metric)
+        ax.set_ylabel(style.axis_label(metric))
         ax.grid(alpha=0.3)
         _legend_outside(fig, [ax])
         written += _save(fig, out_dir, f"label_percent_{metric}")
     return written
+
+
+def _lines(ax: Any, lines: dict, percents: list[float]) -> None:
+    """A line per method over the label %, nudged apart on the x axis (a log axis: a factor)."""
+    log = min(percents) > 0
+    for i, (method, points) in enumerate(lines.items()):
+        x, y, low, high = (list(v) for v in zip(*points))
+        nudge = 1.0 + 0.025 * (i - (len(lines) - 1) / 2) if log else 1.0
+        x = [v * nudge for v in x]
+        ax.errorbar(x, y, yerr=_spread(y, low, high), marker=style.marker(method),
+                    color=style.color(method), label=method, lw=1.4, ms=4, capsize=2,
+                    elinewidth=0.8)  # fmt: skip
+    if log:
+        ax.set_xscale("log")
+    _plain_ticks(ax, "x", percents)
+
+
+def _dots(ax: Any, lines: dict) -> None:
+    """One label %: a dot (and its seed interval) per method, side by side."""
+    for i, (method, points) in enumerate(lines.items()):
+        _, y, low, high = (list(v) for v in zip(*points))
+        ax.errorbar([i], y, yerr=_spread(y, low, high), marker=style.marker(method),
+                    color=style.color(method), label=method, ls="none", ms=6,
+                    capsize=3)  # fmt: skip
+    ax.set_xticks(range(len(lines)), list(lines), rotation=30, ha="right", fontsize=7)
+    ax.set_xlim(-0.6, len(lines) - 0.4)
+
+
+def _spread(y: list[float], low: list[float], high: list[float]) -> Any:
+    """errorbar's [below, above] from an interval; None without one."""
+    if not any(math.isfinite(v) for v in low):
+        return None
+    below = [v - lo if math.isfinite(lo) else 0.0 for v, lo in zip(y, low)]
+    above = [hi - v if math.isfinite(hi) else 0.0 for v, hi in zip(y, high)]
+    return [below, above]
+
+
+def _ceiling(ax: Any, runs: pd.DataFrame, metric: str) -> None:
+    """The metric's exact ceiling (exact samples scored alike) as a dashed line, when the runs
+    report one value of it."""
+    key = style.CEILINGS.get(metric)
+    if key is None or key not in runs.columns:
+        return
+    values = completed(runs)[key].dropna() if len(completed(runs)) else pd.Series(dtype=float)
+    if values.empty:
+        return
+    ax.axhline(float(values.mean()), color="0.4", ls="--", lw=1,
+               label=f"ceiling: exact samples ({float(values.mean()):.3g})")  # fmt: skip
 
 
 def guidance_figure(
@@ -184,9 +232,9 @@ def guidance_figure(
             ax.set_xscale("log")
             _plain_ticks(ax, "x", scales)
             ax.set_title(f"{pct:g}% labels")
-            ax.set_xlabel("guidance scale")
+            ax.set_xlabel("guidance scale γ")
             ax.grid(alpha=0.3)
-        axes[0][0].set_ylabel(f"validation {metric}")
+        axes[0][0].set_ylabel(style.axis_label(metric, "validation "))
         _legend_outside(fig, axes[0])
         fig.suptitle("star: the scale each trial chose on validation", fontsize=8, y=1.02)
         written += _save(fig, out_dir, f"guidance_{metric}")
@@ -220,9 +268,9 @@ def pareto_figure(
         front = pareto_set(group, objectives).sort_values(cx)
         ax.plot(front[cx], front[cy], "k--", lw=1, label="Pareto front")
         ax.set_title(f"{pct:g}% labels")
-        ax.set_xlabel(cx)
+        ax.set_xlabel(style.axis_label(mx, "validation "))
         ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel(cy)
+    axes[0][0].set_ylabel(style.axis_label(my, "validation "))
     _legend_outside(fig, axes[0])
     return _save(fig, out_dir, "pareto")
 
@@ -256,7 +304,7 @@ def budget_figure(runs: pd.DataFrame, objective: tuple[str, str], out_dir: Path)
         ax.set_xlabel("trials k")
         ax.xaxis.get_major_locator().set_params(integer=True)
         ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel(f"expected best val {objective[0]}")
+    axes[0][0].set_ylabel(style.axis_label(objective[0], "expected best validation "))
     _legend_outside(fig, axes[0])
     return _save(fig, out_dir, "budget")
 

@@ -64,6 +64,48 @@ def marker(method: str) -> str:
     return METHOD_MARKERS.get(method, "o")
 
 
+# What a figure's axis says: a readable name and its direction (higher or lower is better).
+READABLE = {
+    "fid": ("FID", -1),
+    "intra_fid": ("intra-FID", -1),
+    "inception_score": ("Inception score", 1),
+    "gen_accuracy": ("generation accuracy", 1),
+    "gen_accuracy_exact": ("generation accuracy of exact samples", 1),
+    "guided_score_cos": ("guided score cosine to the exact conditional score", 1),
+    "energy_distance": ("energy distance to held-out data", -1),
+    "grad_cos": ("classifier gradient cosine to the exact one", 1),
+    "grad_mse": ("classifier gradient squared error", -1),
+    "score_cos": ("score cosine to the exact score", 1),
+    "guided_dsm": ("guided denoising score matching loss", -1),
+    "score_dsm": ("denoising score matching loss", -1),
+    "clf_accuracy": ("classifier accuracy", 1),
+    "clf_ece": ("classifier calibration error (ECE)", -1),
+    "sc_ratio": ("SC residual ratio (1 = nothing learned)", -1),
+    "precision": ("precision", 1),
+    "recall": ("recall", 1),
+    "density": ("density", 1),
+    "coverage": ("coverage", 1),
+    "bayes_gen_accuracy": ("generation accuracy, exact posterior", 1),
+    "bayes_gen_accuracy_matched": ("generation accuracy, exact posterior (matched)", 1),
+    "cond_log_likelihood": ("exact log-likelihood per dimension", 1),
+    "sample_var_ratio": ("sample variance / the twin's (1 = right)", 0),
+}
+# Each metric's ceiling where a run reports one (exact samples scored the same way).
+CEILINGS = {
+    "gen_accuracy": "gen_accuracy_exact",  # the toy: its exact conditional samples
+    "bayes_gen_accuracy": "gen_accuracy_exact",
+    "bayes_gen_accuracy_matched": "gen_accuracy_exact_matched",
+}
+
+
+def axis_label(metric: str, prefix: str = "") -> str:
+    """'generation accuracy ↑': the readable name and the direction that is better (the raw key
+    for a metric this table does not know)."""
+    name, direction = READABLE.get(metric, (metric, 0))
+    arrow = {1: " ↑", -1: " ↓"}.get(direction, "")
+    return f"{prefix}{name}{arrow}"
+
+
 def short(metric: str) -> str:
     """The console name of a metric."""
     return SHORT_NAMES.get(metric, metric)

@@ -98,13 +98,21 @@ def test_the_label_percent_figure_draws_each_method_with_its_seed_interval(tmp_p
     assert (pct, mean) == (5.0, pytest.approx(0.52))
     assert (low, high) == (pytest.approx(0.52 - half), pytest.approx(0.52 + half))
     import matplotlib.pyplot as plt
+    from matplotlib.colors import to_hex
 
     drawn = {}
     original = plt.Figure.savefig
 
     def spy(fig, path, **kw):
         ax = fig.axes[0]
-        drawn[str(path)] = ([line.get_label() for line in ax.get_lines()], len(ax.collections))
+        legend = fig.legends[0]
+        pairs = {  # each method's drawn line: its colour and marker
+            c.get_label(): (to_hex(c.lines[0].get_color()), c.lines[0].get_marker())
+            for c in ax.containers
+        }
+        bars = [c for c in ax.containers if c.has_yerr]
+        drawn[str(path)] = (pairs, len(bars), ax.get_ylabel(), [t.get_text() for t in
+                                                                 legend.get_texts()])  # fmt: skip
         return original(fig, path, **kw)
 
     plt.Figure.savefig = spy
@@ -112,9 +120,58 @@ def test_the_label_percent_figure_draws_each_method_with_its_seed_interval(tmp_p
         paths = label_percent_figure(runs, [OBJ], tmp_path)
     finally:
         plt.Figure.savefig = original
-    labels, bands = drawn[str(tmp_path / "label_percent_gen_accuracy.png")]
-    assert labels == list(METHODS) and bands == len(METHODS)  # a line and a band per method
+    pairs, bars, ylabel, legend = drawn[str(tmp_path / "label_percent_gen_accuracy.png")]
+    assert legend[: len(METHODS)] == list(METHODS)  # registry order
+    assert len(set(pairs[m] for m in METHODS)) == len(METHODS)  # 8 distinct (colour, marker)
+    assert bars == len(METHODS)  # each method's seed interval
+    assert ylabel == "generation accuracy ↑"  # readable, with its direction
+    assert any(t.startswith("ceiling: exact samples (0.897") for t in legend)  # the toy's
     assert {p.name for p in paths} >= {"label_percent_gen_accuracy.pdf", "label_percent_fid.png"}
+    assert drawn[str(tmp_path / "label_percent_fid.png")][2] == "FID ↓"
+
+
+def test_with_one_label_percent_every_method_is_a_dot_of_its_own(tmp_path):
+    import matplotlib.pyplot as plt
+
+    seen = {}
+    original = plt.Figure.savefig
+
+    def spy(fig, path, **kw):
+        ax = fig.axes[0]
+        seen[str(path)] = [t.get_text() for t in ax.get_xticklabels()]
+        return original(fig, path, **kw)
+
+    plt.Figure.savefig = spy
+    try:
+        label_percent_figure(_study(percents=(20.0,)), [OBJ], tmp_path)
+    finally:
+        plt.Figure.savefig = original
+    assert seen[str(tmp_path / "label_percent_gen_accuracy.png")] == list(METHODS)
+
+
+def test_coinciding_methods_are_nudged_apart(tmp_path):
+    import matplotlib.pyplot as plt
+
+    runs = _study()
+    same = runs["method"].isin(["CFG-labeled", "CFG-all"])
+    runs.loc[same, "gen_accuracy"] = 0.7  # CFG-labeled and CFG-all identical, as at 100 %
+    runs.loc[same, "val/gen_accuracy"] = 0.7
+    xs = {}
+    original = plt.Figure.savefig
+
+    def spy(fig, path, **kw):
+        for c in fig.axes[0].containers:
+            if c.get_label() in ("CFG-labeled", "CFG-all"):
+                xs.setdefault(str(path), {})[c.get_label()] = tuple(c.lines[0].get_xdata())
+        return original(fig, path, **kw)
+
+    plt.Figure.savefig = spy
+    try:
+        label_percent_figure(runs, [OBJ], tmp_path)
+    finally:
+        plt.Figure.savefig = original
+    drawn = xs[str(tmp_path / "label_percent_gen_accuracy.png")]
+    assert drawn["CFG-labeled"] != drawn["CFG-all"]  # both visible
 
 
 def test_write_figures_writes_all_three_kinds(tmp_path):
