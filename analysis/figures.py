@@ -17,6 +17,7 @@ outside the data; log-scale axes are ticked at the values swept, in plain number
 from __future__ import annotations
 
 import math
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,7 @@ from analysis.tables import (
     pareto_set,
     selection_column,
 )
-from trainables.names import CHOSEN_SCALE, CURVE_METRICS
+from trainables.names import CHOSEN_SCALE, CURVE_METRICS, SAMPLES_IMAGE, cell_label
 
 FIGURES_DIR = "figures"
 FORMATS = ("pdf", "png")
@@ -309,12 +310,29 @@ def budget_figure(runs: pd.DataFrame, objective: tuple[str, str], out_dir: Path)
     return _save(fig, out_dir, "budget")
 
 
+def sample_grids(
+    runs: pd.DataFrame, objective: tuple[str, str], study_dir: Path, out_dir: Path
+) -> list[Path]:
+    """samples_<cell>.png: each cell's chosen trial's samples (images: one labelled row per
+    class; the toy: beside the exact mixture), copied from its trial records."""
+    written = []
+    for _, row in best_per_cell(runs, *objective).iterrows():
+        picture = Path(study_dir) / "trials" / str(row["trial_id"]) / SAMPLES_IMAGE
+        if picture.exists():
+            out_dir.mkdir(parents=True, exist_ok=True)
+            target = out_dir / f"samples_{cell_label(row['method'], row['label_percent'])}.png"
+            shutil.copyfile(picture, target)
+            written.append(target)
+    return written
+
+
 def write_figures(
     runs: pd.DataFrame, objectives: Sequence[tuple[str, str]], study_dir: Path
 ) -> list[Path]:
     """Every figure of the study into study_dir/figures; the paths written."""
     out = Path(study_dir) / FIGURES_DIR
     written = label_percent_figure(runs, objectives, out)
+    written += sample_grids(runs, objectives[0], study_dir, out)
     written += guidance_figure(runs, objectives[0], out)
     written += pareto_figure(runs, objectives, out)
     written += budget_figure(runs, objectives[0], out)

@@ -31,6 +31,7 @@ from trainables.data.images import IMAGE_DATASETS, ImageData
 from trainables.data.sets import make_images
 from trainables.data.toy import ToyData, make_toy
 from trainables.evaluation import Sweep, TrialEvaluator
+from trainables.evaluation.images import save_sample_grid
 from trainables.evaluation.toy import plot_toy_samples
 from trainables.fit import (
     CHECKPOINT_FILE,
@@ -213,7 +214,6 @@ def _write_records(
     evaluator: TrialEvaluator,
     samples: torch.Tensor | None,
     final: dict[str, float],
-    num_per_class: int,
 ) -> None:
     """The trial's records for the driver (trainables.records): artifacts' folders, tags, the
     pictures (an image trial's sample grid, and those _draw_pictures left in the folder), then the
@@ -221,10 +221,14 @@ def _write_records(
     records = TrialRecords(place)
     folders = {name: str(Place(cache_dir) / key) for name, key in ledger.keys.items()}
     records.write_outputs(folders, evaluator.tags)
-    if samples is not None:
-        from torchvision.utils import save_image
-
-        save_image(samples, records.path(names.SAMPLES_IMAGE), nrow=num_per_class)
+    if samples is not None:  # one row per class, labelled
+        config = evaluator.config
+        scale = final.get(names.CHOSEN_SCALE)
+        title = f"{config.method}, {config.data.label_percent:g}% labels" + (
+            f", guidance scale {scale:g}" if scale is not None else ""
+        )
+        save_sample_grid(samples, evaluator.data.class_names, records.path(names.SAMPLES_IMAGE),
+                         title)  # fmt: skip
     for picture in sorted(records.folder.glob("*.png")):  # into the object store, if any
         place.push(picture)
     records.write_final(final)
@@ -349,7 +353,7 @@ def _run_stage(
     _finish_costs(ledger)
     final = {**ledger.metrics, names.STAGE_METRIC: 1.0, FINAL_KEY: 1.0}
     final = {k: float(v) for k, v in final.items()}
-    _write_records(Place(context.record_dir), ledger, context.cache_dir, evaluator, None, final, 1)
+    _write_records(Place(context.record_dir), ledger, context.cache_dir, evaluator, None, final)
     report(final)
 
 
@@ -420,7 +424,5 @@ def _run_trial(context: TrialContext) -> None:
     _check_objectives(final, context.objectives)
     record = Place(context.record_dir)
     _draw_pictures(record.local, sweep, context.objectives, evaluator, networks)
-    _write_records(
-        record, ledger, context.cache_dir, evaluator, samples, final, config.sample.num_per_class
-    )
+    _write_records(record, ledger, context.cache_dir, evaluator, samples, final)
     report(final)

@@ -53,5 +53,9 @@ def test_twin_study_logs_the_exact_metrics_per_band(tmp_path):
     assert "grad_cos_band0" not in runs.columns or math.isnan(runs.loc["Cond", "grad_cos_band0"])
     table = (tmp_path / "studies" / "twin" / "tables" / "comparison.md").read_text()
     assert "bayes_gen_accuracy" in table and "guided_score_cos" in table
+    figures = tmp_path / "studies" / "twin" / "figures"
+    assert {"samples_CG-SC-all@20%.png", "samples_Cond@20%.png"} <= {
+        p.name for p in figures.glob("samples_*.png")
+    }  # each cell's labelled sample grid
     # the twin's fit is stored once, by content, beside the evaluation's other yardsticks
     assert len(list((tmp_path / "shared-cache" / "twins").glob("*.pt"))) == 1

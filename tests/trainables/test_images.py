@@ -274,3 +274,23 @@ def test_shapes_classes_share_their_cues_and_the_draw_is_deterministic():
     a, b = shapes(40, 10, 16, seed=5, num_classes=4), shapes(40, 10, 16, seed=5, num_classes=4)
     assert torch.equal(a.x, b.x) and a.num_classes == 4 and set(a.y.tolist()) == {0, 1, 2, 3}
     assert a.x.shape == (40, 3, 16, 16) and 0.0 <= a.x.min() and a.x.max() <= 1.0
+
+
+def test_the_sample_grid_has_a_labelled_row_per_class(tmp_path):
+    import matplotlib.pyplot as plt
+
+    from trainables.evaluation.images import save_sample_grid
+
+    labels = []
+    original = plt.Figure.savefig
+
+    def spy(fig, path, **kw):
+        labels.extend(ax.get_ylabel() for ax in fig.axes)
+        return original(fig, path, **kw)
+
+    plt.Figure.savefig = spy
+    try:
+        save_sample_grid(torch.rand(3 * 5, 3, 8, 8), ("cat", "dog", "owl"), tmp_path / "s.png")
+    finally:
+        plt.Figure.savefig = original
+    assert labels == ["cat", "dog", "owl"] and (tmp_path / "s.png").stat().st_size > 0

@@ -176,3 +176,38 @@ def _samples(
     samples = samples.detach().cpu()
     finite = torch.isfinite(samples.flatten(1)).all(1).double().mean().item()
     return (samples if data.dist is not None else samples.clamp(0, 1)), finite
+
+
+MAX_SHOWN_PER_CLASS = 16  # samples per class in the labelled grid (the evaluation uses them all)
+
+
+def save_sample_grid(
+    samples: torch.Tensor, class_names: tuple[str, ...], path, title: str = ""
+) -> None:
+    """The class-ordered samples [K * n, C, H, W] as a labelled grid: one row per class, its name
+    on the left, at most MAX_SHOWN_PER_CLASS samples each (clipped to [0, 1] for display)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from torchvision.utils import make_grid
+
+    k = len(class_names)
+    rows = samples.detach().cpu().float().clamp(0, 1).reshape(k, -1, *samples.shape[1:])
+    shown = rows[:, :MAX_SHOWN_PER_CLASS]
+    n, (_, h, w) = shown.shape[1], shown.shape[2:]
+    fig, axes = plt.subplots(k, 1, figsize=(0.45 * n + 1.6, 0.45 * k * h / w + 0.5),
+                             squeeze=False)  # fmt: skip
+    for ax, name, row in zip(axes[:, 0], class_names, shown):
+        strip = make_grid(row, nrow=n, padding=1, pad_value=1.0).permute(1, 2, 0).numpy()
+        ax.imshow(strip, interpolation="nearest")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_ylabel(name, rotation=0, ha="right", va="center", fontsize=7)
+        for spine in ax.spines.values():
+            spine.set_visible(False)
+    if title:
+        fig.suptitle(title, fontsize=8)
+    fig.tight_layout(pad=0.3)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
