@@ -18,6 +18,7 @@ import torch
 
 from study.spec import resolve
 from trainables.data.twin_images import twin_of
+from trainables.evaluation.images import save_sample_grid
 from trainables.evaluation.twin import noise_bands
 
 
@@ -27,6 +28,7 @@ def main() -> None:
     parser.add_argument("--shares", type=float, nargs="+", default=[0.0, 0.15, 0.3])
     parser.add_argument("--points", type=int, default=4000, help="samples per accuracy")
     parser.add_argument("--cache", default="", help="where fits are stored (eval.cache_dir)")
+    parser.add_argument("--grid", default="", help="also save the default twin's samples here")
     args = parser.parse_args()
     base = resolve({"data.twin_source": args.source, "data.num_classes": 10}, "twin")
     if args.source == "tiny-images":
@@ -56,6 +58,14 @@ def main() -> None:
             post = twin.posterior(noisy, sigma)
             row.append(f"{(post.argmax(1) == y).double().mean().item():.3f}")
         print("| " + " | ".join(row) + f" |   (fit or load {fitted:.1f} s)")
+    if args.grid:  # the twin at the default share, 12 exact samples per class
+        config = resolve({"data.twin_source": args.source}, "twin")
+        twin, names = twin_of(config.data, args.cache)
+        y = torch.arange(twin.num_classes).repeat_interleave(12)
+        x, _ = twin.sample(len(y), y=y, generator=torch.Generator().manual_seed(0))
+        title = f"exact samples of the twin of {args.source} (share {config.data.twin_shared:g})"
+        save_sample_grid(x, names, args.grid, title)
+        print(f"grid: {args.grid}")
 
 
 if __name__ == "__main__":
