@@ -40,10 +40,10 @@ from trainables.registry import shaping_keys
 from trainables.storage import Place
 
 TERMINAL = {"FINISHED", "FAILED", "KILLED"}
-STATUS_EVERY = (
-    15.0  # seconds between the live per-cell status tables, when a trial started or ended
-)
-STATUS_QUIET = 120.0  # seconds between them when nothing changed
+# While a trial runs, a status every STATUS_EVERY seconds: the per-cell table when a trial started
+# or ended since the last one (or STATUS_QUIET seconds passed), else its one summary line.
+STATUS_EVERY = 15.0
+STATUS_QUIET = 120.0
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"  # MLflow 3's model-training experiment view
 STEP_METRIC = "tracker/step"  # the run's own result counter, continued across restores
@@ -287,8 +287,9 @@ class MLflowTracker(tune.Callback):
             print(f"  [{trial.trial_id}] {label} {what}{count}", flush=True)
 
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
-        """While trials run, the per-cell status table: every STATUS_EVERY seconds when a trial
-        started or ended since the last one, else every STATUS_QUIET seconds."""
+        """While trials run, a status every STATUS_EVERY seconds: the per-cell table when a trial
+        started or ended since the last table (or STATUS_QUIET seconds passed), else the summary
+        line alone (the time left, the trials running)."""
         progress = self.progress
         now = time.time()
         if not self.verbose or progress is None or now - self._shown < STATUS_EVERY:
@@ -296,9 +297,12 @@ class MLflowTracker(tune.Callback):
         if not any(t.status == "RUNNING" for t in progress.trials.values()):
             return
         state = tuple(sorted((t.trial_id, t.status) for t in progress.trials.values()))
-        if state == getattr(self, "_shown_state", None) and now - self._shown < STATUS_QUIET:
+        self._shown = now
+        tabled = getattr(self, "_tabled", 0.0)
+        if state == getattr(self, "_shown_state", None) and now - tabled < STATUS_QUIET:
+            print(f"status: {progress.summary(now)}", flush=True)
             return
-        self._shown, self._shown_state = now, state
+        self._shown_state, self._tabled = state, now
         metric = self._selection.removeprefix(VALIDATION_PREFIX) if self._selection else ""
         print(f"status: {progress.summary(now)}\n{progress.table(metric)}", flush=True)
 

@@ -82,3 +82,30 @@ def test_a_minimising_objective_keeps_the_lowest_value():
 
 def test_format_seconds():
     assert [format_seconds(s) for s in (5, 65, 3725)] == ["5 s", "1 min 05 s", "1 h 02 min"]
+
+
+def test_the_console_prints_a_status_every_15_s_while_a_trial_runs(monkeypatch, capsys):
+    """The README's promise: a status line every STATUS_EVERY seconds while a trial runs; the
+    per-cell table when a trial started or ended since the last one, else the line alone."""
+    from study import tracking
+
+    progress = Progress(budgets={CG: 2}, work={CG: 1.0}, mode="min", start=0.0)
+    progress.started("t1", CG, "search", 0.0)
+    tracker = tracking.MLflowTracker("sqlite:///unused.db", "1", "parent", ".", dict,
+                                     progress=progress)  # fmt: skip
+    clock = {"now": 0.0}
+    monkeypatch.setattr(tracking.time, "time", lambda: clock["now"])
+    tracker._shown = 0.0
+    printed = []
+    for second in range(1, 241):  # four minutes of Tune's loop, one step a second
+        clock["now"] = float(second)
+        if second == 100:
+            progress.started("t2", CG, "search", 100.0)  # a trial starts: the table again
+        tracker.on_step_end(second, [])
+        out = capsys.readouterr().out
+        if out:
+            printed.append((second, "cell" in out))
+    seconds = [s for s, _ in printed]
+    assert seconds == list(range(15, 241, 15))  # every 15 s, nothing in between
+    tables = [s for s, table in printed if table]
+    assert tables == [15, 105, 225]  # the first, after t2 started, and 120 s after that one
