@@ -219,7 +219,7 @@ def _check_trials(spec: StudySpec, errors: list[str], check_data: bool = True) -
             errors.append(f"config: {exc}")
             return
         if images != (trial.model.arch == "ncsnpp"):
-            fix = "an image base_config (tiny-images, cifar10, cifar100, cifar10-small)"
+            fix = "an image base_config (tiny-images, twin, cifar10, cifar100, cifar10-small)"
             fix = fix if images else "the toy base_config"
             errors.append(
                 f"dataset {spec.dataset!r} needs model.arch {'ncsnpp' if images else 'mlp'}, "

@@ -33,7 +33,7 @@ import torch
 PSI_FLOOR = 1e-4  # smallest isotropic variance of a component (pixel std 0.01): keeps S invertible
 KMEANS_ITERS = 30
 FIT_VERSION = 1  # bump when the fit changes what it produces (the store's key carries it)
-CHUNK = 64  # points per block in the exact computations (memory: CHUNK x K x C x D doubles)
+BLOCK_VALUES = 4_000_000  # doubles per block of the exact computations (points x K x C x D)
 
 
 class LowRankMixture:
@@ -102,13 +102,15 @@ class LowRankMixture:
         return log_r, -solved
 
     def _blocks(self, x: torch.Tensor, sigma: torch.Tensor, fn) -> torch.Tensor:
-        """fn(flat x block, sigma block, rows) over blocks of CHUNK points, concatenated."""
+        """fn(flat x block, sigma block, rows) over blocks of points (about BLOCK_VALUES doubles
+        of differences each: 32 MB, whatever the classes, components and dimension)."""
         flat = self._flat(x)
         sigma = torch.as_tensor(sigma, dtype=torch.float64).expand(len(flat))
         rows = torch.arange(len(flat))
+        size = max(1, BLOCK_VALUES // (self.num_classes * self.num_components * self.dim))
         return torch.cat(
-            [fn(flat[i : i + CHUNK], sigma[i : i + CHUNK], rows[i : i + CHUNK])
-             for i in range(0, len(flat), CHUNK)]
+            [fn(flat[i : i + size], sigma[i : i + size], rows[i : i + size])
+             for i in range(0, len(flat), size)]
         ) if len(flat) else torch.empty(0, dtype=torch.float64)  # fmt: skip
 
     def log_joint(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
