@@ -403,6 +403,53 @@ def cmd_ui(args: argparse.Namespace) -> int:
     return subprocess.call(cmd, env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})
 
 
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    """optuna-dashboard on the study's optuna.db on 127.0.0.1: each cell's search, its objective
+    named, and a note per cell linking every trial to its MLflow run (as `study ui` serves it)."""
+    from optuna_dashboard import run_server
+
+    study_dir, spec = load_study_spec(args.study_dir)
+    ledger = study_dir / "optuna.db"
+    if not ledger.exists():
+        raise StudyError(f"{ledger} does not exist: no cell of {study_dir} has started a search")
+    check_ledger(study_dir, spec)
+    _check_port("127.0.0.1", args.port)
+    link_runs(study_dir, spec, args.ui_port)
+    print(f"optuna-dashboard for {study_dir}: http://127.0.0.1:{args.port}/  (Ctrl-C stops it; "
+          f"the MLflow links open with: study ui {study_dir} --port {args.ui_port})",
+          flush=True)  # fmt: skip
+    run_server(f"sqlite:///{ledger}", host="127.0.0.1", port=args.port)
+    return 0
+
+
+def link_runs(study_dir: Path, spec: StudySpec, ui_port: int) -> int:
+    """Write each cell's Optuna study a note (optuna-dashboard renders it as Markdown): a table of
+    its trials with their knobs, value and a link to the trial's MLflow run; the notes written."""
+    import optuna
+    from optuna_dashboard import save_note
+
+    from analysis.runs import load_runs
+
+    runs = load_runs(spec.tracking_uri, spec.name, spec.study_id)
+    run_of = dict(zip(runs["trial_id"], runs["run_id"])) if len(runs) else {}
+    base = f"http://127.0.0.1:{ui_port}/{experiment_path(spec)}".split("/runs?")[0]
+    storage = optuna.storages.RDBStorage(f"sqlite:///{study_dir / 'optuna.db'}")
+    written = 0
+    for summary in optuna.get_all_study_summaries(storage):
+        study = optuna.load_study(study_name=summary.study_name, storage=storage)
+        lines = ["| trial | knobs | value | MLflow run |", "|---|---|---|---|"]
+        for trial in study.get_trials(deepcopy=False):
+            run = run_of.get(trial.user_attrs.get("tune_trial_id"))
+            link = f"[{run[:8]}]({base}/runs/{run}{MODEL_TRAINING_VIEW})" if run else ""
+            values = ", ".join(f"{v:.4g}" for v in trial.values or [])
+            knobs = ", ".join(f"{k}={v:.3g}" for k, v in trial.params.items())
+            lines.append(f"| {trial.number} | {knobs} | {values} | {link} |")
+        save_note(study, f"### {summary.study_name}\n\n" + "\n".join(lines) + "\n\n"
+                  f"(links open while `study ui {study_dir} --port {ui_port}` runs)")  # fmt: skip
+        written += 1
+    return written
+
+
 # MLflow 3.17's UI picks its GenAI or model-training layout from this query parameter (else from
 # the browser's last choice, GenAI by default), not from the experiment's kind tag: measured with
 # headless Chromium, the bare experiment URL opens the GenAI traces overview, tag or not.
@@ -600,6 +647,15 @@ def parser() -> argparse.ArgumentParser:
     ui.add_argument("study_dir", metavar="DIR")
     ui.add_argument("--port", type=int, default=5000)
     ui.set_defaults(func=cmd_ui)
+    dashboard = sub.add_parser(
+        "dashboard", help="start optuna-dashboard on a study's cell searches on 127.0.0.1"
+    )
+    dashboard.add_argument("study_dir", metavar="DIR")
+    dashboard.add_argument("--port", type=int, default=8080)
+    dashboard.add_argument(
+        "--ui-port", type=int, default=5000, help="`study ui`'s port, for the trials' MLflow links"
+    )
+    dashboard.set_defaults(func=cmd_dashboard)
     server = sub.add_parser(
         "server", help="start the team's MLflow tracking server (studies log with tracking_uri)"
     )

@@ -4,6 +4,7 @@ trip."""
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from cli_helpers import TOY_FAST, run_cli, run_main
+from cli_helpers import TOY_FAST, cli_env, run_cli, run_main
 
 pytestmark = pytest.mark.slow
 
@@ -414,6 +415,47 @@ def _render(url, profile):
              "--window-size=1500,900", "--dump-dom"]  # fmt: skip
     out = subprocess.run(["chromium", *flags, url], capture_output=True, text=True, timeout=180)
     return out.stdout
+
+
+def test_dashboard_serves_the_cells_with_links_to_their_mlflow_runs(finished_study):
+    import json
+    import time
+    import urllib.request
+
+    from cli_helpers import free_port
+
+    from analysis.runs import load_runs
+
+    root, study_dir, _ = finished_study
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "study", "dashboard", str(study_dir), "--port", str(port)],
+        cwd=root, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        deadline, studies = time.monotonic() + 120, None
+        while studies is None and time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies") as r:
+                    studies = json.load(r)["study_summaries"]
+            except OSError:
+                assert proc.poll() is None, proc.stdout.read()
+                time.sleep(0.5)
+        assert studies is not None, "the dashboard did not answer within 120 s"
+        names = {s["study_name"] for s in studies}
+        assert {"e2e/CG@20%", "e2e/CG-SC-all@20%", "e2e/CFG-all@20%"} <= names
+        runs = load_runs(f"sqlite:///{study_dir / 'mlflow.db'}", "e2e")
+        sc = next(s for s in studies if s["study_name"] == "e2e/CG-SC-all@20%")
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies/{sc['study_id']}") as r:
+            detail = json.load(r)
+        note = detail["note"]["body"]
+        ids = set(runs[runs["method"] == "CG-SC-all"]["run_id"])
+        assert len(ids) == 2 and all(f"/runs/{run_id}?" in note for run_id in ids)
+        assert detail["objective_names"] == ["val/guided_score_cos"]  # selected on validation
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
 
 
 def test_load_study_gives_the_frames_the_tables_are_built_from(finished_study):

@@ -57,6 +57,12 @@ def test_not_a_study_directory_exits_2(tmp_path):
     assert result.returncode == 2 and "not a study directory" in result.stderr
 
 
+def test_dashboard_on_a_folder_that_is_not_a_study_exits_2_and_writes_nothing(tmp_path):
+    result = run_main("dashboard", str(tmp_path), cwd=tmp_path)
+    assert result.returncode == 2 and "not a study directory" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and list(tmp_path.iterdir()) == []
+
+
 def _write(tmp_path, text):
     path = tmp_path / "spec.yaml"
     path.write_text(text)
@@ -286,7 +292,8 @@ def test_help_of_every_command_prints_and_exits_0(capsys):
     from study.cli import main
 
     for argv in (["--help"], *[[c, "--help"] for c in
-                 ("run", "resume", "plan", "final", "table", "export-best", "ui")]):  # fmt: skip
+                 ("run", "resume", "plan", "final", "table", "export-best", "ui",
+                  "dashboard")]):  # fmt: skip
         with pytest.raises(SystemExit) as stop:
             main(argv)
         assert stop.value.code == 0, argv
