@@ -55,6 +55,7 @@ LONGEST_FILES = {
     "study/test_two_nodes.py": 155,
     "study/test_images_e2e.py": 130,
     "study/test_image_eval_e2e.py": 90,
+    "study/test_twin_e2e.py": 90,
     "trainables/test_energy_head.py": 90,
     "study/test_train_worker_restart.py": 90,
     "study/test_object_store.py": 80,
