@@ -141,13 +141,13 @@ def main() -> None:
     parser.add_argument("--search", action="store_true", help="the search trials, not the final")
     args = parser.parse_args()
     study = load_study(args.study, allow_running=args.search)
-    runs = study.final_runs if len(study.final_runs) and not args.search else study.trials
-    runs = runs.copy()
+    final = len(study.final_runs) > 0 and not args.search
+    runs = (study.final_runs if final else study.trials).copy()
     if SEED not in runs:
         runs[SEED] = 0
     out = Path(args.out or Path(args.study) / "figures" / "twin")
     out.parent.mkdir(parents=True, exist_ok=True)
-    source = "study final" if runs is study.final_runs else "search trials"
+    source = "study final" if final else "search trials"
     print(f"## grad_cos per noise band ({source}; mean ± std [95 % t interval] over seeds)\n")
     print(band_table(runs, "grad_cos"))
     print("\n## guided_score_cos per noise band\n")

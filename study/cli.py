@@ -493,8 +493,11 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
     results = load_study(args.study_dir)
     written = write_figures(results.runs, results.objectives, results.study_dir)
-    for stem in sorted({p.with_suffix("") for p in written}):
-        print(f"{stem}.pdf  {stem}.png")
+    stems: dict[Path, list[str]] = {}
+    for path in sorted(written):
+        stems.setdefault(path.with_suffix(""), []).append(path.name)
+    for stem, files in stems.items():
+        print("  ".join(str(stem.parent / f) for f in files))
     return 0
 
 
