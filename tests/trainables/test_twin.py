@@ -280,3 +280,23 @@ def test_sampling_with_the_exact_score_reproduces_the_twin():
     assert got["bayes_gen_accuracy"] == pytest.approx(want["bayes_gen_accuracy"], abs=0.05)
     assert got["sample_var_ratio"] == pytest.approx(1.0, abs=0.1)
     assert got["cond_log_likelihood"] == pytest.approx(want["cond_log_likelihood"], abs=0.1)
+
+
+def test_a_twin_of_an_image_folder_fits_and_names_a_class_too_small(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    root = tmp_path / "images"
+    for cls, count in (("cats", 20), ("dogs", 12)):
+        (root / cls).mkdir(parents=True)
+        for i in range(count):
+            pixels = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(root / cls / f"{i}.png")
+    data = DataConfig(name="twin", twin_source="folder", root=str(root), twin_components=2,
+                      twin_rank=3, num_train=20, num_test=10)  # fmt: skip
+    twin, names = twin_of(data, str(tmp_path / "cache"))
+    assert names == ("cats", "dogs") and twin.shape == (3, 8, 8) and twin.num_classes == 2
+    # dogs: 12 images, one held out -> 11 to fit, fewer than 2 x 6
+    with pytest.raises(DatasetError, match="class 'dogs' has 11 fitting images.* = 12; add images"):
+        check_images(replace(data, twin_rank=6))

@@ -296,7 +296,15 @@ def scan_folder(root: str) -> tuple[list[str], list[tuple[Path, int]], tuple[int
     return classes, files, next(iter(sizes))
 
 
-def image_folder(root: str, seed: int = 0, test_fraction: float = 0.1) -> ImageData:
+HELD_OUT_FRACTION = 0.1  # of each class of a folder set, for the test and validation splits
+
+
+def held_out_count(images: int, fraction: float = HELD_OUT_FRACTION) -> int:
+    """How many of a class's images a folder set holds out."""
+    return int(round(images * fraction))
+
+
+def image_folder(root: str, seed: int = 0, test_fraction: float = HELD_OUT_FRACTION) -> ImageData:
     """A class-per-folder image set as RGB; a stratified, seeded 10 % of each class is held out."""
 
     classes, files, _ = scan_folder(root)
@@ -313,7 +321,7 @@ def image_folder(root: str, seed: int = 0, test_fraction: float = 0.1) -> ImageD
     test = np.zeros(len(y), dtype=bool)
     for k in range(len(classes)):
         members = rng.permutation(np.flatnonzero(y.numpy() == k))
-        test[members[: int(round(len(members) * test_fraction))]] = True
+        test[members[: held_out_count(len(members), test_fraction)]] = True
     test_t = torch.from_numpy(test)
     return ImageData(x[~test_t], y[~test_t], x[test_t], y[test_t], len(classes), tuple(classes))
 

@@ -14,6 +14,7 @@ from trainables.data.images import (
     TINY_CLASSES,
     DatasetError,
     ImageData,
+    held_out_count,
     image_folder,
     scan_folder,
     shapes,
@@ -31,8 +32,7 @@ def _source_shape_and_counts(data: DataConfig) -> tuple[tuple[int, int, int], di
     if data.twin_source == "folder":
         classes, files, (w, h) = scan_folder(data.root)
         counts = {c: sum(1 for _, k in files if k == i) for i, c in enumerate(classes)}
-        held_out = {c: int(round(n * 0.1)) for c, n in counts.items()}  # image_folder's tenth
-        return (3, h, w), {c: n - held_out[c] for c, n in counts.items()}
+        return (3, h, w), {c: n - held_out_count(n) for c, n in counts.items()}
     size = data.image_size
     if data.twin_source == "tiny-images":
         if size < 8:
