@@ -48,10 +48,11 @@ def load_runs(tracking_uri: str, experiment_name: str, study_id: str | None = No
     if exp is None:
         return pd.DataFrame(columns=BASE_COLUMNS)
     rows = []
-    # A study's own runs: its study_id when it has one (several studies may share a store).
+    # Every trial run (role trial / shared / final: study.views), not the study's parent run; a
+    # study's own runs: its study_id when it has one (several studies may share a store).
     scope = f" and tags.study_id = '{study_id}'" if study_id else ""
     for run in client.search_runs(
-        [exp.experiment_id], filter_string=f"tags.role = 'trial'{scope}", max_results=50000
+        [exp.experiment_id], filter_string=f"tags.role != 'study'{scope}", max_results=50000
     ):
         row = {
             "run_id": run.info.run_id,

@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -19,16 +18,17 @@ from study.runner import (
     StudyError,
     StudyInterrupted,
     back_up_to_store,
-    check_writable,
     final_points,
     load_study_spec,
     run_final,
     run_study,
     study_dir_for,
 )
+from study.server import check_port, server_launch
 from study.spec import SpecError, load_spec
 from study.stages import plan_stages
 from study.trust import check_trusted, trust_study
+from study.views import VIEW_TAG, VIEW_TITLES, view_path, write_views
 from trainables.names import SHARED_STAGE, SPEC_FILE, cell_label
 
 if TYPE_CHECKING:
@@ -395,11 +395,17 @@ def cmd_ui(args: argparse.Namespace) -> int:
     """The MLflow UI on the study's store, opened at the study's experiment (its runs view)."""
 
     study_dir, spec = load_study_spec(args.study_dir)
-    _check_port("127.0.0.1", args.port)
+    check_port("127.0.0.1", args.port)
     cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", spec.tracking_uri]
     cmd += ["--host", "127.0.0.1", "--port", str(args.port), "--workers", "1"]
-    url = f"http://127.0.0.1:{args.port}/{experiment_path(spec)}"
-    print(f"MLflow UI for {study_dir}: {url}  (Ctrl-C stops it)", flush=True)
+    base = f"http://127.0.0.1:{args.port}/"
+    path = experiment_path(spec)
+    print(f"MLflow UI for {study_dir}: {base}{path}  (Ctrl-C stops it)", flush=True)
+    if path:
+        experiment_id = path.split("/")[2]
+        ensure_views(spec, experiment_id)
+        for key, title in list(VIEW_TITLES.items())[1:]:
+            print(f"  {title}: {base}{view_path(experiment_id, key)}", flush=True)
     return subprocess.call(cmd, env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})
 
 
@@ -413,7 +419,7 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     if not ledger.exists():
         raise StudyError(f"{ledger} does not exist: no cell of {study_dir} has started a search")
     check_ledger(study_dir, spec)
-    _check_port("127.0.0.1", args.port)
+    check_port("127.0.0.1", args.port)
     link_runs(study_dir, spec, args.ui_port)
     print(f"optuna-dashboard for {study_dir}: http://127.0.0.1:{args.port}/  (Ctrl-C stops it; "
           f"the MLflow links open with: study ui {study_dir} --port {args.ui_port})",
@@ -457,8 +463,9 @@ MODEL_TRAINING_VIEW = "?workflowType=machine_learning"
 
 
 def experiment_path(spec: StudySpec) -> str:
-    """'#/experiments/<id>/runs?workflowType=machine_learning': the study's runs in the MLflow UI's
-    model-training layout ('' if the store has no such experiment)."""
+    """'#/experiments/<id>/runs?viewStateShareKey=search&workflowType=machine_learning': the study's
+    search trials in the MLflow UI's model-training layout, in the study's view of them
+    (study.views); '' if the store has no such experiment."""
     from mlflow.tracking import MlflowClient
 
     uri = spec.tracking_uri or ""
@@ -468,22 +475,18 @@ def experiment_path(spec: StudySpec) -> str:
     experiment = MlflowClient(uri).get_experiment_by_name(spec.name)
     if experiment is None:
         return ""
-    return f"#/experiments/{experiment.experiment_id}/runs{MODEL_TRAINING_VIEW}"
+    return view_path(experiment.experiment_id, "search")
 
 
-def _check_port(host: str, port: int) -> None:
-    """StudyError unless port is 1-65535 and free on host."""
+def ensure_views(spec: StudySpec, experiment_id: str) -> None:
+    """The study's MLflow views (study.views), written if its experiment has none yet (a study
+    made before they existed)."""
+    from mlflow.tracking import MlflowClient
 
-    if not 1 <= port <= 65535:
-        raise StudyError(f"--port must be 1-65535, got {port}")
-    with socket.socket() as probe:
-        try:
-            probe.bind((host, port))
-        except OSError:
-            raise StudyError(
-                f"cannot listen on {host}:{port} (in use or not this machine's address); "
-                "choose another --port"
-            ) from None
+    client = MlflowClient(spec.tracking_uri)
+    if f"{VIEW_TAG}search" not in client.get_experiment(experiment_id).tags:
+        objectives = [(o.metric, o.mode) for o in spec.objectives]
+        write_views(client, experiment_id, objectives, spec.methods, spec.dataset, spec.study_id)
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
@@ -509,42 +512,18 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
-SERVER_BACKENDS = ("sqlite", "postgresql", "mysql")
-
-
-def _server_command(args: argparse.Namespace) -> tuple[list[str], Path]:
-    """The `mlflow server` command line for `study server`, checked before anything starts:
-    (command, store folder). StudyError for a bad backend, an unwritable store or a busy port."""
-
-    if not 1 <= args.port <= 65535 or args.workers < 1:
-        raise StudyError(
-            f"--port must be 1-65535 and --workers >= 1, got {args.port} and {args.workers}"
-        )
-    store = Path(args.store).expanduser().resolve()
-    check_writable(store, f"the server's store {store} is not writable; give --store a folder")
-    backend = args.backend or f"sqlite:///{store / 'mlflow.db'}"
-    if backend.split(":", 1)[0].split("+")[0] not in SERVER_BACKENDS:
-        raise StudyError(
-            f"--backend {backend!r}: use a SQL database URI ({', '.join(SERVER_BACKENDS)}), e.g. "
-            "postgresql://user@host/mlflow (needs psycopg2) or leave it out for SQLite in --store"
-        )
-    _check_port(args.host, args.port)
-    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend]
-    cmd += ["--artifacts-destination", str(store / "artifacts"), "--serve-artifacts"]
-    cmd += ["--host", args.host, "--port", str(args.port), "--workers", str(args.workers)]
-    return cmd, store
-
-
 def cmd_server(args: argparse.Namespace) -> int:
-    """The team's MLflow tracking server (SQL backend, artifacts served from --store)."""
-    cmd, store = _server_command(args)
-    store.mkdir(parents=True, exist_ok=True)
+    """The team's MLflow tracking server (SQL backend, artifacts served from --store, basic-auth
+    logins unless --no-auth): study.server."""
+    launch = server_launch(args)
     url = f"http://{args.host}:{args.port}"
-    print(f"MLflow tracking server at {url} (store {store}); Ctrl-C stops it", flush=True)
+    print(f"MLflow tracking server at {url} (store {launch.store}); Ctrl-C stops it", flush=True)
     print(f"studies log to it with the spec line:  tracking_uri: {url}", flush=True)
-    if args.host not in ("127.0.0.1", "localhost"):
-        print("note: the server has no authentication; bind it to a trusted network only")
-    return subprocess.call(cmd, env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})
+    if launch.login:
+        print(launch.login, flush=True)
+    elif args.host not in ("127.0.0.1", "localhost"):
+        print("note: --no-auth: anyone who reaches this address can read and write every study")
+    return subprocess.call(launch.cmd, env=launch.env)
 
 
 def _add_verbosity(command: Any) -> None:
@@ -659,6 +638,12 @@ def parser() -> argparse.ArgumentParser:
         "--ui-port", type=int, default=5000, help="`study ui`'s port, for the trials' MLflow links"
     )
     dashboard.set_defaults(func=cmd_dashboard)
+    _add_server(sub)
+    return p
+
+
+def _add_server(sub: Any) -> None:
+    """`study server`'s arguments."""
     server = sub.add_parser(
         "server", help="start the team's MLflow tracking server (studies log with tracking_uri)"
     )
@@ -667,12 +652,21 @@ def parser() -> argparse.ArgumentParser:
         default="~/.cache/sc-guidance/mlflow-server",
         help="folder of its SQLite database and run artifacts (a shared path on a cluster)",
     )
-    server.add_argument("--backend", default=None, help="SQL database URI instead of SQLite")
+    server.add_argument(
+        "--backend",
+        default=None,
+        help="SQL database URI instead of SQLite, e.g. postgresql://user@host/mlflow "
+        "(pip install '.[server]')",
+    )
     server.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     server.add_argument("--port", type=int, default=5000)
     server.add_argument("--workers", type=int, default=2, help="server worker processes")
+    server.add_argument(
+        "--no-auth",
+        action="store_true",
+        help="no logins (MLflow's basic-auth app is on by default); only on a trusted network",
+    )
     server.set_defaults(func=cmd_server)
-    return p
 
 
 def _stop_local_ray() -> None:

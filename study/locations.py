@@ -4,9 +4,12 @@ the same store)."""
 
 from __future__ import annotations
 
+import base64
 import os
 import socket
 import tempfile
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -73,6 +76,33 @@ def check_tracking_uri(uri: Any, errors: list[str]) -> None:
                 f"tracking_uri: no MLflow server answers at {shown(uri)}; start it "
                 "(study server, or mlflow server --host 127.0.0.1 --port 5000) or fix the URI"
             )
+            return
+        if _login_refused(uri):
+            errors.append(
+                f"tracking_uri: the MLflow server at {shown(uri)} refused the login; set "
+                "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (study server prints "
+                "where its admin password is)"
+            )
+
+
+def _login_refused(uri: str) -> bool:
+    """Whether the server at uri answers 401 to a read with the environment's MLflow login (none:
+    no login asked, or another error the client reports itself)."""
+    user = os.environ.get("MLFLOW_TRACKING_USERNAME")
+    password = os.environ.get("MLFLOW_TRACKING_PASSWORD", "")
+    request = urllib.request.Request(
+        f"{uri.rstrip('/')}/api/2.0/mlflow/experiments/search?max_results=1"
+    )
+    if user:
+        token = base64.b64encode(f"{user}:{password}".encode()).decode()
+        request.add_header("Authorization", f"Basic {token}")
+    try:
+        urllib.request.urlopen(request, timeout=10).close()
+    except urllib.error.HTTPError as exc:
+        return exc.code == 401
+    except OSError:
+        return False
+    return False
 
 
 def sqlite_path(uri: str) -> Path | None:

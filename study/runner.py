@@ -27,6 +27,7 @@ from study.spec import SEED_KEYS, StudySpec, resolve, validate
 from study.stages import StageGate, plan_stages
 from study.trial import StudyContext, trial_driver
 from study.trust import check_signed, sign_experiment, trust_study
+from study.views import write_views
 from trainables.config import to_flat
 from trainables.context import TrialContext
 from trainables.names import (
@@ -342,6 +343,8 @@ def _session(
     exp_id, parent = ensure_parent_run(
         client, spec.name, spec.to_dict(), study_dir, study_id=spec.study_id
     )
+    objectives = [(o.metric, o.mode) for o in spec.objectives]
+    write_views(client, exp_id, objectives, spec.methods, spec.dataset, spec.study_id)
     study = _study_context(spec, study_dir)
     # Train's local mode runs in the trial's process: the trial holds the CPUs; else the workers do.
     resources = spec.resources

@@ -24,6 +24,7 @@ from ray.tune.experiment import Trial
 from study import signing
 from study.errors import StudyError
 from study.locations import absolute_tracking_uri
+from study.views import ROLES
 from trainables.names import (
     CURVE_IMAGE,
     LABEL_PERCENT_KEY,
@@ -142,6 +143,12 @@ def environment_tags() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             pass
     return tags
+
+
+def trial_runs_filter(study_id: str | None) -> str:
+    """MLflow filter for every trial run of a study (search, stage and final: every role but the
+    parent's; study.views names the roles)."""
+    return runs_filter("study", study_id).replace("tags.role =", "tags.role !=", 1)
 
 
 def runs_filter(role: str, study_id: str | None) -> str:
@@ -317,7 +324,7 @@ class MLflowTracker(tune.Callback):
         """The trial's run: the existing one with its trial id, else a new child run."""
         if trial.trial_id in self._runs:
             return self._runs[trial.trial_id]
-        scope = runs_filter("trial", self.study_id)
+        scope = trial_runs_filter(self.study_id)
         found = self.client.search_runs(
             [self.experiment_id],
             filter_string=f"{scope} and tags.trial_id = '{trial.trial_id}'",
@@ -362,7 +369,7 @@ class MLflowTracker(tune.Callback):
             "study": self.experiment_name or "",
             "study_run_id": self.parent_run_id,
             "trial_id": trial.trial_id,
-            "role": "trial",
+            "role": ROLES["shared" if params.get(STAGE_KEY) else self.stage],
             **({"study_id": self.study_id} if self.study_id else {}),
             "method": method,
             "label_percent": str(pct),
@@ -543,7 +550,7 @@ def reconcile(
     seen: dict[str, str] = {}
     for run in client.search_runs(
         [experiment_id],
-        filter_string=runs_filter("trial", study_id),
+        filter_string=trial_runs_filter(study_id),
         max_results=50000,
         order_by=["attributes.start_time ASC"],
     ):
