@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
@@ -406,33 +407,66 @@ def test_ui_serves_the_study_store_on_localhost(finished_study):
 
 
 def _assert_search_trials_with_objective(study_dir, dom, text):
-    """The rendered runs table: at least three search trials' names, each in a row whose visible
-    cells show its validation objective as MLflow formats it, and none of the study's parent run
-    or of its stage trials (shared networks)."""
-    from analysis.results import load_study
-
-    runs = load_study(study_dir).runs
-    search = runs[(runs["stage"] == "search") & runs["val/guided_score_cos"].notna()]
-    rows = re.findall(r'<div[^>]*role="row"[^>]*>(.*?)</div></div></div>(?=<div[^>]*role="row"|$)',
-                      dom, flags=re.S)  # fmt: skip
-    row_texts = [re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", r)) for r in rows] or [text]
-    shown = 0
-    for _, run in search.iterrows():
-        name = tracking_run_name(study_dir, run["run_id"])
-        value = f"{run['val/guided_score_cos']:.4g}"[:5]  # the UI rounds; its leading digits
-        if any(name in r and value in r for r in row_texts):
-            shown += 1
-    assert shown >= 3, (shown, row_texts[:6])
-    assert "study:e2e" not in text and "shared " not in text, text[:3000]
-
-
-def tracking_run_name(study_dir, run_id):
+    """The rendered runs table: at least three search trials, each row showing the trial's name
+    and its validation objective in visible cells, and no row of the study's parent run or of its
+    stage trials (shared networks)."""
     from mlflow.tracking import MlflowClient
 
     from analysis.results import read_spec, tracking_uri
 
     folder, raw = read_spec(study_dir)
-    return MlflowClient(tracking_uri(folder, raw)).get_run(run_id).info.run_name
+    client = MlflowClient(tracking_uri(folder, raw))
+    experiment = client.get_experiment_by_name(raw["name"])
+    runs = {r.info.run_id: r for r in client.search_runs([experiment.experiment_id])}
+    grid = GridCells()
+    grid.feed(dom)
+    rows = grid.rows()
+    assert set(rows) <= set(runs), (set(rows), text[:2000])
+    roles = {runs[r].data.tags["role"] for r in rows}
+    assert roles == {"trial"}, roles  # the parent run (study) and the stage trials (shared) apart
+    assert {r.data.tags["role"] for r in runs.values()} >= {"study", "shared", "trial"}
+    shown = 0
+    for run_id, cells in rows.items():
+        run = runs[run_id]
+        value = run.data.metrics.get("val/guided_score_cos")
+        cell = cells.get("metrics.`val/guided_score_cos`", "")
+        if value is not None and run.info.run_name in cells.get("attributes.`Run Name`", ""):
+            assert float(cell) == pytest.approx(value, rel=1e-6), (cells, value)
+            shown += 1
+    assert shown >= 3, rows
+
+
+class GridCells(HTMLParser):
+    """The cells AG Grid rendered (MLflow's runs table): {row id: {column id: text}}; a row's
+    pinned and scrolled parts share its row-id (the run's id)."""
+
+    VOID = {"input", "br", "img", "meta", "link", "hr", "source", "wbr"}
+
+    def __init__(self):
+        super().__init__()
+        self.cells, self.stack = {}, []
+
+    def handle_starttag(self, tag, attrs):
+        if tag in self.VOID:
+            return
+        a, (row, cell) = dict(attrs), (self.stack[-1] if self.stack else (None, None))
+        cell = a.get("col-id") if a.get("role") == "gridcell" else cell
+        self.stack.append((a.get("row-id") or row, cell))
+
+    def handle_endtag(self, tag):
+        if tag not in self.VOID and self.stack:
+            self.stack.pop()
+
+    def handle_data(self, data):
+        if self.stack and all(self.stack[-1]) and data.strip():
+            key = self.stack[-1]
+            self.cells[key] = f"{self.cells.get(key, '')} {data.strip()}".strip()
+
+    def rows(self) -> dict[str, dict[str, str]]:
+        out: dict[str, dict[str, str]] = {}
+        for (row, column), value in self.cells.items():
+            out.setdefault(row, {})[column] = value
+        return out
 
 
 def log_text(root):

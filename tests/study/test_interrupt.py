@@ -13,11 +13,13 @@ pytestmark = pytest.mark.slow
 
 
 def _runs(study_dir, role):
+    """The study's runs of one role (study), or every trial run (trial: search, shared, final)."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(f"sqlite:///{study_dir / 'mlflow.db'}")
     exp = client.get_experiment_by_name(study_dir.name)
-    return client.search_runs([exp.experiment_id], f"tags.role = '{role}'")
+    where = "tags.role != 'study'" if role == "trial" else f"tags.role = '{role}'"
+    return client.search_runs([exp.experiment_id], where)
 
 
 def test_ctrl_c_exits_130_and_the_study_resumes(tmp_path):
