@@ -123,9 +123,11 @@ import mlflow
 mlflow.set_tracking_uri("sqlite:///{study_dir / "mlflow.db"}")
 runs = mlflow.search_runs(experiment_names=["e2e"])
 parent = runs[runs["tags.role"] == "study"]
-trials = runs[runs["tags.role"] == "trial"]
+trials = runs[runs["tags.role"] != "study"]
 children = trials[trials["tags.stage"] == "search"]
 stage = trials[trials["tags.stage"] == "shared"]
+# Each kind of run has its role: a search trial, a stage trial of a shared network.
+assert (children["tags.role"] == "trial").all() and (stage["tags.role"] == "shared").all()
 assert len(parent) == 1, runs
 assert len(children) == 4 and trials["tags.trial_id"].is_unique
 # The shared score model is a stage trial of its own, and every CG-family trial started after it.
@@ -574,6 +576,8 @@ def test_status_and_plot_read_a_finished_study(finished_study):
     assert plot.returncode == 0, plot.stderr[-2000:]
     figures = {p.name for p in (study_dir / "figures").iterdir()}
     assert {"label_percent_guided_score_cos.pdf", "guidance_guided_score_cos.png"} <= figures
+    # A sample grid per method (each cell's chosen trial's samples).
+    assert {f"samples_{m}@20%.png" for m in ("CG", "CG-SC-all", "CFG-all")} <= figures, figures
     # Not a study / nothing finished: one line, exit 2, nothing written.
     for command in ("status", "plot"):
         bad = _cmd(command, str(root), cwd=root)
