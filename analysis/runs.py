@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import tempfile
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlparse
 
 import pandas as pd
+
+from trainables.names import DIAGNOSTICS_FILE
 
 BASE_COLUMNS = [
     "run_id", "trial_id", "status", "early_stopped", "stage", "method", "label_percent",
@@ -67,6 +72,9 @@ def load_runs(tracking_uri: str, experiment_name: str, study_id: str | None = No
             **{k: _cast(v) for k, v in run.data.params.items()},
             **run.data.metrics,
         }
+        if run.data.tags.get("diagnostics") == DIAGNOSTICS_FILE:
+            diagnostics = _diagnostics(client, run, tracking_uri)
+            row.update({k: v for k, v in diagnostics.items() if k not in row})
         row["label_percent"] = _cast(
             run.data.params.get("data.label_percent", run.data.tags.get("label_percent"))
         )
@@ -76,3 +84,40 @@ def load_runs(tracking_uri: str, experiment_name: str, study_id: str | None = No
         return pd.DataFrame(columns=BASE_COLUMNS)
     frame = pd.DataFrame(rows)
     return frame[BASE_COLUMNS + [c for c in frame.columns if c not in BASE_COLUMNS]]
+
+
+def _diagnostics(client: Any, run: Any, tracking_uri: str) -> dict[str, float]:
+    """A run's diagnostics table (study.tracking.log_diagnostics) as {key: value}; {} if it
+    cannot be read. A local store's artifacts are read in place, also after the study's folder
+    moved (found again beside its SQLite database); a server's are downloaded."""
+    uri = run.info.artifact_uri or ""
+    text = None
+    if uri.startswith("file:"):
+        path = Path(unquote(urlparse(uri).path)) / DIAGNOSTICS_FILE
+        moved = _beside_store(path, tracking_uri)
+        for candidate in (path, moved):
+            if candidate is not None and candidate.is_file():
+                text = candidate.read_text()
+                break
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            try:
+                text = Path(client.download_artifacts(run.info.run_id, DIAGNOSTICS_FILE, tmp))
+                text = text.read_text()
+            except Exception:  # noqa: BLE001 (MLflow's and the transports' errors): no table
+                text = None
+    if text is None:
+        return {}
+    table = json.loads(text)
+    at = {name: i for i, name in enumerate(table["columns"])}
+    return {row[at["key"]]: float(row[at["value"]]) for row in table["data"]}
+
+
+def _beside_store(path: Path, tracking_uri: str) -> Path | None:
+    """path's place under the mlartifacts folder beside a SQLite store (where a study keeps its
+    run artifacts), None for other stores or paths."""
+    if not tracking_uri.startswith("sqlite:///") or "mlartifacts" not in path.parts:
+        return None
+    parts = path.parts
+    rest = parts[len(parts) - parts[::-1].index("mlartifacts") :]
+    return Path(tracking_uri.removeprefix("sqlite:///")).parent / "mlartifacts" / Path(*rest)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import re
 import shutil
 import sqlite3
 import subprocess
@@ -27,12 +28,14 @@ from study.locations import absolute_tracking_uri
 from study.views import ROLES
 from trainables.names import (
     CURVE_IMAGE,
+    DIAGNOSTICS_FILE,
     LABEL_PERCENT_KEY,
     METHOD_KEY,
     SHARED_STAGE,
     STAGE_KEY,
     VALIDATION_PREFIX,
     cell_label,
+    is_diagnostic,
     knob_text,
     parse_curve_key,
 )
@@ -403,16 +406,22 @@ class MLflowTracker(tune.Callback):
             "time_since_restore",
             "done",
         }
-        metrics = [
-            Metric(k.replace("@", "_"), float(v), now, step)
+        numbers = {
+            k: float(v)
             for k, v in result.items()
             if k not in skip
             and isinstance(v, (int, float))
             and not isinstance(v, bool)
             and math.isfinite(float(v))
+        }
+        metrics = [
+            Metric(k.replace("@", "_"), v, now, step)
+            for k, v in numbers.items()
+            if not is_diagnostic(k)
         ]
         metrics.append(Metric(STEP_METRIC, float(step), now, step))
         if is_final(result):
+            log_diagnostics(self.client, run_id, numbers)
             # The validation guidance curve as a metric history the MLflow UI charts:
             # guidance_curve/<metric> at step = round(100 x scale).
             for key, value in result.items():
@@ -472,6 +481,34 @@ class StateSigner(tune.Callback):
         return None  # nothing of its own to save
 
 
+def log_diagnostics(client: MlflowClient, run_id: str, numbers: dict[str, float]) -> None:
+    """A final result's diagnostics (trainables.names.is_diagnostic) as the run's table artifact
+    DIAGNOSTICS_FILE: one row per key with its split (val / test), metric and index (the guidance
+    scale, class or band), which the UI shows as a table and analysis.runs reads back."""
+    rows = [diagnostic_row(k, v) for k, v in sorted(numbers.items()) if is_diagnostic(k)]
+    if rows:
+        columns = ["key", "split", "metric", "per", "index", "value"]
+        table = {"columns": columns, "data": [[row[c] for c in columns] for row in rows]}
+        client.log_dict(run_id, table, DIAGNOSTICS_FILE)
+        client.set_tag(run_id, "diagnostics", DIAGNOSTICS_FILE)
+
+
+def diagnostic_row(key: str, value: float) -> dict[str, Any]:
+    """{key, split, metric, per, index, value} of one diagnostic key."""
+    split = "val" if key.startswith(VALIDATION_PREFIX) else "test"
+    name = key.removeprefix(VALIDATION_PREFIX)
+    curve = parse_curve_key(name)
+    if curve is not None:
+        return {"key": key, "split": split, "metric": curve[0], "per": "scale",
+                "index": curve[1], "value": value}  # fmt: skip
+    if name.startswith("artifact_reused/"):
+        return {"key": key, "split": split, "metric": "artifact_reused", "per": "network",
+                "index": name.split("/", 1)[1], "value": value}  # fmt: skip
+    metric, per, index = re.match(r"(.*)_(class|band)(\d+)$", name).groups()
+    return {"key": key, "split": split, "metric": metric, "per": per, "index": int(index),
+            "value": value}  # fmt: skip
+
+
 def run_name(params: dict, flat: dict, stage: str) -> str:
     """A trial run's name as it reads in the UI: 'CG-SC-all@5% · lambda_SC=0.1' (a final run adds
     its seed; a stage trial names the network it trains)."""
@@ -511,8 +548,13 @@ def _finish_from_record(client: MlflowClient, run: Any, final: dict) -> int:
     if FINAL_KEY not in run.data.metrics:
         step = int(run.data.metrics.get(STEP_METRIC, 0)) + 1
         now = int(time.time() * 1000)
-        values = [Metric(k.replace("@", "_"), v, now, step) for k, v in final.items()]
+        values = [
+            Metric(k.replace("@", "_"), v, now, step)
+            for k, v in final.items()
+            if not is_diagnostic(k)
+        ]
         client.log_batch(run.info.run_id, metrics=values)
+        log_diagnostics(client, run.info.run_id, final)
     client.set_terminated(run.info.run_id, "FINISHED")
     client.set_tag(run.info.run_id, "finished_before_the_driver_was_killed", "true")
     return 1

@@ -9,6 +9,8 @@ agreeing with what is written here.
 
 from __future__ import annotations
 
+import re
+
 # ---- methods -----------------------------------------------------------------------------------
 # Exactly the papers' labels, in table order: MLflow tags, table rows and CLI choices.
 METHODS: tuple[str, ...] = (
@@ -185,6 +187,19 @@ def parse_curve_key(key: str) -> tuple[str, float] | None:
         return metric, float(scale)
     except ValueError:
         return None
+
+
+# A trial's diagnostics: per guidance scale (curve/...), per class (..._class<k>), per noise band
+# (..._band<k>) and which networks it reused (artifact_reused/...), validation ones included. MLflow
+# gets them as one table artifact of the final result (DIAGNOSTICS_FILE), not as metrics, so that a
+# run's metric list holds what a researcher compares (study.tracking; analysis.runs reads both).
+DIAGNOSTICS_FILE = "diagnostics.json"
+_DIAGNOSTIC = re.compile(r"^(?:val/)?(?:curve/|artifact_reused/|.*_(?:class|band)\d+$)")
+
+
+def is_diagnostic(key: str) -> bool:
+    """Whether a result key is a diagnostic (see DIAGNOSTICS_FILE), not a headline metric."""
+    return _DIAGNOSTIC.match(key) is not None
 
 
 # ---- dataset names (the loaders in trainables.data check that they draw exactly these) ----------

@@ -164,3 +164,52 @@ def test_a_trial_that_finished_just_before_the_kill_is_finished_not_orphaned(sto
     (run,) = _runs(store)
     assert run.info.status == "FINISHED" and "orphaned" not in run.data.tags
     assert run.data.metrics["gen_accuracy"] == 0.7  # the final result, logged from its record
+
+
+def test_diagnostics_go_to_a_table_artifact_and_load_runs_reads_them_back(store, tmp_path):
+    """A final result's per-scale, per-class, per-band and reuse numbers are one table artifact,
+    not metrics; load_runs gives them back as columns, also after the study's folder moved."""
+    import shutil
+
+    from analysis.runs import load_runs
+
+    tracker = _tracker(store)
+    trial = _trial("t9", last_result={"final": 1.0})
+    final = {
+        "training_iteration": 1, "final": 1.0, "gen_accuracy": 0.5, "val/gen_accuracy": 0.6,
+        "curve/gen_accuracy/g2": 0.55, "val/curve/gen_accuracy/g2": 0.65,
+        "gen_accuracy_class1": 0.4, "sc_ratio_band3": 1.1, "artifact_reused/score": 1.0,
+    }  # fmt: skip
+    tracker.on_trial_start(0, [], trial)
+    tracker.on_trial_result(0, [], trial, final)
+    tracker.on_trial_complete(0, [], trial)
+    (run,) = _runs(store)
+    diagnostics = {"curve/gen_accuracy/g2", "val/curve/gen_accuracy/g2", "gen_accuracy_class1",
+                   "sc_ratio_band3", "artifact_reused/score"}  # fmt: skip
+    assert not diagnostics & set(run.data.metrics)
+    assert {"gen_accuracy", "val/gen_accuracy"} <= set(run.data.metrics)
+    table = json.loads(
+        (store.root / "mlartifacts").joinpath(*_artifact_parts(run), "diagnostics.json").read_text()
+    )
+    rows = {r[0]: r for r in table["data"]}
+    assert table["columns"] == ["key", "split", "metric", "per", "index", "value"]
+    assert rows["val/curve/gen_accuracy/g2"][1:] == ["val", "gen_accuracy", "scale", 2.0, 0.65]
+    assert rows["gen_accuracy_class1"][1:] == ["test", "gen_accuracy", "class", 1, 0.4]
+    assert rows["artifact_reused/score"][1:] == ["test", "artifact_reused", "network", "score", 1]
+    loaded = load_runs(store.uri, "s").iloc[0]
+    assert loaded["curve/gen_accuracy/g2"] == 0.55 and loaded["sc_ratio_band3"] == 1.1
+    assert loaded["gen_accuracy"] == 0.5
+    # The study's folder moved: its artifacts are found beside its SQLite store.
+    moved = tmp_path.parent / f"{tmp_path.name}-moved"
+    shutil.move(tmp_path, moved)
+    try:
+        again = load_runs(f"sqlite:///{moved / 'mlflow.db'}", "s").iloc[0]
+        assert again["gen_accuracy_class1"] == 0.4
+    finally:
+        shutil.move(moved, tmp_path)
+
+
+def _artifact_parts(run):
+    """The run's artifact folder below its store's mlartifacts folder."""
+    parts = run.info.artifact_uri.split("/mlartifacts/", 1)[1].split("/")
+    return parts
