@@ -131,7 +131,9 @@ class SearchRange(_Section):
 class Guidance(_Section):
     """The guidance scales every guided trial sweeps at sampling time, chosen on validation."""
 
-    scales: Annotated[list[NonNegative], Field(min_length=1, max_length=100), Unique] = [
+    # > 0: a scale of 0 is no guidance at all (the unguided sampler, not a point of the sweep, which
+    # moves past an edge by doubling)
+    scales: Annotated[list[Positive], Field(min_length=1, max_length=100), Unique] = [
         0.5, 1.0, 2.0, 4.0
     ]  # fmt: skip
     # validation samples per class at each swept scale (default: a quarter of

@@ -112,7 +112,22 @@ BAD_INPUTS = [
     (
         "negative guidance scale",
         lambda p: _write(p, "guidance: {scales: [1, -2]}\n"),
-        "guidance.scales[1]: must be greater than or equal to 0, got -2",
+        "guidance.scales[1]: must be greater than 0, got -2",
+    ),
+    (
+        "zero guidance scale",
+        lambda p: _write(p, "guidance: {scales: [0, 1]}\n"),
+        "guidance.scales[0]: must be greater than 0, got 0",
+    ),
+    (
+        "repeated guidance scale",
+        lambda p: _write(p, "guidance: {scales: [1, 2, 1]}\n"),
+        "guidance.scales: lists 1",
+    ),
+    (
+        "guidance cap below the grid",
+        lambda p: _write(p, "guidance: {scales: [1, 4], max_scale: 2}\n"),
+        "max_scale 2 is below the largest scale 4; give max_scale >= 4",
     ),
     (
         "empty guidance grid",
