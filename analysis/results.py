@@ -40,7 +40,7 @@ from trainables.names import (
     TUNED_KEYS,
     cell_label,
 )
-from trainables.storage import Place
+from trainables.storage import Place, rehomed
 
 
 class StudyNotReady(ValueError):
@@ -148,7 +148,7 @@ def read_spec(location: str | Path) -> tuple[Path, dict[str, Any]]:
             f"{location} is not a study folder: its {SPEC_FILE} is a spec no study was run from; "
             f"run it with 'study run {spec_file}'"
         )
-    return folder, spec
+    return folder, rehomed(spec, folder)
 
 
 def tracking_uri(folder: Path, spec: dict[str, Any]) -> str:

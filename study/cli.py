@@ -393,12 +393,14 @@ def cmd_export_best(args: argparse.Namespace) -> int:
 
 def cmd_ui(args: argparse.Namespace) -> int:
     """The MLflow UI on the study's store, opened at the study's experiment (its runs view)."""
+    from study.tracking import rehome_artifacts
 
     study_dir, spec = load_study_spec(args.study_dir)
     check_port("127.0.0.1", args.port)
     cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", spec.tracking_uri]
     cmd += ["--host", "127.0.0.1", "--port", str(args.port), "--workers", "1"]
     base = f"http://127.0.0.1:{args.port}/"
+    rehome_artifacts(spec.tracking_uri or "")  # a copied study's pictures are its own
     path = experiment_path(spec)
     print(f"MLflow UI for {study_dir}: {base}{path}  (Ctrl-C stops it)", flush=True)
     if path:

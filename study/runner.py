@@ -41,7 +41,7 @@ from trainables.names import (
     VALIDATION_PREFIX,
     cell_label,
 )
-from trainables.storage import Place
+from trainables.storage import Place, rehomed
 
 MAX_RERUNS = 3  # rounds of re-running lost configurations within one resume
 
@@ -599,6 +599,8 @@ def load_study_spec(study_dir: str | Path) -> tuple[Path, StudySpec]:
             f"{path} is not a study directory (no {SPEC_FILE}); give the folder 'study run' printed"
         )
     raw = yaml.safe_load((path / SPEC_FILE).read_text())
+    if isinstance(raw, dict):
+        raw = rehomed(raw, path)  # a copied or moved study reads and writes only itself
     if isinstance(raw, dict) and "artifact_store" not in raw:
         raw["artifact_store"] = "study"  # saved before the shared store: its networks are inside
     if isinstance(raw, dict) and EVALUATION_CACHE_KEY not in (raw.get("config") or {}):

@@ -24,7 +24,7 @@ from ray.tune.experiment import Trial
 
 from study import signing
 from study.errors import StudyError
-from study.locations import absolute_tracking_uri
+from study.locations import absolute_tracking_uri, sqlite_path
 from study.views import ROLES
 from trainables.names import (
     CURVE_IMAGE,
@@ -32,6 +32,7 @@ from trainables.names import (
     LABEL_PERCENT_KEY,
     METHOD_KEY,
     SHARED_STAGE,
+    SPEC_FILE,
     STAGE_KEY,
     VALIDATION_PREFIX,
     cell_label,
@@ -178,6 +179,37 @@ def check_study_identity(uri: str, name: str, study_dir: Path) -> None:
         )
 
 
+def rehome_artifacts(uri: str) -> int:
+    """A study folder's own SQLite store (mlflow.db beside its spec) whose run artifacts live in
+    another folder's mlartifacts (the study was copied or moved there): point its experiments and
+    runs at the artifacts beside it, so the copy reads and writes only itself (MLflow has no API
+    that moves an experiment's artifact location: SQL on the store). Returns the rows changed."""
+    path = sqlite_path(uri) if uri.startswith("sqlite:///") else None
+    if path is None or path.name != "mlflow.db" or not path.exists():
+        return 0
+    if not (path.parent / SPEC_FILE).exists():
+        return 0  # a store of its own (shared by studies), not a study folder's
+    new = (path.parent / "mlartifacts").resolve().as_uri()
+    changed = 0
+    with contextlib.closing(sqlite3.connect(path, timeout=60)) as conn, conn:
+        olds = [
+            old
+            for (old,) in conn.execute("SELECT artifact_location FROM experiments")
+            if old and old.startswith("file://") and old.endswith("/mlartifacts") and old != new
+        ]
+        for old in olds:
+            changed += conn.execute(
+                "UPDATE experiments SET artifact_location = ? WHERE artifact_location = ?",
+                (new, old),
+            ).rowcount
+            changed += conn.execute(
+                "UPDATE runs SET artifact_uri = ? || substr(artifact_uri, ?) "
+                "WHERE substr(artifact_uri, 1, ?) = ?",
+                (new, len(old) + 1, len(old) + 1, old + "/"),
+            ).rowcount
+    return changed
+
+
 def ensure_parent_run(
     client: MlflowClient,
     experiment_name: str,
@@ -187,6 +219,7 @@ def ensure_parent_run(
 ) -> tuple[str, str]:
     """Create (or find) the experiment and the study's parent run; return (experiment_id,
     run_id)."""
+    rehome_artifacts(str(client.tracking_uri))
     exp = client.get_experiment_by_name(experiment_name)
     # Artifacts (sample grids, tables, curves) live in the study directory, not in the caller's
     # cwd; with a tracking server, in the server's store (it serves them to every UI user).
@@ -623,6 +656,7 @@ def log_report(
     tracking_uri: str, experiment_name: str, files: list[Path], study_id: str | None = None
 ) -> None:
     """Log the study's tables and curves to its parent run (artifact folder "report")."""
+    rehome_artifacts(tracking_uri)
     client = MlflowClient(tracking_uri)
     exp = client.get_experiment_by_name(experiment_name)
     if exp is None:

@@ -19,6 +19,7 @@ import os
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 MIRROR_ENV = "SC_GUIDANCE_MIRROR"
 
@@ -142,3 +143,37 @@ def stored(location: str) -> bool:
         return Path(location).expanduser().exists()
     parent = Place(location.rsplit("/", 1)[0])
     return parent.exists(parent.local / location.rsplit("/", 1)[1])
+
+
+def rehomed(spec: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """A saved spec read from the folder the study is in now. The spec pins absolute places (the
+    folder it was saved in: `storage`/`name`); when the folder was copied or moved (`cp -a`, `mv`,
+    `rsync` to another machine), every place inside the old folder (its SQLite MLflow store, a
+    `study` artifact store, the evaluation cache when it lived there) is the same place inside the
+    new one, so a copy reads and writes only itself. Places outside the folder (the shared network
+    cache, a tracking server, an object store) stay as written."""
+    storage = spec.get("storage")
+    if not isinstance(storage, str) or is_uri(storage) or not spec.get("name"):
+        return spec
+    saved = Path(storage).expanduser() / str(spec["name"])
+    here = Path(folder).resolve()
+    if saved.resolve() == here:
+        return spec
+
+    def moved(path: str) -> str:
+        inside = Path(path).expanduser()
+        try:
+            return str(here / inside.relative_to(saved))
+        except ValueError:
+            return path
+
+    out = {**spec, "storage": str(here.parent)}
+    uri = spec.get("tracking_uri")
+    if isinstance(uri, str) and uri.startswith("sqlite:///"):
+        out["tracking_uri"] = "sqlite:///" + moved(uri.removeprefix("sqlite:///"))
+    if isinstance(spec.get("artifact_store"), str) and not is_uri(spec["artifact_store"]):
+        out["artifact_store"] = moved(spec["artifact_store"])
+    config = spec.get("config")
+    if isinstance(config, dict) and isinstance(config.get("eval.cache_dir"), str):
+        out["config"] = {**config, "eval.cache_dir": moved(config["eval.cache_dir"])}
+    return out
