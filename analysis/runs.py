@@ -66,6 +66,8 @@ def load_runs(tracking_uri: str, experiment_name: str, study_id: str | None = No
             "early_stopped": run.data.tags.get("early_stopped") == "true",
             # search: a cell's search trial; final: a seed of `study final` (tables/final.md)
             "stage": run.data.tags.get("stage", "search"),
+            # the command that ran it (a `study final` trains its seeds' shared networks too)
+            "session": run.data.tags.get("session"),
             "start_time": run.info.start_time,  # ms since the epoch (MLflow's)
             "end_time": run.info.end_time,
             "error": _error_of(run.data.tags),  # a failed run's first line of why

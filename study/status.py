@@ -23,10 +23,13 @@ def records(runs: pd.DataFrame, selection: str) -> list[dict]:
         value = run.get(selection)
         end = run.get("end_time")
         stage = run.get("stage") or "search"
+        kind = "shared" if stage == SHARED_STAGE else stage
+        if kind == "shared" and run.get("session") == "final":
+            kind = "final"  # a `study final` network: not one of the search's planned stages
         out.append({
             "trial_id": run["trial_id"],
             "cell": (str(run["method"]), float(run["label_percent"])),
-            "kind": "shared" if stage == SHARED_STAGE else stage,
+            "kind": kind,
             "status": run["status"],
             "start": float(run["start_time"]) / 1000,
             "end": None if end is None or pd.isna(end) else float(end) / 1000,

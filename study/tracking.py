@@ -411,6 +411,7 @@ class MLflowTracker(tune.Callback):
             "label_percent": str(pct),
             "cell": cell_label(method, float(pct)),
             "stage": SHARED_STAGE if params.get(STAGE_KEY) else self.stage,
+            "session": self.stage,  # the command that ran it: search (run / resume) or final
             **environment_tags(),
         }
         if params.get(STAGE_KEY):

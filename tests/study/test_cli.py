@@ -801,6 +801,9 @@ def test_a_copied_study_reads_and_writes_only_itself(finished_study, tmp_path):
         for command in (("status",), ("table",), ("plot",)):
             result = _cmd(*command, str(copy), cwd=tmp_path)
             assert result.returncode == 0, (command, result.stderr[-2000:])
+            if command == ("status",):
+                # The final's networks are not counted against the search's planned stages.
+                assert ", stage trials 1/1, final runs " in result.stdout, result.stdout
         searched = load_study(copy).trials
         assert load_study(copy).study_dir == copy
         port = free_port()
