@@ -19,6 +19,7 @@ from typing import Any
 from filelock import FileLock
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
+from mlflow.tracking._tracking_service import utils as tracking_service_utils
 from ray import tune
 from ray.tune.experiment import Trial
 
@@ -207,6 +208,10 @@ def rehome_artifacts(uri: str) -> int:
                 "WHERE substr(artifact_uri, 1, ?) = ?",
                 (new, len(old) + 1, len(old) + 1, old + "/"),
             ).rowcount
+    if changed:
+        # MLflow keeps each run's artifact repository for the life of the process (keyed by run
+        # id, private): one made before the move would go on writing to the old folder.
+        getattr(tracking_service_utils, "_artifact_repos_cache", {}).clear()
     return changed
 
 
