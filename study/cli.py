@@ -20,6 +20,7 @@ from study.runner import (
     back_up_to_store,
     final_points,
     load_study_spec,
+    release_leases,
     run_final,
     run_study,
     study_dir_for,
@@ -694,6 +695,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nstudy: interrupted; resume with: study resume {where}", file=sys.stderr)
         return 130
     finally:
+        release_leases()
         _stop_local_ray()
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from filelock import FileLock, Timeout
 
 from study.cluster import check_cluster, init_ray, preflight_nodes
 from study.errors import StudyError
@@ -140,7 +141,35 @@ def prepare(spec: StudySpec, *, resume: bool) -> tuple[Path, str]:
         lease_actor()  # the networks' leases in an object store: made here, outside any trial
     # Every node that will run trials sees the study's folders and holds its data.
     preflight_nodes(spec, [place if place.remote else study_dir.parent, store_place])
+    take_lease(study_dir)
     return study_dir, uri
+
+
+LEASE_FILE = "driver.lock"
+_LEASES: list[FileLock] = []  # the leases this process holds (released at the command's end)
+
+
+def take_lease(study_dir: Path) -> None:
+    """The study's driver lease: one `study run`, `resume` or `final` of a study folder at a time
+    on this machine (an OS file lock on <study>/driver.lock, released when the command ends or its
+    process dies, killed or not). StudyError when another command holds it: two drivers of one
+    study would hand out its trials twice."""
+    study_dir.mkdir(parents=True, exist_ok=True)
+    lease = FileLock(str(study_dir / LEASE_FILE), timeout=0)
+    try:
+        lease.acquire()
+    except Timeout:
+        raise StudyError(
+            f"{study_dir} is being run by another study command (run, resume or final) on this "
+            "machine; wait for it to end (study status shows it) or stop it, then run this again"
+        ) from None
+    _LEASES.append(lease)
+
+
+def release_leases() -> None:
+    """Release the driver leases this process took (the end of a command run in-process)."""
+    while _LEASES:
+        _LEASES.pop().release(force=True)
 
 
 def _study_context(spec: StudySpec, study_dir: Path) -> Any:

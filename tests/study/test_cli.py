@@ -776,6 +776,30 @@ def test_resume_add_trials_extends_every_cell_with_a_knob_and_repeats_nothing(fi
     assert yaml.safe_load((study_dir / "spec.yaml").read_text())["trials_per_cell"] == 3
 
 
+def test_a_second_driver_of_one_study_is_refused(finished_study):
+    """While one command drives a study (its lease held), `study resume` and `study final` of
+    the same folder exit 2 with one line, and change nothing; once it ends, the lease is free."""
+    from filelock import FileLock
+
+    root, study_dir, _ = finished_study
+    watched = [study_dir / "mlflow.db", study_dir / "optuna.db", study_dir / "spec.yaml"]
+    before = [p.stat().st_mtime_ns for p in watched]
+    lease = FileLock(str(study_dir / "driver.lock"), timeout=0)
+    lease.acquire()  # as a running `study run` / `resume` / `final` holds it
+    try:
+        for command in (("resume", str(study_dir)), ("final", str(study_dir), "--seeds", "1")):
+            result = _cmd(*command, cwd=root)
+            assert result.returncode == 2, (command, result.stderr[-2000:])
+            line = result.stderr.strip()
+            assert "is being run by another study command" in line and len(line.splitlines()) == 1
+        assert [p.stat().st_mtime_ns for p in watched] == before
+    finally:
+        lease.release()
+    # Free again: a resume with nothing left to do runs (and takes and gives back the lease).
+    again = _cmd("resume", str(study_dir), cwd=root)
+    assert again.returncode == 0, again.stderr[-2000:]
+
+
 def test_a_copied_study_reads_and_writes_only_itself(finished_study, tmp_path):
     """`cp -a` of a finished study, the original gone: status, table, plot, ui, load_study and
     resume --add-trials 1 work on the copy, and nothing is read from or written to the original's
