@@ -92,6 +92,8 @@ def _diagnostics(client: Any, run: Any, tracking_uri: str) -> dict[str, float]:
     """A run's diagnostics table (study.tracking.log_diagnostics) as {key: value}; {} if it
     cannot be read. A local store's artifacts are read in place, also after the study's folder
     moved (found again beside its SQLite database); a server's are downloaded."""
+    from mlflow.exceptions import MlflowException
+
     uri = run.info.artifact_uri or ""
     text = None
     if uri.startswith("file:"):
@@ -106,7 +108,7 @@ def _diagnostics(client: Any, run: Any, tracking_uri: str) -> dict[str, float]:
             try:
                 text = Path(client.download_artifacts(run.info.run_id, DIAGNOSTICS_FILE, tmp))
                 text = text.read_text()
-            except Exception:  # noqa: BLE001 (MLflow's and the transports' errors): no table
+            except (MlflowException, OSError):  # the server lost it: the columns stay empty
                 text = None
     if text is None:
         return {}

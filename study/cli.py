@@ -402,10 +402,10 @@ def cmd_ui(args: argparse.Namespace) -> int:
     cmd += ["--host", "127.0.0.1", "--port", str(args.port), "--workers", "1"]
     base = f"http://127.0.0.1:{args.port}/"
     rehome_artifacts(spec.tracking_uri or "")  # a copied study's pictures are its own
-    path = experiment_path(spec)
+    experiment_id = study_experiment_id(spec)
+    path = view_path(experiment_id, "search") if experiment_id else ""
     print(f"MLflow UI for {study_dir}: {base}{path}  (Ctrl-C stops it)", flush=True)
-    if path:
-        experiment_id = path.split("/")[2]
+    if experiment_id:
         ensure_views(spec, experiment_id)
         for key, title in list(VIEW_TITLES.items())[1:]:
             print(f"  {title}: {base}{view_path(experiment_id, key)}", flush=True)
@@ -469,16 +469,19 @@ def experiment_path(spec: StudySpec) -> str:
     """'#/experiments/<id>/runs?viewStateShareKey=search&workflowType=machine_learning': the study's
     search trials in the MLflow UI's model-training layout, in the study's view of them
     (study.views); '' if the store has no such experiment."""
+    experiment_id = study_experiment_id(spec)
+    return view_path(experiment_id, "search") if experiment_id else ""
+
+
+def study_experiment_id(spec: StudySpec) -> str | None:
+    """The study's MLflow experiment id; None if its store has no such experiment (or no store)."""
     from mlflow.tracking import MlflowClient
 
     uri = spec.tracking_uri or ""
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
-        return ""  # no store yet: reading must not create one
-
+        return None  # no store yet: reading must not create one
     experiment = MlflowClient(uri).get_experiment_by_name(spec.name)
-    if experiment is None:
-        return ""
-    return view_path(experiment.experiment_id, "search")
+    return None if experiment is None else experiment.experiment_id
 
 
 def ensure_views(spec: StudySpec, experiment_id: str) -> None:
