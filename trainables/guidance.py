@@ -39,30 +39,42 @@ def classifier_log_posterior_grad(
     return grad
 
 
+Scale = float | torch.Tensor  # one scale, or one per row ([N]: a batch carrying several scales)
+
+
+def _per_row(scale: Scale, x: torch.Tensor) -> Scale:
+    """A per-row scale [N] shaped to broadcast over x's rows; a float as it is."""
+    if isinstance(scale, torch.Tensor):
+        return scale.to(x.device, x.dtype).reshape(-1, *([1] * (x.dim() - 1)))
+    return scale
+
+
 def classifier_guidance(
     score_fn: ScoreFn,
     logits_fn: LogitsFn,
     y: torch.Tensor,
-    scale: float = 1.0,
+    scale: Scale = 1.0,
     precision: str = "fp32",
 ) -> ScoreFn:
-    """s(x, t) + lambda_CG grad_x log p_phi(y | x, t) (Dhariwal & Nichol; paper 001 eq. 1)."""
+    """s(x, t) + lambda_CG grad_x log p_phi(y | x, t) (Dhariwal & Nichol; paper 001 eq. 1); scale
+    a float or one per row."""
 
     def guided_score_fn(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         grad = classifier_log_posterior_grad(logits_fn, x, sigma, y, precision)
-        return score_fn(x, sigma) + scale * grad
+        return score_fn(x, sigma) + _per_row(scale, grad) * grad
 
     return guided_score_fn
 
 
 def classifier_free_guidance(
-    cond_score_fn: CondScoreFn, y: torch.Tensor, null_label: int, w: float = 0.0
+    cond_score_fn: CondScoreFn, y: torch.Tensor, null_label: int, w: Scale = 0.0
 ) -> ScoreFn:
     """(1 + w) s(x, t, y) - w s(x, t, null) (Ho & Salimans); w = 0 is the plain conditional
-    model."""
+    model; w a float or one per row (the unconditional pass is skipped only when every w is 0)."""
+    unguided = bool((w == 0).all()) if isinstance(w, torch.Tensor) else w == 0
 
     def guided_score_fn(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        if w == 0:
+        if unguided:
             return cond_score_fn(x, sigma, y)
         both = cond_score_fn(
             torch.cat([x, x]),
@@ -70,6 +82,7 @@ def classifier_free_guidance(
             torch.cat([y, torch.full_like(y, null_label)]),
         )
         cond, uncond = both.chunk(2)
-        return (1 + w) * cond - w * uncond
+        weight = _per_row(w, cond)
+        return (1 + weight) * cond - weight * uncond
 
     return guided_score_fn

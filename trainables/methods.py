@@ -206,13 +206,18 @@ def artifact_loss(
 
 # ---- guidance -----------------------------------------------------------------------------------
 def guided_score_fn(
-    method: Method, fns: ModelFns, y: torch.Tensor, scale: float, precision: str = "fp32"
+    method: Method,
+    fns: ModelFns,
+    y: torch.Tensor,
+    scale: guidance.Scale,
+    precision: str = "fp32",
 ) -> losses.ScoreFn:
     """The score function a method samples class y with, at guidance scale gamma (one meaning for
     every family): CG s + gamma grad log p(y|x); CFG (1 + w) s(y) - w s(null) with w = gamma - 1,
     which is classifier guidance at scale gamma with the implicit classifier. gamma = 1 is the plain
     conditional (the exact posterior for CG, the conditional model for CFG); Cond ignores gamma.
-    precision: of CG's classifier gradient (sample.guidance_precision)."""
+    precision: of CG's classifier gradient (sample.guidance_precision). scale: a float, or one per
+    row of y (a batch carrying several scales)."""
     if method.guidance == "cg":
         score_fn = _need(fns.score_fn, "score model")
         logits_fn = _need(fns.logits_fn, "classifier")

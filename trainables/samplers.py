@@ -1,9 +1,14 @@
 """Samplers as free functions sharing one signature (k-diffusion style), docs/methods.md section 3:
 
-    sample_x(score_fn, x_init, sigmas, *, generator=None, callback=None, **options) -> x
+    sample_x(score_fn, x_init, sigmas, *, generator=None, callback=None, replicas=1, **options) -> x
 
 sigmas is the decreasing sequence of noise levels (VESDE.discretize); x_init is drawn by the caller
 from the prior N(0, sigma_max^2 I). Every sampler returns the noise-free mean at its last step.
+
+replicas = R: x_init is R copies of one batch of B rows (R * B rows, copy r in rows r*B..(r+1)*B),
+each sampled with its own score (e.g. one guidance scale per copy). Every copy gets the same noise
+sequence (common random numbers: the noise is drawn for B rows and repeated) and the PC corrector's
+step is computed per copy, so copy r is the batch that one sampler run with replicas=1 gives.
 """
 
 from __future__ import annotations
@@ -24,16 +29,22 @@ def _sig(sigma: float, x: torch.Tensor) -> torch.Tensor:
     return torch.full((x.shape[0],), float(sigma), dtype=x.dtype, device=x.device)
 
 
-def _randn(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+def _randn(x: torch.Tensor, generator: torch.Generator | None, replicas: int = 1) -> torch.Tensor:
+    """Standard normal noise shaped like x; with replicas R, drawn for the first of R equal parts
+    and repeated (every copy gets the same numbers)."""
+    shape = (x.shape[0] // replicas, *x.shape[1:])
     if generator is not None and generator.device != x.device:
         # A CPU generator for samples on a GPU: draw on the CPU (same numbers on every device).
-        return to_device(torch.randn(x.shape, generator=generator, dtype=x.dtype), x.device)
-    return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+        noise = to_device(torch.randn(shape, generator=generator, dtype=x.dtype), x.device)
+    else:
+        noise = torch.randn(shape, generator=generator, dtype=x.dtype, device=x.device)
+    return noise if replicas == 1 else noise.repeat(replicas, *([1] * (x.dim() - 1)))
 
 
-def _batch_norm_mean(v: torch.Tensor) -> torch.Tensor:
-    """Mean over the batch of per-example L2 norms."""
-    return v.flatten(1).norm(dim=1).mean()
+def _batch_norm_mean(v: torch.Tensor, replicas: int = 1) -> torch.Tensor:
+    """Mean over each copy's rows of per-example L2 norms, one value per row ([N, 1, ...])."""
+    norms = v.flatten(1).norm(dim=1).reshape(replicas, -1).mean(dim=1)
+    return norms.repeat_interleave(v.shape[0] // replicas).reshape(-1, *([1] * (v.dim() - 1)))
 
 
 @torch.no_grad()
@@ -46,6 +57,7 @@ def pc_sampler(
     callback: Callback | None = None,
     snr: float = 0.16,
     corrector_steps: int = 1,
+    replicas: int = 1,
 ) -> torch.Tensor:
     """Predictor-corrector (Song et al. 2021): Langevin corrector, then reverse-diffusion
     predictor."""
@@ -56,14 +68,15 @@ def pc_sampler(
         # Langevin corrector: step 2 (snr ||z|| / ||score||)^2, norms averaged over the batch.
         for _ in range(corrector_steps):
             score = score_fn(x, s)
-            noise = _randn(x, generator)
-            step = 2 * (snr * _batch_norm_mean(noise) / _batch_norm_mean(score)) ** 2
+            noise = _randn(x, generator, replicas)
+            ratio = _batch_norm_mean(noise, replicas) / _batch_norm_mean(score, replicas)
+            step = 2 * (snr * ratio) ** 2
             x_mean = x + step * score
             x = x_mean + torch.sqrt(2 * step) * noise
         # Reverse-diffusion predictor: variance sigma_i^2 - sigma_{i+1}^2.
         var = sigma**2 - sigma_next**2
         x_mean = x + var * score_fn(x, s)
-        x = x_mean + var**0.5 * _randn(x, generator)
+        x = x_mean + var**0.5 * _randn(x, generator, replicas)
         if callback is not None:
             callback(i, x_mean)
     return x_mean
@@ -77,6 +90,7 @@ def euler_maruyama(
     *,
     generator: torch.Generator | None = None,
     callback: Callback | None = None,
+    replicas: int = 1,
 ) -> torch.Tensor:
     """Euler-Maruyama on the reverse VE-SDE, in sigma: dx = d(sigma^2) score + sqrt(d(sigma^2))
     z."""
@@ -86,7 +100,7 @@ def euler_maruyama(
         # Euler step of g^2 dt = d(sigma^2) = 2 sigma d(sigma).
         var = 2 * sigma * (sigma - sigma_next)
         x_mean = x + var * score_fn(x, _sig(sigma, x))
-        x = x_mean + var**0.5 * _randn(x, generator)
+        x = x_mean + var**0.5 * _randn(x, generator, replicas)
         if callback is not None:
             callback(i, x_mean)
     return x_mean
@@ -100,10 +114,11 @@ def probability_flow_ode(
     *,
     generator: torch.Generator | None = None,
     callback: Callback | None = None,
+    replicas: int = 1,
 ) -> torch.Tensor:
     """Probability-flow ODE dx/dsigma = -sigma score (Heun), then a final denoising step at
     sigma_min."""
-    del generator  # deterministic; kept for the shared signature
+    del generator, replicas  # deterministic, each row on its own; kept for the shared signature
     x = x_init
     sig = sigmas.tolist()
     for i in range(len(sig) - 1):

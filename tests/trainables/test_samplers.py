@@ -81,3 +81,64 @@ def test_compiled_guided_sampling_matches_eager():
     assert counters["stats"]["unique_graphs"] >= 2  # the score model and the classifier
     assert torch.equal(y, y2)
     torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["pc", "em", "ode"])
+def test_replicas_give_each_copy_the_run_it_gets_alone(name):
+    """Three copies of a batch, each with its own score (a scale per copy), in one run: copy r is
+    what a run of that score alone gives (same noise: common random numbers; the PC corrector's
+    step per copy, not over the whole batch)."""
+    sde = VESDE(0.01, 5.0)
+    x_init = sde.prior_sample((6, 2), generator=torch.Generator().manual_seed(2)).double()
+    weights = torch.tensor([0.5, 1.0, 3.0], dtype=torch.float64)
+    sigmas = sde.discretize(25)
+    alone = [
+        get_sampler(name)(
+            lambda x, s, w=w: w * gaussian_score(x, s), x_init, sigmas,
+            generator=torch.Generator().manual_seed(5),
+        )
+        for w in weights
+    ]  # fmt: skip
+    per_row = weights.repeat_interleave(6)[:, None]
+    batch = get_sampler(name)(
+        lambda x, s: per_row * gaussian_score(x, s), x_init.repeat(3, 1), sigmas,
+        generator=torch.Generator().manual_seed(5), replicas=3,
+    )  # fmt: skip
+    torch.testing.assert_close(batch.reshape(3, 6, 2), torch.stack(alone), rtol=1e-10, atol=1e-10)
+
+
+def _toy_guided(method):
+    from trainables.config import from_flat
+    from trainables.data.toy import make_toy
+    from trainables.fit import TrainingSet, train_method
+
+    data = make_toy("gmm2", 200, 100, seed=0)
+    flat = {
+        "method": method, "data.label_percent": 20, "train.steps": 10, "train.steps_per_epoch": 10,
+        "train.batch_size": 32, "model.hidden": 16, "model.depth": 1, "sample.num_steps": 6,
+        "sample.num_per_class": 5, "sample.batch_size": 4,
+    }  # fmt: skip
+    config = from_flat(flat, base="toy")
+    return config, train_method(config, TrainingSet.split(data.x, data.y, 2, 20, 0))
+
+
+@pytest.mark.parametrize("method", ["CG", "CFG-all"])
+def test_a_batch_of_scales_gives_the_samples_each_scale_gives_alone(method):
+    """sample_scales: every scale of the batch (chunks of 4 samples, 3 chunks, classes mixed) is
+    what sample_classes draws at that scale alone; equal scales give identical samples (common
+    random numbers), other scales other samples."""
+    from dataclasses import replace
+
+    from trainables.evaluation.sampling import sample_classes, sample_scales
+
+    config, nets = _toy_guided(method)
+    scales = (0.5, 2.0, 2.0, 4.0)
+    batch, y = sample_scales(config, nets, 2, 2, scales)
+    assert batch.shape == (4, 10, 2)
+    for scale, drawn in zip(scales, batch):
+        at = replace(config, sample=replace(config.sample, guidance_scale=scale))
+        alone, y_alone = sample_classes(at, nets, 2, 2)
+        assert torch.equal(y, y_alone)
+        torch.testing.assert_close(drawn, alone, rtol=1e-5, atol=1e-5)
+    assert torch.equal(batch[1], batch[2])
+    assert not torch.allclose(batch[0], batch[3])
