@@ -5,9 +5,10 @@ Planned: every distinct network the trials need, found with the artifact cache's
 trains its own classifier), trained once: shared ones (study.stages: the score model, networks the
 "labeled" and "all" variants share at 100 % labels, the image evaluation classifier) as the first
 stage, by stage trials the scheduler runs before the trials that need them, then each cell's own.
-Sampling: per guided trial the validation sweep (every scale at guidance.val_num_per_class) plus
-one full evaluation. Naive: every trial
-retrains every network it uses, and every guidance scale is its own trial sampled in full. Counts
+Sampling: per guided trial the validation sweep as it runs (trainables.sweep: the race over the grid
+and the most probes its extension can add, at guidance.val_num_steps) plus one full evaluation.
+Naive: every trial retrains every network it uses, and every guidance scale is its own trial
+sampled in full. Counts
 are training steps and score-network evaluations of sampling (device-seconds depend on the machine:
 bench/ measures throughput).
 """
@@ -22,8 +23,24 @@ from study.errors import StudyError
 from study.progress import work_units
 from study.spec import StudySpec
 from study.stages import artifact_folders, knob_dependent, plan_stages
+from trainables.config import TrialConfig
 from trainables.names import GUIDED, SAMPLER_SCORE_EVALS, TOY_CLASSES, cell_label
 from trainables.registry import EVAL_CLASSIFIER, TERMS, artifact_config, get_method
+from trainables.sweep import extension_probes, first_round, race_samples
+
+
+def _sweep_evals(config: TrialConfig, scales: int, classes: int) -> float:
+    """Score evaluations of a trial's validation sweep as it runs (trainables.sweep): the race
+    over the grid and the most probes the extension can add (an upper bound: the probes stop
+    where the curve turns), at eval.val_num_steps; images race by successive halving."""
+    n_final = config.eval.val_num_per_class or max(8, config.sample.num_per_class // 4)
+    images = config.model.arch == "ncsnpp"
+    n_first = first_round(n_final, config.eval.val_halving) if images else n_final
+    if scales > 1:
+        scales += extension_probes(config.sample.guidance_grid, config.sample.guidance_cap)
+    steps = config.eval.val_num_steps or config.sample.num_steps
+    per = SAMPLER_SCORE_EVALS[config.sample.sampler] * steps * classes
+    return float(per * race_samples(scales, n_final, n_first))
 
 
 def _num_classes(dataset: str, config: object) -> int:
@@ -120,11 +137,11 @@ def make_plan(spec: StudySpec, check_store: bool = False) -> Plan:
                 work += units * count
         per = SAMPLER_SCORE_EVALS[config.sample.sampler] * config.sample.num_steps * classes
         full = per * config.sample.num_per_class
-        val_per_class = config.eval.val_num_per_class or max(8, config.sample.num_per_class // 4)
-        plan.score_evals += budget * (full + scales * per * val_per_class)
+        val = _sweep_evals(config, scales if method in GUIDED else 1, classes)
+        plan.score_evals += budget * (full + val)
         plan.score_evals_naive += budget * scales * full
         guidance = get_method(method).guidance
-        work += budget * work_units(0, 0, full + scales * per * val_per_class, guidance=guidance)
+        work += budget * work_units(0, 0, full + val, guidance=guidance)
         plan.cells[(method, pct)] = cell
         plan.work[(method, pct)] = work / max(1, budget)
     config = base

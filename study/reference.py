@@ -48,6 +48,10 @@ STUDY_KEYS: tuple[tuple[str, str, str], ...] = (
      "once; the best on validation is evaluated in full"),
     ("guidance.val_num_per_class", "a quarter of sample.num_per_class (>= 8)",
      "validation samples per class at each swept scale"),
+    ("guidance.halving", "true", "images: successive halving over the scales (a quarter of "
+     "val_num_per_class for every scale, twice as many for the better half, ..., all of them for "
+     "the survivors, which the choice is made among); false: every scale sampled in full"),
+    ("guidance.val_num_steps", "sample.num_steps", "sampler steps of the validation samples"),
     ("guidance", "-", "the in-trial sweep of the guidance scale"),
     ("resources", "-", "what each trial holds"),
     ("guidance.max_scale", "4 x the largest scale", "when the validation optimum is the grid's "

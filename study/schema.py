@@ -27,6 +27,7 @@ from pydantic import (
 
 from search_spaces.spaces import PAPER_GRID
 from trainables.config import (
+    MAX_COUNT,
     MAX_PER_CLASS,
     NonNegative,
     Percent,
@@ -142,6 +143,11 @@ class Guidance(_Section):
     # the sweep goes on past an optimum at the grid's largest scale up to this cap (default: 4 x
     # the largest scale; equal to it: the grid only)
     max_scale: Annotated[NonNegative, Field(le=1e6)] | None = None
+    # successive halving over the scales on images (default true): a quarter of val_num_per_class
+    # per class for every scale, twice as many for the better half, ..., all for the survivors
+    halving: bool | None = None
+    # validation sampler steps (default: the sampler's steps, sample.num_steps)
+    val_num_steps: Annotated[Int, Field(ge=1, le=MAX_COUNT)] | None = None
 
     @model_validator(mode="after")
     def _cap_above_grid(self) -> Guidance:

@@ -57,6 +57,8 @@ class StudySpec:
     guidance_scales: tuple[float, ...] = DEFAULT_GUIDANCE_SCALES
     val_num_per_class: int | None = None  # eval.val_num_per_class (None: the config's)
     guidance_cap: float | None = None  # sample.guidance_cap (None: 4 x the largest scale)
+    val_halving: bool | None = None  # eval.val_halving (None: the config's)
+    val_num_steps: int | None = None  # eval.val_num_steps (None: the config's)
     # Trained networks, content-addressed and shared by every study that points here (None: the
     # user-level default, $SC_GUIDANCE_ARTIFACT_STORE or ~/.cache/sc-guidance/artifacts; "study":
     # the study directory's own artifacts/). The saved spec pins the resolved folder.
@@ -105,8 +107,13 @@ class StudySpec:
             "sample.guidance_grid": tuple(self.guidance_scales),
             "sample.guidance_cap": cap,
         }
-        if self.val_num_per_class is not None:
-            guidance["eval.val_num_per_class"] = self.val_num_per_class
+        for key, value in (
+            ("eval.val_num_per_class", self.val_num_per_class),
+            ("eval.val_halving", self.val_halving),
+            ("eval.val_num_steps", self.val_num_steps),
+        ):
+            if value is not None:
+                guidance[key] = value
         return {
             **dict.fromkeys(SEED_KEYS, self.seed),
             **guidance,
@@ -153,6 +160,8 @@ class StudySpec:
                     else {}
                 ),
                 **({"max_scale": self.guidance_cap} if self.guidance_cap is not None else {}),
+                **({"halving": self.val_halving} if self.val_halving is not None else {}),
+                **({"val_num_steps": self.val_num_steps} if self.val_num_steps is not None else {}),
             },
             **{k: getattr(self, k) for k in optional if getattr(self, k) is not None},
         }
@@ -329,6 +338,8 @@ def validate(raw: dict, check_data: bool = True) -> StudySpec:
         guidance_scales=tuple(float(v) for v in guidance.scales),
         val_num_per_class=guidance.val_num_per_class,
         guidance_cap=guidance.max_scale,
+        val_halving=guidance.halving,
+        val_num_steps=guidance.val_num_steps,
         artifact_store=checked.artifact_store,
     )
     _check_trials(spec, errors, check_data=check_data)

@@ -214,6 +214,13 @@ class EvalConfig:
     # Validation split (selection of the guidance scale and of the lambdas; never the reported
     # numbers): samples per class per swept scale, 0 = a quarter of sample.num_per_class (>= 8).
     val_num_per_class: Annotated[int, _NUMBER, Field(ge=0, le=MAX_PER_CLASS)] = 0
+    # Images: successive halving over the swept scales (trainables.sweep): a quarter of
+    # val_num_per_class (>= 4) per class for every scale, twice as many for the better half, ...,
+    # val_num_per_class for the survivors. false: every scale sampled in full.
+    val_halving: bool = True
+    # Sampler steps of validation sampling; 0 = sample.num_steps. Fewer only where they rank the
+    # scales as the full sampler does (docs/benchmarks.md, "Validation sampler steps").
+    val_num_steps: OptionalCount = 0
     # Noise bands of the SC diagnostics (sc_ratio_band<i>: sigma in [edge_i, edge_i+1)), clipped to
     # [sde.sigma_min, sde.sigma_max].
     sc_bands: Edges = (0.01, 0.1, 1.0, 5.0, 20.0)

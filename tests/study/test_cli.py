@@ -613,6 +613,8 @@ def test_plan_predicts_what_the_search_spent_and_runs_nothing(finished_study, tm
     measured = re.search(r"\| training steps \| (\d+) \| (\d+) \|", spent)
     as_int = [int(g.replace(",", "")) for g in planned.groups()]
     assert as_int == [int(g) for g in measured.groups()]  # planned = spent, naive = naive
+    sampling = r"\| sampling score evaluations \| (\S+) \| (\S+) \|"
+    assert re.search(sampling, result.stdout).groups() == re.search(sampling, spent).groups()
     assert 0 < int(left.replace(",", "")) < as_int[0]
     assert "stage 1 (shared" in result.stdout and "score x1" in result.stdout
     # It ran nothing: no study file or trained network was created or touched.

@@ -5,18 +5,17 @@
 - generation.py + fid.py: FID, IS, intra-FID and generation accuracy of image samples, with the
   evaluation classifier (an artifact like any other) and cached reference statistics.
 - twin.py: exact metrics per noise band on the image twin (data.name twin), beside the proxies.
-- sampling.py: class-conditional sampling with a method's guided score; calibration.py: accuracy,
-ECE.
+- sampling.py: class-conditional sampling with a method's guided score (every scale of a sweep in
+  one batch; the validation sweep of the guidance scale, successive halving: trainables.sweep);
+  calibration.py: accuracy, ECE.
 
 `TrialEvaluator` is what the Ray worker calls: one object per trial, the image evaluator built once.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
-from typing import Any
+from dataclasses import replace
 
 import torch
 from torch import nn
@@ -29,56 +28,17 @@ from trainables.evaluation.generation import (
     build_evaluator,
     evaluate_generation,
 )
-from trainables.evaluation.images import evaluate_images
+from trainables.evaluation.images import evaluate_images, finished_samples
+from trainables.evaluation.sampling import sample_scales
 from trainables.evaluation.toy import evaluate_toy
 from trainables.evaluation.twin import evaluate_twin
 from trainables.fit import Distributed
 from trainables.names import SAMPLER_SCORE_EVALS
+from trainables.sweep import Curve, Sweep, first_round, race
 
 VAL_SEED_OFFSET = 7919  # validation draws (samples, evaluation points) use their own seeds
+BLOCK_SEED_STRIDE = 104_729  # a sweep's block of samples from index i per class: seed + stride * i
 Objectives = Sequence[tuple[str, str]]  # (metric, "min" | "max"), the first one selects
-
-
-@dataclass
-class Sweep:
-    """A guidance sweep on the validation split: the chosen scale, the validation metrics at it,
-    and the curve (scale -> the scale-dependent validation metrics)."""
-
-    scale: float
-    metrics: dict[str, float]
-    curve: dict[float, dict[str, float]] = field(default_factory=dict)
-
-
-def choose_scale(curve: dict[float, dict[str, float]], metric: str, mode: str) -> float | None:
-    """The scale whose finite validation value of metric is best (the first such in grid order);
-    None when no scale has a finite value or the metric does not depend on the scale."""
-    finite = [(s, m[metric]) for s, m in curve.items() if math.isfinite(m.get(metric, math.nan))]
-    if not finite:
-        return None
-    best = min if mode == "min" else max
-    return best(finite, key=lambda item: item[1])[0]
-
-
-MAX_HALVINGS = 3  # how far below the grid's smallest positive scale the sweep may go
-
-
-def next_scale(
-    curve: dict[float, Any], chosen: float | None, cap: float, grid: tuple[float, ...]
-) -> float | None:
-    """The scale to measure next when the chosen one is at an edge of the measured scales: above
-    the largest, the grid's last ratio (at least 2) times it, bounded by cap; below the smallest
-    (above 0), half of it, at most MAX_HALVINGS times below the grid's lowest scale. None when
-    the optimum is inside the curve, at the cap, or the cap is 0 or the grid's largest scale (the
-    grid only)."""
-    scales = sorted(curve)
-    if chosen is None or cap <= max(grid) or len(scales) < 2 or chosen <= 0:
-        return None
-    if chosen == scales[-1]:
-        ratio = scales[-1] / scales[-2] if scales[-2] > 0 else 2.0
-        return min(cap, chosen * max(2.0, ratio)) if chosen < cap else None
-    if chosen == scales[0] and chosen > min(grid) / 2**MAX_HALVINGS:
-        return chosen / 2
-    return None
 
 
 def _leads(distributed: Distributed | None) -> bool:
@@ -135,46 +95,114 @@ class TrialEvaluator:
         objectives: Objectives,
         distributed: Distributed | None = None,
     ) -> Sweep:
-        """Score every scale on the validation split; choose by the first objective.
-        distributed: as in __call__; every rank gets rank 0's chosen scale."""
+        """Sweep the scales on the validation split and choose by the first objective
+        (trainables.sweep.race; image trials race the scales by successive halving
+        unless eval.val_halving is off). distributed: as in __call__; every rank follows rank 0's
+        decisions and gets its chosen scale."""
         config = self.validation_config()
         fixed = {}
         if _leads(distributed) or not self.images:
             fixed = self._evaluate(config, networks, fixed=True, scaled=False)
-        curve = {}
+        n_final = config.sample.num_per_class
+        if self.images:
+            measure = self._image_measure(config, networks, distributed)
+            n_first = first_round(n_final, config.eval.val_halving)
+        else:
+            measure, n_first = self._toy_measure(config, networks), n_final
+        sweep = race(
+            scales,
+            measure,
+            objectives[0] if objectives else ("", "max"),
+            self.config.sample.guidance_cap,
+            n_final,
+            n_first,
+            agree=distributed.broadcast if distributed is not None else lambda decision: decision,
+        )
+        sweep.metrics = {**fixed, **sweep.metrics}
+        return sweep
 
-        def measure(scale: float) -> None:
-            curve[scale] = self._evaluate(
-                self._at(config, scale), networks, fixed=False, distributed=distributed
+    def _toy_measure(self, config: TrialConfig, networks: dict[str, nn.Module]):
+        """The toy's sweep measure: every scale on its own, in full (toy sampling is cheap)."""
+
+        def measure(scales: tuple[float, ...], n: int) -> Curve:
+            self.val_sampling_score_evals += len(scales) * self.sampling_score_evals(config)
+            return {s: self._evaluate(self._at(config, s), networks, fixed=False) for s in scales}
+
+        return measure
+
+    def _image_measure(
+        self,
+        config: TrialConfig,
+        networks: dict[str, nn.Module],
+        distributed: Distributed | None,
+    ):
+        """The image sweep's measure: draws the samples per class the scales lack (every scale of
+        the call in one batch, the block's seed from its position: common random numbers) and
+        measures each scale on all of its samples."""
+        drawn: dict[float, list[torch.Tensor]] = {}
+        unsampled: dict[float, dict[str, float]] = {}  # guided_dsm: no samples, once per scale
+        shape = tuple(self.data.test_x.shape[1:])
+        k = self.data.num_classes
+
+        def measure(scales: tuple[float, ...], n: int) -> Curve:
+            start = sum(block.shape[1] for block in drawn.get(scales[0], []))
+            block = replace(
+                config,
+                sample=replace(
+                    config.sample,
+                    num_per_class=n - start,
+                    seed=config.sample.seed + BLOCK_SEED_STRIDE * start,
+                ),
             )
-            self.val_sampling_score_evals += self.sampling_score_evals(config)
+            samples, _ = sample_scales(block, networks, k, shape, scales, self.device, distributed)
+            self.val_sampling_score_evals += len(scales) * self.sampling_score_evals(block)
+            curve, upto_n = {}, replace(config, sample=replace(config.sample, num_per_class=n))
+            for scale, new in zip(scales, samples):
+                drawn.setdefault(scale, []).append(new.reshape(k, n - start, *shape))
+                at = self._at(upto_n, scale)
+                if scale not in unsampled:
+                    unsampled[scale] = self._evaluate(
+                        at, networks, fixed=False, distributed=distributed, draw=False
+                    )
+                everything = torch.cat(drawn[scale], dim=1).reshape(k * n, *shape)
+                curve[scale] = {**unsampled[scale], **self._sampled(at, networks, everything,
+                                                                     distributed)}  # fmt: skip
+            return curve
 
-        for scale in dict.fromkeys(float(s) for s in scales):
-            measure(scale)
-        metric, mode = objectives[0] if objectives else ("", "max")
-        chosen = choose_scale(curve, metric, mode)
-        while True:  # an optimum at an edge: go on past it until the curve turns (or the cap)
-            beyond = next_scale(curve, chosen, self.config.sample.guidance_cap, tuple(scales))
-            if distributed is not None:  # rank 0 measured the curve: every rank follows it
-                beyond = distributed.broadcast(beyond)
-            if beyond is None:
-                break
-            measure(beyond)
-            chosen = choose_scale(curve, metric, mode)
-        if chosen is None:  # nothing to choose on: the plain conditional if swept, else the first
-            chosen = 1.0 if 1.0 in curve else next(iter(curve))
-        if distributed is not None:
-            chosen = distributed.broadcast(chosen)
-        return Sweep(chosen, {**fixed, **curve[chosen]}, curve)
+        return measure
+
+    def _sampled(
+        self,
+        config: TrialConfig,
+        networks: dict[str, nn.Module],
+        samples: torch.Tensor,
+        distributed: Distributed | None,
+    ) -> dict[str, float]:
+        """The validation metrics of class-ordered samples (config.sample.num_per_class per
+        class) at config's scale: finite fraction, FID / IS / intra-FID / accuracy, the twin's."""
+        samples, finite = finished_samples(samples, self.data)
+        metrics = {"sample_finite_fraction": finite} if _leads(distributed) else {}
+        if config.eval.fid:
+            metrics.update(self._generation(samples, config.sample.num_per_class, distributed))
+        if self.exact and _leads(distributed):
+            metrics.update(
+                evaluate_twin(config, networks, self.data, samples, fixed=False, scaled=True,
+                              device=self.device)
+            )  # fmt: skip
+        return metrics
 
     def validation_config(self) -> TrialConfig:
-        """The config of validation evaluations: other seeds, eval.val_num_per_class samples."""
+        """The config of validation evaluations: other seeds, eval.val_num_per_class samples,
+        eval.val_num_steps sampler steps."""
         config = self.config
         per_class = config.eval.val_num_per_class or max(8, config.sample.num_per_class // 4)
         return replace(
             config,
             sample=replace(
-                config.sample, seed=config.sample.seed + VAL_SEED_OFFSET, num_per_class=per_class
+                config.sample,
+                seed=config.sample.seed + VAL_SEED_OFFSET,
+                num_per_class=per_class,
+                num_steps=config.eval.val_num_steps or config.sample.num_steps,
             ),
             eval=replace(config.eval, seed=config.eval.seed + VAL_SEED_OFFSET),
         )
@@ -193,8 +221,10 @@ class TrialEvaluator:
         fixed: bool,
         scaled: bool = True,
         distributed: Distributed | None = None,
+        draw: bool = True,
     ) -> dict[str, float]:
-        """Validation metrics (the fixed or the scale-dependent part) under config."""
+        """Validation metrics (the fixed or the scale-dependent part) under config; draw=False:
+        only those that need no samples."""
         if not self.images:
             return evaluate_toy(
                 config, networks, self.data, held_out=self._toy_val_rows(), fixed=fixed,
@@ -202,11 +232,11 @@ class TrialEvaluator:
             )  # fmt: skip
         metrics, samples = evaluate_images(
             config, networks, self.data, device=self.device, split="val", fixed=fixed,
-            scaled=scaled, distributed=distributed,
+            scaled=scaled, distributed=distributed, draw=draw,
         )  # fmt: skip
         if samples is not None and config.eval.fid:
             metrics.update(self._generation(samples, config.sample.num_per_class, distributed))
-        if self.exact and _leads(distributed):
+        if self.exact and _leads(distributed) and (draw or not scaled):
             metrics.update(
                 evaluate_twin(config, networks, self.data, samples, fixed=fixed, scaled=scaled,
                               device=self.device)

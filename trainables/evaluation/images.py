@@ -104,6 +104,7 @@ def evaluate_images(
     fixed: bool = True,
     scaled: bool = True,
     distributed: Distributed | None = None,
+    draw: bool = True,
 ) -> tuple[dict[str, float], torch.Tensor | None]:
     """Image metrics on held-out data that need no feature extractor, and guided samples in [0, 1].
 
@@ -117,7 +118,8 @@ def evaluate_images(
     split: "test" or "val" rows (held_out_rows). fixed: the metrics that do not depend on the
     guidance scale; scaled: guided_dsm and the samples (None when not scaled). distributed: the
     trial's data-parallel group; the samples are drawn in shares by every rank (sample_classes),
-    the other metrics by rank 0 alone (the other ranks return none).
+    the other metrics by rank 0 alone (the other ranks return none). draw: False leaves the
+    samples out (the guidance sweep draws its own: trainables.sweep).
     """
     if distributed is not None and distributed.rank != 0:  # a share of the samples, no metric
         return {}, _samples(config, networks, data, device, distributed)[0] if scaled else None
@@ -134,7 +136,7 @@ def evaluate_images(
             metrics["score_dsm"] = dsm["score_dsm"]
     if fns.logits_fn is not None and fixed:
         metrics.update(_classifier_block(config, fns.logits_fn, x_all, y_all, device, batch_size))
-    if not scaled:
+    if not scaled or not draw:
         return metrics, None
     samples, metrics["sample_finite_fraction"] = _samples(
         config, networks, data, device, distributed
@@ -173,6 +175,12 @@ def _samples(
     samples, _ = sample_classes(
         config, networks, data.num_classes, shape, device, distributed=distributed
     )
+    return finished_samples(samples, data)
+
+
+def finished_samples(samples: torch.Tensor, data: ImageData) -> tuple[torch.Tensor, float]:
+    """Drawn samples on the CPU, clamped to [0, 1] (not the twin's: its images are the mixture's
+    own, unbounded), and the fraction of them that was finite before clamping."""
     samples = samples.detach().cpu()
     finite = torch.isfinite(samples.flatten(1)).all(1).double().mean().item()
     return (samples if data.dist is not None else samples.clamp(0, 1)), finite

@@ -60,17 +60,14 @@ def sample_scales(
     for all of them, the sampler's replicas), so scale g's samples are the ones sample_classes gives
     at g alone.
 
-    dim: features (flat data) or (C, H, W). The prior draw is made on the CPU, so samples do not
-    depend on the device. Under data parallelism (distributed) rank r samples the chunks i with
-    i % world_size == r and every rank ends with all of them: each chunk's noise depends on i only,
-    so the samples are the ones a single process draws.
+    dim: features or (C, H, W). The prior is drawn on the CPU (samples do not depend on the
+    device). Under data parallelism rank r samples the chunks i with i % world_size == r and every
+    rank ends with all: a chunk's noise depends on i only (the samples one process draws).
     """
-    dist = distributed or Distributed()
+    dist, sde = distributed or Distributed(), VESDE.from_config(config.sde)
     method = get_method(config.method)
-    sde = VESDE.from_config(config.sde)
-    if config.sample.compile:
-        networks = _compiled(networks)
-    fns = model_fns(networks, num_classes=num_classes)
+    nets = _compiled(networks) if config.sample.compile else networks
+    fns = model_fns(nets, num_classes=num_classes)
     y = torch.arange(num_classes).repeat_interleave(config.sample.num_per_class).to(device)
     gen = torch.Generator().manual_seed(config.sample.seed)
     shape = (len(y), dim) if isinstance(dim, int) else (len(y), *dim)

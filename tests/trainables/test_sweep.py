@@ -1,0 +1,149 @@
+"""The guidance sweep's race (trainables.sweep): successive halving over the scales on
+rigged noisy validation curves, whose values at every (scale, samples per class) are fixed in
+advance, so the full sweep and the race read the same numbers where they measure the same thing."""
+
+import math
+import random
+
+import pytest
+import torch
+
+from trainables.sweep import first_round, race, race_samples, survivors
+
+GRID = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
+
+
+def rigged(optimum: float, seed: int, noise: float = 0.3):
+    """A validation curve |log2 s - log2 optimum| (lower is better) plus noise of standard
+    deviation noise * sqrt(4 / n) at n samples per class, drawn once per (scale, n)."""
+    calls: list[tuple[tuple[float, ...], int]] = []
+
+    def value(scale: float, n: int) -> float:
+        rng = random.Random(f"{seed}:{scale}:{n}")
+        return abs(math.log2(scale / optimum)) + rng.gauss(0, noise * math.sqrt(4 / n))
+
+    def measure(scales, n):
+        calls.append((tuple(scales), n))
+        return {s: {"fid": value(s, n), "other": 1.0} for s in scales}
+
+    return measure, calls
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_halving_picks_the_scale_the_full_sweep_picks_on_a_noisy_curve(seed):
+    optimum = random.Random(seed).choice([0.7, 1.4, 2.9, 5.5, 11.0])
+    measure, calls = rigged(optimum, seed)
+    full = race(GRID, measure, ("fid", "min"), cap=16.0, n_final=16, n_first=16)
+    assert calls == [(GRID, 16)]  # no halving: every scale in full, once
+    calls.clear()
+    halved = race(GRID, measure, ("fid", "min"), cap=16.0, n_final=16, n_first=4)
+    assert halved.scale == full.scale
+    assert halved.reached[halved.scale] == 16  # the choice is measured with the full samples
+    assert halved.metrics["fid"] == full.curve[full.scale]["fid"]
+    assert [n for _, n in calls] == [4, 8, 16]
+    assert [len(s) for s, _ in calls] == [6, 3, 2]
+    drawn = sum(len(s) * (n - dict(zip((4, 8, 16), (0, 4, 8)))[n]) for s, n in calls)
+    assert drawn == race_samples(6, 16, 4) == 52 < 6 * 16
+
+
+def test_an_edge_optimum_is_bracketed_by_cheap_probes_then_raced():
+    """Optimum at 12 beyond the grid's top 4 (cap 64): probes 8, 16, then 32 at the first
+    round's samples, the race among grid and probes; the full
+    sweep (no halving) goes the same way at full samples and picks the same scale."""
+    measure, calls = rigged(12.0, seed=1, noise=0.05)
+    grid = (0.5, 1.0, 2.0, 4.0)
+    full = race(grid, measure, ("fid", "min"), cap=64.0, n_final=16, n_first=16)
+    calls.clear()
+    halved = race(grid, measure, ("fid", "min"), cap=64.0, n_final=16, n_first=4)
+    assert halved.scale == full.scale == 16.0
+    # Probes at the first round's samples until the curve turns (32 is worse than 16), then the
+    # race over grid and probes.
+    assert calls[:4] == [(grid, 4), ((8.0,), 4), ((16.0,), 4), ((32.0,), 4)]
+    assert calls[4:] == [((4.0, 8.0, 16.0, 32.0), 8), ((8.0, 16.0), 16)]
+    assert halved.reached[16.0] == 16 and halved.reached[0.5] == 4
+
+
+def test_survivors_keep_the_better_half_with_unmeasured_scales_last():
+    curve = {1.0: {"m": 3.0}, 2.0: {"m": 1.0}, 4.0: {"m": math.nan}, 8.0: {"m": 2.0}}
+    assert survivors((1.0, 2.0, 4.0, 8.0), curve, "m", "min") == (2.0, 8.0)
+    assert survivors((1.0, 2.0, 4.0, 8.0), curve, "m", "max") == (1.0, 8.0)
+    assert survivors((1.0, 2.0, 4.0), curve, "m", "min") == (1.0, 2.0)  # ceil(3 / 2), in order
+
+
+def test_first_round_and_its_cost():
+    assert first_round(16, True) == 4 and first_round(16, False) == 16
+    assert first_round(6, True) == 4 and first_round(3, True) == 3  # at least 4, at most n_final
+    assert race_samples(4, 16, 4) == 4 * 4 + 2 * 4 + 1 * 8
+    assert race_samples(5, 16, 16) == 80
+    assert race_samples(1, 16, 4) == 16 and race_samples(2, 32, 4) == 2 * 4 + 28
+
+
+def test_one_scale_is_measured_once_in_full():
+    measure, calls = rigged(2.0, seed=0)
+    sweep = race((1.0,), measure, ("fid", "min"), cap=4.0, n_final=16, n_first=4)
+    assert calls == [((1.0,), 16)] and sweep.scale == 1.0
+
+
+def test_a_metric_no_scale_has_keeps_the_plain_conditional():
+    measure, _ = rigged(2.0, seed=0)
+    sweep = race(GRID, measure, ("absent", "min"), cap=16.0, n_final=16, n_first=4)
+    assert sweep.scale == 1.0 and sweep.reached[1.0] == 16
+
+
+def test_the_choice_is_made_among_the_survivors_at_full_samples():
+    """A metric biased by the sample count (here lower at fewer samples): an eliminated scale's
+    early value (1.0 at 4 samples: 1.585 - 2.5) is never compared with the survivors'
+    full-sample values (4.0 at 16: 0.415 - 0.625)."""
+
+    def measure(scales, n):
+        return {s: {"fid": abs(math.log2(s / 3.0)) - 10.0 / n} for s in scales}
+
+    sweep = race(GRID, measure, ("fid", "min"), cap=16.0, n_final=16, n_first=4)
+    assert sweep.scale == 4.0
+    assert sweep.reached == {0.5: 4, 1.0: 4, 2.0: 16, 4.0: 16, 8.0: 8, 16.0: 4}
+
+
+def _image_sweep(tmp_path, halving):
+    from trainables.config import from_flat
+    from trainables.data.images import make_images
+    from trainables.evaluation import TrialEvaluator
+    from trainables.fit import build
+    from trainables.methods import get_method
+
+    flat = {
+        "method": "CG", "data.num_train": 64, "data.num_test": 64, "sample.num_per_class": 8,
+        "sample.batch_size": 64, "sample.num_steps": 6, "eval.num_points": 32,
+        "eval.val_num_per_class": 16, "eval.val_halving": halving, "eval.val_num_steps": 3,
+        "eval.classifier_steps": 20, "eval.cache_dir": str(tmp_path), "eval.prdc_k": 0,
+        "sample.guidance_grid": (0.5, 1.0, 2.0, 4.0), "sample.guidance_cap": 4.0,
+    }  # fmt: skip
+    config = from_flat(flat, base="tiny-images")
+    data = make_images(config.data)
+    torch.manual_seed(0)
+    networks = {
+        a.network: build(a, config, tuple(data.x.shape[1:]), data.num_classes).eval()
+        for a in get_method("CG").artifacts
+    }
+    evaluator = TrialEvaluator(config, data)
+    sweep = evaluator.validate(networks, (0.5, 1.0, 2.0, 4.0), (("intra_fid", "min"),))
+    return sweep, evaluator.val_sampling_score_evals, config
+
+
+def test_an_image_sweep_races_the_scales_and_counts_what_it_sampled(tmp_path):
+    """tiny-images, CG: the race samples 4 + 2 x 4 + 1 x 8 = 32 per class summed over the scales
+    instead of 4 x 16, at eval.val_num_steps (3 PC steps: 2 score evaluations each); the chosen
+    scale is measured on 16 per class, and its validation metrics are the curve's. study plan
+    counts what it sampled."""
+    from study.plan import _sweep_evals
+
+    sweep, evals, config = _image_sweep(tmp_path, halving=True)
+    assert _sweep_evals(config, 4, 4) == evals
+    assert evals == race_samples(4, 16, 4) * 4 * 3 * 2 == 32 * 24
+    assert sweep.reached[sweep.scale] == 16 and sorted(sweep.reached.values()) == [4, 4, 8, 16]
+    assert sweep.metrics["intra_fid"] == sweep.curve[sweep.scale]["intra_fid"]
+    assert {"clf_accuracy", "guided_dsm", "fid", "sample_finite_fraction"} <= set(sweep.metrics)
+    full, full_evals, config = _image_sweep(tmp_path, halving=False)
+    assert _sweep_evals(config, 4, 4) == full_evals == 4 * 16 * 4 * 3 * 2
+    assert set(full.reached.values()) == {16}
+    # guided_dsm needs no samples: the same in both.
+    assert full.curve[1.0]["guided_dsm"] == sweep.curve[1.0]["guided_dsm"]
