@@ -122,7 +122,8 @@ def evaluate_images(
     samples out (the guidance sweep draws its own: trainables.sweep).
     """
     if distributed is not None and distributed.rank != 0:  # a share of the samples, no metric
-        return {}, _samples(config, networks, data, device, distributed)[0] if scaled else None
+        drawn = scaled and draw
+        return {}, _samples(config, networks, data, device, distributed)[0] if drawn else None
     fns = model_fns(networks, num_classes=data.num_classes)
     rows = held_out_rows(data, config.eval.num_points, split)
     x_all, y_all = data.test_x[rows], data.test_y[rows]
