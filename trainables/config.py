@@ -335,12 +335,12 @@ BASE_CONFIGS: dict[str, dict[str, Any]] = {
         # (sample std 0.56 after 1200 steps vs 0.16 with PC-100; data 0.3), PC-100 matches the data.
         "sample.sampler": "pc",
         "sample.num_steps": 100,
-        # The guidance sweep's validation samples with PC-50: on tiny-images and shapes (CG, 20 %,
-        # 2 seeds each) it ranks the scales as PC-100 does within PC-100's own seed-to-seed
-        # agreement (Spearman 1.00 / 0.94 and 0.83 / 1.00 against 0.94 and 0.83) and chose the same
-        # scale in 3 of 4 curves, the fourth within PC-100's noise (bench/val_steps_agreement.py,
-        # docs/benchmarks.md "Validation sampler steps").
-        "eval.val_num_steps": 50,
+        # The guidance sweep's validation samples with PC-25: on tiny-images and shapes (CG, 20 %,
+        # 2 seeds each) PC-50 and PC-25 alike rank the scales as PC-100 does within PC-100's own
+        # seed-to-seed agreement (Spearman 1.00 / 0.94 and 0.83 / 1.00 against 0.94 and 0.83) and
+        # chose the same scale in 3 of 4 curves, the fourth within PC-100's noise
+        # (bench/val_steps_agreement.py, docs/benchmarks.md "Validation sampler steps").
+        "eval.val_num_steps": 25,
         "eval.sigmas": (0.05, 0.2, 1.0),
         "eval.num_points": 256,
         "eval.feature_extractor": "eval_classifier",

@@ -145,5 +145,9 @@ def test_an_image_sweep_races_the_scales_and_counts_what_it_sampled(tmp_path):
     full, full_evals, config = _image_sweep(tmp_path, halving=False)
     assert _sweep_evals(config, 4, 4) == full_evals == 4 * 16 * 4 * 3 * 2
     assert set(full.reached.values()) == {16}
-    # guided_dsm needs no samples: the same in both.
-    assert full.curve[1.0]["guided_dsm"] == sweep.curve[1.0]["guided_dsm"]
+    # guided_dsm needs no samples: the same in both, measured (it does not select here) only at
+    # the scales that reached the full samples.
+    assert full.curve[sweep.scale]["guided_dsm"] == sweep.metrics["guided_dsm"]
+    assert {s for s, m in sweep.curve.items() if "guided_dsm" in m} == {
+        s for s, n in sweep.reached.items() if n == 16
+    }

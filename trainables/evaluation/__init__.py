@@ -37,6 +37,7 @@ from trainables.names import SAMPLER_SCORE_EVALS
 from trainables.sweep import Curve, Sweep, first_round, race
 
 VAL_SEED_OFFSET = 7919  # validation draws (samples, evaluation points) use their own seeds
+SAMPLE_FREE = ("guided_dsm",)  # scale-dependent image metrics measured without samples
 BLOCK_SEED_STRIDE = 104_729  # a sweep's block of samples from index i per class: seed + stride * i
 Objectives = Sequence[tuple[str, str]]  # (metric, "min" | "max"), the first one selects
 
@@ -105,7 +106,8 @@ class TrialEvaluator:
             fixed = self._evaluate(config, networks, fixed=True, scaled=False)
         n_final = config.sample.num_per_class
         if self.images:
-            measure = self._image_measure(config, networks, distributed)
+            metric = objectives[0][0] if objectives else ""
+            measure = self._image_measure(config, networks, distributed, metric)
             n_first = first_round(n_final, config.eval.val_halving)
         else:
             measure, n_first = self._toy_measure(config, networks), n_final
@@ -135,12 +137,16 @@ class TrialEvaluator:
         config: TrialConfig,
         networks: dict[str, nn.Module],
         distributed: Distributed | None,
+        metric: str,
     ):
         """The image sweep's measure: draws the samples per class the scales lack (every scale of
         the call in one batch, the block's seed from its position: common random numbers) and
-        measures each scale on all of its samples."""
+        measures each scale on all of its samples. The metrics that need no samples (guided_dsm)
+        are measured once per scale, at every scale when they select, else only at the scales
+        that reach the full samples (the others are dropped on the samples' metrics)."""
         drawn: dict[float, list[torch.Tensor]] = {}
         unsampled: dict[float, dict[str, float]] = {}  # guided_dsm: no samples, once per scale
+        n_final = config.sample.num_per_class
         shape = tuple(self.data.test_x.shape[1:])
         k = self.data.num_classes
 
@@ -160,13 +166,13 @@ class TrialEvaluator:
             for scale, new in zip(scales, samples):
                 drawn.setdefault(scale, []).append(new.reshape(k, n - start, *shape))
                 at = self._at(upto_n, scale)
-                if scale not in unsampled:
+                if scale not in unsampled and (n == n_final or metric in SAMPLE_FREE):
                     unsampled[scale] = self._evaluate(
                         at, networks, fixed=False, distributed=distributed, draw=False
                     )
                 everything = torch.cat(drawn[scale], dim=1).reshape(k * n, *shape)
-                curve[scale] = {**unsampled[scale], **self._sampled(at, networks, everything,
-                                                                     distributed)}  # fmt: skip
+                curve[scale] = {**unsampled.get(scale, {}),
+                                **self._sampled(at, networks, everything, distributed)}  # fmt: skip
             return curve
 
         return measure
