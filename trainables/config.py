@@ -355,6 +355,7 @@ BASE_CONFIGS["twin"] = {
     "data.name": "twin",
     "data.flip": False,
     "data.num_classes": 10,
+    "eval.val_num_steps": 0,  # the full sampler: fewer steps were not measured on the twin
 }
 BASE_CONFIGS["cifar100"] = {**BASE_CONFIGS["cifar10"], "data.name": "cifar100"}
 BASE_CONFIGS["cifar10-small"] = {
