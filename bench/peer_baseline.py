@@ -106,8 +106,9 @@ def baseline_trial(config: dict) -> None:
     metrics, _ = evaluator(networks, scale=sweep.scale)
     result = {f"val/{m}": sweep.metrics[m] for m, _ in objectives}
     result |= {m: metrics[m] for m, _ in objectives}
+    if scale is not None:  # a guided trial's scale (Cond has none)
+        result["guidance_scale"] = sweep.scale
     result |= {
-        "guidance_scale": sweep.scale,
         COST_KEYS[0]: evaluator.sampling_score_evals(),
         COST_KEYS[1]: evaluator.val_sampling_score_evals,
         "cost/train_seconds": trained - started,
