@@ -181,6 +181,16 @@ BAD_INPUTS += [
         "guidance.val_num_per_class: must be less than or equal to 100000",
     ),
     (
+        "zero validation sampler steps",
+        lambda p: _write(p, "guidance: {val_num_steps: 0}\n"),
+        "guidance.val_num_steps: must be greater than or equal to 1",
+    ),
+    (
+        "halving not a boolean",
+        lambda p: _write(p, "guidance: {halving: sometimes}\n"),
+        "guidance.halving: ",
+    ),
+    (
         "nan choice",
         lambda p: _write(p, "search: {loss.lambda_sc: {choices: [.nan, 1]}}\n"),
         "search.loss.lambda_sc.choices[0]",
