@@ -172,6 +172,11 @@ CURVE_METRICS = (
 CURVE_PREFIX = "curve/"
 
 
+# The samples per class a swept scale was measured on (the guidance sweep's race drops scales
+# early: trainables.sweep), a curve entry beside the metrics.
+CURVE_SAMPLES = "val_samples_per_class"
+
+
 def curve_key(metric: str, scale: float) -> str:
     """The flat metric holding metric's validation value at one swept scale, e.g.
     curve/gen_accuracy/g1.5."""

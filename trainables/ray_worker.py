@@ -263,12 +263,15 @@ def _curve_metrics(sweep: Sweep, objectives: tuple[tuple[str, str], ...]) -> dic
     """The validation curve as flat metrics curve/<metric>/g<scale> (objectives and the papers'
     curve metrics; names.curve_key)."""
     keep = {m for m, _ in objectives} | set(names.CURVE_METRICS)
-    return {
+    curve = {
         names.curve_key(metric, scale): value
         for scale, metrics in sweep.curve.items()
         for metric, value in metrics.items()
         if metric in keep
     }
+    for scale, reached in sweep.reached.items():  # the race: samples per class each scale got
+        curve[names.curve_key(names.CURVE_SAMPLES, scale)] = float(reached)
+    return curve
 
 
 def _plot_curve(sweep: Sweep, objectives: tuple[tuple[str, str], ...], path: Path) -> None:
@@ -281,8 +284,14 @@ def _plot_curve(sweep: Sweep, objectives: tuple[tuple[str, str], ...], path: Pat
     metrics = [m for m, _ in objectives] or sorted(next(iter(sweep.curve.values())))[:1]
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.5 * len(metrics), 3.2), squeeze=False)
     scales = sorted(sweep.curve)
+    full = max(sweep.reached.values(), default=0)
+    early = [s for s in scales if sweep.reached.get(s, full) < full]  # dropped by the race
     for ax, metric in zip(axes[0], metrics):
         ax.plot(scales, [sweep.curve[s].get(metric, math.nan) for s in scales], marker="o")
+        if early:
+            ax.plot(early, [sweep.curve[s].get(metric, math.nan) for s in early], "o",
+                    color="white", markeredgecolor="C0",
+                    label="dropped early (fewer samples)")  # fmt: skip
         ax.axvline(sweep.scale, color="grey", linestyle="--", label=f"chosen {sweep.scale:g}")
         ax.set_xlabel("guidance scale gamma (lambda_CG; 1 + w for CFG)")
         ax.set_ylabel(f"validation {metric}")

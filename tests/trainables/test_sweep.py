@@ -151,3 +151,25 @@ def test_an_image_sweep_races_the_scales_and_counts_what_it_sampled(tmp_path):
     assert {s for s, m in sweep.curve.items() if "guided_dsm" in m} == {
         s for s, n in sweep.reached.items() if n == 16
     }
+
+
+def test_the_trials_curve_keeps_the_samples_each_scale_was_measured_on(tmp_path):
+    """The run's curve metrics hold, beside the objective's values, the samples per class each
+    scale reached, and the trial's curve plot marks the scales the race dropped early."""
+    from trainables import names
+    from trainables.ray_worker import _curve_metrics, _plot_curve
+    from trainables.sweep import Sweep
+
+    sweep = Sweep(
+        4.0, {"intra_fid": 1.0},
+        {1.0: {"intra_fid": 9.0}, 2.0: {"intra_fid": 3.0}, 4.0: {"intra_fid": 1.0}},
+        {1.0: 4, 2.0: 8, 4.0: 16},
+    )  # fmt: skip
+    curve = _curve_metrics(sweep, (("intra_fid", "min"),))
+    samples = names.CURVE_SAMPLES
+    assert curve[names.curve_key(samples, 1.0)] == 4.0
+    assert curve[names.curve_key(samples, 4.0)] == 16.0
+    assert curve[names.curve_key("intra_fid", 2.0)] == 3.0
+    assert all(names.is_diagnostic(key) for key in curve)  # in diagnostics.json, not the metrics
+    _plot_curve(sweep, (("intra_fid", "min"),), tmp_path / "curve.png")
+    assert (tmp_path / "curve.png").stat().st_size > 0
