@@ -222,7 +222,9 @@ def _study_answers(folder: Path, name: str, objective) -> tuple[dict, float]:
 
     runs = load_runs(f"sqlite:///{folder / 'studies' / name / 'mlflow.db'}", name)
     val = f"val/{objective.metric}"
-    runs = runs[runs["stage"].eq("search") & runs.get(val, math.nan).notna()]
+    if val not in runs:
+        raise SystemExit(f"{folder}: no search trial reported {val}; see its log.txt")
+    runs = runs[runs["stage"].eq("search") & runs[val].notna()]
     rows = runs.to_dict("records")
     return _answers(rows, objective), float(sum(r[k] for r in rows for k in COST_KEYS))
 

@@ -26,19 +26,18 @@ from study.stages import artifact_folders, knob_dependent, plan_stages
 from trainables.config import TrialConfig
 from trainables.names import GUIDED, SAMPLER_SCORE_EVALS, TOY_CLASSES, cell_label
 from trainables.registry import EVAL_CLASSIFIER, TERMS, artifact_config, get_method
-from trainables.sweep import extension_probes, first_round, race_samples
+from trainables.sweep import extension_probes, first_round, race_samples, validation_size
 
 
 def _sweep_evals(config: TrialConfig, scales: int, classes: int) -> float:
     """Score evaluations of a trial's validation sweep as it runs (trainables.sweep): the race
     over the grid and the most probes the extension can add (an upper bound: the probes stop
     where the curve turns), at eval.val_num_steps; images race by successive halving."""
-    n_final = config.eval.val_num_per_class or max(8, config.sample.num_per_class // 4)
+    n_final, steps = validation_size(config)
     images = config.model.arch == "ncsnpp"
     n_first = first_round(n_final, config.eval.val_halving) if images else n_final
     if scales > 1:
         scales += extension_probes(config.sample.guidance_grid, config.sample.guidance_cap)
-    steps = config.eval.val_num_steps or config.sample.num_steps
     per = SAMPLER_SCORE_EVALS[config.sample.sampler] * steps * classes
     return float(per * race_samples(scales, n_final, n_first))
 

@@ -19,6 +19,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from trainables.config import TrialConfig
+
 Curve = dict[float, dict[str, float]]  # scale -> the scale-dependent validation metrics
 # (scales, samples per class) -> every scale's metrics measured on that many samples per class
 Measure = Callable[[tuple[float, ...], int], Curve]
@@ -65,6 +67,14 @@ def next_scale(
     if chosen == scales[0] and chosen > min(grid) / 2**MAX_HALVINGS:
         return chosen / 2
     return None
+
+
+def validation_size(config: TrialConfig) -> tuple[int, int]:
+    """(samples per class, sampler steps) of the sweep's full validation measurement:
+    eval.val_num_per_class (0: a quarter of sample.num_per_class, at least 8) and
+    eval.val_num_steps (0: sample.num_steps)."""
+    per_class = config.eval.val_num_per_class or max(8, config.sample.num_per_class // 4)
+    return per_class, config.eval.val_num_steps or config.sample.num_steps
 
 
 def first_round(n_final: int, halving: bool) -> int:

@@ -34,7 +34,7 @@ from trainables.evaluation.toy import evaluate_toy
 from trainables.evaluation.twin import evaluate_twin
 from trainables.fit import Distributed
 from trainables.names import SAMPLER_SCORE_EVALS
-from trainables.sweep import Curve, Sweep, first_round, race
+from trainables.sweep import Curve, Sweep, first_round, race, validation_size
 
 VAL_SEED_OFFSET = 7919  # validation draws (samples, evaluation points) use their own seeds
 SAMPLE_FREE = ("guided_dsm",)  # scale-dependent image metrics measured without samples
@@ -201,14 +201,14 @@ class TrialEvaluator:
         """The config of validation evaluations: other seeds, eval.val_num_per_class samples,
         eval.val_num_steps sampler steps."""
         config = self.config
-        per_class = config.eval.val_num_per_class or max(8, config.sample.num_per_class // 4)
+        per_class, steps = validation_size(config)
         return replace(
             config,
             sample=replace(
                 config.sample,
                 seed=config.sample.seed + VAL_SEED_OFFSET,
                 num_per_class=per_class,
-                num_steps=config.eval.val_num_steps or config.sample.num_steps,
+                num_steps=steps,
             ),
             eval=replace(config.eval, seed=config.eval.seed + VAL_SEED_OFFSET),
         )
@@ -230,7 +230,7 @@ class TrialEvaluator:
         draw: bool = True,
     ) -> dict[str, float]:
         """Validation metrics (the fixed or the scale-dependent part) under config; draw=False:
-        only those that need no samples."""
+        guided_dsm only (the sweep measures the rest on its own samples: _sampled)."""
         if not self.images:
             return evaluate_toy(
                 config, networks, self.data, held_out=self._toy_val_rows(), fixed=fixed,
