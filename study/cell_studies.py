@@ -1,6 +1,6 @@
 """The Optuna side of a study's search: one Optuna study per (method, label %) cell in optuna.db,
-asked for configurations the cell has not run and told how each trial ended; and the repairs of a
-killed driver (trials left RUNNING failed, trials told FAIL that a resume finished healed)."""
+asked for configurations the cell has not run and told how each trial ended. The cells' studies are
+the study's state: a session starts by settling the trials a gone driver left RUNNING."""
 
 from __future__ import annotations
 
@@ -13,14 +13,12 @@ import optuna
 
 from search_spaces import cell_points, suggest_knobs
 from trainables.names import (
-    LABEL_PERCENT_KEY,
-    METHOD_KEY,
     TUNED_KEYS,
     VALIDATION_PREFIX,
     cell_label,
-    parse_cell_label,
 )
 from trainables.records import TrialRecords, is_final
+from trainables.storage import Place
 
 Cell = tuple[str, float]  # (method, label %)
 Objectives = list[tuple[str, str]]  # (validation metric, "min" | "max")
@@ -68,7 +66,7 @@ def objective_values(result: dict | None, objectives: Objectives) -> list[float]
 class CellStudies:
     """The cells' Optuna studies, each created on first use with its own seeded TPE (NSGA-II for
     several objectives) and, when it searches, the paper's point enqueued as its first trial.
-    Pickled without the open studies (they live in their storage)."""
+    """
 
     MAX_REPEATS = 20  # proposals in a row that repeat a run configuration: the cell is done
 
@@ -88,7 +86,8 @@ class CellStudies:
         self._studies: dict[Cell, optuna.Study] = {}
 
     def __getstate__(self) -> dict:
-        """Everything but the open Optuna studies."""
+        """Everything but the open Optuna studies (Tune pickles its searcher into the experiment
+        folder, which no session reads back)."""
         return {**self.__dict__, "_studies": {}}
 
     def study(self, cell: Cell) -> optuna.Study:
@@ -152,8 +151,7 @@ class CellStudies:
 
     def tell(self, cell: Cell, number: int, result: dict | None, error: bool) -> None:
         """The trial's end: its objective values; FAIL for an error or a non-finite value, PRUNED
-        for a trial stopped before its final evaluation (ASHA). Replays after a restore (Optuna
-        already holds the end) are ignored."""
+        for a trial stopped before its final evaluation (early stopping)."""
         values = [(result or {}).get(metric) for metric, _ in self.objectives]
         if not is_final(result):  # stopped before its final evaluation
             values = [None]
@@ -163,6 +161,7 @@ class CellStudies:
             state, told = STATE.PRUNED, None
         elif not all(math.isfinite(float(v)) for v in values):
             state, told = STATE.FAIL, None
+            self._mark(cell, number, "diverged")  # run again it would diverge again: no retry
         else:
             state, told = None, [float(v) for v in values]
         try:
@@ -170,7 +169,25 @@ class CellStudies:
                 number, told if len(values) > 1 or told is None else told[0], state=state
             )
         except (optuna.exceptions.UpdateFinishedTrialError, ValueError, RuntimeError):
-            pass  # replayed after a restore: Optuna already holds its result
+            pass  # already told (settled from its record)
+
+    def _mark(self, cell: Cell, number: int, attr: str) -> None:
+        """Set a user attribute (True) on a running trial of the cell."""
+        study = self.study(cell)
+        internal = study._storage.get_trial_id_from_study_id_trial_number(study._study_id, number)
+        try:
+            study._storage.set_trial_user_attr(internal, attr, True)
+        except (optuna.exceptions.UpdateFinishedTrialError, RuntimeError):
+            pass  # already finished
+
+    def rerun(self, cell: Cell, trial_id: str, number: int, knobs: dict) -> int:
+        """A new trial of the cell running the knobs of its failed trial number once more (linked
+        to it by the user attribute rerun_of); its Optuna number."""
+        study = self.study(cell)
+        study.enqueue_trial(knobs, user_attrs={"rerun_of": number}, skip_if_exists=False)
+        asked = self.ask(cell, trial_id, lambda key: True)
+        assert asked is not None
+        return asked[0]
 
     def link_run(self, cell: Cell, number: int, record_root: str, trial_id: str) -> None:
         """The Optuna trial's user attribute mlflow_run_id, from the run record the tracker wrote
@@ -184,85 +201,49 @@ class CellStudies:
         try:
             storage.set_trial_user_attr(internal, "mlflow_run_id", run_id)
         except (optuna.exceptions.UpdateFinishedTrialError, RuntimeError, OSError):
-            pass  # replayed after a restore: the trial is finished and already linked
+            pass  # already finished (settled from its record)
 
-    def spent(
-        self, cell: Cell, live: Collection[int] | None = None, lost: Collection[int] = ()
-    ) -> int:
-        """Trials the cell has spent: finished, failed (but not lost with a killed driver), pruned
-        (not as a repeat) and running (those in live only, when live is given)."""
+    def retries(self, cell: Cell) -> list[tuple[int, dict]]:
+        """(number, knobs) of the cell's FAIL trials that no later trial ran again: a trial that
+        errored or was lost with a killed driver. A session runs each once more (Optuna's
+        RetryFailedTrialCallback pattern), within the cell's budget."""
         trials = self.study(cell).get_trials(deepcopy=False)
+        rerun = {t.user_attrs.get("rerun_of") for t in trials}
+        return [
+            (t.number, dict(t.params))
+            for t in trials
+            if t.state == STATE.FAIL and t.number not in rerun and not t.user_attrs.get("diverged")
+        ]
+
+    def spent(self, cell: Cell, retrying: Collection[int] = ()) -> int:
+        """Trials the cell has spent: finished, running, pruned (not as a repeat), and failed
+        unless run again (or being run again: retrying)."""
+        trials = self.study(cell).get_trials(deepcopy=False)
+        rerun = {t.user_attrs.get("rerun_of") for t in trials}
         return sum(
-            (t.state == STATE.RUNNING and (live is None or t.number in live))
-            or t.state == STATE.COMPLETE
+            t.state in (STATE.COMPLETE, STATE.RUNNING)
             or (t.state == STATE.PRUNED and not t.user_attrs.get("repeat"))
-            or (t.state == STATE.FAIL and t.number not in lost)
+            or (t.state == STATE.FAIL and t.number not in rerun and t.number not in retrying)
             for t in trials
         )
 
 
-def heal_failed_trials(spec: object, study_dir: Path, finished: set[str]) -> int:
-    """Optuna trials told FAIL whose Tune trial a resume then ran to its end (finished: the Tune
-    trial ids Tune holds TERMINATED; the searcher is not told again, Tune's concurrency limiter
-    forgot the trial when it failed): told the values of the trial's final record instead, so
-    that Optuna, MLflow and the summary count it once, finished. Returns how many."""
-    objectives = [(selection_metric(o.metric), o.mode) for o in spec.objectives]
-    storage = optuna_storage(study_dir)
-    healed = 0
-    for name in optuna.get_all_study_names(storage):
-        if not name.startswith(f"{spec.name}/"):
-            continue
-        study = optuna.load_study(study_name=name, storage=storage)
-        for trial in study.get_trials(deepcopy=False, states=[STATE.FAIL]):
-            tune_id = trial.user_attrs.get("tune_trial_id")
-            if tune_id not in finished:
-                continue
-            final = TrialRecords.of(spec.study_place(study_dir) / "trials", str(tune_id)).final()
-            values = objective_values(final, objectives)
-            if values is None:
-                continue
-            reopen_failed_trial(study, trial.number)
-            fresh = optuna.load_study(study_name=name, storage=optuna_storage(study_dir))
-            fresh.tell(trial.number, values if len(values) > 1 else values[0])
-            healed += 1
-    return healed
-
-
-def reopen_failed_trial(study: optuna.Study, number: int) -> None:
-    """Set a FAIL trial of the study back to RUNNING, so that it can be told its real end (a
-    resume ran it again). Optuna's API never changes a finished trial; its RDB schema (table
-    trials: state, datetime_complete; stable since Optuna 2) is updated directly."""
-    import sqlalchemy  # Optuna's own dependency, needed only here
-
-    storage = study._storage
-    internal = storage.get_trial_id_from_study_id_trial_number(study._study_id, number)
-    if storage.get_trial(internal).state != STATE.FAIL:
-        return
-    engine = getattr(storage, "engine", None) or storage._backend.engine  # cached or plain RDB
-    with engine.begin() as connection:
-        connection.execute(
-            sqlalchemy.text(
-                "UPDATE trials SET state = 'RUNNING', datetime_complete = NULL "
-                "WHERE trial_id = :id AND state = 'FAIL'"
-            ),
-            {"id": internal},
-        )
-
-
-def fail_orphaned_trials(spec: object, study_dir: Path) -> list[dict]:
-    """Optuna trials still RUNNING once every Tune trial has ended were handed out to trials that
-    Tune never recorded (the driver was killed before its next experiment checkpoint): mark them
-    FAIL and return their configurations, so the study can run them again."""
-    storage = optuna_storage(study_dir)
-    names = optuna.get_all_study_names(storage)
-    orphans = []
-    for name in [n for n in names if n == spec.name or n.startswith(f"{spec.name}/")]:
-        study = optuna.load_study(study_name=name, storage=storage)
-        cell = {}
-        if name != spec.name:  # a cell study: its trials hold the knobs only
-            method, pct = parse_cell_label(name.removeprefix(f"{spec.name}/"))
-            cell = {METHOD_KEY: method, LABEL_PERCENT_KEY: pct}
+def settle_trials(studies: CellStudies, record_root: str) -> int:
+    """A session's start (and end): every Optuna trial still RUNNING belonged to a driver that is
+    gone (the study's driver lease rules out a live one). Told its result when its trial's final
+    record holds one (it finished, the driver died before telling), else FAIL, so the next session
+    runs its configuration again (CellStudies.retries). Returns how many were settled."""
+    Place(record_root).pull()  # an object store's records into this machine's mirror
+    settled = 0
+    for cell in studies.cells:
+        study = studies.study(cell)
         for trial in study.get_trials(deepcopy=False, states=[STATE.RUNNING]):
-            study.tell(trial.number, state=STATE.FAIL)
-            orphans.append({**cell, **trial.params})
-    return orphans
+            tune_id = trial.user_attrs.get("tune_trial_id")
+            final = TrialRecords.of(record_root, str(tune_id)).final() if tune_id else None
+            values = objective_values(final, studies.objectives)
+            if values is not None:
+                study.tell(trial.number, values if len(values) > 1 else values[0])
+            else:
+                study.tell(trial.number, state=STATE.FAIL)
+            settled += 1
+    return settled

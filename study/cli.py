@@ -28,7 +28,6 @@ from study.runner import (
 from study.server import check_port, server_launch
 from study.spec import SpecError, load_spec
 from study.stages import plan_stages
-from study.trust import check_trusted, trust_study
 from study.views import VIEW_TAG, VIEW_TITLES, view_path, write_views
 from trainables.names import SHARED_STAGE, SPEC_FILE, cell_label
 
@@ -214,9 +213,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.resume_dir is not None:
         study_dir, spec = load_study_spec(args.resume_dir)
         check_ledger(study_dir, spec)
-        if args.trust:
-            trust_study(study_dir, spec)
-        check_trusted(study_dir, spec)
     else:
         spec = load_spec(args.spec)
         study_dir = study_dir_for(spec)
@@ -333,7 +329,6 @@ def cmd_final(args: argparse.Namespace) -> int:
     points = final_points(  # reads MLflow only
         study_dir, spec, args.seeds, overrides, allow_missing=args.allow_missing
     )
-    check_trusted(study_dir, spec)
     quiet_libraries(args.verbose)
     start = time.perf_counter()
     count = run_final(study_dir, spec, seeds=args.seeds, verbose=verbosity(args), points=points)
@@ -544,22 +539,16 @@ def _add_verbosity(command: Any) -> None:
 
 
 def _add_run_and_resume(sub: Any) -> None:
-    """study run [SPEC]; study resume DIR [--trust] [--add-trials N]."""
+    """study run [SPEC]; study resume DIR [--add-trials N]."""
     run = sub.add_parser(
         "run", help="run a study from a spec file or preset (default: the toy study)"
     )
     run.add_argument("spec", nargs="?", default=None, help="YAML spec file or preset name")
     _add_verbosity(run)
-    run.set_defaults(func=cmd_run, resume_dir=None, trust=False, add_trials=None)
+    run.set_defaults(func=cmd_run, resume_dir=None, add_trials=None)
     resume = sub.add_parser("resume", help="resume an interrupted study")
     resume.add_argument("resume_dir", metavar="DIR")
     _add_verbosity(resume)
-    resume.add_argument(
-        "--trust",
-        action="store_true",
-        help="resume a study folder this user's 'study run' did not create (its Tune state is "
-        "unpickled: only for folders you trust)",
-    )
     resume.add_argument(
         "--add-trials",
         type=int,

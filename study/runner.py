@@ -27,7 +27,6 @@ from study.progress import Progress
 from study.spec import SEED_KEYS, StudySpec, resolve, validate
 from study.stages import StageGate, plan_stages
 from study.trial import StudyContext, trial_driver
-from study.trust import check_signed, sign_experiment, trust_study
 from study.views import write_views
 from trainables.config import to_flat
 from trainables.context import TrialContext
@@ -43,8 +42,6 @@ from trainables.names import (
     cell_label,
 )
 from trainables.storage import Place, rehomed
-
-MAX_RERUNS = 3  # rounds of re-running lost configurations within one resume
 
 __all__ = ["StudyError", "StudyInterrupted", "load_study_spec", "run_study", "study_dir_for"]
 
@@ -196,60 +193,21 @@ def _study_context(spec: StudySpec, study_dir: Path) -> Any:
     )
 
 
-def _tuner(
-    spec: StudySpec,
-    study_dir: Path,
-    trainable: Any,
-    tracker: Any,
-    resume: bool,
-    rerun: list[dict] | None = None,
-    extend: bool = False,
-) -> Any:
-    """The study's Tuner: restored (resume) or new, with the searcher, the scheduler and the MLflow
-    tracker; given rerun, a new experiment running exactly those configurations; given extend, a
-    new experiment spending the cells' enlarged budgets (resume --add-trials)."""
-    from ray import tune
-
-    from study.search import make_scheduler, make_searcher
-
-    count = len(_experiments(study_dir, spec))
-    name = spec.name
-    if rerun is not None:
-        name = f"{spec.name}-rerun{count}"
-    elif extend:
-        name = f"{spec.name}-more{count}"
-    experiment = str(spec.study_place(study_dir) / "tune" / name)  # a folder or a URI
-    if resume and rerun is None and not extend and tune.Tuner.can_restore(experiment):
-        check_signed(study_dir, spec)  # again, just before Tune unpickles (resume checked it)
-        tuner = tune.Tuner.restore(experiment, trainable, resume_errored=True)
-        sign_experiment(spec, study_dir, name)  # tuner.pkl as the restore rewrote it
-        return tuner
-    searcher = make_searcher(spec, study_dir, points=rerun)
-    samples = searcher.total
-    if extend:
-        searcher.recount()  # what every cell has spent so far, from optuna.db
-        samples = max(1, searcher.remaining + searcher.gate.count)
-    return new_tuner(
-        spec, study_dir, name, trainable, tracker, searcher, samples, make_scheduler(spec)
-    )
-
-
 def new_tuner(
     spec: StudySpec,
     study_dir: Path,
-    name: str,
+    stage: str,
     trainable: Any,
     tracker: Any,
     searcher: Any,
     samples: int,
     scheduler: Any = None,
 ) -> Any:
-    """A new Tune experiment `name` in the study's storage (the one place a Tuner is built): the
-    searcher and scheduler, the MLflow tracker, the signer of its state; its tuner.pkl signed."""
+    """A new Tune experiment for one session of the study (the one place a Tuner is built): the
+    searcher and scheduler, the MLflow tracker. Tune runs the trials and forgets them: its
+    experiment folder (tune/<stage>-<time>-<id>) is never read back, nothing of it restored."""
     from ray import tune
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
-
-    from study.tracking import StateSigner
 
     # Tune's own per-trial logs stay (progress.csv, result.json); its TensorBoard logger is off
     # (study.cluster.init_ray).
@@ -261,63 +219,31 @@ def new_tuner(
         max_concurrent_trials=spec.resources.max_concurrent_trials,
         reuse_actors=True,
     )
+    name = f"{stage}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     run_config = tune.RunConfig(
         name=name,
         storage_path=str(spec.study_place(study_dir) / "tune"),
-        callbacks=[tracker, StateSigner(str(study_dir / "tune"), name), *loggers],
+        callbacks=[tracker, *loggers],
         verbose=0,
     )
-    tuner = tune.Tuner(trainable, tune_config=tune_config, run_config=run_config)
-    sign_experiment(spec, study_dir, name)  # tuner.pkl, written by the Tuner just made
-    return tuner
+    return tune.Tuner(trainable, tune_config=tune_config, run_config=run_config)
 
 
-def _experiments(study_dir: Path, spec: StudySpec) -> list[Path]:
-    """The study's Tune experiments: the main one and the re-runs after resumes (in this machine's
-    mirror of an object store, copied from it first)."""
-    (spec.study_place(study_dir) / "tune").pull()
-    tune_dir = study_dir / "tune"
-    main = [tune_dir / spec.name] if (tune_dir / spec.name).is_dir() else []
-    others = [f"{spec.name}-{kind}*" for kind in ("rerun", "more", "final")]
-    return main + [p for pattern in others for p in sorted(tune_dir.glob(pattern))]
+def _fit_search(spec: StudySpec, study_dir: Path, trainable: Any, tracker: Any) -> bool:
+    """One search session: a new Tuner whose searcher spends what the cells' budgets still allow
+    (read from optuna.db, the trials a gone driver left settled first); True if a Ctrl-C stopped
+    it. A study with nothing left to run starts no trial."""
+    from study.search import CellSearcher, make_scheduler
 
-
-def _known_trials(study_dir: Path, spec: StudySpec) -> dict[str, str]:
-    """Trial id -> Tune's status of it, from the saved state of every Tune experiment of the
-    study."""
-    from ray import tune
-
-    known: dict[str, str] = {}
-    for experiment in _experiments(study_dir, spec):
-        try:
-            known |= {t.trial_id: t.status for t in tune.ExperimentAnalysis(str(experiment)).trials}
-        except (ValueError, FileNotFoundError, RuntimeError):
-            pass  # killed before its first experiment checkpoint: no trial of it is known
-    return known
-
-
-def _fit_all(
-    spec: StudySpec,
-    study_dir: Path,
-    trainable: Any,
-    tracker: Any,
-    resume: bool,
-    extend: bool = False,
-) -> bool:
-    """Run (or restore, or extend) the study's experiment, then run again every configuration
-    handed out to a trial that a killed driver never recorded; True if a Ctrl-C stopped it."""
-    from study.cell_studies import fail_orphaned_trials
-
-    tuner = _tuner(spec, study_dir, trainable, tracker, resume, extend=extend)
-    _, interrupted = _fit_noting_interrupt(tuner)
-    for _ in range(MAX_RERUNS):
-        orphans = [] if interrupted else fail_orphaned_trials(spec, study_dir)
-        if not orphans:
-            break
-        print(f"running {len(orphans)} configuration(s) again that a killed driver never recorded")
-        rerun = _tuner(spec, study_dir, trainable, tracker, resume=False, rerun=orphans)
-        _, interrupted = _fit_noting_interrupt(rerun)
-    return interrupted
+    searcher = CellSearcher(spec, study_dir)
+    if not searcher.total:
+        print(f"nothing left to run in {study_dir}: every cell has spent its budget")
+        return False
+    scheduler = make_scheduler(spec, searcher)
+    tuner = new_tuner(
+        spec, study_dir, "search", trainable, tracker, searcher, searcher.total, scheduler
+    )
+    return _fit_noting_interrupt(tuner)[1]
 
 
 EVALUATION_CACHE_KEY = "eval.cache_dir"
@@ -350,7 +276,6 @@ def _save_spec(spec: StudySpec, study_dir: Path, uri: str) -> None:
     tmp.write_text(yaml.safe_dump(saved, sort_keys=False))
     os.replace(tmp, study_dir / SPEC_FILE)
     place.push(study_dir / SPEC_FILE)
-    trust_study(study_dir, spec)
 
 
 def _session(
@@ -411,7 +336,7 @@ def _run_session(
 ) -> None:
     """Run fit(trainable, tracker) -> interrupted?, then reconcile MLflow with what Tune knows:
     exactly one run per trial, none left RUNNING; the parent run says how it ended."""
-    from study.cell_studies import heal_failed_trials
+    from study.search import settle_study
     from study.tracking import reconcile
 
     start = time.perf_counter()
@@ -432,12 +357,11 @@ def _run_session(
         outcome = "KILLED"
         raise
     finally:
-        known = _known_trials(study_dir, spec)
-        records = study_dir / "trials"
         (spec.study_place(study_dir) / "trials").pull()  # an object store's records, mirrored
-        reconcile(uri, exp_id, known_trials=set(known), study_id=spec.study_id, record_root=records)
-        if stage == "search":  # failed trials a resume ran to their end: finished in Optuna too
-            heal_failed_trials(spec, study_dir, {t for t, s in known.items() if s == "TERMINATED"})
+        records = study_dir / "trials"
+        reconcile(uri, exp_id, study_id=spec.study_id, record_root=records)
+        if stage == "search":  # trials a Ctrl-C stopped: FAIL in the ledger, run again on resume
+            settle_study(spec, study_dir)
         client.set_terminated(parent, outcome)
     client.log_metric(parent, f"study/{stage}_wall_seconds", time.perf_counter() - start, step=step)
 
@@ -475,7 +399,7 @@ def run_study(
         _save_spec(spec, study_dir, uri)
 
     def fit(trainable: Any, tracker: Any) -> bool:
-        return _fit_all(spec, study_dir, trainable, tracker, resume, extend=add_trials > 0)
+        return _fit_search(spec, study_dir, trainable, tracker)
 
     _run_session(spec, study_dir, uri, verbose, "search", fit, study_progress(spec))
     return study_dir
@@ -565,17 +489,13 @@ def run_final(
     if points is None:
         points = final_points(study_dir, spec, seeds, dict(overrides or {}))
     study_dir, uri = prepare(spec, resume=True)
-    final_runs = [
-        e for e in _experiments(study_dir, spec) if e.name.startswith(f"{spec.name}-final")
-    ]
-    name = f"{spec.name}-final{len(final_runs)}"
     store = spec.artifact_place(spec.study_place(study_dir))
     stages, needs = plan_stages(points, spec.trial_config, store)
 
     def fit(trainable: Any, tracker: Any) -> bool:
         searcher = PointSearcher(points, StageGate(stages), needs)
         samples = len(points) + len(stages)
-        tuner = new_tuner(spec, study_dir, name, trainable, tracker, searcher, samples)
+        tuner = new_tuner(spec, study_dir, "final", trainable, tracker, searcher, samples)
         return _fit_noting_interrupt(tuner)[1]
 
     progress = study_progress(spec, seeds=seeds)
@@ -590,7 +510,7 @@ def _cell(point: dict[str, Any]) -> tuple[str, float]:
 
 
 class StudyInterrupted(KeyboardInterrupt):
-    """Ctrl-C stopped the study; Tune saved its state, so `study resume DIR` continues it."""
+    """Ctrl-C stopped the study; `study resume DIR` runs what its cells have not finished."""
 
     def __init__(self, study_dir: Path) -> None:
         super().__init__(str(study_dir))

@@ -32,7 +32,6 @@ from trainables.config import (
     NonNegative,
     Percent,
     Positive,
-    Real,
     shown,
 )
 from trainables.names import METHODS
@@ -166,7 +165,7 @@ class Scheduler(_Section):
     type: Literal["fifo", "asha"] = "fifo"
     metric: Text | None = None  # asha: the objective it compares (default the first)
     grace_period: Annotated[Int, Field(ge=1, le=10**6)] = 1  # asha: epochs before a stop
-    reduction_factor: Annotated[Real, Field(gt=1, le=1000)] = 2.0  # asha: keep 1 in this many
+    reduction_factor: Annotated[Int, Field(ge=2, le=1000)] = 2  # asha: keep 1 in this many
 
     def to_dict(self) -> dict | str:
         """As YAML holds it."""

@@ -1,29 +1,33 @@
 """The Tune searchers and scheduler a study runs: one Optuna study per (method, label %) cell with
-an equal budget per cell (CellSearcher), exactly given configurations (PointSearcher; RerunSearcher
-for search trials a killed driver lost), and ASHA that keeps every cell's first trial."""
+an equal budget per cell (CellSearcher), exactly given configurations (PointSearcher), and early
+stopping decided per cell from the ledger (CellHalving).
+
+Tune runs trials and forgets them: every session builds a new Tuner, whose searcher reads what the
+cells have spent from their Optuna studies (optuna.db, the study's one state); nothing of Tune's is
+saved for a later session or restored from one."""
 
 from __future__ import annotations
 
-import pickle
 from pathlib import Path
 from typing import Any
 
-from ray.tune.schedulers import ASHAScheduler, TrialScheduler
+from optuna.pruners import SuccessiveHalvingPruner
+from optuna.study import StudyDirection
+from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 from ray.tune.search import Searcher
 
 from study.cell_budgets import CellBudgets
-from study.cell_studies import Cell, CellStudies, config_key, default_knobs, selection_metric
-from study.older_state import (
-    FinalResultOptunaSearch,  # noqa: F401  (older studies' pickles name it here)
-    cell_searcher_state,
-    point_searcher_state,
+from study.cell_studies import (
+    Cell,
+    CellStudies,
+    default_knobs,
+    selection_metric,
+    settle_trials,
 )
-from study.recovery import finished_records, recover_cells
-from study.signing import note_staging
 from study.spec import StudySpec
 from study.stages import StageGate, plan_stages
 from trainables.names import LABEL_PERCENT_KEY, METHOD_KEY, TUNED_KEYS
-from trainables.records import EVAL_EPOCH_KEY
+from trainables.records import EVAL_EPOCH_KEY, is_final
 
 
 class _TellsOptuna:
@@ -55,6 +59,14 @@ class _TellsOptuna:
         self.optuna.tell(cell, number, result, error)
 
 
+def settle_study(spec: StudySpec, study_dir: Path) -> int:
+    """Settle the trials a stopped session left RUNNING in the cells' studies (study.cell_studies.
+    settle_trials); how many."""
+    holder = _TellsOptuna()
+    holder._open_cell_studies(spec, study_dir, searches=True)
+    return settle_trials(holder.optuna, holder.record_root)
+
+
 class CellSearcher(_TellsOptuna, Searcher):
     """One Optuna study per (method, label %) cell, an equal budget per cell, interleaved.
 
@@ -63,52 +75,36 @@ class CellSearcher(_TellsOptuna, Searcher):
     paper's point (study.cell_studies). The next trial goes to the open cell with the fewest
     trials (study.cell_budgets). A cell with no knob (Cond) trains once. A configuration a cell
     has already run (or failed) is never run again: a repeat the sampler proposes is told PRUNED
-    and it is asked again. Restored after a kill, it runs again what the kill lost
-    (study.recovery).
+    and it is asked again. What each cell has spent is read from its Optuna study when the
+    searcher is made: trials a gone driver left RUNNING are settled first (study.cell_studies.
+    settle_trials), and every failed trial not yet run again is run once more, first, within the
+    cell's budget.
     """
 
     def __init__(self, spec: StudySpec, study_dir: Path) -> None:
         self._open_cell_studies(spec, study_dir, searches=True)
         super().__init__(metric=self.objectives[0][0], mode=self.objectives[0][1])
+        settle_trials(self.optuna, self.record_root)
+        self.retry = {cell: self.optuna.retries(cell) for cell in self.cells}
         self.budgets = CellBudgets(self.cells, spec.cell_budgets())
-        self.requeued: set[tuple[Cell, tuple]] = set()  # lost configurations to run once more
-        self.lost: set[tuple[Cell, int]] = set()  # their Optuna trials (FAIL, not spent)
+        for cell in self.cells:
+            retrying = [number for number, _ in self.retry[cell]]
+            self.budgets.asked[cell] = self.optuna.spent(cell, retrying)
         # Shared networks as their own stage (study.stages): handed out first; a cell waits for
         # the stages its first configuration needs, the other slots run cells that need none.
         points = [
             {METHOD_KEY: c[0], LABEL_PERCENT_KEY: c[1], **default_knobs(c, self.optuna.ranges)}
             for c in self.cells
         ]
+        open_cells = set(self.budgets.open())
+        points = [p for p, c in zip(points, self.cells) if c in open_cells]
         store = spec.artifact_place(spec.study_place(study_dir))
         stages, needs = plan_stages(points, spec.trial_config, store)
         self.gate = StageGate(stages)
-        self.cell_needs = dict(zip(self.cells, needs))
-
-    def __setstate__(self, state: dict) -> None:
-        """Unpickled with Tune's experiment state, also from an older layout."""
-        self.__dict__.update(cell_searcher_state(state))
+        self.cell_needs = dict(zip([c for c in self.cells if c in open_cells], needs))
 
     def save(self, checkpoint_path: str) -> None:
-        """Tune's searcher checkpoint (and the note that Tune is saving: study.signing)."""
-        Path(checkpoint_path).write_bytes(pickle.dumps(self.__dict__))
-        note_staging(Path(checkpoint_path).parent)
-
-    def restore(self, checkpoint_path: str) -> None:
-        """Back to the state save wrote; then every configuration handed out after that save (its
-        Optuna trial RUNNING, its Tune trial lost with the killed driver) is marked FAIL and queued
-        again, so the cell's budget is spent on it and no Optuna trial stays RUNNING."""
-        self.__setstate__(pickle.loads(Path(checkpoint_path).read_bytes()))
-        # Stage trials live at the save are in Tune's saved state too (it saves both together)
-        # and run again; those handed out after it are still pending here.
-        finished = finished_records(self.record_root, self.cells)
-        spent = recover_cells(self.optuna, self.live, finished, self.lost, self.requeued)
-        self.budgets.asked.update(spent)
-
-    def recount(self) -> None:
-        """Count each cell's spent trials from its Optuna study (a searcher extending a finished
-        study: `study resume DIR --add-trials N`)."""
-        for cell in self.cells:
-            self.budgets.asked[cell] = self.optuna.spent(cell)
+        """Nothing: the cells' Optuna studies are the state (Tune asks at its checkpoints)."""
 
     @property
     def remaining(self) -> int:
@@ -117,8 +113,8 @@ class CellSearcher(_TellsOptuna, Searcher):
 
     @property
     def total(self) -> int:
-        """The study's trial budget (Tune's num_samples): the cells' and the stage trials."""
-        return self.budgets.total + self.gate.count
+        """Trials this session hands out (Tune's num_samples): the cells' and the stage trials."""
+        return self.budgets.remaining + self.gate.count if self.budgets.remaining else 0
 
     def suggest(self, trial_id: str) -> dict | str | None:
         """The next trial's config: a stage trial while any is left, else the least-tried open
@@ -140,17 +136,18 @@ class CellSearcher(_TellsOptuna, Searcher):
             self.budgets.close(cell)  # the sampler only repeats itself: the cell is done
 
     def _ask(self, trial_id: str, cell: Cell) -> dict | None:
-        """A configuration the cell has not run (or one lost with a killed driver), else None."""
-        ran = self.optuna.ran(cell)
-        if not TUNED_KEYS[cell[0]] and ran and not any(c == cell for c, _ in self.requeued):
-            return None  # nothing to tune and already run: the cell is done
-        asked = self.optuna.ask(
-            cell, trial_id, lambda key: (cell, key) in self.requeued or key not in ran
-        )
-        if asked is None:
-            return None
-        number, knobs = asked
-        self.requeued.discard((cell, config_key(knobs)))
+        """A failed configuration to run once more, else one the cell has not run, else None."""
+        if self.retry[cell]:
+            failed, knobs = self.retry[cell].pop(0)
+            number = self.optuna.rerun(cell, trial_id, failed, knobs)
+        else:
+            ran = self.optuna.ran(cell)
+            if not TUNED_KEYS[cell[0]] and ran:
+                return None  # nothing to tune and already run: the cell is done
+            asked = self.optuna.ask(cell, trial_id, lambda key: key not in ran)
+            if asked is None:
+                return None
+            number, knobs = asked
         self.budgets.spend(cell)
         self.live[trial_id] = (cell, number)
         return {METHOD_KEY: cell[0], LABEL_PERCENT_KEY: cell[1], **knobs}
@@ -196,11 +193,10 @@ class PointSearcher(Searcher):
             return None
         if self.needs:
             self.needs.pop(index)
-        return self._hand_out(trial_id, self.points.pop(index))
+        return self.points.pop(index)
 
-    def _hand_out(self, trial_id: str, point: dict) -> dict:
-        """The configuration the trial runs."""
-        return point
+    def save(self, checkpoint_path: str) -> None:
+        """Nothing: a session of `study final` is planned afresh from the study's records."""
 
     def on_trial_complete(
         self, trial_id: str, result: dict | None = None, error: bool = False
@@ -208,93 +204,65 @@ class PointSearcher(Searcher):
         """Only a stage trial's end matters (its configurations may start)."""
         self.gate.complete(trial_id)
 
-    def save(self, checkpoint_path: str) -> None:
-        """Tune's searcher checkpoint: the configurations and stages not yet handed out."""
-        state = {"points": self.points, "gate": self.gate, "needs": self.needs}
-        Path(checkpoint_path).write_bytes(pickle.dumps(state))
-        note_staging(Path(checkpoint_path).parent)
 
-    def restore(self, checkpoint_path: str) -> None:
-        """Back to the state save wrote (stage trials then in flight are Tune's to run again)."""
-        state = point_searcher_state(pickle.loads(Path(checkpoint_path).read_bytes()))
-        self.points, self.gate, self.needs = state["points"], state["gate"], state["needs"]
+class _Rungs:
+    """What Optuna's SuccessiveHalvingPruner reads of a study (its trials, its storage, its
+    direction), with the direction of the guard metric: a cell study of several objectives has
+    no single direction of its own."""
 
+    def __init__(self, study: Any, direction: StudyDirection) -> None:
+        self._study, self._storage, self.direction = study, study._storage, direction
 
-class RerunSearcher(_TellsOptuna, PointSearcher):
-    """Search configurations a killed driver lost (study.cell_studies.fail_orphaned_trials), run
-    once more in order: each becomes a new Optuna trial of its cell and is told its end, so the
-    cell's history and budget count it as the search trial it is."""
-
-    def __init__(self, spec: StudySpec, study_dir: Path, points: list[dict]) -> None:
-        store = spec.artifact_place(spec.study_place(study_dir))
-        stages, needs = plan_stages(points, spec.trial_config, store)
-        super().__init__(points, StageGate(stages), needs)
-        self._open_cell_studies(spec, study_dir, searches=False)
-
-    def _hand_out(self, trial_id: str, point: dict) -> dict:
-        """The point as a new Optuna trial of its cell (enqueued, then asked)."""
-        cell = (point[METHOD_KEY], float(point[LABEL_PERCENT_KEY]))
-        knobs = {k: point[k] for k in TUNED_KEYS[cell[0]] if k in point}
-        self.optuna.study(cell).enqueue_trial(knobs)
-        number, knobs = self.optuna.ask(cell, trial_id, lambda key: True)
-        self.live[trial_id] = (cell, number)
-        return {METHOD_KEY: cell[0], LABEL_PERCENT_KEY: cell[1], **knobs}
+    def get_trials(self, deepcopy: bool = False) -> list:
+        """The cell's trials, with the rung values the pruner stored on them."""
+        return self._study.get_trials(deepcopy=deepcopy)
 
 
-def make_searcher(
-    spec: StudySpec, study_dir: Path, points: list[dict] | None = None
-) -> CellSearcher | RerunSearcher:
-    """The study's searcher: per-cell Optuna studies in optuna.db (or the lost points again)."""
-    if points is not None:
-        return RerunSearcher(spec, study_dir, points)
-    return CellSearcher(spec, study_dir)
+class CellHalving(FIFOScheduler):
+    """Early stopping decided from the ledger (asynchronous successive halving per cell).
 
-
-def _cell(trial: Any) -> tuple[Any, Any]:
-    """A Tune trial's (method, label %) cell."""
-    return trial.config.get(METHOD_KEY), trial.config.get(LABEL_PERCENT_KEY)
-
-
-class CellAwareASHA(ASHAScheduler):
-    """ASHA that never stops the first trial of a (method, label %) cell.
-
-    ASHA compares every trial with every other; without this, a method that is weak early would
-    lose all its trials at the first rung and its cell in the comparison table would hold an
-    undertrained model. Protected trials still feed the rungs, so they set the bar for the others.
+    Each search trial's per-epoch guard value (EVAL_EPOCH_KEY epochs of its last artifact) is
+    written to its cell's Optuna trial as an intermediate value, and Optuna's
+    SuccessiveHalvingPruner compares it with the values the cell's other trials reached at the
+    same rung, read from optuna.db: a resumed study goes on with the rungs it had, and a trial is
+    compared only with its own cell's (a method weak early does not lose its trials to another
+    method's). The first trial to reach a rung of a cell always goes on, so every cell keeps a
+    trial that reaches its final evaluation. Stage trials are never stopped.
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._first_of_cell: dict[tuple, str] = {}
-
-    def on_trial_add(self, tune_controller: Any, trial: Any) -> None:
-        """Remember the first trial of each cell."""
-        super().on_trial_add(tune_controller, trial)
-        self._first_of_cell.setdefault(_cell(trial), trial.trial_id)
+    def __init__(
+        self, searcher: CellSearcher, metric: str, mode: str, grace: int, reduction: int
+    ) -> None:
+        super().__init__()
+        self.searcher, self.guard = searcher, metric
+        self.direction = StudyDirection.MINIMIZE if mode == "min" else StudyDirection.MAXIMIZE
+        self.pruner = SuccessiveHalvingPruner(min_resource=grace, reduction_factor=reduction)
 
     def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
-        """ASHA's decision, except that a cell's first trial always continues. (ASHA's own
-        num_stopped counter, shown only in its debug string, still counts it.)"""
-        action = super().on_trial_result(tune_controller, trial, result)
-        if (
-            action == TrialScheduler.STOP
-            and self._first_of_cell.get(_cell(trial)) == trial.trial_id
-        ):
+        """CONTINUE, or STOP when the pruner prunes the trial at the rung it just reached."""
+        live = self.searcher.live.get(trial.trial_id)
+        step, value = result.get(EVAL_EPOCH_KEY), result.get(self.guard)
+        if live is None or step is None or value is None or is_final(result):
             return TrialScheduler.CONTINUE
-        return action
+        cell, number = live
+        study = self.searcher.optuna.study(cell)
+        storage = study._storage
+        internal = storage.get_trial_id_from_study_id_trial_number(study._study_id, number)
+        storage.set_trial_intermediate_value(internal, int(step), float(value))
+        pruned = self.pruner.prune(_Rungs(study, self.direction), storage.get_trial(internal))
+        return TrialScheduler.STOP if pruned else TrialScheduler.CONTINUE
 
 
-def make_scheduler(spec: StudySpec) -> CellAwareASHA | None:
-    """None (FIFO) or ASHA on the guard objective, in epochs of the trial's last artifact."""
+def make_scheduler(spec: StudySpec, searcher: CellSearcher) -> CellHalving | None:
+    """None (FIFO) or successive halving per cell on the guard objective, in epochs of the
+    trial's last artifact."""
     if spec.scheduler.type != "asha":
         return None
     mode = next(o.mode for o in spec.objectives if o.metric == spec.scheduler.metric)
-    return CellAwareASHA(
-        time_attr=EVAL_EPOCH_KEY,
-        metric=selection_metric(spec.scheduler.metric),
-        mode=mode,
-        max_t=spec.epochs_per_trial(),
-        grace_period=spec.scheduler.grace_period,
-        reduction_factor=spec.scheduler.reduction_factor,
-        stop_last_trials=False,  # the last epoch is followed by the final evaluation
+    return CellHalving(
+        searcher,
+        selection_metric(spec.scheduler.metric),
+        mode,
+        spec.scheduler.grace_period,
+        spec.scheduler.reduction_factor,
     )

@@ -23,7 +23,6 @@ from mlflow.tracking._tracking_service import utils as tracking_service_utils
 from ray import tune
 from ray.tune.experiment import Trial
 
-from study import signing
 from study.errors import StudyError
 from study.locations import absolute_tracking_uri, sqlite_path
 from study.views import ROLES
@@ -52,7 +51,7 @@ STATUS_EVERY = 15.0
 STATUS_QUIET = 120.0
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"  # MLflow 3's model-training experiment view
-STEP_METRIC = "tracker/step"  # the run's own result counter, continued across restores
+STEP_METRIC = "tracker/step"  # the run's own result counter, continued across trial restarts
 
 
 def default_tracking_uri(study_dir: Path) -> str:
@@ -258,8 +257,8 @@ def ensure_parent_run(
 
 
 class MLflowTracker(tune.Callback):
-    """Tune callback on the driver: one MLflow run per trial, found again by trial id after a
-    restore."""
+    """Tune callback on the driver: one MLflow run per trial (found again by trial id when Tune
+    restarts a failed trial)."""
 
     def __init__(
         self,
@@ -296,11 +295,6 @@ class MLflowTracker(tune.Callback):
     def __getstate__(self) -> dict:
         """Pickle without the client (Tune saves callbacks with the experiment)."""
         return {**self.__dict__, "_client": None, "_runs": {}, "_offsets": {}}
-
-    def __setstate__(self, state: dict) -> None:
-        """Unpickle, also a tracker saved before the live status existed (its defaults)."""
-        defaults = {"progress": None, "_selection": None, "_shown": 0.0, "experiment_name": None}
-        self.__dict__.update({**defaults, **state})
 
     def on_event(self, event: str, trial: Trial, result: dict | None) -> None:
         """Progress on the driver's terminal: each trial's end with its count and the time left
@@ -372,8 +366,8 @@ class MLflowTracker(tune.Callback):
             max_results=1,
         )
         if found:
-            # Re-attached after a restore: Tune restarts training_iteration at 1 for a re-run trial,
-            # so continue the run's step count where it stopped instead of overwriting early steps.
+            # Re-attached when Tune restarts a failed trial (max_failures): training_iteration
+            # starts at 1 again, so continue the run's step count instead of overwriting steps.
             run_id = found[0].info.run_id
             self._offsets[trial.trial_id] = int(found[0].data.metrics.get(STEP_METRIC, 0))
             self.client.update_run(run_id, status="RUNNING")
@@ -505,21 +499,6 @@ class MLflowTracker(tune.Callback):
         self._end(trial, "FAILED")
 
 
-class StateSigner(tune.Callback):
-    """Signs the state Tune just saved (study.signing): Tune asks every callback for its state
-    last in each experiment save, after the experiment state and the searcher's checkpoint."""
-
-    def __init__(self, tune_dir: str, experiment: str) -> None:
-        self.tune_dir, self.experiment = tune_dir, experiment
-
-    def get_state(self) -> dict | None:
-
-        folder = signing.staging_folder(self.experiment)
-        if folder is not None:
-            signing.sign(Path(self.tune_dir), self.experiment, folder)
-        return None  # nothing of its own to save
-
-
 def log_diagnostics(client: MlflowClient, run_id: str, numbers: dict[str, float]) -> None:
     """A final result's diagnostics (trainables.names.is_diagnostic) as the run's table artifact
     DIAGNOSTICS_FILE: one row per key with its split (val / test), metric and index (the guidance
@@ -579,9 +558,9 @@ def _failure_tags(records: TrialRecords, trial: Trial) -> dict[str, str]:
 
 
 def _finish_from_record(client: MlflowClient, run: Any, final: dict) -> int:
-    """A trial that finished (its final record written) just before the driver was killed, after
-    Tune's last checkpoint: end its run FINISHED, logging the final result if the driver never did.
-    Returns 1 if the run changed."""
+    """A trial that finished (its final record written) just before the driver was killed: end its
+    run FINISHED, logging the final result if the driver never did. Returns 1 if the run
+    changed."""
     if run.info.status in TERMINAL:
         return 0
     if FINAL_KEY not in run.data.metrics:
@@ -600,11 +579,11 @@ def _finish_from_record(client: MlflowClient, run: Any, final: dict) -> int:
 
 
 def _mark_orphaned(client: MlflowClient, run: Any) -> None:
-    """A run of a trial Tune never recorded: kept, ended KILLED, tagged with the reason."""
+    """A run whose trial a stopped driver took down: kept, ended KILLED, tagged with the reason."""
     client.set_tag(run.info.run_id, "orphaned", "true")
     reason = (
-        "the driver was killed before Tune recorded this trial; "
-        "the resume ran its configuration again as a new trial"
+        "the study's driver stopped (killed or interrupted) before this trial ended; "
+        "the next session runs its configuration again as a new trial"
     )
     client.set_tag(run.info.run_id, "orphaned_reason", reason)
     if run.info.status not in TERMINAL or run.info.status == "FINISHED":
@@ -614,18 +593,14 @@ def _mark_orphaned(client: MlflowClient, run: Any) -> None:
 def reconcile(
     tracking_uri: str,
     experiment_id: str,
-    status: str = "KILLED",
-    known_trials: set[str] | None = None,
     study_id: str | None = None,
     record_root: Path | None = None,
 ) -> int:
-    """End every trial run left RUNNING (interrupted study); keep one run per trial id. Returns
-    count.
-
-    known_trials: the trial ids of the Tune experiment. A run for any other trial belongs to a trial
-    that started after Tune's last experiment checkpoint and that Tune's restore no longer knows; it
-    is kept (nothing is deleted that holds a history), ended KILLED and tagged orphaned.
-    """
+    """After a session (every trial of it ended): one run per trial id, and no run left RUNNING.
+    A RUNNING run whose trial's final record exists is ended FINISHED from the record (the trial
+    finished as its driver died); any other belongs to a trial a stopped driver took down: kept
+    (nothing is deleted that holds a history), ended KILLED and tagged with the reason (the ledger
+    runs its configuration again). Returns how many runs changed."""
     client = MlflowClient(tracking_uri)
     fixed = 0
     seen: dict[str, str] = {}
@@ -643,17 +618,13 @@ def reconcile(
             fixed += 1
             continue
         seen[trial_id] = run.info.run_id
-        unknown = known_trials is not None and trial_id not in known_trials
-        final = TrialRecords.of(record_root, trial_id).final() if record_root and unknown else None
-        if unknown and final is not None:
+        if run.info.status in TERMINAL:
+            continue
+        final = TrialRecords.of(record_root, trial_id).final() if record_root else None
+        if final is not None:
             fixed += _finish_from_record(client, run, final)
-            continue
-        if unknown and run.data.tags.get("orphaned") != "true":
+        else:
             _mark_orphaned(client, run)
-            fixed += 1
-            continue
-        if run.info.status not in TERMINAL:
-            client.set_terminated(run.info.run_id, status)
             fixed += 1
     return fixed
 

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from trainables.config import TrialConfig
-from trainables.fit import Distributed, build, save_checkpoint
+from trainables.fit import CHECKPOINT_FILE, Distributed, build, save_checkpoint
 from trainables.identity import artifact_identity, artifact_key
 from trainables.registry import Artifact
 from trainables.storage import Place
@@ -287,7 +287,8 @@ def quarantine(model: Path, why: str) -> Path | None:
 class ArtifactCache:
     """Trained artifacts under root/<name>-<key>/ (model.pt, identity.json, training checkpoint).
     root: a folder, or an object-store URI whose node-local mirror holds the files (only
-    identity.json and model.pt are stored; a training checkpoint stays on its node)."""
+    identity.json, model.pt and the training checkpoint are stored, so an interrupted network
+    continues from its last checkpoint on whichever node trains it next)."""
 
     def __init__(self, root: str | Path | Place, stale_after: float = 60.0):
         self.place = root if isinstance(root, Place) else Place(str(root))
@@ -341,6 +342,9 @@ class ArtifactCache:
                     (folder / "identity.json").write_text(
                         json.dumps(identity, indent=2, sort_keys=True)
                     )
+                    # A checkpoint an interrupted trainer on any node left in the store
+                    # (checkpoint_saved): training goes on from its step.
+                    self.place.pull(folder / CHECKPOINT_FILE, fresh=True)
                 net = train_fn(folder)
                 if rank == 0:
                     save_checkpoint(model, net.state_dict())
@@ -352,6 +356,11 @@ class ArtifactCache:
             if lease is not None:
                 lease.release()
         return net, key, reused
+
+    def checkpoint_saved(self, checkpoint: Path) -> None:
+        """A training checkpoint was written in a key's folder: copied into the store (an object
+        store; a folder store holds it already), where the next trainer of the key finds it."""
+        self.place.push(checkpoint)
 
     def intact(self, model: Path) -> bool:
         """Whether a finished, uncorrupted network is stored at model (the store's copy pulled

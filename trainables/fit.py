@@ -404,8 +404,11 @@ def train_artifact(
     evaluate: Callable[[nn.Module, int], dict] | None = None,
     device: torch.device | str = "cpu",
     distributed: Distributed | None = None,
+    saved: Callable[[Path], None] | None = None,
 ) -> nn.Module:
     """Train one artifact; return its EMA network (eval mode, frozen). Resumes from checkpoint_dir.
+    saved(path), when given, is called after each checkpoint is written (the artifact cache copies
+    it into an object store, so a trial on any node continues from it).
 
     evaluate(ema, epoch), when given, runs at every epoch end and its metrics join that epoch's
     report (schedulers such as ASHA need the objective while a trial trains). Under data
@@ -445,6 +448,8 @@ def train_artifact(
         # Checkpoint at epoch ends and every train.checkpoint_every steps (rank 0 writes).
         if saving:
             _save(state, ckpt)
+            if saved is not None:
+                saved(ckpt)
         if not epoch_end:
             continue
         metrics = meter.close(artifact, config, done)

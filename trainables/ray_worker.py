@@ -183,6 +183,7 @@ def _cached_provider(
                 evaluate=evaluate,
                 device=device,
                 distributed=dist,
+                saved=cache.checkpoint_saved,
             )
             ledger.metrics[COST.TRAIN_SECONDS] += time.perf_counter() - started
             return net

@@ -2,7 +2,7 @@
 
 import math
 
-from study.cell_studies import cell_study_name, fail_orphaned_trials
+from study.cell_studies import cell_study_name
 from study.search import CellSearcher
 from study.spec import load_spec, validate
 from trainables.names import TUNED_KEYS
@@ -86,22 +86,38 @@ def test_results_reach_the_cell_study_and_a_nan_objective_fails_its_trial(tmp_pa
     assert states == ["COMPLETE", "FAIL", "COMPLETE"]
 
 
-def test_a_restored_searcher_runs_a_lost_configuration_again_within_the_budget(tmp_path):
+def _states(spec, tmp_path, cell):
+    import optuna
+
+    study = optuna.load_study(
+        study_name=cell_study_name(spec.name, cell), storage=f"sqlite:///{tmp_path / 'optuna.db'}"
+    )
+    return study.get_trials()
+
+
+def test_a_new_searcher_reads_the_ledger_and_runs_a_lost_configuration_again_in_budget(
+    tmp_path,
+):
     spec = validate(
         {"methods": ["CG-SC-all", "Joint-SC"], "label_percents": [20], "trials_per_cell": 3}
     )
     first = CellSearcher(spec, tmp_path)
-    _drive(first, 2)
-    first.save(str(tmp_path / "searcher.pkl"))
-    lost = first.suggest("lost")  # handed out after the checkpoint: Tune never records it
+    done = _drive(first, 2)
+    lost = first.suggest("lost")  # the driver is killed while this trial runs
+    # The next session: a new searcher, nothing of the first restored; only optuna.db is read.
     second = CellSearcher(spec, tmp_path)
-    second.restore(str(tmp_path / "searcher.pkl"))
-    rest = [second.suggest(f"r{i}") for i in range(5)]
-    assert rest[-1] == "FINISHED"  # 2 before + 4 after = the budget of 2 cells x 3
-    assert lost in rest[:-1]  # the lost configuration ran again, within the budget
-    for i, config in enumerate(rest[:-1]):
-        second.on_trial_complete(f"r{i}", _result(_objective(config)))
-    assert fail_orphaned_trials(spec, tmp_path) == []  # no Optuna trial left RUNNING
+    assert second.remaining == 4  # 2 finished; the lost one is not spent
+    rest = _drive(second, 10)
+    assert second.suggest("more") == "FINISHED" and len(done) + len(rest) == 6
+    assert rest[0] == lost  # the lost configuration runs again first, within the budget
+    knobs = [tuple(sorted(c.items())) for c in done + rest]
+    assert len(set(knobs)) == 6  # no configuration twice across the sessions
+    trials = _states(spec, tmp_path, (lost["method"], 20.0))
+    assert "RUNNING" not in [t.state.name for t in trials]
+    rerun = [t for t in trials if t.user_attrs.get("rerun_of") is not None]
+    assert len(rerun) == 1 and trials[rerun[0].user_attrs["rerun_of"]].state.name == "FAIL"
+    # A third session has nothing left to run.
+    assert CellSearcher(spec, tmp_path).total == 0
 
 
 def test_optuna_is_told_the_validation_value_and_a_trial_without_final_is_pruned(tmp_path):
@@ -126,116 +142,38 @@ def test_optuna_is_told_the_validation_value_and_a_trial_without_final_is_pruned
 def test_a_lost_trial_that_finished_before_the_kill_is_told_its_result_not_run_again(tmp_path):
     import json
 
-    import optuna
-
     spec = validate({"methods": ["CG-SC-all"], "label_percents": [20], "trials_per_cell": 3})
     first = CellSearcher(spec, tmp_path)
     _drive(first, 1)
-    first.save(str(tmp_path / "searcher.pkl"))
-    lost = first.suggest("lost")  # handed out after the checkpoint ...
+    lost = first.suggest("lost")  # handed out ...
     record = tmp_path / "trials" / "lost"  # ... and finished before the driver was killed
     record.mkdir(parents=True)
     (record / "params.json").write_text(json.dumps(lost))
     (record / "final.json").write_text(json.dumps(_result(0.42)))
     second = CellSearcher(spec, tmp_path)
-    second.restore(str(tmp_path / "searcher.pkl"))
     rest = [second.suggest(f"r{i}") for i in range(3)]
-    assert rest[-1] == "FINISHED" and lost not in rest[:-1]  # 1 + lost + 1 more = the budget 3
-    study = optuna.load_study(
-        study_name=cell_study_name(spec.name, ("CG-SC-all", 20.0)),
-        storage=f"sqlite:///{tmp_path / 'optuna.db'}",
-    )
-    assert [t.value for t in study.get_trials() if t.number == 1] == [0.42]
+    assert rest[1:] == ["FINISHED", "FINISHED"] and isinstance(rest[0], dict)
+    assert lost != rest[0] and second.remaining == 0  # 1 + lost + 1 more = the budget 3
+    assert [t.value for t in _states(spec, tmp_path, ("CG-SC-all", 20.0)) if t.number == 1] == [
+        0.42
+    ]
 
 
-def test_a_failed_trial_that_a_resume_finishes_is_recorded_finished_once(tmp_path):
-    import json
-
-    import optuna
-
-    from study.cell_studies import heal_failed_trials
-
+def test_failed_trials_run_once_more_in_the_next_session_and_count_once(tmp_path):
     spec = validate({"methods": ["CG-SC-all"], "label_percents": [20], "trials_per_cell": 2})
     searcher = CellSearcher(spec, tmp_path)
     config = searcher.suggest("t0")
     searcher.suggest("t1")
     searcher.on_trial_complete("t0", error=True)  # e.g. trials/ was read-only
-    searcher.on_trial_complete("t1", error=True)
-    # A resume ran t0 again to its end (Tune holds it TERMINATED, its final record is written);
-    # t1 failed again and has no final record.
-    (tmp_path / "trials" / "t0").mkdir(parents=True)
-    (tmp_path / "trials" / "t0" / "final.json").write_text(json.dumps(_result(0.25)))
-    assert heal_failed_trials(spec, tmp_path, {"t0"}) == 1
-    study = optuna.load_study(
-        study_name="study/CG-SC-all@20%", storage=f"sqlite:///{tmp_path / 'optuna.db'}"
-    )
-    first, second = study.get_trials()
-    assert first.state.name == "COMPLETE" and first.value == 0.25
-    assert first.params["loss.lambda_sc"] == config["loss.lambda_sc"]
-    assert second.state.name == "FAIL"
-    assert heal_failed_trials(spec, tmp_path, {"t0"}) == 0  # told once
-
-
-def _older_layout(searcher):
-    # The state the searcher pickled before its budgets and Optuna side were objects of their own.
-    state = {k: v for k, v in searcher.__dict__.items() if k not in ("budgets", "optuna")}
-    studies = searcher.optuna
-    state.update(
-        budget=dict(searcher.budgets.budget),
-        asked=dict(searcher.budgets.asked),
-        storage_url=studies.storage_url,
-        study_name=studies.study_name,
-        seed=studies.seed,
-        ranges=studies.ranges,
-        points=None,
-        point_needs=[],
-        _studies={},
-    )
-    return state
-
-
-def test_a_searcher_saved_in_the_older_layout_restores_and_spends_the_rest_of_its_budget(
-    tmp_path,
-):
-    import pickle
-
-    spec = validate(
-        {"methods": ["CG-SC-all", "Joint-SC"], "label_percents": [20], "trials_per_cell": 3}
-    )
-    first = CellSearcher(spec, tmp_path)
-    done = _drive(first, 2)
-    (tmp_path / "searcher.pkl").write_bytes(pickle.dumps(_older_layout(first)))
-    # Tune unpickles the searcher of its experiment state (tuner.pkl), then restores its
-    # checkpoint: both in the older layout.
-    older = CellSearcher.__new__(CellSearcher)
-    older.__dict__.update(_older_layout(first))
-    second = pickle.loads(pickle.dumps(older))
-    second.restore(str(tmp_path / "searcher.pkl"))
-    assert second.budgets.asked == first.budgets.asked and second.remaining == 4
-    rest = _drive(second, 10)
-    assert second.suggest("more") == "FINISHED" and len(done) + len(rest) == 6
-    knobs = [tuple(sorted(c.items())) for c in done + rest]
-    assert len(set(knobs)) == 6  # no configuration twice across the restore
-
-
-def test_configurations_lost_with_the_driver_run_again_as_trials_of_their_cells(tmp_path):
-    import optuna
-
-    from study.search import make_searcher
-
-    spec = validate({"methods": ["CG-SC-all"], "label_percents": [20], "trials_per_cell": 2})
-    first = CellSearcher(spec, tmp_path)
-    _drive(first, 1)
-    lost = first.suggest("lost")  # the driver is killed: Tune never records this trial
-    orphans = fail_orphaned_trials(spec, tmp_path)
-    assert orphans == [lost]
-    rerun = make_searcher(spec, tmp_path, points=orphans)
-    assert rerun.total == 1 + rerun.gate.count
-    assert _drive(rerun, 5) == [lost] and rerun.suggest("more") == "FINISHED"
-    study = optuna.load_study(
-        study_name=cell_study_name(spec.name, ("CG-SC-all", 20.0)),
-        storage=f"sqlite:///{tmp_path / 'optuna.db'}",
-    )
-    trials = study.get_trials()
-    assert [t.state.name for t in trials] == ["COMPLETE", "FAIL", "COMPLETE"]
-    assert trials[2].value == _objective(lost) and trials[2].params == trials[1].params
+    searcher.on_trial_complete("t1", _result(float("nan")))  # diverged: never retried
+    assert searcher.suggest("t2") == "FINISHED"  # within a session a failure is spent
+    resumed = CellSearcher(spec, tmp_path)
+    assert resumed.remaining == 1
+    again = resumed.suggest("r0")
+    assert again == config  # the errored configuration, once more
+    resumed.on_trial_complete("r0", _result(0.25))
+    assert resumed.suggest("r1") == "FINISHED"
+    first, second, third = _states(spec, tmp_path, ("CG-SC-all", 20.0))
+    assert (first.state.name, second.state.name, third.state.name) == ("FAIL", "FAIL", "COMPLETE")
+    assert third.user_attrs["rerun_of"] == 0 and third.value == 0.25
+    assert CellSearcher(spec, tmp_path).total == 0  # the diverged one is spent, not retried

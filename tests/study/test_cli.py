@@ -79,7 +79,8 @@ def test_no_process_of_the_runs_ray_session_outlives_the_command(finished_study)
 def test_tune_keeps_its_per_trial_logs_but_writes_no_tensorboard_files(finished_study):
     # MLflow holds every metric; tensorboardX would import torch into the driver (4 s a study).
     _, study_dir, _ = finished_study
-    trials = [p for p in (study_dir / "tune" / "e2e").iterdir() if p.is_dir()]
+    (session,) = (study_dir / "tune").iterdir()  # one Tune experiment per session
+    trials = [p for p in session.iterdir() if p.is_dir()]
     assert len(trials) >= 4  # the 4 search trials and any stage trial
     for trial in trials:
         assert (trial / "progress.csv").stat().st_size > 0
@@ -321,32 +322,36 @@ def test_a_missing_or_emptied_tracking_store_never_empties_the_tables(finished_s
     assert _snapshot(emptied / "tables") == tables
 
 
-def test_resume_refuses_a_tampered_tune_state_before_unpickling_it(finished_study, tmp_path):
+class _Payload:
+    """Unpickled, it writes a marker file."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_resume_unpickles_nothing_in_the_study_folder(finished_study, tmp_path):
+    """A pickle planted in every folder of the study, under the names Tune's own state files
+    have: a resume that runs a new trial (--add-trials 1) never runs the payload. The ledger
+    (optuna.db) is the state; Tune's folders are written, never read back."""
     import pickle
 
-    root, study_dir, _ = finished_study
+    _, study_dir, _ = finished_study
+    copy = tmp_path / "planted" / "e2e"
+    shutil.copytree(study_dir, copy, symlinks=True)
     marker = tmp_path / "pwned"
-
-    class Payload:
-        def __reduce__(self):
-            return (os.system, (f"touch {marker}",))
-
-    (tuner,) = (study_dir / "tune").glob("*/tuner.pkl")
-    (searcher,) = (study_dir / "tune").glob("*/searcher-state-*.pkl")
-    originals = {p: p.read_bytes() for p in (tuner, searcher)}
-    try:
-        for target in (tuner, searcher):
-            target.write_bytes(pickle.dumps(Payload()))
-            result = _cmd("resume", str(study_dir), cwd=root)
-            assert result.returncode == 2, result.stderr[-2000:]
-            lines = result.stderr.strip().splitlines()
-            assert len(lines) == 1 and "is not the Tune state this user's 'study' saved" in lines[0]
-            assert target.name in lines[0] and "--trust" in lines[0]
-            assert not marker.exists()  # refused before anything was unpickled
-            target.write_bytes(originals[target])
-    finally:
-        for path, data in originals.items():
-            path.write_bytes(data)
+    names = ["tuner.pkl", "searcher-state-0.pkl", "search_gen_state-0.pkl", "state.pkl"]
+    folders = [copy, *(p for p in copy.rglob("*") if p.is_dir())]
+    for folder in folders:
+        for name in names:
+            (folder / name).write_bytes(pickle.dumps(_Payload(marker)))
+    result = _cmd("resume", str(copy), "--add-trials", "1", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "1/1" in result.stdout or "CG-SC-all" in result.stdout
+    assert not marker.exists()
+    assert len(folders) > 10  # tune/, trials/<id>/, mlartifacts/... all planted
 
 
 def test_ui_serves_the_study_store_on_localhost(finished_study):
@@ -641,7 +646,7 @@ def test_final_bad_input_exits_2_and_writes_nothing(finished_study, tmp_path):
         assert result.returncode == 2, (args, result.stderr[-2000:])
         assert needle in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert (study_dir / "mlflow.db").stat().st_mtime_ns == before
-    assert not (study_dir / "tune" / "e2e-final0").exists()
+    assert not list((study_dir / "tune").glob("final-*"))  # no final session began
     # A study with no finished trial: nothing to take a configuration from.
     empty = tmp_path / "studies" / "empty"
     empty.mkdir(parents=True)
@@ -843,9 +848,8 @@ def test_a_copied_study_reads_and_writes_only_itself(finished_study, tmp_path):
         finally:
             os.killpg(ui.pid, signal.SIGTERM)
             ui.wait(timeout=30)
-        # Tune's pickled state is resumed only from a folder this user's `study run` wrote:
-        # a copy is trusted explicitly (issue 38's ledger would need no pickle at all).
-        more = run_cli("resume", str(copy), "--add-trials", "1", "--trust", cwd=tmp_path)
+        # Nothing of Tune's is restored: a copy resumes from its ledger like the original.
+        more = run_cli("resume", str(copy), "--add-trials", "1", cwd=tmp_path)
         assert more.returncode == 0, more.stderr[-3000:]
         assert not study_dir.exists()  # the original's place was not made again
         assert files() == before  # nothing under the original's storage read-written

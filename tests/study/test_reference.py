@@ -13,7 +13,7 @@ def test_every_key_the_schema_accepts_is_documented_and_nothing_else():
     assert set(documented) == set(spec_types())
     types = spec_types()
     assert types["label_percents"] == "list of (number > 0, <= 100)"
-    assert types["scheduler.reduction_factor"] == "number > 1, <= 1000"
+    assert types["scheduler.reduction_factor"] == "int >= 2, <= 1000"
     assert types["search.<key>.low"].startswith("number >= 0")
 
 

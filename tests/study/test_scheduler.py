@@ -1,63 +1,86 @@
-"""ASHA as the platform configures it: the first trial of every cell is never stopped."""
+"""Early stopping from the ledger: successive halving per cell over the intermediate values in
+optuna.db, so a cell's first trial to reach a rung goes on, and a resumed study keeps its rungs."""
 
 from types import SimpleNamespace
 
 import pytest
+from ray.tune.schedulers import TrialScheduler
 
-from study.search import CellAwareASHA, make_scheduler
+from study.search import CellSearcher, make_scheduler
 from study.spec import SpecError, validate
 
-
-def _trial(trial_id, method, pct=20.0):
-    return SimpleNamespace(trial_id=trial_id, config={"method": method, "data.label_percent": pct})
-
-
-def _asha():
-    return CellAwareASHA(
-        time_attr="eval_epoch",
-        metric="m",
-        mode="max",
-        max_t=4,
-        grace_period=1,
-        reduction_factor=2,
-        stop_last_trials=False,
-    )
-
-
-def test_asha_stops_a_bad_search_trial_but_not_a_cells_first_trial():
-    from ray.tune.schedulers import TrialScheduler
-
-    asha = _asha()
-    trials = [_trial("a", "CG"), _trial("b", "CG"), _trial("c", "CG"), _trial("d", "CFG-all")]
-    for t in trials:
-        asha.on_trial_add(None, t)
-    # The bracket is drawn at random per trial: pin every trial to one bracket so the rungs are
-    # shared.
-    bracket = asha._trial_info["a"]
-    for t in trials:
-        asha._trial_info[t.trial_id] = bracket
-    assert (
-        asha.on_trial_result(None, trials[0], {"eval_epoch": 1, "m": 0.9})
-        == TrialScheduler.CONTINUE
-    )
-    assert asha.on_trial_result(None, trials[1], {"eval_epoch": 1, "m": 0.8}) == TrialScheduler.STOP
-    # The first CFG-all trial is far worse, but it is its cell's only guaranteed trial.
-    assert (
-        asha.on_trial_result(None, trials[3], {"eval_epoch": 1, "m": 0.1})
-        == TrialScheduler.CONTINUE
-    )
-    # Results without the time attribute or the metric (per-epoch training losses) are ignored.
-    assert (
-        asha.on_trial_result(None, trials[2], {"epoch": 1, "score/loss": 1.0})
-        == TrialScheduler.CONTINUE
-    )
+CONTINUE, STOP = TrialScheduler.CONTINUE, TrialScheduler.STOP
 
 
 def _spec(**kw):
     return {"methods": ["CG"], "label_percents": [50], "num_trials": 2, **kw}
 
 
-def test_asha_spec_defaults_to_the_first_objective_and_the_epoch_count():
+def _asha_spec():
+    return validate(
+        {
+            "methods": ["CG-SC-all", "CFG-all"],
+            "label_percents": [20],
+            "trials_per_cell": 4,
+            "scheduler": {"type": "asha", "grace_period": 1, "reduction_factor": 2},
+            "objectives": [{"metric": "gen_accuracy", "mode": "max"}],
+        }
+    )
+
+
+def _start(searcher, trial_id, method):
+    # Hand out trials until one of the method's cell (stage trials and other cells are skipped).
+    for i in range(20):
+        config = searcher.suggest(f"{trial_id}-{i}" if i else trial_id)
+        if isinstance(config, dict) and config.get("stage"):
+            searcher.on_trial_complete(f"{trial_id}-{i}" if i else trial_id, {"final": 1.0})
+            continue
+        if isinstance(config, dict) and config["method"] == method:
+            return SimpleNamespace(trial_id=f"{trial_id}-{i}" if i else trial_id)
+    raise AssertionError(f"no {method} trial handed out")
+
+
+def _epoch(scheduler, trial, epoch, value):
+    return scheduler.on_trial_result(None, trial, {"eval_epoch": epoch, "val/gen_accuracy": value})
+
+
+def test_halving_stops_a_bad_trial_of_a_cell_but_never_its_first_at_a_rung(tmp_path):
+    spec = _asha_spec()
+    searcher = CellSearcher(spec, tmp_path)
+    halving = make_scheduler(spec, searcher)
+    a = _start(searcher, "a", "CG-SC-all")
+    c = _start(searcher, "c", "CFG-all")  # CFG-all has no knob: one trial
+    b = _start(searcher, "b", "CG-SC-all")
+    assert _epoch(halving, a, 1, 0.9) == CONTINUE  # the cell's first at the rung
+    assert _epoch(halving, b, 1, 0.8) == STOP  # worse than the cell's best half
+    # Far worse than CG-SC-all, but compared only with its own cell: it goes on.
+    assert _epoch(halving, c, 1, 0.1) == CONTINUE
+    # Results without the epoch or the metric (per-epoch training losses), and a final result,
+    # are ignored; so are stage trials (not in the ledger).
+    assert halving.on_trial_result(None, a, {"epoch": 1, "score/loss": 1.0}) == CONTINUE
+    final = {"eval_epoch": 4, "val/gen_accuracy": 0.0, "final": 1.0}
+    assert halving.on_trial_result(None, a, final) == CONTINUE
+    stage = SimpleNamespace(trial_id="no-such-trial")
+    assert _epoch(halving, stage, 1, 0.0) == CONTINUE
+
+
+def test_a_resumed_study_compares_new_trials_with_the_rungs_in_the_ledger(tmp_path):
+    spec = _asha_spec()
+    first = CellSearcher(spec, tmp_path)
+    halving = make_scheduler(spec, first)
+    a = _start(first, "a", "CG-SC-all")
+    assert _epoch(halving, a, 1, 0.9) == CONTINUE
+    first.on_trial_complete(a.trial_id, {"val/gen_accuracy": 0.95, "final": 1.0})
+    # The driver is gone; the next session builds a new searcher and scheduler from optuna.db.
+    second = CellSearcher(spec, tmp_path)
+    again = make_scheduler(spec, second)
+    b = _start(second, "b", "CG-SC-all")
+    assert _epoch(again, b, 1, 0.5) == STOP  # a's 0.9 at rung 1 is read from the ledger
+    c = _start(second, "c", "CG-SC-all")
+    assert _epoch(again, c, 1, 0.97) == CONTINUE
+
+
+def test_asha_spec_defaults_to_the_first_objective(tmp_path):
     spec = validate(
         _spec(
             scheduler="asha",
@@ -69,11 +92,11 @@ def test_asha_spec_defaults_to_the_first_objective_and_the_epoch_count():
         )
     )
     assert spec.scheduler.metric == "gen_accuracy" and spec.to_dict()["scheduler"]["type"] == "asha"
-    asha = make_scheduler(spec)
-    assert (
-        asha._max_t == 4 and asha._metric == "val/gen_accuracy" and asha._time_attr == "eval_epoch"
-    )
-    assert make_scheduler(validate(_spec())) is None
+    halving = make_scheduler(spec, CellSearcher(spec, tmp_path))
+    assert halving.guard == "val/gen_accuracy" and halving.direction.name == "MAXIMIZE"
+    plain = validate(_spec())
+    (tmp_path / "fifo").mkdir()
+    assert make_scheduler(plain, CellSearcher(plain, tmp_path / "fifo")) is None
 
 
 @pytest.mark.parametrize(
@@ -81,8 +104,9 @@ def test_asha_spec_defaults_to_the_first_objective_and_the_epoch_count():
     [
         ({"type": "asha", "metric": "fid"}, "not one of the objectives"),
         ({"type": "asha", "grace_period": 0}, "grace_period"),
-        ({"type": "asha", "reduction_factor": 1}, "reduction_factor: must be greater than 1"),
-        ({"type": "asha", "reduction_factor": float("nan")}, "must be a finite number"),
+        ({"type": "asha", "reduction_factor": 1}, "reduction_factor: must be greater than or eq"),
+        ({"type": "asha", "reduction_factor": float("nan")}, "must be a valid integer"),
+        ({"type": "asha", "reduction_factor": 2.5}, "must be a valid integer, got 2.5"),
         ({"type": "asha", "rungs": 3}, "scheduler.rungs: unknown key"),
         ("pbt", "scheduler.type: must be 'fifo' or 'asha', got 'pbt'"),
     ],

@@ -105,17 +105,11 @@ def test_final_runs_stage_one_score_model_per_seed(tmp_path):
     assert searcher.suggest("p5")["train.seed"] == 0
 
 
-def test_a_restored_searcher_hands_out_again_only_the_stage_trials_lost_after_its_save(tmp_path):
+def test_a_new_session_stages_again_only_the_networks_not_yet_in_the_store(tmp_path):
     spec = _spec(tmp_path, methods=["CG"], label_percents=[5, 100, 50])
     searcher = CellSearcher(spec, tmp_path)
-    searcher.save(str(tmp_path / "before.pkl"))  # a kill before the stage trial was recorded
-    searcher.suggest("stage")
-    searcher.save(str(tmp_path / "after.pkl"))  # Tune's saved state holds the live stage trial
-    lost = CellSearcher(spec, tmp_path)
-    lost.restore(str(tmp_path / "before.pkl"))
-    assert lost.suggest("again")["stage"] == "score"
-    kept = CellSearcher(spec, tmp_path)
-    kept.restore(str(tmp_path / "after.pkl"))
-    assert kept.suggest("next") is None  # Tune re-runs the stage trial; its CG trials wait
-    kept.on_trial_complete("stage", {"final": 1.0})
-    assert kept.suggest("next")["method"] == "CG"
+    assert searcher.suggest("stage")["stage"] == "score"  # the driver is killed while it trains
+    again = CellSearcher(spec, tmp_path)  # the next session: stages planned from the store
+    assert again.suggest("again")["stage"] == "score" and again.suggest("next") is None
+    again.on_trial_complete("again", {"final": 1.0})
+    assert again.suggest("next")["method"] == "CG"

@@ -84,28 +84,30 @@ def test_a_trial_ending_without_its_final_result_is_tagged_early_stopped(store):
     assert run.data.tags["early_stopped"] == "true" and run.data.tags["stopped_at_epoch"] == "1"
 
 
-def test_a_restored_tracker_continues_the_same_run_and_its_step_counter(store):
+def test_a_restarted_trial_continues_the_same_run_and_its_step_counter(store):
     first = _tracker(store)
     trial = _trial("t3")
     first.on_trial_result(0, [], trial, {"training_iteration": 3, "score/loss": 1.0})
-    second = _tracker(store)  # after a driver restart: Tune counts iterations from 1 again
+    second = _tracker(store)  # Tune restarted the trial: it counts iterations from 1 again
     second.on_trial_result(0, [], trial, {"training_iteration": 1, "score/loss": 0.5})
     (run,) = _runs(store)
     history = store.client.get_metric_history(run.info.run_id, "score/loss")
     assert sorted(m.step for m in history) == [3, 4]
 
 
-def test_reconcile_keeps_one_run_per_trial_ends_running_ones_and_tags_orphans(store):
+def test_reconcile_keeps_one_run_per_trial_and_ends_running_ones_killed_with_the_reason(store):
     tracker = _tracker(store)
     for trial_id in ("a", "b"):
         tracker.run_for(_trial(trial_id))
+    tracker.on_trial_complete(0, [], _trial("b"))  # b ended; a was running when the driver died
     duplicate = store.client.create_run(store.exp_id, tags={"role": "trial", "trial_id": "a"})
-    fixed = reconcile(store.uri, store.exp_id, known_trials={"a"})
+    fixed = reconcile(store.uri, store.exp_id)
     runs = {r.data.tags["trial_id"]: r for r in _runs(store)}
-    assert fixed == 3 and len(_runs(store)) == 2
+    assert fixed == 2 and len(_runs(store)) == 2
     assert store.client.get_run(duplicate.info.run_id).info.lifecycle_stage == "deleted"
-    assert runs["a"].info.status == "KILLED" and "orphaned" not in runs["a"].data.tags
-    assert runs["b"].info.status == "KILLED" and runs["b"].data.tags["orphaned"] == "true"
+    assert runs["a"].info.status == "KILLED" and runs["a"].data.tags["orphaned"] == "true"
+    assert "runs its configuration again" in runs["a"].data.tags["orphaned_reason"]
+    assert runs["b"].info.status == "FINISHED" and "orphaned" not in runs["b"].data.tags
 
 
 def test_a_failed_trial_run_holds_the_reason_and_step(store):
@@ -144,7 +146,7 @@ def test_runs_of_another_study_in_the_same_experiment_are_never_touched(store):
     )
     mine.run_for(_trial("same-id"))  # both studies happen to have a trial with the same id
     other.run_for(_trial("same-id"))
-    fixed = reconcile(store.uri, store.exp_id, known_trials=set(), study_id="aaaa1111")
+    fixed = reconcile(store.uri, store.exp_id, study_id="aaaa1111")
     runs = {r.data.tags["study_id"]: r for r in _runs(store)}
     assert fixed == 1 and len(runs) == 2  # no "duplicate" deleted across studies
     assert runs["aaaa1111"].data.tags["orphaned"] == "true"
@@ -156,11 +158,11 @@ def test_runs_of_another_study_in_the_same_experiment_are_never_touched(store):
 
 def test_a_trial_that_finished_just_before_the_kill_is_finished_not_orphaned(store):
     tracker = _tracker(store)
-    tracker.run_for(_trial("done"))  # Tune's last checkpoint never saw it; the worker finished it
+    tracker.run_for(_trial("done"))  # the worker finished it; the driver died before hearing so
     record = store.root / "trials" / "done"
     record.mkdir(parents=True, exist_ok=True)  # the tracker wrote the run id there
     (record / FINAL_RECORD).write_text(json.dumps({"gen_accuracy": 0.7, "final": 1.0}))
-    reconcile(store.uri, store.exp_id, known_trials=set(), record_root=store.root / "trials")
+    reconcile(store.uri, store.exp_id, record_root=store.root / "trials")
     (run,) = _runs(store)
     assert run.info.status == "FINISHED" and "orphaned" not in run.data.tags
     assert run.data.metrics["gen_accuracy"] == 0.7  # the final result, logged from its record

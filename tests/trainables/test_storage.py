@@ -135,3 +135,58 @@ def test_the_lease_actor_outlives_the_trial_that_made_it():
         assert not ray.get(actor.acquire.remote("k", "b", 60.0))  # alive, and a's lease held
     finally:
         ray.shutdown()
+
+
+class _Killed(Exception):
+    """The trainer's process dies (here: the training function raises) halfway."""
+
+
+def test_a_network_interrupted_on_one_node_continues_from_its_checkpoint_on_another(
+    s3, node, tmp_path
+):
+    import torch
+
+    from trainables.cache import ArtifactCache
+    from trainables.config import from_flat
+    from trainables.data.toy import make_toy
+    from trainables.fit import CHECKPOINT_FILE, TrainingSet, load_checkpoint, train_artifact
+    from trainables.methods import get_method
+
+    data = make_toy("gmm2", 200, 100, seed=0)
+    flat = {"train.steps": 40, "train.steps_per_epoch": 10, "train.batch_size": 32}
+    config = from_flat({"method": "CG", "data.label_percent": 20, **flat}, base="toy")
+    split = TrainingSet.split(data.x, data.y, 2, 20, 0)
+    artifact = get_method("CG").artifacts[0]
+    straight = train_artifact(artifact, config, split)  # uninterrupted, no cache
+    uri = f"s3://{s3.bucket}/artifacts"  # a Place per node: each caches its node's mirror
+    steps: list[int] = []
+
+    def train(stop_after):
+        def run(folder):
+            cache = ArtifactCache(Place(uri))
+            net = train_artifact(
+                artifact, config, split, checkpoint_dir=folder, stop_after=stop_after,
+                callback=lambda m: steps.append(int(m["step"])), saved=cache.checkpoint_saved,
+            )  # fmt: skip
+            if stop_after is not None:
+                raise _Killed  # never finishes: no model.pt
+            return net
+
+        return run
+
+    with pytest.raises(_Killed):
+        ArtifactCache(Place(uri)).get_or_train(artifact, config, train(20), dim=2, num_classes=2)
+    assert steps == [10, 20]
+    (stored_checkpoint,) = [f for f in s3.files("artifacts") if f.endswith(CHECKPOINT_FILE)]
+    node("node-b")  # another node: an empty mirror, the same store
+    steps.clear()
+    net, key, reused = ArtifactCache(Place(uri)).get_or_train(
+        artifact, config, train(None), dim=2, num_classes=2
+    )
+    assert not reused and steps == [30, 40]  # the step counter goes on from 20
+    folder = Place(uri).local / key
+    assert str(folder).startswith(str(tmp_path / "node-b"))
+    assert load_checkpoint(folder / CHECKPOINT_FILE)["step"] == 40
+    weights = [torch.cat([p.flatten() for p in n.state_dict().values()]) for n in (net, straight)]
+    torch.testing.assert_close(weights[0], weights[1], rtol=0, atol=0)
+    assert f"artifacts/{key}/model.pt" in s3.files("artifacts") and stored_checkpoint

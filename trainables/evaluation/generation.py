@@ -97,7 +97,12 @@ def _eval_classifier(
     def train(folder: Path) -> nn.Module:
         log(f"training the evaluation classifier ({clf_config.train.steps} steps) into {folder}")
         return train_artifact(
-            EVAL_CLASSIFIER, clf_config, split, checkpoint_dir=folder, device=device
+            EVAL_CLASSIFIER,
+            clf_config,
+            split,
+            checkpoint_dir=folder,
+            device=device,
+            saved=cache.checkpoint_saved,
         )
 
     net, key, _ = cache.get_or_train(
