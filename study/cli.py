@@ -46,6 +46,7 @@ def _table(study_dir: Path, spec: StudySpec) -> str:
     from analysis.figures import write_figures
     from analysis.report import write_report
     from analysis.runs import load_runs
+    from analysis.summary import budget_line, run_counts
     from study.tracking import log_report
 
     runs = load_runs(spec.tracking_uri, spec.name, spec.study_id)
@@ -70,25 +71,6 @@ def _table(study_dir: Path, spec: StudySpec) -> str:
     )
 
 
-def budget_line(runs: pd.DataFrame, objective: tuple[str, str], study_dir: Path) -> str:
-    """'search budget: ...' when some cell's last trial still raised its expected best
-    validation value (analysis.budget), with the remedy; '' otherwise."""
-    from analysis.budget import search_budget
-
-    table = search_budget(runs, objective)
-    if table.empty:
-        return ""
-    searched = table[table["trials"] > 1]
-    rising = searched[searched["last_trial_gain"].abs() > 0]
-    if rising.empty:
-        return ""
-    return (
-        f"search budget: the last trial still moved the expected best in {len(rising)} of "
-        f"{len(searched)} searched cells (tables/budget.md);\n"
-        f"  more trials per cell: study resume {study_dir} --add-trials N\n"
-    )
-
-
 def keep_written_tables(runs: pd.DataFrame, study_dir: Path, uri: str | None) -> None:
     """Refuse to rebuild tables from a store holding none of the study's trial runs when tables
     were written before: an emptied or replaced store must not empty them."""
@@ -107,6 +89,7 @@ def _compute(study_dir: Path, spec: StudySpec, runs: pd.DataFrame) -> tuple[str,
     """The search's compute report (analysis.accounting): its text, [tables/compute.md] and one
     line for the console."""
     from analysis import accounting
+    from analysis.summary import compute_line
     from study.tracking import parent_metric_history
 
     def history(key: str) -> dict[int, float]:
@@ -123,76 +106,19 @@ def _compute(study_dir: Path, spec: StudySpec, runs: pd.DataFrame) -> tuple[str,
     text = accounting.to_markdown(report, slots)
     path = study_dir / "tables" / "compute.md"
     path.write_text(text)
-    saved = (
-        f"{report['train_steps_naive'] / report['train_steps']:.1f}x fewer than retraining"
-        if report["train_steps"]
-        else "every network came from the artifact store"
-    )
-    line = (
-        f"compute: {report['train_steps']:,.0f} training steps ({saved}), "
-        f"{report['device_seconds']:.0f} device-seconds"
-    )
-    if "useful_work_fraction" in report:
-        line += f", {report['useful_work_fraction']:.0%} useful work"
-    return text, [path], line + " (tables/compute.md)\n"
-
-
-def run_counts(runs: pd.DataFrame, metric: str) -> str:
-    """'N trial runs (F finished, ...)': every status, early stops, and how many reach the table."""
-    import pandas as pd
-
-    stages = runs["stage"] if "stage" in runs and len(runs) else pd.Series(dtype=object)
-    final = int((stages == "final").sum())
-    shared = int((stages == SHARED_STAGE).sum())
-    if final or shared:  # `study final` runs have their own table; stage trials train, no more
-        runs = runs[~runs["stage"].isin(["final", SHARED_STAGE])]
-    if not len(runs):
-        return "0 trial runs"
-    status = runs["status"].value_counts()
-    parts = [f"{status.get('FINISHED', 0)} finished"]
-    parts += [f"{status[s]} {s.lower()}" for s in ("FAILED", "KILLED", "RUNNING") if s in status]
-    early = int(runs["early_stopped"].fillna(False).astype(bool).sum())
-    if early:
-        parts.append(f"{early} stopped early by ASHA")
-    done = runs[(runs["status"] == "FINISHED") & ~runs["early_stopped"].fillna(False).astype(bool)]
-    usable = int(done[metric].notna().sum()) if metric in done else 0
-    counts = f"{len(runs)} trial runs ({', '.join(parts)}; {usable} with {metric} reach the table)"
-    counts += f"; {shared} stage trial(s) training shared networks" if shared else ""
-    return counts + (f"; {final} final runs (tables/final.md)" if final else "")
+    return text, [path], compute_line(report)
 
 
 STUDY_FAILED = 1  # exit status of a study some cell of which has no finished trial
 
 
-def failed_cells(runs: pd.DataFrame, spec: StudySpec) -> list[str]:
-    """One line per table cell with no finished search trial reporting the objective: the cell
-    and the first error of its trials (the earliest failed run's)."""
-
-    metric = spec.objectives[0].metric
-    search = runs[runs["stage"] == "search"] if len(runs) else runs
-    lines = []
-    for method in spec.methods:
-        for percent in spec.label_percents:
-            mine = search[(search["method"] == method) & (search["label_percent"] == percent)]
-            done = mine[mine["status"] == "FINISHED"]
-            if metric in done and done[metric].notna().any():
-                continue
-            failed = mine[mine["status"] == "FAILED"].sort_values("start_time")
-            errors = failed["error"].dropna() if "error" in failed else []
-            why = (
-                f"first error: {errors.iloc[0]}"
-                if len(errors)
-                else (f"{len(failed)} failed" if len(failed) else f"no trial reported {metric}")
-            )
-            lines.append(f"{cell_label(method, percent)}: no finished trial; {why}")
-    return lines
-
-
 def _report_failures(study_dir: Path, spec: StudySpec) -> int:
     """Print the failed cells (stderr, one line each) and return the exit status."""
     from analysis.runs import load_runs
+    from analysis.summary import failed_cells
 
-    lines = failed_cells(load_runs(spec.tracking_uri, spec.name, spec.study_id), spec)
+    runs = load_runs(spec.tracking_uri, spec.name, spec.study_id)
+    lines = failed_cells(runs, spec.methods, spec.label_percents, spec.objectives[0].metric)
     if not lines:
         return 0
     cells = len(spec.methods) * len(spec.label_percents)

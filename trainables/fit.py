@@ -245,16 +245,18 @@ def _resume(state: _TrainState, checkpoint: Path | None) -> None:
     state.step = int(saved["step"])
 
 
-def _save(state: _TrainState, checkpoint: Path) -> None:
-    """Write everything _resume reads."""
-    saved = {
+def _save(state: _TrainState, checkpoint: Path, saved: Callable[[Path], None] | None) -> None:
+    """Write everything _resume reads; then saved(checkpoint), when given."""
+    everything = {
         "network": state.net.state_dict(),
         "ema": state.ema.state_dict(),
         "optimizer": state.optimizer.state_dict(),
         "step": state.step,
         "rng": state.generator.get_state(),
     }
-    save_checkpoint(checkpoint, saved)
+    save_checkpoint(checkpoint, everything)
+    if saved is not None:
+        saved(checkpoint)
 
 
 def _draw_batch(
@@ -406,10 +408,8 @@ def train_artifact(
     distributed: Distributed | None = None,
     saved: Callable[[Path], None] | None = None,
 ) -> nn.Module:
-    """Train one artifact; return its EMA network (eval mode, frozen). Resumes from checkpoint_dir.
-    saved(path), when given, is called after each checkpoint is written (the artifact cache copies
-    it into an object store, so a trial on any node continues from it).
-
+    """Train one artifact; return its EMA network (eval mode, frozen). Resumes from checkpoint_dir;
+    saved(path) follows each checkpoint written (the cache copies it into an object store).
     evaluate(ema, epoch), when given, runs at every epoch end and its metrics join that epoch's
     report (schedulers such as ASHA need the objective while a trial trains). Under data
     parallelism every rank draws the same global batch and noise (so one RNG state resumes them
@@ -417,8 +417,7 @@ def train_artifact(
     metrics dict then carries the checkpoint folder under "checkpoint_dir"). stop_after ends
     training at the first epoch end at or after that many steps (tests use it to interrupt a run).
     """
-    dist = distributed or Distributed()
-    device = torch.device(device)
+    dist, device = distributed or Distributed(), torch.device(device)
     config = artifact_config(artifact, config)  # the guidance classifier's own schedule
     sde = VESDE.from_config(config.sde)
     state = _setup(artifact, config, data, frozen, device)
@@ -447,9 +446,7 @@ def train_artifact(
             state.check_finite(artifact)  # never checkpoint or report a diverged network
         # Checkpoint at epoch ends and every train.checkpoint_every steps (rank 0 writes).
         if saving:
-            _save(state, ckpt)
-            if saved is not None:
-                saved(ckpt)
+            _save(state, ckpt, saved)
         if not epoch_end:
             continue
         metrics = meter.close(artifact, config, done)

@@ -191,14 +191,9 @@ def _cached_provider(
         needs = {n: ledger.keys[n] for n in artifact.needs}
         fetched = time.perf_counter()
         net, key, reused = cache.get_or_train(
-            artifact,
-            config,
-            train,
-            dim=data_dim(data.x),
-            num_classes=data.num_classes,
-            needs=needs,
-            distributed=dist,
-        )
+            artifact, config, train, dim=data_dim(data.x), num_classes=data.num_classes,
+            needs=needs, distributed=dist,
+        )  # fmt: skip
         ledger.add(artifact, key, reused, config)
         # Time in the cache that was not training: waiting on another trial's lock, loading.
         ledger.metrics[COST.FETCH_SECONDS] += time.perf_counter() - fetched
