@@ -35,11 +35,9 @@ def selection_metric(metric: str) -> str:
     return f"{VALIDATION_PREFIX}{metric}"
 
 
-def cell_study_name(study: str, cell: Cell, existing: Collection[str] = ()) -> str:
-    """The Optuna study of one table cell, e.g. 'toy/CG-SC-all@5%' (optuna-dashboard lists them);
-    a study that began under the older name 'toy/CG-SC-all@5' (in existing) keeps it."""
-    old = f"{study}/{cell[0]}@{cell[1]:g}"
-    return old if old in existing else f"{study}/{cell_label(*cell)}"
+def cell_study_name(study: str, cell: Cell) -> str:
+    """The Optuna study of one table cell, e.g. 'toy/CG-SC-all@5%' (optuna-dashboard lists them)."""
+    return f"{study}/{cell_label(*cell)}"
 
 
 def config_key(knobs: dict) -> tuple:
@@ -94,7 +92,7 @@ class CellStudies:
         """The cell's Optuna study, created (its default point enqueued) on first use."""
         if cell not in self._studies:
             existing = optuna.get_all_study_names(self.storage_url)
-            name = cell_study_name(self.study_name, cell, existing)
+            name = cell_study_name(self.study_name, cell)
             fresh = name not in existing
             study = optuna.create_study(
                 storage=self.storage_url,

@@ -24,7 +24,7 @@ from study.errors import StudyError
 from study.locations import check_tracking_uri, sqlite_path
 from study.plan import make_plan
 from study.progress import Progress
-from study.spec import SEED_KEYS, StudySpec, resolve, validate
+from study.spec import SEED_KEYS, StudySpec, validate
 from study.stages import StageGate, plan_stages
 from study.trial import StudyContext, trial_driver
 from study.views import write_views
@@ -62,21 +62,9 @@ def check_store(place: Place, what: str) -> None:
         )
 
 
-def full_params(
-    params: dict,
-    *,
-    spec: StudySpec | None = None,
-    base: dict | None = None,
-    base_config: str | None = None,
-) -> dict[str, Any]:
-    """Every flat param of a trial: its resolved config (spec.trial_config) as flat keys. base and
-    base_config: what trackers pickled by older versions pass instead of the spec."""
-
-    params = {k: v for k, v in params.items() if k != STAGE_KEY}
-    if spec is not None:
-        config = spec.trial_config(params)
-    else:
-        config = resolve({**(base or {}), **params}, base_config or "toy")
+def full_params(params: dict, *, spec: StudySpec) -> dict[str, Any]:
+    """Every flat param of a trial: its resolved config (spec.trial_config) as flat keys."""
+    config = spec.trial_config({k: v for k, v in params.items() if k != STAGE_KEY})
     flat = to_flat(config)
     return {k: (",".join(map(str, v)) if isinstance(v, tuple) else v) for k, v in flat.items()}
 
@@ -247,18 +235,23 @@ def _fit_search(spec: StudySpec, study_dir: Path, trainable: Any, tracker: Any) 
 
 
 EVALUATION_CACHE_KEY = "eval.cache_dir"
-OLD_EVALUATION_CACHE = "~/.cache/sc-guidance"  # each machine's own, before studies pinned theirs
 
 
 def with_evaluation_cache(spec: StudySpec, study_dir: Path) -> StudySpec:
-    """One evaluation yardstick per study: unless the spec names eval.cache_dir, the evaluation
-    classifier and the reference statistics live in the study's artifact store (shared by every
-    node that sees it, like the networks), not in each machine's ~/.cache. The saved spec pins it.
-    """
+    """One evaluation yardstick per study, owned by it: unless the spec names eval.cache_dir, the
+    evaluation classifier and the reference statistics live in the study folder's evaluation/
+    (a copied or moved study measures with the same ones), seeded from and published to the
+    artifact store's evaluation/ (eval.shared_cache_dir), so no study trains one another has. A
+    study in an object store keeps them in the artifact store's (every node sees it). The saved
+    spec pins both."""
     if EVALUATION_CACHE_KEY in spec.config:
         return spec
-    folder = str(spec.artifact_place(spec.study_place(study_dir)) / "evaluation")
-    return replace(spec, config={**spec.config, EVALUATION_CACHE_KEY: folder})
+    place = spec.study_place(study_dir)
+    shared = str(spec.artifact_place(place) / "evaluation")
+    if place.remote:
+        return replace(spec, config={**spec.config, EVALUATION_CACHE_KEY: shared})
+    own = {EVALUATION_CACHE_KEY: str(study_dir / "evaluation"), "eval.shared_cache_dir": shared}
+    return replace(spec, config={**spec.config, **own})
 
 
 def _save_spec(spec: StudySpec, study_dir: Path, uri: str) -> None:
@@ -550,11 +543,6 @@ def load_study_spec(study_dir: str | Path) -> tuple[Path, StudySpec]:
     raw = yaml.safe_load((path / SPEC_FILE).read_text())
     if isinstance(raw, dict):
         raw = rehomed(raw, path)  # a copied or moved study reads and writes only itself
-    if isinstance(raw, dict) and "artifact_store" not in raw:
-        raw["artifact_store"] = "study"  # saved before the shared store: its networks are inside
-    if isinstance(raw, dict) and EVALUATION_CACHE_KEY not in (raw.get("config") or {}):
-        # Saved before studies pinned their evaluation cache: keep measuring with the one it used.
-        raw["config"] = {**(raw.get("config") or {}), EVALUATION_CACHE_KEY: OLD_EVALUATION_CACHE}
     spec = validate(raw)
     check_tracking_store(spec, path)
     return path, spec

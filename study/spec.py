@@ -169,8 +169,7 @@ class StudySpec:
 
 def resolve(params: Mapping[str, Any], base_config: str | None = None) -> TrialConfig:
     """Flat params over a base config (None: the defaults) as a checked TrialConfig: the one way
-    from flat keys to a trial's config (StudySpec.trial_config, the benchmarks; also what trackers
-    pickled by older versions call, through study.runner.full_params)."""
+    from flat keys to a trial's config (StudySpec.trial_config, the benchmarks)."""
     return from_flat(dict(params), base=base_config)
 
 

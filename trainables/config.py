@@ -233,8 +233,11 @@ class EvalConfig:
     )
     inception_weights: str = ""  # a local inception-2015-12-05.pt; default clean-fid's /tmp copy
     cache_dir: str = (
-        ""  # shared across studies (reference stats, eval classifiers); ~/.cache/sc-guidance
+        ""  # the yardstick (reference stats, eval classifier); a study's evaluation/ folder
     )
+    # The store a study's yardstick is seeded from and published to (the artifact store's
+    # evaluation/: studies share what they trained); "" = none.
+    shared_cache_dir: str = ""
     num_reference: OptionalCount = 0  # training images for the reference statistics; 0 = all
     # Images per feature-extractor call, halved on out-of-device-memory until a batch fits; 0 = 256
     # on a CPU, 1024 on a GPU.

@@ -9,6 +9,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
+import shutil
+import uuid
 from pathlib import Path
 
 from trainables.config import ModelConfig, TrialConfig, to_flat
@@ -93,8 +96,50 @@ def artifact_key(identity: dict) -> str:
 
 
 def cache_root(config: TrialConfig) -> Place:
-    """eval.cache_dir (a folder or an object-store URI), else ~/.cache/sc-guidance."""
+    """eval.cache_dir (a folder or an object-store URI), else ~/.cache/sc-guidance: where the
+    evaluation's yardstick lives (a study's own folder's evaluation/, study.runner)."""
     return Place(config.eval.cache_dir or "~/.cache/sc-guidance")
+
+
+def data_cache(config: TrialConfig) -> str:
+    """Where generated data sets (the twin's fit) are kept: the shared store when the study has
+    one (eval.shared_cache_dir), else eval.cache_dir."""
+    return config.eval.shared_cache_dir or config.eval.cache_dir
+
+
+def _shared_twin(path: Path, config: TrialConfig) -> Path | None:
+    """The same name under eval.shared_cache_dir as path has under cache_root (both folders on
+    this machine; None otherwise)."""
+    shared, root = config.eval.shared_cache_dir, cache_root(config)
+    if not shared or Place(shared).remote or root.remote:
+        return None
+    return Place(shared).local / path.relative_to(root.local)
+
+
+def adopt(path: Path, config: TrialConfig) -> bool:
+    """Copy a yardstick file (an evaluation classifier's, reference statistics) the study's cache
+    lacks from the shared store, where the same content-addressed name holds the same thing; True
+    if copied. A study thus owns its yardstick and trains none that another study has."""
+    other = _shared_twin(path, config)
+    if other is None or path.exists() or not other.is_file():
+        return False
+    _copy(other, path)
+    return True
+
+
+def publish(path: Path, config: TrialConfig) -> None:
+    """Copy a yardstick file the study made into the shared store (for the next study)."""
+    other = _shared_twin(path, config)
+    if other is not None and path.is_file() and not other.exists():
+        _copy(path, other)
+
+
+def _copy(source: Path, target: Path) -> None:
+    """A file copied atomically (a temporary file beside the target, then renamed)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
+    shutil.copy2(source, tmp)
+    os.replace(tmp, target)
 
 
 def eval_classifier_config(config: TrialConfig) -> TrialConfig:

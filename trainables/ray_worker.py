@@ -42,6 +42,7 @@ from trainables.fit import (
     train_artifact,
     train_method,
 )
+from trainables.identity import data_cache
 from trainables.methods import Artifact, artifact_config, get_method
 from trainables.records import COST, EVAL_EPOCH_KEY, FINAL_KEY, TrialRecords
 from trainables.storage import Place
@@ -52,7 +53,7 @@ Report = Callable[[dict], None]
 def load_data(config: TrialConfig) -> ToyData | ImageData:
     """The trial's dataset: a toy mixture (exact scores) or an image set."""
     if config.data.name in IMAGE_DATASETS:
-        return make_images(config.data, config.eval.cache_dir)
+        return make_images(config.data, data_cache(config))
     data = config.data
     return make_toy(data.name, data.num_train, data.num_test, data.seed)
 

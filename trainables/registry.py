@@ -271,8 +271,9 @@ _IMAGE_ONLY = (
     "model.nf", "model.ch_mult", "model.num_res_blocks", "model.attn_resolutions",
     "model.dropout", "model.center_input", "data.root", "data.download", "data.image_size",
     "data.flip", "train.channels_last", "train.peak_tflops", "eval.fid", "eval.feature_extractor",
-    "eval.inception_weights", "eval.cache_dir", "eval.num_reference", "eval.feature_batch_size",
-    "eval.classifier_checkpoint", "eval.classifier_steps", "eval.classifier_sigma_max",
+    "eval.inception_weights", "eval.cache_dir", "eval.shared_cache_dir", "eval.num_reference",
+    "eval.feature_batch_size", "eval.classifier_checkpoint", "eval.classifier_steps",
+    "eval.classifier_sigma_max",
 )  # fmt: skip
 _TOY_ONLY = ("model.hidden", "model.depth", "model.embed_dim", "eval.sigmas")
 _CLASSIFIER_ONLY = (

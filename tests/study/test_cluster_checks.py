@@ -2,11 +2,10 @@
 study (no Ray started here)."""
 
 import pytest
-import yaml
 
 from study.cluster import check_nodes
 from study.errors import StudyError
-from study.runner import load_study_spec, with_evaluation_cache
+from study.runner import with_evaluation_cache
 from study.spec import SpecError, validate
 
 
@@ -36,19 +35,14 @@ def test_a_ray_client_address_is_refused_with_the_job_recipe(monkeypatch):
         validate({})
 
 
-def test_a_study_pins_its_evaluation_cache_in_its_artifact_store(tmp_path):
+def test_a_study_owns_its_evaluation_cache_seeded_from_the_artifact_store(tmp_path):
     spec = validate({"artifact_store": str(tmp_path / "store")})
-    pinned = with_evaluation_cache(spec, tmp_path / "studies" / "toy")
-    assert pinned.config["eval.cache_dir"] == str(tmp_path / "store" / "evaluation")
-    assert pinned.base_params()["eval.cache_dir"] == str(tmp_path / "store" / "evaluation")
+    study_dir = tmp_path / "studies" / "toy"
+    pinned = with_evaluation_cache(spec, study_dir)
+    assert pinned.config["eval.cache_dir"] == str(study_dir / "evaluation")
+    assert pinned.base_params()["eval.shared_cache_dir"] == str(tmp_path / "store" / "evaluation")
     named = validate({"config": {"eval.cache_dir": str(tmp_path / "team")}})
     assert with_evaluation_cache(named, tmp_path).config["eval.cache_dir"] == str(tmp_path / "team")
-
-
-def test_a_study_saved_before_keeps_the_evaluation_cache_it_measured_with(tmp_path):
-    (tmp_path / "spec.yaml").write_text(yaml.safe_dump({"name": "old", "artifact_store": "study"}))
-    _, spec = load_study_spec(tmp_path)
-    assert spec.config["eval.cache_dir"] == "~/.cache/sc-guidance"
 
 
 def test_the_node_probe_names_a_folder_the_node_cannot_see_and_missing_data(tmp_path, monkeypatch):

@@ -47,8 +47,11 @@ def test_each_family_trains_on_two_train_workers(tmp_path):
     # Every artifact the workers trained is in the cache once: score, classifier, joint,
     # conditional.
     store = tmp_path / "artifact-store"  # run_cli's per-test store
-    # (and the study's evaluation classifier and reference statistics, in store/evaluation)
-    assert (store / "evaluation" / "eval-classifiers").is_dir()
+    # The study's evaluation classifier and reference statistics: its own, in its folder, and
+    # published to store/evaluation for the next study.
+    for owner in (study_dir, store):
+        assert len(list(owner.glob("evaluation/eval-classifiers/*/model.pt"))) == 1, owner
+        assert len(list(owner.glob("evaluation/fid-stats/*.npz"))) == 1, owner
     assert sorted(p.name.split("-")[0] for p in store.iterdir() if p.name != "evaluation") == [
         "classifier",
         "conditional",

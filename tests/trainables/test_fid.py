@@ -299,3 +299,42 @@ def test_generation_metrics_report_prdc_overall_and_per_class():
         metrics["intra_precision"]
         == (metrics["precision_class0"] + metrics["precision_class1"]) / 2
     )
+
+
+def test_a_study_owns_its_yardstick_seeded_from_and_published_to_the_shared_store(
+    tmp_path, monkeypatch
+):
+    """Study A trains the evaluation classifier into its own evaluation/ and publishes it; study
+    B copies it from the shared store instead of training; A moved elsewhere with the shared store
+    gone still measures with its own copy (nothing trained, the same classifier, cached
+    statistics)."""
+    import shutil
+
+    from trainables.evaluation import generation
+
+    data = tiny_images(128, 64, 16, 0)
+
+    def config(study, shared):
+        flat = {"data.num_train": 128, "data.num_test": 64, "eval.classifier_steps": 50}
+        flat |= {"eval.cache_dir": str(study / "evaluation"), "eval.shared_cache_dir": str(shared)}
+        return from_flat(flat, base="tiny-images")
+
+    quiet = {"log": lambda *a: None}
+    shared = tmp_path / "store" / "evaluation"
+    first = generation.build_evaluator(config(tmp_path / "a", shared), data, **quiet)
+    assert not first.reference_cached
+    assert len(list(shared.glob("eval-classifiers/*/model.pt"))) == 1
+    assert len(list(shared.glob("fid-stats/*.npz"))) == 1
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("the evaluation classifier was trained again")
+
+    monkeypatch.setattr(generation, "train_artifact", no_training)
+    second = generation.build_evaluator(config(tmp_path / "b", shared), data, **quiet)
+    assert second.reference_cached and second.classifier_key == first.classifier_key
+    assert len(list((tmp_path / "b").glob("evaluation/eval-classifiers/*/model.pt"))) == 1
+    (tmp_path / "a").rename(tmp_path / "moved")
+    shutil.rmtree(tmp_path / "store")
+    moved = generation.build_evaluator(config(tmp_path / "moved", shared), data, **quiet)
+    assert moved.reference_cached and moved.classifier_key == first.classifier_key
+    assert moved.classifier_test_accuracy == first.classifier_test_accuracy

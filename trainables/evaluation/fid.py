@@ -250,6 +250,12 @@ def prdc(real: np.ndarray, fake: np.ndarray, nearest_k: int) -> dict[str, float]
 
 # ---- cached reference statistics
 # ------------------------------------------------------------------
+def reference_key(data_identity: dict, extractor: FeatureExtractor) -> str:
+    """The name (<key>.npz) of a data set's reference statistics under one extractor."""
+    named = {"data": data_identity, "extractor": extractor.identity}
+    return hashlib.sha256(json.dumps(named, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def reference_stats(
     images: torch.Tensor,
     labels: torch.Tensor,
@@ -260,11 +266,7 @@ def reference_stats(
 ) -> tuple[dict[str, Stats], bool]:
     """Training-set statistics (overall and per class), computed once per (data, extractor); (stats,
     cached?)."""
-    key = hashlib.sha256(
-        json.dumps(
-            {"data": data_identity, "extractor": extractor.identity}, sort_keys=True
-        ).encode()
-    ).hexdigest()[:16]
+    key = reference_key(data_identity, extractor)
     file = folder / f"{key}.npz"
     if file.exists():
         with np.load(file) as z:

@@ -29,10 +29,18 @@ from trainables.evaluation.fid import (
     classifier_extractor,
     generation_metrics,
     inception_extractor,
+    reference_key,
     reference_stats,
 )
 from trainables.fit import Distributed, TrainingSet, build, data_dim, train_artifact
-from trainables.identity import cache_root, eval_classifier_config
+from trainables.identity import (
+    adopt,
+    artifact_identity,
+    artifact_key,
+    cache_root,
+    eval_classifier_config,
+    publish,
+)
 from trainables.methods import EVAL_CLASSIFIER
 
 
@@ -82,8 +90,9 @@ class Evaluator:
 def _eval_classifier(
     config: TrialConfig, data: ImageData, device: torch.device | str, log: Callable[[str], None]
 ) -> tuple[nn.Module, str]:
-    """(network, key): loaded from eval.classifier_checkpoint, else from the artifact cache, which
-    trains it once (CE on every label of the training set) for every study sharing the cache."""
+    """(network, key): loaded from eval.classifier_checkpoint, else from the study's evaluation
+    cache (copied from the shared store when that has it), trained there once (CE on every label
+    of the training set) and published to the shared store."""
     clf_config = eval_classifier_config(config)
     dim = data_dim(data.x)
     if config.eval.classifier_checkpoint:
@@ -105,9 +114,17 @@ def _eval_classifier(
             saved=cache.checkpoint_saved,
         )
 
+    # The study's own copy (its yardstick travels with its folder), seeded from the shared store.
+    key = artifact_key(artifact_identity(EVAL_CLASSIFIER, clf_config))
+    folder = cache.root / f"{EVAL_CLASSIFIER.name}-{key}"
+    files = [folder / name for name in ("identity.json", "model.pt.sha256", "model.pt")]
+    for file in files:  # model.pt last: its presence means a finished network
+        adopt(file, config)
     net, key, _ = cache.get_or_train(
         EVAL_CLASSIFIER, clf_config, train, dim=dim, num_classes=data.num_classes
     )
+    for file in files:
+        publish(file, config)
     return net, key
 
 
@@ -142,11 +159,14 @@ def build_evaluator(
         }  # fmt: skip
     place = cache_root(config) / "fid-stats"
     place.pull()  # an object store's statistics into this node's mirror (a folder: nothing)
+    file = place.local / f"{reference_key(identity, extractor)}.npz"
+    adopt(file, config)
     reference, cached = reference_stats(
         data.x[:n], data.y[:n], data.num_classes, extractor, identity, place.local
     )
     if not cached:
         place.push()
+        publish(file, config)
     evaluator = Evaluator(net, key, float("nan"), extractor, reference, cached, sigma)
     evaluator.nearest_k = config.eval.prdc_k
     predicted = evaluator.classify(data.test_x)
