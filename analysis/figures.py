@@ -35,7 +35,7 @@ from analysis.tables import (
     pareto_set,
     selection_column,
 )
-from trainables.names import CHOSEN_SCALE, CURVE_METRICS, SAMPLES_IMAGE, cell_label
+from trainables.names import CHOSEN_SCALE, CURVE_METRICS, METHODS, SAMPLES_IMAGE, cell_label
 
 FIGURES_DIR = "figures"
 FORMATS = ("pdf", "png")
@@ -87,7 +87,7 @@ def _legend_outside(fig: Any, axes: Sequence[Any]) -> None:
             if label not in handles:
                 handles[label] = handle
                 labels.append(label)
-    ordered = style.method_order([lab for lab in labels if lab in style.METHOD_COLORS])
+    ordered = style.method_order([lab for lab in labels if lab in METHODS])
     ordered += [lab for lab in labels if lab not in ordered]
     if ordered:
         fig.legend([handles[lab] for lab in ordered], ordered, loc="center left",

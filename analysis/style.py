@@ -1,27 +1,13 @@
 """How methods and metrics look wherever the analysis shows them: the order (the registry's, the
-papers' table order), one fixed colour and marker per method, short metric names for the console.
-Every table and figure reads this module, so a method keeps its colour from figure to figure."""
+papers' table order), one fixed colour and marker per method (its registry record's:
+trainables.registry.Method), short metric names for the console. Every table and figure reads this
+module, so a method keeps its colour from figure to figure."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 
-from trainables.names import METHODS
-
-# Colour-blind-safe (Okabe-Ito, plus black and two greys), one per method in registry order: the
-# CG family in blues / greens, the conditional models in warm colours.
-_PALETTE = (
-    "#000000",  # CG
-    "#0072B2",  # CG-SC-labeled
-    "#56B4E9",  # CG-SC-all
-    "#009E73",  # CG-DLSM
-    "#CC79A7",  # Joint-SC
-    "#D55E00",  # Cond
-    "#E69F00",  # CFG-labeled
-    "#8C6D31",  # CFG-all
-)
-METHOD_COLORS = dict(zip(METHODS, _PALETTE))
-METHOD_MARKERS = dict(zip(METHODS, ("o", "s", "D", "^", "v", "P", "X", "*")))
+from trainables.names import METHOD_RECORDS, METHODS
 
 # Console names of the metrics (the files keep the full names).
 SHORT_NAMES = {
@@ -55,13 +41,15 @@ def method_order(methods: Iterable[str]) -> list[str]:
 
 
 def color(method: str) -> str:
-    """The method's fixed colour (grey for a name outside the registry)."""
-    return METHOD_COLORS.get(method, "#999999")
+    """The method's fixed colour, its registry record's (grey for a name outside the registry)."""
+    record = METHOD_RECORDS.get(method)
+    return record.color if record is not None else "#999999"
 
 
 def marker(method: str) -> str:
-    """The method's fixed marker."""
-    return METHOD_MARKERS.get(method, "o")
+    """The method's fixed marker, its registry record's (a circle outside the registry)."""
+    record = METHOD_RECORDS.get(method)
+    return record.marker if record is not None else "o"
 
 
 # What a figure's axis says: a readable name and its direction (higher or lower is better).

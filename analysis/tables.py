@@ -46,9 +46,26 @@ DEFAULT_METRICS = (
     "score_dsm",
     "clf_accuracy",
 )
+
+
 # The knobs a cell chose (shown for the methods that tune them): the guidance scale the trial chose
 # on its validation split (guided methods), the lambdas its cell's search chose.
-KNOB_COLUMNS = (CHOSEN_SCALE, "loss.lambda_sc", "loss.lambda_joint")
+class _KnobColumns(Sequence[str]):
+    """The chosen guidance scale, then every key a registered method tunes (live: a method
+    registered later adds its knobs' columns)."""
+
+    def _columns(self) -> tuple[str, ...]:
+        tuned = [k for m in METHODS for k in TUNED_KEYS[m]]
+        return (CHOSEN_SCALE, *dict.fromkeys(tuned))
+
+    def __getitem__(self, index):  # noqa: ANN001, ANN204 - Sequence's own signature
+        return self._columns()[index]
+
+    def __len__(self) -> int:
+        return len(self._columns())
+
+
+KNOB_COLUMNS = _KnobColumns()
 FID_METRICS = ("fid", "intra_fid")  # flagged in tables when computed from too few samples
 
 

@@ -10,19 +10,73 @@ agreeing with what is written here.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Set as AbstractSet
+from typing import Any
 
 # ---- methods -----------------------------------------------------------------------------------
-# Exactly the papers' labels, in table order: MLflow tags, table rows and CLI choices.
-METHODS: tuple[str, ...] = (
-    "CG",
-    "CG-SC-labeled",
-    "CG-SC-all",
-    "CG-DLSM",
-    "Joint-SC",
-    "Cond",
-    "CFG-labeled",
-    "CFG-all",
-)
+# One place per fact about a method: its record in the registry (trainables.registry.Method: name,
+# artifacts and loss terms, guidance, colour). The registry registers every record here (the
+# package's __init__ imports it), and the tables below are live views of the records, so a method
+# registered later (a ninth method in a test fixture) reaches every table, figure, search space and
+# spec check that reads them.
+METHOD_RECORDS: dict[str, Any] = {}  # name -> trainables.registry.Method, in table order
+
+
+class _MethodNames(Sequence[str]):
+    """The methods' names, exactly the papers' labels, in table order (MLflow tags, table rows,
+    CLI choices)."""
+
+    def __getitem__(self, index):  # noqa: ANN001, ANN204 - Sequence's own signature
+        return tuple(METHOD_RECORDS)[index]
+
+    def __len__(self) -> int:
+        return len(METHOD_RECORDS)
+
+    def __repr__(self) -> str:
+        return repr(tuple(METHOD_RECORDS))
+
+
+class _TunedKeys(Mapping[str, tuple[str, ...]]):
+    """The keys each method's search tunes inside its cell: its tuned loss weights. The guidance
+    scale is not one of them: it only changes sampling, so every trial sweeps
+    sample.guidance_grid on the validation split (trainables.evaluation) and reports its choice."""
+
+    def __getitem__(self, method: str) -> tuple[str, ...]:
+        return METHOD_RECORDS[method].tuned_keys
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(METHOD_RECORDS)
+
+    def __len__(self) -> int:
+        return len(METHOD_RECORDS)
+
+
+class _MethodsWhere(AbstractSet[str]):
+    """The methods whose record satisfies a predicate."""
+
+    def __init__(self, predicate: Callable[[Any], bool]) -> None:
+        self.predicate = predicate
+
+    def __contains__(self, method: object) -> bool:
+        record = METHOD_RECORDS.get(method) if isinstance(method, str) else None
+        return record is not None and self.predicate(record)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter([m for m, r in METHOD_RECORDS.items() if self.predicate(r)])
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+
+METHODS = _MethodNames()
+TUNED_KEYS = _TunedKeys()
+# Methods that sample with guidance (Cond samples its conditional model as it is).
+GUIDED = _MethodsWhere(lambda record: record.guidance != "none")
+# Methods whose networks give a classifier (logits) and an unconditional score.
+WITH_CLASSIFIER = _MethodsWhere(lambda record: record.gives_classifier)
+WITH_SCORE = WITH_CLASSIFIER
+
 METHOD_KEY = "method"
 LABEL_PERCENT_KEY = (
     "data.label_percent"  # the spec's label_percents list sets it, one value per cell
@@ -38,29 +92,10 @@ STAGE_METRIC = "stage_trial"  # 1.0 in a stage trial's final result
 LAMBDA_SC_KEY = "loss.lambda_sc"
 LAMBDA_JOINT_KEY = "loss.lambda_joint"
 
-# The keys each method's search tunes inside its cell: the tuned loss weights of its registry
-# record. The guidance scale is not one of them: it only changes sampling, so every trial sweeps
-# sample.guidance_grid on the validation split (trainables.evaluation) and reports its choice.
-TUNED_KEYS: dict[str, tuple[str, ...]] = {
-    "CG": (),
-    "CG-SC-labeled": (LAMBDA_SC_KEY,),
-    "CG-SC-all": (LAMBDA_SC_KEY,),
-    "CG-DLSM": (),
-    "Joint-SC": (LAMBDA_JOINT_KEY,),
-    "Cond": (),
-    "CFG-labeled": (),
-    "CFG-all": (),
-}
-# Methods that sample with guidance (Cond samples its conditional model as it is).
-GUIDED = frozenset(m for m in METHODS if m != "Cond")
-# Methods whose networks give a classifier (logits) and an unconditional score.
-WITH_CLASSIFIER = frozenset({"CG", "CG-SC-labeled", "CG-SC-all", "CG-DLSM", "Joint-SC"})
-WITH_SCORE = WITH_CLASSIFIER
-
 
 def check_method(name: str) -> str:
     """The name if it is a method; ValueError naming the valid choices otherwise."""
-    if name not in METHODS:
+    if name not in METHOD_RECORDS:
         raise ValueError(f"unknown method {name!r}; valid: {list(METHODS)}")
     return name
 
@@ -239,6 +274,11 @@ SPEC_FILE = "spec.yaml"  # a study directory's validated spec
 KNOB_LABELS = {LAMBDA_SC_KEY: "lambda_SC", LAMBDA_JOINT_KEY: "lambda_joint"}
 
 
+def knob_label(key: str) -> str:
+    """A tuned key's short label ('lambda_SC'); a knob without one: its name in the loss section."""
+    return KNOB_LABELS.get(key, key.removeprefix("loss."))
+
+
 def cell_label(method: str, label_percent: float) -> str:
     """The one spelling of a cell, e.g. 'CG-SC-all@5%'."""
     return f"{method}@{float(label_percent):g}%"
@@ -253,7 +293,7 @@ def parse_cell_label(label: str) -> tuple[str, float]:
 def knob_text(method: str, values: dict) -> str:
     """The cell's tuned knobs as 'lambda_SC=0.1' ('' for a method without knobs)."""
     shown = [
-        f"{KNOB_LABELS.get(k, k)}={float(values[k]):.3g}"
+        f"{knob_label(k)}={float(values[k]):.3g}"
         for k in TUNED_KEYS.get(method, ())
         if k in values and values[k] is not None
     ]

@@ -179,6 +179,13 @@ class Method:
     name: str
     artifacts: tuple[Artifact, ...]  # trained in this order
     guidance: str  # cg (score + classifier gradient) | cfg | none (plain conditional model)
+    color: str = ""  # its colour in every figure ("" = the next of EXTRA_COLORS)
+    marker: str = "o"  # its marker in every figure
+
+    @property
+    def gives_classifier(self) -> bool:
+        """Its networks give a classifier (logits) and an unconditional score."""
+        return any(a.network in ("classifier", "joint") for a in self.artifacts)
 
     @property
     def shares_score_model(self) -> bool:
@@ -195,67 +202,102 @@ class Method:
 
 SC = names.LAMBDA_SC_KEY
 JOINT = names.LAMBDA_JOINT_KEY
-METHODS: dict[str, Method] = {
-    m.name: m
-    for m in (
-        Method("CG", artifacts=(SCORE_MODEL, classifier(CE)), guidance="cg"),
-        Method(
-            "CG-SC-labeled",
-            artifacts=(
-                SCORE_MODEL,
-                classifier(CE, LossTerm("sc", rows="labeled", weight_key=SC, tuned=True)),
-            ),
-            guidance="cg",
+# Colour-blind-safe (Okabe-Ito, plus black and two greys): the CG family in blues / greens, the
+# conditional models in warm colours. A method registered without a colour takes the next of
+# EXTRA_COLORS (grey stays the colour of a name outside the registry).
+EXTRA_COLORS = ("#7570B3", "#1B9E77", "#E7298A", "#66A61E", "#A6761D")
+METHODS: dict[str, Method] = names.METHOD_RECORDS  # the live tables of trainables.names read it
+
+
+def register(method: Method) -> Method:
+    """Add a method to the registry (after the papers' eight: its table order); ValueError for a
+    name already taken. Every table, figure, search space and spec check reads it from here on."""
+    if method.name in METHODS:
+        raise ValueError(f"method {method.name!r} is already registered")
+    if not method.color:
+        extra = sum(1 for m in METHODS.values() if m.color in EXTRA_COLORS)
+        method = dataclasses.replace(method, color=EXTRA_COLORS[extra % len(EXTRA_COLORS)])
+    METHODS[method.name] = method
+    return method
+
+
+for _method in (
+    Method("CG", (SCORE_MODEL, classifier(CE)), "cg", "#000000", "o"),
+    Method(
+        "CG-SC-labeled",
+        artifacts=(
+            SCORE_MODEL,
+            classifier(CE, LossTerm("sc", rows="labeled", weight_key=SC, tuned=True)),
         ),
-        Method(
-            "CG-SC-all",
-            artifacts=(
-                SCORE_MODEL,
-                classifier(CE, LossTerm("sc", rows="all", weight_key=SC, tuned=True)),
-            ),
-            guidance="cg",
+        guidance="cg",
+        color="#0072B2",
+        marker="s",
+    ),
+    Method(
+        "CG-SC-all",
+        artifacts=(
+            SCORE_MODEL,
+            classifier(CE, LossTerm("sc", rows="all", weight_key=SC, tuned=True)),
         ),
-        Method(
-            "CG-DLSM",
-            artifacts=(
-                SCORE_MODEL,
-                classifier(
-                    LossTerm("dlsm", rows="labeled"),
-                    LossTerm("ce", rows="labeled", weight_key="loss.lambda_ce"),
-                    needs=("score",),
+        guidance="cg",
+        color="#56B4E9",
+        marker="D",
+    ),
+    Method(
+        "CG-DLSM",
+        artifacts=(
+            SCORE_MODEL,
+            classifier(
+                LossTerm("dlsm", rows="labeled"),
+                LossTerm("ce", rows="labeled", weight_key="loss.lambda_ce"),
+                needs=("score",),
+            ),
+        ),
+        guidance="cg",
+        color="#009E73",
+        marker="^",
+    ),
+    Method(
+        "Joint-SC",
+        artifacts=(
+            Artifact(
+                name="joint",
+                network="joint",
+                terms=(
+                    LossTerm("joint_dsm"),
+                    QC,
+                    LossTerm("ce", rows="labeled", weight_key=JOINT, tuned=True),
+                    LossTerm("joint_sc", rows="all", weight_key=JOINT, tuned=True),
                 ),
             ),
-            guidance="cg",
         ),
-        Method(
-            "Joint-SC",
-            artifacts=(
-                Artifact(
-                    name="joint",
-                    network="joint",
-                    terms=(
-                        LossTerm("joint_dsm"),
-                        QC,
-                        LossTerm("ce", rows="labeled", weight_key=JOINT, tuned=True),
-                        LossTerm("joint_sc", rows="all", weight_key=JOINT, tuned=True),
-                    ),
-                ),
-            ),
-            guidance="cg",
-        ),
-        Method(
-            "Cond", artifacts=(conditional(LossTerm("cond_dsm", rows="labeled")),), guidance="none"
-        ),
-        Method(
-            "CFG-labeled",
-            artifacts=(conditional(LossTerm("cfg_dsm", rows="labeled")),),
-            guidance="cfg",
-        ),
-        Method(
-            "CFG-all", artifacts=(conditional(LossTerm("cfg_dsm", rows="all")),), guidance="cfg"
-        ),
-    )
-}
+        guidance="cg",
+        color="#CC79A7",
+        marker="v",
+    ),
+    Method(
+        "Cond",
+        artifacts=(conditional(LossTerm("cond_dsm", rows="labeled")),),
+        guidance="none",
+        color="#D55E00",
+        marker="P",
+    ),
+    Method(
+        "CFG-labeled",
+        artifacts=(conditional(LossTerm("cfg_dsm", rows="labeled")),),
+        guidance="cfg",
+        color="#E69F00",
+        marker="X",
+    ),
+    Method(
+        "CFG-all",
+        artifacts=(conditional(LossTerm("cfg_dsm", rows="all")),),
+        guidance="cfg",
+        color="#8C6D31",
+        marker="*",
+    ),
+):
+    register(_method)
 
 
 def get_method(name: str) -> Method:

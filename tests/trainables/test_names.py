@@ -16,7 +16,7 @@ from trainables.networks import build_network
 
 
 def test_method_names_and_tuned_keys_are_the_registrys():
-    assert names.METHODS == tuple(METHODS)
+    assert tuple(names.METHODS) == tuple(METHODS)
     assert names.TUNED_KEYS == {name: m.tuned_keys for name, m in METHODS.items()}
 
 
