@@ -3,6 +3,7 @@ MLflow."""
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import signal
@@ -41,6 +42,7 @@ from trainables.names import (
     VALIDATION_PREFIX,
     cell_label,
 )
+from trainables.records import TrialRecords
 from trainables.storage import Place, rehomed
 
 __all__ = ["StudyError", "StudyInterrupted", "load_study_spec", "run_study", "study_dir_for"]
@@ -475,13 +477,21 @@ def run_final(
     points: list[dict[str, Any]] | None = None,
 ) -> int:
     """`study final`: each cell's chosen configuration over seeds, in the study directory (its
-    artifact cache: nothing already trained for a seed is trained again); returns the number of
-    runs."""
+    artifact cache: nothing already trained for a seed is trained again); a configuration whose
+    final run already finished (its record holds the result) is not run again. Returns the number
+    of runs made."""
     from study.search import PointSearcher
 
     if points is None:
         points = final_points(study_dir, spec, seeds, dict(overrides or {}))
     study_dir, uri = prepare(spec, resume=True)
+    finished = finished_points(spec, study_dir)
+    left = [p for p in points if _point_key(p) not in finished]
+    if len(left) < len(points):  # an interrupted `final` goes on; a repeated one runs nothing
+        print(f"{len(points) - len(left)} of {len(points)} final runs already finished (kept)")
+    points = left
+    if not points:
+        return 0
     store = spec.artifact_place(spec.study_place(study_dir))
     stages, needs = plan_stages(points, spec.trial_config, store)
 
@@ -495,6 +505,25 @@ def run_final(
     progress.budgets = dict(Counter(_cell(p) for p in points))
     _run_session(spec, study_dir, uri, verbose, "final", fit, progress)
     return len(points)
+
+
+def _point_key(point: dict[str, Any]) -> str:
+    """A trial's configuration (its Tune params) as a comparable string."""
+    return json.dumps(point, sort_keys=True, default=str)
+
+
+def finished_points(spec: StudySpec, study_dir: Path) -> set[str]:
+    """The configurations (_point_key) of the study's trials whose records hold a final result."""
+    root = spec.study_place(study_dir) / "trials"
+    root.pull()  # an object store's records into this machine's mirror
+    folders = sorted(root.local.iterdir()) if root.local.is_dir() else []
+    done = set()
+    for folder in folders:
+        records = TrialRecords.of(root.local, folder.name)
+        params = records.params()
+        if params is not None and records.final() is not None:
+            done.add(_point_key(params))
+    return done
 
 
 def _cell(point: dict[str, Any]) -> tuple[str, float]:

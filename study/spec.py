@@ -29,7 +29,6 @@ __all__ = ["SpecError", "StudySpec", "load_raw", "load_spec", "preset_names", "v
 
 SEED_KEYS = ("train.seed", "data.seed", "data.split_seed", "sample.seed")  # the spec's seed sets
 STORE_ENV = "SC_GUIDANCE_ARTIFACT_STORE"  # overrides the user-level default artifact store
-LEGACY_SCALE_KEY = "sample.guidance_scale"  # search key of specs written before the sweep
 
 
 @dataclass(frozen=True)
@@ -250,7 +249,12 @@ def _check_names(spec: schema.SpecModel, search: dict, errors: list[str]) -> Non
     if base not in BASE_CONFIGS:
         errors.append(f"base_config: unknown {shown(base)}; valid: {sorted(BASE_CONFIGS)}")
     for key in search:
-        if key not in DEFAULT_RANGES:
+        if key == names.GUIDANCE_SCALE_KEY:
+            errors.append(
+                f"search.{key}: the guidance scale is swept inside every trial, not searched; "
+                "list its values under guidance: {scales: [...]}"
+            )
+        elif key not in DEFAULT_RANGES:
             errors.append(f"search.{key}: not a searched key; valid: {sorted(DEFAULT_RANGES)}")
     metrics = [o.metric for o in spec.objectives]
     if spec.scheduler.metric is not None and spec.scheduler.metric not in metrics:
@@ -258,34 +262,6 @@ def _check_names(spec: schema.SpecModel, search: dict, errors: list[str]) -> Non
             f"scheduler.metric: {shown(spec.scheduler.metric)} is not one of the objectives "
             f"{metrics}"
         )
-
-
-def _legacy_scales(raw: dict, errors: list[str]) -> dict:
-    """A spec written before the in-trial sweep (search: sample.guidance_scale) as one with a
-    guidance section: its choices, or 5 log-spaced points of its range (with 1 when inside)."""
-    search = raw.get("search")
-    if not isinstance(search, dict) or LEGACY_SCALE_KEY not in search:
-        return raw
-    search = dict(search)
-    legacy = search.pop(LEGACY_SCALE_KEY)
-    raw = {**raw, "search": search}
-    if raw.get("guidance") is not None:
-        return raw
-    checked, problems = schema.problems({"search": {LEGACY_SCALE_KEY: legacy}})
-    if problems:
-        errors.extend(problems)
-        return raw
-    rng = checked.search[LEGACY_SCALE_KEY]
-    if rng.choices is not None:
-        return {**raw, "guidance": {"scales": sorted(set(rng.choices))}}
-    low, high = rng.low, rng.high
-    points = (
-        [low * (high / low) ** (i / 4) for i in range(5)]
-        if rng.log
-        else [low + (high - low) * i / 4 for i in range(5)]
-    )
-    inside = {1.0} if low <= 1.0 <= high else set()
-    return {**raw, "guidance": {"scales": sorted({round(p, 6) for p in points} | inside)}}
 
 
 def _ranges(checked: dict[str, schema.SearchRange]) -> dict[str, Range]:
@@ -301,7 +277,7 @@ def validate(raw: dict, check_data: bool = True) -> StudySpec:
     between them; raise SpecError listing every problem, one line each. check_data=False skips
     the dataset and Inception-weight checks (`study plan` reads a spec without its data)."""
     errors: list[str] = []
-    checked, problems = schema.problems(_legacy_scales(raw, errors))
+    checked, problems = schema.problems(raw)
     errors += problems
     if checked is None:
         _fail(errors)

@@ -748,6 +748,11 @@ def test_final_runs_each_cells_choice_over_seeds_reusing_what_is_trained(finishe
     # The console shows the seed means, and the label-% figure is redrawn with them.
     assert "± " in result.stdout and "mean ± std over the seeds" in result.stdout
     assert (study_dir / "figures" / "label_percent_guided_score_cos.pdf").exists()
+    # The same final again (or after an interruption): what finished is kept, nothing runs twice.
+    again = _cli("final", str(study_dir), "--seeds", "2", "--quiet", cwd=root)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "6 of 6 final runs already finished (kept)" in again.stdout
+    assert "\n0 final runs in" in again.stdout and len(_final_runs(study_dir)[0]) == 6
 
 
 def test_a_second_study_with_another_lambda_range_trains_no_score_model(finished_study):

@@ -94,14 +94,10 @@ def test_guidance_scales_default_to_a_grid_holding_the_plain_conditional_and_rea
     assert validate(custom.to_dict()) == custom  # spec.yaml round trip
 
 
-def test_a_spec_written_before_the_sweep_turns_its_scale_range_into_the_grid():
-    old = validate(
-        {"methods": ["CG"], "search": {"sample.guidance_scale": {"low": 0.5, "high": 8}}}
-    )
-    assert old.guidance_scales == (0.5, 1.0, 2.0, 4.0, 8.0)
-    assert "sample.guidance_scale" not in old.search
-    picked = {"sample.guidance_scale": {"choices": [3, 1.5]}}
-    assert validate({"methods": ["CG"], "search": picked}).guidance_scales == (1.5, 3.0)
+def test_searching_the_guidance_scale_names_the_sweep_instead():
+    with pytest.raises(SpecError) as err:
+        validate({"methods": ["CG"], "search": {"sample.guidance_scale": {"low": 0.5, "high": 8}}})
+    assert "swept inside every trial" in str(err.value) and "guidance: {scales" in str(err.value)
 
 
 @pytest.mark.parametrize("name", preset_names())
