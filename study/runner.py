@@ -219,16 +219,16 @@ def new_tuner(
     return tune.Tuner(trainable, tune_config=tune_config, run_config=run_config)
 
 
-def _fit_search(spec: StudySpec, study_dir: Path, trainable: Any, tracker: Any) -> bool:
+def _fit_search(spec: StudySpec, study_dir: Path, trainable: Any, tracker: Any) -> bool | None:
     """One search session: a new Tuner whose searcher spends what the cells' budgets still allow
     (read from optuna.db, the trials a gone driver left settled first); True if a Ctrl-C stopped
-    it. A study with nothing left to run starts no trial."""
+    it, None if nothing was left to run (no trial starts)."""
     from study.search import CellSearcher, make_scheduler
 
     searcher = CellSearcher(spec, study_dir)
     if not searcher.total:
         print(f"nothing left to run in {study_dir}: every cell has spent its budget")
-        return False
+        return None
     scheduler = make_scheduler(spec, searcher)
     tuner = new_tuner(
         spec, study_dir, "search", trainable, tracker, searcher, searcher.total, scheduler
@@ -329,8 +329,9 @@ def _run_session(
     fit: Any,
     progress: Any = None,
 ) -> None:
-    """Run fit(trainable, tracker) -> interrupted?, then reconcile MLflow with what Tune knows:
-    exactly one run per trial, none left RUNNING; the parent run says how it ended."""
+    """Run fit(trainable, tracker) -> interrupted? (None: it had nothing to run), then reconcile
+    MLflow with the records: exactly one run per trial, none left RUNNING; the parent run says how
+    it ended. A session with nothing to run counts no wall time in the accounting."""
     from study.search import settle_study
     from study.tracking import reconcile
 
@@ -344,8 +345,11 @@ def _run_session(
     step = int(begun * 1000)
     client.log_metric(parent, f"study/{stage}_session_start", begun, step=step)
     outcome = "FAILED"  # the parent run's status unless the work completes or is interrupted
+    ran = True
     try:
-        if fit(trainable, tracker):
+        interrupted = fit(trainable, tracker)
+        ran = interrupted is not None
+        if interrupted:
             raise StudyInterrupted(study_dir)
         outcome = "FINISHED"
     except KeyboardInterrupt:
@@ -358,7 +362,8 @@ def _run_session(
         if stage == "search":  # trials a Ctrl-C stopped: FAIL in the ledger, run again on resume
             settle_study(spec, study_dir)
         client.set_terminated(parent, outcome)
-    client.log_metric(parent, f"study/{stage}_wall_seconds", time.perf_counter() - start, step=step)
+    wall = time.perf_counter() - start if ran else 0.0
+    client.log_metric(parent, f"study/{stage}_wall_seconds", wall, step=step)
 
 
 def back_up_to_store(spec: StudySpec, study_dir: Path) -> str | None:
@@ -393,7 +398,7 @@ def run_study(
         spec = replace(spec, num_trials=sum(spec.cell_budgets().values()))
         _save_spec(spec, study_dir, uri)
 
-    def fit(trainable: Any, tracker: Any) -> bool:
+    def fit(trainable: Any, tracker: Any) -> bool | None:
         return _fit_search(spec, study_dir, trainable, tracker)
 
     _run_session(spec, study_dir, uri, verbose, "search", fit, study_progress(spec))

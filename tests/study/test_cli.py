@@ -807,9 +807,17 @@ def test_a_second_driver_of_one_study_is_refused(finished_study):
         assert [p.stat().st_mtime_ns for p in watched] == before
     finally:
         lease.release()
-    # Free again: a resume with nothing left to do runs (and takes and gives back the lease).
+    # Free again: a resume with nothing left to do runs (and takes and gives back the lease),
+    # starts no trial and spends nothing: the compute line stays what it was.
+    table = _cmd("table", str(study_dir), cwd=root)
     again = _cmd("resume", str(study_dir), cwd=root)
     assert again.returncode == 0, again.stderr[-2000:]
+    assert "nothing left to run" in again.stdout
+
+    def compute(stdout):
+        return next(line for line in stdout.splitlines() if line.startswith("compute: "))
+
+    assert compute(again.stdout) == compute(table.stdout)
 
 
 def test_a_copied_study_reads_and_writes_only_itself(finished_study, tmp_path):
