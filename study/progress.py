@@ -1,6 +1,7 @@
 """A study's progress: per cell its state, trials done of its budget and the best validation value
 so far; overall done / running / pending, elapsed and the time left. Pure bookkeeping (no Ray, no
-MLflow): the live tracker feeds it trial starts and ends, `study status DIR` the runs of the store.
+MLflow): the driver's console (study.console.ConsoleProgress) feeds it trial starts and ends and
+prints it, `study status DIR` the runs of the store.
 
 The time left comes from the plan's compute counts (study.plan: each trial's own training steps and
 sampling score evaluations, weighed as score-network evaluations) calibrated by the throughput

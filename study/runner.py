@@ -188,14 +188,14 @@ def new_tuner(
     study_dir: Path,
     stage: str,
     trainable: Any,
-    tracker: Any,
+    callbacks: list,
     searcher: Any,
     samples: int,
     scheduler: Any = None,
 ) -> Any:
     """A new Tune experiment for one session of the study (the one place a Tuner is built): the
-    searcher and scheduler, the MLflow tracker. Tune runs the trials and forgets them: its
-    experiment folder (tune/<stage>-<time>-<id>) is never read back, nothing of it restored."""
+    searcher and scheduler, the callbacks (the MLflow tracker, the console). Tune runs the trials
+    and forgets them: its experiment folder (tune/<stage>-<time>-<id>) is never read back."""
     from ray import tune
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
@@ -213,13 +213,13 @@ def new_tuner(
     run_config = tune.RunConfig(
         name=name,
         storage_path=str(spec.study_place(study_dir) / "tune"),
-        callbacks=[tracker, *loggers],
+        callbacks=[*callbacks, *loggers],
         verbose=0,
     )
     return tune.Tuner(trainable, tune_config=tune_config, run_config=run_config)
 
 
-def _fit_search(spec: StudySpec, study_dir: Path, trainable: Any, tracker: Any) -> bool | None:
+def _fit_search(spec: StudySpec, study_dir: Path, trainable: Any, callbacks: Any) -> bool | None:
     """One search session: a new Tuner whose searcher spends what the cells' budgets still allow
     (read from optuna.db, the trials a gone driver left settled first); True if a Ctrl-C stopped
     it, None if nothing was left to run (no trial starts)."""
@@ -231,7 +231,7 @@ def _fit_search(spec: StudySpec, study_dir: Path, trainable: Any, tracker: Any) 
         return None
     scheduler = make_scheduler(spec, searcher)
     tuner = new_tuner(
-        spec, study_dir, "search", trainable, tracker, searcher, searcher.total, scheduler
+        spec, study_dir, "search", trainable, callbacks, searcher, searcher.total, scheduler
     )
     return _fit_noting_interrupt(tuner)[1]
 
@@ -281,11 +281,12 @@ def _session(
     stage: str = "search",
     progress: Any = None,
 ) -> tuple[Any, str, str, Any, Any]:
-    """(MLflow client, experiment id, parent run id, Tune trainable, MLflow tracker). verbose: 0
-    nothing live, 1 trial ends and the status, 2 every epoch too; progress: the live status's
-    model (study.progress.Progress)."""
+    """(MLflow client, experiment id, parent run id, Tune trainable, callbacks: the MLflow tracker
+    and the console's progress). verbose: 0 nothing live, 1 trial ends and the status, 2 every
+    epoch too; progress: the live status's model (study.progress.Progress)."""
     from ray import tune
 
+    from study.console import ConsoleProgress
     from study.tracking import MLflowTracker, ensure_parent_run, open_tracking_store
 
     client = open_tracking_store(uri)
@@ -310,14 +311,12 @@ def _session(
         parent,
         str(spec.study_place(study_dir) / "trials"),
         to_params,
-        verbose,
         study_id=spec.study_id,
         stage=stage,
         experiment_name=spec.name,
-        progress=progress,
-        selection=f"{VALIDATION_PREFIX}{first.metric}",
     )
-    return client, exp_id, parent, trainable, tracker
+    console = ConsoleProgress(progress, verbose, stage, f"{VALIDATION_PREFIX}{first.metric}")
+    return client, exp_id, parent, trainable, [tracker, console]
 
 
 def _run_session(
@@ -329,7 +328,7 @@ def _run_session(
     fit: Any,
     progress: Any = None,
 ) -> None:
-    """Run fit(trainable, tracker) -> interrupted? (None: it had nothing to run), then reconcile
+    """Run fit(trainable, callbacks) -> interrupted? (None: it had nothing to run), then reconcile
     MLflow with the records: exactly one run per trial, none left RUNNING; the parent run says how
     it ended. A session with nothing to run counts no wall time in the accounting."""
     from study.search import settle_study
@@ -337,7 +336,7 @@ def _run_session(
 
     start = time.perf_counter()
     session = _session(spec, study_dir, uri, verbose, stage, progress)
-    client, exp_id, parent, trainable, tracker = session
+    client, exp_id, parent, trainable, callbacks = session
     # Each session's start and wall under its own step, so the accounting sums the study's whole
     # life; a session killed before it logs its wall is bounded by its trials' ends
     # (analysis.accounting.study_wall).
@@ -347,7 +346,7 @@ def _run_session(
     outcome = "FAILED"  # the parent run's status unless the work completes or is interrupted
     ran = True
     try:
-        interrupted = fit(trainable, tracker)
+        interrupted = fit(trainable, callbacks)
         ran = interrupted is not None
         if interrupted:
             raise StudyInterrupted(study_dir)
@@ -398,8 +397,8 @@ def run_study(
         spec = replace(spec, num_trials=sum(spec.cell_budgets().values()))
         _save_spec(spec, study_dir, uri)
 
-    def fit(trainable: Any, tracker: Any) -> bool | None:
-        return _fit_search(spec, study_dir, trainable, tracker)
+    def fit(trainable: Any, callbacks: Any) -> bool | None:
+        return _fit_search(spec, study_dir, trainable, callbacks)
 
     _run_session(spec, study_dir, uri, verbose, "search", fit, study_progress(spec))
     return study_dir
@@ -500,10 +499,10 @@ def run_final(
     store = spec.artifact_place(spec.study_place(study_dir))
     stages, needs = plan_stages(points, spec.trial_config, store)
 
-    def fit(trainable: Any, tracker: Any) -> bool:
+    def fit(trainable: Any, callbacks: Any) -> bool:
         searcher = PointSearcher(points, StageGate(stages), needs)
         samples = len(points) + len(stages)
-        tuner = new_tuner(spec, study_dir, "final", trainable, tracker, searcher, samples)
+        tuner = new_tuner(spec, study_dir, "final", trainable, callbacks, searcher, samples)
         return _fit_noting_interrupt(tuner)[1]
 
     progress = study_progress(spec, seeds=seeds)

@@ -45,10 +45,6 @@ from trainables.registry import shaping_keys
 from trainables.storage import Place
 
 TERMINAL = {"FINISHED", "FAILED", "KILLED"}
-# While a trial runs, a status every STATUS_EVERY seconds: the per-cell table when a trial started
-# or ended since the last one (or STATUS_QUIET seconds passed), else its one summary line.
-STATUS_EVERY = 15.0
-STATUS_QUIET = 120.0
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"  # MLflow 3's model-training experiment view
 STEP_METRIC = "tracker/step"  # the run's own result counter, continued across trial restarts
@@ -258,7 +254,8 @@ def ensure_parent_run(
 
 class MLflowTracker(tune.Callback):
     """Tune callback on the driver: one MLflow run per trial (found again by trial id when Tune
-    restarts a failed trial)."""
+    restarts a failed trial). It writes MLflow and nothing else (the console's progress:
+    study.progress.ConsoleProgress)."""
 
     def __init__(
         self,
@@ -267,12 +264,9 @@ class MLflowTracker(tune.Callback):
         parent_run_id: str,
         record_root: Path | str,  # a folder or an object-store URI (trainables.storage)
         full_params: Callable[[dict], dict],
-        verbose: bool = True,
         study_id: str | None = None,
         stage: str = "search",
         experiment_name: str | None = None,
-        progress: Any = None,
-        selection: str | None = None,
     ) -> None:
         self.study_id = study_id
         self.experiment_name = experiment_name
@@ -283,70 +277,13 @@ class MLflowTracker(tune.Callback):
         self.records = Place(str(record_root))
         self.record_root = self.records.local
         self.full_params = full_params  # picklable: trial params -> every flat param
-        self.verbose = verbose
         self._client: MlflowClient | None = None
         self._runs: dict[str, str] = {}
         self._offsets: dict[str, int] = {}
-        self._done = 0
-        self.progress = progress  # study.progress.Progress, or None (no live status)
-        self._selection = selection  # the first objective's validation key, e.g. val/fid
-        self._shown = time.time()
 
     def __getstate__(self) -> dict:
         """Pickle without the client (Tune saves callbacks with the experiment)."""
         return {**self.__dict__, "_client": None, "_runs": {}, "_offsets": {}}
-
-    def on_event(self, event: str, trial: Trial, result: dict | None) -> None:
-        """Progress on the driver's terminal: each trial's end with its count and the time left
-        (verbose 1), every epoch too (verbose 2); the per-cell status every STATUS_EVERY s."""
-        params = trial.config
-        cell = (str(params.get(METHOD_KEY)), float(params.get(LABEL_PERCENT_KEY, "nan")))
-        kind = "shared" if params.get(STAGE_KEY) else self.stage
-        progress, now = self.progress, time.time()
-        if progress is not None and event == "start":
-            progress.started(trial.trial_id, cell, kind, now)
-        elif progress is not None and event in ("FINISHED", "FAILED"):
-            value = (trial.last_result or {}).get(self._selection) if self._selection else None
-            status = event if event == "FAILED" or is_final(trial.last_result) else ("KILLED")
-            progress.ended(trial.trial_id, status, now, value)
-        if not self.verbose:
-            return
-        label = cell_label(*cell)
-        if params.get(STAGE_KEY):
-            label = f"stage trial: shared {params[STAGE_KEY]} network"
-        if event == "result" and result is not None and "epoch" in result and self.verbose > 1:
-            loss = next((f"{k} {v:.4g}" for k, v in result.items() if k.endswith("/loss")), "")
-            print(f"  [{trial.trial_id}] {label}: epoch {int(result['epoch'])} {loss}", flush=True)
-        elif event in ("FINISHED", "FAILED"):
-            self._done += 1
-            early = event == "FINISHED" and not is_final(trial.last_result)
-            epoch = evaluated_epochs(trial.last_result)
-            what = f"stopped early by ASHA at epoch {epoch}" if early else event.lower()
-            value = (trial.last_result or {}).get(self._selection) if self._selection else None
-            if isinstance(value, (int, float)) and event == "FINISHED" and not early:
-                what += f", {self._selection} {value:.4g}"
-            count = f" · {progress.brief(now)}" if progress is not None else ""
-            print(f"  [{trial.trial_id}] {label} {what}{count}", flush=True)
-
-    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
-        """While trials run, a status every STATUS_EVERY seconds: the per-cell table when a trial
-        started or ended since the last table (or STATUS_QUIET seconds passed), else the summary
-        line alone (the time left, the trials running)."""
-        progress = self.progress
-        now = time.time()
-        if not self.verbose or progress is None or now - self._shown < STATUS_EVERY:
-            return
-        if not any(t.status == "RUNNING" for t in progress.trials.values()):
-            return
-        state = tuple(sorted((t.trial_id, t.status) for t in progress.trials.values()))
-        self._shown = now
-        tabled = getattr(self, "_tabled", 0.0)
-        if state == getattr(self, "_shown_state", None) and now - tabled < STATUS_QUIET:
-            print(f"status: {progress.summary(now)}", flush=True)
-            return
-        self._shown_state, self._tabled = state, now
-        metric = self._selection.removeprefix(VALIDATION_PREFIX) if self._selection else ""
-        print(f"status: {progress.summary(now)}\n{progress.table(metric)}", flush=True)
 
     @property
     def client(self) -> MlflowClient:
@@ -420,7 +357,6 @@ class MLflowTracker(tune.Callback):
     def on_trial_start(self, iteration: int, trials: list, trial: Trial, **info: Any) -> None:
         """Create (or find) the trial's run."""
         self.run_for(trial)
-        self.on_event("start", trial, None)
 
     def on_trial_result(
         self, iteration: int, trials: list, trial: Trial, result: dict, **info: Any
@@ -463,7 +399,6 @@ class MLflowTracker(tune.Callback):
                     name = f"guidance_curve/{parsed[0]}"
                     metrics.append(Metric(name, float(value), now, round(100 * parsed[1])))
         self.client.log_batch(run_id, metrics=metrics)
-        self.on_event("result", trial, result)
 
     def _end(self, trial: Trial, status: str) -> None:
         """Tag the run with the trial's records, log its samples, and end it."""
@@ -488,7 +423,6 @@ class MLflowTracker(tune.Callback):
                 run_id, "stopped_at_epoch", str(evaluated_epochs(trial.last_result))
             )
         self.client.set_terminated(run_id, status)
-        self.on_event(status, trial, None)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Trial, **info: Any) -> None:
         """End the run FINISHED."""

@@ -87,14 +87,13 @@ def test_format_seconds():
 def test_the_console_prints_a_status_every_15_s_while_a_trial_runs(monkeypatch, capsys):
     """The README's promise: a status line every STATUS_EVERY seconds while a trial runs; the
     per-cell table when a trial started or ended since the last one, else the line alone."""
-    from study import tracking
+    from study import console
 
     progress = Progress(budgets={CG: 2}, work={CG: 1.0}, mode="min", start=0.0)
     progress.started("t1", CG, "search", 0.0)
-    tracker = tracking.MLflowTracker("sqlite:///unused.db", "1", "parent", ".", dict,
-                                     progress=progress)  # fmt: skip
+    tracker = console.ConsoleProgress(progress, verbose=1, stage="search", selection="val/m")
     clock = {"now": 0.0}
-    monkeypatch.setattr(tracking.time, "time", lambda: clock["now"])
+    monkeypatch.setattr(console.time, "time", lambda: clock["now"])
     tracker._shown = 0.0
     printed = []
     for second in range(1, 241):  # four minutes of Tune's loop, one step a second

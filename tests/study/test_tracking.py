@@ -32,9 +32,7 @@ def _tracker(store):
     def full(params):
         return {**params, "train.steps": 10}
 
-    return MLflowTracker(
-        store.uri, store.exp_id, store.parent, store.root / "trials", full, verbose=False
-    )
+    return MLflowTracker(store.uri, store.exp_id, store.parent, store.root / "trials", full)
 
 
 def _runs(store):
@@ -140,10 +138,8 @@ def test_a_failure_outside_the_worker_is_read_from_tunes_error_file(store, tmp_p
 def test_runs_of_another_study_in_the_same_experiment_are_never_touched(store):
     from analysis.runs import load_runs
 
-    mine = MLflowTracker(store.uri, store.exp_id, store.parent, store.root, dict, False, "aaaa1111")
-    other = MLflowTracker(
-        store.uri, store.exp_id, store.parent, store.root, dict, False, "bbbb2222"
-    )
+    mine = MLflowTracker(store.uri, store.exp_id, store.parent, store.root, dict, "aaaa1111")
+    other = MLflowTracker(store.uri, store.exp_id, store.parent, store.root, dict, "bbbb2222")
     mine.run_for(_trial("same-id"))  # both studies happen to have a trial with the same id
     other.run_for(_trial("same-id"))
     fixed = reconcile(store.uri, store.exp_id, study_id="aaaa1111")
