@@ -27,25 +27,6 @@ class Range:
     log: bool = True
     choices: tuple[Any, ...] | None = None
 
-    def check(self, key: str) -> list[str]:
-        """Problems with this range, as messages naming the key and the fix."""
-        if self.choices is not None:
-            return [] if self.choices else [f"search.{key}: empty choices; give at least one value"]
-        if self.low is None or self.high is None:
-            return [f"search.{key}: give low and high, or choices"]
-        errors = []
-        if not self.low < self.high:
-            errors.append(
-                f"search.{key}: empty range low={self.low} >= high={self.high}; make low < high"
-            )
-        if self.log and self.low <= 0:
-            errors.append(f"search.{key}: log range needs low > 0, got {self.low}")
-        if min(self.low, self.high) < 0:
-            errors.append(
-                f"search.{key}: weights and scales must be >= 0, got [{self.low}, {self.high}]"
-            )
-        return errors
-
     def default(self) -> Any:
         """The value a cell's first trial uses: 1 (the papers' chosen lambda, the plain posterior's
         guidance scale) when the range holds it, else the middle of the range (geometric when

@@ -1,10 +1,10 @@
 """The spec reference (docs/spec.md): every key a spec may hold, its type, default and meaning.
 
-The study keys are declared here beside the validator's key sets (study.spec: a test fails when
-the two disagree); the trial config keys (`config:` in a spec) are read from the trial config's
-dataclasses (trainables.config): their types and ranges from its schema, their defaults and the
-comment on or above each field. Write it with `python -m study.reference > docs/spec.md`; a
-test fails when the file is stale.
+The study keys come from the spec's one model (study.schema.SpecModel: types, constraints,
+defaults and each field's description); the trial config keys (`config:` in a spec) from the trial
+config's dataclasses (trainables.config): their types and ranges from its schema, their defaults
+and the comment on or above each field. Write it with `python -m study.reference > docs/spec.md`;
+a test fails when the file is stale.
 """
 
 from __future__ import annotations
@@ -19,76 +19,28 @@ import tokenize
 from study import schema
 from trainables import config as trial_config
 
-# (key, default, meaning) of the study keys, in the order a spec is usually written; the types
-# and ranges come from the spec's schema (study.schema), and a test keeps the keys equal to it.
-STUDY_KEYS: tuple[tuple[str, str, str], ...] = (
-    ("name", "study", "the study's name: its folder under storage and its MLflow experiment"),
-    ("dataset", "overlap2", "the trials' data.name: gmm2, gmm3, overlap2, moons, tiny-images, "
-     "folder, cifar10, cifar100"),
-    ("base_config", "toy", "the trial config the trials start from: toy, tiny-images, cifar10, "
-     "cifar10-small, cifar100 (trainables.config.BASE_CONFIGS)"),
-    ("methods", "every method", "the table's rows, each once: CG, CG-SC-labeled, CG-SC-all, "
-     "CG-DLSM, Joint-SC, Cond, CFG-labeled, CFG-all"),
-    ("label_percents", "[100]", "the table's column groups, each once: data.label_percent of "
-     "each cell"),
-    ("trials_per_cell", "-", "each cell's search budget (a cell with no knob runs once)"),
-    ("num_trials", "16", "a total budget dealt round robin over the cells (instead of "
-     "trials_per_cell)"),
-    ("objectives", "[{metric: guided_score_cos, mode: max}]", "what the search optimises, on the "
-     "validation split; one entry per metric"),
-    ("objectives[].metric", "-", "a metric every method's trials report"),
-    ("objectives[].mode", "-", "min or max"),
-    ("search", "the papers' grids", "the range of each tuned knob: loss.lambda_sc, "
-     "loss.lambda_joint; a range, choices, or `paper` (0.01, 0.1, 1, 10)"),
-    ("search.<key>.low", "-", "a continuous range's lower end"),
-    ("search.<key>.high", "-", "its upper end (low < high)"),
-    ("search.<key>.log", "true", "a log-uniform range (needs low > 0)"),
-    ("search.<key>.choices", "-", "a finite set instead of a range, each value once"),
-    ("guidance.scales", "[0.5, 1, 2, 4]", "guidance scales swept inside every guided trial, each "
-     "once; the best on validation is evaluated in full"),
-    ("guidance.val_num_per_class", "a quarter of sample.num_per_class (>= 8)",
-     "validation samples per class at each swept scale"),
-    ("guidance.halving", "true", "images: successive halving over the scales (a quarter of "
-     "val_num_per_class for every scale, twice as many for the better half, ..., all of them for "
-     "the survivors, which the choice is made among); false: every scale sampled in full"),
-    ("guidance.val_num_steps", "sample.num_steps", "sampler steps of the validation samples"),
-    ("guidance", "-", "the in-trial sweep of the guidance scale"),
-    ("resources", "-", "what each trial holds"),
-    ("guidance.max_scale", "4 x the largest scale", "when the validation optimum is the grid's "
-     "largest scale, the sweep goes on geometrically up to this cap until the curve turns (and "
-     "down, halving, at most 3 times, from an optimum at its smallest); equal to the largest "
-     "scale: the grid only"),
-    ("scheduler", "fifo", "fifo, asha, or {type: asha, ...}: ASHA early stopping"),
-    ("scheduler.type", "fifo", "fifo or asha"),
-    ("scheduler.metric", "the first objective", "asha: the objective it compares"),
-    ("scheduler.grace_period", "1", "asha: epochs before a trial can be stopped"),
-    ("scheduler.reduction_factor", "2", "asha: keep 1 in this many per rung"),
-    ("resources.cpus_per_trial", "1", "CPUs of a trial (or of each Train worker); also torch's "
-     "thread count"),
-    ("resources.gpus_per_trial", "0", "GPUs of a trial (or of each Train worker)"),
-    ("resources.num_workers", "0", "Ray Train workers per trial (data parallel); 0 = Train's "
-     "local mode in the trial's process"),
-    ("resources.max_concurrent_trials", "2", "trials run at once"),
-    ("resources.max_failures", "2", "restarts of a trial's worker group from its checkpoint"),
-    ("seed", "0", "every seed key (train, data, split, sample) unless config sets one"),
-    ("config", "{}", "overrides of the trial config (the keys below)"),
-    ("storage", "./studies", "the study folder's parent: a folder or an object-store URI"),
-    ("artifact_store", "~/.cache/sc-guidance/artifacts", "trained networks shared by every "
-     "study pointing here: a folder, a URI or `study` ($SC_GUIDANCE_ARTIFACT_STORE)"),
-    ("tracking_uri", "SQLite in the study folder", "the MLflow store ($MLFLOW_TRACKING_URI); an "
-     "http URI for `study server`; a relative sqlite path is saved absolute"),
-    ("address", "a local Ray", "a Ray cluster to run on ($RAY_ADDRESS)"),
-)  # fmt: skip
-# Kept for folders saved by older versions (read, never needed in a new spec).
-LEGACY_KEYS = {"preset": "the former name of base_config", "study_id": "set by `study run`"}
+HIDDEN = {"study_id"}  # written by `study run`, never by hand
 
 
-def spec_types() -> dict[str, str]:
-    """Every study key (sections' keys dotted) -> its type and range, from study.schema."""
+def _default(prop: dict) -> str:
+    """A key's default as the reference shows it: its shown_default, else its value."""
+    if "shown_default" in prop:
+        return str(prop["shown_default"])
+    value = prop.get("default")
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, list):
+        return "[" + ", ".join(_number(v) if isinstance(v, float) else str(v) for v in value) + "]"
+    return _number(value) if isinstance(value, float) else str(value)
+
+
+def study_keys() -> list[tuple[str, str, str, str]]:
+    """(key, type and range, default, meaning) of every study key (sections' keys dotted), in the
+    model's order, from study.schema.SpecModel: its types, constraints and descriptions."""
 
     js = schema.SpecModel.model_json_schema()
     defs = js.get("$defs", {})
-    out: dict[str, str] = {}
+    rows: list[tuple[str, str, str, str]] = []
 
     def resolve(prop: dict) -> dict:
         """A property with its $ref and 'X or null' unwrapped."""
@@ -99,23 +51,28 @@ def spec_types() -> dict[str, str]:
     def walk(prefix: str, model: dict) -> None:
         for name, prop in model["properties"].items():
             key, target = f"{prefix}{name}", resolve(prop)
+            if name in HIDDEN:
+                continue
+            nested: tuple[str, dict] | None = None
             if target.get("type") == "array" and "$ref" in target.get("items", {}):
-                out[key] = "list of {" + ", ".join(resolve(target["items"])["properties"]) + "}"
-                walk(f"{key}[].", resolve(target["items"]))
+                kind = "list of {" + ", ".join(resolve(target["items"])["properties"]) + "}"
+                nested = (f"{key}[].", resolve(target["items"]))
             elif target.get("type") == "object" and "properties" in target:
-                out[key] = "{" + ", ".join(target["properties"]) + "}"
-                walk(f"{key}.", target)
+                kind, nested = "{" + ", ".join(target["properties"]) + "}", (f"{key}.", target)
             elif target.get("type") == "object" and "$ref" in str(
                 target.get("additionalProperties")
             ):
                 inner = resolve(target["additionalProperties"])
-                out[key] = "{key: {" + ", ".join(inner["properties"]) + "}}"
-                walk(f"{key}.<key>.", inner)
+                kind = "{key: {" + ", ".join(inner["properties"]) + "}}"
+                nested = (f"{key}.<key>.", inner)
             else:
-                out[key] = schema_type(target)
+                kind = schema_type(target)
+            rows.append((key, kind, _default(prop), prop.get("description", "")))
+            if nested is not None:
+                walk(*nested)
 
     walk("", js)
-    return {k: v for k, v in out.items() if k.split(".")[0].split("[")[0] not in LEGACY_KEYS}
+    return rows
 
 
 def field_comments(cls: type) -> dict[str, str]:
@@ -194,8 +151,7 @@ def render() -> str:
         "| key | type | default | meaning |",
         "|---|---|---|---|",
     ]
-    types = spec_types()
-    out += [f"| `{k}` | {types[k]} | {d} | {m} |" for k, d, m in STUDY_KEYS]
+    out += [f"| `{k}` | {t} | {d} | {m} |" for k, t, d, m in study_keys()]
     out += [
         "",
         "## Trial config keys (`config:`)",

@@ -74,6 +74,13 @@ Trials = Annotated[Int, Field(ge=1, le=MAX_TRIALS)]
 Text = Annotated[str, Field(strict=True, min_length=1, max_length=4096)]
 
 
+def doc(meaning: str, shown_default: str | None = None) -> Any:
+    """A key's meaning (and its default as docs/spec.md shows it, where the value alone would not
+    say it) for the spec reference, which study.reference renders from this model."""
+    extra = {"shown_default": shown_default} if shown_default is not None else None
+    return Field(description=meaning, json_schema_extra=extra)
+
+
 def _known_method(value: str) -> str:
     """A method the papers name (trainables.names.METHODS), spelled as they spell it."""
     if value not in METHODS:
@@ -105,12 +112,13 @@ class _Section(BaseModel):
 class SearchRange(_Section):
     """One tuned knob's range: {low, high, log} or {choices} (weights: finite and >= 0)."""
 
-    low: NonNegative | None = None
-    high: NonNegative | None = None
-    log: StrictBool = True  # a log-uniform range (needs low > 0)
-    choices: Annotated[list[NonNegative], Field(min_length=1, max_length=1000), Unique] | None = (
-        None
-    )
+    low: Annotated[NonNegative | None, doc("a continuous range's lower end", "-")] = None
+    high: Annotated[NonNegative | None, doc("its upper end (low < high)", "-")] = None
+    log: Annotated[StrictBool, doc("a log-uniform range (needs low > 0)")] = True
+    choices: Annotated[
+        Annotated[list[NonNegative], Field(min_length=1, max_length=1000), Unique] | None,
+        doc("a finite set instead of a range, each value once", "-"),
+    ] = None
 
     @model_validator(mode="after")
     def _one_kind(self) -> SearchRange:
@@ -133,20 +141,35 @@ class Guidance(_Section):
 
     # > 0: a scale of 0 is no guidance at all (the unguided sampler, not a point of the sweep, which
     # moves past an edge by doubling)
-    scales: Annotated[list[Positive], Field(min_length=1, max_length=100), Unique] = [
-        0.5, 1.0, 2.0, 4.0
-    ]  # fmt: skip
-    # validation samples per class at each swept scale (default: a quarter of
-    # sample.num_per_class, at least 8)
-    val_num_per_class: Annotated[Int, Field(ge=1, le=MAX_PER_CLASS)] | None = None
-    # the sweep goes on past an optimum at the grid's largest scale up to this cap (default: 4 x
-    # the largest scale; equal to it: the grid only)
-    max_scale: Annotated[NonNegative, Field(le=1e6)] | None = None
-    # successive halving over the scales on images (default true): a quarter of val_num_per_class
-    # per class for every scale, twice as many for the better half, ..., all for the survivors
-    halving: bool | None = None
-    # validation sampler steps (default: the sampler's steps, sample.num_steps)
-    val_num_steps: Annotated[Int, Field(ge=1, le=MAX_COUNT)] | None = None
+    scales: Annotated[
+        list[Positive],
+        Field(min_length=1, max_length=100),
+        Unique,
+        doc("guidance scales swept inside every guided trial, each once; the best on validation "
+            "is evaluated in full"),
+    ] = [0.5, 1.0, 2.0, 4.0]  # fmt: skip
+    val_num_per_class: Annotated[
+        Annotated[Int, Field(ge=1, le=MAX_PER_CLASS)] | None,
+        doc("validation samples per class at each swept scale",
+            "a quarter of sample.num_per_class (>= 8)"),
+    ] = None  # fmt: skip
+    max_scale: Annotated[
+        Annotated[NonNegative, Field(le=1e6)] | None,
+        doc("when the validation optimum is the grid's largest scale, the sweep goes on "
+            "geometrically up to this cap until the curve turns (and down, halving, at most 3 "
+            "times, from an optimum at its smallest); equal to the largest scale: the grid only",
+            "4 x the largest scale"),
+    ] = None  # fmt: skip
+    halving: Annotated[
+        bool | None,
+        doc("images: successive halving over the scales (a quarter of val_num_per_class for "
+            "every scale, twice as many for the better half, ..., all of them for the survivors, "
+            "which the choice is made among); false: every scale sampled in full", "true"),
+    ] = None  # fmt: skip
+    val_num_steps: Annotated[
+        Annotated[Int, Field(ge=1, le=MAX_COUNT)] | None,
+        doc("sampler steps of the validation samples", "sample.num_steps"),
+    ] = None
 
     @model_validator(mode="after")
     def _cap_above_grid(self) -> Guidance:
@@ -162,10 +185,16 @@ class Guidance(_Section):
 class Scheduler(_Section):
     """fifo, or ASHA early stopping on one objective."""
 
-    type: Literal["fifo", "asha"] = "fifo"
-    metric: Text | None = None  # asha: the objective it compares (default the first)
-    grace_period: Annotated[Int, Field(ge=1, le=10**6)] = 1  # asha: epochs before a stop
-    reduction_factor: Annotated[Int, Field(ge=2, le=1000)] = 2  # asha: keep 1 in this many
+    type: Annotated[Literal["fifo", "asha"], doc("fifo or asha")] = "fifo"
+    metric: Annotated[
+        Text | None, doc("asha: the objective it compares", "the first objective")
+    ] = None
+    grace_period: Annotated[
+        Int, Field(ge=1, le=10**6), doc("asha: epochs before a trial can be stopped")
+    ] = 1
+    reduction_factor: Annotated[
+        Int, Field(ge=2, le=1000), doc("asha: keep 1 in this many of a cell's trials per rung")
+    ] = 2
 
     def to_dict(self) -> dict | str:
         """As YAML holds it."""
@@ -175,47 +204,122 @@ class Scheduler(_Section):
 class Resources(_Section):
     """What one trial holds; cpus_per_trial is also torch's thread count in each process."""
 
-    cpus_per_trial: Annotated[Positive, Field(le=4096)] = 1.0
-    gpus_per_trial: Annotated[NonNegative, Field(le=1024)] = 0.0
-    num_workers: Annotated[Int, Field(ge=0, le=4096)] = 0  # Ray Train workers; 0 = local mode
-    max_concurrent_trials: Annotated[Int, Field(ge=1, le=100_000)] = 2
-    max_failures: Annotated[Int, Field(ge=0, le=1000)] = 2  # restarts from the last checkpoint
+    cpus_per_trial: Annotated[
+        Positive,
+        Field(le=4096),
+        doc("CPUs of a trial (or of each Train worker); also torch's thread count", "1"),
+    ] = 1.0
+    gpus_per_trial: Annotated[
+        NonNegative, Field(le=1024), doc("GPUs of a trial (or of each Train worker)", "0")
+    ] = 0.0
+    num_workers: Annotated[
+        Int,
+        Field(ge=0, le=4096),
+        doc("Ray Train workers per trial (data parallel); 0 = Train's local mode in the trial's "
+            "process"),
+    ] = 0  # fmt: skip
+    max_concurrent_trials: Annotated[Int, Field(ge=1, le=100_000), doc("trials run at once")] = 2
+    max_failures: Annotated[
+        Int, Field(ge=0, le=1000), doc("restarts of a trial's worker group from its checkpoint")
+    ] = 2
 
 
 class Objective(_Section):
     """A metric the search optimises on the validation split."""
 
-    metric: Text
-    mode: Literal["min", "max"]
+    metric: Annotated[Text, doc("a metric every method's trials report", "-")]
+    mode: Annotated[Literal["min", "max"], doc("min or max", "-")]
 
 
 class SpecModel(_Section):
     """A study spec as written (YAML): every top-level key."""
 
-    name: Annotated[str, Field(strict=True), AfterValidator(_study_name)] = "study"
-    dataset: Text = "overlap2"
-    base_config: Text | None = None  # default "toy" (`preset` is its former name)
-    preset: Text | None = None
-    methods: Annotated[list[Method], Field(min_length=1), Unique] = list(METHODS)
-    label_percents: Annotated[list[Percent], Field(min_length=1, max_length=100), Unique] = [100.0]
-    num_trials: Trials = 16
-    trials_per_cell: Trials | None = None
-    objectives: Annotated[list[Objective], Field(min_length=1, max_length=16), Unique] = [
-        Objective(metric="guided_score_cos", mode="max")
-    ]
-    scheduler: Annotated[Scheduler, BeforeValidator(_scheduler_name)] = Scheduler()
-    search: dict[Text, Annotated[SearchRange, BeforeValidator(_range_preset)]] | None = None
-    guidance: Guidance | None = None
-    resources: Resources | None = None
-    seed: Annotated[Int, Field(ge=0, lt=2**31)] = 0  # every seed key unless config sets one
-    config: dict[Text, Any] | None = None
-    storage: Text | None = None
-    artifact_store: Text | None = None
-    tracking_uri: Text | None = None
-    address: Text | None = None
-    study_id: Annotated[str, StringConstraints(strict=True, pattern=r"^[0-9a-f]{8,32}$")] | None = (
+    name: Annotated[
+        str,
+        Field(strict=True),
+        AfterValidator(_study_name),
+        doc("the study's name: its folder under storage and its MLflow experiment"),
+    ] = "study"
+    dataset: Annotated[
+        Text,
+        doc("the trials' data.name: gmm2, gmm3, overlap2, moons, tiny-images, shapes, twin, "
+            "folder, cifar10, cifar100"),
+    ] = "overlap2"  # fmt: skip
+    base_config: Annotated[
+        Text | None,
+        doc("the trial config the trials start from: toy, tiny-images, twin, cifar10, "
+            "cifar10-small, cifar100 (trainables.config.BASE_CONFIGS)", "toy"),
+    ] = None  # fmt: skip
+    methods: Annotated[
+        list[Method],
+        Field(min_length=1),
+        Unique,
+        doc("the table's rows, each once: the registry's methods (trainables.registry)",
+            "every method"),
+    ] = list(METHODS)  # fmt: skip
+    label_percents: Annotated[
+        list[Percent],
+        Field(min_length=1, max_length=100),
+        Unique,
+        doc("the table's column groups, each once: data.label_percent of each cell"),
+    ] = [100.0]
+    num_trials: Annotated[
+        Trials, doc("a total budget dealt round robin over the cells (instead of trials_per_cell)")
+    ] = 16
+    trials_per_cell: Annotated[
+        Trials | None, doc("each cell's search budget (a cell with no knob runs once)", "-")
+    ] = None
+    objectives: Annotated[
+        list[Objective],
+        Field(min_length=1, max_length=16),
+        Unique,
+        doc("what the search optimises, on the validation split; one entry per metric",
+            "[{metric: guided_score_cos, mode: max}]"),
+    ] = [Objective(metric="guided_score_cos", mode="max")]  # fmt: skip
+    scheduler: Annotated[
+        Scheduler,
+        BeforeValidator(_scheduler_name),
+        doc("fifo, asha, or {type: asha, ...}: early stopping (successive halving per cell)",
+            "fifo"),
+    ] = Scheduler()  # fmt: skip
+    search: Annotated[
+        dict[Text, Annotated[SearchRange, BeforeValidator(_range_preset)]] | None,
+        doc("the range of each tuned knob: loss.lambda_sc, loss.lambda_joint; a range, choices, "
+            "or `paper` (0.01, 0.1, 1, 10)", "the papers' grids"),
+    ] = None  # fmt: skip
+    guidance: Annotated[Guidance | None, doc("the in-trial sweep of the guidance scale", "-")] = (
         None
     )
+    resources: Annotated[Resources | None, doc("what each trial holds", "-")] = None
+    seed: Annotated[
+        Int,
+        Field(ge=0, lt=2**31),
+        doc("every seed key (train, data, split, sample) unless config sets one"),
+    ] = 0
+    config: Annotated[
+        dict[Text, Any] | None, doc("overrides of the trial config (the keys below)", "{}")
+    ] = None
+    storage: Annotated[
+        Text | None,
+        doc("the study folder's parent: a folder or an object-store URI", "./studies"),
+    ] = None
+    artifact_store: Annotated[
+        Text | None,
+        doc("trained networks shared by every study pointing here: a folder, a URI or `study` "
+            "($SC_GUIDANCE_ARTIFACT_STORE)", "~/.cache/sc-guidance/artifacts"),
+    ] = None  # fmt: skip
+    tracking_uri: Annotated[
+        Text | None,
+        doc("the MLflow store ($MLFLOW_TRACKING_URI); an http URI for `study server`; a "
+            "relative sqlite path is saved absolute", "SQLite in the study folder"),
+    ] = None  # fmt: skip
+    address: Annotated[
+        Text | None, doc("a Ray cluster to run on ($RAY_ADDRESS)", "a local Ray")
+    ] = None
+    study_id: Annotated[
+        Annotated[str, StringConstraints(strict=True, pattern=r"^[0-9a-f]{8,32}$")] | None,
+        doc("set by `study run` when it creates the study; tags every run it owns", "-"),
+    ] = None
 
 
 FIXES = {"study_id": "hex digits, written by 'study run'"}

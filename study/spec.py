@@ -3,7 +3,7 @@
 Spec keys map onto trial config keys with two documented renames: `dataset` sets `data.name`, and
 `label_percents` lists the values of `data.label_percent` (one per table cell). `seed` sets every
 seed key (train, data, split, sample) unless `config` sets one. `base_config` names the
-trainables.config.BASE_CONFIGS entry the trials start from (`preset`, its former name, is read too).
+trainables.config.BASE_CONFIGS entry the trials start from.
 """
 
 from __future__ import annotations
@@ -245,7 +245,7 @@ def _check_names(spec: schema.SpecModel, search: dict, errors: list[str]) -> Non
     if spec.dataset not in TOY_DATASETS and spec.dataset not in IMAGE_DATASETS:
         valid = list(TOY_DATASETS) + list(IMAGE_DATASETS)
         errors.append(f"dataset: unknown dataset {shown(spec.dataset)}; valid: {valid}")
-    base = spec.base_config or spec.preset or "toy"
+    base = spec.base_config or "toy"
     if base not in BASE_CONFIGS:
         errors.append(f"base_config: unknown {shown(base)}; valid: {sorted(BASE_CONFIGS)}")
     for key in search:
@@ -284,7 +284,7 @@ def validate(raw: dict, check_data: bool = True) -> StudySpec:
     search = checked.search or {}
     _check_names(checked, search, errors)
     check_locations(checked, errors)
-    base = checked.base_config or checked.preset or "toy"
+    base = checked.base_config or "toy"
     config = dict(checked.config or {})
     if errors:
         _fail(errors)
