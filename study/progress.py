@@ -161,8 +161,9 @@ class Progress:
         return left / max(1, self.slots)
 
     # Text.
-    def summary(self, now: float) -> str:
-        """One line: counts per kind, running, pending, elapsed and the time left."""
+    def summary(self, now: float, live: bool = True) -> str:
+        """One line: counts per kind, running, pending, elapsed and the time left (not live: a
+        study no driver runs now, no time left)."""
         parts = self._counts(KIND_NAMES)
         running = len([t for t in self.trials.values() if t.status == "RUNNING"])
         failed = len([t for t in self.trials.values() if t.status == "FAILED"])
@@ -171,6 +172,8 @@ class Progress:
         text += f", {failed} failed" if failed else ""
         if not running and not pending:
             return f"{text}; all ended, {format_seconds(now - self.start)} in all"
+        if not live:
+            return text
         return f"{text}; {format_seconds(now - self.start)} elapsed, {self._eta(now)}"
 
     def brief(self, now: float) -> str:

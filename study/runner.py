@@ -153,6 +153,21 @@ def take_lease(study_dir: Path) -> None:
     _LEASES.append(lease)
 
 
+def driven(study_dir: Path) -> bool:
+    """Whether a `study run`, `resume` or `final` holds the study's driver lease now (the lease is
+    free once its holder ended or died; a folder that never held one is not driven)."""
+    path = study_dir / LEASE_FILE
+    if not path.exists():
+        return False
+    lease = FileLock(str(path), timeout=0)
+    try:
+        lease.acquire()
+    except Timeout:
+        return True
+    lease.release()
+    return False
+
+
 def release_leases() -> None:
     """Release the driver leases this process took (the end of a command run in-process)."""
     while _LEASES:

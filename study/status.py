@@ -12,7 +12,7 @@ import pandas as pd
 from analysis.results import StudyNotReady, objectives_of, read_spec, tracking_uri
 from analysis.runs import load_runs
 from study.progress import Progress, from_records
-from study.runner import load_study_spec, study_progress
+from study.runner import driven, load_study_spec, study_progress
 from trainables.names import SHARED_STAGE, VALIDATION_PREFIX
 
 
@@ -55,7 +55,16 @@ def load_progress(study_dir: str | Path) -> tuple[Progress, str]:
     final = runs[runs["stage"] == "final"]
     if len(final) and not (runs["stage"] == "search").any():
         progress.main_kind = "final"
-    from_records(progress, records(runs, f"{VALIDATION_PREFIX}{metric}"))
+    rows = records(runs, f"{VALIDATION_PREFIX}{metric}")
+    stopped = []
+    if not spec.study_place(folder).remote and not driven(folder):
+        # No driver holds the study (it ended, or was killed before it could end its runs): a
+        # run still RUNNING was stopped with it and spent nothing; the next session runs its
+        # configuration again, so its cell counts it as still to run.
+        stopped = [r for r in rows if r["status"] == "RUNNING"]
+        rows = [r for r in rows if r["status"] != "RUNNING"]
+    from_records(progress, rows)
+    progress.stopped = len(stopped)
     return progress, metric
 
 
@@ -67,8 +76,10 @@ def status_text(study_dir: str | Path, now: float | None = None) -> str:
     if not running:
         ends = [t.end for t in progress.trials.values() if t.end is not None]
         now = max(ends) if ends else now  # a study that is not running: its span, no clock
-    summary = progress.summary(now)
+    summary = progress.summary(now, live=bool(running))
     if not running:
+        stopped = getattr(progress, "stopped", 0)
+        summary += f"; {stopped} trial(s) stopped with their driver" if stopped else ""
         summary += "; not running now" + (
             "" if not progress.pending() else f" (resume it: study resume {study_dir})"
         )

@@ -198,6 +198,17 @@ def test_a_killed_driver_resumes_to_every_cell_with_nothing_left_running(
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
+    # Right after the kill, before any resume: no driver holds the study, so nothing is shown
+    # running, no time left is claimed, and the resume command is named.
+    killed = subprocess.run(
+        [sys.executable, "-m", "study", "status", str(study_dir)],
+        cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    head = killed.stdout.splitlines()[0] if killed.stdout else killed.stderr
+    if killed.returncode == 0:  # (a kill before the first run was made: no trial to show yet)
+        assert " 0 running" in head and "left" not in head, head
+        assert f"not running now (resume it: study resume {study_dir})" in head, head
+        assert "running" not in "".join(killed.stdout.splitlines()[1:]), killed.stdout
     resumed = subprocess.run(
         [sys.executable, "-m", "study", "resume", str(study_dir)],
         cwd=tmp_path,
