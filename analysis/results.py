@@ -161,7 +161,8 @@ def tracking_uri(folder: Path, spec: dict[str, Any]) -> str:
     if not (folder / "mlflow.db").exists():
         raise StudyNotReady(
             f"the study's MLflow store {uri or folder / 'mlflow.db'} is missing; restore it (a "
-            "backup, or the study's object-store copy)"
+            "backup, the study's object-store copy), or write its runs again from the trial "
+            f"records with 'study table {folder}'"
         )
     return f"sqlite:///{folder / 'mlflow.db'}"
 

@@ -20,6 +20,7 @@ from study.runner import (
     back_up_to_store,
     final_points,
     load_study_spec,
+    rebuild_runs,
     release_leases,
     run_final,
     run_study,
@@ -275,8 +276,13 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_table(args: argparse.Namespace) -> int:
-
-    study_dir, spec = load_study_spec(args.study_dir)
+    """study table DIR: the tables and figures again; trial runs the MLflow store lacks (a lost
+    or replaced store) are first written again from the trial records."""
+    study_dir, spec = load_study_spec(args.study_dir, rebuild=True)
+    rebuilt = rebuild_runs(spec, study_dir)
+    if rebuilt:
+        print(f"wrote {rebuilt} trial runs again from {study_dir / 'trials'} (the per-epoch "
+              "history is not in the records)")  # fmt: skip
     print(_table(study_dir, spec))
     return 0
 

@@ -15,6 +15,7 @@ from collections import Counter
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import yaml
@@ -581,8 +582,49 @@ def _fit_noting_interrupt(tuner: Any) -> tuple[Any, bool]:
         signal.signal(signal.SIGINT, previous)
 
 
-def load_study_spec(study_dir: str | Path) -> tuple[Path, StudySpec]:
-    """Read back a study directory's spec."""
+def rebuild_runs(spec: StudySpec, study_dir: Path) -> int:
+    """Write again, from the trial records, every trial run the study's MLflow store lacks (a
+    lost or replaced store): through the tracker's own logging, each with its params, its final
+    metrics and diagnostics (or its error), its artifacts' folders, tags and pictures, tagged
+    rebuilt_from_records (the per-epoch history is not in the records). Returns how many."""
+    from analysis.runs import load_runs
+    from study.tracking import MLflowTracker, ensure_parent_run, open_tracking_store
+
+    client = open_tracking_store(spec.tracking_uri)
+    exp_id, parent = ensure_parent_run(
+        client, spec.name, spec.to_dict(), study_dir, study_id=spec.study_id
+    )
+    known = set(load_runs(spec.tracking_uri, spec.name, spec.study_id)["trial_id"])
+    root = spec.study_place(study_dir) / "trials"
+    root.pull()
+    folders = sorted(root.local.iterdir()) if root.local.is_dir() else []
+    rebuilt = 0
+    for folder in [f for f in folders if f.name not in known]:
+        records = TrialRecords.of(root.local, folder.name)
+        params, final = records.params(), records.final()
+        if params is None:
+            continue
+        session = "final" if any(k in params for k in SEED_KEYS) else "search"
+        tracker = MLflowTracker(
+            spec.tracking_uri, exp_id, parent, str(root), partial(full_params, spec=spec),
+            study_id=spec.study_id, stage=session, experiment_name=spec.name,
+        )  # fmt: skip
+        trial = SimpleNamespace(trial_id=folder.name, config=params, last_result=final or {})
+        tracker.on_trial_start(0, [], trial)
+        if final is not None:
+            tracker.on_trial_result(0, [], trial, {**final, "training_iteration": 1})
+        client.set_tag(tracker.run_for(trial), "rebuilt_from_records", "true")
+        if final is not None or records.error() is not None:
+            tracker._end(trial, "FINISHED" if final is not None else "FAILED")
+        else:
+            client.set_terminated(tracker.run_for(trial), "KILLED")
+        rebuilt += 1
+    return rebuilt
+
+
+def load_study_spec(study_dir: str | Path, rebuild: bool = False) -> tuple[Path, StudySpec]:
+    """Read back a study directory's spec; rebuild: a lost SQLite MLflow store is made again
+    from the trial records (`study table`), instead of refused."""
     path = Path(study_dir).resolve()
     if not (path / SPEC_FILE).exists():
         raise StudyError(
@@ -592,21 +634,22 @@ def load_study_spec(study_dir: str | Path) -> tuple[Path, StudySpec]:
     if isinstance(raw, dict):
         raw = rehomed(raw, path)  # a copied or moved study reads and writes only itself
     spec = validate(raw)
-    check_tracking_store(spec, path)
+    if not rebuild:
+        check_tracking_store(spec, path)
     return path, spec
 
 
 def check_tracking_store(spec: StudySpec, study_dir: Path) -> None:
     """Refuse a study whose SQLite tracking store is gone: reading it would create an empty one
-    and every table rebuilt from it would be empty (the trial records alone do not hold the
-    runs' per-epoch history, params and pictures, so the store is not rebuilt from them)."""
+    and every table built from it would be empty (`study table` writes its runs again from the
+    trial records: rebuild_runs)."""
 
     uri = spec.tracking_uri or ""
     path = sqlite_path(uri) if uri.startswith("sqlite") else None
     if path is None or path.exists() or spec.study_place(study_dir).remote:
         return
     raise StudyError(
-        f"the study's MLflow store {path} is missing; restore it (a backup, or the study's "
-        f"object-store copy) or set tracking_uri in {study_dir / SPEC_FILE} to where it is now; "
-        "nothing was changed"
+        f"the study's MLflow store {path} is missing; restore it (a backup, the study's "
+        f"object-store copy), or write its runs again from the trial records with "
+        f"'study table {study_dir}'; nothing was changed"
     )

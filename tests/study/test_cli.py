@@ -11,6 +11,7 @@ import tempfile
 from html.parser import HTMLParser
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 from cli_helpers import TOY_FAST, cli_env, run_cli, run_main
@@ -298,28 +299,53 @@ def _snapshot(folder):
     return {p: p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def test_a_missing_or_emptied_tracking_store_never_empties_the_tables(finished_study, tmp_path):
+def test_a_lost_or_emptied_tracking_store_is_written_again_from_the_records(
+    finished_study, tmp_path
+):
+    from analysis.runs import load_runs
+
     root, study_dir, _ = finished_study
-    # The store deleted: every command that reads it refuses, with the fix; nothing changes.
+    original = load_runs(f"sqlite:///{study_dir / 'mlflow.db'}", "e2e")
+    original = original[original["stage"] == "search"].set_index("trial_id")
+    # The store deleted: every command that only reads it refuses, naming the fix; nothing
+    # changes.
     gone = _copy_study(study_dir, tmp_path / "gone")
     (gone / "mlflow.db").unlink()
     before = _snapshot(gone)
-    for command in ("table", "export-best", "resume", "plot", "status"):
+    for command in ("export-best", "resume", "plot", "status"):
         result = _cmd(command, str(gone), cwd=tmp_path)
         assert result.returncode == 2, (command, result.stderr[-2000:])
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and "MLflow store" in lines[0] and "is missing" in lines[0], lines
+        assert f"study table {gone}" in lines[0]
     assert _snapshot(gone) == before and not (gone / "mlflow.db").exists()
-    # The store replaced by an empty one: `study table` keeps the tables written from the runs.
+    # `study table` writes every trial run again from the records, and the same tables.
+    tables = (gone / "tables" / "comparison.md").read_text()
+    result = _cmd("table", str(gone), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    records = len(list((gone / "trials").iterdir()))  # the search and stage trials
+    assert f"wrote {records} trial runs again" in result.stdout
+    rebuilt = load_runs(f"sqlite:///{gone / 'mlflow.db'}", "e2e")
+    assert (rebuilt["status"] == "FINISHED").all()
+    search = rebuilt[rebuilt["stage"] == "search"].set_index("trial_id")
+    assert set(search.index) == set(original.index)
+    for column in ("method", "label_percent", "guided_score_cos", "val/guided_score_cos",
+                   "guidance_scale", "loss.lambda_sc"):  # fmt: skip
+        pd.testing.assert_series_equal(
+            search[column].sort_index(), original[column].sort_index(), check_dtype=False
+        )
+    assert (gone / "tables" / "comparison.md").read_text() == tables
+    again = _cmd("table", str(gone), cwd=tmp_path)  # nothing missing now: nothing written again
+    assert again.returncode == 0 and "wrote" not in again.stdout.splitlines()[0]
+    # The store replaced by an empty one: the same.
     emptied = _copy_study(study_dir, tmp_path / "emptied")
     (emptied / "mlflow.db").unlink()
     from study.tracking import open_tracking_store
 
     open_tracking_store(f"sqlite:///{emptied / 'mlflow.db'}")
-    tables = _snapshot(emptied / "tables")
     result = _cmd("table", str(emptied), cwd=tmp_path)
-    assert result.returncode == 2 and "holds none of its trial runs" in result.stderr
-    assert _snapshot(emptied / "tables") == tables
+    assert result.returncode == 0 and "trial runs again" in result.stdout, result.stderr[-2000:]
+    assert (emptied / "tables" / "comparison.md").read_text() == tables
 
 
 class _Payload:
