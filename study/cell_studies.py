@@ -63,8 +63,7 @@ def objective_values(result: dict | None, objectives: Objectives) -> list[float]
 
 class CellStudies:
     """The cells' Optuna studies, each created on first use with its own seeded TPE (NSGA-II for
-    several objectives) and, when it searches, the paper's point enqueued as its first trial.
-    """
+    several objectives) and, when it searches, the paper's point enqueued as its first trial."""
 
     MAX_REPEATS = 20  # proposals in a row that repeat a run configuration: the cell is done
 
@@ -159,7 +158,7 @@ class CellStudies:
             state, told = STATE.PRUNED, None
         elif not all(math.isfinite(float(v)) for v in values):
             state, told = STATE.FAIL, None
-            self._mark(cell, number, "diverged")  # run again it would diverge again: no retry
+            self._set_attr(cell, number, "diverged", True)  # it would diverge again: no retry
         else:
             state, told = None, [float(v) for v in values]
         try:
@@ -169,14 +168,16 @@ class CellStudies:
         except (optuna.exceptions.UpdateFinishedTrialError, ValueError, RuntimeError):
             pass  # already told (settled from its record)
 
-    def _mark(self, cell: Cell, number: int, attr: str) -> None:
-        """Set a user attribute (True) on a running trial of the cell."""
+    def _set_attr(self, cell: Cell, number: int, key: str, value: object) -> None:
+        """Set a user attribute of the cell's trial number (Optuna's storage API sets attributes by
+        internal trial id); a finished trial is read-only and keeps what it has."""
         study = self.study(cell)
-        internal = study._storage.get_trial_id_from_study_id_trial_number(study._study_id, number)
+        storage = study._storage
+        internal = storage.get_trial_id_from_study_id_trial_number(study._study_id, number)
         try:
-            study._storage.set_trial_user_attr(internal, attr, True)
-        except (optuna.exceptions.UpdateFinishedTrialError, RuntimeError):
-            pass  # already finished
+            storage.set_trial_user_attr(internal, key, value)
+        except (optuna.exceptions.UpdateFinishedTrialError, RuntimeError, OSError):
+            pass  # already finished (settled from its record)
 
     def rerun(self, cell: Cell, trial_id: str, number: int, knobs: dict) -> int:
         """A new trial of the cell running the knobs of its failed trial number once more (linked
@@ -191,15 +192,8 @@ class CellStudies:
         """The Optuna trial's user attribute mlflow_run_id, from the run record the tracker wrote
         at the trial's start (set before tell: a finished Optuna trial is read-only)."""
         run_id = TrialRecords.of(record_root, trial_id).run_id()
-        if run_id is None:
-            return
-        study = self.study(cell)
-        storage = study._storage  # Optuna's storage API sets attributes by internal trial id
-        internal = storage.get_trial_id_from_study_id_trial_number(study._study_id, number)
-        try:
-            storage.set_trial_user_attr(internal, "mlflow_run_id", run_id)
-        except (optuna.exceptions.UpdateFinishedTrialError, RuntimeError, OSError):
-            pass  # already finished (settled from its record)
+        if run_id is not None:
+            self._set_attr(cell, number, "mlflow_run_id", run_id)
 
     def retries(self, cell: Cell) -> list[tuple[int, dict]]:
         """(number, knobs) of the cell's FAIL trials that no later trial ran again: a trial that

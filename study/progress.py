@@ -49,6 +49,7 @@ class Progress:
     slots: int = 1  # trials run at once
     start: float = 0.0
     trials: dict[str, TrialState] = field(default_factory=dict)
+    stopped: int = 0  # runs a stopped driver left RUNNING (study status: not counted as started)
 
     # Recording: trial starts and ends.
     def started(self, trial_id: str, cell: tuple[str, float], kind: str, now: float) -> None:

@@ -598,24 +598,36 @@ def rebuild_runs(spec: StudySpec, study_dir: Path) -> int:
     root = spec.study_place(study_dir) / "trials"
     root.pull()
     folders = sorted(root.local.iterdir()) if root.local.is_dir() else []
+    trackers = {
+        session: MLflowTracker(
+            spec.tracking_uri,
+            exp_id,
+            parent,
+            str(root),
+            partial(full_params, spec=spec),
+            study_id=spec.study_id,
+            stage=session,
+            experiment_name=spec.name,
+        )  # fmt: skip
+        for session in ("search", "final")
+    }
     rebuilt = 0
     for folder in [f for f in folders if f.name not in known]:
         records = TrialRecords.of(root.local, folder.name)
         params, final = records.params(), records.final()
         if params is None:
             continue
-        session = "final" if any(k in params for k in SEED_KEYS) else "search"
-        tracker = MLflowTracker(
-            spec.tracking_uri, exp_id, parent, str(root), partial(full_params, spec=spec),
-            study_id=spec.study_id, stage=session, experiment_name=spec.name,
-        )  # fmt: skip
+        # `study final` points carry the seed keys; search and stage trials do not.
+        tracker = trackers["final" if any(k in params for k in SEED_KEYS) else "search"]
         trial = SimpleNamespace(trial_id=folder.name, config=params, last_result=final or {})
         tracker.on_trial_start(0, [], trial)
         if final is not None:
             tracker.on_trial_result(0, [], trial, {**final, "training_iteration": 1})
         client.set_tag(tracker.run_for(trial), "rebuilt_from_records", "true")
-        if final is not None or records.error() is not None:
-            tracker._end(trial, "FINISHED" if final is not None else "FAILED")
+        if final is not None:
+            tracker.on_trial_complete(0, [], trial)
+        elif records.error() is not None:
+            tracker.on_trial_error(0, [], trial)
         else:
             client.set_terminated(tracker.run_for(trial), "KILLED")
         rebuilt += 1

@@ -64,7 +64,7 @@ def load_progress(study_dir: str | Path) -> tuple[Progress, str]:
         stopped = [r for r in rows if r["status"] == "RUNNING"]
         rows = [r for r in rows if r["status"] != "RUNNING"]
     from_records(progress, rows)
-    progress.stopped = len(stopped)
+    progress.stopped = len(stopped)  # their cells count them as still to run
     return progress, metric
 
 
@@ -78,7 +78,7 @@ def status_text(study_dir: str | Path, now: float | None = None) -> str:
         now = max(ends) if ends else now  # a study that is not running: its span, no clock
     summary = progress.summary(now, live=bool(running))
     if not running:
-        stopped = getattr(progress, "stopped", 0)
+        stopped = progress.stopped
         summary += f"; {stopped} trial(s) stopped with their driver" if stopped else ""
         summary += "; not running now" + (
             "" if not progress.pending() else f" (resume it: study resume {study_dir})"

@@ -57,9 +57,9 @@ def test_a_ninth_method_reaches_the_tables_figures_search_space_and_spec(ninth, 
     # The comparison table: its row, after the papers' methods, with its knob's column.
     runs = _runs(
         {"trial_id": "a", "method": "CG", "label_percent": 20.0, "gen_accuracy": 0.6,
-         "val/gen_accuracy": 0.6, "chosen_guidance_scale": 2.0},
+         "val/gen_accuracy": 0.6, "guidance_scale": 2.0},
         {"trial_id": "b", "method": NINTH, "label_percent": 20.0, "gen_accuracy": 0.7,
-         "val/gen_accuracy": 0.7, "chosen_guidance_scale": 4.0, "loss.lambda_sc": 0.3},
+         "val/gen_accuracy": 0.7, "guidance_scale": 4.0, "loss.lambda_sc": 0.3},
     )  # fmt: skip
     assert "loss.lambda_sc" in KNOB_COLUMNS
     table = comparison_table(runs, ("gen_accuracy", "max"), ("gen_accuracy", "loss.lambda_sc"))
