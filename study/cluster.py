@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -196,3 +198,58 @@ def preflight_nodes(spec: StudySpec, folders: list, timeout: float = 120.0) -> N
     finally:
         for marker in markers:
             Path(marker).unlink(missing_ok=True)
+
+
+WINDOW = 10.0  # an asker that has not asked for this long is no longer evaluating
+
+
+@dataclass
+class CoreShares:
+    """The lender's arithmetic: the free CPUs split among the trials that asked within WINDOW
+    seconds, in the order they first asked (the remainder to the first ones)."""
+
+    asked: dict[str, float] = field(default_factory=dict)  # asker -> its last ask (insertion:
+    # the order of first asks)
+
+    def grant(self, key: str, own: int, free: float, now: float) -> int:
+        """The threads key may run now: own plus its share of the free CPUs."""
+        self.asked = {k: t for k, t in self.asked.items() if now - t <= WINDOW or k == key}
+        self.asked[key] = now
+        askers, spare = list(self.asked), max(0, int(free))
+        return own + spare // len(askers) + (askers.index(key) < spare % len(askers))
+
+    def release(self, key: str) -> None:
+        """key's evaluation ended: its share goes to the others at their next ask."""
+        self.asked.pop(key, None)
+
+
+class CoreLender:
+    """The Ray actor that lends a local cluster's idle CPUs to the trials' evaluations
+    (trainables.threads): the free CPUs are Ray's own count (the trials hold theirs), split
+    among the trials asking now (CoreShares)."""
+
+    def __init__(self) -> None:
+        self.shares = CoreShares()
+
+    def ask(self, key: str, own: int) -> int:
+        """The torch threads key's evaluation may run now."""
+        import ray
+
+        free = ray.available_resources().get("CPU", 0.0)
+        return self.shares.grant(key, own, free, time.monotonic())
+
+    def release(self, key: str) -> None:
+        """key's evaluation ended."""
+        self.shares.release(key)
+
+
+def core_lender(spec: StudySpec) -> Any:
+    """The study's CoreLender (an actor holding no CPU) when it lends idle CPUs: a local cluster
+    (this machine is the study's; a shared cluster's free CPUs are not), trials in local mode
+    (their evaluation runs in the trial's process) and resources.lend_idle_cpus; else None."""
+    resources = spec.resources
+    if spec.address or resources.num_workers or not resources.lend_idle_cpus:
+        return None
+    import ray
+
+    return ray.remote(num_cpus=0)(CoreLender).remote()

@@ -21,7 +21,7 @@ from typing import Any
 import yaml
 from filelock import FileLock, Timeout
 
-from study.cluster import check_cluster, init_ray, preflight_nodes
+from study.cluster import check_cluster, core_lender, init_ray, preflight_nodes
 from study.errors import StudyError
 from study.locations import check_tracking_uri, sqlite_path
 from study.plan import make_plan
@@ -187,6 +187,7 @@ def _study_context(spec: StudySpec, study_dir: Path) -> Any:
         local_mode=resources.num_workers == 0,
         eval_every_epoch=spec.scheduler.type == "asha",
         objectives=tuple((o.metric, o.mode) for o in spec.objectives),
+        lender=core_lender(spec),
     )
     return StudyContext(
         spec=spec,

@@ -222,6 +222,15 @@ class Resources(_Section):
     max_failures: Annotated[
         Int, Field(ge=0, le=1000), doc("restarts of a trial's worker group from its checkpoint")
     ] = 2
+    lend_idle_cpus: Annotated[
+        bool,
+        Field(strict=True),
+        doc(
+            "on a local cluster, a trial's evaluation runs on its own CPUs plus its share of "
+            "those no trial holds (torch threads); training never does",
+            "true",
+        ),
+    ] = True
 
 
 class Objective(_Section):

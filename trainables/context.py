@@ -4,6 +4,7 @@ free)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from trainables.config import TrialConfig
 
@@ -24,3 +25,5 @@ class TrialContext:
     # A stage trial (study.stages): the artifact to train up to, or "evaluation" (the image
     # evaluator); "" for a trial of the search.
     stage: str = ""
+    # The study's CoreLender (study.cluster), whose idle CPUs the evaluation borrows; None: none.
+    lender: Any = None

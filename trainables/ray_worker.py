@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import shutil
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -23,7 +24,7 @@ import ray.tune
 import torch
 from torch import nn
 
-from trainables import names
+from trainables import names, threads
 from trainables.cache import ArtifactCache
 from trainables.config import TrialConfig
 from trainables.context import TrialContext
@@ -377,6 +378,19 @@ def _draw_share(
     evaluator(networks, scale=sweep.scale, distributed=shared)
 
 
+def _lent_cpus(context: TrialContext) -> tuple[Callable[[], int] | None, Callable | None]:
+    """(ask, release) of the study's CoreLender for one evaluation (trainables.threads.lent),
+    or (None, None) when the study lends no CPUs."""
+    lender = context.lender
+    if lender is None:
+        return None, None
+    key, own = uuid.uuid4().hex, context.threads
+    return (
+        lambda: ray.get(lender.ask.remote(key, own), timeout=30),
+        lambda: lender.release.remote(key),
+    )
+
+
 def _run_trial(context: TrialContext) -> None:
     """Train (or reuse) every artifact the trial's method needs, report per epoch, then evaluate."""
     torch.set_num_threads(context.threads)
@@ -406,10 +420,12 @@ def _run_trial(context: TrialContext) -> None:
     # On rank 0: sweep the guidance grid on the validation split, choose the scale, evaluate the
     # test split at it, write the trial's records, report the final result.
     start = time.perf_counter()
-    sweep = evaluator.validate(
-        networks, guidance_grid(config), context.objectives, distributed=shared
-    )
-    metrics, samples = evaluator(networks, scale=sweep.scale, distributed=shared)
+    with threads.lent(*_lent_cpus(context)) as most:  # idle CPUs, if the study lends them
+        sweep = evaluator.validate(
+            networks, guidance_grid(config), context.objectives, distributed=shared
+        )
+        metrics, samples = evaluator(networks, scale=sweep.scale, distributed=shared)
+    ledger.metrics[COST.EVAL_THREADS] = most()
     ledger.metrics[COST.SAMPLING_SCORE_EVALS] = evaluator.sampling_score_evals()
     ledger.metrics[COST.VAL_SAMPLING_SCORE_EVALS] = evaluator.val_sampling_score_evals
     ledger.metrics[COST.EVAL_SECONDS] = time.perf_counter() - start

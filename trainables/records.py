@@ -54,6 +54,7 @@ class COST:
     SAMPLING_SCORE_EVALS = "cost/sampling_score_evals"  # score evaluations of the test samples
     VAL_SAMPLING_SCORE_EVALS = "cost/val_sampling_score_evals"  # of the validation sweep
     EVAL_SECONDS = "cost/eval_seconds"  # validation sweep and test evaluation
+    EVAL_THREADS = "cost/eval_threads"  # the most torch threads it ran with (idle CPUs lent)
 
 
 def is_final(result: dict | None) -> bool:

@@ -88,3 +88,16 @@ def test_study_server_refuses_bad_input_before_starting(tmp_path, capsys, args, 
     assert main(["server", "--store", str(tmp_path / "server"), *args]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "server").exists()  # nothing written
+
+
+def test_idle_cpus_are_lent_only_on_a_local_cluster_to_trials_in_local_mode():
+    """study.cluster.core_lender: no lender (so no borrowing) on a cluster given by address (its
+    free CPUs are other users' too), for Train workers, or when the spec turns it off. (The local
+    case, an actor, is exercised by tests/study/test_interrupt.py.)"""
+    from study.cluster import core_lender
+
+    assert core_lender(validate({"address": "10.0.0.1:6379"})) is None
+    assert core_lender(_spec(num_workers=1)) is None
+    assert core_lender(_spec(lend_idle_cpus=False)) is None
+    with pytest.raises(SpecError, match="lend_idle_cpus"):
+        _spec(lend_idle_cpus="yes")

@@ -1,6 +1,7 @@
 """Ctrl-C during a study: exit 130, the resume command printed, the parent run KILLED, and
 `study resume` finishes the study."""
 
+import os
 import signal
 import subprocess
 import sys
@@ -72,3 +73,9 @@ def test_ctrl_c_exits_130_and_the_study_resumes(tmp_path):
     assert len({r.data.tags["trial_id"] for r in trials}) == len(trials)  # one run per trial
     # FIFO: an interrupted trial is resumed, never mistaken for one ASHA stopped.
     assert not any(r.data.tags.get("early_stopped") for r in trials)
+    # One trial at a time on a local cluster: each evaluation borrowed every CPU no trial held
+    # (resources.lend_idle_cpus, trainables.threads), and training did not.
+    searched = [
+        r for r in trials if r.info.status == "FINISHED" and r.data.tags["stage"] == "search"
+    ]
+    assert searched and {r.data.metrics["cost/eval_threads"] for r in searched} == {os.cpu_count()}

@@ -7,6 +7,7 @@ import weakref
 import torch
 from torch import nn
 
+from trainables import threads
 from trainables.config import TrialConfig
 from trainables.fit import Distributed
 from trainables.methods import Method, ModelFns, get_method, guided_score_fn, model_fns
@@ -123,9 +124,12 @@ def _sample_group(
         if copies == 1
         else torch.tensor(scales, dtype=x_init.dtype).repeat_interleave(len(y)).to(y.device)
     )
-    score_fn = guided_score_fn(
-        method, fns, y.repeat(copies), scale, config.sample.guidance_precision
-    )
+    guided = guided_score_fn(method, fns, y.repeat(copies), scale, config.sample.guidance_precision)
+
+    def score_fn(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        threads.refresh()  # borrow idle CPUs (or give them back) between sampler steps
+        return guided(x, sigma)
+
     drawn = get_sampler(config.sample.sampler)(
         score_fn,
         x_init.repeat(copies, *([1] * (x_init.dim() - 1))),

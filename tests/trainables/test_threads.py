@@ -1,0 +1,67 @@
+"""Idle CPUs lent to a trial's evaluation (trainables.threads, study.cluster.CoreShares): the
+lender's arithmetic, and the promise that makes lending safe: samples are the same bits whatever
+threads the sampler ran with, also when they change between its steps."""
+
+import pytest
+import torch
+
+from study.cluster import WINDOW, CoreShares
+from trainables import threads
+from trainables.config import from_flat
+from trainables.evaluation.sampling import sample_scales
+from trainables.fit import build
+from trainables.methods import get_method
+
+
+def test_the_free_cpus_are_split_among_the_trials_asking_now():
+    shares = CoreShares()
+    assert shares.grant("a", 1, free=3, now=0.0) == 4  # alone: every free CPU
+    assert shares.grant("b", 1, free=3, now=1.0) == 2  # two askers: 3 = 2 + 1, b second
+    assert shares.grant("a", 1, free=3, now=2.0) == 3  # the remainder to the first asker
+    assert shares.grant("b", 2, free=0, now=3.0) == 2  # nothing free: its own CPUs only
+    shares.release("b")
+    assert shares.grant("a", 1, free=1, now=4.0) == 2
+    # An asker silent for longer than WINDOW has stopped evaluating: no share is kept for it.
+    shares.grant("c", 1, free=2, now=5.0)
+    assert shares.grant("a", 1, free=2, now=5.0 + WINDOW + 1) == 3
+
+
+def test_outside_a_lending_scope_nothing_is_asked():
+    asked = []
+    threads.refresh()  # no scope: a no-op
+    with threads.lent(None) as most:
+        threads.refresh()
+    assert most() == torch.get_num_threads() and not asked
+
+
+def _image_networks(method: str):
+    flat = {
+        "method": method, "data.label_percent": 20, "sample.num_steps": 6,
+        "sample.num_per_class": 3, "sample.batch_size": 16, "eval.prdc_k": 0,
+    }  # fmt: skip
+    config = from_flat(flat, base="tiny-images")
+    nets = {
+        a.network: build(a, config, (3, 16, 16), 10).eval().requires_grad_(False)
+        for a in get_method(method).artifacts
+    }
+    return config, nets
+
+
+@pytest.mark.parametrize("method", ["CG-SC-all", "CFG-all"])
+def test_samples_are_the_same_bits_when_the_lent_threads_change_between_steps(method, monkeypatch):
+    """NCSN++ networks on 16x16 images, three scales in one batch: sampling at 1 thread and
+    sampling while the lender's grant changes every step (1, 2, 3, ...) give identical tensors,
+    and the scope ends on the process's own threads."""
+    config, nets = _image_networks(method)
+    own = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        alone, _ = sample_scales(config, nets, 10, (3, 16, 16), (0.5, 1.0, 4.0))
+        grants = iter(range(100))
+        monkeypatch.setattr(threads, "EVERY", 0.0)
+        with threads.lent(lambda: 1 + next(grants) % 3) as most:
+            lent, _ = sample_scales(config, nets, 10, (3, 16, 16), (0.5, 1.0, 4.0))
+        assert most() == 3 and torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(own)
+    assert torch.equal(alone, lent)
