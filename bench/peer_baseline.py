@@ -53,8 +53,8 @@ class Space:
 
     def __init__(self, spec):
         self.methods, self.percents = list(spec.methods), list(spec.label_percents)
-        self.search = {k: r.to_dict() for k, r in spec.search.items()}
-        self.scales = list(spec.guidance_scales)
+        self.search = spec.to_dict().get("search", {})
+        self.scales = list(spec.guidance.scales)
 
     def __call__(self, trial) -> dict[str, Any]:
         from trainables.names import GUIDED, TUNED_KEYS

@@ -110,7 +110,7 @@ def make_plan(spec: StudySpec, check_store: bool = False) -> Plan:
         cell = {"trials": budget, "networks": Counter()}
         work = 0.0
         # A cell's first trial is its default point (the paper's knobs), as the searcher asks.
-        config = spec.trial_config(cell_points([method], [pct], spec.search)[0])
+        config = spec.trial_config(cell_points([method], [pct], spec.ranges())[0])
         scales = len(config.sample.guidance_grid) if method in GUIDED else 1
         moves = knob_dependent(config)
         for artifact, key in artifact_folders(config):

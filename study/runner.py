@@ -12,7 +12,6 @@ import threading
 import time
 import uuid
 from collections import Counter
-from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
@@ -268,9 +267,9 @@ def with_evaluation_cache(spec: StudySpec, study_dir: Path) -> StudySpec:
     place = spec.study_place(study_dir)
     shared = str(spec.artifact_place(place) / "evaluation")
     if place.remote:
-        return replace(spec, config={**spec.config, EVALUATION_CACHE_KEY: shared})
+        return spec.replace(config={**spec.config, EVALUATION_CACHE_KEY: shared})
     own = {EVALUATION_CACHE_KEY: str(study_dir / "evaluation"), "eval.shared_cache_dir": shared}
-    return replace(spec, config={**spec.config, **own})
+    return spec.replace(config={**spec.config, **own})
 
 
 def _save_spec(spec: StudySpec, study_dir: Path, uri: str) -> None:
@@ -405,13 +404,13 @@ def run_study(
     study_dir, uri = prepare(spec, resume=resume)
     open_tracking_store(uri)  # before the spec is saved: a store that cannot open leaves nothing
     if not resume:
-        spec = replace(spec, study_id=uuid.uuid4().hex[:16])
+        spec = spec.replace(study_id=uuid.uuid4().hex[:16])
         spec = with_evaluation_cache(spec, study_dir)
         _save_spec(spec, study_dir, uri)
     if add_trials:
         per_cell = max(spec.cell_budgets().values()) + add_trials
-        spec = replace(spec, trials_per_cell=per_cell)
-        spec = replace(spec, num_trials=sum(spec.cell_budgets().values()))
+        spec = spec.replace(trials_per_cell=per_cell)
+        spec = spec.replace(num_trials=sum(spec.cell_budgets().values()))
         _save_spec(spec, study_dir, uri)
 
     def fit(trainable: Any, callbacks: Any) -> bool | None:

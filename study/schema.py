@@ -22,6 +22,7 @@ from pydantic import (
     StrictBool,
     StringConstraints,
     ValidationError,
+    model_serializer,
     model_validator,
 )
 
@@ -120,6 +121,11 @@ class SearchRange(_Section):
         doc("a finite set instead of a range, each value once", "-"),
     ] = None
 
+    @model_serializer(mode="wrap")
+    def _as_written(self, dump: Any) -> dict:
+        """As YAML holds it: {choices} or {low, high, log}."""
+        return {"choices": self.choices} if self.choices is not None else dump(self)
+
     @model_validator(mode="after")
     def _one_kind(self) -> SearchRange:
         """Either choices or a non-empty range low < high (low > 0 on a log scale)."""
@@ -196,9 +202,10 @@ class Scheduler(_Section):
         Int, Field(ge=2, le=1000), doc("asha: keep 1 in this many of a cell's trials per rung")
     ] = 2
 
-    def to_dict(self) -> dict | str:
-        """As YAML holds it."""
-        return "fifo" if self.type == "fifo" else self.model_dump()
+    @model_serializer(mode="wrap")
+    def _as_written(self, dump: Any) -> dict | str:
+        """As YAML holds it: 'fifo', or the asha section."""
+        return "fifo" if self.type == "fifo" else dump(self)
 
 
 class Resources(_Section):
@@ -255,10 +262,10 @@ class SpecModel(_Section):
             "folder, cifar10, cifar100"),
     ] = "overlap2"  # fmt: skip
     base_config: Annotated[
-        Text | None,
+        Text,
         doc("the trial config the trials start from: toy, tiny-images, twin, cifar10, "
-            "cifar10-small, cifar100 (trainables.config.BASE_CONFIGS)", "toy"),
-    ] = None  # fmt: skip
+            "cifar10-small, cifar100 (trainables.config.BASE_CONFIGS)"),
+    ] = "toy"  # fmt: skip
     methods: Annotated[
         list[Method],
         Field(min_length=1),
@@ -296,18 +303,14 @@ class SpecModel(_Section):
         doc("the range of each tuned knob: loss.lambda_sc, loss.lambda_joint; a range, choices, "
             "or `paper` (0.01, 0.1, 1, 10)", "the papers' grids"),
     ] = None  # fmt: skip
-    guidance: Annotated[Guidance | None, doc("the in-trial sweep of the guidance scale", "-")] = (
-        None
-    )
-    resources: Annotated[Resources | None, doc("what each trial holds", "-")] = None
+    guidance: Annotated[Guidance, doc("the in-trial sweep of the guidance scale", "-")] = Guidance()
+    resources: Annotated[Resources, doc("what each trial holds", "-")] = Resources()
     seed: Annotated[
         Int,
         Field(ge=0, lt=2**31),
         doc("every seed key (train, data, split, sample) unless config sets one"),
     ] = 0
-    config: Annotated[
-        dict[Text, Any] | None, doc("overrides of the trial config (the keys below)", "{}")
-    ] = None
+    config: Annotated[dict[Text, Any], doc("overrides of the trial config (the keys below)")] = {}
     storage: Annotated[
         Text | None,
         doc("the study folder's parent: a folder or an object-store URI", "./studies"),
@@ -366,10 +369,10 @@ def _message(error: dict) -> str:
     return f"{key}: {text}{got}" + (f"; {fix}" if fix else "")
 
 
-def problems(raw: dict) -> tuple[SpecModel | None, list[str]]:
-    """(the checked spec, []) or (None, one message per bad value)."""
+def problems(raw: dict, model: type[SpecModel] = SpecModel) -> tuple[Any, list[str]]:
+    """(the checked spec, an instance of model, []) or (None, one message per bad value)."""
     try:
-        return SpecModel.model_validate(raw), []
+        return model.model_validate(raw), []
     except ValidationError as exc:
         messages = list(dict.fromkeys(_message(e) for e in exc.errors(include_url=False)))
         return None, messages

@@ -44,7 +44,7 @@ class _TellsOptuna:
         self.cells: list[Cell] = [(m, float(p)) for m in spec.methods for p in spec.label_percents]
         url = f"sqlite:///{study_dir / 'optuna.db'}"
         self.optuna = CellStudies(
-            url, spec.name, spec.seed, self.objectives, dict(spec.search), self.cells, searches
+            url, spec.name, spec.seed, self.objectives, spec.ranges(), self.cells, searches
         )
         self.live: dict[str, tuple[Cell, int]] = {}  # Tune trial id -> (cell, Optuna number)
 

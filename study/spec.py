@@ -11,11 +11,10 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from search_spaces import DEFAULT_GUIDANCE_SCALES, DEFAULT_RANGES, Range
+from search_spaces import DEFAULT_RANGES, Range
 from study import schema
 from study.errors import SpecError
 from study.loading import load_raw, preset_names
@@ -31,37 +30,11 @@ SEED_KEYS = ("train.seed", "data.seed", "data.split_seed", "sample.seed")  # the
 STORE_ENV = "SC_GUIDANCE_ARTIFACT_STORE"  # overrides the user-level default artifact store
 
 
-@dataclass(frozen=True)
-class StudySpec:
-    """A validated study."""
-
-    name: str
-    dataset: str  # the trials' data.name
-    methods: tuple[str, ...]
-    label_percents: tuple[float, ...]  # the trials' data.label_percent values
-    num_trials: int
-    objectives: tuple[schema.Objective, ...]
-    scheduler: schema.Scheduler
-    search: dict[str, Range]
-    resources: schema.Resources
-    seed: int
-    config: dict[str, Any] = field(default_factory=dict)
-    base_config: str = "toy"  # trainables.config.BASE_CONFIGS entry the trial configs start from
-    storage: str | None = None  # study directory's parent; default ./studies
-    tracking_uri: str | None = None
-    address: str | None = None
-    study_id: str | None = None  # set when the study is created; tags every MLflow run it owns
-    trials_per_cell: int | None = None  # each cell's budget (a cell without knobs: 1)
-    # Swept inside every guided trial on the validation split (sample.guidance_grid).
-    guidance_scales: tuple[float, ...] = DEFAULT_GUIDANCE_SCALES
-    val_num_per_class: int | None = None  # eval.val_num_per_class (None: the config's)
-    guidance_cap: float | None = None  # sample.guidance_cap (None: 4 x the largest scale)
-    val_halving: bool | None = None  # eval.val_halving (None: the config's)
-    val_num_steps: int | None = None  # eval.val_num_steps (None: the config's)
-    # Trained networks, content-addressed and shared by every study that points here (None: the
-    # user-level default, $SC_GUIDANCE_ARTIFACT_STORE or ~/.cache/sc-guidance/artifacts; "study":
-    # the study directory's own artifacts/). The saved spec pins the resolved folder.
-    artifact_store: str | None = None
+class StudySpec(schema.SpecModel):
+    """A validated study: the spec's one model (study.schema.SpecModel, its keys, defaults and
+    meanings) with what the platform derives from it. validate() makes it: the sections filled
+    with their defaults, tracking_uri absolute, address from $RAY_ADDRESS, asha's metric the first
+    objective's, num_trials the sum of the cells' budgets when trials_per_cell is given."""
 
     def study_place(self, study_dir: Path | None = None) -> Place:
         """The study's folder of its storage: in an object store, its URI (whose node-local mirror
@@ -101,15 +74,16 @@ class StudySpec:
     def base_params(self) -> dict[str, Any]:
         """Flat params shared by every trial: the spec's seed for every seed key (train, data,
         split, sample) unless `config` sets one itself, then `config`, then the dataset."""
-        cap = self.guidance_cap if self.guidance_cap is not None else 4 * max(self.guidance_scales)
+        sweep = self.guidance
+        cap = sweep.max_scale if sweep.max_scale is not None else 4 * max(sweep.scales)
         guidance: dict[str, Any] = {
-            "sample.guidance_grid": tuple(self.guidance_scales),
+            "sample.guidance_grid": tuple(sweep.scales),
             "sample.guidance_cap": cap,
         }
         for key, value in (
-            ("eval.val_num_per_class", self.val_num_per_class),
-            ("eval.val_halving", self.val_halving),
-            ("eval.val_num_steps", self.val_num_steps),
+            ("eval.val_num_per_class", sweep.val_num_per_class),
+            ("eval.val_halving", sweep.halving),
+            ("eval.val_num_steps", sweep.val_num_steps),
         ):
             if value is not None:
                 guidance[key] = value
@@ -133,37 +107,20 @@ class StudySpec:
         steps = max(train.steps, train.classifier_steps)  # the longest artifact's
         return math.ceil(steps / train.steps_per_epoch)
 
-    def to_dict(self) -> dict:
-        """Plain data, as YAML would hold it."""
-        optional = (
-            "storage", "tracking_uri", "address", "study_id", "trials_per_cell", "artifact_store",
-        )  # fmt: skip
+    def ranges(self) -> dict[str, Range]:
+        """The search section as the searcher's ranges (search_spaces.Range)."""
         return {
-            "name": self.name,
-            "dataset": self.dataset,
-            "methods": list(self.methods),
-            "label_percents": list(self.label_percents),
-            "num_trials": self.num_trials,
-            "objectives": [{"metric": o.metric, "mode": o.mode} for o in self.objectives],
-            "scheduler": self.scheduler.to_dict(),
-            "search": {k: r.to_dict() for k, r in self.search.items()},
-            "resources": self.resources.model_dump(),
-            "seed": self.seed,
-            "config": dict(self.config),
-            "base_config": self.base_config,
-            "guidance": {
-                "scales": list(self.guidance_scales),
-                **(
-                    {"val_num_per_class": self.val_num_per_class}
-                    if self.val_num_per_class is not None
-                    else {}
-                ),
-                **({"max_scale": self.guidance_cap} if self.guidance_cap is not None else {}),
-                **({"halving": self.val_halving} if self.val_halving is not None else {}),
-                **({"val_num_steps": self.val_num_steps} if self.val_num_steps is not None else {}),
-            },
-            **{k: getattr(self, k) for k in optional if getattr(self, k) is not None},
+            key: Range(r.low, r.high, r.log, tuple(r.choices) if r.choices is not None else None)
+            for key, r in (self.search or {}).items()
         }
+
+    def to_dict(self) -> dict:
+        """Plain data, as YAML would hold it (keys left unset omitted)."""
+        return self.model_dump(mode="json", exclude_none=True)
+
+    def replace(self, **changes: Any) -> StudySpec:
+        """A copy with these keys changed (not validated again: the caller's values are)."""
+        return self.model_copy(update=changes)
 
 
 def resolve(params: Mapping[str, Any], base_config: str | None = None) -> TrialConfig:
@@ -245,7 +202,7 @@ def _check_names(spec: schema.SpecModel, search: dict, errors: list[str]) -> Non
     if spec.dataset not in TOY_DATASETS and spec.dataset not in IMAGE_DATASETS:
         valid = list(TOY_DATASETS) + list(IMAGE_DATASETS)
         errors.append(f"dataset: unknown dataset {shown(spec.dataset)}; valid: {valid}")
-    base = spec.base_config or "toy"
+    base = spec.base_config
     if base not in BASE_CONFIGS:
         errors.append(f"base_config: unknown {shown(base)}; valid: {sorted(BASE_CONFIGS)}")
     for key in search:
@@ -264,64 +221,32 @@ def _check_names(spec: schema.SpecModel, search: dict, errors: list[str]) -> Non
         )
 
 
-def _ranges(checked: dict[str, schema.SearchRange]) -> dict[str, Range]:
-    """The search section as the searcher's ranges."""
-    return {
-        key: Range(r.low, r.high, r.log, tuple(r.choices) if r.choices is not None else None)
-        for key, r in checked.items()
-    }
-
-
 def validate(raw: dict, check_data: bool = True) -> StudySpec:
     """Check every value against the schema (study.schema, trainables.config) and the relations
     between them; raise SpecError listing every problem, one line each. check_data=False skips
     the dataset and Inception-weight checks (`study plan` reads a spec without its data)."""
     errors: list[str] = []
-    checked, problems = schema.problems(raw)
+    checked, problems = schema.problems(raw, StudySpec)
     errors += problems
     if checked is None:
         _fail(errors)
-    search = checked.search or {}
-    _check_names(checked, search, errors)
+    _check_names(checked, checked.search or {}, errors)
     check_locations(checked, errors)
-    base = checked.base_config or "toy"
-    config = dict(checked.config or {})
     if errors:
         _fail(errors)
-    guidance = checked.guidance or schema.Guidance()
     scheduler = checked.scheduler
     if scheduler.type == "asha" and scheduler.metric is None:
         scheduler = scheduler.model_copy(update={"metric": checked.objectives[0].metric})
-    spec = StudySpec(
-        name=checked.name,
-        dataset=checked.dataset,
-        methods=tuple(checked.methods),
-        label_percents=tuple(float(p) for p in checked.label_percents),
-        num_trials=checked.num_trials,
-        objectives=tuple(checked.objectives),
+    spec = checked.replace(
         scheduler=scheduler,
-        search=_ranges(search),
-        resources=checked.resources or schema.Resources(),
-        seed=checked.seed,
-        config=config,
-        base_config=base,
-        storage=checked.storage,
         tracking_uri=absolute_tracking_uri(checked.tracking_uri),
         address=checked.address or os.environ.get("RAY_ADDRESS") or None,
-        study_id=checked.study_id,
-        trials_per_cell=checked.trials_per_cell,
-        guidance_scales=tuple(float(v) for v in guidance.scales),
-        val_num_per_class=guidance.val_num_per_class,
-        guidance_cap=guidance.max_scale,
-        val_halving=guidance.halving,
-        val_num_steps=guidance.val_num_steps,
-        artifact_store=checked.artifact_store,
     )
     _check_trials(spec, errors, check_data=check_data)
     if errors:
         _fail(errors)
-    if checked.trials_per_cell is not None:  # the total follows from the cells' budgets
-        spec = replace(spec, num_trials=sum(spec.cell_budgets().values()))
+    if spec.trials_per_cell is not None:  # the total follows from the cells' budgets
+        spec = spec.replace(num_trials=sum(spec.cell_budgets().values()))
     return spec
 
 

@@ -20,7 +20,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from trainables.identity import artifact_identity, artifact_key, cache_root, eval_classifier_config
+from trainables.identity import (
+    adoptable,
+    artifact_identity,
+    artifact_key,
+    cache_root,
+    eval_classifier_config,
+)
 from trainables.names import EVALUATION_STAGE, STAGE_KEY, TUNED_KEYS
 from trainables.registry import EVAL_CLASSIFIER, artifact_config, get_method
 from trainables.storage import Place, stored
@@ -65,12 +71,16 @@ def knob_dependent(config: Any) -> dict[str, bool]:
 
 def _evaluation_stage(config: Any, point: dict) -> Stage | None:
     """The image evaluator's stage (evaluation classifier + reference statistics) when its
-    classifier is neither given nor cached yet; None for the toy or without FID."""
+    classifier is neither given nor cached yet, in the study's folder or in the shared store
+    (the trial copies it from there: trainables.identity.adopt); None for the toy or without
+    FID."""
     if config.model.arch != "ncsnpp" or not config.eval.fid or config.eval.classifier_checkpoint:
         return None
     identity = artifact_identity(EVAL_CLASSIFIER, eval_classifier_config(config))
     key = f"{EVAL_CLASSIFIER.name}-{artifact_key(identity)}"
     model = cache_root(config) / "eval-classifiers" / key / "model.pt"
+    if not model.remote and adoptable(model.local, config):
+        return None
     return Stage(key, {**point, STAGE_KEY: EVALUATION_STAGE}, model.location)
 
 

@@ -116,6 +116,12 @@ def _shared_twin(path: Path, config: TrialConfig) -> Path | None:
     return Place(shared).local / path.relative_to(root.local)
 
 
+def adoptable(path: Path, config: TrialConfig) -> bool:
+    """Whether the shared store holds the yardstick file path names (a trial would copy it)."""
+    other = _shared_twin(path, config)
+    return other is not None and other.is_file()
+
+
 def adopt(path: Path, config: TrialConfig) -> bool:
     """Copy a yardstick file (an evaluation classifier's, reference statistics) the study's cache
     lacks from the shared store, where the same content-addressed name holds the same thing; True

@@ -132,7 +132,7 @@ def test_export_best_writes_a_runnable_spec_with_the_winning_knobs_and_chosen_sc
     assert written["methods"] == ["CG-SC-all"]
     from study.spec import validate
 
-    assert validate(written).guidance_scales == (1.5,)  # runnable as written
+    assert validate(written).guidance.scales == [1.5]  # runnable as written
 
 
 def test_selection_reads_the_validation_value_and_the_table_reports_the_test_value():

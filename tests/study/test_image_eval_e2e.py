@@ -23,7 +23,7 @@ def _spec(name, tmp_path, **kw):
         "guidance": {"scales": [1, 2], "val_num_per_class": 4},
         "storage": str(tmp_path / "studies"),
         "resources": {"max_concurrent_trials": 2},
-        "config": {**CONFIG, "eval.cache_dir": str(tmp_path / "shared-cache")},
+        "config": dict(CONFIG),  # the study's own yardstick: <study>/evaluation
         **kw,
     }
     (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(spec))
@@ -75,17 +75,62 @@ def test_tiny_images_study_reports_the_papers_metrics(tmp_path):
     report = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
     assert {"report/comparison.md", "report/per_class.md", "report/guidance_fid.png"} <= report
 
-    # A second study on the same data reuses the cached reference statistics and evaluation
-    # classifier.
-    again = _cli(
-        "run", _spec("second", tmp_path, num_trials=1, methods=["CFG-all"]), "--quiet", cwd=tmp_path
-    )
+    # A second study on the same data measures with the same yardstick: the evaluation classifier
+    # and reference statistics the first published to the artifact store, copied into its own
+    # folder (no stage trial, nothing trained for them).
+    second_spec = _spec("second", tmp_path, num_trials=1, methods=["CG-SC-all"])
+    again = _cli("run", second_spec, "--quiet", cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
     second = load_runs(f"sqlite:///{tmp_path / 'studies' / 'second' / 'mlflow.db'}", "second")
     assert set(second["stage"]) == {"search"}  # the evaluator is cached: no stage trial
     assert second["reference_stats_reused"].eq(1).all()
-    assert len(list((tmp_path / "shared-cache" / "eval-classifiers").iterdir())) == 1
-    assert len(list((tmp_path / "shared-cache" / "fid-stats").glob("*.npz"))) == 1
+    shared, own = tmp_path / "artifact-store" / "evaluation", tmp_path / "studies" / "second"
+    for folder in (shared, own / "evaluation"):
+        assert len(list((folder / "eval-classifiers").iterdir())) == 1
+        assert len(list((folder / "fid-stats").glob("*.npz"))) == 1
+    _a_moved_study_measures_with_its_own_yardstick(tmp_path, own, second)
+
+
+def _digests(folder):
+    """{relative path: sha256} of every file under folder."""
+    import hashlib
+
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def _a_moved_study_measures_with_its_own_yardstick(tmp_path, original, runs):
+    """cp -a of the study, the original and the store's yardstick deleted: a trial added to the
+    copy is measured with the copy's evaluation classifier and reference statistics, read from
+    its own folder and left as they were."""
+    import shutil
+
+    from mlflow.tracking import MlflowClient
+
+    from analysis.runs import load_runs
+
+    copy = tmp_path / "moved" / "second"
+    shutil.copytree(original, copy, symlinks=True)
+    shutil.rmtree(original)
+    shutil.rmtree(tmp_path / "artifact-store" / "evaluation")
+    yardstick = _digests(copy / "evaluation")
+    added = _cli("resume", str(copy), "--add-trials", "1", "--quiet", cwd=tmp_path)
+    assert added.returncode == 0, added.stderr[-3000:]
+    after = load_runs(f"sqlite:///{copy / 'mlflow.db'}", "second")
+    new = after[~after["run_id"].isin(runs["run_id"])]
+    assert len(new) == 1 and set(new["stage"]) == {"search"}  # no stage trial: nothing trained
+    assert new["reference_stats_reused"].eq(1).all() and new["fid"].notna().all()
+    client = MlflowClient(f"sqlite:///{copy / 'mlflow.db'}")
+    extractor = {  # names the evaluation classifier by its content-addressed key
+        client.get_run(run).data.tags["fid_feature_extractor"]
+        for run in [*new["run_id"], *runs["run_id"]]
+    }
+    assert len(extractor) == 1
+    assert _digests(copy / "evaluation") == yardstick
+    assert not original.exists()
 
 
 def test_missing_inception_weights_stop_the_spec_before_anything_runs(tmp_path):

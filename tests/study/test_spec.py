@@ -84,10 +84,10 @@ def test_image_dataset_with_the_toy_network_is_refused(tmp_path):
 
 def test_guidance_scales_default_to_a_grid_holding_the_plain_conditional_and_reach_the_trials():
     spec = validate({"methods": ["CG"]})
-    assert 1.0 in spec.guidance_scales and spec.val_num_per_class is None
-    assert spec.base_params()["sample.guidance_grid"] == spec.guidance_scales
+    assert 1.0 in spec.guidance.scales and spec.guidance.val_num_per_class is None
+    assert spec.base_params()["sample.guidance_grid"] == tuple(spec.guidance.scales)
     custom = validate({"methods": ["CG"], "guidance": {"scales": [2, 1], "val_num_per_class": 9}})
-    assert custom.guidance_scales == (2.0, 1.0)  # order kept
+    assert custom.guidance.scales == [2.0, 1.0]  # order kept
     with pytest.raises(SpecError, match=r"guidance.scales: lists 2.0 twice"):
         validate({"methods": ["CG"], "guidance": {"scales": [2, 1, 2]}})
     assert custom.base_params()["eval.val_num_per_class"] == 9

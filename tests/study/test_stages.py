@@ -1,7 +1,6 @@
 """Scheduling by stage (study.stages): shared networks are trained by a stage trial of their own,
 and configurations that need one wait for it while the others fill the slots."""
 
-from dataclasses import replace
 from pathlib import Path
 
 from study.search import CellSearcher, PointSearcher
@@ -21,7 +20,7 @@ def _cell(config):
 def test_the_default_toy_study_stages_its_score_model_and_the_shared_100_percent_cfg_model(
     tmp_path,
 ):
-    spec = replace(load_spec(None), artifact_store=str(tmp_path / "store"))
+    spec = load_spec(None).replace(artifact_store=str(tmp_path / "store"))
     searcher = CellSearcher(spec, tmp_path)
     stages = {s.key.split("-")[0]: s for s in searcher.gate.pending}
     # The CG family's unconditional score model (one for every CG cell at every label %), and the
