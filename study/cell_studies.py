@@ -7,7 +7,6 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable, Collection
-from pathlib import Path
 
 import optuna
 
@@ -23,11 +22,6 @@ from trainables.storage import Place
 Cell = tuple[str, float]  # (method, label %)
 Objectives = list[tuple[str, str]]  # (validation metric, "min" | "max")
 STATE = optuna.trial.TrialState
-
-
-def optuna_storage(study_dir: Path) -> optuna.storages.RDBStorage:
-    """The study's Optuna storage (optuna-dashboard opens the same file)."""
-    return optuna.storages.RDBStorage(f"sqlite:///{study_dir / 'optuna.db'}")
 
 
 def selection_metric(metric: str) -> str:

@@ -8,7 +8,6 @@ trainables.config.BASE_CONFIGS entry the trials start from.
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -100,12 +99,6 @@ class StudySpec(schema.SpecModel):
         study's base params and base config. ValueError names a bad value."""
         point = {k: v for k, v in (point or {}).items() if k != names.STAGE_KEY}
         return resolve({**self.base_params(), **point}, self.base_config)
-
-    def epochs_per_trial(self) -> int:
-        """Epochs of one artifact's training (ASHA's time axis)."""
-        train = self.trial_config({"method": self.methods[0]}).train
-        steps = max(train.steps, train.classifier_steps)  # the longest artifact's
-        return math.ceil(steps / train.steps_per_epoch)
 
     def ranges(self) -> dict[str, Range]:
         """The search section as the searcher's ranges (search_spaces.Range)."""

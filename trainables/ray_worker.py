@@ -385,10 +385,14 @@ def _lent_cpus(context: TrialContext) -> tuple[Callable[[], int] | None, Callabl
     if lender is None:
         return None, None
     key, own = uuid.uuid4().hex, context.threads
-    return (
-        lambda: ray.get(lender.ask.remote(key, own), timeout=30),
-        lambda: lender.release.remote(key),
-    )
+
+    def ask() -> int:
+        try:
+            return ray.get(lender.ask.remote(key, own), timeout=10)
+        except ray.exceptions.RayError:  # the lender is gone or slow: the trial's own CPUs
+            return own
+
+    return ask, lambda: lender.release.remote(key)
 
 
 def _run_trial(context: TrialContext) -> None:
