@@ -65,3 +65,24 @@ def test_samples_are_the_same_bits_when_the_lent_threads_change_between_steps(me
     finally:
         torch.set_num_threads(own)
     assert torch.equal(alone, lent)
+
+
+def test_a_lost_lender_leaves_the_evaluation_on_its_own_cpus():
+    """The trial's ask (trainables.ray_worker._lent_cpus) when the lender actor is gone: its
+    own threads, not a failed trial."""
+    from types import SimpleNamespace
+
+    import ray.exceptions
+
+    from trainables.context import TrialContext
+    from trainables.ray_worker import _lent_cpus
+
+    def gone(*args):
+        raise ray.exceptions.RayActorError()
+
+    lender = SimpleNamespace(ask=SimpleNamespace(remote=gone), release=SimpleNamespace(remote=gone))
+    config = from_flat({"method": "CG"}, base="toy")
+    context = TrialContext(config=config, cache_dir="c", record_dir="r", threads=3, lender=lender)
+    ask, _ = _lent_cpus(context)
+    assert ask() == 3
+    assert _lent_cpus(TrialContext(config=config, cache_dir="c", record_dir="r")) == (None, None)
