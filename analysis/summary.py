@@ -4,10 +4,12 @@ arithmetic over the runs frame (analysis.runs.load_runs); the CLI prints it."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
 
+from analysis import accounting
 from analysis.budget import search_budget
 from trainables.names import SHARED_STAGE, cell_label
 
@@ -89,3 +91,21 @@ def compute_line(report: dict[str, float]) -> str:
     if "useful_work_fraction" in report:
         line += f", {report['useful_work_fraction']:.0%} useful work"
     return line + " (tables/compute.md)\n"
+
+
+def write_compute(
+    runs: pd.DataFrame, history: Callable[[str], dict[int, float]], slots: int, tables: Path
+) -> tuple[list[Path], str]:
+    """The search's compute report (analysis.accounting) written to tables/compute.md:
+    ([that file], the console's line), or ([], "") before a trial has finished. history(key) is
+    the study's parent-run metric history of key (its sessions' start and wall times)."""
+    search = runs[runs["stage"].isin(["search", SHARED_STAGE])] if "stage" in runs else runs
+    wall = accounting.study_wall(
+        history("study/search_session_start"), history("study/search_wall_seconds"), search
+    )
+    report = accounting.compute_report(runs, wall, slots)
+    if not report:
+        return [], ""
+    path = tables / "compute.md"
+    path.write_text(accounting.to_markdown(report, slots))
+    return [path], compute_line(report)

@@ -30,7 +30,7 @@ from study.server import check_port, server_launch
 from study.spec import SpecError, load_spec
 from study.stages import plan_stages
 from study.views import VIEW_TAG, VIEW_TITLES, view_path, write_views
-from trainables.names import SHARED_STAGE, SPEC_FILE, cell_label
+from trainables.names import SPEC_FILE, cell_label
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -47,16 +47,21 @@ def _table(study_dir: Path, spec: StudySpec) -> str:
     from analysis.figures import write_figures
     from analysis.report import write_report
     from analysis.runs import load_runs
-    from analysis.summary import budget_line, run_counts
-    from study.tracking import log_report
+    from analysis.summary import budget_line, run_counts, write_compute
+    from study.tracking import log_report, parent_metric_history
+
+    def history(key: str) -> dict[int, float]:
+        return parent_metric_history(spec.tracking_uri, spec.name, key, spec.study_id)
 
     runs = load_runs(spec.tracking_uri, spec.name, spec.study_id)
     objectives = [(o.metric, o.mode) for o in spec.objectives]
     keep_written_tables(runs, study_dir, spec.tracking_uri)
     cells = [cell_label(m, p) for m, p in spec.cell_budgets()]
-    _, files = write_report(runs, objectives, study_dir / "tables", cells)
-    compute = _compute(study_dir, spec, runs)
-    files += compute[1]
+    tables = study_dir / "tables"
+    _, files = write_report(runs, objectives, tables, cells)
+    slots = spec.resources.max_concurrent_trials
+    compute, compute_text = write_compute(runs, history, slots, tables)
+    files += compute
     figures = write_figures(runs, objectives, study_dir)
     log_report(spec.tracking_uri, spec.name, files + figures, spec.study_id)
     metric, _ = objectives[0]
@@ -66,7 +71,7 @@ def _table(study_dir: Path, spec: StudySpec) -> str:
         count = len({p.stem for p in figures})
         written += f"\nfigures: {study_dir / 'figures'} ({count} figures, .pdf and .png)"
     return (
-        f"{run_counts(runs, metric)}\n{compute[2]}{written}\n"
+        f"{run_counts(runs, metric)}\n{compute_text}{written}\n"
         f"(also logged to the study's parent run)\nMLflow UI:  study ui {study_dir}\n\n"
         + console_table(runs, objectives)
     )
@@ -84,30 +89,6 @@ def keep_written_tables(runs: pd.DataFrame, study_dir: Path, uri: str | None) ->
         f"trial runs, but {written} was written from them; restore the store (a backup, or the "
         "study's object-store copy); the tables were kept"
     )
-
-
-def _compute(study_dir: Path, spec: StudySpec, runs: pd.DataFrame) -> tuple[str, list[Path], str]:
-    """The search's compute report (analysis.accounting): its text, [tables/compute.md] and one
-    line for the console."""
-    from analysis import accounting
-    from analysis.summary import compute_line
-    from study.tracking import parent_metric_history
-
-    def history(key: str) -> dict[int, float]:
-        return parent_metric_history(spec.tracking_uri, spec.name, key, spec.study_id)
-
-    search = runs[runs["stage"].isin(["search", SHARED_STAGE])] if "stage" in runs else runs
-    wall = accounting.study_wall(
-        history("study/search_session_start"), history("study/search_wall_seconds"), search
-    )
-    slots = spec.resources.max_concurrent_trials
-    report = accounting.compute_report(runs, wall, slots)
-    if not report:
-        return "", [], ""
-    text = accounting.to_markdown(report, slots)
-    path = study_dir / "tables" / "compute.md"
-    path.write_text(text)
-    return text, [path], compute_line(report)
 
 
 STUDY_FAILED = 1  # exit status of a study some cell of which has no finished trial
