@@ -35,7 +35,14 @@ from analysis.tables import (
     pareto_set,
     selection_column,
 )
-from trainables.names import CHOSEN_SCALE, CURVE_METRICS, METHODS, SAMPLES_IMAGE, cell_label
+from trainables.names import (
+    CHOSEN_SCALE,
+    CURVE_METRICS,
+    CURVE_SAMPLES,
+    METHODS,
+    SAMPLES_IMAGE,
+    cell_label,
+)
 
 FIGURES_DIR = "figures"
 FORMATS = ("pdf", "png")
@@ -196,6 +203,19 @@ def _ceiling(ax: Any, runs: pd.DataFrame, metric: str) -> None:
                label=f"ceiling: exact samples ({float(values.mean()):.3g})")  # fmt: skip
 
 
+def _mark_dropped(ax: Any, row: pd.Series, points: list[tuple[float, float]]) -> bool:
+    """Draw hollow the scales of a trial's curve that the race dropped early (measured on fewer
+    validation samples per class than the survivors: trainables.sweep); True if there were any."""
+    reached = dict(curve_points(row, CURVE_SAMPLES))
+    full = max(reached.values(), default=0.0)
+    dropped = [(s, v) for s, v in points if reached.get(s, full) < full]
+    if dropped:
+        method = row["method"]
+        ax.plot(*zip(*dropped), ls="none", marker=style.marker(method), ms=4.5, mfc="white",
+                mec=style.color(method), mew=1.0, zorder=3)  # fmt: skip
+    return bool(dropped)
+
+
 def guidance_figure(
     runs: pd.DataFrame,
     objective: tuple[str, str],
@@ -203,7 +223,7 @@ def guidance_figure(
     metrics: Sequence[str] = CURVE_METRICS,
 ) -> list[Path]:
     """guidance_<metric>.{pdf,png}: one panel per label %, a line per method (its chosen trial's
-    validation sweep), the chosen scale starred."""
+    validation sweep), the chosen scale starred, the scales the race dropped early hollow."""
     plt = _pyplot()
     best = best_per_cell(runs, *objective)
     written = []
@@ -215,6 +235,7 @@ def guidance_figure(
         percents = sorted({float(row["label_percent"]) for row, _ in rows})
         fig, axes = plt.subplots(1, len(percents), figsize=(3.4 * len(percents), 2.9),
                                  sharey=True, squeeze=False)  # fmt: skip
+        dropped = False
         for ax, pct in zip(axes[0], percents):
             mine = [(r, p) for r, p in rows if float(r["label_percent"]) == pct]
             order = style.method_order(r["method"] for r, _ in mine)
@@ -226,6 +247,7 @@ def guidance_figure(
                 method = row["method"]
                 ax.plot(x, y, marker=style.marker(method), color=style.color(method),
                         label=method, lw=1.3, ms=3.5)  # fmt: skip
+                dropped |= _mark_dropped(ax, row, pts)
                 chosen = row.get(CHOSEN_SCALE)
                 if pd.notna(chosen) and float(chosen) in x:
                     ax.plot([chosen], [y[x.index(float(chosen))]], "*", ms=11,
@@ -237,7 +259,8 @@ def guidance_figure(
             ax.grid(alpha=0.3)
         axes[0][0].set_ylabel(style.axis_label(metric, "validation "))
         _legend_outside(fig, axes[0])
-        fig.suptitle("star: the scale each trial chose on validation", fontsize=8, y=1.02)
+        note = "; hollow: dropped early by the race, on fewer samples" if dropped else ""
+        fig.suptitle(f"star: the scale each trial chose on validation{note}", fontsize=8, y=1.02)
         written += _save(fig, out_dir, f"guidance_{metric}")
     return written
 

@@ -202,3 +202,36 @@ def test_the_seed_claim_names_the_cells_that_have_no_final_runs():
     footer = next(line for line in text.splitlines() if "mean ± std over the seeds" in line)
     assert "search trial only, no final runs: Cond@5%, Cond@100%" in footer
     assert "search trial only" not in console_table(runs, [OBJ])
+
+
+def test_guidance_curves_draw_the_scales_the_race_dropped_early_hollow(tmp_path, monkeypatch):
+    """A trial's curve records the samples per class each scale reached
+    (curve/val_samples_per_class/g<scale>): the scales below the survivors' count are drawn
+    hollow and the figure says so; a curve measured in full has none."""
+    import analysis.figures as figures
+    from analysis.figures import guidance_figure
+
+    drawn = {}
+
+    def keep(fig, out_dir, stem):
+        drawn[stem] = (fig.axes, fig._suptitle.get_text())
+        return []
+
+    monkeypatch.setattr(figures, "_save", keep)
+    runs = _study(percents=(5.0,))
+    runs["curve/gen_accuracy/g4"] = 0.45
+    cg = runs["method"] == "CG"
+    for scale, reached in ((1, 4.0), (2, 16.0), (4, 8.0)):
+        runs.loc[cg, f"curve/val_samples_per_class/g{scale}"] = reached
+    guidance_figure(runs, OBJ, tmp_path, metrics=["gen_accuracy"])
+    axes, title = drawn["guidance_gen_accuracy"]
+    hollow = [
+        line for line in axes[0].get_lines()
+        if line.get_markerfacecolor() in ("white", (1.0, 1.0, 1.0, 1.0))
+    ]  # fmt: skip
+    assert len(hollow) == 1 and sorted(hollow[0].get_xdata()) == [1, 4]  # 2 reached 16
+    assert "hollow: dropped early by the race" in title
+    runs = runs.drop(columns=[c for c in runs.columns if "val_samples_per_class" in c])
+    guidance_figure(runs, OBJ, tmp_path, metrics=["gen_accuracy"])
+    axes, title = drawn["guidance_gen_accuracy"]
+    assert "hollow" not in title
