@@ -25,6 +25,7 @@ from pydantic import (
     model_serializer,
     model_validator,
 )
+from pydantic_core import PydanticUseDefault
 
 from search_spaces.spaces import PAPER_GRID
 from trainables.config import (
@@ -69,7 +70,16 @@ def _scheduler_name(value: Any) -> Any:
     return {"type": value} if isinstance(value, str) else value
 
 
+def _unset(value: Any) -> Any:
+    """A key written with no value (YAML `config:` with every line under it commented out): its
+    default, as if it were absent."""
+    if value is None:
+        raise PydanticUseDefault()
+    return value
+
+
 Unique = AfterValidator(_unique)
+OrDefault = BeforeValidator(_unset)
 Int = Annotated[int, Field(strict=True)]  # YAML's true is not 1, 2.0 is not 2
 Trials = Annotated[Int, Field(ge=1, le=MAX_TRIALS)]
 Text = Annotated[str, Field(strict=True, min_length=1, max_length=4096)]
@@ -263,6 +273,7 @@ class SpecModel(_Section):
     ] = "overlap2"  # fmt: skip
     base_config: Annotated[
         Text,
+        OrDefault,
         doc("the trial config the trials start from: toy, tiny-images, twin, cifar10, "
             "cifar10-small, cifar100 (trainables.config.BASE_CONFIGS)"),
     ] = "toy"  # fmt: skip
@@ -303,14 +314,18 @@ class SpecModel(_Section):
         doc("the range of each tuned knob: loss.lambda_sc, loss.lambda_joint; a range, choices, "
             "or `paper` (0.01, 0.1, 1, 10)", "the papers' grids"),
     ] = None  # fmt: skip
-    guidance: Annotated[Guidance, doc("the in-trial sweep of the guidance scale", "-")] = Guidance()
-    resources: Annotated[Resources, doc("what each trial holds", "-")] = Resources()
+    guidance: Annotated[
+        Guidance, OrDefault, doc("the in-trial sweep of the guidance scale", "-")
+    ] = Guidance()
+    resources: Annotated[Resources, OrDefault, doc("what each trial holds", "-")] = Resources()
     seed: Annotated[
         Int,
         Field(ge=0, lt=2**31),
         doc("every seed key (train, data, split, sample) unless config sets one"),
     ] = 0
-    config: Annotated[dict[Text, Any], doc("overrides of the trial config (the keys below)")] = {}
+    config: Annotated[
+        dict[Text, Any], OrDefault, doc("overrides of the trial config (the keys below)")
+    ] = {}
     storage: Annotated[
         Text | None,
         doc("the study folder's parent: a folder or an object-store URI", "./studies"),

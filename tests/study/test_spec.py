@@ -128,3 +128,12 @@ def test_validating_a_spec_and_planning_a_toy_study_import_neither_torch_nor_ray
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr[-2000:]
+
+
+def test_a_section_written_with_no_value_takes_its_defaults():
+    """YAML `config:` with every line under it commented out is None: the section's defaults, as
+    if the key were absent (the spec model's sections default in one place)."""
+    text = "methods: [CG]\nbase_config:\nconfig:\n#  train.steps: 10\nguidance:\nresources:\n"
+    spec = validate(yaml.safe_load(text))
+    assert spec == validate({"methods": ["CG"]})
+    assert spec.base_config == "toy" and spec.config == {} and spec.guidance.scales
