@@ -189,7 +189,7 @@ def _check_trials(spec: StudySpec, errors: list[str], check_data: bool = True) -
     _check_objectives(trials, list(spec.objectives), errors)
 
 
-def _check_names(spec: schema.SpecModel, search: dict, errors: list[str]) -> None:
+def _check_names(spec: schema.SpecModel, errors: list[str]) -> None:
     """The dataset, base config and searched keys are ones the platform knows."""
 
     if spec.dataset not in TOY_DATASETS and spec.dataset not in IMAGE_DATASETS:
@@ -198,7 +198,7 @@ def _check_names(spec: schema.SpecModel, search: dict, errors: list[str]) -> Non
     base = spec.base_config
     if base not in BASE_CONFIGS:
         errors.append(f"base_config: unknown {shown(base)}; valid: {sorted(BASE_CONFIGS)}")
-    for key in search:
+    for key in spec.search or {}:
         if key == names.GUIDANCE_SCALE_KEY:
             errors.append(
                 f"search.{key}: the guidance scale is swept inside every trial, not searched; "
@@ -223,7 +223,7 @@ def validate(raw: dict, check_data: bool = True) -> StudySpec:
     errors += problems
     if checked is None:
         _fail(errors)
-    _check_names(checked, checked.search or {}, errors)
+    _check_names(checked, errors)
     check_locations(checked, errors)
     if errors:
         _fail(errors)

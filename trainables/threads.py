@@ -9,11 +9,11 @@ its own CPUs plus its share of the cluster's free ones among the trials evaluati
 others give the borrowed ones back at their next ask. At the scope's end the trial returns to its
 own threads.
 
-Only evaluation borrows. Sampling and feature extraction give the same bits at any thread count
-(tests/trainables/test_threads.py), where a training step's weight gradients do not (a
-convolution's weight gradient is reduced over the batch in per-thread parts: 1 and 2 threads
-differ by about 1e-2 in one step), and trained networks are shared by identity across trials and
-studies, so they must not depend on how busy the machine was.
+Only evaluation borrows. Sampling and the evaluation classifier's features give the same bits
+at any thread count (tests/trainables/test_threads.py), where a training step's weight gradients
+do not (a convolution's weight gradient is reduced over the batch in per-thread parts: 1 and 2
+threads differ by about 1e-2 in one step), and trained networks are shared by identity across
+trials and studies, so they must not depend on how busy the machine was.
 """
 
 from __future__ import annotations

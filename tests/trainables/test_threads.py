@@ -26,12 +26,38 @@ def test_the_free_cpus_are_split_among_the_trials_asking_now():
     assert shares.grant("a", 1, free=2, now=5.0 + WINDOW + 1) == 3
 
 
-def test_outside_a_lending_scope_nothing_is_asked():
-    asked = []
-    threads.refresh()  # no scope: a no-op
+def test_outside_a_lending_scope_nothing_is_asked(monkeypatch):
+    """Once a scope has ended, the sampler's refresh asks nobody (the process keeps its own
+    threads); a scope without a lender runs on its own threads."""
+    monkeypatch.setattr(threads, "EVERY", 0.0)
+    own, asked = torch.get_num_threads(), []
+    with threads.lent(lambda: asked.append(1) or own):
+        threads.refresh()
+    assert len(asked) == 2  # on entry and at the refresh inside
+    threads.refresh()
+    assert len(asked) == 2
     with threads.lent(None) as most:
         threads.refresh()
-    assert most() == torch.get_num_threads() and not asked
+    assert most() == own == torch.get_num_threads()
+
+
+def test_the_evaluation_classifiers_features_are_the_same_bits_at_any_thread_count():
+    """Feature extraction (FID's features, the evaluation classifier's) runs inside the lending
+    scope too: 1 and 3 threads give identical features."""
+    from trainables.evaluation.fid import classifier_extractor
+
+    _, nets = _image_networks("CG-SC-all")
+    extractor = classifier_extractor(nets["classifier"], 0.01, "test")
+    images = torch.rand(40, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    own = torch.get_num_threads()
+    try:
+        features = []
+        for count in (1, 3):
+            torch.set_num_threads(count)
+            features.append(extractor.features(images))
+    finally:
+        torch.set_num_threads(own)
+    assert (features[0] == features[1]).all()
 
 
 def _image_networks(method: str):
