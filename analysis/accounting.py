@@ -8,7 +8,9 @@ every guidance scale is its own trial (trained again, sampled in full). The usef
 device-seconds / (wall-clock seconds x concurrent trial slots): the rest is start-up, waiting on
 another trial's artifact lock, and idle slots. Stage trials (study.stages: the shared networks,
 trained once before the trials that need them) count in what was spent, not in the naive plan
-(which has no stages: its trials retrain them).
+(which has no stages: its trials retrain them); so does the training of trials a stopped driver
+took down (KILLED runs: the networks they stored, which the trials running their configurations
+again reuse).
 """
 
 from __future__ import annotations
@@ -48,14 +50,23 @@ def compute_report(runs: pd.DataFrame, wall_seconds: float | None, slots: int) -
     )
     seconds = _cost(done, COST.TRAIN_SECONDS) + _cost(done, COST.EVAL_SECONDS)
     shared = completed(runs, stage=SHARED_STAGE)
+    lost = runs[runs["status"] == "KILLED"]
     report = {
         "trials": float(len(done)),
         "stage_trials": float(len(shared)),
-        "train_steps": float(trained.sum() + _cost(shared, COST.STEPS_TRAINED).sum()),
+        "train_steps": float(
+            trained.sum()
+            + _cost(shared, COST.STEPS_TRAINED).sum()
+            + _cost(lost, COST.STEPS_TRAINED).sum()
+        ),
         "train_steps_naive": float(((trained + reused) * scales).sum()),
         "score_evals": float((full + val).sum()),
         "score_evals_naive": float((full * scales).sum()),
-        "device_seconds": float(seconds.sum() + _cost(shared, COST.TRAIN_SECONDS).sum()),
+        "device_seconds": float(
+            seconds.sum()
+            + _cost(shared, COST.TRAIN_SECONDS).sum()
+            + _cost(lost, COST.TRAIN_SECONDS).sum()
+        ),
         "wait_seconds": float(
             _cost(done, COST.WAIT_SECONDS).sum() + _cost(shared, COST.WAIT_SECONDS).sum()
         ),

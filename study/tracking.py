@@ -512,8 +512,14 @@ def _finish_from_record(client: MlflowClient, run: Any, final: dict) -> int:
     return 1
 
 
-def _mark_orphaned(client: MlflowClient, run: Any) -> None:
-    """A run whose trial a stopped driver took down: kept, ended KILLED, tagged with the reason."""
+def _mark_orphaned(client: MlflowClient, run: Any, spent: dict[str, float]) -> None:
+    """A run whose trial a stopped driver took down: kept, ended KILLED, tagged with the reason,
+    with the training it spent (its spent record: the networks it stored, which the trial running
+    its configuration again reuses) for the compute accounting."""
+    if spent:
+        now = int(time.time() * 1000)
+        metrics = [Metric(k, float(v), now, 0) for k, v in spent.items()]
+        client.log_batch(run.info.run_id, metrics=metrics)
     client.set_tag(run.info.run_id, "orphaned", "true")
     reason = (
         "the study's driver stopped (killed or interrupted) before this trial ended; "
@@ -554,11 +560,12 @@ def reconcile(
         seen[trial_id] = run.info.run_id
         if run.info.status in TERMINAL:
             continue
-        final = TrialRecords.of(record_root, trial_id).final() if record_root else None
+        records = TrialRecords.of(record_root, trial_id) if record_root else None
+        final = records.final() if records else None
         if final is not None:
             fixed += _finish_from_record(client, run, final)
         else:
-            _mark_orphaned(client, run)
+            _mark_orphaned(client, run, records.spent() if records else {})
             fixed += 1
     return fixed
 

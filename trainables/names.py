@@ -263,6 +263,7 @@ ARTIFACTS_RECORD = "artifacts.json"  # artifact name -> its folder in the artifa
 SAMPLES_IMAGE = "samples.png"  # grid of guided samples (images)
 CURVE_IMAGE = "guidance_curve.png"  # the trial's validation guidance curve
 ERROR_RECORD = "error.json"  # why a trial failed: exception type, message, step
+SPENT_RECORD = "spent.json"  # the training cost so far, after each network trained into the cache
 RUN_RECORD = "mlflow_run_id.txt"  # the trial's MLflow run id, written by the driver at its start
 PARAMS_RECORD = "params.json"  # the trial's sampled params (method, label %, knobs), at its start
 SPEC_FILE = "spec.yaml"  # a study directory's validated spec

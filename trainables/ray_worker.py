@@ -128,6 +128,11 @@ class _Ledger:
         if not reused:
             self.metrics[COST.EXAMPLES_TRAINED] += config.train.steps * config.train.batch_size
 
+    def spent(self) -> dict[str, float]:
+        """The training cost so far (the record a trial taken down leaves: TrialRecords.spent)."""
+        keys = (COST.STEPS_TRAINED, COST.EXAMPLES_TRAINED, COST.TRAIN_SECONDS)
+        return {k: self.metrics[k] for k in keys}
+
 
 def _epoch_validation(
     config: TrialConfig,
@@ -197,6 +202,8 @@ def _cached_provider(
             needs=needs, distributed=dist,
         )  # fmt: skip
         ledger.add(artifact, key, reused, config)
+        if not reused and dist.rank == 0:
+            TrialRecords(Place(context.record_dir)).write_spent(ledger.spent())
         # Time in the cache that was not training: waiting on another trial's lock, loading.
         ledger.metrics[COST.FETCH_SECONDS] += time.perf_counter() - fetched
         done[artifact.network] = net.to(device, memory_format=layout)

@@ -15,7 +15,9 @@ Records (files, per trial):
   networks, MLflow tags, its sample grid;
 - final.json (the worker, last and atomically: its presence means the trial finished): the final
   result, replayed rather than retrained after a restore;
-- error.json (the worker, when it fails): exception type, message and step.
+- error.json (the worker, when it fails): exception type, message and step;
+- spent.json (the worker, each time it has trained a network into the cache): its training cost
+  so far, which a trial taken down before its final result still counts with (study.tracking).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from trainables.names import (
     FINAL_RECORD,
     PARAMS_RECORD,
     RUN_RECORD,
+    SPENT_RECORD,
     TAGS_RECORD,
 )
 from trainables.storage import Place
@@ -145,3 +148,12 @@ class TrialRecords:
 
     def error(self) -> dict | None:
         return self.read(ERROR_RECORD)
+
+    def write_spent(self, costs: dict[str, float]) -> None:
+        """The training cost so far (COST keys), after each network trained into the cache: a
+        network whose trial is taken down before its final result is still stored, and reused
+        (not trained again) by the trial that runs the configuration again."""
+        self.write(SPENT_RECORD, costs)
+
+    def spent(self) -> dict[str, float]:
+        return self.read(SPENT_RECORD) or {}

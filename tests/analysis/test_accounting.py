@@ -61,6 +61,22 @@ def test_stage_trials_count_as_spent_and_the_trial_span_is_first_start_to_last_e
     assert "useful-work fraction of the trial slots: 67%" in to_markdown(report, 2)
 
 
+def test_the_training_of_a_trial_a_stopped_driver_took_down_counts_as_spent():
+    """Its stored network is reused by the rerun of its configuration (which trains nothing):
+    spent once, by the lost trial, and in no naive plan (its rerun's reuse is)."""
+    runs = pd.DataFrame(
+        [
+            _run(**{"cost/steps_trained": 0, "cost/steps_reused": 60,
+                    "cost/train_seconds": 0.0, "cost/eval_seconds": 1.0}),  # the rerun
+            _run(**{"status": "KILLED", "cost/steps_trained": 60, "cost/train_seconds": 3.0}),
+            _run(**{"status": "KILLED"}),  # taken down before it stored a network
+        ]
+    )  # fmt: skip
+    report = compute_report(runs, wall_seconds=10.0, slots=1)
+    assert report["trials"] == 1 and report["train_steps"] == 60
+    assert report["train_steps_naive"] == 60 and report["device_seconds"] == 4.0
+
+
 def test_the_study_wall_sums_every_session_and_bounds_a_killed_one_by_its_trials():
     from analysis.accounting import study_wall
 

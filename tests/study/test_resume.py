@@ -7,10 +7,13 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import yaml
 from cli_helpers import TOY_FAST, TRIAL_END, cli_env, table_methods
+
+from trainables.names import FINAL_RECORD, SPENT_RECORD
 
 pytestmark = pytest.mark.slow
 
@@ -145,6 +148,28 @@ def _training_steps(stdout):
     return int(found.group(1).replace(",", ""))
 
 
+def _until_a_trial_stored_a_network_and_evaluates(records, seconds=30.0):
+    """Wait (at most seconds) until a trial's records hold its spent training (a network in the
+    cache) but no final result: killed there, its network is kept and reused, not retrained."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        for folder in records.glob("*"):
+            if (folder / SPENT_RECORD).exists() and not (folder / FINAL_RECORD).exists():
+                return
+        time.sleep(0.02)
+
+
+def _kill_session(sid):
+    """SIGKILL every process of a session (the driver's, which Ray's workers share)."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()  # state ppid pgrp session ...
+            if int(fields[3]) == sid:
+                os.kill(int(stat.parent.name), signal.SIGKILL)
+        except (OSError, IndexError, ValueError):
+            continue  # ended meanwhile
+
+
 @pytest.fixture(scope="module")
 def clean_run(tmp_path_factory):
     """The same study run once without a kill: the training steps its accounting counts."""
@@ -164,7 +189,8 @@ def clean_run(tmp_path_factory):
     [
         "first epoch",  # the first trials are training; nothing has ended
         3,  # trials ended (test_kill_then_resume_keeps_one_run_per_trial kills after 1)
-        6,  # of 7 (6 search trials and the shared score network's stage): the last one runs
+        6,  # of 7 (6 search trials and the shared score network's stage): the last one runs,
+        # killed once it has stored its network (its rerun reuses it) when the kill can see that
     ],
     ids=["first epoch", "3 trials ended", "during the last trial"],
 )
@@ -192,6 +218,9 @@ def test_a_killed_driver_resumes_to_every_cell_with_nothing_left_running(
             ended += bool(TRIAL_END.search(line))
             if (kill_after == "first epoch" and ": epoch " in line) or ended == kill_after:
                 break
+        if kill_after == 6:  # the machine lost: driver and trials (own process groups) at once
+            _until_a_trial_stored_a_network_and_evaluates(study_dir / "trials")
+            _kill_session(proc.pid)
         os.kill(proc.pid, signal.SIGKILL)  # the driver only, mid-study
         proc.wait(timeout=60)
         os.killpg(proc.pid, signal.SIGKILL)  # then the Ray processes it leaves behind

@@ -12,7 +12,13 @@ from study.tracking import (
     open_tracking_store,
     reconcile,
 )
-from trainables.names import ARTIFACTS_RECORD, ERROR_RECORD, FINAL_RECORD, TAGS_RECORD
+from trainables.names import (
+    ARTIFACTS_RECORD,
+    ERROR_RECORD,
+    FINAL_RECORD,
+    SPENT_RECORD,
+    TAGS_RECORD,
+)
 
 
 @pytest.fixture
@@ -162,6 +168,23 @@ def test_a_trial_that_finished_just_before_the_kill_is_finished_not_orphaned(sto
     (run,) = _runs(store)
     assert run.info.status == "FINISHED" and "orphaned" not in run.data.tags
     assert run.data.metrics["gen_accuracy"] == 0.7  # the final result, logged from its record
+
+
+def test_a_trial_taken_down_after_storing_a_network_keeps_its_training_cost(store):
+    """Its network stays in the cache (the rerun of its configuration reuses it, training
+    nothing): the orphaned run carries the training its spent record holds."""
+    tracker = _tracker(store)
+    tracker.run_for(_trial("lost"))
+    record = store.root / "trials" / "lost"
+    spent = {"cost/steps_trained": 60.0, "cost/examples_trained": 3840.0,
+             "cost/train_seconds": 4.5}  # fmt: skip
+    (record / SPENT_RECORD).write_text(json.dumps(spent))
+    tracker.run_for(_trial("early"))  # taken down before it stored anything
+    reconcile(store.uri, store.exp_id, record_root=store.root / "trials")
+    runs = {r.data.tags["trial_id"]: r for r in _runs(store)}
+    assert {r.info.status for r in runs.values()} == {"KILLED"}
+    assert {k: runs["lost"].data.metrics[k] for k in spent} == spent
+    assert not any(k.startswith("cost/") for k in runs["early"].data.metrics)
 
 
 def test_diagnostics_go_to_a_table_artifact_and_load_runs_reads_them_back(store, tmp_path):
