@@ -491,34 +491,49 @@ def _failure_tags(records: TrialRecords, trial: Trial) -> dict[str, str]:
     return {"error_type": "unknown", "error_message": "the trial failed without an error record"}
 
 
-def _finish_from_record(client: MlflowClient, run: Any, final: dict) -> int:
+def last_heard(client: MlflowClient, run: Any, records: TrialRecords | None) -> int:
+    """When a trial a stopped driver left RUNNING was last heard of (ms since the epoch): its
+    latest result logged to MLflow or record written, else its start. Its run ends then, not
+    when the next session settles it, so the dead session's wall (analysis.accounting.study_wall)
+    ends where its trials did."""
+    heard = [int(run.info.start_time or 0)]
+    heard += [m.timestamp for m in client.get_metric_history(run.info.run_id, STEP_METRIC)]
+    if records is not None and records.folder.is_dir():
+        heard += [int(p.stat().st_mtime * 1000) for p in records.folder.iterdir() if p.is_file()]
+    return max(heard)
+
+
+def _finish_from_record(
+    client: MlflowClient, run: Any, final: dict, records: TrialRecords | None = None
+) -> int:
     """A trial that finished (its final record written) just before the driver was killed: end its
-    run FINISHED, logging the final result if the driver never did. Returns 1 if the run
-    changed."""
+    run FINISHED when it was last heard of (its final record), logging the final result if the
+    driver never did. Returns 1 if the run changed."""
     if run.info.status in TERMINAL:
         return 0
+    end = last_heard(client, run, records)
     if FINAL_KEY not in run.data.metrics:
         step = int(run.data.metrics.get(STEP_METRIC, 0)) + 1
-        now = int(time.time() * 1000)
         values = [
-            Metric(k.replace("@", "_"), v, now, step)
+            Metric(k.replace("@", "_"), v, end, step)
             for k, v in final.items()
             if not is_diagnostic(k)
         ]
         client.log_batch(run.info.run_id, metrics=values)
         log_diagnostics(client, run.info.run_id, final)
-    client.set_terminated(run.info.run_id, "FINISHED")
+    client.set_terminated(run.info.run_id, "FINISHED", end_time=end)
     client.set_tag(run.info.run_id, "finished_before_the_driver_was_killed", "true")
     return 1
 
 
-def _mark_orphaned(client: MlflowClient, run: Any, spent: dict[str, float]) -> None:
-    """A run whose trial a stopped driver took down: kept, ended KILLED, tagged with the reason,
-    with the training it spent (its spent record: the networks it stored, which the trial running
-    its configuration again reuses) for the compute accounting."""
+def _mark_orphaned(client: MlflowClient, run: Any, records: TrialRecords | None) -> None:
+    """A run whose trial a stopped driver took down: kept, ended KILLED when it was last heard of,
+    tagged with the reason, with the training it spent (its spent record: the networks it stored,
+    which the trial running its configuration again reuses) for the compute accounting."""
+    end = last_heard(client, run, records)
+    spent = records.spent() if records is not None else {}
     if spent:
-        now = int(time.time() * 1000)
-        metrics = [Metric(k, float(v), now, 0) for k, v in spent.items()]
+        metrics = [Metric(k, float(v), end, 0) for k, v in spent.items()]
         client.log_batch(run.info.run_id, metrics=metrics)
     client.set_tag(run.info.run_id, "orphaned", "true")
     reason = (
@@ -527,7 +542,7 @@ def _mark_orphaned(client: MlflowClient, run: Any, spent: dict[str, float]) -> N
     )
     client.set_tag(run.info.run_id, "orphaned_reason", reason)
     if run.info.status not in TERMINAL or run.info.status == "FINISHED":
-        client.set_terminated(run.info.run_id, "KILLED")
+        client.set_terminated(run.info.run_id, "KILLED", end_time=end)
 
 
 def reconcile(
@@ -563,9 +578,9 @@ def reconcile(
         records = TrialRecords.of(record_root, trial_id) if record_root else None
         final = records.final() if records else None
         if final is not None:
-            fixed += _finish_from_record(client, run, final)
+            fixed += _finish_from_record(client, run, final, records)
         else:
-            _mark_orphaned(client, run, records.spent() if records else {})
+            _mark_orphaned(client, run, records)
             fixed += 1
     return fixed
 

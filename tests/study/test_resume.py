@@ -238,6 +238,7 @@ def test_a_killed_driver_resumes_to_every_cell_with_nothing_left_running(
     assert " 0 running" in head and "left" not in head, head
     assert f"not running now (resume it: study resume {study_dir})" in head, head
     assert "running" not in "".join(killed.stdout.splitlines()[1:]), killed.stdout
+    resume_began = time.time() * 1000
     resumed = subprocess.run(
         [sys.executable, "-m", "study", "resume", str(study_dir)],
         cwd=tmp_path,
@@ -255,6 +256,8 @@ def test_a_killed_driver_resumes_to_every_cell_with_nothing_left_running(
     assert all(r.info.status in ("FINISHED", "KILLED") for r in runs)
     killed = [r for r in runs if r.info.status == "KILLED"]
     assert all(r.data.tags.get("orphaned") == "true" for r in killed)  # and it says why
+    # Taken down with the killed session, they end within it (not when the resume settled them).
+    assert all(r.info.end_time < resume_began for r in killed), killed
     finished = [r for r in runs if r.info.status == "FINISHED"]
     # The shared score model's stage trial (the first to start) finished once the study resumed.
     stages = [r for r in finished if r.data.tags.get("stage") == "shared"]

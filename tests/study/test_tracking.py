@@ -1,6 +1,7 @@
 """The MLflow tracker and reconcile against a temporary SQLite store (no Ray cluster)."""
 
 import json
+import os
 from types import SimpleNamespace
 
 import pytest
@@ -180,11 +181,34 @@ def test_a_trial_taken_down_after_storing_a_network_keeps_its_training_cost(stor
              "cost/train_seconds": 4.5}  # fmt: skip
     (record / SPENT_RECORD).write_text(json.dumps(spent))
     tracker.run_for(_trial("early"))  # taken down before it stored anything
+    start = {r.data.tags["trial_id"]: r.info.start_time for r in _runs(store)}
+    heard = start["lost"] + 4000  # its last record, 4 s after its start; settled much later
+    for path in record.iterdir():
+        os.utime(path, ns=(heard * 1_000_000, heard * 1_000_000))
+    early = store.root / "trials" / "early"
+    for path in early.iterdir():
+        os.utime(path, ns=(start["early"] * 1_000_000,) * 2)
     reconcile(store.uri, store.exp_id, record_root=store.root / "trials")
     runs = {r.data.tags["trial_id"]: r for r in _runs(store)}
     assert {r.info.status for r in runs.values()} == {"KILLED"}
     assert {k: runs["lost"].data.metrics[k] for k in spent} == spent
     assert not any(k.startswith("cost/") for k in runs["early"].data.metrics)
+    # Each ends when it was last heard of, not when the next session settled it (the dead
+    # session's wall in the compute accounting ends with its trials).
+    assert runs["lost"].info.end_time == heard
+    assert runs["early"].info.end_time == start["early"]
+
+
+def test_a_trial_that_finished_as_its_driver_died_ends_when_its_record_was_written(store):
+    tracker = _tracker(store)
+    run_id = tracker.run_for(_trial("done"))
+    start = store.client.get_run(run_id).info.start_time
+    record = store.root / "trials" / "done"
+    (record / FINAL_RECORD).write_text(json.dumps({"gen_accuracy": 0.7, "final": 1.0}))
+    for path in record.iterdir():
+        os.utime(path, ns=((start + 2500) * 1_000_000,) * 2)
+    reconcile(store.uri, store.exp_id, record_root=store.root / "trials")
+    assert store.client.get_run(run_id).info.end_time == start + 2500
 
 
 def test_diagnostics_go_to_a_table_artifact_and_load_runs_reads_them_back(store, tmp_path):
