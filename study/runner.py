@@ -611,27 +611,35 @@ def rebuild_runs(spec: StudySpec, study_dir: Path) -> int:
         )  # fmt: skip
         for session in ("search", "final")
     }
-    rebuilt = 0
-    for folder in [f for f in folders if f.name not in known]:
-        records = TrialRecords.of(root.local, folder.name)
-        params, final = records.params(), records.final()
-        if params is None:
-            continue
-        # `study final` points carry the seed keys; search and stage trials do not.
-        tracker = trackers["final" if any(k in params for k in SEED_KEYS) else "search"]
-        trial = SimpleNamespace(trial_id=folder.name, config=params, last_result=final or {})
-        tracker.on_trial_start(0, [], trial)
-        if final is not None:
-            tracker.on_trial_result(0, [], trial, {**final, "training_iteration": 1})
-        client.set_tag(tracker.run_for(trial), "rebuilt_from_records", "true")
-        if final is not None:
-            tracker.on_trial_complete(0, [], trial)
-        elif records.error() is not None:
-            tracker.on_trial_error(0, [], trial)
-        else:
-            client.set_terminated(tracker.run_for(trial), "KILLED")
-        rebuilt += 1
-    return rebuilt
+    missing = [f for f in folders if f.name not in known]
+    return sum(_rebuild_run(client, trackers, TrialRecords.of(root.local, f.name)) for f in missing)
+
+
+def _rebuild_run(client: Any, trackers: dict[str, Any], records: TrialRecords) -> int:
+    """One trial's run written again from its records (1), or nothing without them (0)."""
+    from study.tracking import record_times
+
+    params, final = records.params(), records.final()
+    times = record_times(records)  # the run's start and end: its records' (cp -a keeps them)
+    if params is None or times is None:
+        return 0
+    # `study final` points carry the seed keys; search and stage trials do not.
+    tracker = trackers["final" if any(k in params for k in SEED_KEYS) else "search"]
+    trial = SimpleNamespace(
+        trial_id=records.folder.name, config=params, last_result=final or {}, start_time=times[0]
+    )
+    tracker.on_trial_start(0, [], trial)
+    if final is not None:
+        tracker.on_trial_result(0, [], trial, {**final, "training_iteration": 1})
+    run_id = tracker.run_for(trial)
+    client.set_tag(run_id, "rebuilt_from_records", "true")
+    if final is not None:
+        tracker.on_trial_complete(0, [], trial)
+    elif records.error() is not None:
+        tracker.on_trial_error(0, [], trial)
+    status = client.get_run(run_id).info.status
+    client.set_terminated(run_id, "KILLED" if status == "RUNNING" else status, end_time=times[1])
+    return 1
 
 
 def load_study_spec(study_dir: str | Path, rebuild: bool = False) -> tuple[Path, StudySpec]:

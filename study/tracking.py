@@ -312,9 +312,11 @@ class MLflowTracker(tune.Callback):
             params = trial.config
             flat = self.full_params(params)
             run = self.client.create_run(
-                self.experiment_id, run_name=run_name(params, flat, self.stage),
+                self.experiment_id,
+                run_name=run_name(params, flat, self.stage),
                 tags=self._tags(trial),
-            )  # fmt: skip
+                start_time=getattr(trial, "start_time", None),
+            )  # fmt: skip  (start_time: a run written again from its records, rebuild_runs)
             run_id = run.info.run_id
             shaping = shaping_keys(str(params.get(METHOD_KEY)), flat)
             self.client.log_batch(run_id, params=[Param(k, str(flat[k])) for k in sorted(shaping)])
@@ -491,6 +493,14 @@ def _failure_tags(records: TrialRecords, trial: Trial) -> dict[str, str]:
     return {"error_type": "unknown", "error_message": "the trial failed without an error record"}
 
 
+def record_times(records: TrialRecords) -> tuple[int, int] | None:
+    """(first, last) modification times of a trial's record files, ms since the epoch (its params
+    are written as it starts, its final result or error as it ends); None without records."""
+    folder = records.folder
+    times = [int(p.stat().st_mtime * 1000) for p in folder.iterdir() if p.is_file()]
+    return (min(times), max(times)) if times else None
+
+
 def last_heard(client: MlflowClient, run: Any, records: TrialRecords | None) -> int:
     """When a trial a stopped driver left RUNNING was last heard of (ms since the epoch): its
     latest result logged to MLflow or record written, else its start. Its run ends then, not
@@ -498,9 +508,8 @@ def last_heard(client: MlflowClient, run: Any, records: TrialRecords | None) -> 
     ends where its trials did."""
     heard = [int(run.info.start_time or 0)]
     heard += [m.timestamp for m in client.get_metric_history(run.info.run_id, STEP_METRIC)]
-    if records is not None and records.folder.is_dir():
-        heard += [int(p.stat().st_mtime * 1000) for p in records.folder.iterdir() if p.is_file()]
-    return max(heard)
+    times = record_times(records) if records is not None and records.folder.is_dir() else None
+    return max(heard + list(times or ()))
 
 
 def _finish_from_record(

@@ -335,6 +335,10 @@ def test_a_lost_or_emptied_tracking_store_is_written_again_from_the_records(
             search[column].sort_index(), original[column].sort_index(), check_dtype=False
         )
     assert (gone / "tables" / "comparison.md").read_text() == tables
+    # Each run spans its trial's time, from its records (as written, not when rebuilt).
+    for column in ("start_time", "end_time"):
+        gap = (search[column] - original[column]).abs().max()
+        assert gap <= 3000, (column, search[column], original[column])
     again = _cmd("table", str(gone), cwd=tmp_path)  # nothing missing now: nothing written again
     assert again.returncode == 0 and "wrote" not in again.stdout.splitlines()[0]
     # The store replaced by an empty one: the same.
