@@ -80,8 +80,9 @@ class Place:
 
     def pull(self, path: Path | None = None, fresh: bool = False) -> bool:
         """Copy a file or folder under `local` (default all of it) from the store into the
-        mirror; False when the store has none. A mirrored file of the stored size is kept, unless
-        fresh (a file that may change in place: Tune's state)."""
+        mirror, each with the store's modification time; False when the store has none. A
+        mirrored file of the stored size is kept, unless fresh (a file that may change in
+        place)."""
         path = Path(path or self.local)
         if not self.remote:
             return path.exists()
@@ -104,6 +105,8 @@ class Place:
             tmp = target.with_name(f".{target.name}.{os.getpid()}.part")
             with fs.open_input_stream(file.path) as src, open(tmp, "wb") as dst:
                 dst.write(src.read())
+            if file.mtime is not None:  # the store's time: when a record was written, not pulled
+                os.utime(tmp, (file.mtime.timestamp(),) * 2)
             os.replace(tmp, target)
         return True
 

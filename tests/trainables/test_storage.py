@@ -1,6 +1,8 @@
 """trainables.storage against a real S3-compatible endpoint (moto's server on 127.0.0.1): each
 "node" is a mirror folder of its own, and the store is the only thing they share."""
 
+import time
+
 import pytest
 from cli_helpers import S3Server
 
@@ -54,8 +56,13 @@ def test_what_one_node_pushes_another_pulls_and_nothing_else(s3, node, tmp_path)
     assert b.local != a and not b.local.exists()
     assert b.exists(b.local / "t1" / "final.json") and not b.exists(b.local / "t2")
     assert stored(f"{place.location}/t1/final.json") and not stored(f"{place.location}/t2/x")
+    time.sleep(2.0)
+    pulled_at = time.time()
     assert b.pull() is True
     assert (b.local / "t1" / "final.json").read_text() == '{"fid": 1.5}'
+    # Stamped with the store's time (when it was pushed), not the pull's: a run rebuilt or
+    # settled from records on another node spans its trial (study.tracking.record_times).
+    assert (b.local / "t1" / "final.json").stat().st_mtime <= pulled_at - 1.0
     assert (b.local / "t1" / "samples.png").read_bytes() == b"\x89PNG" + bytes(300)
     assert not (b.local / "t2").exists()  # never pushed
     assert b.pull(b.local / "t3") is False
