@@ -50,7 +50,11 @@ def compute_report(runs: pd.DataFrame, wall_seconds: float | None, slots: int) -
     )
     seconds = _cost(done, COST.TRAIN_SECONDS) + _cost(done, COST.EVAL_SECONDS)
     shared = completed(runs, stage=SHARED_STAGE)
-    lost = runs[runs["status"] == "KILLED"]
+    stage = runs["stage"].fillna("search") if "stage" in runs else "search"
+    lost = runs[
+        (runs["status"] == "KILLED")
+        & pd.Series(stage, index=runs.index).isin(["search", SHARED_STAGE])
+    ]  # a `study final` run taken down is not the search's
     report = {
         "trials": float(len(done)),
         "stage_trials": float(len(shared)),

@@ -70,6 +70,7 @@ def test_the_training_of_a_trial_a_stopped_driver_took_down_counts_as_spent():
                     "cost/train_seconds": 0.0, "cost/eval_seconds": 1.0}),  # the rerun
             _run(**{"status": "KILLED", "cost/steps_trained": 60, "cost/train_seconds": 3.0}),
             _run(**{"status": "KILLED"}),  # taken down before it stored a network
+            _run(**{"status": "KILLED", "stage": "final", "cost/steps_trained": 999}),
         ]
     )  # fmt: skip
     report = compute_report(runs, wall_seconds=10.0, slots=1)
