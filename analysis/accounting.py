@@ -50,11 +50,10 @@ def compute_report(runs: pd.DataFrame, wall_seconds: float | None, slots: int) -
     )
     seconds = _cost(done, COST.TRAIN_SECONDS) + _cost(done, COST.EVAL_SECONDS)
     shared = completed(runs, stage=SHARED_STAGE)
-    stage = runs["stage"].fillna("search") if "stage" in runs else "search"
-    lost = runs[
-        (runs["status"] == "KILLED")
-        & pd.Series(stage, index=runs.index).isin(["search", SHARED_STAGE])
-    ]  # a `study final` run taken down is not the search's
+    of_search = (
+        runs["stage"].fillna("search").isin(["search", SHARED_STAGE]) if "stage" in runs else True
+    )
+    lost = runs[(runs["status"] == "KILLED") & of_search]  # not a `study final` run taken down
     report = {
         "trials": float(len(done)),
         "stage_trials": float(len(shared)),

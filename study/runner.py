@@ -617,7 +617,7 @@ def rebuild_runs(spec: StudySpec, study_dir: Path) -> int:
 
 def _rebuild_run(client: Any, trackers: dict[str, Any], records: TrialRecords) -> int:
     """One trial's run written again from its records (1), or nothing without them (0)."""
-    from study.tracking import record_times
+    from study.tracking import mark_orphaned, record_times
 
     params, final = records.params(), records.final()
     times = record_times(records)  # the run's start and end: its records' (cp -a keeps them)
@@ -637,8 +637,10 @@ def _rebuild_run(client: Any, trackers: dict[str, Any], records: TrialRecords) -
         tracker.on_trial_complete(0, [], trial)
     elif records.error() is not None:
         tracker.on_trial_error(0, [], trial)
-    status = client.get_run(run_id).info.status
-    client.set_terminated(run_id, "KILLED" if status == "RUNNING" else status, end_time=times[1])
+    else:  # taken down by a stopped driver: as reconcile settles it, with the training it spent
+        mark_orphaned(client, client.get_run(run_id), records)
+        return 1
+    client.set_terminated(run_id, client.get_run(run_id).info.status, end_time=times[1])
     return 1
 
 

@@ -31,6 +31,7 @@ from trainables.names import (
     DIAGNOSTICS_FILE,
     LABEL_PERCENT_KEY,
     METHOD_KEY,
+    RUN_RECORD,
     SHARED_STAGE,
     SPEC_FILE,
     STAGE_KEY,
@@ -315,8 +316,8 @@ class MLflowTracker(tune.Callback):
                 self.experiment_id,
                 run_name=run_name(params, flat, self.stage),
                 tags=self._tags(trial),
-                start_time=getattr(trial, "start_time", None),
-            )  # fmt: skip  (start_time: a run written again from its records, rebuild_runs)
+                start_time=getattr(trial, "start_time", None),  # a rebuilt run's (rebuild_runs)
+            )
             run_id = run.info.run_id
             shaping = shaping_keys(str(params.get(METHOD_KEY)), flat)
             self.client.log_batch(run_id, params=[Param(k, str(flat[k])) for k in sorted(shaping)])
@@ -494,11 +495,15 @@ def _failure_tags(records: TrialRecords, trial: Trial) -> dict[str, str]:
 
 
 def record_times(records: TrialRecords) -> tuple[int, int] | None:
-    """(first, last) modification times of a trial's record files, ms since the epoch (its params
-    are written as it starts, its final result or error as it ends); None without records."""
-    folder = records.folder
-    times = [int(p.stat().st_mtime * 1000) for p in folder.iterdir() if p.is_file()]
-    return (min(times), max(times)) if times else None
+    """(first, last) modification times of a trial's record files, ms since the epoch (its run
+    id and params are written as it starts, its final result or error as it ends); None without
+    records. The last is not the run id's unless nothing else is written: the driver writes it
+    again when it writes the run again (rebuild_runs)."""
+    times = {p.name: int(p.stat().st_mtime * 1000) for p in records.folder.iterdir() if p.is_file()}
+    if not times:
+        return None
+    ends = [t for name, t in times.items() if name != RUN_RECORD] or list(times.values())
+    return min(times.values()), max(ends)
 
 
 def last_heard(client: MlflowClient, run: Any, records: TrialRecords | None) -> int:
@@ -535,7 +540,7 @@ def _finish_from_record(
     return 1
 
 
-def _mark_orphaned(client: MlflowClient, run: Any, records: TrialRecords | None) -> None:
+def mark_orphaned(client: MlflowClient, run: Any, records: TrialRecords | None) -> None:
     """A run whose trial a stopped driver took down: kept, ended KILLED when it was last heard of,
     tagged with the reason, with the training it spent (its spent record: the networks it stored,
     which the trial running its configuration again reuses) for the compute accounting."""
@@ -589,7 +594,7 @@ def reconcile(
         if final is not None:
             fixed += _finish_from_record(client, run, final, records)
         else:
-            _mark_orphaned(client, run, records)
+            mark_orphaned(client, run, records)
             fixed += 1
     return fixed
 

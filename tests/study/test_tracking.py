@@ -258,3 +258,30 @@ def _artifact_parts(run):
     """The run's artifact folder below its store's mlartifacts folder."""
     parts = run.info.artifact_uri.split("/mlartifacts/", 1)[1].split("/")
     return parts
+
+
+def test_a_taken_down_trial_written_again_from_its_records_keeps_its_training_cost(tmp_path):
+    """`study table` on a lost store: a trial with params and spent records but no final or error
+    record gets its run back as reconcile left it: KILLED, orphaned, with the training it spent,
+    ending at its last record."""
+    from analysis.runs import load_runs
+    from study.runner import rebuild_runs
+    from study.spec import validate
+
+    study_dir = tmp_path / "rb"
+    record = study_dir / "trials" / "lost"
+    record.mkdir(parents=True)
+    raw = {"name": "rb", "dataset": "gmm2", "methods": ["CG"], "label_percents": [20],
+           "storage": str(tmp_path)}  # fmt: skip
+    spec = validate(raw).replace(tracking_uri=f"sqlite:///{study_dir / 'mlflow.db'}")
+    (record / "params.json").write_text(json.dumps({"method": "CG", "data.label_percent": 20.0}))
+    (record / SPENT_RECORD).write_text(json.dumps({"cost/steps_trained": 60.0}))
+    os.utime(record / SPENT_RECORD, ns=(1_700_000_004_000_000_000,) * 2)
+    os.utime(record / "params.json", ns=(1_700_000_000_000_000_000,) * 2)
+    assert rebuild_runs(spec, study_dir) == 1
+    (run,) = load_runs(spec.tracking_uri, "rb").to_dict("records")
+    assert run["status"] == "KILLED" and run["cost/steps_trained"] == 60.0
+    assert (run["start_time"], run["end_time"]) == (1_700_000_000_000, 1_700_000_004_000)
+    from mlflow.tracking import MlflowClient
+
+    assert MlflowClient(spec.tracking_uri).get_run(run["run_id"]).data.tags["orphaned"] == "true"
