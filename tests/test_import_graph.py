@@ -101,9 +101,10 @@ def test_no_function_is_longer_than_60_lines():
 
 # Dependencies worth loading only when a function needs them (import time on these machines:
 # torch about 3 s, the Ray Tune stack 4.5 s, MLflow 1.3 s, pandas + scipy.stats 1.7 s,
-# optuna_dashboard 1.6 s).
+# optuna_dashboard 1.6 s, joblib 0.3 s).
 HEAVY = {
     "torch", "torchvision", "ray", "mlflow", "matplotlib", "cleanfid", "pyarrow", "prdc",
+    "joblib",
     "scipy", "pandas", "optuna", "sqlalchemy", "optuna_dashboard",
 }  # fmt: skip
 

@@ -275,6 +275,37 @@ def test_prdc_of_identical_and_of_disjoint_feature_sets():
     assert prdc(real, real[:7], nearest_k=5) is not None
 
 
+def test_prdc_measures_its_distances_in_the_calling_thread(monkeypatch):
+    """The prdc package asks scikit-learn for 8 jobs: 8 threads and ~50 ms per set in a trial of
+    one CPU. Its distances must run in the thread that asked, with the library's values."""
+    import contextlib
+    import io
+    import threading
+
+    import numpy as np
+    from prdc import compute_prdc
+    from sklearn.metrics import pairwise
+
+    from trainables.evaluation.fid import prdc
+
+    rng = np.random.default_rng(2)
+    real = rng.normal(size=(300, 8)).astype(np.float32)
+    fake = rng.normal(size=(200, 8)).astype(np.float32) + 0.5
+    with contextlib.redirect_stdout(io.StringIO()):
+        expected = compute_prdc(real_features=real, fake_features=fake, nearest_k=5)
+    euclidean, seen = pairwise.PAIRWISE_DISTANCE_FUNCTIONS["euclidean"], set()
+
+    def traced(*args, **kwargs):
+        seen.add(threading.get_ident())
+        return euclidean(*args, **kwargs)
+
+    monkeypatch.setitem(pairwise.PAIRWISE_DISTANCE_FUNCTIONS, "euclidean", traced)
+    values = prdc(real, fake, nearest_k=5)
+    assert seen == {threading.get_ident()}
+    assert values == {name: float(v) for name, v in expected.items()}
+    assert 0.0 < values["precision"] < 1.0 and 0.0 < values["coverage"] < 1.0  # not a corner
+
+
 def test_generation_metrics_report_prdc_overall_and_per_class():
     import numpy as np
     import torch

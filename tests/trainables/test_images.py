@@ -294,3 +294,33 @@ def test_the_sample_grid_has_a_labelled_row_per_class(tmp_path):
     finally:
         plt.Figure.savefig = original
     assert labels == ["cat", "dog", "owl"] and (tmp_path / "s.png").stat().st_size > 0
+
+
+def test_a_scale_only_evaluation_reads_the_score_network_once_per_point():
+    # The guidance race measures guided_dsm at several scales: the unconditional score_dsm (a
+    # fixed metric) is not measured again at each, and guided_dsm is the same either way.
+    config, data, _ = _image_setup("CG")
+
+    class Score(torch.nn.Module):
+        points = 0
+
+        def forward(self, x, sigma):
+            self.points += len(x)
+            return -x / (1 + sigma.reshape(-1, 1, 1, 1) ** 2)
+
+    class Classifier(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear = torch.nn.Linear(3, 4)
+
+        def forward(self, x, sigma):
+            return self.linear(x.mean((2, 3)))
+
+    torch.manual_seed(0)
+    score, classifier = Score(), Classifier()
+    networks = {"score": score, "classifier": classifier}
+    scaled, _ = evaluate_images(config, networks, data, fixed=False, draw=False)
+    rows = min(config.eval.num_points, len(data.test_x) // 2)
+    assert score.points == rows * len(config.eval.sigmas)  # the guided score's reads only
+    both, _ = evaluate_images(config, networks, data, fixed=True, draw=False)
+    assert scaled == {"guided_dsm": both["guided_dsm"]} and "score_dsm" in both

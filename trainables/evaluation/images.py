@@ -31,9 +31,11 @@ def _held_out_dsm(
     device: torch.device | str,
     batch_size: int,
     guided_too: bool = True,
+    score_too: bool = True,
 ) -> dict[str, float]:
     """guided_dsm (the method's guided score at the true labels; unless guided_too is False) and
-    score_dsm over eval.sigmas, on the same noise."""
+    score_dsm (the unconditional score, where the method has one; unless score_too is False) over
+    eval.sigmas, on the same noise."""
     method = get_method(config.method)
     guided, uncond = [], []
     for sigma_value in config.eval.sigmas:
@@ -48,7 +50,7 @@ def _held_out_dsm(
                 )
                 residual = score_matching_residual(score_fn(noisy, sigma).detach(), sigma, z)
                 guided.append(residual.cpu())
-            if fns.score_fn is not None:
+            if score_too and fns.score_fn is not None:
                 with torch.no_grad():
                     s = fns.score_fn(noisy, sigma)
                 uncond.append(score_matching_residual(s, sigma, z).cpu())
@@ -130,7 +132,9 @@ def evaluate_images(
     metrics: dict[str, float] = {}
     if scaled or (fixed and fns.score_fn is not None):
         gen = torch.Generator().manual_seed(config.eval.seed)
-        dsm = _held_out_dsm(config, fns, x_all, y_all, gen, device, batch_size, guided_too=scaled)
+        dsm = _held_out_dsm(
+            config, fns, x_all, y_all, gen, device, batch_size, guided_too=scaled, score_too=fixed
+        )
         if scaled:
             metrics["guided_dsm"] = dsm["guided_dsm"]
         if fixed and "score_dsm" in dsm:
