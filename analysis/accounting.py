@@ -10,7 +10,8 @@ another trial's artifact lock, and idle slots. Stage trials (study.stages: the s
 trained once before the trials that need them) count in what was spent, not in the naive plan
 (which has no stages: its trials retrain them); so does the training of trials a stopped driver
 took down (KILLED runs: the networks they stored, which the trials running their configurations
-again reuse).
+again reuse), and of trials the scheduler (ASHA) stopped early: their training up to their last
+epoch (`cost/steps_trained_so_far`, `cost/train_seconds_so_far`, reported with every epoch).
 """
 
 from __future__ import annotations
@@ -54,6 +55,8 @@ def compute_report(runs: pd.DataFrame, wall_seconds: float | None, slots: int) -
         runs["stage"].fillna("search").isin(["search", SHARED_STAGE]) if "stage" in runs else True
     )
     lost = runs[(runs["status"] == "KILLED") & of_search]  # not a `study final` run taken down
+    early = runs["early_stopped"].fillna(False).astype(bool) if "early_stopped" in runs else False
+    stopped = runs[(runs["status"] == "FINISHED") & early & of_search]
     report = {
         "trials": float(len(done)),
         "stage_trials": float(len(shared)),
@@ -61,6 +64,7 @@ def compute_report(runs: pd.DataFrame, wall_seconds: float | None, slots: int) -
             trained.sum()
             + _cost(shared, COST.STEPS_TRAINED).sum()
             + _cost(lost, COST.STEPS_TRAINED).sum()
+            + _cost(stopped, COST.STEPS_SO_FAR).sum()
         ),
         "train_steps_naive": float(((trained + reused) * scales).sum()),
         "score_evals": float((full + val).sum()),
@@ -69,6 +73,7 @@ def compute_report(runs: pd.DataFrame, wall_seconds: float | None, slots: int) -
             seconds.sum()
             + _cost(shared, COST.TRAIN_SECONDS).sum()
             + _cost(lost, COST.TRAIN_SECONDS).sum()
+            + _cost(stopped, COST.TRAIN_SECONDS_SO_FAR).sum()
         ),
         "wait_seconds": float(
             _cost(done, COST.WAIT_SECONDS).sum() + _cost(shared, COST.WAIT_SECONDS).sum()

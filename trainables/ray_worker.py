@@ -128,6 +128,21 @@ class _Ledger:
         if not reused:
             self.metrics[COST.EXAMPLES_TRAINED] += config.train.steps * config.train.batch_size
 
+    def reporting(self, report: Report) -> Report:
+        """report for a network that starts training now: each epoch's metrics with the trial's
+        training so far (the trained networks' steps and seconds plus this one's)."""
+        started = time.perf_counter()
+
+        def epoch(metrics: dict) -> None:
+            report({
+                **metrics,
+                COST.STEPS_SO_FAR: self.metrics[COST.STEPS_TRAINED] + int(metrics["step"]),
+                COST.TRAIN_SECONDS_SO_FAR: self.metrics[COST.TRAIN_SECONDS]
+                + time.perf_counter() - started,
+            })  # fmt: skip
+
+        return epoch
+
     def spent(self) -> dict[str, float]:
         """The training cost so far (the record a trial taken down leaves: TrialRecords.spent)."""
         keys = (COST.STEPS_TRAINED, COST.EXAMPLES_TRAINED, COST.TRAIN_SECONDS)
@@ -185,7 +200,7 @@ def _cached_provider(
                 config,
                 split,
                 frozen=frozen,
-                callback=report,
+                callback=ledger.reporting(report),
                 checkpoint_dir=folder,
                 evaluate=evaluate,
                 device=device,

@@ -58,6 +58,10 @@ class COST:
     VAL_SAMPLING_SCORE_EVALS = "cost/val_sampling_score_evals"  # of the validation sweep
     EVAL_SECONDS = "cost/eval_seconds"  # validation sweep and test evaluation
     EVAL_THREADS = "cost/eval_threads"  # the most torch threads it ran with (idle CPUs lent)
+    # With every training epoch: the trial's training so far, the network in training included
+    # (what a trial the scheduler stops early has spent: analysis.accounting).
+    STEPS_SO_FAR = "cost/steps_trained_so_far"
+    TRAIN_SECONDS_SO_FAR = "cost/train_seconds_so_far"
 
 
 def is_final(result: dict | None) -> bool:

@@ -78,6 +78,24 @@ def test_the_training_of_a_trial_a_stopped_driver_took_down_counts_as_spent():
     assert report["train_steps_naive"] == 60 and report["device_seconds"] == 4.0
 
 
+def test_the_training_of_a_trial_the_scheduler_stopped_early_counts_as_spent():
+    """ASHA stops a trial after an epoch: the training up to it was spent (the networks it stored
+    and the one in training), though the trial reaches no table and no naive plan."""
+    runs = pd.DataFrame(
+        [
+            _run(**{"cost/steps_trained": 100, "cost/steps_reused": 0, "cost/train_seconds": 4.0,
+                    "cost/eval_seconds": 1.0, "cost/steps_trained_so_far": 100,
+                    "cost/train_seconds_so_far": 4.0}),
+            _run(**{"early_stopped": True, "cost/steps_trained_so_far": 40,
+                    "cost/train_seconds_so_far": 1.5}),
+            _run(**{"early_stopped": True, "stage": "final", "cost/steps_trained_so_far": 999}),
+        ]
+    )  # fmt: skip
+    report = compute_report(runs, wall_seconds=10.0, slots=1)
+    assert report["trials"] == 1 and report["train_steps"] == 140
+    assert report["train_steps_naive"] == 100 and report["device_seconds"] == 6.5
+
+
 def test_the_study_wall_sums_every_session_and_bounds_a_killed_one_by_its_trials():
     from analysis.accounting import study_wall
 

@@ -83,6 +83,11 @@ def test_the_guidance_classifier_trains_on_its_own_schedule(tmp_path, monkeypatc
     reports = _run(tmp_path, monkeypatch, **{"train.classifier_steps": 10})
     assert [r.get("epoch") for r in reports] == [1, 2, 1, None]  # score 20 steps, classifier 10
     assert reports[-1]["cost/steps_trained"] == 30 and reports[-1]["eval_epoch"] == 1
+    # Every epoch carries the trial's training so far (what a trial stopped early has spent).
+    so_far = [r["cost/steps_trained_so_far"] for r in reports[:-1]]
+    assert so_far == [10, 20, 30]
+    seconds = [r["cost/train_seconds_so_far"] for r in reports[:-1]]
+    assert 0 < seconds[0] < seconds[1] < seconds[2] <= reports[-1]["cost/train_seconds"]
     # The score model does not depend on the classifier's schedule: the next trial reuses it and
     # trains its (20-step) classifier anew.
     (tmp_path / "trial" / names.FINAL_RECORD).unlink()
