@@ -138,7 +138,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         if isinstance(exc, StudyInterrupted) or not (study_dir / SPEC_FILE).exists():
             raise
         raise StudyInterrupted(study_dir) from None
-    _, spec = load_study_spec(study_dir)
+    _, spec = load_study_spec(study_dir, view=True)  # checked before the run
     print(f"\nfinished in {time.perf_counter() - start:.0f} s\n", flush=True)
     text = _table(study_dir, spec)
     stored = back_up_to_store(spec, study_dir)
@@ -259,7 +259,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 def cmd_table(args: argparse.Namespace) -> int:
     """study table DIR: the tables and figures again; trial runs the MLflow store lacks (a lost
     or replaced store) are first written again from the trial records."""
-    study_dir, spec = load_study_spec(args.study_dir, rebuild=True)
+    study_dir, spec = load_study_spec(args.study_dir, rebuild=True, view=True)
     rebuilt = rebuild_runs(spec, study_dir)
     if rebuilt:
         print(f"wrote {rebuilt} trial runs again from {study_dir / 'trials'} (the per-epoch "
@@ -272,7 +272,7 @@ def cmd_export_best(args: argparse.Namespace) -> int:
     from analysis.runs import load_runs
     from analysis.tables import completed, export_best
 
-    study_dir, spec = load_study_spec(args.study_dir)
+    study_dir, spec = load_study_spec(args.study_dir, view=True)
     runs = load_runs(spec.tracking_uri, spec.name, spec.study_id)
     objective = (spec.objectives[0].metric, spec.objectives[0].mode)
     if (
@@ -304,7 +304,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
     """The MLflow UI on the study's store, opened at the study's experiment (its runs view)."""
     from study.tracking import rehome_artifacts
 
-    study_dir, spec = load_study_spec(args.study_dir)
+    study_dir, spec = load_study_spec(args.study_dir, view=True)
     check_port("127.0.0.1", args.port)
     cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", spec.tracking_uri]
     cmd += ["--host", "127.0.0.1", "--port", str(args.port), "--workers", "1"]
@@ -325,7 +325,7 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     named, and a note per cell linking every trial to its MLflow run (as `study ui` serves it)."""
     from optuna_dashboard import run_server
 
-    study_dir, spec = load_study_spec(args.study_dir)
+    study_dir, spec = load_study_spec(args.study_dir, view=True)
     ledger = study_dir / "optuna.db"
     if not ledger.exists():
         raise StudyError(f"{ledger} does not exist: no cell of {study_dir} has started a search")

@@ -43,7 +43,7 @@ def _sweep_evals(config: TrialConfig, scales: int, classes: int) -> float:
 
 
 def _num_classes(dataset: str, config: object) -> int:
-    """Classes of the study's dataset without loading its images (a folder set: its class
+    """Classes of the study's dataset without reading its images (a folder set: its class
     folders, which must exist; the CIFAR sets: known; the twin: its source's)."""
     fixed = {"cifar10": 10, "cifar100": 100, "tiny-images": 4}
     if dataset == "twin":
@@ -53,10 +53,10 @@ def _num_classes(dataset: str, config: object) -> int:
     if dataset == "shapes":
         return config.data.num_classes
     if dataset == "folder":
-        from trainables.data.images import DatasetError, scan_folder
+        from trainables.data.images import DatasetError, class_folders
 
         try:
-            return len(scan_folder(config.data.root)[0])
+            return len(class_folders(config.data.root))
         except DatasetError as exc:
             raise StudyError(f"study plan counts the folder's classes: {exc}") from None
     return TOY_CLASSES[dataset]

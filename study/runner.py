@@ -644,9 +644,14 @@ def _rebuild_run(client: Any, trackers: dict[str, Any], records: TrialRecords) -
     return 1
 
 
-def load_study_spec(study_dir: str | Path, rebuild: bool = False) -> tuple[Path, StudySpec]:
+def load_study_spec(
+    study_dir: str | Path, rebuild: bool = False, view: bool = False
+) -> tuple[Path, StudySpec]:
     """Read back a study directory's spec; rebuild: a lost SQLite MLflow store is made again
-    from the trial records (`study table`), instead of refused."""
+    from the trial records (`study table`), instead of refused. view: for a command that only
+    reads what the study wrote (status, table, export-best, ui, dashboard), which neither reads
+    the data set nor needs it where it was (a study copied without its image folder) nor
+    verifies every image of a folder again."""
     path = Path(study_dir).resolve()
     if not (path / SPEC_FILE).exists():
         raise StudyError(
@@ -655,7 +660,7 @@ def load_study_spec(study_dir: str | Path, rebuild: bool = False) -> tuple[Path,
     raw = yaml.safe_load((path / SPEC_FILE).read_text())
     if isinstance(raw, dict):
         raw = rehomed(raw, path)  # a copied or moved study reads and writes only itself
-    spec = validate(raw)
+    spec = validate(raw, check_data=not view)
     if not rebuild:
         check_tracking_store(spec, path)
     return path, spec

@@ -49,7 +49,7 @@ def load_progress(study_dir: str | Path) -> tuple[Progress, str]:
             f"{folder}: no trial has started yet (or its tracking store is missing); "
             f"start it with 'study resume {folder}'"
         )
-    _, spec = load_study_spec(folder)
+    _, spec = load_study_spec(folder, view=True)
     metric, _ = objectives_of(raw)[0]
     progress = study_progress(spec)
     final = runs[runs["stage"] == "final"]

@@ -60,3 +60,12 @@ def test_the_readme_folder_spec_plans_and_runs(tmp_path):
     text = (study / "tables" / "comparison.md").read_text()
     assert all(f"| {m} |" in text for m in spec["methods"]) and "gen_accuracy" in text
     assert (study / "figures" / "label_percent_gen_accuracy.pdf").exists()
+    # An image spoiled after the run: the views read what the study wrote, not the images (every
+    # `study status` read each image of the folder through twice); more work checks them again.
+    spoiled = sorted((tmp_path / "my-images").rglob("*.png"))[5]
+    spoiled.write_bytes(spoiled.read_bytes()[:40])
+    for view in ("status", "table"):
+        shown = run_cli(view, str(study), cwd=tmp_path, timeout=300)
+        assert shown.returncode == 0, shown.stderr[-2000:]
+    more = run_cli("resume", str(study), "--add-trials", "1", cwd=tmp_path, timeout=300)
+    assert more.returncode == 2 and spoiled.name in more.stderr and "cannot be read" in more.stderr

@@ -242,16 +242,24 @@ def cifar(name: str, root: str, download: bool, limit: int = 0) -> ImageData:
 
 # ---- class-per-folder image sets
 # ------------------------------------------------------------------
-def scan_folder(root: str) -> tuple[list[str], list[tuple[Path, int]], tuple[int, int]]:
-    """Classes, (file, label) pairs and the common image size; DatasetError on anything unusable."""
-
+def class_folders(root: str) -> list[str]:
+    """The class folders of an image folder set, sorted (no image is read); DatasetError when the
+    folder does not exist."""
     base = Path(root).expanduser()
     if not root or not base.is_dir():
         raise DatasetError(
             f"image folder {str(base)!r} does not exist; "
             "set data.root to a folder with one sub-folder of images per class"
         )
-    classes = sorted(d.name for d in base.iterdir() if d.is_dir() and not d.name.startswith("."))
+    return sorted(d.name for d in base.iterdir() if d.is_dir() and not d.name.startswith("."))
+
+
+def scan_folder(root: str) -> tuple[list[str], list[tuple[Path, int]], tuple[int, int]]:
+    """Classes, (file, label) pairs and the common image size; DatasetError on anything unusable
+    (every image is read through)."""
+
+    base = Path(root).expanduser()
+    classes = class_folders(root)
     files = [
         (f, k)
         for k, c in enumerate(classes)
