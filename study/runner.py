@@ -649,9 +649,9 @@ def load_study_spec(
 ) -> tuple[Path, StudySpec]:
     """Read back a study directory's spec; rebuild: a lost SQLite MLflow store is made again
     from the trial records (`study table`), instead of refused. view: for a command that only
-    reads what the study wrote (status, table, export-best, ui, dashboard), which neither reads
-    the data set nor needs it where it was (a study copied without its image folder) nor
-    verifies every image of a folder again."""
+    reads what the study wrote (status, table, export-best, ui, dashboard): the data set is not
+    checked again (an image folder's every image was read through; `study status` still counts
+    its class folders for the plan)."""
     path = Path(study_dir).resolve()
     if not (path / SPEC_FILE).exists():
         raise StudyError(
