@@ -94,13 +94,14 @@ def _store_check(spec: StudySpec):
     return lambda folder: store.exists(store.local / folder / "model.pt")
 
 
-def make_plan(spec: StudySpec, check_store: bool = False) -> Plan:
+def make_plan(spec: StudySpec, check_store: bool = False, classes: int = 0) -> Plan:
     """The plan of a validated spec (its first seed). check_store (`study plan`): a network the
     artifact store holds already is reused, not trained (the live status and `study status` plan
-    the whole study, what its own trials trained included)."""
+    the whole study, what its own trials trained included). classes: the data set's, when known
+    (0: counted from the spec's data set)."""
     plan, seen = Plan(), set()
     base = spec.trial_config({"method": spec.methods[0]})
-    classes = _num_classes(spec.dataset, base)
+    classes = classes or _num_classes(spec.dataset, base)
     budgets = spec.cell_budgets()
     cells = [{"method": m, "data.label_percent": p} for m, p in budgets]
     stages, _ = plan_stages(cells, spec.trial_config, None)

@@ -420,11 +420,11 @@ def run_study(
     return study_dir
 
 
-def study_progress(spec: StudySpec, seeds: int = 0) -> Any:
+def study_progress(spec: StudySpec, seeds: int = 0, classes: int = 0) -> Any:
     """The live status's model: the cells' budgets (or seeds final runs per cell) and the plan's
-    work per trial (study.plan, study.progress)."""
+    work per trial (study.plan, study.progress; classes: make_plan's)."""
 
-    plan = make_plan(spec)
+    plan = make_plan(spec, classes=classes)
     budgets = spec.cell_budgets() if not seeds else dict.fromkeys(spec.cell_budgets(), seeds)
     return Progress(
         budgets=budgets,
@@ -650,8 +650,8 @@ def load_study_spec(
     """Read back a study directory's spec; rebuild: a lost SQLite MLflow store is made again
     from the trial records (`study table`), instead of refused. view: for a command that only
     reads what the study wrote (status, table, export-best, ui, dashboard): the data set is not
-    checked again (an image folder's every image was read through; `study status` still counts
-    its class folders for the plan)."""
+    checked again (an image folder's every image was read through; `study status` counts its
+    class folders for the plan, or where the folder is not, the classes its trials measured)."""
     path = Path(study_dir).resolve()
     if not (path / SPEC_FILE).exists():
         raise StudyError(

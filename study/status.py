@@ -4,8 +4,11 @@ start and end times."""
 
 from __future__ import annotations
 
+import json
+import re
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
@@ -13,7 +16,10 @@ from analysis.results import StudyNotReady, objectives_of, read_spec, tracking_u
 from analysis.runs import load_runs
 from study.progress import Progress, from_records
 from study.runner import driven, load_study_spec, study_progress
-from trainables.names import SHARED_STAGE, VALIDATION_PREFIX
+from trainables.names import FINAL_RECORD, SHARED_STAGE, VALIDATION_PREFIX
+
+if TYPE_CHECKING:
+    from study.spec import StudySpec
 
 
 def records(runs: pd.DataFrame, selection: str) -> list[dict]:
@@ -38,6 +44,21 @@ def records(runs: pd.DataFrame, selection: str) -> list[dict]:
     return out
 
 
+def _classes_without_data(spec: StudySpec, folder: Path) -> int:
+    """An image-folder study's class count when its folder is not on this machine (a copy): the
+    classes its finished trials measured generation accuracy of (gen_accuracy_class<k> in their
+    final records); 0 otherwise (the plan counts the class folders, or names the folder)."""
+    root = spec.trial_config({"method": spec.methods[0]}).data.root
+    if spec.dataset != "folder" or Path(root).expanduser().is_dir():
+        return 0
+    for final in sorted((folder / "trials").glob(f"*/{FINAL_RECORD}")):
+        keys = json.loads(final.read_text())
+        measured = [k for k in keys if re.fullmatch(r"gen_accuracy_class\d+", k)]
+        if measured:
+            return len(measured)
+    return 0
+
+
 def load_progress(study_dir: str | Path) -> tuple[Progress, str]:
     """(the study's progress from its stores, the first objective's metric). StudyNotReady when
     the folder is not a study or no trial has started."""
@@ -51,7 +72,7 @@ def load_progress(study_dir: str | Path) -> tuple[Progress, str]:
         )
     _, spec = load_study_spec(folder, view=True)
     metric, _ = objectives_of(raw)[0]
-    progress = study_progress(spec)
+    progress = study_progress(spec, classes=_classes_without_data(spec, folder))
     final = runs[runs["stage"] == "final"]
     if len(final) and not (runs["stage"] == "search").any():
         progress.main_kind = "final"

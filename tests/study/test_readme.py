@@ -69,3 +69,7 @@ def test_the_readme_folder_spec_plans_and_runs(tmp_path):
         assert shown.returncode == 0, shown.stderr[-2000:]
     more = run_cli("resume", str(study), "--add-trials", "1", cwd=tmp_path, timeout=300)
     assert more.returncode == 2 and spoiled.name in more.stderr and "cannot be read" in more.stderr
+    # The study where its images are not (copied to another machine): its status is its own.
+    (tmp_path / "my-images").rename(tmp_path / "moved-images")
+    shown = run_cli("status", str(study), cwd=tmp_path, timeout=300)
+    assert shown.returncode == 0 and "not running now" in shown.stdout, shown.stderr[-2000:]
