@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from analysis.tables import completed
+from analysis.tables import completed, stopped_early
 from trainables.names import SHARED_STAGE, parse_curve_key
 from trainables.records import COST
 
@@ -55,8 +55,7 @@ def compute_report(runs: pd.DataFrame, wall_seconds: float | None, slots: int) -
         runs["stage"].fillna("search").isin(["search", SHARED_STAGE]) if "stage" in runs else True
     )
     lost = runs[(runs["status"] == "KILLED") & of_search]  # not a `study final` run taken down
-    early = runs["early_stopped"].fillna(False).astype(bool) if "early_stopped" in runs else False
-    stopped = runs[(runs["status"] == "FINISHED") & early & of_search]
+    stopped = runs[(runs["status"] == "FINISHED") & stopped_early(runs) & of_search]
     report = {
         "trials": float(len(done)),
         "stage_trials": float(len(shared)),

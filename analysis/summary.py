@@ -11,6 +11,7 @@ import pandas as pd
 
 from analysis import accounting
 from analysis.budget import search_budget
+from analysis.tables import stopped_early
 from trainables.names import SHARED_STAGE, cell_label
 
 
@@ -26,10 +27,10 @@ def run_counts(runs: pd.DataFrame, metric: str) -> str:
     status = runs["status"].value_counts()
     parts = [f"{status.get('FINISHED', 0)} finished"]
     parts += [f"{status[s]} {s.lower()}" for s in ("FAILED", "KILLED", "RUNNING") if s in status]
-    early = int(runs["early_stopped"].fillna(False).astype(bool).sum())
+    early = int(stopped_early(runs).sum())
     if early:
         parts.append(f"{early} stopped early by ASHA")
-    done = runs[(runs["status"] == "FINISHED") & ~runs["early_stopped"].fillna(False).astype(bool)]
+    done = runs[(runs["status"] == "FINISHED") & ~stopped_early(runs)]
     usable = int(done[metric].notna().sum()) if metric in done else 0
     counts = f"{len(runs)} trial runs ({', '.join(parts)}; {usable} with {metric} reach the table)"
     counts += f"; {shared} stage trial(s) training shared networks" if shared else ""

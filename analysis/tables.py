@@ -69,12 +69,19 @@ KNOB_COLUMNS = _KnobColumns()
 FID_METRICS = ("fid", "intra_fid")  # flagged in tables when computed from too few samples
 
 
+def stopped_early(runs: pd.DataFrame) -> pd.Series:
+    """Per run, whether the scheduler (ASHA) stopped it before its final evaluation."""
+    if "early_stopped" not in runs:
+        return pd.Series(False, index=runs.index)
+    return runs["early_stopped"].fillna(False).astype(bool)
+
+
 def completed(runs: pd.DataFrame, stage: str = "search") -> pd.DataFrame:
     """Trials of one stage (search: the cells' searches; final: the seeds of `study final`) that
     finished their whole training and final evaluation (not stopped early by ASHA)."""
     if not len(runs):
         return runs
-    early = runs["early_stopped"].fillna(False).astype(bool) if "early_stopped" in runs else False
+    early = stopped_early(runs)
     of_stage = runs["stage"].fillna("search") == stage if "stage" in runs else stage == "search"
     return runs[(runs["status"] == "FINISHED") & ~early & of_stage]
 

@@ -48,8 +48,9 @@ def _classes_without_data(spec: StudySpec, folder: Path) -> int:
     """An image-folder study's class count when its folder is not on this machine (a copy): the
     classes its finished trials measured generation accuracy of (gen_accuracy_class<k> in their
     final records); 0 otherwise (the plan counts the class folders, or names the folder)."""
-    root = spec.trial_config({"method": spec.methods[0]}).data.root
-    if spec.dataset != "folder" or Path(root).expanduser().is_dir():
+    if spec.dataset != "folder":
+        return 0
+    if Path(spec.trial_config({"method": spec.methods[0]}).data.root).expanduser().is_dir():
         return 0
     for final in sorted((folder / "trials").glob(f"*/{FINAL_RECORD}")):
         keys = json.loads(final.read_text())
