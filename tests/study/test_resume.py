@@ -149,26 +149,46 @@ def _training_steps(stdout):
     return int(found.group(1).replace(",", ""))
 
 
-def _until_a_trial_stored_a_network_and_evaluates(records, seconds=30.0):
-    """Wait (at most seconds) until a trial's records hold its spent training (a network in the
-    cache) but no final result: killed there, its network is kept and reused, not retrained."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        for folder in records.glob("*"):
-            if (folder / SPENT_RECORD).exists() and not (folder / FINAL_RECORD).exists():
-                return
-        time.sleep(0.02)
-
-
-def _kill_session(sid):
-    """SIGKILL every process of a session (the driver's, which Ray's workers share)."""
+def _session(sid):
+    """The pids of a session's processes (the driver's, which Ray's workers share)."""
+    pids = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             fields = stat.read_text().rsplit(")", 1)[1].split()  # state ppid pgrp session ...
-            if int(fields[3]) == sid:
-                os.kill(int(stat.parent.name), signal.SIGKILL)
-        except (OSError, IndexError, ValueError):
+        except (OSError, IndexError):
             continue  # ended meanwhile
+        if int(fields[3]) == sid:
+            pids.append(int(stat.parent.name))
+    return pids
+
+
+def _signal(pids, sig):
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+
+
+def _kill_once_a_trial_stored_a_network_and_evaluates(records, sid, seconds=60.0):
+    """SIGKILL the whole session at the moment a trial's records hold its spent training (a
+    network in the cache) but no final result: killed there, its network is kept and reused, not
+    retrained. Checked on the frozen session (SIGSTOP, then the records, then SIGKILL or SIGCONT),
+    so the trial cannot write its final result between the check and the kill (seen: a trial
+    that finished during the kill made the study whole, and the scenario was lost)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        frozen = _session(sid)
+        _signal(frozen, signal.SIGSTOP)
+        frozen += [pid for pid in _session(sid) if pid not in frozen]  # started meanwhile
+        _signal(frozen, signal.SIGSTOP)
+        if any(
+            (folder / SPENT_RECORD).exists() and not (folder / FINAL_RECORD).exists()
+            for folder in records.glob("*")
+        ):
+            _signal(frozen, signal.SIGKILL)
+            return
+        _signal(frozen, signal.SIGCONT)
+        time.sleep(0.05)
+    raise AssertionError(f"no trial under {records} stored a network, then went on, in {seconds} s")
 
 
 @pytest.fixture(scope="module")
@@ -220,11 +240,10 @@ def test_a_killed_driver_resumes_to_every_cell_with_nothing_left_running(
             if (kill_after == "first epoch" and ": epoch " in line) or ended == kill_after:
                 break
         if kill_after == 6:  # the machine lost: driver and trials (own process groups) at once
-            _until_a_trial_stored_a_network_and_evaluates(study_dir / "trials")
-            _kill_session(proc.pid)
+            _kill_once_a_trial_stored_a_network_and_evaluates(study_dir / "trials", proc.pid)
         os.kill(proc.pid, signal.SIGKILL)  # the driver only, mid-study
         proc.wait(timeout=60)
-        with contextlib.suppress(ProcessLookupError):  # gone already after _kill_session
+        with contextlib.suppress(ProcessLookupError):  # gone already after a session kill
             os.killpg(proc.pid, signal.SIGKILL)  # then the Ray processes it leaves behind
     finally:
         if proc.poll() is None:
