@@ -4,7 +4,6 @@ start and end times."""
 
 from __future__ import annotations
 
-import json
 import re
 import time
 from pathlib import Path
@@ -16,7 +15,7 @@ from analysis.results import StudyNotReady, objectives_of, read_spec, tracking_u
 from analysis.runs import load_runs
 from study.progress import Progress, from_records
 from study.runner import driven, load_study_spec, study_progress
-from trainables.names import FINAL_RECORD, SHARED_STAGE, VALIDATION_PREFIX
+from trainables.names import SHARED_STAGE, VALIDATION_PREFIX
 
 if TYPE_CHECKING:
     from study.spec import StudySpec
@@ -44,20 +43,16 @@ def records(runs: pd.DataFrame, selection: str) -> list[dict]:
     return out
 
 
-def _classes_without_data(spec: StudySpec, folder: Path) -> int:
+def _classes_without_data(spec: StudySpec, runs: pd.DataFrame) -> int:
     """An image-folder study's class count when its folder is not on this machine (a copy): the
-    classes its finished trials measured generation accuracy of (gen_accuracy_class<k> in their
-    final records); 0 otherwise (the plan counts the class folders, or names the folder)."""
+    classes its finished trials measured generation accuracy of (their gen_accuracy_class<k>
+    metrics); 0 otherwise (the plan counts the class folders, or names the folder)."""
     if spec.dataset != "folder":
         return 0
     if Path(spec.trial_config({"method": spec.methods[0]}).data.root).expanduser().is_dir():
         return 0
-    for final in sorted((folder / "trials").glob(f"*/{FINAL_RECORD}")):
-        keys = json.loads(final.read_text())
-        measured = [k for k in keys if re.fullmatch(r"gen_accuracy_class\d+", k)]
-        if measured:
-            return len(measured)
-    return 0
+    per_class = [c for c in runs.columns if re.fullmatch(r"gen_accuracy_class\d+", c)]
+    return sum(bool(runs[c].notna().any()) for c in per_class)
 
 
 def load_progress(study_dir: str | Path) -> tuple[Progress, str]:
@@ -73,7 +68,7 @@ def load_progress(study_dir: str | Path) -> tuple[Progress, str]:
         )
     _, spec = load_study_spec(folder, view=True)
     metric, _ = objectives_of(raw)[0]
-    progress = study_progress(spec, classes=_classes_without_data(spec, folder))
+    progress = study_progress(spec, classes=_classes_without_data(spec, runs))
     final = runs[runs["stage"] == "final"]
     if len(final) and not (runs["stage"] == "search").any():
         progress.main_kind = "final"
