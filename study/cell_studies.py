@@ -218,13 +218,16 @@ def settle_trials(studies: CellStudies, record_root: str) -> int:
     """A session's start (and end): every Optuna trial still RUNNING belonged to a driver that is
     gone (the study's driver lease rules out a live one). Told its result when its trial's final
     record holds one (it finished, the driver died before telling), else FAIL, so the next session
-    runs its configuration again (CellStudies.retries). Returns how many were settled."""
+    runs its configuration again (CellStudies.retries); linked to its MLflow run first, as a trial
+    told by its own session is. Returns how many were settled."""
     Place(record_root).pull()  # an object store's records into this machine's mirror
     settled = 0
     for cell in studies.cells:
         study = studies.study(cell)
         for trial in study.get_trials(deepcopy=False, states=[STATE.RUNNING]):
             tune_id = trial.user_attrs.get("tune_trial_id")
+            if tune_id:
+                studies.link_run(cell, trial.number, record_root, str(tune_id))
             final = TrialRecords.of(record_root, str(tune_id)).final() if tune_id else None
             values = objective_values(final, studies.objectives)
             if values is not None:
