@@ -145,7 +145,7 @@ def _optuna_states(study_dir, cells=4):
 
 def _assert_runs_follow_the_ledger(study_dir, runs):
     """One MLflow search run per ledger trial, linked both ways (the trial's tune_trial_id and
-    mlflow_run_id), FINISHED exactly when the trial is COMPLETE, KILLED or FAILED when it is FAIL."""
+    mlflow_run_id), FINISHED exactly when the trial is COMPLETE, KILLED or FAILED when FAIL."""
     search = {r.data.tags["trial_id"]: r for r in runs if r.data.tags.get("stage") == "search"}
     ledger = [t for ts in _cell_trials(study_dir, 4).values() for t in ts]
     linked = {t.user_attrs.get("tune_trial_id"): t for t in ledger}
