@@ -237,6 +237,31 @@ class S3Server:
         self.log.close()
 
 
+def assert_runs_follow_the_ledger(study_dir: Path, runs: list, cells: int) -> None:
+    """The study's MLflow search runs (runs: MLflow Run objects) follow its ledger (optuna.db, one
+    study per cell): one run per trial, linked both ways (the trial's tune_trial_id and
+    mlflow_run_id), FINISHED exactly when the trial is COMPLETE, KILLED or FAILED when FAIL."""
+    import optuna
+
+    storage = f"sqlite:///{study_dir / 'optuna.db'}"
+    names = optuna.get_all_study_names(storage)
+    assert len(names) == cells, names
+    ledger = [t for n in names for t in optuna.load_study(study_name=n, storage=storage).trials]
+    search = {r.data.tags["trial_id"]: r for r in runs if r.data.tags.get("stage") == "search"}
+    linked = {t.user_attrs.get("tune_trial_id") for t in ledger}
+    assert set(search) <= linked, set(search) - linked  # no search run outside the ledger
+    for trial in ledger:
+        run = search.get(trial.user_attrs.get("tune_trial_id"))
+        if run is None:  # a repeat never run, or asked for as the driver died: no run
+            assert trial.state.name in ("FAIL", "PRUNED"), trial
+            continue
+        assert trial.user_attrs.get("mlflow_run_id") == run.info.run_id, (trial, run.info)
+        if trial.state.name == "PRUNED":  # stopped early (ASHA): its run ended, tagged so
+            assert run.data.tags.get("early_stopped") == "true", run.data.tags
+        want = {"COMPLETE": {"FINISHED"}, "FAIL": {"KILLED", "FAILED"}, "PRUNED": {"FINISHED"}}
+        assert run.info.status in want[trial.state.name], (trial.number, trial, run.info.status)
+
+
 def table_methods(stdout: str) -> list[str]:
     """The methods of the compact console table `study run` / `table` / `resume` end with (its rows
     start with the method's name, followed by the values)."""

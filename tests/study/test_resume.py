@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from cli_helpers import TOY_FAST, TRIAL_END, cli_env, table_methods
+from cli_helpers import TOY_FAST, TRIAL_END, assert_runs_follow_the_ledger, cli_env, table_methods
 
 from trainables.names import FINAL_RECORD, SPENT_RECORD
 
@@ -141,23 +141,6 @@ def _cell_trials(study_dir, cells):
 
 def _optuna_states(study_dir, cells=4):
     return [t.state.name for ts in _cell_trials(study_dir, cells).values() for t in ts]
-
-
-def _assert_runs_follow_the_ledger(study_dir, runs):
-    """One MLflow search run per ledger trial, linked both ways (the trial's tune_trial_id and
-    mlflow_run_id), FINISHED exactly when the trial is COMPLETE, KILLED or FAILED when FAIL."""
-    search = {r.data.tags["trial_id"]: r for r in runs if r.data.tags.get("stage") == "search"}
-    ledger = [t for ts in _cell_trials(study_dir, 4).values() for t in ts]
-    linked = {t.user_attrs.get("tune_trial_id"): t for t in ledger}
-    assert set(search) <= set(linked), set(search) - set(linked)  # no run outside the ledger
-    for trial in ledger:
-        run = search.get(trial.user_attrs.get("tune_trial_id"))
-        if run is None:  # asked for, then the driver died before its trial started: no run
-            assert trial.state.name == "FAIL", trial
-            continue
-        assert trial.user_attrs.get("mlflow_run_id") == run.info.run_id, (trial, run.info)
-        want = {"COMPLETE": {"FINISHED"}, "FAIL": {"KILLED", "FAILED"}}[trial.state.name]
-        assert run.info.status in want, (trial.number, trial.state, run.info.status)
 
 
 def _training_steps(stdout):
@@ -317,7 +300,7 @@ def test_a_killed_driver_resumes_to_every_cell_with_nothing_left_running(
         assert len(done) == (1 if "Cond" in name else 2), (name, [t.state for t in trials])
         assert len({tuple(sorted(t.params.items())) for t in done}) == len(done)
         assert all(t.state.name in ("COMPLETE", "FAIL") for t in trials)
-    _assert_runs_follow_the_ledger(study_dir, runs)
+    assert_runs_follow_the_ledger(study_dir, runs, cells=4)
     status = subprocess.run(
         [sys.executable, "-m", "study", "status", str(study_dir)],
         cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=120,
