@@ -29,7 +29,7 @@ from study.runner import (
 from study.server import check_port, server_launch
 from study.spec import SpecError, load_spec
 from study.stages import plan_stages
-from study.views import VIEW_TAG, VIEW_TITLES, view_path, write_views
+from study.views import VIEW_TITLES, view_path
 from trainables.names import SPEC_FILE, cell_label
 
 if TYPE_CHECKING:
@@ -314,7 +314,6 @@ def cmd_ui(args: argparse.Namespace) -> int:
     path = view_path(experiment_id, "search") if experiment_id else ""
     print(f"MLflow UI for {study_dir}: {base}{path}  (Ctrl-C stops it)", flush=True)
     if experiment_id:
-        ensure_views(spec, experiment_id)
         for key, title in list(VIEW_TITLES.items())[1:]:
             print(f"  {title}: {base}{view_path(experiment_id, key)}", flush=True)
     return subprocess.call(cmd, env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})
@@ -390,17 +389,6 @@ def study_experiment_id(spec: StudySpec) -> str | None:
         return None  # no store yet: reading must not create one
     experiment = MlflowClient(uri).get_experiment_by_name(spec.name)
     return None if experiment is None else experiment.experiment_id
-
-
-def ensure_views(spec: StudySpec, experiment_id: str) -> None:
-    """The study's MLflow views (study.views), written if its experiment has none yet (a study
-    made before they existed)."""
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(spec.tracking_uri)
-    if f"{VIEW_TAG}search" not in client.get_experiment(experiment_id).tags:
-        objectives = [(o.metric, o.mode) for o in spec.objectives]
-        write_views(client, experiment_id, objectives, spec.methods, spec.dataset, spec.study_id)
 
 
 def cmd_plot(args: argparse.Namespace) -> int:

@@ -586,7 +586,8 @@ def rebuild_runs(spec: StudySpec, study_dir: Path) -> int:
     """Write again, from the trial records, every trial run the study's MLflow store lacks (a
     lost or replaced store): through the tracker's own logging, each with its params, its final
     metrics and diagnostics (or its error), its artifacts' folders, tags and pictures, tagged
-    rebuilt_from_records (the per-epoch history is not in the records). Returns how many."""
+    rebuilt_from_records (the per-epoch history is not in the records); the experiment's views
+    (study.views) written as a session writes them. Returns how many."""
     from analysis.runs import load_runs
     from study.tracking import MLflowTracker, ensure_parent_run, open_tracking_store
 
@@ -594,6 +595,8 @@ def rebuild_runs(spec: StudySpec, study_dir: Path) -> int:
     exp_id, parent = ensure_parent_run(
         client, spec.name, spec.to_dict(), study_dir, study_id=spec.study_id
     )
+    objectives = [(o.metric, o.mode) for o in spec.objectives]
+    write_views(client, exp_id, objectives, spec.methods, spec.dataset, spec.study_id)
     known = set(load_runs(spec.tracking_uri, spec.name, spec.study_id)["trial_id"])
     root = spec.study_place(study_dir) / "trials"
     root.pull()

@@ -327,6 +327,13 @@ def test_a_lost_or_emptied_tracking_store_is_written_again_from_the_records(
     assert f"wrote {records} trial runs again" in result.stdout
     rebuilt = load_runs(f"sqlite:///{gone / 'mlflow.db'}", "e2e")
     assert (rebuilt["status"] == "FINISHED").all()
+    # Its experiment has the study's views again (what `study ui` opens: study.views).
+    from mlflow.tracking import MlflowClient
+
+    from study.views import ROLES, VIEW_TAG
+
+    tags = MlflowClient(f"sqlite:///{gone / 'mlflow.db'}").get_experiment_by_name("e2e").tags
+    assert {f"{VIEW_TAG}{key}" for key in ROLES} <= set(tags), sorted(tags)
     search = rebuilt[rebuilt["stage"] == "search"].set_index("trial_id")
     assert set(search.index) == set(original.index)
     for column in ("method", "label_percent", "guided_score_cos", "val/guided_score_cos",
