@@ -46,10 +46,8 @@ class ConsoleProgress(Callback):
         self.on_event("result", trial, result)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        """FINISHED; a search trial FAILED when its final objective is not finite (as its ledger
-        trial and its run)."""
-        searched = self.stage == "search" and not trial.config.get(STAGE_KEY)
-        final = trial.last_result if is_final(trial.last_result) and searched else {}
+        """FINISHED; FAILED when its final objective is not finite (as the ledger and its run)."""
+        final = trial.last_result if is_final(trial.last_result) else {}
         bad = non_finite(final, (self._selection,) if self._selection else ())
         self.on_event("FAILED" if bad else "FINISHED", trial, None)
 

@@ -415,8 +415,7 @@ class MLflowTracker(tune.Callback):
         for name, value in records.tags().items():
             self.client.set_tag(run_id, name, str(value)[:5000])
         reason = _failure_tags(records, trial) if status == "FAILED" else {}
-        searched = self.stage == "search" and not trial.config.get(STAGE_KEY)  # a ledger trial
-        final = trial.last_result if is_final(trial.last_result) and searched else {}
+        final = trial.last_result if is_final(trial.last_result) else {}
         bad = non_finite(final, self.objectives)
         if status == "FINISHED" and bad:
             # The ledger holds it as FAIL (diverged, never run again): its run says the same.

@@ -150,12 +150,6 @@ def test_a_trial_ending_with_a_non_finite_objective_fails_as_its_ledger_trial_do
     assert "val/fid = nan" in runs["nan"].data.tags["error_message"]
     assert runs["fine"].info.status == "FINISHED" and "error_type" not in runs["fine"].data.tags
     assert runs["early"].info.status == "FINISHED" and runs["early"].data.tags["early_stopped"]
-    # A seed of `study final` is no ledger trial: it finishes, its values as they are.
-    final = MLflowTracker(store.uri, store.exp_id, store.parent, store.root / "trials", dict,
-                          stage="final", objectives=("val/fid",))  # fmt: skip
-    final.on_trial_complete(0, [], _trial("seed", last_result=ends["nan"]))
-    (seed,) = store.client.search_runs([store.exp_id], "tags.trial_id = 'seed'")
-    assert seed.info.status == "FINISHED" and "error_type" not in seed.data.tags
 
 
 def test_a_failure_outside_the_worker_is_read_from_tunes_error_file(store, tmp_path):
