@@ -17,7 +17,7 @@ from trainables.names import (
     VALIDATION_PREFIX,
     cell_label,
 )
-from trainables.records import evaluated_epochs, is_final, non_finite
+from trainables.records import evaluated_epochs, is_final
 
 # While a trial runs, a status every STATUS_EVERY seconds: the per-cell table when a trial started
 # or ended since the last one (or STATUS_QUIET seconds passed), else its one summary line.
@@ -46,10 +46,7 @@ class ConsoleProgress(Callback):
         self.on_event("result", trial, result)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        """FINISHED; FAILED when its final objective is not finite (as the ledger and its run)."""
-        final = trial.last_result if is_final(trial.last_result) else {}
-        bad = non_finite(final, (self._selection,) if self._selection else ())
-        self.on_event("FAILED" if bad else "FINISHED", trial, None)
+        self.on_event("FINISHED", trial, None)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.on_event("FAILED", trial, None)
@@ -80,7 +77,7 @@ class ConsoleProgress(Callback):
             epoch = evaluated_epochs(trial.last_result)
             what = f"stopped early by ASHA at epoch {epoch}" if early else event.lower()
             value = (trial.last_result or {}).get(self._selection) if self._selection else None
-            if isinstance(value, (int, float)) and is_final(trial.last_result):
+            if isinstance(value, (int, float)) and event == "FINISHED" and not early:
                 what += f", {self._selection} {value:.4g}"
             count = f" · {progress.brief(now)}" if progress is not None else ""
             print(f"  [{trial.trial_id}] {label} {what}{count}", flush=True)

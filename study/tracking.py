@@ -41,7 +41,7 @@ from trainables.names import (
     knob_text,
     parse_curve_key,
 )
-from trainables.records import FINAL_KEY, TrialRecords, evaluated_epochs, is_final, non_finite
+from trainables.records import FINAL_KEY, TrialRecords, evaluated_epochs, is_final
 from trainables.registry import shaping_keys
 from trainables.storage import Place
 
@@ -443,6 +443,16 @@ class MLflowTracker(tune.Callback):
     def on_trial_error(self, iteration: int, trials: list, trial: Trial, **info: Any) -> None:
         """End the run FAILED."""
         self._end(trial, "FAILED")
+
+
+def non_finite(result: dict, keys: tuple[str, ...]) -> dict[str, float]:
+    """The values of keys in result that are numbers but not finite (a missing key is not)."""
+    out = {}
+    for key in keys:
+        value = result.get(key)
+        if isinstance(value, (int, float)) and not math.isfinite(float(value)):
+            out[key] = float(value)
+    return out
 
 
 def log_diagnostics(client: MlflowClient, run_id: str, numbers: dict[str, float]) -> None:

@@ -23,7 +23,6 @@ Records (files, per trial):
 from __future__ import annotations
 
 import json
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,16 +67,6 @@ class COST:
 def is_final(result: dict | None) -> bool:
     """Whether a Tune result is a trial's final one."""
     return bool((result or {}).get(FINAL_KEY))
-
-
-def non_finite(result: dict, keys: tuple[str, ...]) -> dict[str, float]:
-    """The values of keys in result that are numbers but not finite (a missing key is not)."""
-    out = {}
-    for key in keys:
-        value = result.get(key)
-        if isinstance(value, (int, float)) and not math.isfinite(float(value)):
-            out[key] = float(value)
-    return out
 
 
 def evaluated_epochs(result: dict | None) -> int:

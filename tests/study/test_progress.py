@@ -108,24 +108,3 @@ def test_the_console_prints_a_status_every_15_s_while_a_trial_runs(monkeypatch, 
     assert seconds == list(range(15, 241, 15))  # every 15 s, nothing in between
     tables = [s for s, table in printed if table]
     assert tables == [15, 105, 225]  # the first, after t2 started, and 120 s after that one
-
-
-def test_the_console_counts_a_trial_ending_with_a_non_finite_objective_as_failed(capsys):
-    """As its ledger trial (FAIL) and its MLflow run (FAILED): the live status counts it failed,
-    and its line shows the value; a finite one finishes with its value."""
-    from types import SimpleNamespace
-
-    from study import console
-
-    progress = Progress(budgets={CG: 2}, work={CG: 1.0}, mode="min", start=0.0)
-    tracker = console.ConsoleProgress(progress, verbose=1, stage="search", selection="val/m")
-    config = {"method": "CG", "data.label_percent": 5.0}
-    ends = {"bad": float("nan"), "good": 0.25}
-    for trial_id, value in ends.items():
-        trial = SimpleNamespace(trial_id=trial_id, config=config, last_result=None)
-        tracker.on_trial_start(0, [], trial)
-        trial.last_result = {"final": 1.0, "val/m": value}
-        tracker.on_trial_complete(0, [], trial)
-    assert {t: progress.trials[t].status for t in ends} == {"bad": "FAILED", "good": "FINISHED"}
-    out = capsys.readouterr().out
-    assert "CG@5% failed, val/m nan" in out and "CG@5% finished, val/m 0.25" in out, out
