@@ -289,11 +289,6 @@ def _save_spec(spec: StudySpec, study_dir: Path, uri: str) -> None:
     place.push(study_dir / SPEC_FILE)
 
 
-def objective_keys(spec: StudySpec) -> tuple[str, ...]:
-    """The validation values the ledger is told (study.cell_studies.selection_metric)."""
-    return tuple(f"{VALIDATION_PREFIX}{o.metric}" for o in spec.objectives)
-
-
 def _session(
     spec: StudySpec,
     study_dir: Path,
@@ -335,7 +330,6 @@ def _session(
         study_id=spec.study_id,
         stage=stage,
         experiment_name=spec.name,
-        objectives=objective_keys(spec),
     )
     console = ConsoleProgress(progress, verbose, stage, f"{VALIDATION_PREFIX}{first.metric}")
     return client, exp_id, parent, trainable, [tracker, console]
@@ -617,7 +611,6 @@ def rebuild_runs(spec: StudySpec, study_dir: Path) -> int:
             study_id=spec.study_id,
             stage=session,
             experiment_name=spec.name,
-            objectives=objective_keys(spec),
         )  # fmt: skip
         for session in ("search", "final")
     }

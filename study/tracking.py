@@ -268,10 +268,8 @@ class MLflowTracker(tune.Callback):
         study_id: str | None = None,
         stage: str = "search",
         experiment_name: str | None = None,
-        objectives: tuple[str, ...] = (),
     ) -> None:
         self.study_id = study_id
-        self.objectives = objectives  # the validation values the ledger is told (val/<metric>)
         self.experiment_name = experiment_name
         self.stage = stage  # search (the cells' searches) | final (study final: seeds)
         self.tracking_uri = tracking_uri
@@ -414,17 +412,10 @@ class MLflowTracker(tune.Callback):
             self.client.set_tag(run_id, f"artifact.{name}", path)
         for name, value in records.tags().items():
             self.client.set_tag(run_id, name, str(value)[:5000])
-        reason = _failure_tags(records, trial) if status == "FAILED" else {}
-        final = trial.last_result if is_final(trial.last_result) else {}
-        bad = non_finite(final, self.objectives)
-        if status == "FINISHED" and bad:
-            # The ledger holds it as FAIL (diverged, never run again): its run says the same.
-            status = "FAILED"
-            shown = ", ".join(f"{k} = {v}" for k, v in bad.items())
-            message = f"the trial ended with {shown}; it is not run again"
-            reason = {"error_type": "NonFiniteObjective", "error_message": message}
-        for name, value in reason.items():  # why it failed, where users look: tags on the run
-            self.client.set_tag(run_id, name, value)
+        if status == "FAILED":
+            # Why it failed, where users look: tags on the run.
+            for name, value in _failure_tags(records, trial).items():
+                self.client.set_tag(run_id, name, value)
         for picture in sorted(records.folder.glob("*.png")):
             folder = "plots" if picture.name == CURVE_IMAGE else "samples"
             self.client.log_artifact(run_id, str(picture), folder)
@@ -443,16 +434,6 @@ class MLflowTracker(tune.Callback):
     def on_trial_error(self, iteration: int, trials: list, trial: Trial, **info: Any) -> None:
         """End the run FAILED."""
         self._end(trial, "FAILED")
-
-
-def non_finite(result: dict, keys: tuple[str, ...]) -> dict[str, float]:
-    """The values of keys in result that are numbers but not finite (a missing key is not)."""
-    out = {}
-    for key in keys:
-        value = result.get(key)
-        if isinstance(value, (int, float)) and not math.isfinite(float(value)):
-            out[key] = float(value)
-    return out
 
 
 def log_diagnostics(client: MlflowClient, run_id: str, numbers: dict[str, float]) -> None:

@@ -131,27 +131,6 @@ def test_a_failed_trial_run_holds_the_reason_and_step(store):
     assert run.data.tags["failed_at_step"] == "1"
 
 
-def test_a_trial_ending_with_a_non_finite_objective_fails_as_its_ledger_trial_does(store):
-    """The ledger tells such a trial FAIL (diverged, never run again: study.cell_studies): its
-    run ends FAILED with the reason, not FINISHED; a finite one, or one stopped before its final
-    evaluation (early stopping), ends FINISHED."""
-    tracker = MLflowTracker(store.uri, store.exp_id, store.parent, store.root / "trials", dict,
-                            objectives=("val/fid",))  # fmt: skip
-    ends = {
-        "nan": {"final": 1.0, "val/fid": float("nan"), "fid": 3.0},
-        "fine": {"final": 1.0, "val/fid": 2.5},
-        "early": {"val/fid": float("inf")},  # an epoch's guard value, not a final result
-    }
-    for trial_id, result in ends.items():
-        tracker.on_trial_complete(0, [], _trial(trial_id, last_result=result))
-    runs = {r.data.tags["trial_id"]: r for r in _runs(store)}
-    assert runs["nan"].info.status == "FAILED"
-    assert runs["nan"].data.tags["error_type"] == "NonFiniteObjective"
-    assert "val/fid = nan" in runs["nan"].data.tags["error_message"]
-    assert runs["fine"].info.status == "FINISHED" and "error_type" not in runs["fine"].data.tags
-    assert runs["early"].info.status == "FINISHED" and runs["early"].data.tags["early_stopped"]
-
-
 def test_a_failure_outside_the_worker_is_read_from_tunes_error_file(store, tmp_path):
     tracker = _tracker(store)
     error_file = tmp_path / "error.txt"
