@@ -140,14 +140,20 @@ class CellStudies:
             study.tell(trial, state=STATE.PRUNED)  # a repeat: never run twice
         return None
 
-    def tell(self, cell: Cell, number: int, result: dict | None, error: bool) -> None:
+    def tell(
+        self, cell: Cell, number: int, result: dict | None, error: bool, retry: bool = True
+    ) -> None:
         """The trial's end: its objective values; FAIL for an error or a non-finite value, PRUNED
-        for a trial stopped before its final evaluation (early stopping)."""
+        for a trial stopped before its final evaluation (early stopping). A non-finite value, or
+        an error with retry False (its objective failed: TrialRecords.failed_on_objective), is
+        marked diverged: it would fail again, so no session runs it again (retries)."""
         values = [(result or {}).get(metric) for metric, _ in self.objectives]
         if not is_final(result):  # stopped before its final evaluation
             values = [None]
         if error:
             state, told = STATE.FAIL, None
+            if not retry:
+                self._set_attr(cell, number, "diverged", True)
         elif any(v is None for v in values):
             state, told = STATE.PRUNED, None
         elif not all(math.isfinite(float(v)) for v in values):
@@ -232,7 +238,9 @@ def settle_trials(studies: CellStudies, record_root: str) -> int:
             values = objective_values(final, studies.objectives)
             if values is not None:
                 study.tell(trial.number, values if len(values) > 1 else values[0])
-            else:
-                study.tell(trial.number, state=STATE.FAIL)
+            else:  # run again next session, unless its objective failed (it would again)
+                records = TrialRecords.of(record_root, str(tune_id)) if tune_id else None
+                retry = records is None or not records.failed_on_objective()
+                studies.tell(cell, trial.number, None, error=True, retry=retry)
             settled += 1
     return settled

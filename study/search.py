@@ -27,7 +27,7 @@ from study.cell_studies import (
 from study.spec import StudySpec
 from study.stages import StageGate, plan_stages
 from trainables.names import LABEL_PERCENT_KEY, METHOD_KEY, TUNED_KEYS
-from trainables.records import EVAL_EPOCH_KEY, is_final
+from trainables.records import EVAL_EPOCH_KEY, TrialRecords, is_final
 
 
 class _TellsOptuna:
@@ -56,7 +56,8 @@ class _TellsOptuna:
             return
         cell, number = self.live.pop(trial_id)
         self.optuna.link_run(cell, number, self.record_root, trial_id)
-        self.optuna.tell(cell, number, result, error)
+        retry = not (error and TrialRecords.of(self.record_root, trial_id).failed_on_objective())
+        self.optuna.tell(cell, number, result, error, retry=retry)
 
 
 def settle_study(spec: StudySpec, study_dir: Path) -> int:

@@ -45,7 +45,7 @@ from trainables.fit import (
 )
 from trainables.identity import data_cache
 from trainables.methods import Artifact, artifact_config, get_method
-from trainables.records import COST, EVAL_EPOCH_KEY, FINAL_KEY, TrialRecords
+from trainables.records import COST, EVAL_EPOCH_KEY, FINAL_KEY, ObjectiveError, TrialRecords
 from trainables.storage import Place
 
 Report = Callable[[dict], None]
@@ -252,10 +252,6 @@ def _write_records(
     for picture in sorted(records.folder.glob("*.png")):  # into the object store, if any
         place.push(picture)
     records.write_final(final)
-
-
-class ObjectiveError(ValueError):
-    """A trial whose objective is missing, NaN or infinite: it fails instead of finishing."""
 
 
 def validation_metrics(metrics: dict[str, float]) -> dict[str, float]:

@@ -64,6 +64,10 @@ class COST:
     TRAIN_SECONDS_SO_FAR = "cost/train_seconds_so_far"
 
 
+class ObjectiveError(ValueError):
+    """A trial whose objective is missing, NaN or infinite: it fails instead of finishing."""
+
+
 def is_final(result: dict | None) -> bool:
     """Whether a Tune result is a trial's final one."""
     return bool((result or {}).get(FINAL_KEY))
@@ -152,6 +156,11 @@ class TrialRecords:
 
     def error(self) -> dict | None:
         return self.read(ERROR_RECORD)
+
+    def failed_on_objective(self) -> bool:
+        """Whether the trial failed because its objective was missing or not finite (its networks
+        trained; run again, it would measure the same: the searcher does not retry it)."""
+        return (self.error() or {}).get("type") == ObjectiveError.__name__
 
     def write_spent(self, costs: dict[str, float]) -> None:
         """The training cost so far (COST keys), after each network trained into the cache: a

@@ -6,6 +6,7 @@ from study.cell_studies import cell_study_name
 from study.search import CellSearcher
 from study.spec import load_spec, validate
 from trainables.names import TUNED_KEYS
+from trainables.records import ObjectiveError, TrialRecords
 
 
 def _objective(config):
@@ -177,3 +178,32 @@ def test_failed_trials_run_once_more_in_the_next_session_and_count_once(tmp_path
     assert (first.state.name, second.state.name, third.state.name) == ("FAIL", "FAIL", "COMPLETE")
     assert third.user_attrs["rerun_of"] == 0 and third.value == 0.25
     assert CellSearcher(spec, tmp_path).total == 0  # the diverged one is spent, not retried
+
+
+def _fail_on_objective(tmp_path, trial_id):
+    """The error record the worker writes when a trial's objective is not finite."""
+    TrialRecords.of(tmp_path / "trials", trial_id).write_error(
+        ObjectiveError("objective(s) not finite: {'val/guided_score_cos': nan}")
+    )
+
+
+def test_a_trial_whose_objective_failed_is_not_run_again_another_error_is(tmp_path):
+    """The worker fails a trial whose objective is NaN (ObjectiveError): its networks trained and
+    are cached, so run again it would measure the same NaN. The next session retries the other
+    error, not it; also when a killed driver left it RUNNING and the next session settles it."""
+    spec = validate({"methods": ["CG-SC-all"], "label_percents": [20], "trials_per_cell": 3})
+    searcher = CellSearcher(spec, tmp_path)
+    configs = [searcher.suggest(f"t{i}") for i in range(3)]
+    _fail_on_objective(tmp_path, "t0")
+    searcher.on_trial_complete("t0", error=True)  # its objective failed
+    searcher.on_trial_complete("t1", error=True)  # something else (no error record)
+    _fail_on_objective(tmp_path, "t2")  # then the driver is killed: t2 stays RUNNING
+    resumed = CellSearcher(spec, tmp_path)  # settles t2 from its record
+    assert resumed.remaining == 1
+    assert resumed.suggest("r0") == configs[1]  # the other error's configuration, once more
+    resumed.on_trial_complete("r0", _result(0.25))
+    assert resumed.suggest("r1") == "FINISHED"
+    states = [(t.state.name, t.user_attrs.get("diverged")) for t in
+              _states(spec, tmp_path, ("CG-SC-all", 20.0))]  # fmt: skip
+    assert states == [("FAIL", True), ("FAIL", None), ("FAIL", True), ("COMPLETE", None)]
+    assert CellSearcher(spec, tmp_path).total == 0

@@ -9,6 +9,7 @@ from trainables import names
 from trainables.config import from_flat
 from trainables.context import TrialContext
 from trainables.ray_worker import ObjectiveError, train_fn_per_worker
+from trainables.records import TrialRecords
 
 TOY = {
     "method": "CG",
@@ -109,6 +110,8 @@ def test_a_nan_objective_fails_the_trial_with_its_reason(tmp_path, monkeypatch):
     reason = json.loads((tmp_path / "trial" / names.ERROR_RECORD).read_text())
     assert reason["type"] == "ObjectiveError" and "gen_accuracy" in reason["message"]
     assert not (tmp_path / "trial" / names.FINAL_RECORD).exists()
+    # What the searcher reads to leave it out of the next session's retries (study.search).
+    assert TrialRecords.of(tmp_path, "trial").failed_on_objective()
 
 
 def test_a_diverging_trial_records_the_step_it_failed_at(tmp_path, monkeypatch):
