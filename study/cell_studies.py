@@ -232,14 +232,13 @@ def settle_trials(studies: CellStudies, record_root: str) -> int:
         study = studies.study(cell)
         for trial in study.get_trials(deepcopy=False, states=[STATE.RUNNING]):
             tune_id = trial.user_attrs.get("tune_trial_id")
-            if tune_id:
+            records = TrialRecords.of(record_root, str(tune_id)) if tune_id else None
+            if records is not None:
                 studies.link_run(cell, trial.number, record_root, str(tune_id))
-            final = TrialRecords.of(record_root, str(tune_id)).final() if tune_id else None
-            values = objective_values(final, studies.objectives)
+            values = objective_values(records and records.final(), studies.objectives)
             if values is not None:
                 study.tell(trial.number, values if len(values) > 1 else values[0])
             else:  # run again next session, unless its objective failed (it would again)
-                records = TrialRecords.of(record_root, str(tune_id)) if tune_id else None
                 retry = records is None or not records.failed_on_objective()
                 studies.tell(cell, trial.number, None, error=True, retry=retry)
             settled += 1
