@@ -1,6 +1,7 @@
 """How good the live status's time-left estimate was on a finished study: what it printed at each
-trial's end (study.progress.replay over the study's MLflow runs) against the time the study really
-took from there, at about 25 %, 50 % and 75 % of the trials and at every end with --all.
+trial's end (study.progress.replay over the study's ledger and trial records) against the time
+the study really took from there, at about 25 %, 50 % and 75 % of the trials and at every end
+with --all.
 
     python bench/eta_accuracy.py studies/tiny-images [--all]
 """
@@ -9,11 +10,10 @@ from __future__ import annotations
 
 import argparse
 
-from analysis.results import objectives_of, read_spec, tracking_uri
-from analysis.runs import load_runs
+from analysis.results import objectives_of, read_spec
 from study.progress import format_seconds, replay
 from study.runner import load_study_spec, study_progress
-from study.status import records
+from study.status import ledger_rows
 
 
 def main() -> None:
@@ -22,11 +22,10 @@ def main() -> None:
     parser.add_argument("--all", action="store_true", help="every trial end, not 25/50/75 %")
     args = parser.parse_args()
     folder, raw = read_spec(args.study_dir)
-    _, spec = load_study_spec(folder)
-    runs = load_runs(tracking_uri(folder, raw), raw["name"], raw.get("study_id"))
-    runs = runs[runs["stage"] != "final"]
+    _, spec = load_study_spec(folder, store=False)
     metric, _ = objectives_of(raw)[0]
-    trace = replay(study_progress(spec), records(runs, f"val/{metric}"))
+    rows = [row for row in ledger_rows(folder, spec, metric) if row["kind"] != "final"]
+    trace = replay(study_progress(spec), rows)
     if not args.all:
         trace = [min(trace, key=lambda row, f=f: abs(row[0] - f)) for f in (0.25, 0.5, 0.75)]
     print("| trials ended | estimated time left | actual time left | error |")

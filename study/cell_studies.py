@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable, Collection
+from pathlib import Path
 
 import optuna
 
@@ -20,6 +21,7 @@ from trainables.records import TrialRecords, is_final
 from trainables.storage import Place
 
 Cell = tuple[str, float]  # (method, label %)
+LOST = "lost_with_driver"  # a FAIL trial's user attribute: its driver stopped before it ended
 Objectives = list[tuple[str, str]]  # (validation metric, "min" | "max")
 STATE = optuna.trial.TrialState
 
@@ -239,7 +241,26 @@ def settle_trials(studies: CellStudies, record_root: str) -> int:
             if values is not None:
                 study.tell(trial.number, values if len(values) > 1 else values[0])
             else:  # run again next session, unless its objective failed (it would again)
+                studies._set_attr(cell, trial.number, LOST, True)
                 retry = records is None or not records.failed_on_objective()
                 studies.tell(cell, trial.number, None, error=True, retry=retry)
             settled += 1
     return settled
+
+
+def ledger_trials(db: Path, study_name: str) -> dict[str, tuple[optuna.trial.FrozenTrial, bool]]:
+    """Every cell's trials in the study's ledger (optuna.db) by their Tune trial id (a repeat the
+    sampler proposed ran no trial and has none), each with whether a later trial ran its
+    configuration again (CellStudies.retries); read only, {} without a ledger."""
+    if not db.is_file():
+        return {}
+    storage = optuna.storages.RDBStorage(f"sqlite:///{db}")
+    trials = {}
+    for study in storage.get_all_studies():
+        if study.study_name.startswith(f"{study_name}/"):
+            cell = storage.get_all_trials(study._study_id, deepcopy=False)
+            rerun = {t.user_attrs.get("rerun_of") for t in cell}
+            for trial in cell:
+                if trial.user_attrs.get("tune_trial_id"):
+                    trials[str(trial.user_attrs["tune_trial_id"])] = (trial, trial.number in rerun)
+    return trials

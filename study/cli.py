@@ -259,7 +259,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 def cmd_table(args: argparse.Namespace) -> int:
     """study table DIR: the tables and figures again; trial runs the MLflow store lacks (a lost
     or replaced store) are first written again from the trial records."""
-    study_dir, spec = load_study_spec(args.study_dir, rebuild=True, view=True)
+    study_dir, spec = load_study_spec(args.study_dir, store=False, view=True)
     rebuilt = rebuild_runs(spec, study_dir)
     if rebuilt:
         print(f"wrote {rebuilt} trial runs again from {study_dir / 'trials'} (the per-epoch "

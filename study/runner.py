@@ -620,16 +620,17 @@ def rebuild_runs(spec: StudySpec, study_dir: Path) -> int:
 
 def _rebuild_run(client: Any, trackers: dict[str, Any], records: TrialRecords) -> int:
     """One trial's run written again from its records (1), or nothing without them (0)."""
-    from study.tracking import mark_orphaned, record_times
+    from study.tracking import mark_orphaned
 
     params, final = records.params(), records.final()
-    times = record_times(records)  # the run's start and end: its records' (cp -a keeps them)
+    times = records.times()  # the run's start and end: its records' (cp -a keeps them)
     if params is None or times is None:
         return 0
+    start, end = (int(t * 1000) for t in times)
     # `study final` points carry the seed keys; search and stage trials do not.
     tracker = trackers["final" if any(k in params for k in SEED_KEYS) else "search"]
     trial = SimpleNamespace(
-        trial_id=records.folder.name, config=params, last_result=final or {}, start_time=times[0]
+        trial_id=records.folder.name, config=params, last_result=final or {}, start_time=start
     )
     tracker.on_trial_start(0, [], trial)
     if final is not None:
@@ -643,15 +644,16 @@ def _rebuild_run(client: Any, trackers: dict[str, Any], records: TrialRecords) -
     else:  # taken down by a stopped driver: as reconcile settles it, with the training it spent
         mark_orphaned(client, client.get_run(run_id), records)
         return 1
-    client.set_terminated(run_id, client.get_run(run_id).info.status, end_time=times[1])
+    client.set_terminated(run_id, client.get_run(run_id).info.status, end_time=end)
     return 1
 
 
 def load_study_spec(
-    study_dir: str | Path, rebuild: bool = False, view: bool = False
+    study_dir: str | Path, store: bool = True, view: bool = False
 ) -> tuple[Path, StudySpec]:
-    """Read back a study directory's spec; rebuild: a lost SQLite MLflow store is made again
-    from the trial records (`study table`), instead of refused. view: for a command that only
+    """Read back a study directory's spec; a study whose SQLite MLflow store is lost is refused,
+    unless store is False (`study table`, which writes its runs again from the trial records;
+    `study status`, which reads the ledger and the records only). view: for a command that only
     reads what the study wrote (status, table, export-best, ui, dashboard): the data set is not
     checked again (an image folder's every image was read through; `study status` counts its
     class folders for the plan, or where the folder is not, the classes its trials measured)."""
@@ -664,7 +666,7 @@ def load_study_spec(
     if isinstance(raw, dict):
         raw = rehomed(raw, path)  # a copied or moved study reads and writes only itself
     spec = validate(raw, check_data=not view)
-    if not rebuild:
+    if store:
         check_tracking_store(spec, path)
     return path, spec
 

@@ -31,7 +31,6 @@ from trainables.names import (
     DIAGNOSTICS_FILE,
     LABEL_PERCENT_KEY,
     METHOD_KEY,
-    RUN_RECORD,
     SHARED_STAGE,
     SPEC_FILE,
     STAGE_KEY,
@@ -494,18 +493,6 @@ def _failure_tags(records: TrialRecords, trial: Trial) -> dict[str, str]:
     return {"error_type": "unknown", "error_message": "the trial failed without an error record"}
 
 
-def record_times(records: TrialRecords) -> tuple[int, int] | None:
-    """(first, last) modification times of a trial's record files, ms since the epoch (its run
-    id and params are written as it starts, its final result or error as it ends); None without
-    records. The last is not the run id's unless nothing else is written: the driver writes it
-    again when it writes the run again (rebuild_runs)."""
-    times = {p.name: int(p.stat().st_mtime * 1000) for p in records.folder.iterdir() if p.is_file()}
-    if not times:
-        return None
-    ends = [t for name, t in times.items() if name != RUN_RECORD] or list(times.values())
-    return min(times.values()), max(ends)
-
-
 def last_heard(client: MlflowClient, run: Any, records: TrialRecords | None) -> int:
     """When a trial a stopped driver left RUNNING was last heard of (ms since the epoch): its
     latest result logged to MLflow or record written, else its start. Its run ends then, not
@@ -513,8 +500,8 @@ def last_heard(client: MlflowClient, run: Any, records: TrialRecords | None) -> 
     ends where its trials did."""
     heard = [int(run.info.start_time or 0)]
     heard += [m.timestamp for m in client.get_metric_history(run.info.run_id, STEP_METRIC)]
-    times = record_times(records) if records is not None and records.folder.is_dir() else None
-    return max(heard + list(times or ()))
+    times = records.times() if records is not None else None
+    return max(heard + [int(t * 1000) for t in times or ()])
 
 
 def _finish_from_record(

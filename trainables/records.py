@@ -170,3 +170,22 @@ class TrialRecords:
 
     def spent(self) -> dict[str, float]:
         return self.read(SPENT_RECORD) or {}
+
+    def written(self, name: str) -> float | None:
+        """When a record was written (seconds since the epoch; an object store's records keep
+        the store's time in the mirror), None without it."""
+        path = self.folder / name
+        return path.stat().st_mtime if path.is_file() else None
+
+    def times(self) -> tuple[float, float] | None:
+        """(first, last) times the trial's record files were written (seconds since the epoch:
+        its run id and params are written as it starts, its final result or error as it ends);
+        None without records. The last is not the run id's unless nothing else is written: the
+        driver writes it again when it writes the run again (study.runner.rebuild_runs)."""
+        if not self.folder.is_dir():
+            return None
+        times = {p.name: p.stat().st_mtime for p in self.folder.iterdir() if p.is_file()}
+        if not times:
+            return None
+        ends = [t for name, t in times.items() if name != RUN_RECORD] or list(times.values())
+        return min(times.values()), max(ends)

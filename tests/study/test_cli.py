@@ -307,12 +307,17 @@ def test_a_lost_or_emptied_tracking_store_is_written_again_from_the_records(
     root, study_dir, _ = finished_study
     original = load_runs(f"sqlite:///{study_dir / 'mlflow.db'}", "e2e")
     original = original[original["stage"] == "search"].set_index("trial_id")
-    # The store deleted: every command that only reads it refuses, naming the fix; nothing
-    # changes.
+    # The store deleted: `study status` reads the ledger and the records, not the store, and
+    # says what it said before; every command that reads the store refuses, naming the fix;
+    # nothing changes.
     gone = _copy_study(study_dir, tmp_path / "gone")
+    status = _cmd("status", str(gone), cwd=tmp_path)
     (gone / "mlflow.db").unlink()
     before = _snapshot(gone)
-    for command in ("export-best", "resume", "plot", "status"):
+    without = _cmd("status", str(gone), cwd=tmp_path)
+    assert without.returncode == 0 and without.stdout == status.stdout, without.stderr[-2000:]
+    assert "search trials 4/4, stage trials 1/1" in without.stdout
+    for command in ("export-best", "resume", "plot"):
         result = _cmd(command, str(gone), cwd=tmp_path)
         assert result.returncode == 2, (command, result.stderr[-2000:])
         lines = result.stderr.strip().splitlines()

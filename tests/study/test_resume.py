@@ -307,6 +307,11 @@ def test_a_killed_driver_resumes_to_every_cell_with_nothing_left_running(
     )  # fmt: skip
     assert status.returncode == 0 and "all ended" in status.stdout, status.stdout[-1500:]
     assert "pending" not in status.stdout.split("\n", 1)[1], status.stdout
+    # Read from the ledger: a trial taken down with the killed driver is no failure, and the one
+    # that ran its configuration again stands for it (the cells' budgets, not one more).
+    head = status.stdout.splitlines()[0]
+    assert " failed" not in head, status.stdout
+    assert head.startswith(f"search trials {FIFO_SPEC['num_trials']}/{FIFO_SPEC['num_trials']}, ")
     # The compute accounting counts the finished trials of every session: the training steps
     # are a clean run's (a network the kill interrupted continued from its checkpoint, and the
     # trials it took down are not counted), and useful work stays within the slots' time.

@@ -61,7 +61,7 @@ def test_what_one_node_pushes_another_pulls_and_nothing_else(s3, node, tmp_path)
     assert b.pull() is True
     assert (b.local / "t1" / "final.json").read_text() == '{"fid": 1.5}'
     # Stamped with the store's time (when it was pushed), not the pull's: a run rebuilt or
-    # settled from records on another node spans its trial (study.tracking.record_times).
+    # settled from records on another node spans its trial (trainables.records.TrialRecords.times).
     assert (b.local / "t1" / "final.json").stat().st_mtime <= pulled_at - 1.0
     assert (b.local / "t1" / "samples.png").read_bytes() == b"\x89PNG" + bytes(300)
     assert not (b.local / "t2").exists()  # never pushed
