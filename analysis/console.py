@@ -16,6 +16,7 @@ from analysis.final import seed_statistics
 from analysis.tables import DEFAULT_METRICS, best_per_cell
 from trainables.names import (
     CHOSEN_SCALE,
+    GUIDANCE_CAP,
     LAMBDA_JOINT_KEY,
     LAMBDA_SC_KEY,
     TUNED_KEYS,
@@ -72,9 +73,9 @@ def _knobs(row: pd.Series) -> str:
 
 
 def at_cap(row: pd.Series) -> bool:
-    """Whether the trial chose the largest scale its sweep could reach (sample.guidance_cap):
+    """Whether the trial chose the largest scale its sweep could reach (its GUIDANCE_CAP result):
     its optimum may lie beyond; raise guidance.max_scale."""
-    cap, chosen = row.get("sample.guidance_cap"), row.get(CHOSEN_SCALE)
+    cap, chosen = row.get(GUIDANCE_CAP), row.get(CHOSEN_SCALE)
     if cap is None or chosen is None or pd.isna(cap) or pd.isna(chosen) or float(cap) <= 0:
         return False
     return float(chosen) >= float(cap)

@@ -8,7 +8,8 @@
     s.curves          # each cell's chosen trial's guidance curve, one row per (metric, scale)
     s.best_configs    # cell -> its chosen knobs and guidance scale
 
-No torch, no Ray: it reads the study's spec.yaml and its MLflow store.
+No torch, no Ray, no MLflow: it reads the study's spec.yaml and its ledger (analysis.ledger: the
+cells' Optuna trials and the trial records).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import yaml
 
 from analysis.console import console_table
 from analysis.final import seed_statistics
-from analysis.runs import load_runs
+from analysis.ledger import ledger_runs
 from analysis.tables import (
     DEFAULT_METRICS,
     best_per_cell,
@@ -40,7 +41,7 @@ from trainables.names import (
     TUNED_KEYS,
     cell_label,
 )
-from trainables.storage import Place, rehomed
+from trainables.storage import Place, is_uri, rehomed
 
 
 class StudyNotReady(ValueError):
@@ -125,11 +126,12 @@ class StudyResults:
 
 def read_spec(location: str | Path) -> tuple[Path, dict[str, Any]]:
     """(study folder on this machine, its saved spec) of a folder or an object-store study's URI
-    (its spec, MLflow database and tables are copied into this machine's mirror first)."""
+    (its spec and tables are copied into this machine's mirror first; the ledger by
+    analysis.ledger.ledger_runs)."""
     place = Place(str(location))
     folder = place.local
     if place.remote:
-        for name in (SPEC_FILE, "mlflow.db", "tables"):
+        for name in (SPEC_FILE, "tables"):
             place.pull(folder / name)
     spec_file = folder / SPEC_FILE
     if not spec_file.is_file():
@@ -151,20 +153,11 @@ def read_spec(location: str | Path) -> tuple[Path, dict[str, Any]]:
     return folder, rehomed(spec, folder)
 
 
-def tracking_uri(folder: Path, spec: dict[str, Any]) -> str:
-    """The study's MLflow store: its saved URI, else (older folders, a mirror) its own SQLite."""
-    uri = spec.get("tracking_uri")
-    if uri and not (
-        uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists()
-    ):
-        return uri
-    if not (folder / "mlflow.db").exists():
-        raise StudyNotReady(
-            f"the study's MLflow store {uri or folder / 'mlflow.db'} is missing; restore it (a "
-            "backup, the study's object-store copy), or write its runs again from the trial "
-            f"records with 'study table {folder}'"
-        )
-    return f"sqlite:///{folder / 'mlflow.db'}"
+def study_place(folder: Path, spec: dict[str, Any]) -> Place:
+    """Where the study keeps its ledger and trial records: its object store's place when its
+    storage is one (folder is this machine's mirror), else the folder."""
+    storage = spec.get("storage")
+    return Place(storage) / spec["name"] if storage and is_uri(storage) else Place(str(folder))
 
 
 def objectives_of(spec: dict[str, Any]) -> list[tuple[str, str]]:
@@ -177,7 +170,7 @@ def load_study(location: str | Path, allow_running: bool = False) -> StudyResult
     """A study's results (see the module docstring). StudyNotReady when the folder is not a study,
     has no finished trial, or is still running (allow_running reads it anyway)."""
     folder, spec = read_spec(location)
-    runs = load_runs(tracking_uri(folder, spec), spec["name"], spec.get("study_id"))
+    runs = ledger_runs(study_place(folder, spec), spec["name"])
     if "stage" in runs.columns and len(runs):
         runs["stage"] = runs["stage"].fillna("search")
         runs.insert(

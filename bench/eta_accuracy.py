@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import argparse
 
+from analysis.ledger import ledger_runs
 from analysis.results import objectives_of, read_spec
 from study.progress import format_seconds, replay
 from study.runner import load_study_spec, study_progress
-from study.status import ledger_rows
+from study.status import records
 
 
 def main() -> None:
@@ -24,7 +25,8 @@ def main() -> None:
     folder, raw = read_spec(args.study_dir)
     _, spec = load_study_spec(folder, store=False)
     metric, _ = objectives_of(raw)[0]
-    rows = [row for row in ledger_rows(folder, spec, metric) if row["kind"] != "final"]
+    runs = ledger_runs(spec.study_place(folder), spec.name)
+    rows = [row for row in records(runs, f"val/{metric}") if row["kind"] != "final"]
     trace = replay(study_progress(spec), rows)
     if not args.all:
         trace = [min(trace, key=lambda row, f=f: abs(row[0] - f)) for f in (0.25, 0.5, 0.75)]

@@ -7,10 +7,10 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable, Collection
-from pathlib import Path
 
 import optuna
 
+from analysis.ledger import LOST, SO_FAR
 from search_spaces import cell_points, suggest_knobs
 from trainables.names import (
     TUNED_KEYS,
@@ -21,7 +21,6 @@ from trainables.records import TrialRecords, is_final
 from trainables.storage import Place
 
 Cell = tuple[str, float]  # (method, label %)
-LOST = "lost_with_driver"  # a FAIL trial's user attribute: its driver stopped before it ended
 Objectives = list[tuple[str, str]]  # (validation metric, "min" | "max")
 STATE = optuna.trial.TrialState
 
@@ -158,6 +157,9 @@ class CellStudies:
                 self._set_attr(cell, number, "diverged", True)
         elif any(v is None for v in values):
             state, told = STATE.PRUNED, None
+            for key in SO_FAR:  # the training it spent before it stopped (analysis.accounting)
+                if key in (result or {}):
+                    self._set_attr(cell, number, key, float(result[key]))
         elif not all(math.isfinite(float(v)) for v in values):
             state, told = STATE.FAIL, None
             self._set_attr(cell, number, "diverged", True)  # it would diverge again: no retry
@@ -246,21 +248,3 @@ def settle_trials(studies: CellStudies, record_root: str) -> int:
                 studies.tell(cell, trial.number, None, error=True, retry=retry)
             settled += 1
     return settled
-
-
-def ledger_trials(db: Path, study_name: str) -> dict[str, tuple[optuna.trial.FrozenTrial, bool]]:
-    """Every cell's trials in the study's ledger (optuna.db) by their Tune trial id (a repeat the
-    sampler proposed ran no trial and has none), each with whether a later trial ran its
-    configuration again (CellStudies.retries); read only, {} without a ledger."""
-    if not db.is_file():
-        return {}
-    storage = optuna.storages.RDBStorage(f"sqlite:///{db}")
-    trials = {}
-    for study in storage.get_all_studies():
-        if study.study_name.startswith(f"{study_name}/"):
-            cell = storage.get_all_trials(study._study_id, deepcopy=False)
-            rerun = {t.user_attrs.get("rerun_of") for t in cell}
-            for trial in cell:
-                if trial.user_attrs.get("tune_trial_id"):
-                    trials[str(trial.user_attrs["tune_trial_id"])] = (trial, trial.number in rerun)
-    return trials

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from analysis.ledger import ledger_runs
 from study.plan import make_plan, to_text
 from study.runner import (
     StudyError,
@@ -46,16 +47,15 @@ def _table(study_dir: Path, spec: StudySpec) -> str:
     from analysis.console import console_table
     from analysis.figures import write_figures
     from analysis.report import write_report
-    from analysis.runs import load_runs
     from analysis.summary import budget_line, run_counts, write_compute
     from study.tracking import log_report, parent_metric_history
 
     def history(key: str) -> dict[int, float]:
         return parent_metric_history(spec.tracking_uri, spec.name, key, spec.study_id)
 
-    runs = load_runs(spec.tracking_uri, spec.name, spec.study_id)
+    runs = ledger_runs(spec.study_place(study_dir), spec.name)
     objectives = [(o.metric, o.mode) for o in spec.objectives]
-    keep_written_tables(runs, study_dir, spec.tracking_uri)
+    keep_written_tables(runs, study_dir)
     cells = [cell_label(m, p) for m, p in spec.cell_budgets()]
     tables = study_dir / "tables"
     _, files = write_report(runs, objectives, tables, cells)
@@ -77,17 +77,17 @@ def _table(study_dir: Path, spec: StudySpec) -> str:
     )
 
 
-def keep_written_tables(runs: pd.DataFrame, study_dir: Path, uri: str | None) -> None:
-    """Refuse to rebuild tables from a store holding none of the study's trial runs when tables
-    were written before: an emptied or replaced store must not empty them."""
+def keep_written_tables(runs: pd.DataFrame, study_dir: Path) -> None:
+    """Refuse to rebuild tables from a ledger holding none of the study's trials when tables were
+    written before: lost trial records must not empty them."""
 
     written = study_dir / "tables" / "comparison.md"
     if len(runs) or not written.exists() or "(no finished trials)" in written.read_text():
         return
     raise StudyError(
-        f"the study's MLflow store {uri} holds none of its "
-        f"trial runs, but {written} was written from them; restore the store (a backup, or the "
-        "study's object-store copy); the tables were kept"
+        f"the study's trial records ({study_dir / 'trials'}) hold none of its trials, but "
+        f"{written} was written from them; restore them (a backup, or the study's object-store "
+        "copy); the tables were kept"
     )
 
 
@@ -96,10 +96,9 @@ STUDY_FAILED = 1  # exit status of a study some cell of which has no finished tr
 
 def _report_failures(study_dir: Path, spec: StudySpec) -> int:
     """Print the failed cells (stderr, one line each) and return the exit status."""
-    from analysis.runs import load_runs
     from analysis.summary import failed_cells
 
-    runs = load_runs(spec.tracking_uri, spec.name, spec.study_id)
+    runs = ledger_runs(spec.study_place(study_dir), spec.name)
     lines = failed_cells(runs, spec.methods, spec.label_percents, spec.objectives[0].metric)
     if not lines:
         return 0
@@ -269,11 +268,10 @@ def cmd_table(args: argparse.Namespace) -> int:
 
 
 def cmd_export_best(args: argparse.Namespace) -> int:
-    from analysis.runs import load_runs
     from analysis.tables import completed, export_best
 
-    study_dir, spec = load_study_spec(args.study_dir, view=True)
-    runs = load_runs(spec.tracking_uri, spec.name, spec.study_id)
+    study_dir, spec = load_study_spec(args.study_dir, store=False, view=True)
+    runs = ledger_runs(spec.study_place(study_dir), spec.name)
     objective = (spec.objectives[0].metric, spec.objectives[0].mode)
     if (
         args.trial is not None
@@ -344,9 +342,7 @@ def link_runs(study_dir: Path, spec: StudySpec, ui_port: int) -> int:
     import optuna
     from optuna_dashboard import save_note
 
-    from analysis.runs import load_runs
-
-    runs = load_runs(spec.tracking_uri, spec.name, spec.study_id)
+    runs = ledger_runs(spec.study_place(study_dir), spec.name)
     run_of = dict(zip(runs["trial_id"], runs["run_id"])) if len(runs) else {}
     base = f"http://127.0.0.1:{ui_port}/{experiment_path(spec)}".split("/runs?")[0]
     storage = optuna.storages.RDBStorage(f"sqlite:///{study_dir / 'optuna.db'}")

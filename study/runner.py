@@ -20,12 +20,13 @@ from typing import Any
 import yaml
 from filelock import FileLock, Timeout
 
+from analysis.ledger import LEASE_FILE, ledger_runs
 from study.cluster import check_cluster, core_lender, init_ray, preflight_nodes
 from study.errors import StudyError
 from study.locations import check_tracking_uri, sqlite_path
 from study.plan import make_plan
 from study.progress import Progress
-from study.spec import SEED_KEYS, StudySpec, validate
+from study.spec import StudySpec, validate
 from study.stages import StageGate, plan_stages
 from study.trial import StudyContext, trial_driver
 from study.views import write_views
@@ -36,13 +37,14 @@ from trainables.names import (
     GUIDANCE_SCALE_KEY,
     LABEL_PERCENT_KEY,
     METHOD_KEY,
+    SEED_KEYS,
     SPEC_FILE,
     STAGE_KEY,
     TUNED_KEYS,
     VALIDATION_PREFIX,
     cell_label,
 )
-from trainables.records import TrialRecords
+from trainables.records import TrialRecords, mark_lost
 from trainables.storage import Place, rehomed
 
 __all__ = ["StudyError", "StudyInterrupted", "load_study_spec", "run_study", "study_dir_for"]
@@ -132,7 +134,6 @@ def prepare(spec: StudySpec, *, resume: bool) -> tuple[Path, str]:
     return study_dir, uri
 
 
-LEASE_FILE = "driver.lock"
 _LEASES: list[FileLock] = []  # the leases this process holds (released at the command's end)
 
 
@@ -151,21 +152,6 @@ def take_lease(study_dir: Path) -> None:
             "machine; wait for it to end (study status shows it) or stop it, then run this again"
         ) from None
     _LEASES.append(lease)
-
-
-def driven(study_dir: Path) -> bool:
-    """Whether a `study run`, `resume` or `final` holds the study's driver lease now (the lease is
-    free once its holder ended or died; a folder that never held one is not driven)."""
-    path = study_dir / LEASE_FILE
-    if not path.exists():
-        return False
-    lease = FileLock(str(path), timeout=0)
-    try:
-        lease.acquire()
-    except Timeout:
-        return True
-    lease.release()
-    return False
 
 
 def release_leases() -> None:
@@ -372,6 +358,7 @@ def _run_session(
         raise
     finally:
         (spec.study_place(study_dir) / "trials").pull()  # an object store's records, mirrored
+        mark_lost(spec.study_place(study_dir) / "trials")  # the stage and final trials cut short
         records = study_dir / "trials"
         reconcile(uri, exp_id, study_id=spec.study_id, record_root=records)
         if stage == "search":  # trials a Ctrl-C stopped: FAIL in the ledger, run again on resume
@@ -448,12 +435,11 @@ def final_points(
     validation value: knobs and chosen guidance scale) once per seed spec.seed, spec.seed + 1, ...;
     StudyError when seeds < 1, the study has no finished trial, an override is invalid, or (unless
     allow_missing) some cell of the spec has no finished search trial to take a choice from."""
-    from analysis.runs import load_runs
     from analysis.tables import best_per_cell
 
     if seeds < 1:
         raise StudyError(f"--seeds must be an integer >= 1 (seeds per cell), got {seeds}")
-    runs = load_runs(spec.tracking_uri, spec.name, spec.study_id)
+    runs = ledger_runs(spec.study_place(study_dir), spec.name)
     best = best_per_cell(runs, spec.objectives[0].metric, spec.objectives[0].mode)
     if best.empty:
         raise StudyError(

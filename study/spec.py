@@ -20,12 +20,11 @@ from study.loading import load_raw, preset_names
 from study.locations import absolute_tracking_uri, check_locations
 from trainables import names
 from trainables.config import BASE_CONFIGS, TrialConfig, from_flat, shown
-from trainables.names import IMAGE_DATASETS, TOY_DATASETS
+from trainables.names import IMAGE_DATASETS, SEED_KEYS, TOY_DATASETS
 from trainables.storage import Place, is_uri
 
 __all__ = ["SpecError", "StudySpec", "load_raw", "load_spec", "preset_names", "validate"]
 
-SEED_KEYS = ("train.seed", "data.seed", "data.split_seed", "sample.seed")  # the spec's seed sets
 STORE_ENV = "SC_GUIDANCE_ARTIFACT_STORE"  # overrides the user-level default artifact store
 
 

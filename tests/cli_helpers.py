@@ -272,3 +272,42 @@ def table_methods(stdout: str) -> list[str]:
         for line in stdout.splitlines()
         if len(line.split()) > 1 and line.split()[0] in METHODS and "@" not in line
     ]
+
+
+def assert_the_ledger_reads_as_the_runs(study_dir: Path, name: str) -> None:
+    """The frame every view reads (analysis.ledger.ledger_runs: the ledger and the trial records)
+    says what the study's MLflow runs say: every trial's status, stage, cell, run id, own params
+    and numbers alike (times within 5 s: a record is written a moment after the run is made or
+    ended); of its own only run_again (which trials taken down with a driver ran again)."""
+    import math
+
+    import pandas as pd
+
+    from analysis.ledger import ledger_runs
+    from analysis.runs import load_runs
+
+    sections = {"data", "train", "sample", "model", "loss", "eval", "sde"}  # a config's
+    ledger = ledger_runs(study_dir, name).set_index("trial_id")
+    runs = load_runs(f"sqlite:///{study_dir / 'mlflow.db'}", name).set_index("trial_id")
+    assert ledger.index.is_unique and set(ledger.index) == set(runs.index)
+    again = ledger[ledger["run_again"]]
+    assert (again["status"] == "KILLED").all() and (again["stage"] == "search").all()
+    for column in ledger.columns.drop("run_again"):
+        assert column in runs.columns or ledger[column].isna().all(), column
+        for trial in ledger.index:
+            mine, theirs = ledger.at[trial, column], runs.at[trial, column]
+            if pd.isna(mine) and (pd.isna(theirs) or column.split(".")[0] in sections):
+                continue  # a value the spec fixes: MLflow logs every resolved param, the ledger
+                # holds the trial's own (its knobs; a final trial's seeds and choices)
+            if column in ("start_time", "end_time"):
+                if ledger.at[trial, "status"] in ("FINISHED", "FAILED"):
+                    assert abs(mine - theirs) <= 5000, (trial, column, mine, theirs)
+            elif isinstance(mine, float):
+                assert math.isclose(mine, float(theirs), rel_tol=1e-9), (
+                    trial,
+                    column,
+                    mine,
+                    theirs,
+                )
+            else:
+                assert mine == theirs, (trial, column, mine, theirs)

@@ -86,6 +86,9 @@ GUIDANCE_SCALE_KEY = "sample.guidance_scale"
 # STAGE_KEY = the artifact to stop after, or EVALUATION_STAGE (the image evaluator). Its MLflow run
 # is tagged stage = SHARED_STAGE and stays out of every table.
 STAGE_KEY = "stage"
+# The seeds a `study final` trial is given (each of its seeds; its params carry them, a search
+# trial's do not).
+SEED_KEYS = ("train.seed", "data.seed", "data.split_seed", "sample.seed")
 EVALUATION_STAGE = "evaluation"
 SHARED_STAGE = "shared"
 STAGE_METRIC = "stage_trial"  # 1.0 in a stage trial's final result
@@ -192,6 +195,7 @@ def reported_metrics(
 # ---- selection: validation split and the guidance sweep ---------------------------------------
 VALIDATION_PREFIX = "val/"  # val/<metric>: the validation split's value (the searcher reads it)
 CHOSEN_SCALE = "guidance_scale"  # the metric holding the scale a trial chose on validation
+GUIDANCE_CAP = "guidance_cap"  # the metric holding the largest scale its sweep could reach
 # Validation metrics kept per swept scale (beside the objectives): paper 001 App. D's curves.
 CURVE_METRICS = (
     "fid",
@@ -264,6 +268,7 @@ SAMPLES_IMAGE = "samples.png"  # grid of guided samples (images)
 CURVE_IMAGE = "guidance_curve.png"  # the trial's validation guidance curve
 ERROR_RECORD = "error.json"  # why a trial failed: exception type, message, step
 SPENT_RECORD = "spent.json"  # the training cost so far, after each network trained into the cache
+LOST_RECORD = "lost.json"  # written by the driver when its session ended and the trial had not
 RUN_RECORD = "mlflow_run_id.txt"  # the trial's MLflow run id, written by the driver at its start
 PARAMS_RECORD = "params.json"  # the trial's sampled params (method, label %, knobs), at its start
 SPEC_FILE = "spec.yaml"  # a study directory's validated spec

@@ -464,6 +464,7 @@ def _run_trial(context: TrialContext) -> None:
     }
     if get_method(config.method).guidance != "none":
         final[names.CHOSEN_SCALE] = sweep.scale
+        final[names.GUIDANCE_CAP] = config.sample.guidance_cap  # 0: no extension past the grid
     final = {k: float(v) for k, v in final.items()}
     _check_objectives(final, context.objectives)
     record = Place(context.record_dir)

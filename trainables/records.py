@@ -17,7 +17,9 @@ Records (files, per trial):
   result, replayed rather than retrained after a restore;
 - error.json (the worker, when it fails): exception type, message and step;
 - spent.json (the worker, each time it has trained a network into the cache): its training cost
-  so far, which a trial taken down before its final result still counts with (study.tracking).
+  so far, which a trial taken down before its final result still counts with (study.tracking);
+- lost.json (the driver, as its session ends or after it was killed, the next one's end): the
+  trial neither finished nor failed; it was taken down with its session.
 """
 
 from __future__ import annotations
@@ -32,9 +34,12 @@ from trainables.names import (
     ARTIFACTS_RECORD,
     ERROR_RECORD,
     FINAL_RECORD,
+    LOST_RECORD,
     PARAMS_RECORD,
     RUN_RECORD,
+    SEED_KEYS,
     SPENT_RECORD,
+    STAGE_KEY,
     TAGS_RECORD,
 )
 from trainables.storage import Place
@@ -171,6 +176,15 @@ class TrialRecords:
     def spent(self) -> dict[str, float]:
         return self.read(SPENT_RECORD) or {}
 
+    def write_lost(self) -> None:
+        """The trial was taken down with its session (no final result, no error of its own)."""
+        reason = "its driver's session ended (stopped, interrupted or killed) before it did"
+        self.write(LOST_RECORD, {"reason": reason})
+
+    def ended(self) -> bool:
+        """Whether the trial ended: finished, failed, or taken down with its session."""
+        return any(self.written(name) for name in (FINAL_RECORD, ERROR_RECORD, LOST_RECORD))
+
     def written(self, name: str) -> float | None:
         """When a record was written (seconds since the epoch; an object store's records keep
         the store's time in the mirror), None without it."""
@@ -180,12 +194,32 @@ class TrialRecords:
     def times(self) -> tuple[float, float] | None:
         """(first, last) times the trial's record files were written (seconds since the epoch:
         its run id and params are written as it starts, its final result or error as it ends);
-        None without records. The last is not the run id's unless nothing else is written: the
-        driver writes it again when it writes the run again (study.runner.rebuild_runs)."""
+        None without records. The last is not the run id's unless nothing else is written (the
+        driver writes it again when it writes the run again: study.runner.rebuild_runs), nor the
+        lost mark's (written when the next session ended: the trial was last heard of before)."""
         if not self.folder.is_dir():
             return None
         times = {p.name: p.stat().st_mtime for p in self.folder.iterdir() if p.is_file()}
         if not times:
             return None
-        ends = [t for name, t in times.items() if name != RUN_RECORD] or list(times.values())
+        ends = [t for name, t in times.items() if name not in (RUN_RECORD, LOST_RECORD)]
+        ends = ends or list(times.values())
         return min(times.values()), max(ends)
+
+
+def mark_lost(root: str | Place) -> int:
+    """At a session's end (none of its trials runs any more): every stage trial and `study final`
+    trial under root (their end is in their records alone; a search trial's is its state in the
+    ledger: study.cell_studies.settle_trials) with neither a final result nor an error was taken
+    down with its session or an earlier killed one: marked lost. How many."""
+    root = root if isinstance(root, Place) else Place(str(root))
+    lost = 0
+    for folder in sorted(root.local.iterdir()) if root.local.is_dir() else []:
+        records = TrialRecords.of(root, folder.name)
+        params = records.params() if folder.is_dir() else None
+        if params is None or records.ended():
+            continue
+        if params.get(STAGE_KEY) or any(key in params for key in SEED_KEYS):
+            records.write_lost()
+            lost += 1
+    return lost

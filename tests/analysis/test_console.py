@@ -184,14 +184,14 @@ def test_write_figures_writes_all_three_kinds(tmp_path):
 
 def test_a_cell_whose_chosen_scale_is_the_sweeps_cap_is_marked():
     runs = _study()
-    runs["sample.guidance_cap"] = 16.0
+    runs["guidance_cap"] = 16.0
     capped = (runs["method"] == "CG") & (runs["label_percent"] == 5.0)
     runs.loc[capped, "guidance_scale"] = 16.0
     text = console_table(runs, [OBJ])
     cg = next(line for line in text.splitlines() if line.startswith("CG "))
     assert "γ=16(cap)" in cg and cg.count("(cap)") == 1  # the 100 % cell chose 2: not marked
     assert "chosen at the sweep's cap, guidance.max_scale" in text
-    runs["sample.guidance_cap"] = 0.0  # no extension: nothing is "at the cap"
+    runs["guidance_cap"] = 0.0  # no extension: nothing is "at the cap"
     assert "(cap)" not in console_table(runs, [OBJ])
 
 

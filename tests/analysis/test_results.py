@@ -5,8 +5,10 @@ import re
 
 import pytest
 import yaml
+from filelock import FileLock
 
 from analysis import StudyNotReady, load_study
+from analysis.ledger import LEASE_FILE, ledger_runs
 
 
 def _files(folder):
@@ -14,45 +16,54 @@ def _files(folder):
 
 
 def _study(tmp_path, status=None):
-    """A study folder whose MLflow store holds one trial run with the given status (or none)."""
-    from study.tracking import open_tracking_store
+    """A study folder whose ledger holds one search trial (its records) that ended with the given
+    status (RUNNING: while a driver holds the study), or none."""
+    from trainables.records import TrialRecords
 
     folder = tmp_path / "studies" / "s"
     folder.mkdir(parents=True)
-    uri = f"sqlite:///{folder / 'mlflow.db'}"
-    spec = {"name": "s", "study_id": "0123456789abcdef", "tracking_uri": uri,
+    spec = {"name": "s", "study_id": "0123456789abcdef",
+            "tracking_uri": f"sqlite:///{folder / 'mlflow.db'}",
             "objectives": [{"metric": "gen_accuracy", "mode": "max"}]}  # fmt: skip
     (folder / "spec.yaml").write_text(yaml.safe_dump(spec))
     if status is not None:
-        client = open_tracking_store(uri)  # as a study opens its store
-        exp = client.create_experiment("s", artifact_location=(folder / "art").as_uri())
-        tags = {"role": "trial", "study_id": spec["study_id"], "trial_id": "t1", "stage": "search",
-                "method": "CG", "label_percent": "5.0"}  # fmt: skip
-        run = client.create_run(exp, tags=tags)
-        client.log_param(run.info.run_id, "data.label_percent", "5.0")
-        client.log_metric(run.info.run_id, "gen_accuracy", 0.7)
-        client.log_metric(run.info.run_id, "val/gen_accuracy", 0.7)
-        if status != "RUNNING":
-            client.set_terminated(run.info.run_id, status)
+        records = TrialRecords.of(folder / "trials", "t1")
+        records.write_run_id("run1")
+        records.write_params({"method": "CG", "data.label_percent": 5.0})
+        if status == "FINISHED":
+            records.write_final({"gen_accuracy": 0.7, "val/gen_accuracy": 0.7, "final": 1.0})
+        if status == "FAILED":
+            records.write_error(FloatingPointError("loss is nan"))
     return folder
 
 
 @pytest.mark.parametrize(
     ("status", "needle"),
-    [(None, "MLflow store"), ("FAILED", "no finished trial yet"),
+    [(None, "no finished trial yet"), ("FAILED", "no finished trial yet"),
      ("RUNNING", "is still running (1 trial runs RUNNING)")],
 )  # fmt: skip
 def test_load_study_refuses_with_one_line_and_writes_nothing(tmp_path, status, needle):
     folder = _study(tmp_path, status)
-    before = _files(folder)
-    with pytest.raises(StudyNotReady, match=re.escape(needle)) as info:
-        load_study(folder)
-    assert "\n" not in str(info.value)
-    if status is None:  # no store at all: restore it, nothing to resume from
-        assert "is missing; restore it" in str(info.value)
-    else:
+    lease = FileLock(str(folder / LEASE_FILE), timeout=0)
+    if status == "RUNNING":
+        lease.acquire()  # a driver runs it (another process's lease: flock is per open file)
+    try:
+        before = _files(folder)
+        with pytest.raises(StudyNotReady, match=re.escape(needle)) as info:
+            load_study(folder)
+        assert "\n" not in str(info.value)
         assert f"study resume {folder}" in str(info.value)
-    assert _files(folder) == before
+        assert _files(folder) == before
+    finally:
+        lease.release()
+
+
+def test_a_trial_left_running_by_a_dead_driver_is_no_longer_running(tmp_path):
+    # The same record without a driver holding the study: taken down with its driver.
+    folder = _study(tmp_path, "RUNNING")
+    with pytest.raises(StudyNotReady, match="no finished trial yet"):
+        load_study(folder)
+    assert ledger_runs(folder, "s")["status"].tolist() == ["KILLED"]
 
 
 def test_not_a_study_folder(tmp_path):

@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from cli_helpers import TOY_FAST, cli_env, run_cli, run_main
+from cli_helpers import TOY_FAST, assert_the_ledger_reads_as_the_runs, cli_env, run_cli, run_main
 
 pytestmark = pytest.mark.slow
 
@@ -302,28 +302,36 @@ def _snapshot(folder):
 def test_a_lost_or_emptied_tracking_store_is_written_again_from_the_records(
     finished_study, tmp_path
 ):
+    from analysis import load_study
     from analysis.runs import load_runs
 
     root, study_dir, _ = finished_study
     original = load_runs(f"sqlite:///{study_dir / 'mlflow.db'}", "e2e")
     original = original[original["stage"] == "search"].set_index("trial_id")
-    # The store deleted: `study status` reads the ledger and the records, not the store, and
-    # says what it said before; every command that reads the store refuses, naming the fix;
-    # nothing changes.
+    # The store deleted: the views read the ledger and the records, not the store, and say
+    # what they said before (status, load_study, export-best, plot); a command that writes runs
+    # (resume) refuses, naming the fix, and changes nothing.
     gone = _copy_study(study_dir, tmp_path / "gone")
     status = _cmd("status", str(gone), cwd=tmp_path)
+    exported = _cmd("export-best", str(gone), cwd=tmp_path)
+    best = {p.name: p.read_text() for p in (gone / "best").iterdir()}
     (gone / "mlflow.db").unlink()
     before = _snapshot(gone)
     without = _cmd("status", str(gone), cwd=tmp_path)
     assert without.returncode == 0 and without.stdout == status.stdout, without.stderr[-2000:]
     assert "search trials 4/4, stage trials 1/1" in without.stdout
-    for command in ("export-best", "resume", "plot"):
-        result = _cmd(command, str(gone), cwd=tmp_path)
-        assert result.returncode == 2, (command, result.stderr[-2000:])
-        lines = result.stderr.strip().splitlines()
-        assert len(lines) == 1 and "MLflow store" in lines[0] and "is missing" in lines[0], lines
-        assert f"study table {gone}" in lines[0]
+    result = _cmd("resume", str(gone), cwd=tmp_path)
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "MLflow store" in lines[0] and "is missing" in lines[0], lines
+    assert f"study table {gone}" in lines[0]
     assert _snapshot(gone) == before and not (gone / "mlflow.db").exists()
+    assert load_study(gone).best_configs == load_study(study_dir).best_configs
+    again = _cmd("export-best", str(gone), cwd=tmp_path)
+    assert again.returncode == 0 and again.stdout == exported.stdout, again.stderr[-2000:]
+    assert {p.name: p.read_text() for p in (gone / "best").iterdir()} == best
+    assert _cmd("plot", str(gone), cwd=tmp_path).returncode == 0
+    assert not (gone / "mlflow.db").exists()
     # `study table` writes every trial run again from the records, and the same tables.
     tables = (gone / "tables" / "comparison.md").read_text()
     result = _cmd("table", str(gone), cwd=tmp_path)
@@ -461,10 +469,10 @@ def _assert_search_trials_with_objective(study_dir, dom, text):
     stage trials (shared networks)."""
     from mlflow.tracking import MlflowClient
 
-    from analysis.results import read_spec, tracking_uri
+    from analysis.results import read_spec
 
     folder, raw = read_spec(study_dir)
-    client = MlflowClient(tracking_uri(folder, raw))
+    client = MlflowClient(f"sqlite:///{folder / 'mlflow.db'}")
     experiment = client.get_experiment_by_name(raw["name"])
     runs = {r.info.run_id: r for r in client.search_runs([experiment.experiment_id])}
     grid = GridCells()
@@ -615,6 +623,7 @@ def test_optuna_names_its_objective_and_links_trials_to_their_runs(finished_stud
 
 def test_status_and_plot_read_a_finished_study(finished_study):
     root, study_dir, _ = finished_study
+    assert_the_ledger_reads_as_the_runs(study_dir, "e2e")
     status = _cmd("status", str(study_dir), cwd=root)
     assert status.returncode == 0, status.stderr[-2000:]
     assert status.stdout.startswith("search trials 4/4, stage trials 1/1; 0 running, 0 pending")
@@ -730,10 +739,13 @@ def test_final_refuses_a_study_with_an_unfinished_cell_unless_allowed(finished_s
     from study.spec import load_spec
 
     root, study_dir, _ = finished_study
-    # A copy of the study's runs, with a fourth cell that has no finished trial.
+    # A copy of the study's ledger, records and runs, with a fourth cell that has no finished
+    # trial.
     holed = tmp_path / "studies" / "e2e"
     holed.mkdir(parents=True)
-    shutil.copy2(study_dir / "mlflow.db", holed / "mlflow.db")
+    for name in ("mlflow.db", "optuna.db"):
+        shutil.copy2(study_dir / name, holed / name)
+    shutil.copytree(study_dir / "trials", holed / "trials")
     spec = yaml.safe_load((study_dir / "spec.yaml").read_text())
     spec["methods"] = [*spec["methods"], "Cond"]
     (holed / "spec.yaml").write_text(yaml.safe_dump(spec))
@@ -743,7 +755,12 @@ def test_final_refuses_a_study_with_an_unfinished_cell_unless_allowed(finished_s
     line = result.stderr.strip()
     assert "cells without a finished search trial: Cond@20%" in line and "study resume" in line
     assert "--allow-missing" in line and len(line.splitlines()) == 1
-    assert sorted(p.name for p in holed.iterdir()) == ["mlflow.db", "spec.yaml"]
+    assert sorted(p.name for p in holed.iterdir()) == [
+        "mlflow.db",
+        "optuna.db",
+        "spec.yaml",
+        "trials",
+    ]
     assert (holed / "mlflow.db").stat().st_mtime_ns == before
     # --allow-missing: the three finished cells' choices, the hole left out
     points = final_points(holed, load_spec(str(holed / "spec.yaml")), 1, {}, allow_missing=True)
@@ -757,6 +774,7 @@ def test_final_runs_each_cells_choice_over_seeds_reusing_what_is_trained(finishe
     assert result.returncode == 0, result.stderr[-3000:]
     final, search = _final_runs(study_dir)
     assert len(final) == 2 * 3 and (final["status"] == "FINISHED").all()  # 3 cells x 2 seeds
+    assert_the_ledger_reads_as_the_runs(study_dir, "e2e")  # the final runs and their networks
     assert sorted(final["train.seed"].unique()) == [0, 1]
     # Seed 0 is the search's seed: every network is already trained, none is trained again.
     seed0 = final[final["train.seed"] == 0]

@@ -8,7 +8,14 @@ import sys
 import time
 
 import pytest
-from cli_helpers import TOY_FAST, assert_runs_follow_the_ledger, cli_env, run_cli, write_spec
+from cli_helpers import (
+    TOY_FAST,
+    assert_runs_follow_the_ledger,
+    assert_the_ledger_reads_as_the_runs,
+    cli_env,
+    run_cli,
+    write_spec,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -72,6 +79,7 @@ def test_ctrl_c_exits_130_and_the_study_resumes(tmp_path):
     ]
     assert len({r.data.tags["trial_id"] for r in trials}) == len(trials)  # one run per trial
     assert_runs_follow_the_ledger(study_dir, trials, cells=2)  # the interrupted trial: FAIL, KILLED
+    assert_the_ledger_reads_as_the_runs(study_dir, "interrupted")
     # FIFO: an interrupted trial is resumed, never mistaken for one ASHA stopped.
     assert not any(r.data.tags.get("early_stopped") for r in trials)
     # One trial at a time on a local cluster: each evaluation borrowed every CPU no trial held

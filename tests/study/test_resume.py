@@ -12,7 +12,14 @@ from pathlib import Path
 
 import pytest
 import yaml
-from cli_helpers import TOY_FAST, TRIAL_END, assert_runs_follow_the_ledger, cli_env, table_methods
+from cli_helpers import (
+    TOY_FAST,
+    TRIAL_END,
+    assert_runs_follow_the_ledger,
+    assert_the_ledger_reads_as_the_runs,
+    cli_env,
+    table_methods,
+)
 
 from trainables.names import FINAL_RECORD, SPENT_RECORD
 
@@ -301,6 +308,7 @@ def test_a_killed_driver_resumes_to_every_cell_with_nothing_left_running(
         assert len({tuple(sorted(t.params.items())) for t in done}) == len(done)
         assert all(t.state.name in ("COMPLETE", "FAIL") for t in trials)
     assert_runs_follow_the_ledger(study_dir, runs, cells=4)
+    assert_the_ledger_reads_as_the_runs(study_dir, "killed3")
     status = subprocess.run(
         [sys.executable, "-m", "study", "status", str(study_dir)],
         cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=120,

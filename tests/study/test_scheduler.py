@@ -114,3 +114,26 @@ def test_asha_spec_defaults_to_the_first_objective(tmp_path):
 def test_bad_scheduler_specs_are_refused(scheduler, needle):
     with pytest.raises(SpecError, match=needle):
         validate(_spec(scheduler=scheduler))
+
+
+def test_a_trial_stopped_early_keeps_its_training_in_the_ledger(tmp_path):
+    # What the trial had trained when the scheduler stopped it is told to its cell's study, so
+    # the views (analysis.ledger) count it without the MLflow store.
+    from analysis.ledger import ledger_runs
+    from trainables.records import COST, TrialRecords
+
+    spec = _asha_spec()
+    searcher = CellSearcher(spec, tmp_path)
+    halving = make_scheduler(spec, searcher)
+    a, b = _start(searcher, "a", "CG-SC-all"), _start(searcher, "b", "CG-SC-all")
+    assert _epoch(halving, a, 1, 0.9) == CONTINUE
+    assert _epoch(halving, b, 1, 0.5) == STOP
+    last = {"eval_epoch": 1, "val/gen_accuracy": 0.5, COST.STEPS_SO_FAR: 20.0,
+            COST.TRAIN_SECONDS_SO_FAR: 1.5}  # fmt: skip
+    TrialRecords.of(tmp_path / "trials", b.trial_id).write_params(
+        {"method": "CG-SC-all", "data.label_percent": 20.0}
+    )
+    searcher.on_trial_complete(b.trial_id, last)
+    (row,) = ledger_runs(tmp_path, spec.name).to_dict("records")
+    assert row["trial_id"] == b.trial_id and row["status"] == "FINISHED" and row["early_stopped"]
+    assert row[COST.STEPS_SO_FAR] == 20.0 and row[COST.TRAIN_SECONDS_SO_FAR] == 1.5

@@ -50,3 +50,31 @@ def test_reading_records_imports_neither_torch_nor_ray(tmp_path):
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stderr[-2000:]
+
+
+def test_a_session_end_marks_its_unended_stage_and_final_trials_lost(tmp_path):
+    # Only trials whose end lives in their records alone (stage trials, `study final` trials),
+    # only those that neither finished nor failed; a search trial's end is its ledger state (an
+    # early stop has neither record and is no loss). Their last-heard time is not the mark's.
+    import os
+
+    from trainables.records import mark_lost
+
+    root = tmp_path / "trials"
+    made = {
+        "stage": {"method": "CG", "data.label_percent": 5.0, "stage": "score"},
+        "seed": {"method": "CG", "data.label_percent": 5.0, "train.seed": 1},
+        "search": {"method": "CG", "data.label_percent": 5.0},
+        "done": {"method": "CG", "data.label_percent": 5.0, "stage": "classifier"},
+        "failed": {"method": "CG", "data.label_percent": 5.0, "train.seed": 2},
+    }
+    for trial_id, params in made.items():
+        TrialRecords.of(root, trial_id).write_params(params)
+        os.utime(root / trial_id / "params.json", (1000.0, 1000.0))
+    TrialRecords.of(root, "done").write_final({"final": 1.0})
+    TrialRecords.of(root, "failed").write_error(RuntimeError("out of memory"))
+    assert mark_lost(root) == 2
+    lost = {t for t in made if TrialRecords.of(root, t).ended()}
+    assert lost == {"stage", "seed", "done", "failed"}  # the search trial: its ledger's to say
+    assert TrialRecords.of(root, "stage").times() == (1000.0, 1000.0)
+    assert mark_lost(root) == 0  # marked once
