@@ -172,6 +172,32 @@ def _row(records: TrialRecords, trial: Any, rerun: bool, live: bool) -> dict | N
     return row
 
 
+def _unrecorded(tune_id: str, trial: Any, rerun: bool) -> dict:
+    """The row of a search trial the ledger holds but whose records were never written (its
+    records folder could not be written): its cell, knobs, state, times and error (why it failed,
+    from Tune's error: study.search.NotesErrors) from the ledger alone."""
+    method, _, percent = str(trial.user_attrs.get("cell", "")).rpartition("@")
+    state = trial.state.name
+    lost = state == "FAIL" and trial.user_attrs.get(LOST)
+    status = {"COMPLETE": "FINISHED", "PRUNED": "FINISHED", "FAIL": "FAILED"}.get(state, "RUNNING")
+    times = [t.timestamp() * 1000 for t in (trial.datetime_start, trial.datetime_complete) if t]
+    return {
+        "run_id": trial.user_attrs.get("mlflow_run_id"),
+        "trial_id": tune_id,
+        "status": "KILLED" if lost else status,
+        "early_stopped": state == "PRUNED",
+        "run_again": bool(lost and rerun),
+        "stage": "search",
+        "method": method,
+        "label_percent": float(percent.rstrip("%")),
+        "session": "search",
+        "start_time": round(times[0]) if times else None,
+        "end_time": round(times[1]) if len(times) > 1 else None,
+        "error": trial.user_attrs.get("error"),
+        **{k: _param(v) for k, v in trial.params.items()},
+    }
+
+
 def _first(error: dict) -> str:
     lines = (error.get("message") or "").strip().splitlines()
     return lines[0] if lines else ""
@@ -200,6 +226,8 @@ def ledger_runs(place: Place | str | Path, study_name: str) -> pd.DataFrame:
         row = _row(TrialRecords.of(root, path.name), trial, rerun, live)
         if row is not None:
             rows.append(row)
+    recorded = {row["trial_id"] for row in rows}
+    rows += [_unrecorded(i, t, rerun) for i, (t, rerun) in ledger.items() if i not in recorded]
     if not rows:
         return pd.DataFrame(columns=BASE_COLUMNS)
     # Newest first, as MLflow lists runs: a tie between trials is broken as it always was.

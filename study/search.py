@@ -27,7 +27,7 @@ from study.cell_studies import (
 from study.spec import StudySpec
 from study.stages import StageGate, plan_stages
 from trainables.names import LABEL_PERCENT_KEY, METHOD_KEY, TUNED_KEYS
-from trainables.records import EVAL_EPOCH_KEY, TrialRecords, is_final
+from trainables.records import EVAL_EPOCH_KEY, TrialRecords, is_final, tune_error
 
 
 class _TellsOptuna:
@@ -47,6 +47,7 @@ class _TellsOptuna:
             url, spec.name, spec.seed, self.objectives, spec.ranges(), self.cells, searches
         )
         self.live: dict[str, tuple[Cell, int]] = {}  # Tune trial id -> (cell, Optuna number)
+        self.errors: dict[str, dict] = {}  # Tune's error of a trial, noted by the scheduler
 
     def on_trial_complete(
         self, trial_id: str, result: dict | None = None, error: bool = False
@@ -56,6 +57,14 @@ class _TellsOptuna:
             return
         cell, number = self.live.pop(trial_id)
         self.optuna.link_run(cell, number, self.record_root, trial_id)
+        outside = self.errors.pop(trial_id, None)
+        if (
+            error
+            and outside is not None
+            and TrialRecords.of(self.record_root, trial_id).error() is None
+        ):
+            # Failed outside its worker's records (none could be written): why, in the ledger.
+            self.optuna._set_attr(cell, number, "error", f"{outside['type']}: {outside['message']}")
         retry = not (error and TrialRecords.of(self.record_root, trial_id).failed_on_objective())
         self.optuna.tell(cell, number, result, error, retry=retry)
 
@@ -219,7 +228,23 @@ class _Rungs:
         return self._study.get_trials(deepcopy=deepcopy)
 
 
-class CellHalving(FIFOScheduler):
+class NotesErrors(FIFOScheduler):
+    """First-in first-out, and a failed trial's error (Tune's error file) noted for the searcher,
+    which Tune tells of the failure right after the scheduler but without the error: a trial that
+    failed outside its worker's records is told FAIL with why (the ledger's error attribute)."""
+
+    def __init__(self, searcher: CellSearcher) -> None:
+        super().__init__()
+        self.searcher = searcher
+
+    def on_trial_error(self, tune_controller: Any, trial: Any) -> None:
+        error = tune_error(getattr(trial, "error_file", None))
+        if error is not None:
+            self.searcher.errors[trial.trial_id] = error
+        super().on_trial_error(tune_controller, trial)
+
+
+class CellHalving(NotesErrors):
     """Early stopping decided from the ledger (asynchronous successive halving per cell).
 
     Each search trial's per-epoch guard value (EVAL_EPOCH_KEY epochs of its last artifact) is
@@ -234,8 +259,8 @@ class CellHalving(FIFOScheduler):
     def __init__(
         self, searcher: CellSearcher, metric: str, mode: str, grace: int, reduction: int
     ) -> None:
-        super().__init__()
-        self.searcher, self.guard = searcher, metric
+        super().__init__(searcher)
+        self.guard = metric
         self.direction = StudyDirection.MINIMIZE if mode == "min" else StudyDirection.MAXIMIZE
         self.pruner = SuccessiveHalvingPruner(min_resource=grace, reduction_factor=reduction)
 
@@ -254,11 +279,11 @@ class CellHalving(FIFOScheduler):
         return TrialScheduler.STOP if pruned else TrialScheduler.CONTINUE
 
 
-def make_scheduler(spec: StudySpec, searcher: CellSearcher) -> CellHalving | None:
-    """None (FIFO) or successive halving per cell on the guard objective, in epochs of the
-    trial's last artifact."""
+def make_scheduler(spec: StudySpec, searcher: CellSearcher) -> NotesErrors:
+    """First-in first-out or successive halving per cell on the guard objective, in epochs of the
+    trial's last artifact; either notes failed trials' errors for the searcher."""
     if spec.scheduler.type != "asha":
-        return None
+        return NotesErrors(searcher)
     mode = next(o.mode for o in spec.objectives if o.metric == spec.scheduler.metric)
     return CellHalving(
         searcher,

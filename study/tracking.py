@@ -40,7 +40,7 @@ from trainables.names import (
     knob_text,
     parse_curve_key,
 )
-from trainables.records import FINAL_KEY, TrialRecords, evaluated_epochs, is_final
+from trainables.records import FINAL_KEY, TrialRecords, evaluated_epochs, is_final, tune_error
 from trainables.registry import shaping_keys
 from trainables.storage import Place
 
@@ -485,11 +485,9 @@ def _failure_tags(records: TrialRecords, trial: Trial) -> dict[str, str]:
         if reason.get("step") is not None:
             tags["failed_at_step"] = str(reason["step"])
         return tags
-    error_file = getattr(trial, "error_file", None)
-    if error_file and Path(error_file).exists():
-        last = Path(error_file).read_text().strip().splitlines()[-1:] or ["unknown error"]
-        kind, _, message = last[0].partition(": ")
-        return {"error_type": kind.rsplit(".", 1)[-1][:250], "error_message": message[:5000]}
+    outside = tune_error(getattr(trial, "error_file", None))
+    if outside is not None:
+        return {"error_type": outside["type"], "error_message": outside["message"]}
     return {"error_type": "unknown", "error_message": "the trial failed without an error record"}
 
 

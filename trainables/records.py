@@ -207,6 +207,16 @@ class TrialRecords:
         return min(times.values()), max(ends)
 
 
+def tune_error(error_file: str | Path | None) -> dict | None:
+    """{"type", "message"} from the last line of Tune's error file of a trial (an error outside
+    its worker's own records, e.g. a records folder it could not write); None without one."""
+    if not error_file or not Path(error_file).is_file():
+        return None
+    last = Path(error_file).read_text().strip().splitlines()[-1:] or ["unknown error"]
+    kind, _, message = last[0].partition(": ")
+    return {"type": kind.rsplit(".", 1)[-1][:250], "message": message[:2000]}
+
+
 def mark_lost(root: str | Place) -> int:
     """At a session's end (none of its trials runs any more): every stage trial and `study final`
     trial under root (their end is in their records alone; a search trial's is its state in the

@@ -6,7 +6,7 @@ from types import SimpleNamespace
 import pytest
 from ray.tune.schedulers import TrialScheduler
 
-from study.search import CellSearcher, make_scheduler
+from study.search import CellSearcher, NotesErrors, make_scheduler
 from study.spec import SpecError, validate
 
 CONTINUE, STOP = TrialScheduler.CONTINUE, TrialScheduler.STOP
@@ -96,7 +96,8 @@ def test_asha_spec_defaults_to_the_first_objective(tmp_path):
     assert halving.guard == "val/gen_accuracy" and halving.direction.name == "MAXIMIZE"
     plain = validate(_spec())
     (tmp_path / "fifo").mkdir()
-    assert make_scheduler(plain, CellSearcher(plain, tmp_path / "fifo")) is None
+    fifo = make_scheduler(plain, CellSearcher(plain, tmp_path / "fifo"))
+    assert type(fifo) is NotesErrors  # first in, first out; failed trials' errors noted
 
 
 @pytest.mark.parametrize(
@@ -134,6 +135,10 @@ def test_a_trial_stopped_early_keeps_its_training_in_the_ledger(tmp_path):
         {"method": "CG-SC-all", "data.label_percent": 20.0}
     )
     searcher.on_trial_complete(b.trial_id, last)
-    (row,) = ledger_runs(tmp_path, spec.name).to_dict("records")
-    assert row["trial_id"] == b.trial_id and row["status"] == "FINISHED" and row["early_stopped"]
+    runs = ledger_runs(tmp_path, spec.name).set_index("trial_id")
+    row = runs.loc[b.trial_id]
+    assert row["status"] == "FINISHED" and row["early_stopped"]
     assert row[COST.STEPS_SO_FAR] == 20.0 and row[COST.TRAIN_SECONDS_SO_FAR] == 1.5
+    # A trial without records yet (its first seconds) is in the ledger: running, in its cell.
+    assert runs.loc[a.trial_id, "status"] == "RUNNING"
+    assert runs.loc[a.trial_id, "method"] == "CG-SC-all"
