@@ -214,8 +214,9 @@ def ledger_runs(place: Place | str | Path, study_name: str) -> pd.DataFrame:
 
     place = place if isinstance(place, Place) else Place(str(place))
     folder = place.local
-    live = place.remote or driven(folder)  # an object store's study may run on another machine
-    if place.remote and not driven(folder):  # not this machine's live ledger: the store's backup
+    here = driven(folder)  # a driver on this machine holds the study
+    live = place.remote or here  # an object store's study may run on another machine
+    if place.remote and not here:  # not this machine's live ledger: the store's backup
         place.pull(folder / LEDGER_FILE, fresh=True)
     ledger = ledger_trials(folder / LEDGER_FILE, study_name)
     root = place / "trials"

@@ -142,17 +142,26 @@ class CellStudies:
         return None
 
     def tell(
-        self, cell: Cell, number: int, result: dict | None, error: bool, retry: bool = True
+        self,
+        cell: Cell,
+        number: int,
+        result: dict | None,
+        error: bool,
+        retry: bool = True,
+        why: dict | None = None,
     ) -> None:
         """The trial's end: its objective values; FAIL for an error or a non-finite value, PRUNED
         for a trial stopped before its final evaluation (early stopping). A non-finite value, or
         an error with retry False (its objective failed: TrialRecords.failed_on_objective), is
-        marked diverged: it would fail again, so no session runs it again (retries)."""
+        marked diverged: it would fail again, so no session runs it again (retries). why: an error
+        with no record of its own ({"type", "message"}), kept as the trial's error attribute."""
         values = [(result or {}).get(metric) for metric, _ in self.objectives]
         if not is_final(result):  # stopped before its final evaluation
             values = [None]
         if error:
             state, told = STATE.FAIL, None
+            if why is not None:
+                self._set_attr(cell, number, "error", f"{why['type']}: {why['message']}")
             if not retry:
                 self._set_attr(cell, number, "diverged", True)
         elif any(v is None for v in values):

@@ -57,16 +57,14 @@ class _TellsOptuna:
             return
         cell, number = self.live.pop(trial_id)
         self.optuna.link_run(cell, number, self.record_root, trial_id)
-        outside = self.errors.pop(trial_id, None)
-        if (
-            error
-            and outside is not None
-            and TrialRecords.of(self.record_root, trial_id).error() is None
-        ):
-            # Failed outside its worker's records (none could be written): why, in the ledger.
-            self.optuna._set_attr(cell, number, "error", f"{outside['type']}: {outside['message']}")
-        retry = not (error and TrialRecords.of(self.record_root, trial_id).failed_on_objective())
-        self.optuna.tell(cell, number, result, error, retry=retry)
+        records, outside = (
+            TrialRecords.of(self.record_root, trial_id),
+            self.errors.pop(trial_id, None),
+        )
+        # Failed outside its worker's records (none could be written): Tune's error is why.
+        why = outside if error and records.error() is None else None
+        retry = not (error and records.failed_on_objective())
+        self.optuna.tell(cell, number, result, error, retry=retry, why=why)
 
 
 def settle_study(spec: StudySpec, study_dir: Path) -> int:
