@@ -4,7 +4,6 @@ arithmetic over the runs frame (analysis.runs.load_runs); the CLI prints it."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
@@ -95,15 +94,16 @@ def compute_line(report: dict[str, float]) -> str:
 
 
 def write_compute(
-    runs: pd.DataFrame, history: Callable[[str], dict[int, float]], slots: int, tables: Path
+    runs: pd.DataFrame,
+    sessions: tuple[dict[int, float], dict[int, float]],
+    slots: int,
+    tables: Path,
 ) -> tuple[list[Path], str]:
     """The search's compute report (analysis.accounting) written to tables/compute.md:
-    ([that file], the console's line), or ([], "") before a trial has finished. history(key) is
-    the study's parent-run metric history of key (its sessions' start and wall times)."""
+    ([that file], the console's line), or ([], "") before a trial has finished. sessions: the
+    search sessions' (starts, walls) from the study's session records (trainables.records)."""
     search = runs[runs["stage"].isin(["search", SHARED_STAGE])] if "stage" in runs else runs
-    wall = accounting.study_wall(
-        history("study/search_session_start"), history("study/search_wall_seconds"), search
-    )
+    wall = accounting.study_wall(*sessions, search)
     report = accounting.compute_report(runs, wall, slots)
     if not report:
         return [], ""

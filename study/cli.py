@@ -32,6 +32,7 @@ from study.spec import SpecError, load_spec
 from study.stages import plan_stages
 from study.views import VIEW_TITLES, view_path
 from trainables.names import SPEC_FILE, cell_label
+from trainables.records import sessions
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -48,19 +49,17 @@ def _table(study_dir: Path, spec: StudySpec) -> str:
     from analysis.figures import write_figures
     from analysis.report import write_report
     from analysis.summary import budget_line, run_counts, write_compute
-    from study.tracking import log_report, parent_metric_history
+    from study.tracking import log_report
 
-    def history(key: str) -> dict[int, float]:
-        return parent_metric_history(spec.tracking_uri, spec.name, key, spec.study_id)
-
-    runs = ledger_runs(spec.study_place(study_dir), spec.name)
+    place = spec.study_place(study_dir)
+    runs = ledger_runs(place, spec.name)
     objectives = [(o.metric, o.mode) for o in spec.objectives]
     keep_written_tables(runs, study_dir)
     cells = [cell_label(m, p) for m, p in spec.cell_budgets()]
     tables = study_dir / "tables"
     _, files = write_report(runs, objectives, tables, cells)
     slots = spec.resources.max_concurrent_trials
-    compute, compute_text = write_compute(runs, history, slots, tables)
+    compute, compute_text = write_compute(runs, sessions(place, "search"), slots, tables)
     files += compute
     figures = write_figures(runs, objectives, study_dir)
     log_report(spec.tracking_uri, spec.name, files + figures, spec.study_id)

@@ -44,7 +44,7 @@ from trainables.names import (
     VALIDATION_PREFIX,
     cell_label,
 )
-from trainables.records import TrialRecords, mark_lost
+from trainables.records import TrialRecords, mark_lost, write_session
 from trainables.storage import Place, rehomed
 
 __all__ = ["StudyError", "StudyInterrupted", "load_study_spec", "run_study", "study_dir_for"]
@@ -339,11 +339,12 @@ def _run_session(
     start = time.perf_counter()
     session = _session(spec, study_dir, uri, verbose, stage, progress)
     client, exp_id, parent, trainable, callbacks = session
-    # Each session's start and wall under its own step, so the accounting sums the study's whole
-    # life; a session killed before it logs its wall is bounded by its trials' ends
-    # (analysis.accounting.study_wall).
+    # Each session's start and wall in the study's session records (and on the parent run, under
+    # its own step, for the UI), so the accounting sums the study's whole life; a session killed
+    # before it writes its wall is bounded by its trials' ends (analysis.accounting.study_wall).
     begun = time.time()
     step = int(begun * 1000)
+    write_session(spec.study_place(study_dir), stage, begun)
     client.log_metric(parent, f"study/{stage}_session_start", begun, step=step)
     outcome = "FAILED"  # the parent run's status unless the work completes or is interrupted
     ran = True
@@ -365,6 +366,7 @@ def _run_session(
             settle_study(spec, study_dir)
         client.set_terminated(parent, outcome)
     wall = time.perf_counter() - start if ran else 0.0
+    write_session(spec.study_place(study_dir), stage, begun, wall)
     client.log_metric(parent, f"study/{stage}_wall_seconds", wall, step=step)
 
 

@@ -357,7 +357,14 @@ class MLflowTracker(tune.Callback):
         return tags
 
     def on_trial_start(self, iteration: int, trials: list, trial: Trial, **info: Any) -> None:
-        """Create (or find) the trial's run."""
+        """Write the trial's params record (the trial's start in the ledger: written once, as
+        its run starts), then create (or find) its run."""
+        records = TrialRecords.of(self.records, trial.trial_id)
+        try:
+            if records.params() is None:
+                records.write_params(dict(trial.config))
+        except OSError:  # its worker fails on the folder too, and says why (study.trial)
+            pass
         self.run_for(trial)
 
     def on_trial_result(
@@ -599,20 +606,3 @@ def log_report(
     for path in files:
         if Path(path).exists():
             client.log_artifact(parents[0].info.run_id, str(path), "report")
-
-
-def parent_metric_history(
-    tracking_uri: str, experiment_name: str, key: str, study_id: str | None = None
-) -> dict[int, float]:
-    """Every value the study's parent run logged under key (e.g. study/search_wall_seconds, one
-    per session), by step (the latest per step); {} without a parent run."""
-    client = MlflowClient(tracking_uri)
-    exp = client.get_experiment_by_name(experiment_name)
-    if exp is None:
-        return {}
-    parents = client.search_runs([exp.experiment_id], runs_filter("study", study_id), max_results=1)
-    if not parents:
-        return {}
-    history = sorted(client.get_metric_history(parents[0].info.run_id, key),
-                     key=lambda m: m.timestamp)  # fmt: skip
-    return {m.step: m.value for m in history}

@@ -44,8 +44,10 @@ def trial_driver(params: dict[str, Any], *, study: StudyContext) -> None:
         # the stored final result instead of training again.
         tune.report({**final, REPLAYED_KEY: 1.0})
         return
-    # Which configuration this trial is: a restored searcher matches it to a lost Optuna trial.
-    records.write_params(params)
+    # Which configuration this trial is (the tracker wrote it as the trial started, unless it
+    # could not): written once, its time is the trial's start (TrialRecords.times).
+    if records.params() is None:
+        records.write_params(params)
     context = replace(
         study.trial,
         config=study.spec.trial_config(params),  # resolved once, shipped typed to the workers

@@ -9,7 +9,8 @@ one final result carrying FINAL_KEY and the cost counters (COST: the worker's le
 trainables.ray_worker fills them, analysis.accounting sums them).
 
 Records (files, per trial):
-- params.json (the trial driver, at the start): the trial's sampled params;
+- params.json (the driver's tracker as the trial starts, else its trial driver; written once):
+  the trial's sampled params;
 - mlflow_run_id.txt (the tracker, at the start): the trial's MLflow run;
 - artifacts.json, tags.json, samples.png (the worker, at the end): the cache folders of its
   networks, MLflow tags, its sample grid;
@@ -20,6 +21,10 @@ Records (files, per trial):
   so far, which a trial taken down before its final result still counts with (study.tracking);
 - lost.json (the driver, as its session ends or after it was killed, the next one's end): the
   trial neither finished nor failed; it was taken down with its session.
+
+Records (files, per driver session, under <study>/sessions/): <stage>-<start ms>.json (the
+driver, as the session starts and again as it ends): its start and, once ended, its wall seconds,
+which the compute accounting sums over the study's life (analysis.accounting.study_wall).
 """
 
 from __future__ import annotations
@@ -193,18 +198,18 @@ class TrialRecords:
 
     def times(self) -> tuple[float, float] | None:
         """(first, last) times the trial's record files were written (seconds since the epoch:
-        its run id and params are written as it starts, its final result or error as it ends);
-        None without records. The last is not the run id's unless nothing else is written (the
-        driver writes it again when it writes the run again: study.runner.rebuild_runs), nor the
-        lost mark's (written when the next session ended: the trial was last heard of before)."""
+        its params are written as it starts, its final result or error as it ends); None without
+        records. Neither is the run id's unless nothing else is written (the driver writes it
+        again when it writes the run again: study.runner.rebuild_runs), nor the lost mark's
+        (written when the next session ended: the trial was last heard of before)."""
         if not self.folder.is_dir():
             return None
         times = {p.name: p.stat().st_mtime for p in self.folder.iterdir() if p.is_file()}
         if not times:
             return None
-        ends = [t for name, t in times.items() if name not in (RUN_RECORD, LOST_RECORD)]
-        ends = ends or list(times.values())
-        return min(times.values()), max(ends)
+        own = [t for name, t in times.items() if name not in (RUN_RECORD, LOST_RECORD)]
+        own = own or list(times.values())
+        return min(own), max(own)
 
 
 def tune_error(error_file: str | Path | None) -> dict | None:
@@ -233,3 +238,29 @@ def mark_lost(root: str | Place) -> int:
             records.write_lost()
             lost += 1
     return lost
+
+
+SESSIONS = "sessions"  # <study>/sessions/: one record per driver session
+
+
+def write_session(study: Place, stage: str, start: float, wall: float | None = None) -> None:
+    """A driver session's record: its stage (search, final), its start (seconds since the epoch)
+    and, written again as it ends, its wall seconds (0 when it had nothing to run)."""
+    record = {"stage": stage, "start": start, "wall": wall}
+    TrialRecords(study / SESSIONS).write(f"{stage}-{round(start * 1000)}.json", record)
+
+
+def sessions(study: Place, stage: str) -> tuple[dict[int, float], dict[int, float]]:
+    """(starts, walls) of the stage's driver sessions, each keyed by its start in ms: a session
+    killed before it ended has a start and no wall."""
+    place = study / SESSIONS
+    place.pull(fresh=True)  # a record is written twice: as its session starts and ends
+    starts: dict[int, float] = {}
+    walls: dict[int, float] = {}
+    for path in sorted(place.local.glob(f"{stage}-*.json")):
+        record = json.loads(path.read_text())
+        key = round(record["start"] * 1000)
+        starts[key] = float(record["start"])
+        if record.get("wall") is not None:
+            walls[key] = float(record["wall"])
+    return starts, walls

@@ -332,8 +332,11 @@ def test_a_lost_or_emptied_tracking_store_is_written_again_from_the_records(
     assert {p.name: p.read_text() for p in (gone / "best").iterdir()} == best
     assert _cmd("plot", str(gone), cwd=tmp_path).returncode == 0
     assert not (gone / "mlflow.db").exists()
-    # `study table` writes every trial run again from the records, and the same tables.
+    # `study table` writes every trial run again from the records, and the same tables: the
+    # compute report too, its sessions' wall times from the study's session records.
     tables = (gone / "tables" / "comparison.md").read_text()
+    compute = (gone / "tables" / "compute.md").read_text()
+    assert "useful-work fraction: " in compute
     result = _cmd("table", str(gone), cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     records = len(list((gone / "trials").iterdir()))  # the search and stage trials
@@ -355,6 +358,7 @@ def test_a_lost_or_emptied_tracking_store_is_written_again_from_the_records(
             search[column].sort_index(), original[column].sort_index(), check_dtype=False
         )
     assert (gone / "tables" / "comparison.md").read_text() == tables
+    assert (gone / "tables" / "compute.md").read_text() == compute
     # Each run spans its trial's time, from its records (as written, not when rebuilt).
     for column in ("start_time", "end_time"):
         gap = (search[column] - original[column]).abs().max()

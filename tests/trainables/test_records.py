@@ -78,3 +78,36 @@ def test_a_session_end_marks_its_unended_stage_and_final_trials_lost(tmp_path):
     assert lost == {"stage", "seed", "done", "failed"}  # the search trial: its ledger's to say
     assert TrialRecords.of(root, "stage").times() == (1000.0, 1000.0)
     assert mark_lost(root) == 0  # marked once
+
+
+def test_a_trials_times_do_not_move_when_its_run_id_is_written_again(tmp_path):
+    # The run id is written as the trial starts and again when `study table` writes a lost
+    # MLflow store's run again: the trial's start and end are its own records' (params, final).
+    import os
+
+    records = TrialRecords.of(tmp_path, "t1")
+    records.write_run_id("run-a")
+    os.utime(records.path("mlflow_run_id.txt"), (900.0, 900.0))
+    records.write_params({"method": "CG"})
+    os.utime(records.path("params.json"), (1000.0, 1000.0))
+    records.write_final({"final": 1.0})
+    os.utime(records.path("final.json"), (1050.0, 1050.0))
+    assert records.times() == (1000.0, 1050.0)
+    records.write_run_id("run-b")  # now, long after the trial
+    assert records.times() == (1000.0, 1050.0)
+
+
+def test_session_records_keep_each_sessions_start_and_wall(tmp_path):
+    from trainables.records import sessions, write_session
+    from trainables.storage import Place
+
+    study = Place(str(tmp_path))
+    assert sessions(study, "search") == ({}, {})
+    write_session(study, "search", 1000.0)  # a session starts ...
+    write_session(study, "search", 1000.0, 42.5)  # ... and ends: its record written again
+    write_session(study, "search", 2000.25)  # killed before it ended: a start, no wall
+    write_session(study, "final", 3000.0, 7.0)  # another stage's session is not the search's
+    starts, walls = sessions(study, "search")
+    assert starts == {1_000_000: 1000.0, 2_000_250: 2000.25}
+    assert walls == {1_000_000: 42.5}
+    assert sessions(study, "final") == ({3_000_000: 3000.0}, {3_000_000: 7.0})
