@@ -5,8 +5,8 @@ scheduler stopped early, RUNNING) and the trial records (trainables.records: wha
 its final result, its error, the training it spent, its MLflow run, when it started and ended).
 
 The MLflow store is written from the same two (study.tracking) and not read here: a study whose
-store is lost, or whose tracking server is down, reads the same. What exists only in MLflow is
-the per-epoch history (learning curves). No torch, no Ray, no MLflow."""
+store is lost, or whose tracking server is down, reads the same (the per-epoch history is in
+the records too: history.json). No torch, no Ray, no MLflow."""
 
 from __future__ import annotations
 

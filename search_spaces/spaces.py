@@ -58,7 +58,6 @@ DEFAULT_RANGES: dict[str, Range] = {
 # (exact posterior for CG, the conditional model for CFG, gamma = 1 + w), the rest span the
 # over-guided side the papers sweep (paper 001 App. D) and one under-guided point.
 DEFAULT_GUIDANCE_SCALES = (0.5, 1.0, 2.0, 4.0)
-PRESET_RANGES: dict[str, Range] = {"paper": Range(choices=PAPER_GRID)}
 
 
 def suggest_knobs(trial: Any, method: str, ranges: dict[str, Range]) -> dict[str, Any]:

@@ -260,8 +260,7 @@ def cmd_table(args: argparse.Namespace) -> int:
     study_dir, spec = load_study_spec(args.study_dir, store=False, view=True)
     rebuilt = rebuild_runs(spec, study_dir)
     if rebuilt:
-        print(f"wrote {rebuilt} trial runs again from {study_dir / 'trials'} (the per-epoch "
-              "history is not in the records)")  # fmt: skip
+        print(f"wrote {rebuilt} trial runs again from {study_dir / 'trials'}")
     print(_table(study_dir, spec))
     return 0
 

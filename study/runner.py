@@ -289,6 +289,7 @@ def _session(
     from ray import tune
 
     from study.console import ConsoleProgress
+    from study.recorder import TrialRecorder
     from study.tracking import MLflowTracker, ensure_parent_run, open_tracking_store
 
     client = open_tracking_store(uri)
@@ -318,7 +319,8 @@ def _session(
         experiment_name=spec.name,
     )
     console = ConsoleProgress(progress, verbose, stage, f"{VALIDATION_PREFIX}{first.metric}")
-    return client, exp_id, parent, trainable, [tracker, console]
+    recorder = TrialRecorder(str(spec.study_place(study_dir) / "trials"))
+    return client, exp_id, parent, trainable, [recorder, tracker, console]
 
 
 def _run_session(
@@ -574,7 +576,7 @@ def rebuild_runs(spec: StudySpec, study_dir: Path) -> int:
     """Write again, from the trial records, every trial run the study's MLflow store lacks (a
     lost or replaced store): through the tracker's own logging, each with its params, its final
     metrics and diagnostics (or its error), its artifacts' folders, tags and pictures, tagged
-    rebuilt_from_records (the per-epoch history is not in the records); the experiment's views
+    rebuilt_from_records (and each epoch's numbers); the experiment's views
     (study.views) written as a session writes them. Returns how many."""
     from analysis.runs import load_runs
     from study.tracking import MLflowTracker, ensure_parent_run, open_tracking_store
@@ -621,8 +623,11 @@ def _rebuild_run(client: Any, trackers: dict[str, Any], records: TrialRecords) -
         trial_id=records.folder.name, config=params, last_result=final or {}, start_time=start
     )
     tracker.on_trial_start(0, [], trial)
+    epochs = records.history()  # the learning curves, at the steps the run had
+    for step, numbers in enumerate(epochs, 1):
+        tracker.on_trial_result(0, [], trial, {**numbers, "training_iteration": step})
     if final is not None:
-        tracker.on_trial_result(0, [], trial, {**final, "training_iteration": 1})
+        tracker.on_trial_result(0, [], trial, {**final, "training_iteration": len(epochs) + 1})
     run_id = tracker.run_for(trial)
     client.set_tag(run_id, "rebuilt_from_records", "true")
     if final is not None:

@@ -40,7 +40,14 @@ from trainables.names import (
     knob_text,
     parse_curve_key,
 )
-from trainables.records import FINAL_KEY, TrialRecords, evaluated_epochs, is_final, tune_error
+from trainables.records import (
+    FINAL_KEY,
+    TrialRecords,
+    evaluated_epochs,
+    is_final,
+    result_numbers,
+    tune_error,
+)
 from trainables.registry import shaping_keys
 from trainables.storage import Place
 
@@ -357,14 +364,7 @@ class MLflowTracker(tune.Callback):
         return tags
 
     def on_trial_start(self, iteration: int, trials: list, trial: Trial, **info: Any) -> None:
-        """Write the trial's params record (the trial's start in the ledger: written once, as
-        its run starts), then create (or find) its run."""
-        records = TrialRecords.of(self.records, trial.trial_id)
-        try:
-            if records.params() is None:
-                records.write_params(dict(trial.config))
-        except OSError:  # its worker fails on the folder too, and says why (study.trial)
-            pass
+        """Create (or find) the trial's run."""
         self.run_for(trial)
 
     def on_trial_result(
@@ -374,24 +374,7 @@ class MLflowTracker(tune.Callback):
         run_id = self.run_for(trial)
         step = self._offsets.get(trial.trial_id, 0) + int(result.get("training_iteration", 0))
         now = int(time.time() * 1000)
-        skip = {
-            "training_iteration",
-            "timestamp",
-            "time_this_iter_s",
-            "time_total_s",
-            "pid",
-            "iterations_since_restore",
-            "time_since_restore",
-            "done",
-        }
-        numbers = {
-            k: float(v)
-            for k, v in result.items()
-            if k not in skip
-            and isinstance(v, (int, float))
-            and not isinstance(v, bool)
-            and math.isfinite(float(v))
-        }
+        numbers = result_numbers(result)
         metrics = [
             Metric(k.replace("@", "_"), v, now, step)
             for k, v in numbers.items()

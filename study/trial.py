@@ -44,8 +44,8 @@ def trial_driver(params: dict[str, Any], *, study: StudyContext) -> None:
         # the stored final result instead of training again.
         tune.report({**final, REPLAYED_KEY: 1.0})
         return
-    # Which configuration this trial is (the tracker wrote it as the trial started, unless it
-    # could not): written once, its time is the trial's start (TrialRecords.times).
+    # Which configuration this trial is (study.recorder wrote it as the trial started, unless
+    # it could not): written once, its time is the trial's start (TrialRecords.times).
     if records.params() is None:
         records.write_params(params)
     context = replace(

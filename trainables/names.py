@@ -270,6 +270,7 @@ ERROR_RECORD = "error.json"  # why a trial failed: exception type, message, step
 SPENT_RECORD = "spent.json"  # the training cost so far, after each network trained into the cache
 LOST_RECORD = "lost.json"  # written by the driver when its session ended and the trial had not
 RUN_RECORD = "mlflow_run_id.txt"  # the trial's MLflow run id, written by the driver at its start
+HISTORY_RECORD = "history.json"  # each epoch's numbers (the learning curves), by the driver
 PARAMS_RECORD = "params.json"  # the trial's sampled params (method, label %, knobs), at its start
 SPEC_FILE = "spec.yaml"  # a study directory's validated spec
 
@@ -288,12 +289,6 @@ def knob_label(key: str) -> str:
 def cell_label(method: str, label_percent: float) -> str:
     """The one spelling of a cell, e.g. 'CG-SC-all@5%'."""
     return f"{method}@{float(label_percent):g}%"
-
-
-def parse_cell_label(label: str) -> tuple[str, float]:
-    """(method, label %) of a cell_label (also reads the older 'CG@5' spelling)."""
-    method, _, pct = label.rpartition("@")
-    return method, float(pct.removesuffix("%"))
 
 
 def knob_text(method: str, values: dict) -> str:

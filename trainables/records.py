@@ -9,8 +9,10 @@ one final result carrying FINAL_KEY and the cost counters (COST: the worker's le
 trainables.ray_worker fills them, analysis.accounting sums them).
 
 Records (files, per trial):
-- params.json (the driver's tracker as the trial starts, else its trial driver; written once):
-  the trial's sampled params;
+- params.json (the driver as the trial starts, else its trial driver; written once): the
+  trial's sampled params;
+- history.json (the driver, after each epoch's result): each epoch's numbers, in order (the
+  learning curves; a lost MLflow store's runs are written again with them);
 - mlflow_run_id.txt (the tracker, at the start): the trial's MLflow run;
 - artifacts.json, tags.json, samples.png (the worker, at the end): the cache folders of its
   networks, MLflow tags, its sample grid;
@@ -30,6 +32,7 @@ which the compute accounting sums over the study's life (analysis.accounting.stu
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +42,7 @@ from trainables.names import (
     ARTIFACTS_RECORD,
     ERROR_RECORD,
     FINAL_RECORD,
+    HISTORY_RECORD,
     LOST_RECORD,
     PARAMS_RECORD,
     RUN_RECORD,
@@ -81,6 +85,25 @@ class ObjectiveError(ValueError):
 def is_final(result: dict | None) -> bool:
     """Whether a Tune result is a trial's final one."""
     return bool((result or {}).get(FINAL_KEY))
+
+
+# What Tune adds to every result (not the trial's numbers).
+TUNE_KEYS = frozenset({
+    "training_iteration", "timestamp", "time_this_iter_s", "time_total_s", "pid",
+    "iterations_since_restore", "time_since_restore", "done",
+})  # fmt: skip
+
+
+def result_numbers(result: dict) -> dict[str, float]:
+    """A result's own finite numbers (what its MLflow run logs and history.json keeps)."""
+    return {
+        k: float(v)
+        for k, v in result.items()
+        if k not in TUNE_KEYS
+        and isinstance(v, (int, float))
+        and not isinstance(v, bool)
+        and math.isfinite(float(v))
+    }
 
 
 def evaluated_epochs(result: dict | None) -> int:
@@ -132,6 +155,13 @@ class TrialRecords:
 
     def params(self) -> dict | None:
         return self.read(PARAMS_RECORD)
+
+    def write_history(self, epochs: list[dict[str, float]]) -> None:
+        """Every epoch's numbers so far, in order (the whole list, atomically)."""
+        self.write(HISTORY_RECORD, epochs)
+
+    def history(self) -> list[dict[str, float]]:
+        return self.read(HISTORY_RECORD) or []
 
     def write_run_id(self, run_id: str) -> None:
         self.write(RUN_RECORD, run_id)

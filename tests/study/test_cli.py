@@ -359,6 +359,20 @@ def test_a_lost_or_emptied_tracking_store_is_written_again_from_the_records(
         )
     assert (gone / "tables" / "comparison.md").read_text() == tables
     assert (gone / "tables" / "compute.md").read_text() == compute
+    # Every run's every metric at every step as the lost store had it: the per-epoch history
+    # (the learning curves) from the records too, the final numbers and guidance curves.
+    stores = [MlflowClient(f"sqlite:///{folder / 'mlflow.db'}") for folder in (study_dir, gone)]
+    for trial_id in search.index:
+        runs = [original.loc[trial_id, "run_id"], search.loc[trial_id, "run_id"]]
+        keys = [set(c.get_run(r).data.metrics) for c, r in zip(stores, runs, strict=True)]
+        assert keys[0] == keys[1], (trial_id, keys[0] ^ keys[1])
+        for key in keys[0]:
+            old, new = (
+                sorted((m.step, m.value) for m in c.get_metric_history(r, key))
+                for c, r in zip(stores, runs, strict=True)
+            )
+            assert new == old, (trial_id, key, old, new)
+        assert max(m.step for m in stores[1].get_metric_history(runs[1], "epoch")) >= 2
     # Each run spans its trial's time, from its records (as written, not when rebuilt).
     for column in ("start_time", "end_time"):
         gap = (search[column] - original[column]).abs().max()
