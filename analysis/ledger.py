@@ -203,6 +203,29 @@ def _first(error: dict) -> str:
     return lines[0] if lines else ""
 
 
+def _number(value: Any) -> float | None:
+    """A frame cell as a number, None where it is missing (None or NaN)."""
+    return None if value is None or value != value else float(value)
+
+
+def progress_records(runs: pd.DataFrame, selection: str) -> list[dict]:
+    """The trials of a ledger frame as the live status's records (study.progress.from_records):
+    trial_id, cell, kind (search | shared | final: a `study final` trial, its networks' too),
+    status, start and end (seconds), and the validation objective (selection) when finished."""
+    return [
+        {
+            "trial_id": run["trial_id"],
+            "cell": (str(run["method"]), float(run["label_percent"])),
+            "kind": "final" if run["session"] == "final" else str(run["stage"]),
+            "status": run["status"],
+            "start": float(run["start_time"]) / 1000,
+            "end": None if _number(run.get("end_time")) is None else float(run["end_time"]) / 1000,
+            "value": _number(run.get(selection)),
+        }
+        for _, run in runs.iterrows()
+    ]
+
+
 def ledger_runs(place: Place | str | Path, study_name: str) -> pd.DataFrame:
     """One row per trial of the study (search, stage and `study final` trials): run_id, trial_id,
     status (FINISHED, FAILED, KILLED, RUNNING), early_stopped, stage, method, label_percent,

@@ -10,23 +10,22 @@ from __future__ import annotations
 
 import argparse
 
-from analysis.ledger import ledger_runs
+from analysis.ledger import ledger_runs, progress_records
 from analysis.results import objectives_of, read_spec
 from study.progress import format_seconds, replay
 from study.runner import load_study_spec, study_progress
-from study.status import records
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("study_dir")
-    parser.add_argument("--all", action="store_true", help="every trial end, not 25/50/75 %")
+    parser.add_argument("--all", action="store_true", help="every trial end, not 25/50/75 %%")
     args = parser.parse_args()
     folder, raw = read_spec(args.study_dir)
     _, spec = load_study_spec(folder, store=False)
     metric, _ = objectives_of(raw)[0]
     runs = ledger_runs(spec.study_place(folder), spec.name)
-    rows = [row for row in records(runs, f"val/{metric}") if row["kind"] != "final"]
+    rows = [row for row in progress_records(runs, f"val/{metric}") if row["kind"] != "final"]
     trace = replay(study_progress(spec), rows)
     if not args.all:
         trace = [min(trace, key=lambda row, f=f: abs(row[0] - f)) for f in (0.25, 0.5, 0.75)]

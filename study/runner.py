@@ -20,12 +20,12 @@ from typing import Any
 import yaml
 from filelock import FileLock, Timeout
 
-from analysis.ledger import LEASE_FILE, ledger_runs
+from analysis.ledger import LEASE_FILE, ledger_runs, progress_records
 from study.cluster import check_cluster, core_lender, init_ray, preflight_nodes
 from study.errors import StudyError
 from study.locations import check_tracking_uri, sqlite_path
 from study.plan import make_plan
-from study.progress import Progress
+from study.progress import Progress, from_records
 from study.spec import StudySpec, validate
 from study.stages import StageGate, plan_stages
 from study.trial import StudyContext, trial_driver
@@ -407,8 +407,24 @@ def run_study(
     def fit(trainable: Any, callbacks: Any) -> bool | None:
         return _fit_search(spec, study_dir, trainable, callbacks)
 
-    _run_session(spec, study_dir, uri, verbose, "search", fit, study_progress(spec))
+    progress = _resumed_progress(spec, study_dir) if resume else study_progress(spec)
+    _run_session(spec, study_dir, uri, verbose, "search", fit, progress)
     return study_dir
+
+
+def _resumed_progress(spec: StudySpec, study_dir: Path) -> Progress:
+    """The live status of a resumed study: its plan and the trials its ledger holds as finished
+    (they count toward their cells' budgets, and their throughput prices the time left from the
+    session's first minute); a trial taken down or failed is not counted (the session runs its
+    configuration again). The elapsed time counts from the session's start."""
+    progress = study_progress(spec)
+    runs = ledger_runs(spec.study_place(study_dir), spec.name)
+    if not runs.empty:
+        done = runs[(runs["status"] == "FINISHED") & (runs["session"] == "search")]
+        selection = f"{VALIDATION_PREFIX}{spec.objectives[0].metric}"
+        from_records(progress, progress_records(done, selection))
+    progress.start = time.time()
+    return progress
 
 
 def study_progress(spec: StudySpec, seeds: int = 0, classes: int = 0) -> Any:

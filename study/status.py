@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from analysis.ledger import driven, ledger_runs
+from analysis.ledger import driven, ledger_runs, progress_records
 from analysis.results import StudyNotReady, objectives_of, read_spec
 from study.cell_studies import selection_metric
 from study.progress import Progress, from_records
@@ -20,25 +20,6 @@ from study.runner import load_study_spec, study_progress
 
 if TYPE_CHECKING:
     from study.spec import StudySpec
-
-
-def records(runs: pd.DataFrame, selection: str) -> list[dict]:
-    """The trials (analysis.ledger.ledger_runs) as progress records (times in seconds; the
-    validation objective when finished)."""
-    out = []
-    for _, run in runs.iterrows():
-        value, end = run.get(selection), run.get("end_time")
-        kind = "final" if run["session"] == "final" else str(run["stage"])
-        out.append({
-            "trial_id": run["trial_id"],
-            "cell": (str(run["method"]), float(run["label_percent"])),
-            "kind": kind,  # search | shared | final (a `study final` trial, its networks' too)
-            "status": run["status"],
-            "start": float(run["start_time"]) / 1000,
-            "end": None if end is None or pd.isna(end) else float(end) / 1000,
-            "value": None if value is None or pd.isna(value) else float(value),
-        })  # fmt: skip
-    return out
 
 
 def _classes_without_data(spec: StudySpec, runs: pd.DataFrame) -> int:
@@ -68,7 +49,7 @@ def load_progress(study_dir: str | Path) -> tuple[Progress, str]:
     progress = study_progress(spec, classes=_classes_without_data(spec, runs))
     if (runs["stage"] == "final").any() and not (runs["stage"] == "search").any():
         progress.main_kind = "final"
-    rows = records(runs[~runs["run_again"].astype(bool)], selection_metric(metric))
+    rows = progress_records(runs[~runs["run_again"].astype(bool)], selection_metric(metric))
     stopped = []
     if not spec.study_place(folder).remote and not driven(folder):
         # No driver holds the study (it ended, or was killed before it could settle its

@@ -276,6 +276,10 @@ def test_a_killed_driver_resumes_to_every_cell_with_nothing_left_running(
         timeout=600,
     )
     assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-3000:]
+    # The resumed session's live status counts the study's trials, the killed session's
+    # finished ones too: its last trial's end line has every cell's budget ended.
+    budget = FIFO_SPEC["num_trials"]
+    assert f"search {budget}/{budget}, stage 1/1 ended" in resumed.stdout, resumed.stdout[-3000:]
     client = MlflowClient(f"sqlite:///{study_dir / 'mlflow.db'}")
     exp = client.get_experiment_by_name("killed3")
     runs = client.search_runs([exp.experiment_id], "tags.role != 'study'")  # every trial
