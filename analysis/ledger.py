@@ -27,7 +27,7 @@ from trainables.names import (
     STAGE_KEY,
     is_diagnostic,
 )
-from trainables.records import COST, TrialRecords
+from trainables.records import COST, ObjectiveError, TrialRecords
 from trainables.storage import Place
 
 if TYPE_CHECKING:
@@ -224,6 +224,18 @@ def progress_records(runs: pd.DataFrame, selection: str) -> list[dict]:
         }
         for _, run in runs.iterrows()
     ]
+
+
+def not_run_again(runs: pd.DataFrame) -> pd.DataFrame:
+    """The search trials of a ledger frame that the next session will not run again: finished
+    (stopped early included), or failed on their objective (it would fail again: the ledger
+    marks them diverged). Taken down with a driver, or failed otherwise: run again."""
+    if runs.empty:
+        return runs
+    search = runs["session"] == "search"
+    diverged = runs["error"].fillna("").str.startswith(f"{ObjectiveError.__name__}:")
+    failed = (runs["status"] == "FAILED") & diverged
+    return runs[search & ((runs["status"] == "FINISHED") | failed)]
 
 
 def ledger_runs(place: Place | str | Path, study_name: str) -> pd.DataFrame:

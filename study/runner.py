@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 from filelock import FileLock, Timeout
 
-from analysis.ledger import LEASE_FILE, ledger_runs, progress_records
+from analysis.ledger import LEASE_FILE, ledger_runs, not_run_again, progress_records
 from study.cluster import check_cluster, core_lender, init_ray, preflight_nodes
 from study.errors import StudyError
 from study.locations import check_tracking_uri, sqlite_path
@@ -413,16 +413,15 @@ def run_study(
 
 
 def _resumed_progress(spec: StudySpec, study_dir: Path) -> Progress:
-    """The live status of a resumed study: its plan and the trials its ledger holds as finished
-    (they count toward their cells' budgets, and their throughput prices the time left from the
-    session's first minute); a trial taken down or failed is not counted (the session runs its
-    configuration again). The elapsed time counts from the session's start."""
+    """The live status of a resumed study: its plan and the trials its ledger holds that this
+    session will not run again (analysis.ledger.not_run_again: they count toward their cells'
+    budgets, and the finished ones' throughput prices the time left from the session's first
+    minute). The elapsed time counts from the session's start."""
     progress = study_progress(spec)
     runs = ledger_runs(spec.study_place(study_dir), spec.name)
     if not runs.empty:
-        done = runs[(runs["status"] == "FINISHED") & (runs["session"] == "search")]
         selection = f"{VALIDATION_PREFIX}{spec.objectives[0].metric}"
-        from_records(progress, progress_records(done, selection))
+        from_records(progress, progress_records(not_run_again(runs), selection))
     progress.start = time.time()
     return progress
 
