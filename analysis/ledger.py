@@ -27,7 +27,7 @@ from trainables.names import (
     STAGE_KEY,
     is_diagnostic,
 )
-from trainables.records import COST, ObjectiveError, TrialRecords
+from trainables.records import COST, ObjectiveError, TrialRecords, driver_heard
 from trainables.storage import Place
 
 if TYPE_CHECKING:
@@ -57,6 +57,13 @@ def driven(study_dir: Path) -> bool:
         return True
     lease.release()
     return False
+
+
+def running_now(place: Place) -> bool:
+    """Whether a driver runs the study now: one on this machine holds its lease, or (a study in
+    an object store, which a driver on any machine may run) one of its sessions was heard of
+    lately (trainables.records.driver_heard)."""
+    return driven(place.local) or (place.remote and driver_heard(place))
 
 
 def ledger_trials(db: Path, study_name: str) -> dict[str, tuple[optuna.trial.FrozenTrial, bool]]:
@@ -250,7 +257,7 @@ def ledger_runs(place: Place | str | Path, study_name: str) -> pd.DataFrame:
     place = place if isinstance(place, Place) else Place(str(place))
     folder = place.local
     here = driven(folder)  # a driver on this machine holds the study
-    live = place.remote or here  # an object store's study may run on another machine
+    live = here or (place.remote and driver_heard(place))  # or one on another machine does
     if place.remote and not here:  # not this machine's live ledger: the store's backup
         place.pull(folder / LEDGER_FILE, fresh=True)
     ledger = ledger_trials(folder / LEDGER_FILE, study_name)

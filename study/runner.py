@@ -282,10 +282,12 @@ def _session(
     verbose: int,
     stage: str = "search",
     progress: Any = None,
+    begun: float = 0.0,
 ) -> tuple[Any, str, str, Any, Any]:
-    """(MLflow client, experiment id, parent run id, Tune trainable, callbacks: the MLflow tracker
-    and the console's progress). verbose: 0 nothing live, 1 trial ends and the status, 2 every
-    epoch too; progress: the live status's model (study.progress.Progress)."""
+    """(MLflow client, experiment id, parent run id, Tune trainable, callbacks: the trial
+    recorder, the MLflow tracker and the console's progress). verbose: 0 nothing live, 1 trial
+    ends and the status, 2 every epoch too; progress: the live status's model
+    (study.progress.Progress); begun: the session's start (its record's key)."""
     from ray import tune
 
     from study.console import ConsoleProgress
@@ -319,7 +321,8 @@ def _session(
         experiment_name=spec.name,
     )
     console = ConsoleProgress(progress, verbose, stage, f"{VALIDATION_PREFIX}{first.metric}")
-    recorder = TrialRecorder(str(spec.study_place(study_dir) / "trials"))
+    place = spec.study_place(study_dir)
+    recorder = TrialRecorder(str(place / "trials"), partial(write_session, place, stage, begun))
     return client, exp_id, parent, trainable, [recorder, tracker, console]
 
 
@@ -339,12 +342,13 @@ def _run_session(
     from study.tracking import reconcile
 
     start = time.perf_counter()
-    session = _session(spec, study_dir, uri, verbose, stage, progress)
-    client, exp_id, parent, trainable, callbacks = session
     # Each session's start and wall in the study's session records (and on the parent run, under
     # its own step, for the UI), so the accounting sums the study's whole life; a session killed
     # before it writes its wall is bounded by its trials' ends (analysis.accounting.study_wall).
+    # The recorder writes it again every HEARTBEAT_S while the session runs.
     begun = time.time()
+    session = _session(spec, study_dir, uri, verbose, stage, progress, begun)
+    client, exp_id, parent, trainable, callbacks = session
     step = int(begun * 1000)
     write_session(spec.study_place(study_dir), stage, begun)
     client.log_metric(parent, f"study/{stage}_session_start", begun, step=step)

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from analysis.ledger import driven, ledger_runs, progress_records
+from analysis.ledger import ledger_runs, progress_records, running_now
 from analysis.results import StudyNotReady, objectives_of, read_spec
 from study.cell_studies import selection_metric
 from study.progress import Progress, from_records
@@ -51,10 +51,10 @@ def load_progress(study_dir: str | Path) -> tuple[Progress, str]:
         progress.main_kind = "final"
     rows = progress_records(runs[~runs["run_again"].astype(bool)], selection_metric(metric))
     stopped = []
-    if not spec.study_place(folder).remote and not driven(folder):
-        # No driver holds the study (it ended, or was killed before it could settle its
-        # trials): a trial still running was stopped with it and spent nothing; the next session
-        # runs its configuration again, so its cell counts it as still to run.
+    if not running_now(spec.study_place(folder)):
+        # No driver runs the study (it ended, or was killed before it could settle its trials):
+        # a trial still running was stopped with it and spent nothing; the next session runs
+        # its configuration again, so its cell counts it as still to run.
         stopped = [r for r in rows if r["status"] == "RUNNING"]
         rows = [r for r in rows if r["status"] != "RUNNING"]
     from_records(progress, rows)

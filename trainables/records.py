@@ -25,8 +25,10 @@ Records (files, per trial):
   trial neither finished nor failed; it was taken down with its session.
 
 Records (files, per driver session, under <study>/sessions/): <stage>-<start ms>.json (the
-driver, as the session starts and again as it ends): its start and, once ended, its wall seconds,
-which the compute accounting sums over the study's life (analysis.accounting.study_wall).
+driver, as the session starts, every HEARTBEAT_S while it runs, and as it ends): its start, when it
+was last heard of and, once ended, its wall seconds, which the compute accounting sums over the
+study's life (analysis.accounting.study_wall). A session not ended and not heard of for
+3 x HEARTBEAT_S lost its driver: a reader on any machine tells its trials from running ones.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -271,24 +274,40 @@ def mark_lost(root: str | Place) -> int:
 
 
 SESSIONS = "sessions"  # <study>/sessions/: one record per driver session
+HEARTBEAT_S = 20.0  # a running driver writes its session record again this often
 
 
 def write_session(study: Place, stage: str, start: float, wall: float | None = None) -> None:
-    """A driver session's record: its stage (search, final), its start (seconds since the epoch)
-    and, written again as it ends, its wall seconds (0 when it had nothing to run)."""
-    record = {"stage": stage, "start": start, "wall": wall}
+    """A driver session's record: its stage (search, final), its start (seconds since the epoch),
+    when it was last heard of (now) and, written again as it ends, its wall seconds (0 when it
+    had nothing to run)."""
+    record = {"stage": stage, "start": start, "wall": wall, "heard": time.time()}
     TrialRecords(study / SESSIONS).write(f"{stage}-{round(start * 1000)}.json", record)
+
+
+def _session_records(study: Place, stage: str = "*") -> list[dict]:
+    place = study / SESSIONS
+    place.pull(fresh=True)  # a record is written again as its session runs and ends
+    return [json.loads(p.read_text()) for p in sorted(place.local.glob(f"{stage}-*.json"))]
+
+
+def driver_heard(study: Place, now: float | None = None) -> bool:
+    """Whether a driver runs the study now, on any machine: a session of it has not ended and
+    wrote its record within the last 3 heartbeats (a killed driver's session stops being heard
+    of; its trials were taken down with it)."""
+    now = time.time() if now is None else now
+    return any(
+        r.get("wall") is None and now - float(r["heard"]) <= 3 * HEARTBEAT_S
+        for r in _session_records(study)
+    )
 
 
 def sessions(study: Place, stage: str) -> tuple[dict[int, float], dict[int, float]]:
     """(starts, walls) of the stage's driver sessions, each keyed by its start in ms: a session
     killed before it ended has a start and no wall."""
-    place = study / SESSIONS
-    place.pull(fresh=True)  # a record is written twice: as its session starts and ends
     starts: dict[int, float] = {}
     walls: dict[int, float] = {}
-    for path in sorted(place.local.glob(f"{stage}-*.json")):
-        record = json.loads(path.read_text())
+    for record in _session_records(study, stage):
         key = round(record["start"] * 1000)
         starts[key] = float(record["start"])
         if record.get("wall") is not None:

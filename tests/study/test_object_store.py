@@ -3,11 +3,15 @@
 files in this machine's mirror; a second machine (another mirror) finds the study and the networks
 in the bucket alone."""
 
+import json
+import time
+
 import pytest
 import yaml
 from cli_helpers import TOY_FAST, S3Server, run_cli, run_main, table_methods
 
 from analysis.runs import load_runs
+from trainables.records import HEARTBEAT_S
 
 pytestmark = pytest.mark.slow
 
@@ -75,6 +79,7 @@ def test_a_study_on_an_object_store_keeps_everything_in_the_bucket(s3, tmp_path)
                       env=_machine(s3, tmp_path, "machine-a"))  # fmt: skip
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert len(load_runs(f"sqlite:///{mirrors[0] / 'mlflow.db'}", "s3toy")) == 4
+    _a_stage_trial_runs_while_its_driver_is_heard_of(s3, tmp_path)
     # Another machine (an empty mirror) sees the study in the bucket: the same name is refused.
     other = _machine(s3, tmp_path, "machine-b")
     again = run_main("run", "spec.yaml", cwd=tmp_path, env=other)
@@ -101,3 +106,25 @@ def test_an_object_store_that_does_not_answer_exits_2_and_writes_nothing(s3, tmp
     assert f"cannot write to the storage s3://{s3.bucket}/team/unreachable" in lines[0]
     assert "AWS_ENDPOINT_URL" in lines[0]
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # no mirror, nothing written
+
+
+def _a_stage_trial_runs_while_its_driver_is_heard_of(s3, tmp_path):
+    """Read on a machine that does not drive it, a study in the bucket whose driver went on
+    another: a stage trial without an end runs while the driver's session beats, and was taken
+    down with it once the session is no longer heard of."""
+    fs, base = s3.filesystem(), f"{s3.bucket}/team/s3toy"
+    stage = next(f for f in s3.files("team/s3toy/trials/") if f.endswith("/params.json") and
+                 '"stage"' in fs.open_input_stream(f"{s3.bucket}/{f}").read().decode())  # fmt: skip
+    with fs.open_output_stream(f"{base}/trials/planted_stage/params.json") as out:
+        out.write(fs.open_input_stream(f"{s3.bucket}/{stage}").read())
+    machine_c = _machine(s3, tmp_path, "machine-c")
+    for ago, running in ((0, True), (3 * HEARTBEAT_S + 60, False)):
+        heard = time.time() - ago
+        record = {"stage": "search", "start": heard - 5, "wall": None, "heard": heard}
+        with fs.open_output_stream(f"{base}/sessions/search-9999999999999.json") as out:
+            out.write(json.dumps(record).encode())
+        shown = run_main("status", f"s3://{s3.bucket}/team/s3toy", cwd=tmp_path, env=machine_c)
+        assert shown.returncode == 0, shown.stderr
+        assert ("not running now" not in shown.stdout) is running, (ago, shown.stdout)
+    fs.delete_dir(f"{base}/trials/planted_stage")  # the study as it was
+    fs.delete_file(f"{base}/sessions/search-9999999999999.json")

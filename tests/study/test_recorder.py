@@ -4,7 +4,7 @@ written once, and each epoch's numbers in order, continued by a restarted trial.
 from types import SimpleNamespace
 
 from study.recorder import TrialRecorder
-from trainables.records import TrialRecords
+from trainables.records import HEARTBEAT_S, TrialRecords
 
 
 def test_the_recorder_keeps_params_once_and_every_epochs_numbers(tmp_path):
@@ -40,3 +40,15 @@ def test_a_folder_the_recorder_cannot_write_does_not_fail_the_driver(tmp_path):
     recorder.on_trial_start(0, [], trial)
     recorder.on_trial_result(0, [], trial, {"epoch": 1})
     assert blocked.is_file()  # nothing written, nothing raised
+
+
+def test_the_recorder_beats_the_sessions_heart_every_heartbeat(monkeypatch):
+    clock = [100.0]
+    monkeypatch.setattr("study.recorder.time.monotonic", lambda: clock[0])
+    beats = []
+    recorder = TrialRecorder("unused", beat=lambda: beats.append(clock[0]))
+    for now in (0, 0.5, 0.99, 1.0, 1.05, 1.9, 2.1):  # the driver loop's steps, in heartbeats
+        clock[0] = 100.0 + now * HEARTBEAT_S
+        recorder.on_step_begin(0, [])
+    assert beats == [100.0 + HEARTBEAT_S, 100.0 + 2.1 * HEARTBEAT_S]  # one per heartbeat
+    TrialRecorder("unused").on_step_begin(0, [])  # no heart to beat: nothing happens

@@ -1,6 +1,7 @@
 """A trial's records: each writer's output is what its reader returns; an absent record reads as
 none; the final record appears whole or not at all; no torch is needed to read them."""
 
+import json
 import subprocess
 import sys
 
@@ -111,3 +112,18 @@ def test_session_records_keep_each_sessions_start_and_wall(tmp_path):
     assert starts == {1_000_000: 1000.0, 2_000_250: 2000.25}
     assert walls == {1_000_000: 42.5}
     assert sessions(study, "final") == ({3_000_000: 3000.0}, {3_000_000: 7.0})
+
+
+def test_a_driver_is_heard_of_while_its_session_runs_and_beats(tmp_path):
+    from trainables.records import HEARTBEAT_S, driver_heard, write_session
+    from trainables.storage import Place
+
+    study = Place(str(tmp_path))
+    assert not driver_heard(study)  # no session at all
+    write_session(study, "search", 1000.0)  # started, running, just heard of
+    heard = json.loads(next((tmp_path / "sessions").glob("search-*.json")).read_text())["heard"]
+    assert driver_heard(study, now=heard + 3 * HEARTBEAT_S)
+    # Killed: no wall is ever written and it stops being heard of.
+    assert not driver_heard(study, now=heard + 3 * HEARTBEAT_S + 1)
+    write_session(study, "search", 1000.0, 42.5)  # ended: not running, however recent
+    assert not driver_heard(study)
