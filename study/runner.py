@@ -109,6 +109,8 @@ def prepare(spec: StudySpec, *, resume: bool) -> tuple[Path, str]:
             f"use 'study resume {study_dir}' or give the spec a new name"
         )
     check_writable(study_dir)
+    if resume:  # a second driver of the study is refused before a cluster starts
+        take_lease(study_dir)
     store = store_place.local
     check_writable(
         store, f"the artifact store {store} is not writable; set 'artifact_store' in the spec to a "
@@ -130,7 +132,8 @@ def prepare(spec: StudySpec, *, resume: bool) -> tuple[Path, str]:
         lease_actor()  # the networks' leases in an object store: made here, outside any trial
     # Every node that will run trials sees the study's folders and holds its data.
     preflight_nodes(spec, [place if place.remote else study_dir.parent, store_place])
-    take_lease(study_dir)
+    if not resume:  # a new study's folder is made once every check has passed
+        take_lease(study_dir)
     return study_dir, uri
 
 

@@ -45,28 +45,30 @@ import analysis, search_spaces, study, trainables  # noqa: E401, E402, F401, I00
 sys.path.insert(0, str(Path(__file__).parent))
 
 
-# The files that take longest (seconds on 2 busy cores, `--durations=0` of 2026-12-05), run first:
+# The files that take longest (seconds on 2 busy cores, `--durations=0` of 2026-12-07), run first:
 # with `--dist loadfile --no-loadscope-reorder` (make test) pytest-xdist hands out files in this
 # order, so the two workers end together instead of one finishing a long study alone. A missing or
 # stale entry changes only the order; a file's tests keep theirs (test_cli.py relies on it).
 LONGEST_FILES = {
-    "study/test_resume.py": 220,
-    "study/test_cli.py": 160,
-    "study/test_two_nodes.py": 155,
-    "study/test_images_e2e.py": 130,
-    "study/test_image_eval_e2e.py": 90,
-    "study/test_twin_e2e.py": 90,
-    "trainables/test_energy_head.py": 90,
-    "study/test_train_worker_restart.py": 90,
-    "study/test_object_store.py": 80,
-    "study/test_failures.py": 70,
-    "study/test_server.py": 50,
-    "study/test_readme.py": 50,
-    "study/test_interrupt.py": 45,
-    "study/test_tracking_store.py": 40,
-    "trainables/test_direction.py": 40,
-    "trainables/test_images.py": 20,
-    "trainables/test_fit.py": 15,
+    "study/test_cli.py": 271,
+    "study/test_image_eval_e2e.py": 255,
+    "study/test_resume.py": 219,
+    "study/test_images_e2e.py": 188,
+    "study/test_two_nodes.py": 176,
+    "study/test_train_worker_restart.py": 104,
+    "study/test_server.py": 89,
+    "study/test_readme.py": 89,
+    "study/test_object_store.py": 87,
+    "trainables/test_energy_head.py": 73,
+    "study/test_failures.py": 72,
+    "study/test_tracking_store.py": 62,
+    "study/test_twin_e2e.py": 48,
+    "study/test_interrupt.py": 41,
+    "trainables/test_direction.py": 33,
+    "trainables/test_fit.py": 29,
+    "trainables/test_storage.py": 20,
+    "trainables/test_images.py": 14,
+    "trainables/test_sharded_eval.py": 14,
 }
 
 

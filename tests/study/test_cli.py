@@ -866,11 +866,16 @@ def test_resume_add_trials_extends_every_cell_with_a_knob_and_repeats_nothing(fi
     assert yaml.safe_load((study_dir / "spec.yaml").read_text())["trials_per_cell"] == 3
 
 
-def test_a_second_driver_of_one_study_is_refused(finished_study):
+def test_a_second_driver_of_one_study_is_refused(finished_study, monkeypatch):
     """While one command drives a study (its lease held), `study resume` and `study final` of
-    the same folder exit 2 with one line, and change nothing; once it ends, the lease is free."""
+    the same folder exit 2 with one line before any cluster starts, and change nothing; once it
+    ends, the lease is free."""
     from filelock import FileLock
 
+    def no_ray(*args, **kwargs):
+        raise AssertionError("a refused second driver started Ray")
+
+    monkeypatch.setattr("study.runner.init_ray", no_ray)
     root, study_dir, _ = finished_study
     watched = [study_dir / "mlflow.db", study_dir / "optuna.db", study_dir / "spec.yaml"]
     before = [p.stat().st_mtime_ns for p in watched]
@@ -885,6 +890,7 @@ def test_a_second_driver_of_one_study_is_refused(finished_study):
         assert [p.stat().st_mtime_ns for p in watched] == before
     finally:
         lease.release()
+        monkeypatch.undo()
     # Free again: a resume with nothing left to do runs (and takes and gives back the lease),
     # starts no trial and spends nothing: the compute line stays what it was.
     table = _cmd("table", str(study_dir), cwd=root)
