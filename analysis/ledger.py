@@ -27,7 +27,7 @@ from trainables.names import (
     STAGE_KEY,
     is_diagnostic,
 )
-from trainables.records import COST, ObjectiveError, TrialRecords, driver_heard
+from trainables.records import COST, ObjectiveError, TrialRecords, live_driver
 from trainables.storage import Place
 
 if TYPE_CHECKING:
@@ -62,8 +62,8 @@ def driven(study_dir: Path) -> bool:
 def running_now(place: Place) -> bool:
     """Whether a driver runs the study now: one on this machine holds its lease, or (a study in
     an object store, which a driver on any machine may run) one of its sessions was heard of
-    lately (trainables.records.driver_heard)."""
-    return driven(place.local) or (place.remote and driver_heard(place))
+    lately (trainables.records.live_driver)."""
+    return driven(place.local) or (place.remote and live_driver(place) is not None)
 
 
 def ledger_trials(db: Path, study_name: str) -> dict[str, tuple[optuna.trial.FrozenTrial, bool]]:
@@ -257,7 +257,7 @@ def ledger_runs(place: Place | str | Path, study_name: str) -> pd.DataFrame:
     place = place if isinstance(place, Place) else Place(str(place))
     folder = place.local
     here = driven(folder)  # a driver on this machine holds the study
-    live = here or (place.remote and driver_heard(place))  # or one on another machine does
+    live = here or running_now(place)  # or one on another machine does
     if place.remote and not here:  # not this machine's live ledger: the store's backup
         place.pull(folder / LEDGER_FILE, fresh=True)
     ledger = ledger_trials(folder / LEDGER_FILE, study_name)

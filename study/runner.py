@@ -44,7 +44,7 @@ from trainables.names import (
     VALIDATION_PREFIX,
     cell_label,
 )
-from trainables.records import TrialRecords, mark_lost, write_session
+from trainables.records import HEARTBEAT_S, TrialRecords, live_driver, mark_lost, write_session
 from trainables.storage import Place, rehomed
 
 __all__ = ["StudyError", "StudyInterrupted", "load_study_spec", "run_study", "study_dir_for"]
@@ -111,6 +111,7 @@ def prepare(spec: StudySpec, *, resume: bool) -> tuple[Path, str]:
     check_writable(study_dir)
     if resume:  # a second driver of the study is refused before a cluster starts
         take_lease(study_dir)
+        refuse_other_driver(place, study_dir)
     store = store_place.local
     check_writable(
         store, f"the artifact store {store} is not writable; set 'artifact_store' in the spec to a "
@@ -155,6 +156,21 @@ def take_lease(study_dir: Path) -> None:
             "machine; wait for it to end (study status shows it) or stop it, then run this again"
         ) from None
     _LEASES.append(lease)
+
+
+def refuse_other_driver(place: Place, study_dir: Path) -> None:
+    """StudyError when a driver on another machine runs the study (one in an object store, which
+    the lease on this machine cannot see): its session record is heard of (live_driver)."""
+    other = live_driver(place) if place.remote else None
+    if other is None:
+        return
+    heard = time.time() - float(other["heard"])
+    raise StudyError(
+        f"{study_dir} is being run by another study command on {other['host']} (process "
+        f"{other['pid']}, heard of {heard:.0f} s ago); wait for it to end (study status shows "
+        f"it) or stop it; a driver killed there counts as gone {3 * HEARTBEAT_S:.0f} s after "
+        "it was last heard of"
+    )
 
 
 def release_leases() -> None:

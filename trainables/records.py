@@ -27,8 +27,10 @@ Records (files, per trial):
 Records (files, per driver session, under <study>/sessions/): <stage>-<start ms>.json (the
 driver, as the session starts, every HEARTBEAT_S while it runs, and as it ends): its start, when it
 was last heard of and, once ended, its wall seconds, which the compute accounting sums over the
-study's life (analysis.accounting.study_wall). A session not ended and not heard of for
-3 x HEARTBEAT_S lost its driver: a reader on any machine tells its trials from running ones.
+study's life (analysis.accounting.study_wall), and its driver (host, process): a session not
+ended whose driver's process is gone, or that was not heard of for 3 x HEARTBEAT_S, lost its
+driver (live_driver): a reader on any machine tells its trials from running ones, and a second
+driver of a study in an object store is refused on any machine.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -279,9 +282,10 @@ HEARTBEAT_S = 20.0  # a running driver writes its session record again this ofte
 
 def write_session(study: Place, stage: str, start: float, wall: float | None = None) -> None:
     """A driver session's record: its stage (search, final), its start (seconds since the epoch),
-    when it was last heard of (now) and, written again as it ends, its wall seconds (0 when it
-    had nothing to run)."""
+    its driver (host name and process id), when it was last heard of (now) and, written again as
+    it ends, its wall seconds (0 when it had nothing to run)."""
     record = {"stage": stage, "start": start, "wall": wall, "heard": time.time()}
+    record |= {"host": socket.gethostname(), "pid": os.getpid()}
     TrialRecords(study / SESSIONS).write(f"{stage}-{round(start * 1000)}.json", record)
 
 
@@ -291,15 +295,28 @@ def _session_records(study: Place, stage: str = "*") -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted(place.local.glob(f"{stage}-*.json"))]
 
 
-def driver_heard(study: Place, now: float | None = None) -> bool:
-    """Whether a driver runs the study now, on any machine: a session of it has not ended and
-    wrote its record within the last 3 heartbeats (a killed driver's session stops being heard
-    of; its trials were taken down with it)."""
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def live_driver(study: Place, now: float | None = None) -> dict | None:
+    """The session record of a driver that runs the study now, on any machine, or None: a
+    session not ended, heard of within the last 3 heartbeats and, on this machine, with its
+    process alive (a killed driver's session is dead at once here, and once silent elsewhere)."""
     now = time.time() if now is None else now
-    return any(
-        r.get("wall") is None and now - float(r["heard"]) <= 3 * HEARTBEAT_S
-        for r in _session_records(study)
-    )
+    here = socket.gethostname()
+    for record in _session_records(study):
+        if record["wall"] is not None or now - float(record["heard"]) > 3 * HEARTBEAT_S:
+            continue
+        if record["host"] != here or _process_alive(int(record["pid"])):
+            return record
+    return None
 
 
 def sessions(study: Place, stage: str) -> tuple[dict[int, float], dict[int, float]]:

@@ -117,14 +117,21 @@ def _a_stage_trial_runs_while_its_driver_is_heard_of(s3, tmp_path):
                  '"stage"' in fs.open_input_stream(f"{s3.bucket}/{f}").read().decode())  # fmt: skip
     with fs.open_output_stream(f"{base}/trials/planted_stage/params.json") as out:
         out.write(fs.open_input_stream(f"{s3.bucket}/{stage}").read())
-    machine_c = _machine(s3, tmp_path, "machine-c")
+    machine_c, uri = _machine(s3, tmp_path, "machine-c"), f"s3://{s3.bucket}/team/s3toy"
     for ago, running in ((0, True), (3 * HEARTBEAT_S + 60, False)):
         heard = time.time() - ago
-        record = {"stage": "search", "start": heard - 5, "wall": None, "heard": heard}
+        record = {"stage": "search", "start": heard - 5, "wall": None, "heard": heard,
+                  "host": "machine-a.example", "pid": 4242}  # fmt: skip
         with fs.open_output_stream(f"{base}/sessions/search-9999999999999.json") as out:
             out.write(json.dumps(record).encode())
-        shown = run_main("status", f"s3://{s3.bucket}/team/s3toy", cwd=tmp_path, env=machine_c)
+        shown = run_main("status", uri, cwd=tmp_path, env=machine_c)
         assert shown.returncode == 0, shown.stderr
         assert ("not running now" not in shown.stdout) is running, (ago, shown.stdout)
+        if running:  # a second driver on this machine is refused: the lease here cannot see it
+            mirror = next((tmp_path / "machine-c").glob("s3-studies-*/team/s3toy"))
+            again = run_main("resume", str(mirror), cwd=tmp_path, env=machine_c)
+            assert again.returncode == 2, again.stderr[-2000:]
+            assert "run by another study command on machine-a.example" in again.stderr
+            assert len(again.stderr.strip().splitlines()) == 1, again.stderr
     fs.delete_dir(f"{base}/trials/planted_stage")  # the study as it was
     fs.delete_file(f"{base}/sessions/search-9999999999999.json")

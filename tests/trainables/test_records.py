@@ -114,16 +114,29 @@ def test_session_records_keep_each_sessions_start_and_wall(tmp_path):
     assert sessions(study, "final") == ({3_000_000: 3000.0}, {3_000_000: 7.0})
 
 
-def test_a_driver_is_heard_of_while_its_session_runs_and_beats(tmp_path):
-    from trainables.records import HEARTBEAT_S, driver_heard, write_session
+def test_a_driver_is_live_while_its_session_beats_and_its_process_runs(tmp_path):
+    from trainables.records import HEARTBEAT_S, SESSIONS, live_driver, write_session
     from trainables.storage import Place
 
     study = Place(str(tmp_path))
-    assert not driver_heard(study)  # no session at all
-    write_session(study, "search", 1000.0)  # started, running, just heard of
-    heard = json.loads(next((tmp_path / "sessions").glob("search-*.json")).read_text())["heard"]
-    assert driver_heard(study, now=heard + 3 * HEARTBEAT_S)
+    assert live_driver(study) is None  # no session at all
+    write_session(study, "search", 1000.0)  # started by this process, running, just heard of
+    record = json.loads(next((tmp_path / SESSIONS).glob("search-*.json")).read_text())
+    heard = record["heard"]
+    assert live_driver(study, now=heard + 3 * HEARTBEAT_S) == record
     # Killed: no wall is ever written and it stops being heard of.
-    assert not driver_heard(study, now=heard + 3 * HEARTBEAT_S + 1)
+    assert live_driver(study, now=heard + 3 * HEARTBEAT_S + 1) is None
     write_session(study, "search", 1000.0, 42.5)  # ended: not running, however recent
-    assert not driver_heard(study)
+    assert live_driver(study) is None
+    # Another machine's driver is live while heard of; one of this machine whose process is gone
+    # is dead at once (a kill -9 here, then a resume here: not refused for a minute).
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    for name, host, pid in (("a", "another-machine", 1), ("b", record["host"], gone.pid)):
+        record = {"stage": "search", "start": 1.0, "wall": None, "heard": heard}
+        (tmp_path / SESSIONS / f"final-{name}.json").write_text(
+            json.dumps({**record, "host": host, "pid": pid})
+        )
+    assert live_driver(study, now=heard)["host"] == "another-machine"
+    (tmp_path / SESSIONS / "final-a.json").unlink()
+    assert live_driver(study, now=heard) is None
