@@ -363,7 +363,8 @@ def _run_session(
     start = time.perf_counter()
     # Each session's start and wall in the study's session records (and on the parent run, under
     # its own step, for the UI), so the accounting sums the study's whole life; a session killed
-    # before it writes its wall is bounded by its trials' ends (analysis.accounting.study_wall).
+    # (kill -9, the machine lost) before it writes its wall is bounded by its trials' ends
+    # (analysis.accounting.study_wall).
     # The recorder writes it again every HEARTBEAT_S while the session runs.
     begun = time.time()
     session = _session(spec, study_dir, uri, verbose, stage, progress, begun)
@@ -390,9 +391,10 @@ def _run_session(
         if stage == "search":  # trials a Ctrl-C stopped: FAIL in the ledger, run again on resume
             settle_study(spec, study_dir)
         client.set_terminated(parent, outcome)
-    wall = time.perf_counter() - start if ran else 0.0
-    write_session(spec.study_place(study_dir), stage, begun, wall)
-    client.log_metric(parent, f"study/{stage}_wall_seconds", wall, step=step)
+        # Its wall, also when interrupted or failed: the session ended (only a kill skips this).
+        wall = time.perf_counter() - start if ran else 0.0
+        write_session(spec.study_place(study_dir), stage, begun, wall)
+        client.log_metric(parent, f"study/{stage}_wall_seconds", wall, step=step)
 
 
 def back_up_to_store(spec: StudySpec, study_dir: Path) -> str | None:

@@ -1,6 +1,7 @@
 """Ctrl-C during a study: exit 130, the resume command printed, the parent run KILLED, and
 `study resume` finishes the study."""
 
+import json
 import os
 import signal
 import subprocess
@@ -67,6 +68,9 @@ def test_ctrl_c_exits_130_and_the_study_resumes(tmp_path):
     (parent,) = _runs(study_dir, "study")
     assert parent.info.status == "KILLED"
     assert all(r.info.status != "RUNNING" for r in _runs(study_dir, "trial"))
+    # The interrupted session ended: its record holds its wall (a killed one's would not).
+    (session,) = (study_dir / "sessions").glob("search-*.json")
+    assert json.loads(session.read_text())["wall"] > 0, session.read_text()
 
     resumed = run_cli("resume", str(study_dir), cwd=tmp_path, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
