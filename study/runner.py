@@ -94,8 +94,8 @@ def check_writable(study_dir: Path, message: str | None = None) -> None:
 
 
 def prepare(spec: StudySpec, *, resume: bool) -> tuple[Path, str]:
-    """Pre-flight before anything is written: directory state, writability, Ray. Returns (dir,
-    uri)."""
+    """Pre-flight before anything is written: directory state, writability, the tracking URI,
+    and (resume, final) the driver lease; the cluster is start_cluster's. Returns (dir, uri)."""
     from study.tracking import check_study_identity, resolve_tracking_uri
 
     study_dir = study_dir_for(spec)
@@ -124,6 +124,13 @@ def prepare(spec: StudySpec, *, resume: bool) -> tuple[Path, str]:
         raise StudyError(problems[0])
     if not resume:
         check_study_identity(uri, spec.name, study_dir)
+    return study_dir, uri
+
+
+def start_cluster(spec: StudySpec, study_dir: Path, *, resume: bool) -> None:
+    """Ray and the checks that need it (each node can run a trial, sees the study's folders and
+    holds its data); a new study's driver lease once every check has passed."""
+    place, store_place = spec.study_place(), spec.artifact_place(spec.study_place())
     # Local-mode trials (num_workers 0) start no TorchTrainer, the one user of the dashboard.
     init_ray(spec.address, dashboard=spec.resources.num_workers > 0)
     check_cluster(spec)
@@ -135,7 +142,6 @@ def prepare(spec: StudySpec, *, resume: bool) -> tuple[Path, str]:
     preflight_nodes(spec, [place if place.remote else study_dir.parent, store_place])
     if not resume:  # a new study's folder is made once every check has passed
         take_lease(study_dir)
-    return study_dir, uri
 
 
 _LEASES: list[FileLock] = []  # the leases this process holds (released at the command's end)
@@ -345,6 +351,23 @@ def _session(
     return client, exp_id, parent, trainable, [recorder, tracker, console]
 
 
+def settle_records(
+    spec: StudySpec, study_dir: Path, uri: str, exp_id: str | None, stage: str
+) -> None:
+    """After a session, or before a resume with nothing to run: the stage and final trials a
+    stopped session cut short marked lost, its MLflow runs reconciled with the records (one per
+    trial, none left RUNNING), and (search) the trials it left RUNNING settled in the ledger."""
+    from study.search import settle_study
+    from study.tracking import reconcile
+
+    (spec.study_place(study_dir) / "trials").pull()  # an object store's records, mirrored
+    mark_lost(spec.study_place(study_dir) / "trials")
+    if exp_id is not None:
+        reconcile(uri, exp_id, study_id=spec.study_id, record_root=study_dir / "trials")
+    if stage == "search":  # trials a Ctrl-C stopped: FAIL in the ledger, run again on resume
+        settle_study(spec, study_dir)
+
+
 def _run_session(
     spec: StudySpec,
     study_dir: Path,
@@ -357,9 +380,6 @@ def _run_session(
     """Run fit(trainable, callbacks) -> interrupted? (None: it had nothing to run), then reconcile
     MLflow with the records: exactly one run per trial, none left RUNNING; the parent run says how
     it ended. A session with nothing to run counts no wall time in the accounting."""
-    from study.search import settle_study
-    from study.tracking import reconcile
-
     start = time.perf_counter()
     # Each session's start and wall in the study's session records (and on the parent run, under
     # its own step, for the UI), so the accounting sums the study's whole life; a session killed
@@ -384,12 +404,7 @@ def _run_session(
         outcome = "KILLED"
         raise
     finally:
-        (spec.study_place(study_dir) / "trials").pull()  # an object store's records, mirrored
-        mark_lost(spec.study_place(study_dir) / "trials")  # the stage and final trials cut short
-        records = study_dir / "trials"
-        reconcile(uri, exp_id, study_id=spec.study_id, record_root=records)
-        if stage == "search":  # trials a Ctrl-C stopped: FAIL in the ledger, run again on resume
-            settle_study(spec, study_dir)
+        settle_records(spec, study_dir, uri, exp_id, stage)
         client.set_terminated(parent, outcome)
         # Its wall, also when interrupted or failed: the session ended (only a kill skips this).
         wall = time.perf_counter() - start if ran else 0.0
@@ -418,6 +433,9 @@ def run_study(
     from study.tracking import open_tracking_store
 
     study_dir, uri = prepare(spec, resume=resume)
+    if resume and not add_trials and _nothing_left(spec, study_dir, uri):
+        return study_dir
+    start_cluster(spec, study_dir, resume=resume)
     open_tracking_store(uri)  # before the spec is saved: a store that cannot open leaves nothing
     if not resume:
         spec = spec.replace(study_id=uuid.uuid4().hex[:16])
@@ -435,6 +453,22 @@ def run_study(
     progress = _resumed_progress(spec, study_dir) if resume else study_progress(spec)
     _run_session(spec, study_dir, uri, verbose, "search", fit, progress)
     return study_dir
+
+
+def _nothing_left(spec: StudySpec, study_dir: Path, uri: str) -> bool:
+    """Whether a resume has nothing to run (every cell has spent its budget, the ledger settled
+    first): then the bookkeeping a stopped session left is done (settle_records) and neither a
+    cluster nor a session starts."""
+    from study.search import CellSearcher
+    from study.tracking import open_tracking_store
+
+    if CellSearcher(spec, study_dir).total:
+        return False
+    experiment = open_tracking_store(uri).get_experiment_by_name(spec.name)
+    exp_id = experiment.experiment_id if experiment is not None else None
+    settle_records(spec, study_dir, uri, exp_id, "search")
+    print(f"nothing left to run in {study_dir}: every cell has spent its budget")
+    return True
 
 
 def _resumed_progress(spec: StudySpec, study_dir: Path) -> Progress:
@@ -542,6 +576,7 @@ def run_final(
     points = left
     if not points:
         return 0
+    start_cluster(spec, study_dir, resume=True)
     store = spec.artifact_place(spec.study_place(study_dir))
     stages, needs = plan_stages(points, spec.trial_config, store)
 

@@ -785,7 +785,9 @@ def test_final_refuses_a_study_with_an_unfinished_cell_unless_allowed(finished_s
     assert sorted(p["method"] for p in points) == ["CFG-all", "CG", "CG-SC-all"]
 
 
-def test_final_runs_each_cells_choice_over_seeds_reusing_what_is_trained(finished_study):
+def test_final_runs_each_cells_choice_over_seeds_reusing_what_is_trained(
+    finished_study, monkeypatch
+):
     root, study_dir, _ = finished_study
     table_before = (study_dir / "tables" / "comparison.md").read_text()
     result = _cli("final", str(study_dir), "--seeds", "2", "--quiet", cwd=root)
@@ -826,8 +828,10 @@ def test_final_runs_each_cells_choice_over_seeds_reusing_what_is_trained(finishe
     # The console shows the seed means, and the label-% figure is redrawn with them.
     assert "± " in result.stdout and "mean ± std over the seeds" in result.stdout
     assert (study_dir / "figures" / "label_percent_guided_score_cos.pdf").exists()
-    # The same final again (or after an interruption): what finished is kept, nothing runs twice.
-    again = _cli("final", str(study_dir), "--seeds", "2", "--quiet", cwd=root)
+    # The same final again (or after an interruption): what finished is kept, nothing runs twice,
+    # and no cluster starts for nothing.
+    monkeypatch.setattr("study.runner.init_ray", _no_ray)
+    again = _cmd("final", str(study_dir), "--seeds", "2", "--quiet", cwd=root)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "6 of 6 final runs already finished (kept)" in again.stdout
     assert "\n0 final runs in" in again.stdout and len(_final_runs(study_dir)[0]) == 6
@@ -866,16 +870,17 @@ def test_resume_add_trials_extends_every_cell_with_a_knob_and_repeats_nothing(fi
     assert yaml.safe_load((study_dir / "spec.yaml").read_text())["trials_per_cell"] == 3
 
 
+def _no_ray(*args, **kwargs):
+    raise AssertionError("Ray started")
+
+
 def test_a_second_driver_of_one_study_is_refused(finished_study, monkeypatch):
     """While one command drives a study (its lease held), `study resume` and `study final` of
     the same folder exit 2 with one line before any cluster starts, and change nothing; once it
     ends, the lease is free."""
     from filelock import FileLock
 
-    def no_ray(*args, **kwargs):
-        raise AssertionError("a refused second driver started Ray")
-
-    monkeypatch.setattr("study.runner.init_ray", no_ray)
+    monkeypatch.setattr("study.runner.init_ray", _no_ray)
     root, study_dir, _ = finished_study
     watched = [study_dir / "mlflow.db", study_dir / "optuna.db", study_dir / "spec.yaml"]
     before = [p.stat().st_mtime_ns for p in watched]
@@ -890,9 +895,9 @@ def test_a_second_driver_of_one_study_is_refused(finished_study, monkeypatch):
         assert [p.stat().st_mtime_ns for p in watched] == before
     finally:
         lease.release()
-        monkeypatch.undo()
     # Free again: a resume with nothing left to do runs (and takes and gives back the lease),
-    # starts no trial and spends nothing: the compute line stays what it was.
+    # starts no trial, no cluster (init_ray still fails) and spends nothing: the compute line
+    # stays what it was.
     table = _cmd("table", str(study_dir), cwd=root)
     again = _cmd("resume", str(study_dir), cwd=root)
     assert again.returncode == 0, again.stderr[-2000:]
