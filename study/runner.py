@@ -246,13 +246,15 @@ def new_tuner(
     return tune.Tuner(trainable, tune_config=tune_config, run_config=run_config)
 
 
-def _fit_search(spec: StudySpec, study_dir: Path, trainable: Any, callbacks: Any) -> bool | None:
-    """One search session: a new Tuner whose searcher spends what the cells' budgets still allow
-    (read from optuna.db, the trials a gone driver left settled first); True if a Ctrl-C stopped
-    it, None if nothing was left to run (no trial starts)."""
+def _fit_search(
+    spec: StudySpec, study_dir: Path, trainable: Any, callbacks: Any, searcher: Any = None
+) -> bool | None:
+    """One search session: a new Tuner whose searcher (made here unless given) spends what the
+    cells' budgets still allow (read from optuna.db, the trials a gone driver left settled
+    first); True if a Ctrl-C stopped it, None if nothing was left to run (no trial starts)."""
     from study.search import CellSearcher, make_scheduler
 
-    searcher = CellSearcher(spec, study_dir)
+    searcher = CellSearcher(spec, study_dir) if searcher is None else searcher
     if not searcher.total:
         print(f"nothing left to run in {study_dir}: every cell has spent its budget")
         return None
@@ -352,11 +354,12 @@ def _session(
 
 
 def settle_records(
-    spec: StudySpec, study_dir: Path, uri: str, exp_id: str | None, stage: str
+    spec: StudySpec, study_dir: Path, uri: str, exp_id: str | None, ledger: bool
 ) -> None:
     """After a session, or before a resume with nothing to run: the stage and final trials a
     stopped session cut short marked lost, its MLflow runs reconciled with the records (one per
-    trial, none left RUNNING), and (search) the trials it left RUNNING settled in the ledger."""
+    trial, none left RUNNING), and (ledger: a search session's) the trials it left RUNNING
+    settled in the ledger."""
     from study.search import settle_study
     from study.tracking import reconcile
 
@@ -364,7 +367,7 @@ def settle_records(
     mark_lost(spec.study_place(study_dir) / "trials")
     if exp_id is not None:
         reconcile(uri, exp_id, study_id=spec.study_id, record_root=study_dir / "trials")
-    if stage == "search":  # trials a Ctrl-C stopped: FAIL in the ledger, run again on resume
+    if ledger:  # trials a Ctrl-C stopped: FAIL in the ledger, run again on resume
         settle_study(spec, study_dir)
 
 
@@ -404,7 +407,7 @@ def _run_session(
         outcome = "KILLED"
         raise
     finally:
-        settle_records(spec, study_dir, uri, exp_id, stage)
+        settle_records(spec, study_dir, uri, exp_id, ledger=stage == "search")
         client.set_terminated(parent, outcome)
         # Its wall, also when interrupted or failed: the session ended (only a kill skips this).
         wall = time.perf_counter() - start if ran else 0.0
@@ -433,8 +436,11 @@ def run_study(
     from study.tracking import open_tracking_store
 
     study_dir, uri = prepare(spec, resume=resume)
-    if resume and not add_trials and _nothing_left(spec, study_dir, uri):
-        return study_dir
+    searcher = None
+    if resume and not add_trials:
+        searcher = _resume_searcher(spec, study_dir, uri)
+        if searcher is None:
+            return study_dir
     start_cluster(spec, study_dir, resume=resume)
     open_tracking_store(uri)  # before the spec is saved: a store that cannot open leaves nothing
     if not resume:
@@ -448,27 +454,28 @@ def run_study(
         _save_spec(spec, study_dir, uri)
 
     def fit(trainable: Any, callbacks: Any) -> bool | None:
-        return _fit_search(spec, study_dir, trainable, callbacks)
+        return _fit_search(spec, study_dir, trainable, callbacks, searcher)
 
     progress = _resumed_progress(spec, study_dir) if resume else study_progress(spec)
     _run_session(spec, study_dir, uri, verbose, "search", fit, progress)
     return study_dir
 
 
-def _nothing_left(spec: StudySpec, study_dir: Path, uri: str) -> bool:
-    """Whether a resume has nothing to run (every cell has spent its budget, the ledger settled
-    first): then the bookkeeping a stopped session left is done (settle_records) and neither a
+def _resume_searcher(spec: StudySpec, study_dir: Path, uri: str) -> Any:
+    """A resume's searcher (the ledger settled as it is made), or None when it has nothing to
+    run: then the bookkeeping a stopped session left is done (settle_records) and neither a
     cluster nor a session starts."""
     from study.search import CellSearcher
     from study.tracking import open_tracking_store
 
-    if CellSearcher(spec, study_dir).total:
-        return False
+    searcher = CellSearcher(spec, study_dir)
+    if searcher.total:
+        return searcher
     experiment = open_tracking_store(uri).get_experiment_by_name(spec.name)
     exp_id = experiment.experiment_id if experiment is not None else None
-    settle_records(spec, study_dir, uri, exp_id, "search")
+    settle_records(spec, study_dir, uri, exp_id, ledger=False)  # the searcher settled it
     print(f"nothing left to run in {study_dir}: every cell has spent its budget")
-    return True
+    return None
 
 
 def _resumed_progress(spec: StudySpec, study_dir: Path) -> Progress:
