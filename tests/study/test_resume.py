@@ -255,7 +255,7 @@ def test_a_killed_driver_resumes_to_every_cell_with_nothing_left_running(
                 break
         if kill_after == 6:  # the machine lost: driver and trials (own process groups) at once
             _kill_once_the_last_trial_stored_a_network_and_evaluates(
-                study_dir / "trials", proc.pid, ended=6
+                study_dir / "trials", proc.pid, ended=kill_after
             )
         os.kill(proc.pid, signal.SIGKILL)  # the driver only, mid-study
         proc.wait(timeout=60)
