@@ -26,6 +26,24 @@ def _pg_bin(name: str) -> str | None:
     return found if isinstance(found, str) else (found[-1] if found else None)
 
 
+def _start_postgres(pg_ctl: list, folder: Path, tries: int = 3) -> int:
+    """Start the server on a port free now; its port. A free port can be taken before the server
+    binds it (the other test worker's Ray processes open connections from the same range: 'could
+    not bind IPv4 address "127.0.0.1": Address already in use', seen once in the suite): then
+    again on another port."""
+    for attempt in range(tries):
+        port = free_port()
+        options = f"-p {port} -k {folder} -c listen_addresses=127.0.0.1"
+        started = subprocess.run([*pg_ctl, "-o", options, "-w", "start"], capture_output=True)
+        if started.returncode == 0:
+            return port
+        log = (folder / "log").read_text(errors="replace") if (folder / "log").exists() else ""
+        if "Address already in use" not in log or attempt == tries - 1:
+            raise RuntimeError(f"PostgreSQL did not start: {started.stderr!r}\n{log[-2000:]}")
+        (folder / "log").unlink()
+    raise AssertionError("unreachable")
+
+
 @pytest.fixture
 def postgres():
     """A PostgreSQL server of its own: initdb in a temporary folder, started on a free port of
@@ -39,12 +57,10 @@ def postgres():
     folder = Path(tempfile.mkdtemp(prefix="pg", dir="/tmp"))
     if as_user:
         shutil.chown(folder, "postgres")
-    data, port = folder / "data", free_port()
+    data = folder / "data"
     subprocess.run([*as_user, initdb, "-D", data, "-A", "trust", "-U", "postgres", "--no-sync"],
                    check=True, capture_output=True)  # fmt: skip
-    options = f"-p {port} -k {folder} -c listen_addresses=127.0.0.1"
-    subprocess.run([*as_user, pg_ctl, "-D", data, "-l", folder / "log", "-o", options, "-w",
-                    "start"], check=True, capture_output=True)  # fmt: skip
+    port = _start_postgres([*as_user, pg_ctl, "-D", data, "-l", folder / "log"], folder)
     try:
         import psycopg
 
