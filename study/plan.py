@@ -36,10 +36,11 @@ def _sweep_evals(config: TrialConfig, scales: int, classes: int) -> float:
     n_final, steps = validation_size(config)
     images = config.model.arch == "ncsnpp"
     n_first = first_round(n_final, config.eval.val_halving) if images else n_final
+    probes = 0
     if scales > 1:
-        scales += extension_probes(config.sample.guidance_grid, config.sample.guidance_cap)
+        probes = extension_probes(config.sample.guidance_grid, config.sample.guidance_cap)
     per = SAMPLER_SCORE_EVALS[config.sample.sampler] * steps * classes
-    return float(per * race_samples(scales, n_final, n_first))
+    return float(per * race_samples(scales, n_final, n_first, probes))
 
 
 def _num_classes(dataset: str, config: object) -> int:

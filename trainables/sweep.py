@@ -5,11 +5,17 @@ Successive halving (Jamieson & Talwalkar 2016; Li et al. 2018, Hyperband's inner
 scales: every candidate is measured with n_first samples per class, then the better half with twice
 as many, and so on until the survivors have n_final (eval.val_num_per_class), the samples the full
 sweep gives every scale; the choice is made among the survivors at n_final, so a trial's validation
-value is always measured with the same number of samples. An optimum at an edge of the grid is
-bracketed first by cheap probes (at n_first) past it (next_scale), which then race like the grid.
+value is always measured with the same number of samples. An optimum at an edge of the measured
+scales is bracketed by probes past it (next_scale), which then race like the grid: after every
+round whose leader sits at that edge, each probe measured on the round's samples per class (the
+first round's: cheap), so it is compared with the survivors on equal samples. After the first
+round only, a leader inside the grid read from a few samples per class could hide an edge optimum
+that more samples show (seen on tiny-images: CG chose the grid's top, 4, where the full sweep went
+on to 16).
 The measure function draws every scale of a round from the same initial noise and noise sequence
 (common random numbers: trainables.evaluation.sampling.sample_scales), and each further round adds
-a block of samples seeded by its position, so every scale that reaches it gets the same draws.
+a block of samples seeded by its position, so every scale that reaches it gets the same draws (a
+probe catches up block by block).
 """
 
 from __future__ import annotations
@@ -118,37 +124,54 @@ def race(
         curve.update(measure(scales, n))
         reached.update(dict.fromkeys(scales, n))
 
+    def extend(alive: tuple[float, ...], sizes: list[int]) -> tuple[float, ...]:
+        """Probes past the edge the leader of alive sits on until the curve turns (or the cap),
+        each drawn through the rounds' sample sizes so far (the survivors' blocks)."""
+        while True:
+            leader = choose_scale({s: curve[s] for s in alive}, metric, mode)
+            beyond = agree(next_scale(curve, leader, cap, tuple(grid)))
+            if beyond is None:
+                return alive
+            for n in sizes:
+                run((beyond,), n)
+            alive += (beyond,)
+
     alive = tuple(dict.fromkeys(float(s) for s in grid))
     if len(alive) == 1:  # nothing to race (and nothing to extend from one scale)
         n_first = n_final
     run(alive, n_first)
-    while True:  # an optimum at an edge: cheap probes past it until the curve turns (or the cap)
-        beyond = agree(next_scale(curve, choose_scale(curve, metric, mode), cap, tuple(grid)))
-        if beyond is None:
-            break
-        run((beyond,), n_first)
-        alive += (beyond,)
-    n = n_first
-    while n < n_final:
+    sizes = [n_first]
+    alive = extend(alive, sizes)
+    while sizes[-1] < n_final:
         alive = agree(survivors(alive, curve, metric, mode))
-        n = n_final if len(alive) == 1 else min(n_final, 2 * n)
-        run(alive, n)
+        sizes.append(n_final if len(alive) == 1 else min(n_final, 2 * sizes[-1]))
+        run(alive, sizes[-1])
+        alive = extend(alive, sizes)
     chosen = agree(choose_scale({s: curve[s] for s in alive}, metric, mode))
     if chosen is None:  # nothing to choose on: the plain conditional if swept, else the first
         chosen = 1.0 if 1.0 in alive else alive[0]
     return Sweep(chosen, dict(curve.get(chosen, {})), curve, reached)
 
 
-def race_samples(num_scales: int, n_final: int, n_first: int) -> int:
-    """Samples per class a race over num_scales candidates draws (summed over the scales)."""
+def race_samples(num_scales: int, n_final: int, n_first: int, probes: int = 0) -> int:
+    """Samples per class a race over num_scales candidates draws (summed over the scales); with
+    probes, the most it can draw when the extension adds up to that many (each after any round,
+    catching up to that round's samples)."""
     if num_scales == 1:
         return n_final
-    total, alive, n = num_scales * n_first, num_scales, n_first
-    while n < n_final:
-        alive, previous = math.ceil(alive / 2), n
-        n = n_final if alive == 1 else min(n_final, 2 * n)
-        total += alive * (n - previous)
-    return total
+
+    def most(alive: int, n: int, left: int) -> int:  # what is still to draw after a round at n
+        extra = max(range(left + 1), key=lambda k: k * n + later(alive + k, n, left - k))
+        return extra * n + later(alive + extra, n, left - extra)
+
+    def later(alive: int, n: int, left: int) -> int:
+        if n >= n_final:
+            return 0
+        kept = math.ceil(alive / 2)
+        following = n_final if kept == 1 else min(n_final, 2 * n)
+        return kept * (following - n) + most(kept, following, left)
+
+    return num_scales * n_first + most(num_scales, n_first, probes)
 
 
 def extension_probes(grid: Sequence[float], cap: float) -> int:

@@ -8,7 +8,7 @@ import random
 import pytest
 import torch
 
-from trainables.sweep import first_round, race, race_samples, survivors
+from trainables.sweep import extension_probes, first_round, race, race_samples, survivors
 
 GRID = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
 
@@ -63,6 +63,51 @@ def test_an_edge_optimum_is_bracketed_by_cheap_probes_then_raced():
     assert halved.reached[16.0] == 16 and halved.reached[0.5] == 4
 
 
+def test_an_edge_the_leader_reaches_in_a_later_round_is_probed_on_that_rounds_samples():
+    """The first round's few samples per class rank 2 first (noise), more samples rank the grid's
+    top, 4, first, and the optimum is 12 (cap 64): the race probes past 4 after the round that
+    shows it, each probe drawn through the rounds' sample sizes (its blocks are the survivors'),
+    and picks what the full sweep picks; before, it stopped at 4."""
+    calls = []
+
+    def measure(scales, n):
+        calls.append((tuple(scales), n))
+        value = {s: abs(math.log2(s / 12.0)) for s in scales}
+        if n == 4:  # the first round's noise puts 2 ahead
+            value = {s: -1.0 if s == 2.0 else v for s, v in value.items()}
+        return {s: {"fid": v} for s, v in value.items()}
+
+    grid = (0.5, 1.0, 2.0, 4.0)
+    full = race(grid, measure, ("fid", "min"), cap=64.0, n_final=16, n_first=16)
+    calls.clear()
+    halved = race(grid, measure, ("fid", "min"), cap=64.0, n_final=16, n_first=4)
+    assert halved.scale == full.scale == 16.0
+    assert calls[:2] == [(grid, 4), ((2.0, 4.0), 8)]  # no probe after the first round
+    # 4 leads at 8 samples: probes 8, 16 and 32 (where the curve turns), each catching up
+    # through 4 and 8 samples; then the better 3 of the 5 at the full samples.
+    assert calls[2:8] == [((s,), n) for s in (8.0, 16.0, 32.0) for n in (4, 8)]
+    assert calls[8:] == [((8.0, 16.0, 32.0), 16)]
+    assert halved.reached[16.0] == 16 and halved.metrics["fid"] == full.curve[16.0]["fid"]
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_what_a_race_draws_is_at_most_what_the_plan_counts(seed):
+    """The plan's count (race_samples with the most probes the cap allows) bounds every race, the
+    probes added after any round; noisy rigged curves with optima inside and past the grid."""
+    rng = random.Random(seed)
+    grid = (0.5, 1.0, 2.0, 4.0)
+    cap, n_final, n_first = rng.choice([8.0, 16.0, 64.0]), rng.choice([8, 16, 32]), 4
+    measure, calls = rigged(rng.choice([0.3, 1.4, 5.5, 12.0, 40.0]), seed, noise=1.0)
+    race(grid, measure, ("fid", "min"), cap=cap, n_final=n_final, n_first=n_first)
+    reached: dict[float, int] = {}
+    drawn = 0
+    for scales, n in calls:
+        for scale in scales:
+            drawn += n - reached.get(scale, 0)
+            reached[scale] = n
+    assert drawn <= race_samples(len(grid), n_final, n_first, extension_probes(grid, cap))
+
+
 def test_survivors_keep_the_better_half_with_unmeasured_scales_last():
     curve = {1.0: {"m": 3.0}, 2.0: {"m": 1.0}, 4.0: {"m": math.nan}, 8.0: {"m": 2.0}}
     assert survivors((1.0, 2.0, 4.0, 8.0), curve, "m", "min") == (2.0, 8.0)
@@ -76,6 +121,10 @@ def test_first_round_and_its_cost():
     assert race_samples(4, 16, 4) == 4 * 4 + 2 * 4 + 1 * 8
     assert race_samples(5, 16, 16) == 80
     assert race_samples(1, 16, 4) == 16 and race_samples(2, 32, 4) == 2 * 4 + 28
+    # Probes: all after the first round (a race over 6), or later on more samples each; the
+    # most is both after the last round, at 16 each: 4 * 4 + 2 * 4 + 1 * 8 + 2 * 16.
+    assert race_samples(4, 16, 4, probes=2) == 64 > race_samples(6, 16, 4) == 52
+    assert race_samples(4, 16, 16, probes=2) == 6 * 16  # no halving: every probe in full
 
 
 def test_one_scale_is_measured_once_in_full():
