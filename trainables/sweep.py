@@ -161,8 +161,7 @@ def race_samples(num_scales: int, n_final: int, n_first: int, probes: int = 0) -
         return n_final
 
     def most(alive: int, n: int, left: int) -> int:  # what is still to draw after a round at n
-        extra = max(range(left + 1), key=lambda k: k * n + later(alive + k, n, left - k))
-        return extra * n + later(alive + extra, n, left - extra)
+        return max(k * n + later(alive + k, n, left - k) for k in range(left + 1))
 
     def later(alive: int, n: int, left: int) -> int:
         if n >= n_final:
@@ -176,8 +175,8 @@ def race_samples(num_scales: int, n_final: int, n_first: int, probes: int = 0) -
 
 def extension_probes(grid: Sequence[float], cap: float) -> int:
     """The most probes the extension can add past the grid: up (next_scale's steps from the
-    largest scale to the cap) or down (at most MAX_HALVINGS), whichever is more; it moves from one
-    edge, the one the optimum is at."""
+    largest scale to the cap) and down (at most MAX_HALVINGS); both, since a later round's leader
+    can sit at the other edge from the first round's."""
     scales = sorted(set(float(s) for s in grid))
     if len(scales) < 2 or cap <= scales[-1]:
         return 0
@@ -185,4 +184,4 @@ def extension_probes(grid: Sequence[float], cap: float) -> int:
     ratio = max(2.0, top / scales[-2] if scales[-2] > 0 else 2.0)
     while top < cap:
         top, up = min(cap, top * ratio), up + 1
-    return max(up, MAX_HALVINGS if scales[0] > 0 else 0)
+    return up + (MAX_HALVINGS if scales[0] > 0 else 0)

@@ -108,6 +108,32 @@ def test_what_a_race_draws_is_at_most_what_the_plan_counts(seed):
     assert drawn <= race_samples(len(grid), n_final, n_first, extension_probes(grid, cap))
 
 
+def test_a_race_that_turns_to_the_other_edge_stays_within_the_plans_count():
+    """The first round leads at the top (probes 8 and 16), the second at the bottom (probes 0.25,
+    0.125, 0.0625): both edges' probes, 84 samples per class, which the plan counts (it counted
+    one edge's, 80)."""
+    calls = []
+
+    def measure(scales, n):
+        calls.append((tuple(scales), n))
+        first = {4.0: 0.2, 8.0: 0.0, 16.0: 0.5, 0.5: 0.3}
+        return {s: {"fid": first.get(s, 1.0) if n == 4 else math.log2(s)} for s in scales}
+
+    grid = (0.5, 1.0, 2.0, 4.0)
+    chosen = race(grid, measure, ("fid", "min"), cap=16.0, n_final=16, n_first=4)
+    probed = [s for s, _ in calls[1:] if len(s) == 1]
+    assert list(dict.fromkeys(probed)) == [(8.0,), (16.0,), (0.25,), (0.125,), (0.0625,)]
+    assert chosen.scale == 0.0625
+    reached: dict[float, int] = {}
+    drawn = 0
+    for scales, n in calls:
+        for scale in scales:
+            drawn += n - reached.get(scale, 0)
+            reached[scale] = n
+    assert extension_probes(grid, 16.0) == 2 + 3
+    assert drawn == 84 <= race_samples(len(grid), 16, 4, extension_probes(grid, 16.0))
+
+
 def test_survivors_keep_the_better_half_with_unmeasured_scales_last():
     curve = {1.0: {"m": 3.0}, 2.0: {"m": 1.0}, 4.0: {"m": math.nan}, 8.0: {"m": 2.0}}
     assert survivors((1.0, 2.0, 4.0, 8.0), curve, "m", "min") == (2.0, 8.0)
