@@ -91,7 +91,9 @@ def _status(url: str, auth: tuple[str, str] | None = None) -> int:
         token = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
         request.add_header("Authorization", f"Basic {token}")
     try:
-        with urllib.request.urlopen(request, timeout=10) as response:
+        # The first authorised read opens the tracking store on PostgreSQL (its schema checked):
+        # over 10 s once beside the other test worker's studies (load about 10), so 60 s.
+        with urllib.request.urlopen(request, timeout=60) as response:
             return response.status
     except urllib.error.HTTPError as exc:
         return exc.code
