@@ -184,7 +184,9 @@ class Guidance(_Section):
     ] = None  # fmt: skip
     val_num_steps: Annotated[
         Annotated[Int, Field(ge=1, le=MAX_COUNT)] | None,
-        doc("sampler steps of the validation samples", "sample.num_steps"),
+        doc(
+            "sampler steps of the validation samples (at most sample.num_steps)", "sample.num_steps"
+        ),
     ] = None
 
     @model_validator(mode="after")

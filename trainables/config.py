@@ -218,8 +218,9 @@ class EvalConfig:
     # val_num_per_class (>= 4) per class for every scale, twice as many for the better half, ...,
     # val_num_per_class for the survivors. false: every scale sampled in full.
     val_halving: bool = True
-    # Sampler steps of validation sampling; 0 = sample.num_steps. Fewer only where they rank the
-    # scales as the full sampler does (docs/benchmarks.md, "Validation sampler steps").
+    # Sampler steps of validation sampling; 0 = sample.num_steps, and never more than it. Fewer
+    # only where they rank the scales as the full sampler does (docs/benchmarks.md, "Validation
+    # sampler steps").
     val_num_steps: OptionalCount = 0
     # Noise bands of the SC diagnostics (sc_ratio_band<i>: sigma in [edge_i, edge_i+1)), clipped to
     # [sde.sigma_min, sde.sigma_max].

@@ -78,9 +78,12 @@ def next_scale(
 def validation_size(config: TrialConfig) -> tuple[int, int]:
     """(samples per class, sampler steps) of the sweep's full validation measurement:
     eval.val_num_per_class (0: a quarter of sample.num_per_class, at least 8) and
-    eval.val_num_steps (0: sample.num_steps)."""
+    eval.val_num_steps (0: sample.num_steps), at most sample.num_steps: validation is there to
+    save sampling, so a base's fewer steps (tiny-images: 25 for PC-100) never exceed the steps a
+    study samples with (a quick study's 4 were sampled at 25 for validation)."""
     per_class = config.eval.val_num_per_class or max(8, config.sample.num_per_class // 4)
-    return per_class, config.eval.val_num_steps or config.sample.num_steps
+    steps = config.sample.num_steps
+    return per_class, min(config.eval.val_num_steps or steps, steps)
 
 
 def first_round(n_final: int, halving: bool) -> int:

@@ -248,3 +248,17 @@ def test_the_trials_curve_keeps_the_samples_each_scale_was_measured_on(tmp_path)
     assert all(names.is_diagnostic(key) for key in curve)  # in diagnostics.json, not the metrics
     _plot_curve(sweep, (("intra_fid", "min"),), tmp_path / "curve.png")
     assert (tmp_path / "curve.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize(
+    ("steps", "val_steps", "expected"),
+    [(100, 0, 100), (100, 25, 25), (4, 25, 4), (4, 0, 4), (30, 25, 25)],
+)
+def test_validation_samples_with_the_bases_fewer_steps_never_with_more(steps, val_steps, expected):
+    from trainables.config import from_flat
+    from trainables.sweep import validation_size
+
+    # The tiny-images base validates with PC-25 of its PC-100; a quick study's 4 steps stay 4.
+    flat = {"sample.num_steps": steps, "eval.val_num_steps": val_steps}
+    config = from_flat(flat, base="tiny-images")
+    assert validation_size(config) == (8, expected)
