@@ -29,6 +29,18 @@ def rigged(optimum: float, seed: int, noise: float = 0.3):
     return measure, calls
 
 
+def samples_drawn(calls) -> int:
+    """Samples per class a race drew, summed over its scales: a scale measured again at n draws
+    only what it lacks (its earlier blocks are kept)."""
+    reached: dict[float, int] = {}
+    drawn = 0
+    for scales, n in calls:
+        for scale in scales:
+            drawn += n - reached.get(scale, 0)
+            reached[scale] = n
+    return drawn
+
+
 @pytest.mark.parametrize("seed", range(30))
 def test_halving_picks_the_scale_the_full_sweep_picks_on_a_noisy_curve(seed):
     optimum = random.Random(seed).choice([0.7, 1.4, 2.9, 5.5, 11.0])
@@ -99,12 +111,7 @@ def test_what_a_race_draws_is_at_most_what_the_plan_counts(seed):
     cap, n_final, n_first = rng.choice([8.0, 16.0, 64.0]), rng.choice([8, 16, 32]), 4
     measure, calls = rigged(rng.choice([0.3, 1.4, 5.5, 12.0, 40.0]), seed, noise=1.0)
     race(grid, measure, ("fid", "min"), cap=cap, n_final=n_final, n_first=n_first)
-    reached: dict[float, int] = {}
-    drawn = 0
-    for scales, n in calls:
-        for scale in scales:
-            drawn += n - reached.get(scale, 0)
-            reached[scale] = n
+    drawn = samples_drawn(calls)
     assert drawn <= race_samples(len(grid), n_final, n_first, extension_probes(grid, cap))
 
 
@@ -124,12 +131,7 @@ def test_a_race_that_turns_to_the_other_edge_stays_within_the_plans_count():
     probed = [s for s, _ in calls[1:] if len(s) == 1]
     assert list(dict.fromkeys(probed)) == [(8.0,), (16.0,), (0.25,), (0.125,), (0.0625,)]
     assert chosen.scale == 0.0625
-    reached: dict[float, int] = {}
-    drawn = 0
-    for scales, n in calls:
-        for scale in scales:
-            drawn += n - reached.get(scale, 0)
-            reached[scale] = n
+    drawn = samples_drawn(calls)
     assert extension_probes(grid, 16.0) == 2 + 3
     assert drawn == 84 <= race_samples(len(grid), 16, 4, extension_probes(grid, 16.0))
 
