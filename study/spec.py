@@ -186,6 +186,21 @@ def _check_trials(spec: StudySpec, errors: list[str], check_data: bool = True) -
             _check_images(trial, errors)
         trials[method] = trial
     _check_objectives(trials, list(spec.objectives), errors)
+    _check_validation_steps(spec, trial, errors)
+
+
+def _check_validation_steps(spec: StudySpec, trial: Any, errors: list[str]) -> None:
+    """Validation sampler steps the spec writes are at most the study's sampler steps (a base
+    config's fewer steps are only capped: trainables.sweep.validation_size)."""
+    key = "eval.val_num_steps"
+    written = key if key in spec.config else "guidance.val_num_steps"
+    if written == key or spec.guidance.val_num_steps is not None:
+        steps, most = trial.eval.val_num_steps, trial.sample.num_steps
+        if steps > most:
+            errors.append(
+                f"{written}: {steps} is above sample.num_steps {most}, the steps the study "
+                f"samples with; give at most {most}, or leave it out (then {most})"
+            )
 
 
 def _check_names(spec: schema.SpecModel, errors: list[str]) -> None:

@@ -186,6 +186,11 @@ BAD_INPUTS += [
         "guidance.val_num_steps: must be greater than or equal to 1",
     ),
     (
+        "validation sampler steps above the sampler's",
+        lambda p: _write(p, "guidance: {val_num_steps: 50}\nconfig: {sample.num_steps: 8}\n"),
+        "guidance.val_num_steps: 50 is above sample.num_steps 8",
+    ),
+    (
         "halving not a boolean",
         lambda p: _write(p, "guidance: {halving: sometimes}\n"),
         "guidance.halving: ",

@@ -137,3 +137,18 @@ def test_a_section_written_with_no_value_takes_its_defaults():
     spec = validate(yaml.safe_load(text))
     assert spec == validate({"methods": ["CG"]})
     assert spec.base_config == "toy" and spec.config == {} and spec.guidance.scales
+
+
+def test_validation_steps_written_above_the_samplers_are_refused_a_bases_are_capped():
+    tiny = {"dataset": "tiny-images", "base_config": "tiny-images",
+            "objectives": [{"metric": "guided_dsm", "mode": "min"}]}  # fmt: skip
+    # The base's 25 validation steps with a quick study's 4 sampler steps: capped, not refused.
+    assert validate({**tiny, "config": {"sample.num_steps": 4}}, check_data=False)
+    assert validate({**tiny, "guidance": {"val_num_steps": 4}, "config": {"sample.num_steps": 4}},
+                    check_data=False)  # fmt: skip
+    with pytest.raises(SpecError, match=r"^invalid study spec: eval.val_num_steps: 5 is above "
+                       r"sample.num_steps 4, .* give at most 4"):  # fmt: skip
+        validate({**tiny, "config": {"sample.num_steps": 4, "eval.val_num_steps": 5}},
+                 check_data=False)  # fmt: skip
+    with pytest.raises(SpecError, match="guidance.val_num_steps: 26 is above sample.num_steps 25"):
+        validate({"guidance": {"val_num_steps": 26}, "config": {"sample.num_steps": 25}})
