@@ -139,7 +139,7 @@ def test_a_section_written_with_no_value_takes_its_defaults():
     assert spec.base_config == "toy" and spec.config == {} and spec.guidance.scales
 
 
-def test_validation_steps_written_above_the_samplers_are_refused_a_bases_are_capped():
+def test_validation_steps_above_the_samplers_are_refused_if_written_capped_if_a_bases():
     tiny = {"dataset": "tiny-images", "base_config": "tiny-images",
             "objectives": [{"metric": "guided_dsm", "mode": "min"}]}  # fmt: skip
     # The base's 25 validation steps with a quick study's 4 sampler steps: capped, not refused.
