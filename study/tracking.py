@@ -54,7 +54,7 @@ from trainables.storage import Place
 TERMINAL = {"FINISHED", "FAILED", "KILLED"}
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"  # MLflow 3's model-training experiment view
-STEP_METRIC = "tracker/step"  # the run's own result counter, continued across trial restarts
+STEP_METRIC = "tracker/step"  # the run's result counter (its timestamps: when it was last heard of)
 
 
 def default_tracking_uri(study_dir: Path) -> str:
@@ -286,11 +286,10 @@ class MLflowTracker(tune.Callback):
         self.full_params = full_params  # picklable: trial params -> every flat param
         self._client: MlflowClient | None = None
         self._runs: dict[str, str] = {}
-        self._offsets: dict[str, int] = {}
 
     def __getstate__(self) -> dict:
         """Pickle without the client (Tune saves callbacks with the experiment)."""
-        return {**self.__dict__, "_client": None, "_runs": {}, "_offsets": {}}
+        return {**self.__dict__, "_client": None, "_runs": {}}
 
     @property
     def client(self) -> MlflowClient:
@@ -300,33 +299,22 @@ class MLflowTracker(tune.Callback):
         return self._client
 
     def run_for(self, trial: Trial) -> str:
-        """The trial's run: the existing one with its trial id, else a new child run."""
+        """The trial's run, a new one at its first call. A trial id is new in every session (Tune
+        restarts no trial: a failed one's configuration runs again as a new trial, and Ray Train
+        restarts a worker group inside its trial)."""
         if trial.trial_id in self._runs:
             return self._runs[trial.trial_id]
-        scope = trial_runs_filter(self.study_id)
-        found = self.client.search_runs(
-            [self.experiment_id],
-            filter_string=f"{scope} and tags.trial_id = '{trial.trial_id}'",
-            max_results=1,
+        params = trial.config
+        flat = self.full_params(params)
+        run = self.client.create_run(
+            self.experiment_id,
+            run_name=run_name(params, flat, self.stage),
+            tags=self._tags(trial),
+            start_time=getattr(trial, "start_time", None),  # a rebuilt run's (rebuild_runs)
         )
-        if found:
-            # Re-attached when Tune restarts a failed trial (max_failures): training_iteration
-            # starts at 1 again, so continue the run's step count instead of overwriting steps.
-            run_id = found[0].info.run_id
-            self._offsets[trial.trial_id] = int(found[0].data.metrics.get(STEP_METRIC, 0))
-            self.client.update_run(run_id, status="RUNNING")
-        else:
-            params = trial.config
-            flat = self.full_params(params)
-            run = self.client.create_run(
-                self.experiment_id,
-                run_name=run_name(params, flat, self.stage),
-                tags=self._tags(trial),
-                start_time=getattr(trial, "start_time", None),  # a rebuilt run's (rebuild_runs)
-            )
-            run_id = run.info.run_id
-            shaping = shaping_keys(str(params.get(METHOD_KEY)), flat)
-            self.client.log_batch(run_id, params=[Param(k, str(flat[k])) for k in sorted(shaping)])
+        run_id = run.info.run_id
+        shaping = shaping_keys(str(params.get(METHOD_KEY)), flat)
+        self.client.log_batch(run_id, params=[Param(k, str(flat[k])) for k in sorted(shaping)])
         self._runs[trial.trial_id] = run_id
         self._record_run(trial.trial_id, run_id)
         return run_id
@@ -372,7 +360,7 @@ class MLflowTracker(tune.Callback):
     ) -> None:
         """Log a result's numbers at the run's own step counter."""
         run_id = self.run_for(trial)
-        step = self._offsets.get(trial.trial_id, 0) + int(result.get("training_iteration", 0))
+        step = int(result.get("training_iteration", 0))
         now = int(time.time() * 1000)
         numbers = result_numbers(result)
         metrics = [

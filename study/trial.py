@@ -10,7 +10,7 @@ from study.cluster import worker_resources
 from study.spec import StudySpec
 from trainables.context import TrialContext
 from trainables.names import STAGE_KEY
-from trainables.records import REPLAYED_KEY, TrialRecords
+from trainables.records import TrialRecords
 
 
 @dataclass(frozen=True)
@@ -27,7 +27,7 @@ class StudyContext:
 
 
 def trial_driver(params: dict[str, Any], *, study: StudyContext) -> None:
-    """Run one trial's TorchTrainer, or replay its final result if it already finished."""
+    """Run one trial's TorchTrainer (or, in local mode, its worker function)."""
     import ray.train
     from ray import tune
     from ray.train.torch import TorchTrainer
@@ -38,12 +38,6 @@ def trial_driver(params: dict[str, Any], *, study: StudyContext) -> None:
     trial_id = tune.get_context().get_trial_id()
     records = TrialRecords.of(study.trial.record_dir, trial_id)  # a folder, or a store's mirror
     place = records.place
-    final = records.final()
-    if final is not None:
-        # A restored study re-runs trials that ended after its last experiment checkpoint: report
-        # the stored final result instead of training again.
-        tune.report({**final, REPLAYED_KEY: 1.0})
-        return
     # Which configuration this trial is (study.recorder wrote it as the trial started, unless
     # it could not): written once, its time is the trial's start (TrialRecords.times).
     if records.params() is None:

@@ -261,7 +261,7 @@ IMAGE_DATASETS = (
 
 # ---- trial records: what the worker writes for the driver, under <study>/trials/<trial id>/
 # -------
-FINAL_RECORD = "final.json"  # the final result, replayed (not retrained) after a restore
+FINAL_RECORD = "final.json"  # the final result (present: the trial finished)
 TAGS_RECORD = "tags.json"  # MLflow tags (feature extractor, evaluation classifier, warnings)
 ARTIFACTS_RECORD = "artifacts.json"  # artifact name -> its folder in the artifact cache
 SAMPLES_IMAGE = "samples.png"  # grid of guided samples (images)

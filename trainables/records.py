@@ -17,7 +17,7 @@ Records (files, per trial):
 - artifacts.json, tags.json, samples.png (the worker, at the end): the cache folders of its
   networks, MLflow tags, its sample grid;
 - final.json (the worker, last and atomically: its presence means the trial finished): the final
-  result, replayed rather than retrained after a restore;
+  result (the ledger's objective values, `study final`'s finished points, a lost store's runs);
 - error.json (the worker, when it fails): exception type, message and step;
 - spent.json (the worker, each time it has trained a network into the cache): its training cost
   so far, which a trial taken down before its final result still counts with (study.tracking);
@@ -62,7 +62,6 @@ from trainables.storage import Place
 # ---- the keys of the results a trial reports to Tune ----------------------------------------
 FINAL_KEY = "final"  # 1.0 in a final result (absent: stopped before its final evaluation)
 EVAL_EPOCH_KEY = "eval_epoch"  # the epochs evaluated so far (the scheduler's time attribute)
-REPLAYED_KEY = "replayed"  # 1.0 when the final result was read back from final.json
 
 
 class COST:

@@ -89,17 +89,6 @@ def test_a_trial_ending_without_its_final_result_is_tagged_early_stopped(store):
     assert run.data.tags["early_stopped"] == "true" and run.data.tags["stopped_at_epoch"] == "1"
 
 
-def test_a_restarted_trial_continues_the_same_run_and_its_step_counter(store):
-    first = _tracker(store)
-    trial = _trial("t3")
-    first.on_trial_result(0, [], trial, {"training_iteration": 3, "score/loss": 1.0})
-    second = _tracker(store)  # Tune restarted the trial: it counts iterations from 1 again
-    second.on_trial_result(0, [], trial, {"training_iteration": 1, "score/loss": 0.5})
-    (run,) = _runs(store)
-    history = store.client.get_metric_history(run.info.run_id, "score/loss")
-    assert sorted(m.step for m in history) == [3, 4]
-
-
 def test_reconcile_keeps_one_run_per_trial_and_ends_running_ones_killed_with_the_reason(store):
     tracker = _tracker(store)
     for trial_id in ("a", "b"):
