@@ -53,7 +53,7 @@ class Progress:
 
     # Recording: trial starts and ends.
     def started(self, trial_id: str, cell: tuple[str, float], kind: str, now: float) -> None:
-        """A trial started (again, after a restore: its first start is kept)."""
+        """A trial started (a second start of one trial id keeps the first)."""
         if trial_id not in self.trials:
             self.trials[trial_id] = TrialState(trial_id, cell, kind, start=now)
         else:
