@@ -38,7 +38,7 @@ def init_ray(address: str | None, dashboard: bool = True) -> None:
     # unset, Ray turns token authentication on for a new local cluster (token in ~/.ray).
     # Per-epoch training reports carry losses; the objective arrives with the final evaluation.
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
-    # No TensorBoard files from Tune (its default loggers; runner.new_tuner adds CSV and JSON): MLflow
+    # No TensorBoard files from Tune's default loggers (runner.new_tuner adds CSV and JSON): MLflow
     # holds every metric, and tensorboardX imports torch into the driver (4 s a study).
     os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
     if ray.is_initialized():
