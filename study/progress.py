@@ -8,6 +8,9 @@ sampling score evaluations, weighed as score-network evaluations) calibrated by 
 measured so far: seconds per unit of work of the finished trials, per method where that method has
 finished a trial (methods differ in what a unit costs: guided sampling takes an input gradient),
 else over every finished trial. The work still to do is spread over the study's trial slots.
+Until a trial that samples (a search trial or final run) has finished, the time left reads
+"estimating": the stage trials only train, and from their rate alone the first estimate was 2.7x
+the time left of the default toy study and a third of the tiny-images preset's (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -149,9 +152,10 @@ class Progress:
         return out
 
     def remaining_seconds(self, now: float) -> float | None:
-        """Estimated seconds until the last trial ends; None before any trial finished."""
+        """Estimated seconds until the last trial ends; None before a trial that samples finished
+        (rates["trials"]: the search trials' or final runs' rate)."""
         rates, overall = self.seconds_per_unit()
-        if overall is None:
+        if overall is None or "trials" not in rates:
             return None
         left = 0.0
         for trial in self.pending():

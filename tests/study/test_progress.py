@@ -108,3 +108,15 @@ def test_the_console_prints_a_status_every_15_s_while_a_trial_runs(monkeypatch, 
     assert seconds == list(range(15, 241, 15))  # every 15 s, nothing in between
     tables = [s for s, table in printed if table]
     assert tables == [15, 105, 225]  # the first, after t2 started, and 120 s after that one
+
+
+def test_time_left_waits_for_a_trial_that_samples():
+    # A stage trial only trains: its rate says nothing of what sampling costs.
+    progress = _plan(slots=2)
+    progress.started("s", CG, "shared", 0.0)
+    progress.ended("s", "FINISHED", 5.0)
+    assert progress.remaining_seconds(6.0) is None
+    assert "time left: estimating" in progress.summary(6.0)
+    progress.started("a", CG, "search", 5.0)
+    progress.ended("a", "FINISHED", 15.0, 0.7)
+    assert progress.remaining_seconds(16.0) is not None
