@@ -10,7 +10,9 @@ the records too: history.json). No torch, no Ray, no MLflow."""
 
 from __future__ import annotations
 
+import contextlib
 import math
+import sqlite3
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -38,6 +40,30 @@ LEDGER_FILE = "optuna.db"
 LEASE_FILE = "driver.lock"  # the driver lease (study.runner.take_lease)
 LOST = "lost_with_driver"  # a FAIL trial's user attribute: its driver stopped before it ended
 SO_FAR = (COST.STEPS_SO_FAR, COST.TRAIN_SECONDS_SO_FAR)  # an early stop's training: user attrs
+
+
+class StudyNotReady(ValueError):
+    """The folder is not a study, the study has nothing to read yet, or its ledger cannot be read
+    (the message says why and what to do)."""
+
+
+def check_ledger_file(db: Path) -> None:
+    """StudyNotReady naming db when it is there but not a readable Optuna database (truncated,
+    overwritten): every view and a resume would otherwise read a broken ledger."""
+    if not db.is_file():
+        return
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
+            if conn.execute("PRAGMA quick_check").fetchone()[0] != "ok":
+                raise sqlite3.DatabaseError("quick_check failed")
+            conn.execute("SELECT count(*) FROM studies").fetchone()
+    except sqlite3.Error as exc:
+        raise StudyNotReady(
+            f"{db} cannot be read ({exc}); restore it from a backup (it holds the cells' "
+            "searches); nothing was changed"
+        ) from None
+
+
 BASE_COLUMNS = [
     "run_id", "trial_id", "status", "early_stopped", "run_again", "stage", "method",
     "label_percent",
@@ -74,6 +100,7 @@ def ledger_trials(db: Path, study_name: str) -> dict[str, tuple[optuna.trial.Fro
 
     if not db.is_file():
         return {}
+    check_ledger_file(db)
     storage = optuna.storages.RDBStorage(f"sqlite:///{db}")
     trials = {}
     for study in storage.get_all_studies():

@@ -23,7 +23,7 @@ import yaml
 
 from analysis.console import console_table
 from analysis.final import seed_statistics
-from analysis.ledger import ledger_runs
+from analysis.ledger import StudyNotReady, ledger_runs
 from analysis.tables import (
     DEFAULT_METRICS,
     best_per_cell,
@@ -42,11 +42,6 @@ from trainables.names import (
     cell_label,
 )
 from trainables.storage import Place, is_uri, rehomed
-
-
-class StudyNotReady(ValueError):
-    """The folder is not a study, or the study has nothing to read yet (the message says why and
-    what to do)."""
 
 
 @dataclass

@@ -6,14 +6,13 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import sqlite3
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from analysis.ledger import ledger_runs
+from analysis.ledger import LEDGER_FILE, check_ledger_file, ledger_runs
 from study.plan import make_plan, to_text
 from study.runner import (
     StudyError,
@@ -149,10 +148,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 def check_ledger(study_dir: Path, spec: StudySpec) -> None:
     """Refuse to resume a folder study whose Optuna database (each cell's trials, parameters and
     values) is unreadable, or gone while trials have run: resuming would search as if nothing
-    had (StudyError naming the file; nothing is written)."""
+    had (StudyError, or StudyNotReady from analysis.ledger, naming the file; nothing is
+    written)."""
     if spec.study_place(study_dir).remote:
         return
-    ledger = study_dir / "optuna.db"
+    ledger = study_dir / LEDGER_FILE
     if not ledger.exists():
         records = study_dir / "trials"
         if records.is_dir() and any(records.iterdir()):
@@ -161,15 +161,7 @@ def check_ledger(study_dir: Path, spec: StudySpec) -> None:
                 "(its cells' searches are kept there) before resuming"
             )
         return
-    try:
-        with sqlite3.connect(f"file:{ledger}?mode=ro", uri=True) as db:
-            if db.execute("PRAGMA quick_check").fetchone()[0] != "ok":
-                raise sqlite3.DatabaseError("quick_check failed")
-            db.execute("SELECT count(*) FROM studies").fetchone()
-    except sqlite3.Error as exc:
-        raise StudyError(
-            f"{ledger} cannot be read ({exc}); restore it from a backup before resuming"
-        ) from None
+    check_ledger_file(ledger)
 
 
 def study_header(spec: StudySpec) -> str:
@@ -258,6 +250,7 @@ def cmd_table(args: argparse.Namespace) -> int:
     """study table DIR: the tables and figures again; trial runs the MLflow store lacks (a lost
     or replaced store) are first written again from the trial records."""
     study_dir, spec = load_study_spec(args.study_dir, store=False, view=True)
+    check_ledger_file(study_dir / LEDGER_FILE)  # before anything is written again
     rebuilt = rebuild_runs(spec, study_dir)
     if rebuilt:
         print(f"wrote {rebuilt} trial runs again from {study_dir / 'trials'}")

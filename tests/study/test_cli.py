@@ -731,7 +731,9 @@ def test_final_bad_input_exits_2_and_writes_nothing(finished_study, tmp_path):
     assert sorted(p.name for p in empty.iterdir()) == listing
 
 
-def test_resume_refuses_a_missing_or_truncated_ledger_and_writes_nothing(finished_study, tmp_path):
+def test_a_truncated_ledger_is_refused_by_every_reader_a_missing_one_by_resume(
+    finished_study, tmp_path
+):
     import shutil
 
     root, study_dir, _ = finished_study
@@ -741,10 +743,13 @@ def test_resume_refuses_a_missing_or_truncated_ledger_and_writes_nothing(finishe
     ledger = copy / "optuna.db"
     ledger.write_bytes(ledger.read_bytes()[:3000])  # truncated mid-file
     listing = sorted(p.name for p in copy.rglob("*"))
-    result = _cmd("resume", str(copy), cwd=root)
-    assert result.returncode == 2, result.stderr[-2000:]
-    assert f"{ledger} cannot be read" in result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1
+    # Every command that reads the ledger refuses it the same way (was: a traceback, exit 1).
+    for command in ("resume", "status", "table", "plot", "export-best", "final"):
+        result = _cmd(command, str(copy), cwd=root)
+        assert result.returncode == 2, (command, result.stderr[-2000:])
+        assert f"{ledger} cannot be read" in result.stderr, (command, result.stderr[-2000:])
+        assert len(result.stderr.strip().splitlines()) == 1, (command, result.stderr)
+        assert sorted(p.name for p in copy.rglob("*")) == listing, command
     ledger.unlink()
     result = _cmd("resume", str(copy), cwd=root)
     assert result.returncode == 2 and f"{ledger} is missing" in result.stderr
