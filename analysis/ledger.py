@@ -47,21 +47,28 @@ class StudyNotReady(ValueError):
     (the message says why and what to do)."""
 
 
-def check_ledger_file(db: Path) -> None:
-    """StudyNotReady naming db when it is there but not a readable Optuna database (truncated,
-    overwritten): every view and a resume would otherwise read a broken ledger."""
-    if not db.is_file():
-        return
+def sqlite_problem(db: Path, table: str) -> str | None:
+    """Why the SQLite file db cannot be read as a database holding table (truncated, overwritten),
+    or None; read only."""
     try:
         with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
             if conn.execute("PRAGMA quick_check").fetchone()[0] != "ok":
-                raise sqlite3.DatabaseError("quick_check failed")
-            conn.execute("SELECT count(*) FROM studies").fetchone()
+                return "quick_check failed"
+            conn.execute(f"SELECT count(*) FROM {table}").fetchone()
     except sqlite3.Error as exc:
+        return str(exc)
+    return None
+
+
+def check_ledger_file(db: Path) -> None:
+    """StudyNotReady naming db when it is there but not a readable Optuna database: every view
+    and a resume would otherwise read a broken ledger."""
+    problem = sqlite_problem(db, "studies") if db.is_file() else None
+    if problem is not None:
         raise StudyNotReady(
-            f"{db} cannot be read ({exc}); restore it from a backup (it holds the cells' "
+            f"{db} cannot be read ({problem}); restore it from a backup (it holds the cells' "
             "searches); nothing was changed"
-        ) from None
+        )
 
 
 BASE_COLUMNS = [

@@ -23,7 +23,7 @@ import yaml
 
 from analysis.console import console_table
 from analysis.final import seed_statistics
-from analysis.ledger import StudyNotReady, ledger_runs
+from analysis.ledger import LEDGER_FILE, StudyNotReady, ledger_runs
 from analysis.tables import (
     DEFAULT_METRICS,
     best_per_cell,
@@ -136,11 +136,20 @@ def read_spec(location: str | Path) -> tuple[Path, dict[str, Any]]:
         )
     try:
         spec = yaml.safe_load(spec_file.read_text())
-    except (yaml.YAMLError, UnicodeDecodeError):
-        spec = None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise StudyNotReady(
+            f"{spec_file} cannot be read ({str(exc).splitlines()[0]}); restore it from a backup "
+            "(or the study's object-store copy); nothing was changed"
+        ) from None
     if not isinstance(spec, dict) or "name" not in spec:
         raise StudyNotReady(f"{spec_file} is not a study's saved spec; is {location} a study?")
     if not ({"study_id", "tracking_uri"} & set(spec)):  # what `study run` pins when it saves one
+        if (folder / LEDGER_FILE).exists() or (folder / "trials").is_dir():  # trials have run
+            raise StudyNotReady(
+                f"{spec_file} lacks the study_id and tracking_uri `study run` saved in it (cut "
+                "short?); restore it from a backup (or the study's object-store copy); nothing "
+                "was changed"
+            )
         raise StudyNotReady(
             f"{location} is not a study folder: its {SPEC_FILE} is a spec no study was run from; "
             f"run it with 'study run {spec_file}'"

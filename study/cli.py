@@ -12,12 +12,13 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from analysis.ledger import LEDGER_FILE, check_ledger_file, ledger_runs
+from analysis.ledger import LEDGER_FILE, StudyNotReady, check_ledger_file, ledger_runs
 from study.plan import make_plan, to_text
 from study.runner import (
     StudyError,
     StudyInterrupted,
     back_up_to_store,
+    check_tracking_store,
     final_points,
     load_study_spec,
     rebuild_runs,
@@ -31,7 +32,7 @@ from study.spec import SpecError, load_spec
 from study.stages import plan_stages
 from study.views import VIEW_TITLES, view_path
 from trainables.names import SPEC_FILE, cell_label
-from trainables.records import sessions
+from trainables.records import RecordError, sessions
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -251,6 +252,7 @@ def cmd_table(args: argparse.Namespace) -> int:
     or replaced store) are first written again from the trial records."""
     study_dir, spec = load_study_spec(args.study_dir, store=False, view=True)
     check_ledger_file(study_dir / LEDGER_FILE)  # before anything is written again
+    check_tracking_store(spec, study_dir, missing_ok=True)
     rebuilt = rebuild_runs(spec, study_dir)
     if rebuilt:
         print(f"wrote {rebuilt} trial runs again from {study_dir / 'trials'}")
@@ -562,12 +564,10 @@ def _stop_local_ray() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; errors in input print one line and exit 2."""
-    from analysis.results import StudyNotReady
-
     args = parser().parse_args(argv)
     try:
         return args.func(args)
-    except (SpecError, StudyError, StudyNotReady) as exc:
+    except (SpecError, StudyError, StudyNotReady, RecordError) as exc:
         print(f"study: error: {exc}", file=sys.stderr)
         return USAGE_ERROR
     except KeyboardInterrupt as exc:

@@ -20,7 +20,13 @@ from typing import Any
 import yaml
 from filelock import FileLock, Timeout
 
-from analysis.ledger import LEASE_FILE, ledger_runs, not_run_again, progress_records
+from analysis.ledger import (
+    LEASE_FILE,
+    ledger_runs,
+    not_run_again,
+    progress_records,
+    sqlite_problem,
+)
 from study.cluster import check_cluster, core_lender, init_ray, preflight_nodes
 from study.errors import StudyError
 from study.locations import check_tracking_uri, sqlite_path
@@ -45,7 +51,7 @@ from trainables.names import (
     cell_label,
 )
 from trainables.records import HEARTBEAT_S, TrialRecords, live_driver, mark_lost, write_session
-from trainables.storage import Place, rehomed
+from trainables.storage import Place
 
 __all__ = ["StudyError", "StudyInterrupted", "load_study_spec", "run_study", "study_dir_for"]
 
@@ -732,28 +738,32 @@ def load_study_spec(
     reads what the study wrote (status, table, export-best, ui, dashboard): the data set is not
     checked again (an image folder's every image was read through; `study status` counts its
     class folders for the plan, or where the folder is not, the classes its trials measured)."""
-    path = Path(study_dir).resolve()
-    if not (path / SPEC_FILE).exists():
-        raise StudyError(
-            f"{path} is not a study directory (no {SPEC_FILE}); give the folder 'study run' printed"
-        )
-    raw = yaml.safe_load((path / SPEC_FILE).read_text())
-    if isinstance(raw, dict):
-        raw = rehomed(raw, path)  # a copied or moved study reads and writes only itself
+    from analysis.results import read_spec
+
+    # A copied or moved study reads and writes only itself (read_spec: trainables.storage.rehomed).
+    path, raw = read_spec(Path(study_dir).resolve())
     spec = validate(raw, check_data=not view)
     if store:
         check_tracking_store(spec, path)
     return path, spec
 
 
-def check_tracking_store(spec: StudySpec, study_dir: Path) -> None:
-    """Refuse a study whose SQLite tracking store is gone: reading it would create an empty one
-    and every table built from it would be empty (`study table` writes its runs again from the
-    trial records: rebuild_runs)."""
-
+def check_tracking_store(spec: StudySpec, study_dir: Path, missing_ok: bool = False) -> None:
+    """Refuse a study whose SQLite tracking store cannot be read, or (unless missing_ok: `study
+    table`, which writes its runs again from the trial records, rebuild_runs) is gone: reading it
+    would create an empty one and every table built from it would be empty."""
     uri = spec.tracking_uri or ""
     path = sqlite_path(uri) if uri.startswith("sqlite") else None
-    if path is None or path.exists() or spec.study_place(study_dir).remote:
+    if path is None or spec.study_place(study_dir).remote:
+        return
+    problem = sqlite_problem(path, "experiments") if path.exists() else None
+    if problem is not None:
+        raise StudyError(
+            f"the study's MLflow store {path} cannot be read ({problem}); move it aside (keep it "
+            f"as a backup), then 'study table {study_dir}' writes its runs again from the trial "
+            "records; nothing was changed"
+        )
+    if path.exists() or missing_ok:
         return
     raise StudyError(
         f"the study's MLflow store {path} is missing; restore it (a backup, the study's "

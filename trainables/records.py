@@ -59,6 +59,24 @@ from trainables.names import (
 )
 from trainables.storage import Place
 
+
+class RecordError(ValueError):
+    """A record that is there but cannot be read (the message names it and the fix): every record
+    is written whole (a temporary file, then a rename), so this one was damaged."""
+
+
+def _load(path: Path) -> Any:
+    """A record file's content: the run id's text, or JSON; RecordError when it cannot be read."""
+    try:
+        text = path.read_text()
+        return text.strip() if path.name == RUN_RECORD else json.loads(text)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise RecordError(
+            f"the record {path} cannot be read ({exc}); restore it from a backup (or the study's "
+            "object-store copy); nothing was changed"
+        ) from None
+
+
 # ---- the keys of the results a trial reports to Tune ----------------------------------------
 FINAL_KEY = "final"  # 1.0 in a final result (absent: stopped before its final evaluation)
 EVAL_EPOCH_KEY = "eval_epoch"  # the epochs evaluated so far (the scheduler's time attribute)
@@ -147,12 +165,10 @@ class TrialRecords:
         self.place.push(self.folder / name)
 
     def read(self, name: str) -> Any | None:
-        """A record (fetched from the store first), None when there is none."""
+        """A record (fetched from the store first), None when there is none; RecordError when it
+        is there but cannot be read."""
         path = self.folder / name
-        if not self.place.pull(path):
-            return None
-        text = path.read_text()
-        return text.strip() if name == RUN_RECORD else json.loads(text)
+        return _load(path) if self.place.pull(path) else None
 
     # -- each record: its writer, then its reader -------------------------------------------------
     def write_params(self, params: dict[str, Any]) -> None:
@@ -291,7 +307,7 @@ def write_session(study: Place, stage: str, start: float, wall: float | None = N
 def _session_records(study: Place, stage: str = "*") -> list[dict]:
     place = study / SESSIONS
     place.pull(fresh=True)  # a record is written again as its session runs and ends
-    return [json.loads(p.read_text()) for p in sorted(place.local.glob(f"{stage}-*.json"))]
+    return [_load(p) for p in sorted(place.local.glob(f"{stage}-*.json"))]
 
 
 def _process_alive(pid: int) -> bool:

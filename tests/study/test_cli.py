@@ -731,29 +731,44 @@ def test_final_bad_input_exits_2_and_writes_nothing(finished_study, tmp_path):
     assert sorted(p.name for p in empty.iterdir()) == listing
 
 
-def test_a_truncated_ledger_is_refused_by_every_reader_a_missing_one_by_resume(
-    finished_study, tmp_path
+READERS = ("resume", "status", "table", "plot", "export-best", "final")
+DAMAGED = {  # a study file -> the commands that read it
+    "optuna.db": READERS,  # the ledger
+    "trials/*/final.json": READERS,  # a trial's record
+    "spec.yaml": READERS,
+    "mlflow.db": ("resume", "table", "final"),  # the others read the ledger and records only
+}
+
+
+@pytest.mark.parametrize("damaged", list(DAMAGED))
+def test_a_damaged_study_file_is_refused_by_every_reader_naming_it(
+    finished_study, tmp_path, damaged
 ):
+    """Truncated (a disk that filled, a copy cut short): exit 2, one line naming the file, nothing
+    written (a truncated ledger, record or store was a traceback, exit 1; a missing ledger is
+    refused by resume, which would search as if nothing had run)."""
     import shutil
 
     root, study_dir, _ = finished_study
     copy = tmp_path / "studies" / "e2e"
     shutil.copytree(study_dir, copy)
     before = (study_dir / "mlflow.db").stat().st_mtime_ns
-    ledger = copy / "optuna.db"
-    ledger.write_bytes(ledger.read_bytes()[:3000])  # truncated mid-file
+    path = sorted(copy.glob(damaged))[0]
+    text = path.read_bytes()
+    path.write_bytes(text[: len(text) // 2] if len(text) < 3000 else text[:3000])
     listing = sorted(p.name for p in copy.rglob("*"))
-    # Every command that reads the ledger refuses it the same way (was: a traceback, exit 1).
-    for command in ("resume", "status", "table", "plot", "export-best", "final"):
+    for command in DAMAGED[damaged]:
         result = _cmd(command, str(copy), cwd=root)
         assert result.returncode == 2, (command, result.stderr[-2000:])
-        assert f"{ledger} cannot be read" in result.stderr, (command, result.stderr[-2000:])
+        named = f"{path} cannot be read" in result.stderr or f"{path} lacks" in result.stderr
+        assert named and "nothing was changed" in result.stderr, (command, result.stderr)
         assert len(result.stderr.strip().splitlines()) == 1, (command, result.stderr)
         assert sorted(p.name for p in copy.rglob("*")) == listing, command
-    ledger.unlink()
-    result = _cmd("resume", str(copy), cwd=root)
-    assert result.returncode == 2 and f"{ledger} is missing" in result.stderr
-    assert sorted(p.name for p in copy.rglob("*")) == [n for n in listing if n != "optuna.db"]
+    if damaged == "optuna.db":
+        path.unlink()
+        result = _cmd("resume", str(copy), cwd=root)
+        assert result.returncode == 2 and f"{path} is missing" in result.stderr
+        assert sorted(p.name for p in copy.rglob("*")) == [n for n in listing if n != "optuna.db"]
     assert (study_dir / "mlflow.db").stat().st_mtime_ns == before
 
 

@@ -54,12 +54,12 @@ def test_unreachable_ray_address_exits_2(tmp_path):
 
 def test_not_a_study_directory_exits_2(tmp_path):
     result = _cli("table", str(tmp_path), cwd=tmp_path)
-    assert result.returncode == 2 and "not a study directory" in result.stderr
+    assert result.returncode == 2 and "not a study folder" in result.stderr
 
 
 def test_dashboard_on_a_folder_that_is_not_a_study_exits_2_and_writes_nothing(tmp_path):
     result = run_main("dashboard", str(tmp_path), cwd=tmp_path)
-    assert result.returncode == 2 and "not a study directory" in result.stderr
+    assert result.returncode == 2 and "not a study folder" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and list(tmp_path.iterdir()) == []
 
 
