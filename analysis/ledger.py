@@ -304,6 +304,14 @@ def ledger_runs(place: Place | str | Path, study_name: str) -> pd.DataFrame:
         if row is not None:
             rows.append(row)
     recorded = {row["trial_id"] for row in rows}
+    lost = [i for i, (t, _) in ledger.items() if i not in recorded and t.state.name == "COMPLETE"]
+    if lost:  # a finished trial's records are written before the ledger is told: they were lost
+        more = f" and {len(lost) - 3} more" if len(lost) > 3 else ""
+        raise StudyNotReady(
+            f"the ledger's finished trial(s) {', '.join(lost[:3])}{more} lack their records "
+            f"(params.json, final.json) under {root.location}; restore them from a backup (or "
+            "the study's object-store copy); nothing was changed"
+        )
     rows += [_unrecorded(i, t, rerun) for i, (t, rerun) in ledger.items() if i not in recorded]
     if not rows:
         return pd.DataFrame(columns=BASE_COLUMNS)

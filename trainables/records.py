@@ -66,11 +66,17 @@ class RecordError(ValueError):
 
 
 def _load(path: Path) -> Any:
-    """A record file's content: the run id's text, or JSON; RecordError when it cannot be read."""
+    """A record file's content: the run id's text, the epochs' list (history.json), or a JSON
+    object; RecordError when it cannot be read as that."""
     try:
         text = path.read_text()
-        return text.strip() if path.name == RUN_RECORD else json.loads(text)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        if path.name == RUN_RECORD:
+            return text.strip()
+        value = json.loads(text)
+        if not isinstance(value, list if path.name == HISTORY_RECORD else dict):
+            raise ValueError(f"a JSON {type(value).__name__}, not the record")
+        return value
+    except (OSError, ValueError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
         raise RecordError(
             f"the record {path} cannot be read ({exc}); restore it from a backup (or the study's "
             "object-store copy); nothing was changed"

@@ -737,6 +737,7 @@ DAMAGED = {  # a study file -> the commands that read it
     "trials/*/final.json": READERS,  # a trial's record
     "spec.yaml": READERS,
     "mlflow.db": ("resume", "table", "final"),  # the others read the ledger and records only
+    "trials": READERS,  # every record gone, the ledger kept
 }
 
 
@@ -754,13 +755,17 @@ def test_a_damaged_study_file_is_refused_by_every_reader_naming_it(
     shutil.copytree(study_dir, copy)
     before = (study_dir / "mlflow.db").stat().st_mtime_ns
     path = sorted(copy.glob(damaged))[0]
-    text = path.read_bytes()
-    path.write_bytes(text[: len(text) // 2] if len(text) < 3000 else text[:3000])
+    if path.is_dir():
+        shutil.rmtree(path)
+    else:
+        text = path.read_bytes()
+        path.write_bytes(text[: len(text) // 2] if len(text) < 3000 else text[:3000])
     listing = sorted(p.name for p in copy.rglob("*"))
     for command in DAMAGED[damaged]:
         result = _cmd(command, str(copy), cwd=root)
         assert result.returncode == 2, (command, result.stderr[-2000:])
         named = f"{path} cannot be read" in result.stderr or f"{path} lacks" in result.stderr
+        named |= f"lack their records (params.json, final.json) under {path};" in result.stderr
         assert named and "nothing was changed" in result.stderr, (command, result.stderr)
         assert len(result.stderr.strip().splitlines()) == 1, (command, result.stderr)
         assert sorted(p.name for p in copy.rglob("*")) == listing, command

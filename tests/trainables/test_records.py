@@ -5,7 +5,9 @@ import json
 import subprocess
 import sys
 
-from trainables.records import TrialRecords, evaluated_epochs, is_final
+import pytest
+
+from trainables.records import RecordError, TrialRecords, evaluated_epochs, is_final, sessions
 
 
 def test_every_record_reads_back_what_was_written(tmp_path):
@@ -140,3 +142,29 @@ def test_a_driver_is_live_while_its_session_beats_and_its_process_runs(tmp_path)
     assert live_driver(study, now=heard)["host"] == "another-machine"
     (tmp_path / SESSIONS / "final-a.json").unlink()
     assert live_driver(study, now=heard) is None
+
+
+@pytest.mark.parametrize(
+    "name, text",
+    [
+        ("final.json", '{"final": 1.0, "gen_acc'),
+        ("final.json", "[1, 2]"),
+        ("history.json", '{"epoch": 1}'),
+        ("params.json", "\xff"),
+    ],  # fmt: skip
+)
+def test_a_damaged_record_is_a_record_error_naming_it(tmp_path, name, text):
+    records = TrialRecords.of(tmp_path / "trials", "t1")
+    records.write_params({"method": "CG"})
+    (records.folder / name).write_text(text, encoding="latin-1")
+    with pytest.raises(RecordError, match=f"the record {records.folder / name} cannot be read"):
+        records.read(name)
+
+
+def test_a_damaged_session_record_is_a_record_error(tmp_path):
+    from trainables.storage import Place
+
+    (tmp_path / "sessions").mkdir()
+    (tmp_path / "sessions" / "search-1.json").write_text('{"stage": "sea')
+    with pytest.raises(RecordError, match="search-1.json cannot be read"):
+        sessions(Place(str(tmp_path)), "search")
