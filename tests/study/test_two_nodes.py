@@ -186,6 +186,9 @@ def _wait_for(address: str, count: int, node: subprocess.Popen) -> None:
         time.sleep(2)
 
 
+NODES_USED: set[str] = set()  # the Ray nodes that ran the module's trials
+
+
 def _study(name: str, storage: str, artifact_store: str) -> dict:
     """A tiny-images study of 3 search trials, 2 at a time (one per node)."""
     return {
@@ -251,6 +254,7 @@ def test_the_same_study_with_its_storage_on_an_s3_endpoint(tmp_path, two_nodes, 
     classifiers = {f.split("/")[3] for f in files if "/eval-classifiers/" in f}
     assert len(classifiers) == 1, classifiers
     assert len([f for f in files if "/fid-stats/" in f and f.endswith(".npz")]) == 1
+    assert len(NODES_USED) == 2, NODES_USED  # the module's studies ran trials on both nodes
 
 
 def _run_and_check(jobs: str, job: Path, study_dir: Path | None, mirror: Path | None = None):
@@ -279,7 +283,13 @@ def _run_and_check(jobs: str, job: Path, study_dir: Path | None, mirror: Path | 
             samples = [a.path for a in client.list_artifacts(run_id, "samples")]
             assert samples == ["samples/samples.png"]
             trial_ids.append(run.data.tags["trial_id"])
-    assert len(nodes - {None}) == 2, nodes  # trials ran on both nodes
+    # Trials ran on the cluster's nodes, each run tagged with its node. Which node runs which trial
+    # is Ray's choice: under load (the suite's other worker busy) the second node's first trial
+    # actor once took over 20 s to start, and Tune (reuse_actors) ran all 3 trials on the head's
+    # warm actor meanwhile. So both nodes are required over the module's two studies
+    # (NODES_USED, checked by the S3 study, the module's last), not in each.
+    assert nodes - {None}, nodes
+    NODES_USED.update(nodes - {None})
     tags = {client.get_run(r).data.tags.get("eval_classifier") for r in search["run_id"]}
     assert len(tags) == 1
     return trial_ids
