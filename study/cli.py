@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from analysis.ledger import LEDGER_FILE, StudyNotReady, check_ledger_file, ledger_runs
+from analysis.ledger import LEDGER_FILE, StudyNotReady, ledger_runs
 from study.plan import make_plan, to_text
 from study.runner import (
     StudyError,
@@ -149,8 +149,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 def check_ledger(study_dir: Path, spec: StudySpec) -> None:
     """Refuse to resume a folder study whose Optuna database (each cell's trials, parameters and
     values) is unreadable, or gone while trials have run: resuming would search as if nothing
-    had (StudyError, or StudyNotReady from analysis.ledger, naming the file; nothing is
-    written)."""
+    had; or whose trial records cannot be read (StudyError, StudyNotReady or RecordError naming
+    the file; nothing is written)."""
     if spec.study_place(study_dir).remote:
         return
     ledger = study_dir / LEDGER_FILE
@@ -162,7 +162,7 @@ def check_ledger(study_dir: Path, spec: StudySpec) -> None:
                 "(its cells' searches are kept there) before resuming"
             )
         return
-    check_ledger_file(ledger)
+    ledger_runs(spec.study_place(study_dir), spec.name)  # the ledger and every record readable
 
 
 def study_header(spec: StudySpec) -> str:
@@ -251,7 +251,9 @@ def cmd_table(args: argparse.Namespace) -> int:
     """study table DIR: the tables and figures again; trial runs the MLflow store lacks (a lost
     or replaced store) are first written again from the trial records."""
     study_dir, spec = load_study_spec(args.study_dir, store=False, view=True)
-    check_ledger_file(study_dir / LEDGER_FILE)  # before anything is written again
+    # The ledger and the records read (or refused: StudyNotReady, RecordError) before anything is
+    # written again.
+    ledger_runs(spec.study_place(study_dir), spec.name)
     check_tracking_store(spec, study_dir, missing_ok=True)
     rebuilt = rebuild_runs(spec, study_dir)
     if rebuilt:

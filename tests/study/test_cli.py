@@ -761,6 +761,7 @@ def test_a_damaged_study_file_is_refused_by_every_reader_naming_it(
         text = path.read_bytes()
         path.write_bytes(text[: len(text) // 2] if len(text) < 3000 else text[:3000])
     listing = sorted(p.name for p in copy.rglob("*"))
+    stamps = {p: p.stat().st_mtime_ns for p in copy.rglob("*") if p.is_file()}
     for command in DAMAGED[damaged]:
         result = _cmd(command, str(copy), cwd=root)
         assert result.returncode == 2, (command, result.stderr[-2000:])
@@ -769,6 +770,8 @@ def test_a_damaged_study_file_is_refused_by_every_reader_naming_it(
         assert named and "nothing was changed" in result.stderr, (command, result.stderr)
         assert len(result.stderr.strip().splitlines()) == 1, (command, result.stderr)
         assert sorted(p.name for p in copy.rglob("*")) == listing, command
+        changed = [p for p, t in stamps.items() if p.stat().st_mtime_ns != t]
+        assert not changed, (command, changed)
     if damaged == "optuna.db":
         path.unlink()
         result = _cmd("resume", str(copy), cwd=root)
