@@ -42,9 +42,10 @@ if TYPE_CHECKING:
 USAGE_ERROR = 2
 
 
-def _table(study_dir: Path, spec: StudySpec) -> str:
+def _table(study_dir: Path, spec: StudySpec, runs: pd.DataFrame | None = None) -> str:
     """Write the tables and figures, log them to the study's parent run, return the console text:
-    the run counts, the compact comparison, the compute report and what was written."""
+    the run counts, the compact comparison, the compute report and what was written. runs: the
+    study's ledger frame when the caller has read it (analysis.ledger.ledger_runs)."""
     from analysis.console import console_table
     from analysis.figures import write_figures
     from analysis.report import write_report
@@ -52,7 +53,7 @@ def _table(study_dir: Path, spec: StudySpec) -> str:
     from study.tracking import log_report
 
     place = spec.study_place(study_dir)
-    runs = ledger_runs(place, spec.name)
+    runs = ledger_runs(place, spec.name) if runs is None else runs
     objectives = [(o.metric, o.mode) for o in spec.objectives]
     keep_written_tables(runs, study_dir)
     cells = [cell_label(m, p) for m, p in spec.cell_budgets()]
@@ -253,12 +254,13 @@ def cmd_table(args: argparse.Namespace) -> int:
     study_dir, spec = load_study_spec(args.study_dir, store=False, view=True)
     # The ledger and the records read (or refused: StudyNotReady, RecordError) before anything is
     # written again.
-    ledger_runs(spec.study_place(study_dir), spec.name)
+    runs = ledger_runs(spec.study_place(study_dir), spec.name)
     check_tracking_store(spec, study_dir, missing_ok=True)
     rebuilt = rebuild_runs(spec, study_dir)
     if rebuilt:
         print(f"wrote {rebuilt} trial runs again from {study_dir / 'trials'}")
-    print(_table(study_dir, spec))
+    # A rebuilt run's id is written into its trial's records: the frame is read again then.
+    print(_table(study_dir, spec, None if rebuilt else runs))
     return 0
 
 
