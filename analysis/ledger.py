@@ -47,16 +47,30 @@ class StudyNotReady(ValueError):
     (the message says why and what to do)."""
 
 
+# A killed writer's journal that a read-only connection may not roll back (rollback journal, WAL)
+DEAD_WRITER = {"SQLITE_READONLY_ROLLBACK", "SQLITE_READONLY_RECOVERY"}
+
+
 def sqlite_problem(db: Path, table: str) -> str | None:
     """Why the SQLite file db cannot be read as a database holding table (truncated, overwritten),
-    or None; read only."""
+    or None. Read only, except that the journal of a writer killed mid-transaction (a kill -9 of
+    the driver) is rolled back first, as the next Optuna or MLflow connection would do anyway."""
     try:
-        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
-            if conn.execute("PRAGMA quick_check").fetchone()[0] != "ok":
-                return "quick_check failed"
-            conn.execute(f"SELECT count(*) FROM {table}").fetchone()
+        return _sqlite_problem(f"file:{db}?mode=ro", table)
+    except sqlite3.Error as exc:
+        if getattr(exc, "sqlite_errorname", "") not in DEAD_WRITER:
+            return str(exc)
+    try:
+        return _sqlite_problem(f"file:{db}?mode=rw", table)
     except sqlite3.Error as exc:
         return str(exc)
+
+
+def _sqlite_problem(uri: str, table: str) -> str | None:
+    with contextlib.closing(sqlite3.connect(uri, uri=True)) as conn:
+        if conn.execute("PRAGMA quick_check").fetchone()[0] != "ok":
+            return "quick_check failed"
+        conn.execute(f"SELECT count(*) FROM {table}").fetchone()
     return None
 
 
