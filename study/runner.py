@@ -33,7 +33,7 @@ from study.locations import check_tracking_uri, sqlite_path
 from study.plan import make_plan
 from study.progress import Progress, from_records
 from study.spec import StudySpec, validate
-from study.stages import StageGate, plan_stages
+from study.stages import StageGate, cell_stages, plan_stages
 from study.trial import StudyContext, trial_driver
 from study.views import write_views
 from trainables.config import to_flat
@@ -463,6 +463,7 @@ def run_study(
         return _fit_search(spec, study_dir, trainable, callbacks, searcher)
 
     progress = _resumed_progress(spec, study_dir) if resume else study_progress(spec)
+    plan_stage_trials(progress, spec, study_dir)
     _run_session(spec, study_dir, uri, verbose, "search", fit, progress)
     return study_dir
 
@@ -513,6 +514,20 @@ def study_progress(spec: StudySpec, seeds: int = 0, classes: int = 0) -> Any:
         slots=spec.resources.max_concurrent_trials,
         start=time.time(),
     )
+
+
+def plan_stage_trials(progress: Progress, spec: StudySpec, study_dir: Path) -> None:
+    """Count, as the progress's stage trials, those its trials show ended and those its open cells
+    (a budget left) still need whose network the artifact store lacks (study.stages.cell_stages:
+    what the next session runs). A shared network another study stored is reused, and no trial of
+    this one trains it: the plan's stage trials without the store's networks would stay pending,
+    and `study status` of a finished study said to resume it."""
+    seen = Counter(t.cell for t in progress.of_kind(progress.main_kind))
+    open_cells = [cell for cell, budget in progress.budgets.items() if seen[cell] < budget]
+    stages, _ = cell_stages(spec, study_dir, open_cells)
+    ended = [t for t in progress.of_kind("shared") if t.status != "RUNNING"]
+    units = sum(progress.shared_work) / max(1, len(progress.shared_work))
+    progress.shared_work = [units] * (len(ended) + len(stages))
 
 
 def final_points(

@@ -20,12 +20,11 @@ from study.cell_budgets import CellBudgets
 from study.cell_studies import (
     Cell,
     CellStudies,
-    default_knobs,
     selection_metric,
     settle_trials,
 )
 from study.spec import StudySpec
-from study.stages import StageGate, plan_stages
+from study.stages import StageGate, cell_stages
 from trainables.names import LABEL_PERCENT_KEY, METHOD_KEY, TUNED_KEYS
 from trainables.records import EVAL_EPOCH_KEY, TrialRecords, is_final, tune_error
 
@@ -100,16 +99,10 @@ class CellSearcher(_TellsOptuna, Searcher):
             self.budgets.asked[cell] = self.optuna.spent(cell, retrying)
         # Shared networks as their own stage (study.stages): handed out first; a cell waits for
         # the stages its first configuration needs, the other slots run cells that need none.
-        points = [
-            {METHOD_KEY: c[0], LABEL_PERCENT_KEY: c[1], **default_knobs(c, self.optuna.ranges)}
-            for c in self.cells
-        ]
-        open_cells = set(self.budgets.open())
-        points = [p for p, c in zip(points, self.cells) if c in open_cells]
-        store = spec.artifact_place(spec.study_place(study_dir))
-        stages, needs = plan_stages(points, spec.trial_config, store)
+        open_cells = [c for c in self.cells if c in set(self.budgets.open())]
+        stages, needs = cell_stages(spec, study_dir, open_cells)
         self.gate = StageGate(stages)
-        self.cell_needs = dict(zip([c for c in self.cells if c in open_cells], needs))
+        self.cell_needs = dict(zip(open_cells, needs))
 
     def save(self, checkpoint_path: str) -> None:
         """Nothing: the cells' Optuna studies are the state (Tune asks at its checkpoints)."""

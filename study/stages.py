@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from search_spaces import cell_points
 from trainables.identity import (
     adoptable,
     artifact_identity,
@@ -117,6 +118,17 @@ def plan_stages(
             for n in needs:
                 n.add(evaluation.key)
     return stages, [frozenset(n) for n in needs]
+
+
+def cell_stages(
+    spec: Any, study_dir: Path, cells: list[tuple[str, float]]
+) -> tuple[list[Stage], list[frozenset[str]]]:
+    """plan_stages for the first configurations (the paper's knobs) of these (method, label %)
+    cells, against the study's artifact store: the stage trials a session that opens them runs
+    now (study.search), and what the live status and `study status` plan."""
+    points = [cell_points([m], [p], spec.ranges())[0] for m, p in cells]
+    store = spec.artifact_place(spec.study_place(study_dir))
+    return plan_stages(points, spec.trial_config, store)
 
 
 @dataclass

@@ -16,7 +16,7 @@ from analysis.ledger import ledger_runs, progress_records, running_now
 from analysis.results import StudyNotReady, objectives_of, read_spec
 from study.cell_studies import selection_metric
 from study.progress import Progress, from_records
-from study.runner import load_study_spec, study_progress
+from study.runner import load_study_spec, plan_stage_trials, study_progress
 
 if TYPE_CHECKING:
     from study.spec import StudySpec
@@ -58,6 +58,7 @@ def load_progress(study_dir: str | Path) -> tuple[Progress, str]:
         stopped = [r for r in rows if r["status"] == "RUNNING"]
         rows = [r for r in rows if r["status"] != "RUNNING"]
     from_records(progress, rows)
+    plan_stage_trials(progress, spec, folder)
     progress.stopped = len(stopped)  # their cells count them as still to run
     return progress, metric
 

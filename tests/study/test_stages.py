@@ -3,9 +3,11 @@ and configurations that need one wait for it while the others fill the slots."""
 
 from pathlib import Path
 
+from study.progress import from_records
+from study.runner import plan_stage_trials, study_progress
 from study.search import CellSearcher, PointSearcher
 from study.spec import load_spec, validate
-from study.stages import StageGate, plan_stages
+from study.stages import StageGate, cell_stages, plan_stages
 
 
 def _spec(tmp_path, **raw):
@@ -112,3 +114,34 @@ def test_a_new_session_stages_again_only_the_networks_not_yet_in_the_store(tmp_p
     assert again.suggest("again")["stage"] == "score" and again.suggest("next") is None
     again.on_trial_complete("again", {"final": 1.0})
     assert again.suggest("next")["method"] == "CG"
+
+
+def test_the_status_plans_the_stage_trials_the_store_still_needs(tmp_path):
+    """The live status and `study status` count a stage trial only for a shared network that is
+    not stored yet (and the stage trials already ended): a score model another study stored is
+    reused, so a finished study shows nothing pending and no 'resume it'."""
+    spec = _spec(tmp_path, methods=["CG", "CG-SC-all"], label_percents=[5, 100], num_trials=4)
+    cells = list(spec.cell_budgets())
+    progress = study_progress(spec)
+    assert len(progress.shared_work) == 1  # the plan: the CG family's score model
+    plan_stage_trials(progress, spec, tmp_path)
+    assert progress.planned("shared") == 1 and len(progress.pending()) == 5  # nothing stored yet
+    (stage,), _ = cell_stages(spec, tmp_path, cells)
+    Path(stage.model).parent.mkdir(parents=True)
+    Path(stage.model).write_bytes(b"trained by another study")
+    reused = study_progress(spec)
+    plan_stage_trials(reused, spec, tmp_path)
+    assert reused.planned("shared") == 0 and len(reused.pending()) == 4
+    # Every cell's budget spent, the network stored by this study's own stage trial: it counts.
+    rows = [{"trial_id": "stage", "cell": ("", 0.0), "kind": "shared", "status": "FINISHED",
+             "start": 0.0, "end": 1.0}]  # fmt: skip
+    rows += [
+        {"trial_id": f"{cell}{i}", "cell": cell, "kind": "search", "status": "FINISHED",
+         "start": 1.0, "end": 2.0, "value": 0.5}
+        for cell, budget in spec.cell_budgets().items() for i in range(budget)
+    ]  # fmt: skip
+    done = from_records(study_progress(spec), rows)
+    plan_stage_trials(done, spec, tmp_path)
+    assert done.planned("shared") == 1 and done.pending() == []
+    summary = done.summary(2.0, live=False)
+    assert summary.startswith("search trials 4/4, stage trials 1/1; 0 running, 0 pending"), summary
