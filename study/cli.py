@@ -29,7 +29,7 @@ from study.runner import (
 )
 from study.server import check_port, server_launch
 from study.spec import SpecError, load_spec
-from study.stages import plan_stages
+from study.stages import cell_stages
 from study.views import VIEW_TITLES, view_path
 from trainables.names import SPEC_FILE, cell_label
 from trainables.records import RecordError, sessions
@@ -123,7 +123,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     else:
         spec = load_spec(args.spec)
         study_dir = study_dir_for(spec)
-    print(f"{study_header(spec)}\nstudy folder: {study_dir}", flush=True)
+    print(f"{study_header(spec, study_dir)}\nstudy folder: {study_dir}", flush=True)
     quiet_libraries(args.verbose)
     start = time.perf_counter()
     try:
@@ -166,16 +166,22 @@ def check_ledger(study_dir: Path, spec: StudySpec) -> None:
     ledger_runs(spec.study_place(study_dir), spec.name)  # the ledger and every record readable
 
 
-def study_header(spec: StudySpec) -> str:
-    """'study toy: 8 methods x 2 label % = 16 cells; 22 search trials + 2 stage trials'."""
+def study_header(spec: StudySpec, study_dir: Path) -> str:
+    """'study toy: 8 methods x 2 label % = 16 cells; 22 search trials + 2 stage trials', the
+    shared networks the artifact store holds already said reused (no stage trial trains them)."""
 
-    cells = [{"method": m, "data.label_percent": p} for m, p in spec.cell_budgets()]
-    stages, _ = plan_stages(cells, spec.trial_config, None)
+    cells = list(spec.cell_budgets())
+    shared = len(cell_stages(spec, study_dir, cells, stored=False)[0])
+    staged = len(cell_stages(spec, study_dir, cells)[0])
     head = (
         f"study {spec.name!r}: {len(spec.methods)} methods x {len(spec.label_percents)} label % "
-        f"= {len(spec.cell_budgets())} cells; {spec.num_trials} search trials"
+        f"= {len(cells)} cells; {spec.num_trials} search trials"
     )
-    return head + (f" + {len(stages)} stage trial(s) of shared networks" if stages else "")
+    head += f" + {staged} stage trial(s) of shared networks" if staged else ""
+    reused = shared - staged
+    return head + (
+        f" ({reused} shared network(s) reused from the artifact store)" if reused > 0 else ""
+    )
 
 
 def verbosity(args: argparse.Namespace) -> int:

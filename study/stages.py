@@ -121,13 +121,14 @@ def plan_stages(
 
 
 def cell_stages(
-    spec: Any, study_dir: Path, cells: list[tuple[str, float]]
+    spec: Any, study_dir: Path, cells: list[tuple[str, float]], stored: bool = True
 ) -> tuple[list[Stage], list[frozenset[str]]]:
     """plan_stages for the first configurations (the paper's knobs) of these (method, label %)
     cells, against the study's artifact store: the stage trials a session that opens them runs
-    now (study.search), and what the live status and `study status` plan."""
+    now (study.search), and what the live status and `study status` plan (stored False: every
+    shared network, as if the store were empty)."""
     points = [cell_points([m], [p], spec.ranges())[0] for m, p in cells]
-    store = spec.artifact_place(spec.study_place(study_dir))
+    store = spec.artifact_place(spec.study_place(study_dir)) if stored else None
     return plan_stages(points, spec.trial_config, store)
 
 

@@ -3,6 +3,7 @@ and configurations that need one wait for it while the others fill the slots."""
 
 from pathlib import Path
 
+from study.cli import study_header
 from study.progress import from_records
 from study.runner import plan_stage_trials, study_progress
 from study.search import CellSearcher, PointSearcher
@@ -126,12 +127,17 @@ def test_the_status_plans_the_stage_trials_the_store_still_needs(tmp_path):
     assert len(progress.shared_work) == 1  # the plan: the CG family's score model
     plan_stage_trials(progress, spec, tmp_path)
     assert progress.planned("shared") == 1 and len(progress.pending()) == 5  # nothing stored yet
+    assert study_header(spec, tmp_path).endswith(
+        "4 search trials + 1 stage trial(s) of shared networks"
+    )
     (stage,), _ = cell_stages(spec, tmp_path, cells)
     Path(stage.model).parent.mkdir(parents=True)
     Path(stage.model).write_bytes(b"trained by another study")
     reused = study_progress(spec)
     plan_stage_trials(reused, spec, tmp_path)
     assert reused.planned("shared") == 0 and len(reused.pending()) == 4
+    header = study_header(spec, tmp_path)  # what `study run` prints first
+    assert header.endswith("4 search trials (1 shared network(s) reused from the artifact store)")
     # Every cell's budget spent, the network stored by this study's own stage trial: it counts.
     rows = [{"trial_id": "stage", "cell": ("", 0.0), "kind": "shared", "status": "FINISHED",
              "start": 0.0, "end": 1.0}]  # fmt: skip
