@@ -262,7 +262,7 @@ def export_best(
     if trial_id is not None:
         done = completed(runs)
         chosen = done[done["trial_id"] == trial_id]
-    for _, row in chosen.iterrows():
+    for _, row in in_cell_order(chosen).iterrows():
         search = {
             key: {"choices": [float(row[key])]}
             for key in TUNED_KEYS[row["method"]]
@@ -357,7 +357,11 @@ def long_table(
             })  # fmt: skip
     columns = ["cell", "method", "label_percent", "metric", "value", "trial_id", "run_id"]
     frame = pd.DataFrame(rows, columns=columns)
-    order = {m: i for i, m in enumerate(METHODS)}  # registry order, then label %
-    frame = frame.sort_values(["method", "label_percent"], key=lambda c: c.map(order)
-                              if c.name == "method" else c, kind="stable")  # fmt: skip
-    return frame.reset_index(drop=True)
+    return in_cell_order(frame).reset_index(drop=True)
+
+
+def in_cell_order(frame: pd.DataFrame) -> pd.DataFrame:
+    """The rows in the tables' order: methods in registry order (others last), then label %."""
+    order = {m: i for i, m in enumerate(METHODS)}
+    return frame.sort_values(["method", "label_percent"], key=lambda c: c.map(order)
+                             if c.name == "method" else c, kind="stable")  # fmt: skip

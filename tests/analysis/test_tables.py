@@ -114,6 +114,19 @@ def test_per_class_table_reads_class_columns():
     assert table.loc[("CG", 0), (5.0, "intra_fid")] == 1.0
 
 
+def test_export_best_writes_the_cells_in_the_tables_order(tmp_path):
+    # The best trials rank CFG-all over Cond over CG; the files come out as the table's rows.
+    runs = _runs(
+        {"method": "CFG-all", "label_percent": 100.0, "gen_accuracy": 0.9},
+        {"method": "Cond", "label_percent": 5.0, "gen_accuracy": 0.8},
+        {"method": "CG", "label_percent": 100.0, "gen_accuracy": 0.7},
+        {"method": "CG", "label_percent": 5.0, "gen_accuracy": 0.6},
+    )  # fmt: skip
+    spec = {"name": "s", "methods": ["CG", "Cond", "CFG-all"], "label_percents": [5, 100]}
+    written = export_best(runs, spec, OBJ, tmp_path)
+    assert [p.stem for p in written] == ["CG@5%", "CG@100%", "Cond@5%", "CFG-all@100%"]
+
+
 def test_export_best_writes_a_runnable_spec_with_the_winning_knobs_and_chosen_scale(tmp_path):
     runs = _runs(
         {"method": "CG-SC-all", "label_percent": 5.0, "gen_accuracy": 0.5, "loss.lambda_sc": 0.1,
