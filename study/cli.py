@@ -172,7 +172,10 @@ def study_header(spec: StudySpec, study_dir: Path) -> str:
 
     cells = list(spec.cell_budgets())
     shared = len(cell_stages(spec, study_dir, cells, stored=False)[0])
-    staged = len(cell_stages(spec, study_dir, cells)[0])
+    try:
+        staged = len(cell_stages(spec, study_dir, cells)[0])
+    except OSError:  # an object store that does not answer: the run's own check names it next
+        staged = shared
     head = (
         f"study {spec.name!r}: {len(spec.methods)} methods x {len(spec.label_percents)} label % "
         f"= {len(cells)} cells; {spec.num_trials} search trials"
