@@ -99,7 +99,7 @@ class CellSearcher(_TellsOptuna, Searcher):
             self.budgets.asked[cell] = self.optuna.spent(cell, retrying)
         # Shared networks as their own stage (study.stages): handed out first; a cell waits for
         # the stages its first configuration needs, the other slots run cells that need none.
-        open_cells = [c for c in self.cells if c in set(self.budgets.open())]
+        open_cells = self.budgets.open()
         stages, needs = cell_stages(spec, study_dir, open_cells)
         self.gate = StageGate(stages)
         self.cell_needs = dict(zip(open_cells, needs))
