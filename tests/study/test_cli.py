@@ -400,26 +400,17 @@ class _Payload:
         return (os.system, (f"touch {self.marker}",))
 
 
-def test_a_resume_unpickles_nothing_in_the_study_folder(finished_study, tmp_path):
-    """A pickle planted in every folder of the study, under the names Tune's own state files
-    have: a resume that runs a new trial (--add-trials 1) never runs the payload. The ledger
-    (optuna.db) is the state; Tune's folders are written, never read back."""
+def _plant_pickles(study_dir, marker):
+    """A pickle of _Payload in every folder of the study, under the names Tune's own state files
+    have; the folders planted."""
     import pickle
 
-    _, study_dir, _ = finished_study
-    copy = tmp_path / "planted" / "e2e"
-    shutil.copytree(study_dir, copy, symlinks=True)
-    marker = tmp_path / "pwned"
     names = ["tuner.pkl", "searcher-state-0.pkl", "search_gen_state-0.pkl", "state.pkl"]
-    folders = [copy, *(p for p in copy.rglob("*") if p.is_dir())]
+    folders = [study_dir, *(p for p in study_dir.rglob("*") if p.is_dir())]
     for folder in folders:
         for name in names:
             (folder / name).write_bytes(pickle.dumps(_Payload(marker)))
-    result = _cmd("resume", str(copy), "--add-trials", "1", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "1/1" in result.stdout or "CG-SC-all" in result.stdout
-    assert not marker.exists()
-    assert len(folders) > 10  # tune/, trials/<id>/, mlartifacts/... all planted
+    return folders
 
 
 def test_ui_serves_the_study_store_on_localhost(finished_study):
@@ -937,10 +928,13 @@ def test_a_second_driver_of_one_study_is_refused(finished_study, monkeypatch):
     assert compute(again.stdout) == compute(table.stdout)
 
 
-def test_a_copied_study_reads_and_writes_only_itself(finished_study, tmp_path):
+def test_a_copied_study_reads_and_writes_only_itself_and_unpickles_nothing(
+    finished_study, tmp_path
+):
     """`cp -a` of a finished study, the original gone: status, table, plot, ui, load_study and
     resume --add-trials 1 work on the copy, and nothing is read from or written to the original's
-    place (the shared network cache aside)."""
+    place (the shared network cache aside). A pickle planted in every folder of the copy (a
+    payload that writes a file) never runs, the resume's new trial included."""
     import signal
     import time
 
@@ -951,6 +945,11 @@ def test_a_copied_study_reads_and_writes_only_itself(finished_study, tmp_path):
     root, study_dir, _ = finished_study
     copy = tmp_path / "elsewhere" / "e2e"
     shutil.copytree(study_dir, copy, symlinks=True)
+    # The ledger (optuna.db) is the state; Tune's folders are written, never read back: no
+    # command below unpickles anything in the study folder.
+    marker = tmp_path / "pwned"
+    planted = _plant_pickles(copy, marker)
+    assert len(planted) > 10  # tune/, trials/<id>/, mlartifacts/... all planted
     gone = study_dir.with_name("e2e.gone")
     study_dir.rename(gone)
 
@@ -996,5 +995,6 @@ def test_a_copied_study_reads_and_writes_only_itself(finished_study, tmp_path):
         saved = yaml.safe_load((copy / "spec.yaml").read_text())
         assert saved["tracking_uri"] == f"sqlite:///{copy.resolve() / 'mlflow.db'}"
         assert (copy / "tables" / "comparison.md").exists()
+        assert not marker.exists()  # no payload ran
     finally:
         gone.rename(study_dir)

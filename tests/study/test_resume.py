@@ -204,18 +204,11 @@ def _kill_once_the_last_trial_stored_a_network_and_evaluates(records, sid, ended
     )
 
 
-@pytest.fixture(scope="module")
-def clean_run(tmp_path_factory):
-    """The same study run once without a kill: the training steps its accounting counts."""
-    root = tmp_path_factory.mktemp("clean")
-    (root / "spec.yaml").write_text(yaml.safe_dump({**FIFO_SPEC, "storage": str(root / "s")}))
-    env = {**_env(), "SC_GUIDANCE_ARTIFACT_STORE": str(root / "artifact-store")}
-    result = subprocess.run(
-        [sys.executable, "-m", "study", "run", "spec.yaml"],
-        cwd=root, env=env, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
-    return _training_steps(result.stdout)
+# The training steps of FIFO_SPEC run once without a kill: every network trains train.steps once:
+# CG-SC-all's unconditional score network, shared by its two label % (the stage trial), one
+# classifier per CG-SC-all trial (2 per cell, no lambda_SC twice), and Cond's conditional score
+# network per label % (no knob: one trial per cell).
+CLEAN_RUN_STEPS = FIFO_SPEC["config"]["train.steps"] * (1 + 2 * 2 + 1 * 2)
 
 
 @pytest.mark.parametrize(
@@ -228,9 +221,7 @@ def clean_run(tmp_path_factory):
     ],
     ids=["first epoch", "3 trials ended", "during the last trial"],
 )
-def test_a_killed_driver_resumes_to_every_cell_with_nothing_left_running(
-    tmp_path, kill_after, clean_run
-):
+def test_a_killed_driver_resumes_to_every_cell_with_nothing_left_running(tmp_path, kill_after):
     from mlflow.tracking import MlflowClient
 
     (tmp_path / "spec.yaml").write_text(
@@ -336,6 +327,6 @@ def test_a_killed_driver_resumes_to_every_cell_with_nothing_left_running(
     # The compute accounting counts the finished trials of every session: the training steps
     # are a clean run's (a network the kill interrupted continued from its checkpoint, and the
     # trials it took down are not counted), and useful work stays within the slots' time.
-    assert _training_steps(resumed.stdout) == clean_run
+    assert _training_steps(resumed.stdout) == CLEAN_RUN_STEPS
     useful = re.search(r"(\d+)% useful work", resumed.stdout)
     assert useful is not None and 0 < int(useful.group(1)) <= 100, resumed.stdout[-1500:]
